@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Installs everything Picket needs to build and test on a Debian 12 machine (see ../shared/TOOLCHAIN.md
+# for why this route: Debian's rustc-web ships core prebuilt for bpfel-unknown-none, so no nightly and
+# no build-std). Idempotent: when everything is present it only checks and returns in about a second.
+#
+#   scripts/setup.sh           install what is missing (needs root for apt)
+#   scripts/setup.sh --check   only report what is missing; exit 1 if anything is
+set -euo pipefail
+
+BPF_LINKER_VERSION=0.13.0
+CHECK_ONLY=0
+[[ "${1:-}" == "--check" ]] && CHECK_ONLY=1
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages: toolchain (one apt command so rustc-web and its -bpf core stay at one version),
+# kernel/network tools used by tests, benchmarks and the demo.
+TOOLCHAIN_PKGS=(rustc-web cargo-web libstd-rust-web-dev-bpf)
+TEST_PKGS=(iproute2 bpftool nmap hping3 netsniff-ng tcpdump iputils-ping netcat-openbsd python3 jq)
+
+missing_pkgs() {
+  local p out=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || out+=("$p")
+  done
+  echo "${out[@]:-}"
+}
+
+need_apt_update=1
+apt_install() {
+  [[ $CHECK_ONLY == 1 ]] && die "missing Debian packages: $*  (run scripts/setup.sh as root)"
+  [[ $(id -u) == 0 ]] || die "missing Debian packages: $*; run scripts/setup.sh as root"
+  if [[ $need_apt_update == 1 ]]; then
+    log "apt-get update"
+    apt-get update -qq || die "apt-get update failed (is the Debian archive reachable?)"
+    need_apt_update=0
+  fi
+  log "installing: $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+# 1. Debian's rustc-web + prebuilt BPF core.
+missing=$(missing_pkgs "${TOOLCHAIN_PKGS[@]}")
+if [[ -n "$missing" ]]; then
+  # Install all of them together, plus the LLVM dev files of the LLVM they were built on. The LLVM major
+  # is only known once rustc-web's candidate is known, so ask apt for rustc-web's LLVM dependency.
+  if [[ $CHECK_ONLY == 0 && $need_apt_update == 1 ]]; then apt-get update -qq; need_apt_update=0; fi
+  llvm_major=$(apt-cache depends --recurse --important rustc-web 2>/dev/null | grep -o 'libllvm[0-9]\+' | head -1 | tr -dc 0-9)
+  [[ -n "$llvm_major" ]] || die "cannot tell which LLVM rustc-web is built on (apt-cache depends rustc-web)"
+  apt_install "${TOOLCHAIN_PKGS[@]}" "llvm-${llvm_major}-dev"
+fi
+[[ -x /usr/bin/rustc ]] || die "/usr/bin/rustc missing after installing rustc-web"
+llvm_major=$(/usr/bin/rustc -vV | sed -n 's/^LLVM version: \([0-9]\+\).*/\1/p')
+[[ -n "$llvm_major" ]] || die "cannot read the LLVM version from /usr/bin/rustc -vV"
+missing=$(missing_pkgs "llvm-${llvm_major}-dev")
+[[ -z "$missing" ]] || apt_install "llvm-${llvm_major}-dev"
+[[ -d /usr/lib/rustlib/bpfel-unknown-none ]] || die "core for bpfel-unknown-none not found under /usr/lib/rustlib (libstd-rust-web-dev-bpf)"
+
+# 2. Debian's compiler as a rustup toolchain named "debian".
+command -v rustup >/dev/null || die "rustup not found: the host toolchain must come from rustup"
+if ! rustup toolchain list | grep -q '^debian'; then
+  [[ $CHECK_ONLY == 1 ]] && die "rustup toolchain 'debian' is not linked"
+  log "rustup toolchain link debian /usr"
+  rustup toolchain link debian /usr
+fi
+
+# 3. bpf-linker built against the same LLVM major.
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+want="bpf-linker v${BPF_LINKER_VERSION}"
+have=""
+if [[ -x "$cargo_bin/bpf-linker" ]]; then
+  have=$(cargo install --list 2>/dev/null | grep '^bpf-linker ' | sed 's/:$//' || true)
+  # Also check which LLVM it was linked against.
+  if ! ldd "$cargo_bin/bpf-linker" 2>/dev/null | grep -q "libLLVM.so.${llvm_major}\|libLLVM-${llvm_major}"; then
+    have="$have (wrong LLVM)"
+  fi
+fi
+if [[ "$have" != "$want" ]]; then
+  [[ $CHECK_ONLY == 1 ]] && die "bpf-linker ${BPF_LINKER_VERSION} for LLVM ${llvm_major} is not installed (have: '${have:-none}')"
+  missing=$(missing_pkgs zlib1g-dev libzstd-dev)
+  [[ -z "$missing" ]] || apt_install $missing
+  log "cargo install bpf-linker@${BPF_LINKER_VERSION} for LLVM ${llvm_major} (about a minute)"
+  LLVM_PREFIX="/usr/lib/llvm-${llvm_major}" cargo install --locked --force "bpf-linker@${BPF_LINKER_VERSION}" \
+    --no-default-features --features "llvm-${llvm_major}" \
+    || die "building bpf-linker against LLVM ${llvm_major} failed (is llvm-${llvm_major}-dev installed?)"
+fi
+
+# 4. Tools used by the tests, benchmarks and demo.
+missing=$(missing_pkgs "${TEST_PKGS[@]}")
+[[ -z "$missing" ]] || apt_install $missing
+
+# 5. Host components for formatting and linting.
+for comp in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^${comp}" || log "warning: rustup component ${comp} missing"
+done
+
+log "ok (rustc-web $(/usr/bin/rustc -V | awk '{print $2}'), LLVM ${llvm_major}, bpf-linker ${BPF_LINKER_VERSION})"

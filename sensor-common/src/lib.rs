@@ -1,0 +1,337 @@
+//! Types shared by Picket's eBPF programs (sensor-ebpf) and the user-space agent (sensor-user).
+//!
+//! Every type here crosses the kernel/user boundary through a BPF map or the ring buffer, so each is
+//! `#[repr(C)]` with explicit padding fields (never implicit holes, whose content the verifier and
+//! the `Pod` contract cannot vouch for) and integers instead of `bool`. The tests at the bottom pin
+//! every size so the two sides cannot drift apart.
+#![no_std]
+
+/// Names of the maps and programs in the eBPF object, used by the loader.
+pub mod names {
+    pub const XDP_PROGRAM: &str = "picket_xdp";
+    pub const TC_PROGRAM: &str = "picket_tc_egress";
+    pub const FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SCAN_STATE: &str = "SCAN_STATE";
+    pub const ESTABLISHED: &str = "ESTABLISHED";
+    pub const SCAN_EVENTS: &str = "SCAN_EVENTS";
+}
+
+/// Default number of flow entries in each of the two flow tables.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+/// Default number of tracked sources for scan detection.
+pub const DEFAULT_SCAN_SOURCES: u32 = 65_536;
+/// Default number of conversations remembered as answered (not probes).
+pub const DEFAULT_ESTABLISHED_SIZE: u32 = 262_144;
+/// Ring-buffer size for scan events (bytes, power of two).
+pub const SCAN_EVENT_RING_BYTES: u32 = 256 * 1024;
+
+/// Bits in the per-source destination-port bitmap (hashed ports, linear counting).
+pub const PORT_BITMAP_WORDS: usize = 16; // 1024 bits
+/// Bits in the per-source destination-host bitmap.
+pub const HOST_BITMAP_WORDS: usize = 8; // 512 bits
+
+/// Direction bits stored in [`FlowValue::directions`].
+pub const DIR_INGRESS: u8 = 1;
+pub const DIR_EGRESS: u8 = 2;
+
+/// Flags stored in [`FlowKey::flags`].
+/// The packet was a non-first IP fragment: ports are unknown and zero.
+pub const KEY_FLAG_FRAGMENT: u8 = 1;
+/// The transport header was cut short: ports are unknown and zero.
+pub const KEY_FLAG_L4_TRUNCATED: u8 = 2;
+
+/// TCP flag bits as on the wire (byte 13 of the TCP header).
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+/// Identity of a unidirectional flow as seen on one interface.
+///
+/// Addresses are 16 bytes: IPv6 as is, IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so
+/// one key type serves both families. For ICMP/ICMPv6, `src_port` holds the type and `dst_port` the
+/// code, as NetFlow does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub ifindex: u32,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IANA protocol number.
+    pub protocol: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// `KEY_FLAG_*`.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// Counters of one flow, per CPU (the table is a per-CPU LRU hash: no atomics on the hot path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub packets: u64,
+    /// IP-layer bytes (IP header + payload), as NetFlow and cloud flow logs count.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the first and last packet.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// OR of the TCP flags of every packet.
+    pub tcp_flags: u8,
+    /// `DIR_INGRESS` / `DIR_EGRESS` bits: which hook(s) saw it.
+    pub directions: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Settings the agent writes into the `CONFIG` array (one element) before attaching, and updates
+/// at every export interval (`active_table`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SensorConfig {
+    /// Length of the per-source scan window.
+    pub window_ns: u64,
+    /// Index (0/1) of the flow table the programs write into; the agent drains the other one.
+    pub active_table: u32,
+    /// A source touching this many distinct destination ports in a window is reported.
+    pub port_threshold: u32,
+    /// A source touching this many distinct destination hosts in a window is reported.
+    pub host_threshold: u32,
+    /// Non-zero: take "now" from `fixed_now_ns` instead of the clock (tests and benchmarks).
+    pub use_fixed_now: u32,
+    pub fixed_now_ns: u64,
+}
+
+/// Key of the per-source scan state: the source address (IPv4-mapped for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+}
+
+/// Probe kinds counted per source. Indexes into [`ScanState::probes`] and [`ScanEvent::probes`].
+pub mod probe {
+    pub const SYN: usize = 0;
+    pub const FIN: usize = 1;
+    pub const NULL: usize = 2;
+    pub const XMAS: usize = 3;
+    pub const ACK: usize = 4;
+    pub const UDP: usize = 5;
+    pub const ICMP_ECHO: usize = 6;
+    pub const OTHER: usize = 7;
+    pub const COUNT: usize = 8;
+    pub const NAMES: [&str; COUNT] = [
+        "syn",
+        "fin",
+        "null",
+        "xmas",
+        "ack",
+        "udp",
+        "icmp_echo",
+        "other",
+    ];
+}
+
+/// Compact fan-out state of one source within the current window.
+///
+/// Distinct ports and hosts are counted by linear counting over hashed bitmaps: a bit set for the
+/// first time increments the count, so the count is exact until two values share a bit and an
+/// underestimate after that (with 1024 port bits, 100 random ports collide about 5 times).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanState {
+    pub window_start_ns: u64,
+    pub last_seen_ns: u64,
+    pub port_bits: [u64; PORT_BITMAP_WORDS],
+    pub host_bits: [u64; HOST_BITMAP_WORDS],
+    pub distinct_ports: u32,
+    pub distinct_hosts: u32,
+    pub probes: [u32; probe::COUNT],
+    /// Packets and IP bytes of the probes (they are also in the flow table; this is evidence).
+    pub probe_bytes: u64,
+    /// Last destination probed, for the event.
+    pub last_dst: [u8; 16],
+    pub last_dst_port: u16,
+    pub ip_version: u8,
+    /// 1 once an event was emitted for this window.
+    pub reported: u8,
+    pub ifindex: u32,
+}
+
+impl Default for ScanState {
+    fn default() -> Self {
+        Self {
+            window_start_ns: 0,
+            last_seen_ns: 0,
+            port_bits: [0; PORT_BITMAP_WORDS],
+            host_bits: [0; HOST_BITMAP_WORDS],
+            distinct_ports: 0,
+            distinct_hosts: 0,
+            probes: [0; probe::COUNT],
+            probe_bytes: 0,
+            last_dst: [0; 16],
+            last_dst_port: 0,
+            ip_version: 0,
+            reported: 0,
+            ifindex: 0,
+        }
+    }
+}
+
+/// One ring-buffer record: a source crossed a fan-out threshold in a window. At most one per source
+/// per window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ScanEvent {
+    pub src_addr: [u8; 16],
+    pub last_dst: [u8; 16],
+    pub window_start_ns: u64,
+    pub last_seen_ns: u64,
+    pub probe_bytes: u64,
+    pub distinct_ports: u32,
+    pub distinct_hosts: u32,
+    pub probes: [u32; probe::COUNT],
+    pub ifindex: u32,
+    pub last_dst_port: u16,
+    pub ip_version: u8,
+    /// Bit 0: port threshold crossed; bit 1: host threshold crossed.
+    pub reason: u8,
+}
+
+pub const REASON_PORTS: u8 = 1;
+pub const REASON_HOSTS: u8 = 2;
+
+/// Per-CPU counters (one `u64` slot each in the `COUNTERS` per-CPU array). Every packet the
+/// programs see ends in exactly one of `PARSED` or an `UNPARSED_*` slot, so
+/// `SEEN == PARSED + sum(UNPARSED_*)`; every parsed packet either lands in a flow entry or in
+/// `FLOW_INSERT_FAILED`.
+pub mod counter {
+    pub const SEEN: u32 = 0;
+    pub const PARSED: u32 = 1;
+    pub const UNPARSED_NON_IP: u32 = 2;
+    pub const UNPARSED_TRUNCATED_L2: u32 = 3;
+    pub const UNPARSED_TRUNCATED_L3: u32 = 4;
+    pub const UNPARSED_BAD_L3: u32 = 5;
+    /// Parsed, with ports left zero.
+    pub const FRAGMENTS: u32 = 6;
+    pub const L4_TRUNCATED: u32 = 7;
+    pub const IPV6_EXT_TOO_DEEP: u32 = 8;
+    pub const VLAN_TAGGED: u32 = 9;
+    /// Parsed packets (and their bytes) that could not be put into the flow table.
+    pub const FLOW_INSERT_FAILED: u32 = 10;
+    pub const FLOW_INSERT_FAILED_BYTES: u32 = 11;
+    /// Successful new-entry inserts per flow table; minus the entries drained, gives evictions.
+    pub const FLOW_INSERTS_0: u32 = 12;
+    pub const FLOW_INSERTS_1: u32 = 13;
+    pub const SCAN_STATE_INSERT_FAILED: u32 = 14;
+    pub const SCAN_EVENTS: u32 = 15;
+    pub const SCAN_EVENTS_DROPPED: u32 = 16;
+    pub const PROBES: u32 = 17;
+    pub const INGRESS: u32 = 18;
+    pub const EGRESS: u32 = 19;
+    pub const GSO_SEGMENTS: u32 = 20;
+    pub const COUNT: u32 = 21;
+
+    pub const NAMES: [&str; COUNT as usize] = [
+        "packets_seen",
+        "packets_parsed",
+        "unparsed_non_ip",
+        "unparsed_truncated_l2",
+        "unparsed_truncated_l3",
+        "unparsed_bad_l3",
+        "fragments",
+        "l4_truncated",
+        "ipv6_ext_too_deep",
+        "vlan_tagged",
+        "flow_insert_failed",
+        "flow_insert_failed_bytes",
+        "flow_inserts_table0",
+        "flow_inserts_table1",
+        "scan_state_insert_failed",
+        "scan_events",
+        "scan_events_dropped",
+        "probes",
+        "ingress_packets",
+        "egress_packets",
+        "gso_extra_segments",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), contain only integers and integer arrays, and have no
+    // implicit padding (their sizes are asserted in the tests below), so any bit pattern is valid.
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for SensorConfig {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for ScanState {}
+    unsafe impl aya::Pod for ScanEvent {}
+}
+
+/// Maps an IPv4 address (network order bytes) into the 16-byte form used in keys.
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn sizes_are_pinned() {
+        assert_eq!(size_of::<FlowKey>(), 44);
+        assert_eq!(align_of::<FlowKey>(), 4);
+        assert_eq!(size_of::<FlowValue>(), 40);
+        assert_eq!(size_of::<SensorConfig>(), 32);
+        assert_eq!(size_of::<SourceKey>(), 16);
+        assert_eq!(
+            size_of::<ScanState>(),
+            8 + 8 + 128 + 64 + 4 + 4 + 32 + 8 + 16 + 2 + 1 + 1 + 4
+        );
+        assert_eq!(
+            size_of::<ScanEvent>(),
+            16 + 16 + 8 + 8 + 8 + 4 + 4 + 32 + 4 + 2 + 1 + 1
+        );
+    }
+
+    #[test]
+    fn no_implicit_padding() {
+        // Sum of field sizes equals the struct size: nothing the compiler inserted.
+        assert_eq!(size_of::<FlowKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 1 + 1);
+        assert_eq!(size_of::<FlowValue>(), 8 * 4 + 1 + 1 + 6);
+        assert_eq!(size_of::<SensorConfig>(), 8 + 4 + 4 + 4 + 4 + 8);
+        assert_eq!(size_of::<ScanEvent>() % 8, 0);
+        assert_eq!(size_of::<ScanState>() % 8, 0);
+    }
+
+    #[test]
+    fn counter_names_cover_every_slot() {
+        assert_eq!(counter::NAMES.len(), counter::COUNT as usize);
+        assert_eq!(
+            counter::NAMES[counter::FLOW_INSERT_FAILED as usize],
+            "flow_insert_failed"
+        );
+        assert_eq!(
+            counter::NAMES[counter::GSO_SEGMENTS as usize],
+            "gso_extra_segments"
+        );
+    }
+
+    #[test]
+    fn v4_mapping() {
+        assert_eq!(v4_mapped([10, 0, 0, 1])[10..], [0xff, 0xff, 10, 0, 0, 1]);
+    }
+}

@@ -1,0 +1,694 @@
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action},
+    helpers::generated::bpf_ktime_get_ns,
+    macros::{classifier, map, xdp},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use sensor_common::{
+    DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_SCAN_SOURCES, DIR_EGRESS,
+    DIR_INGRESS, FlowKey, FlowValue, HOST_BITMAP_WORDS, KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED,
+    PORT_BITMAP_WORDS, REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState,
+    SensorConfig, SourceKey, counter, probe, tcp,
+};
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[map]
+static FLOWS_0: LruPerCpuHashMap<FlowKey, FlowValue> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+#[map]
+static FLOWS_1: LruPerCpuHashMap<FlowKey, FlowValue> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+#[map]
+static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// Shared (not per-CPU) so that a scan spread over CPUs adds up in one place.
+#[map]
+static SCAN_STATE: LruHashMap<SourceKey, ScanState> =
+    LruHashMap::with_max_entries(DEFAULT_SCAN_SOURCES, 0);
+/// Conversations known to have been answered (canonical key -> last seen): their packets are never
+/// probes, even right after the flow tables were swapped and drained.
+#[map]
+static ESTABLISHED: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(DEFAULT_ESTABLISHED_SIZE, 0);
+/// Per-CPU scratch space for building a fresh `ScanState` (too big for the 512-byte BPF stack).
+#[map]
+static SCRATCH: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCAN_EVENTS: RingBuf = RingBuf::with_byte_size(SCAN_EVENT_RING_BYTES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+/// IPv6 extension headers followed before giving up (ports then stay zero, counted).
+const MAX_IPV6_EXT: usize = 6;
+
+#[xdp]
+pub fn picket_xdp(ctx: XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    handle(ctx.data(), ctx.data_end(), ifindex, DIR_INGRESS, 1, 0);
+    xdp_action::XDP_PASS
+}
+
+#[classifier]
+pub fn picket_tc_egress(ctx: TcContext) -> i32 {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed us; reading its fields is allowed.
+    let (ifindex, len, gso_segs) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.ifindex, skb.len, skb.gso_segs)
+    };
+    // Headers may sit in paged data on egress: make up to 128 bytes linear when they are not.
+    let want = if len < 128 { len } else { 128 };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
+    }
+    let segs = if gso_segs > 1 { gso_segs } else { 1 };
+    handle(ctx.data(), ctx.data_end(), ifindex, DIR_EGRESS, segs, len);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn count(idx: u32, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run (no preemption in BPF).
+        unsafe { *p += n };
+    }
+}
+
+/// Pointer to a `T` at `off` bytes into the packet, if the whole `T` lies before `end`.
+#[inline(always)]
+fn ptr_at<T>(start: usize, end: usize, off: usize) -> Option<*const T> {
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+fn load_u8(start: usize, end: usize, off: usize) -> Option<u8> {
+    // SAFETY: bounds checked by ptr_at.
+    ptr_at::<u8>(start, end, off).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn load_be16(start: usize, end: usize, off: usize) -> Option<u16> {
+    // SAFETY: bounds checked by ptr_at; unaligned read of plain bytes.
+    ptr_at::<[u8; 2]>(start, end, off).map(|p| u16::from_be_bytes(unsafe { *p }))
+}
+
+struct Packet {
+    key: FlowKey,
+    /// IP-layer bytes of this (first) segment.
+    ip_bytes: u64,
+    /// Length of the IP + transport headers, replicated per GSO segment.
+    hdr_len: u64,
+    /// Offset of the IP header from the start of the frame.
+    l3_off: u64,
+    tcp_flags: u8,
+    /// TCP payload is empty (for bare-ACK probes).
+    tcp_no_payload: bool,
+}
+
+#[inline(always)]
+fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u32) {
+    count(counter::SEEN, 1);
+    count(
+        if dir == DIR_INGRESS {
+            counter::INGRESS
+        } else {
+            counter::EGRESS
+        },
+        1,
+    );
+    let Some(pkt) = parse(start, end, ifindex) else {
+        return;
+    };
+    count(counter::PARSED, 1);
+    let (packets, bytes) = if segs > 1 {
+        // A GSO super-packet stands for `segs` packets on the wire, each with its own headers.
+        count(counter::GSO_SEGMENTS, (segs - 1) as u64);
+        let payload_and_hdr = (skb_len as u64).saturating_sub(pkt.l3_off);
+        (
+            segs as u64,
+            payload_and_hdr + (segs as u64 - 1) * pkt.hdr_len,
+        )
+    } else {
+        (1, pkt.ip_bytes)
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return;
+    };
+    // SAFETY: plain helper call.
+    let now = if cfg.use_fixed_now != 0 {
+        cfg.fixed_now_ns
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    };
+    // Two copies of the same code, each naming its own map, so the verifier can inline lookups.
+    let new_flow = if cfg.active_table == 0 {
+        record(
+            &FLOWS_0,
+            counter::FLOW_INSERTS_0,
+            &pkt,
+            dir,
+            now,
+            packets,
+            bytes,
+        )
+    } else {
+        record(
+            &FLOWS_1,
+            counter::FLOW_INSERTS_1,
+            &pkt,
+            dir,
+            now,
+            packets,
+            bytes,
+        )
+    };
+    if new_flow {
+        let reverse_seen = if cfg.active_table == 0 {
+            reverse_exists(&FLOWS_0, &pkt)
+        } else {
+            reverse_exists(&FLOWS_1, &pkt)
+        };
+        first_packet(cfg, &pkt, reverse_seen, now, bytes);
+    }
+}
+
+/// Adds the packet to the flow table; returns true if it created the entry.
+#[inline(always)]
+fn record(
+    table: &LruPerCpuHashMap<FlowKey, FlowValue>,
+    inserts_counter: u32,
+    pkt: &Packet,
+    dir: u8,
+    now: u64,
+    packets: u64,
+    bytes: u64,
+) -> bool {
+    if let Some(v) = table.get_ptr_mut(&pkt.key) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe {
+            (*v).packets += packets;
+            (*v).bytes += bytes;
+            (*v).last_seen_ns = now;
+            (*v).tcp_flags |= pkt.tcp_flags;
+            (*v).directions |= dir;
+        }
+        return false;
+    }
+    let value = FlowValue {
+        packets,
+        bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        tcp_flags: pkt.tcp_flags,
+        directions: dir,
+        _pad: [0; 6],
+    };
+    match table.insert(&pkt.key, &value, BPF_NOEXIST) {
+        Ok(()) => {
+            count(inserts_counter, 1);
+            true
+        }
+        Err(e) if e == -EEXIST => {
+            // Another CPU created it between our lookup and insert: add to our CPU's slot.
+            if let Some(v) = table.get_ptr_mut(&pkt.key) {
+                // SAFETY: per-CPU value of this CPU.
+                unsafe {
+                    (*v).packets += packets;
+                    (*v).bytes += bytes;
+                    if (*v).first_seen_ns == 0 {
+                        (*v).first_seen_ns = now;
+                    }
+                    (*v).last_seen_ns = now;
+                    (*v).tcp_flags |= pkt.tcp_flags;
+                    (*v).directions |= dir;
+                }
+            } else {
+                count(counter::FLOW_INSERT_FAILED, packets);
+                count(counter::FLOW_INSERT_FAILED_BYTES, bytes);
+            }
+            false
+        }
+        Err(_) => {
+            count(counter::FLOW_INSERT_FAILED, packets);
+            count(counter::FLOW_INSERT_FAILED_BYTES, bytes);
+            false
+        }
+    }
+}
+
+#[inline(always)]
+fn reverse_key(k: &FlowKey) -> FlowKey {
+    FlowKey {
+        ifindex: k.ifindex,
+        src_addr: k.dst_addr,
+        dst_addr: k.src_addr,
+        src_port: k.dst_port,
+        dst_port: k.src_port,
+        protocol: k.protocol,
+        ip_version: k.ip_version,
+        flags: k.flags,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn reverse_exists(table: &LruPerCpuHashMap<FlowKey, FlowValue>, pkt: &Packet) -> bool {
+    // ICMP replies have a different type than their request: no reverse key to find.
+    if pkt.key.protocol != IPPROTO_TCP && pkt.key.protocol != IPPROTO_UDP {
+        return false;
+    }
+    table.get_ptr(reverse_key(&pkt.key)).is_some()
+}
+
+/// One key for both directions of a conversation: the endpoint that sorts first is `src`.
+#[inline(always)]
+fn canonical_key(k: &FlowKey) -> FlowKey {
+    let mut swap = false;
+    let mut decided = false;
+    let mut i = 0;
+    while i < 16 {
+        if !decided && k.src_addr[i] != k.dst_addr[i] {
+            swap = k.src_addr[i] > k.dst_addr[i];
+            decided = true;
+        }
+        i += 1;
+    }
+    if !decided {
+        swap = k.src_port > k.dst_port;
+    }
+    let mut c = if swap { reverse_key(k) } else { *k };
+    c.flags = 0;
+    c
+}
+
+/// Probe kind of the first packet of a new flow, or None when it cannot be a probe.
+#[inline(always)]
+fn probe_kind(pkt: &Packet) -> Option<usize> {
+    match pkt.key.protocol {
+        IPPROTO_TCP => {
+            let f =
+                pkt.tcp_flags & (tcp::FIN | tcp::SYN | tcp::RST | tcp::PSH | tcp::ACK | tcp::URG);
+            if f & tcp::SYN != 0 && f & tcp::ACK == 0 {
+                Some(probe::SYN)
+            } else if f == 0 {
+                Some(probe::NULL)
+            } else if f & (tcp::FIN | tcp::PSH | tcp::URG) == tcp::FIN | tcp::PSH | tcp::URG
+                && f & (tcp::SYN | tcp::ACK) == 0
+            {
+                Some(probe::XMAS)
+            } else if f == tcp::FIN {
+                Some(probe::FIN)
+            } else if f == tcp::ACK && pkt.tcp_no_payload {
+                Some(probe::ACK)
+            } else {
+                None
+            }
+        }
+        IPPROTO_UDP => Some(probe::UDP),
+        // Echo request: ICMP type 8, ICMPv6 type 128 (type is in src_port).
+        IPPROTO_ICMP if pkt.key.src_port == 8 => Some(probe::ICMP_ECHO),
+        IPPROTO_ICMPV6 if pkt.key.src_port == 128 => Some(probe::ICMP_ECHO),
+        _ => None,
+    }
+}
+
+/// Scan accounting for the first packet of a flow in this interval.
+#[inline(always)]
+fn first_packet(cfg: &SensorConfig, pkt: &Packet, reverse_seen: bool, now: u64, bytes: u64) {
+    if pkt.key.flags & KEY_FLAG_FRAGMENT != 0 {
+        return;
+    }
+    if reverse_seen {
+        // An answer: remember the conversation so its later packets never count as probes.
+        let _ = ESTABLISHED.insert(canonical_key(&pkt.key), now, 0);
+        return;
+    }
+    let Some(kind) = probe_kind(pkt) else {
+        return;
+    };
+    // ACK and UDP are probes only for conversations never answered (a SYN, FIN, NULL or Xmas
+    // opening a flow is a probe by itself; nothing legitimate starts that way but a SYN).
+    if (kind == probe::ACK || kind == probe::UDP)
+        && ESTABLISHED.get_ptr(canonical_key(&pkt.key)).is_some()
+    {
+        return;
+    }
+    count(counter::PROBES, 1);
+    scan_update(cfg, pkt, kind, now, bytes);
+}
+
+#[inline(always)]
+fn hash_u32(x: u32) -> u32 {
+    x.wrapping_mul(0x9E37_79B1)
+}
+
+#[inline(always)]
+fn fold_addr(a: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    w(0) ^ w(4) ^ w(8) ^ w(12).rotate_left(7)
+}
+
+#[inline(always)]
+fn reset_window(st: &mut ScanState, now: u64) {
+    st.window_start_ns = now;
+    let mut i = 0;
+    while i < PORT_BITMAP_WORDS {
+        st.port_bits[i] = 0;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < HOST_BITMAP_WORDS {
+        st.host_bits[i] = 0;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < probe::COUNT {
+        st.probes[i] = 0;
+        i += 1;
+    }
+    st.distinct_ports = 0;
+    st.distinct_hosts = 0;
+    st.probe_bytes = 0;
+    st.reported = 0;
+}
+
+#[inline(always)]
+fn scan_update(cfg: &SensorConfig, pkt: &Packet, kind: usize, now: u64, bytes: u64) {
+    let src = SourceKey {
+        addr: pkt.key.src_addr,
+    };
+    let mut st = SCAN_STATE.get_ptr_mut(&src);
+    if st.is_none() {
+        let Some(fresh) = SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: this CPU's scratch slot.
+        let fresh = unsafe { &mut *fresh };
+        reset_window(fresh, now);
+        // EEXIST (another CPU raced us) is fine: the lookup below finds its entry. Other failures
+        // leave `st` empty and are counted below.
+        let _ = SCAN_STATE.insert(&src, &*fresh, BPF_NOEXIST);
+        st = SCAN_STATE.get_ptr_mut(&src);
+    }
+    let Some(st) = st else {
+        count(counter::SCAN_STATE_INSERT_FAILED, 1);
+        return;
+    };
+    // SAFETY: map value pointer; concurrent CPUs may race on it, which can lose an increment
+    // (an undercount of fan-out) but never corrupt memory.
+    let st = unsafe { &mut *st };
+    if now.wrapping_sub(st.window_start_ns) >= cfg.window_ns {
+        reset_window(st, now);
+    }
+    let ph = hash_u32(pkt.key.dst_port as u32 + 1) >> 22; // 10 bits
+    let pw = (ph >> 6) as usize & (PORT_BITMAP_WORDS - 1);
+    let pm = 1u64 << (ph & 63);
+    if st.port_bits[pw] & pm == 0 {
+        st.port_bits[pw] |= pm;
+        st.distinct_ports += 1;
+    }
+    let hh = hash_u32(fold_addr(&pkt.key.dst_addr)) >> 23; // 9 bits
+    let hw = (hh >> 6) as usize & (HOST_BITMAP_WORDS - 1);
+    let hm = 1u64 << (hh & 63);
+    if st.host_bits[hw] & hm == 0 {
+        st.host_bits[hw] |= hm;
+        st.distinct_hosts += 1;
+    }
+    if kind < probe::COUNT {
+        st.probes[kind] += 1;
+    }
+    st.probe_bytes += bytes;
+    st.last_seen_ns = now;
+    st.last_dst = pkt.key.dst_addr;
+    st.last_dst_port = pkt.key.dst_port;
+    st.ip_version = pkt.key.ip_version;
+    st.ifindex = pkt.key.ifindex;
+
+    if st.reported != 0 {
+        return;
+    }
+    let mut reason = 0u8;
+    if cfg.port_threshold != 0 && st.distinct_ports >= cfg.port_threshold {
+        reason |= REASON_PORTS;
+    }
+    if cfg.host_threshold != 0 && st.distinct_hosts >= cfg.host_threshold {
+        reason |= REASON_HOSTS;
+    }
+    if reason == 0 {
+        return;
+    }
+    st.reported = 1;
+    match SCAN_EVENTS.reserve::<ScanEvent>(0) {
+        Some(mut entry) => {
+            // Field by field, straight into the ring: a whole ScanEvent would not fit the stack.
+            let ev = entry.as_mut_ptr();
+            // SAFETY: `ev` points at a reserved, writable ScanEvent-sized record.
+            unsafe {
+                (*ev).src_addr = pkt.key.src_addr;
+                (*ev).last_dst = st.last_dst;
+                (*ev).window_start_ns = st.window_start_ns;
+                (*ev).last_seen_ns = now;
+                (*ev).probe_bytes = st.probe_bytes;
+                (*ev).distinct_ports = st.distinct_ports;
+                (*ev).distinct_hosts = st.distinct_hosts;
+                (*ev).probes = st.probes;
+                (*ev).ifindex = st.ifindex;
+                (*ev).last_dst_port = st.last_dst_port;
+                (*ev).ip_version = st.ip_version;
+                (*ev).reason = reason;
+            }
+            entry.submit(0);
+            count(counter::SCAN_EVENTS, 1);
+        }
+        None => {
+            // Ring full: count it and let the next probe of this source try again.
+            st.reported = 0;
+            count(counter::SCAN_EVENTS_DROPPED, 1);
+        }
+    }
+}
+
+#[inline(always)]
+fn parse(start: usize, end: usize, ifindex: u32) -> Option<Packet> {
+    let Some(mut proto) = load_be16(start, end, 12) else {
+        count(counter::UNPARSED_TRUNCATED_L2, 1);
+        return None;
+    };
+    let mut off = ETH_HLEN;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        count(counter::VLAN_TAGGED, 1);
+        // Up to two tags (QinQ): outer 802.1ad or 802.1Q, inner 802.1Q.
+        let Some(p) = load_be16(start, end, off + 2) else {
+            count(counter::UNPARSED_TRUNCATED_L2, 1);
+            return None;
+        };
+        proto = p;
+        off += 4;
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            let Some(p) = load_be16(start, end, off + 2) else {
+                count(counter::UNPARSED_TRUNCATED_L2, 1);
+                return None;
+            };
+            proto = p;
+            off += 4;
+        }
+    }
+    let l3_off = off;
+    let mut key = FlowKey {
+        ifindex,
+        ..FlowKey::default()
+    };
+    let ip_bytes: u64;
+    let l4_off: usize;
+    let mut l4_proto: u8;
+    let mut has_ports = true;
+    if proto == ETH_P_IPV4 {
+        let Some(vihl) = load_u8(start, end, off) else {
+            count(counter::UNPARSED_TRUNCATED_L3, 1);
+            return None;
+        };
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if vihl >> 4 != 4 || ihl < 20 {
+            count(counter::UNPARSED_BAD_L3, 1);
+            return None;
+        }
+        let Some(h) = ptr_at::<[u8; 20]>(start, end, off) else {
+            count(counter::UNPARSED_TRUNCATED_L3, 1);
+            return None;
+        };
+        // SAFETY: bounds checked.
+        let h = unsafe { &*h };
+        ip_bytes = u16::from_be_bytes([h[2], h[3]]) as u64;
+        let frag = u16::from_be_bytes([h[6], h[7]]);
+        l4_proto = h[9];
+        key.src_addr = sensor_common::v4_mapped([h[12], h[13], h[14], h[15]]);
+        key.dst_addr = sensor_common::v4_mapped([h[16], h[17], h[18], h[19]]);
+        key.ip_version = 4;
+        if frag & 0x3fff != 0 {
+            // More-fragments set or a non-zero offset.
+            count(counter::FRAGMENTS, 1);
+            if frag & 0x1fff != 0 {
+                has_ports = false;
+                key.flags |= KEY_FLAG_FRAGMENT;
+            }
+        }
+        l4_off = off + ihl;
+    } else if proto == ETH_P_IPV6 {
+        let Some(h) = ptr_at::<[u8; 40]>(start, end, off) else {
+            count(counter::UNPARSED_TRUNCATED_L3, 1);
+            return None;
+        };
+        // SAFETY: bounds checked.
+        let h = unsafe { &*h };
+        if h[0] >> 4 != 6 {
+            count(counter::UNPARSED_BAD_L3, 1);
+            return None;
+        }
+        ip_bytes = u16::from_be_bytes([h[4], h[5]]) as u64 + 40;
+        l4_proto = h[6];
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s.copy_from_slice(&h[8..24]);
+        d.copy_from_slice(&h[24..40]);
+        key.src_addr = s;
+        key.dst_addr = d;
+        key.ip_version = 6;
+        let mut o = off + 40;
+        let mut i = 0;
+        let mut done = false;
+        while i < MAX_IPV6_EXT {
+            if l4_proto != 0 && l4_proto != 43 && l4_proto != 60 && l4_proto != 44 && l4_proto != 51
+            {
+                done = true;
+                break;
+            }
+            // Every extension header we follow is at least 8 bytes: one bounds check, one pointer
+            // (two derived pointers would lose the verifier's range tracking).
+            let Some(e) = ptr_at::<[u8; 8]>(start, end, o) else {
+                has_ports = false;
+                key.flags |= KEY_FLAG_L4_TRUNCATED;
+                done = true;
+                break;
+            };
+            // SAFETY: bounds checked.
+            let e = unsafe { &*e };
+            let this = l4_proto;
+            l4_proto = e[0];
+            if this == 44 {
+                // Fragment header: 8 bytes; ports only in the first fragment.
+                count(counter::FRAGMENTS, 1);
+                o += 8;
+                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                    has_ports = false;
+                    key.flags |= KEY_FLAG_FRAGMENT;
+                    done = true;
+                    break;
+                }
+            } else if this == 51 {
+                // Authentication header: (len + 2) * 4 bytes.
+                o += (e[1] as usize + 2) * 4;
+            } else {
+                // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+                o += (e[1] as usize + 1) * 8;
+            }
+            // Keep the offset provably bounded for the verifier.
+            if o > 512 {
+                has_ports = false;
+                done = true;
+                count(counter::IPV6_EXT_TOO_DEEP, 1);
+                break;
+            }
+            i += 1;
+        }
+        if !done {
+            has_ports = false;
+            count(counter::IPV6_EXT_TOO_DEEP, 1);
+        }
+        l4_off = o;
+    } else {
+        count(counter::UNPARSED_NON_IP, 1);
+        return None;
+    }
+    key.protocol = l4_proto;
+    let mut pkt = Packet {
+        key,
+        ip_bytes,
+        hdr_len: (l4_off - l3_off) as u64,
+        l3_off: l3_off as u64,
+        tcp_flags: 0,
+        tcp_no_payload: false,
+    };
+    if !has_ports || l4_off > 600 {
+        return Some(pkt);
+    }
+    match l4_proto {
+        IPPROTO_TCP => {
+            let Some(t) = ptr_at::<[u8; 20]>(start, end, l4_off) else {
+                l4_truncated(&mut pkt);
+                return Some(pkt);
+            };
+            // SAFETY: bounds checked.
+            let t = unsafe { &*t };
+            pkt.key.src_port = u16::from_be_bytes([t[0], t[1]]);
+            pkt.key.dst_port = u16::from_be_bytes([t[2], t[3]]);
+            pkt.tcp_flags = t[13];
+            let doff = ((t[12] >> 4) as u64) * 4;
+            pkt.hdr_len += doff;
+            pkt.tcp_no_payload = (l4_off - l3_off) as u64 + doff >= ip_bytes;
+        }
+        IPPROTO_UDP => {
+            let Some(u) = ptr_at::<[u8; 8]>(start, end, l4_off) else {
+                l4_truncated(&mut pkt);
+                return Some(pkt);
+            };
+            // SAFETY: bounds checked.
+            let u = unsafe { &*u };
+            pkt.key.src_port = u16::from_be_bytes([u[0], u[1]]);
+            pkt.key.dst_port = u16::from_be_bytes([u[2], u[3]]);
+            pkt.hdr_len += 8;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let Some(c) = ptr_at::<[u8; 2]>(start, end, l4_off) else {
+                l4_truncated(&mut pkt);
+                return Some(pkt);
+            };
+            // SAFETY: bounds checked.
+            let c = unsafe { &*c };
+            pkt.key.src_port = c[0] as u16;
+            pkt.key.dst_port = c[1] as u16;
+            pkt.hdr_len += 8;
+        }
+        _ => {}
+    }
+    Some(pkt)
+}
+
+#[inline(always)]
+fn l4_truncated(pkt: &mut Packet) {
+    count(counter::L4_TRUNCATED, 1);
+    pkt.key.flags |= KEY_FLAG_L4_TRUNCATED;
+}

@@ -1,0 +1,249 @@
+//! Command line and TOML configuration. Flags override the file; the file overrides defaults.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::sensor::{SensorOptions, TcModeChoice, XdpModeChoice};
+
+pub const DEFAULT_EXPORT_INTERVAL_SECS: u64 = 10;
+pub const DEFAULT_SCAN_WINDOW_SECS: u64 = 60;
+/// Zeek flags 15 ports of one host; the kernel counts ports across hosts, so a little higher.
+pub const DEFAULT_PORT_THRESHOLD: u32 = 20;
+/// Zeek flags 25 hosts on one port.
+pub const DEFAULT_HOST_THRESHOLD: u32 = 25;
+
+/// Picket's network sensor: counts flows and flags scan-like fan-outs in the kernel (XDP on
+/// ingress, tc on egress) and exports them.
+///
+/// Example: picket-sensor --iface eth0 --stdout
+#[derive(Debug, Parser, Default)]
+#[command(name = "picket-sensor", version, about, long_about)]
+pub struct Args {
+    /// Interface to monitor (repeatable). Ingress through XDP, egress through tc.
+    #[arg(long = "iface", value_name = "IF")]
+    pub ifaces: Vec<String>,
+
+    /// Control plane gRPC URL to export to (e.g. https://picket.example:7443).
+    #[arg(long, value_name = "URL")]
+    pub controlplane: Option<String>,
+
+    /// File holding this sensor's key (from `picket-controlplane sensors add NAME`).
+    #[arg(long, value_name = "F")]
+    pub sensor_key_file: Option<PathBuf>,
+
+    /// Seconds between two drains of the flow table (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub export_interval: Option<u64>,
+
+    /// Print flow records and scan events as JSON lines on stdout instead of exporting.
+    #[arg(long)]
+    pub stdout: bool,
+
+    /// TOML configuration file; flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// XDP attach mode (default auto: native, falling back to generic).
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeChoice>,
+
+    /// tc egress attach mode (default auto: TCX on 6.6+, clsact before).
+    #[arg(long, value_enum)]
+    pub tc_mode: Option<TcModeChoice>,
+
+    /// Entries in each of the two flow tables (default 262144).
+    #[arg(long, value_name = "N")]
+    pub flow_table_size: Option<u32>,
+
+    /// Length in seconds of the per-source scan window (default 60).
+    #[arg(long, value_name = "SECS")]
+    pub scan_window: Option<u64>,
+
+    /// Distinct destination ports by one source in a window that raise a scan event (default 20).
+    #[arg(long, value_name = "N")]
+    pub scan_port_threshold: Option<u32>,
+
+    /// Distinct destination hosts by one source in a window that raise a scan event (default 25).
+    #[arg(long, value_name = "N")]
+    pub scan_host_threshold: Option<u32>,
+
+    /// Stop by itself after this many seconds (flushing everything, as on SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+}
+
+/// The TOML file: same names as the flags, with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub iface: Vec<String>,
+    pub controlplane: Option<String>,
+    pub sensor_key_file: Option<PathBuf>,
+    pub export_interval: Option<u64>,
+    pub stdout: Option<bool>,
+    pub xdp_mode: Option<XdpModeChoice>,
+    pub tc_mode: Option<TcModeChoice>,
+    pub flow_table_size: Option<u32>,
+    pub scan_window: Option<u64>,
+    pub scan_port_threshold: Option<u32>,
+    pub scan_host_threshold: Option<u32>,
+}
+
+/// The effective settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub sensor: SensorOptions,
+    pub export_interval: Duration,
+    pub stdout: bool,
+    pub controlplane: Option<String>,
+    pub sensor_key_file: Option<PathBuf>,
+    pub duration: Option<Duration>,
+}
+
+impl Args {
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let ifaces = if self.ifaces.is_empty() {
+            file.iface
+        } else {
+            self.ifaces.clone()
+        };
+        if ifaces.is_empty() {
+            anyhow::bail!(
+                "no interface to monitor: give --iface IF (repeatable) or `iface = [..]` in the config file"
+            );
+        }
+        let export = self
+            .export_interval
+            .or(file.export_interval)
+            .unwrap_or(DEFAULT_EXPORT_INTERVAL_SECS);
+        if export == 0 {
+            anyhow::bail!("--export-interval must be at least 1 second");
+        }
+        let window = self
+            .scan_window
+            .or(file.scan_window)
+            .unwrap_or(DEFAULT_SCAN_WINDOW_SECS);
+        if window == 0 {
+            anyhow::bail!("--scan-window must be at least 1 second");
+        }
+        let flow_table_size = self
+            .flow_table_size
+            .or(file.flow_table_size)
+            .unwrap_or(sensor_common::DEFAULT_FLOW_TABLE_SIZE);
+        if flow_table_size < 1024 {
+            anyhow::bail!("--flow-table-size must be at least 1024 (got {flow_table_size})");
+        }
+        let stdout = self.stdout || file.stdout.unwrap_or(false);
+        let controlplane = self.controlplane.clone().or(file.controlplane);
+        if !stdout {
+            anyhow::bail!(
+                "export to a control plane is not implemented in this version; run with --stdout \
+                 to print flow records and scan events as JSON lines{}",
+                controlplane
+                    .as_deref()
+                    .map(|u| format!(" (--controlplane {u} was given)"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(Settings {
+            sensor: SensorOptions {
+                ifaces,
+                xdp_mode: self
+                    .xdp_mode
+                    .or(file.xdp_mode)
+                    .unwrap_or(XdpModeChoice::Auto),
+                tc_mode: self.tc_mode.or(file.tc_mode).unwrap_or(TcModeChoice::Auto),
+                flow_table_size,
+                scan_window: Duration::from_secs(window),
+                port_threshold: self
+                    .scan_port_threshold
+                    .or(file.scan_port_threshold)
+                    .unwrap_or(DEFAULT_PORT_THRESHOLD),
+                host_threshold: self
+                    .scan_host_threshold
+                    .or(file.scan_host_threshold)
+                    .unwrap_or(DEFAULT_HOST_THRESHOLD),
+            },
+            export_interval: Duration::from_secs(export),
+            stdout,
+            controlplane,
+            sensor_key_file: self.sensor_key_file.clone().or(file.sensor_key_file),
+            duration: self.duration.map(Duration::from_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("picket-sensor").chain(v.iter().copied()))
+            .expect("parse")
+    }
+
+    #[test]
+    fn defaults() {
+        let s = args(&["--iface", "eth0", "--stdout"])
+            .settings()
+            .expect("settings");
+        assert_eq!(s.sensor.ifaces, vec!["eth0"]);
+        assert_eq!(s.export_interval, Duration::from_secs(10));
+        assert_eq!(s.sensor.port_threshold, DEFAULT_PORT_THRESHOLD);
+        assert_eq!(s.sensor.xdp_mode, XdpModeChoice::Auto);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("picket-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let f = dir.join("sensor.toml");
+        std::fs::write(&f, "iface = [\"a0\", \"a1\"]\nexport_interval = 5\nstdout = true\nscan_port_threshold = 7\nxdp_mode = \"generic\"\n").expect("write");
+        let s = args(&[
+            "--config",
+            f.to_str().expect("utf8"),
+            "--export-interval",
+            "3",
+        ])
+        .settings()
+        .expect("settings");
+        assert_eq!(s.sensor.ifaces, vec!["a0", "a1"]);
+        assert_eq!(s.export_interval, Duration::from_secs(3));
+        assert_eq!(s.sensor.port_threshold, 7);
+        assert_eq!(s.sensor.xdp_mode, XdpModeChoice::Generic);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn bad_input_is_explained() {
+        let e = args(&["--stdout"]).settings().unwrap_err().to_string();
+        assert!(e.contains("no interface"), "{e}");
+        let e = args(&["--iface", "x", "--stdout", "--export-interval", "0"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 1 second"), "{e}");
+        let e = args(&["--iface", "x"]).settings().unwrap_err().to_string();
+        assert!(e.contains("--stdout"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let e = toml::from_str::<FileConfig>("ifaces = [\"x\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+}

@@ -1,0 +1,9 @@
+//! picket-sensor as a library: everything the binary does is a call here first.
+pub mod config;
+pub mod error;
+pub mod preflight;
+pub mod records;
+pub mod sensor;
+pub mod sys;
+
+pub use error::SensorError;

@@ -1,0 +1,244 @@
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+    net::IpAddr,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use sensor_user::{
+    config::{Args, Settings},
+    records::{self, Clock},
+    sensor::{self, Sensor},
+};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PICKET_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("picket-sensor: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("picket-sensor: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("picket-sensor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes JSON lines to stdout; a closed stdout (EPIPE) ends the run cleanly.
+struct Out {
+    w: io::BufWriter<io::Stdout>,
+    closed: bool,
+}
+
+impl Out {
+    fn line<T: serde::Serialize>(&mut self, v: &T) {
+        if self.closed {
+            return;
+        }
+        let r = serde_json::to_writer(&mut self.w, v)
+            .map_err(io::Error::from)
+            .and_then(|()| self.w.write_all(b"\n"));
+        if let Err(e) = r {
+            warn!(error = %e, "stdout closed; stopping");
+            self.closed = true;
+        }
+    }
+    fn flush(&mut self) {
+        if !self.closed && self.w.flush().is_err() {
+            self.closed = true;
+        }
+    }
+}
+
+#[derive(Default)]
+struct AgentCounters {
+    flow_records: u64,
+    scan_records: u64,
+    scan_events_duplicate: u64,
+    scan_events_malformed: u64,
+    drains: u64,
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let mut sensor = Sensor::start(&settings.sensor)?;
+    let names: HashMap<u32, String> = sensor
+        .attachments
+        .iter()
+        .map(|a| (a.ifindex, a.iface.clone()))
+        .collect();
+    let iface_name = move |idx: u32| {
+        names
+            .get(&idx)
+            .cloned()
+            .or_else(|| sensor::ifname(idx))
+            .unwrap_or_else(|| idx.to_string())
+    };
+    info!(
+        ifaces = ?settings.sensor.ifaces,
+        export_interval_s = settings.export_interval.as_secs(),
+        scan_window_s = settings.sensor.scan_window.as_secs(),
+        port_threshold = settings.sensor.port_threshold,
+        host_threshold = settings.sensor.host_threshold,
+        "sensor running"
+    );
+    let ring = sensor.scan_events()?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the AsyncFd
+    // (which owns the ring buffer) lives.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    let mut out = Out {
+        w: io::BufWriter::new(io::stdout()),
+        closed: false,
+    };
+    let mut agent = AgentCounters::default();
+    // (source, window start) of events already printed: at most one per source per window, even
+    // if two CPUs raced to report the same source.
+    let mut reported: HashMap<(IpAddr, u64), Instant> = HashMap::new();
+    let window = settings.sensor.scan_window;
+
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.export_interval,
+        settings.export_interval,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
+    let until = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until);
+
+    let mut read_events = |ring: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+                           out: &mut Out,
+                           agent: &mut AgentCounters| {
+        let clock = Clock::now();
+        let rb = ring.get_mut();
+        while let Some(item) = aya::maps::RingBuf::next(rb) {
+            let Some(ev) = sensor::parse_scan_event(&item) else {
+                agent.scan_events_malformed += 1;
+                continue;
+            };
+            let rec = records::scan_record(&ev, clock, iface_name(ev.ifindex));
+            if reported
+                .insert((rec.src_ip, ev.window_start_ns), Instant::now())
+                .is_some()
+            {
+                agent.scan_events_duplicate += 1;
+                continue;
+            }
+            info!(src = %rec.src_ip, ports = rec.distinct_ports, hosts = rec.distinct_hosts, probe = rec.probe, "scan event");
+            out.line(&rec);
+            agent.scan_records += 1;
+        }
+        out.flush();
+        reported.retain(|_, t| t.elapsed() < window * 2 + Duration::from_secs(1));
+    };
+
+    let reason = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                guard?.clear_ready();
+                read_events(&mut ring, &mut out, &mut agent);
+            }
+            _ = tick.tick() => {
+                export(&mut sensor, &mut out, &mut agent, &iface_name)?;
+            }
+            _ = sigint.recv() => break "SIGINT",
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = &mut until => break "--duration elapsed",
+        }
+        if out.closed {
+            break "stdout closed";
+        }
+    };
+    info!(reason, "stopping: detaching, then exporting what is left");
+    // Detach first so nothing more arrives, then empty both tables and the ring buffer.
+    sensor.detach_programs();
+    read_events(&mut ring, &mut out, &mut agent);
+    export(&mut sensor, &mut out, &mut agent, &iface_name)?;
+    export(&mut sensor, &mut out, &mut agent, &iface_name)?;
+    out.flush();
+    info!(
+        flow_records = agent.flow_records,
+        scan_events = agent.scan_records,
+        "stopped"
+    );
+    Ok(())
+}
+
+fn export(
+    sensor: &mut Sensor,
+    out: &mut Out,
+    agent: &mut AgentCounters,
+    iface_name: &dyn Fn(u32) -> String,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let d = sensor.drain()?;
+    let drain_time = t0.elapsed();
+    let clock = Clock::now();
+    let recs = records::join_flows(&d.flows, clock, iface_name);
+    for r in &recs {
+        out.line(r);
+    }
+    agent.flow_records += recs.len() as u64;
+    agent.drains += 1;
+    let counters = match sensor.counters() {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "reading kernel counters failed");
+            Vec::new()
+        }
+    };
+    let mut kernel = serde_json::Map::new();
+    for (k, v) in counters {
+        kernel.insert(k.into(), v.into());
+    }
+    out.line(&serde_json::json!({
+        "kind": "stats",
+        "time": clock.rfc3339(Clock::monotonic_ns()),
+        "kernel": kernel,
+        "agent": {
+            "flow_records": agent.flow_records,
+            "scan_events": agent.scan_records,
+            "scan_events_duplicate": agent.scan_events_duplicate,
+            "scan_events_malformed": agent.scan_events_malformed,
+            "drains": agent.drains,
+            "last_drain_entries": d.entries,
+            "last_drain_us": drain_time.as_micros() as u64,
+            "batched_drain": sensor.batched_drain,
+        }
+    }));
+    out.flush();
+    Ok(())
+}

@@ -1,0 +1,473 @@
+//! Flow records and scan events as the agent emits them (the `--stdout` JSON-lines contract in
+//! DESIGN.md), and the join of the two directions of a conversation into one record.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use sensor_common::{
+    DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED,
+    REASON_HOSTS, REASON_PORTS, ScanEvent, probe, tcp,
+};
+use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// Converts `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in ns, sampled when the clock was made.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Self {
+            offset_ns: real - mono,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn with_offset(offset_ns: i128) -> Self {
+        Self { offset_ns }
+    }
+
+    pub fn monotonic_ns() -> u64 {
+        clock_ns(libc::CLOCK_MONOTONIC) as u64
+    }
+
+    pub fn to_wall(self, mono_ns: u64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(self.offset_ns + mono_ns as i128)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    pub fn rfc3339(self, mono_ns: u64) -> String {
+        self.to_wall(mono_ns).format(&Rfc3339).unwrap_or_default()
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// The sum over CPUs of one flow's per-CPU values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTotals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub tcp_flags: u8,
+    pub directions: u8,
+}
+
+impl FlowTotals {
+    pub fn add(&mut self, v: &FlowValue) {
+        if v.packets == 0 {
+            return;
+        }
+        self.packets += v.packets;
+        self.bytes += v.bytes;
+        if self.first_seen_ns == 0 || (v.first_seen_ns != 0 && v.first_seen_ns < self.first_seen_ns)
+        {
+            self.first_seen_ns = v.first_seen_ns;
+        }
+        self.last_seen_ns = self.last_seen_ns.max(v.last_seen_ns);
+        self.tcp_flags |= v.tcp_flags;
+        self.directions |= v.directions;
+    }
+}
+
+/// One flow record line (`kind: "flow"`): a conversation seen on one interface during one export
+/// interval, both directions joined, `src` being the initiator as best known.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FlowRecord {
+    pub kind: &'static str,
+    pub iface: String,
+    pub ifindex: u32,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub packets: u64,
+    pub bytes: u64,
+    pub reverse_packets: u64,
+    pub reverse_bytes: u64,
+    pub tcp_flags: u8,
+    pub reverse_tcp_flags: u8,
+    pub start: String,
+    pub end: String,
+    /// Where the packets were seen: "ingress" (XDP), "egress" (tc) or both.
+    pub observed: &'static str,
+    /// Non-first IP fragments (ports unknown) or a cut transport header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial: Option<&'static str>,
+    /// How `src` was chosen: "syn", "first_seen", "port", "one_way".
+    pub initiator_by: &'static str,
+}
+
+/// One scan event line (`kind: "scan"`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ScanRecord {
+    pub kind: &'static str,
+    pub iface: String,
+    pub src_ip: IpAddr,
+    pub distinct_ports: u32,
+    pub distinct_hosts: u32,
+    /// The dominant probe kind.
+    pub probe: &'static str,
+    pub probes: HashMap<&'static str, u32>,
+    pub probe_bytes: u64,
+    pub last_dst_ip: IpAddr,
+    pub last_dst_port: u16,
+    /// Which thresholds were crossed: "ports", "hosts".
+    pub reason: Vec<&'static str>,
+    pub start: String,
+    pub end: String,
+}
+
+pub fn addr(bytes: [u8; 16], ip_version: u8) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(bytes);
+    if ip_version == 4 {
+        IpAddr::V4(
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        )
+    } else {
+        IpAddr::V6(v6)
+    }
+}
+
+fn reverse(k: &FlowKey) -> FlowKey {
+    let mut r = *k;
+    r.src_addr = k.dst_addr;
+    r.dst_addr = k.src_addr;
+    r.src_port = k.dst_port;
+    r.dst_port = k.src_port;
+    r
+}
+
+/// The key of the other direction of `k`. ICMP echo request/reply (and their ICMPv6 twins) carry
+/// the type in `src_port`, so their pair is found by type, not by swapping ports.
+fn partner(k: &FlowKey) -> Option<FlowKey> {
+    let mut r = reverse(k);
+    match k.protocol {
+        1 | 58 => {
+            let (req, rep) = if k.protocol == 1 { (8, 0) } else { (128, 129) };
+            let ty = k.src_port;
+            let other = if ty == req {
+                rep
+            } else if ty == rep {
+                req
+            } else {
+                return None;
+            };
+            r.src_port = other;
+            r.dst_port = k.dst_port;
+            Some(r)
+        }
+        _ if k.flags & KEY_FLAG_FRAGMENT != 0 => None,
+        _ => Some(r),
+    }
+}
+
+/// Decides which of two directions initiated the conversation: true if `a` did.
+/// Returns the reason too. Order: a SYN without ACK, then first seen, then ports (the side on
+/// the lower, well-known port is the server).
+fn a_initiated(ka: &FlowKey, a: &FlowTotals, kb: &FlowKey, b: &FlowTotals) -> (bool, &'static str) {
+    if ka.protocol == 6 {
+        let a_syn = a.tcp_flags & tcp::SYN != 0;
+        let b_syn = b.tcp_flags & tcp::SYN != 0;
+        if a_syn != b_syn {
+            return (a_syn, "syn");
+        }
+        if a_syn && b_syn && a.first_seen_ns != b.first_seen_ns {
+            return (a.first_seen_ns < b.first_seen_ns, "syn");
+        }
+    }
+    if matches!(ka.protocol, 1 | 58) {
+        // The echo request side initiates.
+        let req = if ka.protocol == 1 { 8 } else { 128 };
+        return (ka.src_port == req, "icmp_type");
+    }
+    if a.first_seen_ns != b.first_seen_ns {
+        return (a.first_seen_ns < b.first_seen_ns, "first_seen");
+    }
+    // Ports: the client is the side with the higher (ephemeral) port.
+    (ka.src_port > kb.src_port, "port")
+}
+
+fn observed(dirs: u8) -> &'static str {
+    match dirs & (DIR_INGRESS | DIR_EGRESS) {
+        DIR_INGRESS => "ingress",
+        DIR_EGRESS => "egress",
+        _ => "ingress+egress",
+    }
+}
+
+/// Joins the drained unidirectional flows of one interval into conversation records.
+pub fn join_flows(
+    flows: &HashMap<FlowKey, FlowTotals>,
+    clock: Clock,
+    iface_name: &dyn Fn(u32) -> String,
+) -> Vec<FlowRecord> {
+    let mut out = Vec::with_capacity(flows.len());
+    let mut keys: Vec<&FlowKey> = flows.keys().collect();
+    // Deterministic output order: by first packet, then key bytes.
+    keys.sort_by_key(|k| {
+        (
+            flows[*k].first_seen_ns,
+            k.ifindex,
+            k.src_addr,
+            k.dst_addr,
+            k.src_port,
+            k.dst_port,
+            k.protocol,
+        )
+    });
+    let mut done = std::collections::HashSet::with_capacity(flows.len());
+    for k in keys {
+        if done.contains(k) {
+            continue;
+        }
+        let a = &flows[k];
+        done.insert(*k);
+        let other = partner(k).and_then(|pk| flows.get(&pk).map(|v| (pk, v)));
+        let (src_key, fwd, rev, how) = match other {
+            Some((pk, b)) if !done.contains(&pk) => {
+                done.insert(pk);
+                let (a_first, how) = a_initiated(k, a, &pk, b);
+                if a_first {
+                    (*k, *a, *b, how)
+                } else {
+                    (pk, *b, *a, how)
+                }
+            }
+            _ => (*k, *a, FlowTotals::default(), "one_way"),
+        };
+        let first = if rev.packets > 0 {
+            fwd.first_seen_ns.min(rev.first_seen_ns)
+        } else {
+            fwd.first_seen_ns
+        };
+        let last = fwd.last_seen_ns.max(rev.last_seen_ns);
+        let partial = if src_key.flags & KEY_FLAG_FRAGMENT != 0 {
+            Some("fragment")
+        } else if src_key.flags & KEY_FLAG_L4_TRUNCATED != 0 {
+            Some("l4_truncated")
+        } else {
+            None
+        };
+        out.push(FlowRecord {
+            kind: "flow",
+            iface: iface_name(src_key.ifindex),
+            ifindex: src_key.ifindex,
+            src_ip: addr(src_key.src_addr, src_key.ip_version),
+            dst_ip: addr(src_key.dst_addr, src_key.ip_version),
+            src_port: src_key.src_port,
+            dst_port: src_key.dst_port,
+            protocol: src_key.protocol,
+            packets: fwd.packets,
+            bytes: fwd.bytes,
+            reverse_packets: rev.packets,
+            reverse_bytes: rev.bytes,
+            tcp_flags: fwd.tcp_flags,
+            reverse_tcp_flags: rev.tcp_flags,
+            start: clock.rfc3339(first),
+            end: clock.rfc3339(last),
+            observed: observed(fwd.directions | rev.directions),
+            partial,
+            initiator_by: how,
+        });
+    }
+    out
+}
+
+pub fn scan_record(ev: &ScanEvent, clock: Clock, iface: String) -> ScanRecord {
+    let mut probes = HashMap::new();
+    let mut best = (0u32, "other");
+    for (i, name) in probe::NAMES.iter().enumerate() {
+        let n = ev.probes[i];
+        if n > 0 {
+            probes.insert(*name, n);
+        }
+        if n > best.0 {
+            best = (n, name);
+        }
+    }
+    let mut reason = Vec::new();
+    if ev.reason & REASON_PORTS != 0 {
+        reason.push("ports");
+    }
+    if ev.reason & REASON_HOSTS != 0 {
+        reason.push("hosts");
+    }
+    ScanRecord {
+        kind: "scan",
+        iface,
+        src_ip: addr(ev.src_addr, ev.ip_version),
+        distinct_ports: ev.distinct_ports,
+        distinct_hosts: ev.distinct_hosts,
+        probe: best.1,
+        probes,
+        probe_bytes: ev.probe_bytes,
+        last_dst_ip: addr(ev.last_dst, ev.ip_version),
+        last_dst_port: ev.last_dst_port,
+        reason,
+        start: clock.rfc3339(ev.window_start_ns),
+        end: clock.rfc3339(ev.last_seen_ns),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sensor_common::v4_mapped;
+
+    fn key(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            ifindex: 3,
+            src_addr: v4_mapped(s),
+            dst_addr: v4_mapped(d),
+            src_port: sp,
+            dst_port: dp,
+            protocol: proto,
+            ip_version: 4,
+            flags: 0,
+            _pad: 0,
+        }
+    }
+
+    fn totals(p: u64, b: u64, first: u64, flags: u8) -> FlowTotals {
+        FlowTotals {
+            packets: p,
+            bytes: b,
+            first_seen_ns: first,
+            last_seen_ns: first + 10,
+            tcp_flags: flags,
+            directions: DIR_INGRESS,
+        }
+    }
+
+    fn name(_: u32) -> String {
+        "veth0".into()
+    }
+
+    #[test]
+    fn tcp_initiator_is_the_syn_side_even_if_seen_later() {
+        let c = key([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80, 6);
+        let s = reverse(&c);
+        let mut m = HashMap::new();
+        // The server side was seen first (clock skew between CPUs), but only the client sent a SYN
+        // without ACK... both have SYN: then the earlier SYN wins. Here client has SYN, server none.
+        m.insert(s, totals(4, 400, 5, tcp::ACK | tcp::PSH));
+        m.insert(c, totals(6, 700, 7, tcp::SYN | tcp::ACK));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].src_ip.to_string(), "10.0.0.1");
+        assert_eq!((r[0].src_port, r[0].dst_port), (40000, 80));
+        assert_eq!(
+            (
+                r[0].packets,
+                r[0].bytes,
+                r[0].reverse_packets,
+                r[0].reverse_bytes
+            ),
+            (6, 700, 4, 400)
+        );
+        assert_eq!(r[0].initiator_by, "syn");
+    }
+
+    #[test]
+    fn udp_initiator_by_first_seen_then_port() {
+        let c = key([10, 0, 0, 1], 5353, [10, 0, 0, 2], 53, 17);
+        let s = reverse(&c);
+        let mut m = HashMap::new();
+        m.insert(c, totals(1, 60, 10, 0));
+        m.insert(s, totals(1, 120, 20, 0));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!((r[0].src_port, r[0].initiator_by), (5353, "first_seen"));
+        m.insert(s, totals(1, 120, 10, 0));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!(
+            (r[0].src_port, r[0].dst_port, r[0].initiator_by),
+            (5353, 53, "port")
+        );
+    }
+
+    #[test]
+    fn icmp_echo_request_and_reply_join() {
+        let req = key([10, 0, 0, 1], 8, [10, 0, 0, 2], 0, 1);
+        let mut rep = reverse(&req);
+        rep.src_port = 0;
+        rep.dst_port = 0;
+        let mut m = HashMap::new();
+        m.insert(rep, totals(3, 252, 1, 0));
+        m.insert(req, totals(3, 252, 2, 0));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].src_ip.to_string(), "10.0.0.1");
+        assert_eq!((r[0].src_port, r[0].reverse_packets), (8, 3));
+    }
+
+    #[test]
+    fn one_way_flow_has_zero_reverse() {
+        let k = key([10, 0, 0, 9], 1234, [10, 0, 0, 2], 22, 6);
+        let mut m = HashMap::new();
+        m.insert(k, totals(1, 60, 1, tcp::SYN));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!(
+            (r[0].reverse_packets, r[0].reverse_bytes, r[0].initiator_by),
+            (0, 0, "one_way")
+        );
+    }
+
+    #[test]
+    fn per_cpu_values_add_up() {
+        let mut t = FlowTotals::default();
+        let mk = |p, first, last, f| FlowValue {
+            packets: p,
+            bytes: p * 100,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            tcp_flags: f,
+            directions: DIR_EGRESS,
+            _pad: [0; 6],
+        };
+        t.add(&mk(2, 50, 60, tcp::SYN));
+        t.add(&FlowValue::default()); // a CPU that never saw it
+        t.add(&mk(3, 40, 90, tcp::ACK));
+        assert_eq!(
+            t,
+            FlowTotals {
+                packets: 5,
+                bytes: 500,
+                first_seen_ns: 40,
+                last_seen_ns: 90,
+                tcp_flags: tcp::SYN | tcp::ACK,
+                directions: DIR_EGRESS
+            }
+        );
+    }
+
+    #[test]
+    fn wall_clock_is_rfc3339() {
+        let c = Clock::with_offset(1_700_000_000_000_000_000);
+        assert_eq!(c.rfc3339(1_500_000_000), "2023-11-14T22:13:21.5Z");
+    }
+
+    #[test]
+    fn v6_and_mapped_addresses_print_plainly() {
+        assert_eq!(addr(v4_mapped([192, 0, 2, 1]), 4).to_string(), "192.0.2.1");
+        let mut a = [0u8; 16];
+        a[0] = 0xfd;
+        a[15] = 1;
+        assert_eq!(addr(a, 6).to_string(), "fd00::1");
+    }
+}

@@ -1,0 +1,412 @@
+//! Loading, configuring, attaching and detaching the eBPF programs, and draining their maps.
+
+use std::{collections::HashMap, ffi::CString, mem::size_of, os::fd::AsFd, time::Duration};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{self, TcAttachOptions},
+        xdp::XdpLinkId,
+    },
+};
+use sensor_common::{FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names};
+use tracing::{info, warn};
+
+use crate::{
+    error::SensorError,
+    records::FlowTotals,
+    sys::{self, GracePeriod},
+};
+
+/// The eBPF object built by build.rs from sensor-ebpf.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/picket-ebpf"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeChoice {
+    /// Native (driver) mode, falling back to generic if the driver refuses.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcModeChoice {
+    /// TCX links on kernels that have them (6.6+), else a clsact qdisc filter over netlink.
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+#[derive(Clone, Debug)]
+pub struct SensorOptions {
+    pub ifaces: Vec<String>,
+    pub xdp_mode: XdpModeChoice,
+    pub tc_mode: TcModeChoice,
+    pub flow_table_size: u32,
+    pub scan_window: Duration,
+    pub port_threshold: u32,
+    pub host_threshold: u32,
+}
+
+/// How one interface ended up attached.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub xdp_mode: &'static str,
+    pub tc_mode: &'static str,
+}
+
+pub struct Sensor {
+    // Dropping `bpf` detaches every program (links are closed, netlink filters removed). The maps
+    // taken out of it stay alive (we own their fds) so they can be drained after detaching.
+    bpf: Option<Ebpf>,
+    flows: [MapData; 2],
+    config: Array<MapData, SensorConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    grace: GracePeriod,
+    cfg: SensorConfig,
+    nr_cpus: usize,
+    pub attachments: Vec<Attachment>,
+    /// Flow entries drained so far per table (for eviction accounting).
+    drained_entries: u64,
+    pub batched_drain: bool,
+}
+
+/// One export interval's worth of flows.
+pub struct DrainResult {
+    pub flows: HashMap<FlowKey, FlowTotals>,
+    pub entries: usize,
+}
+
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+pub fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buffer of IF_NAMESIZE as required.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated string into buf.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+fn take(bpf: &mut Ebpf, name: &'static str) -> Result<Map, SensorError> {
+    bpf.take_map(name).ok_or(SensorError::MissingInObject(name))
+}
+
+impl Sensor {
+    /// Loads the programs and maps, writes the configuration and attaches to every interface.
+    /// On any error, everything attached so far is detached (by dropping) before returning.
+    pub fn start(opts: &SensorOptions) -> Result<Self, SensorError> {
+        for iface in &opts.ifaces {
+            if ifindex(iface).is_none() {
+                return Err(SensorError::UnknownInterface(iface.clone()));
+            }
+        }
+        crate::preflight::check()?;
+
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::FLOWS[0], opts.flow_table_size);
+        loader.map_max_entries(names::FLOWS[1], opts.flow_table_size);
+        let mut bpf = loader.load(EBPF_OBJECT).map_err(SensorError::from_load)?;
+
+        let flows = [
+            map_data(take(&mut bpf, names::FLOWS[0])?),
+            map_data(take(&mut bpf, names::FLOWS[1])?),
+        ];
+        let mut config: Array<MapData, SensorConfig> =
+            Array::try_from(take(&mut bpf, names::CONFIG)?).map_err(SensorError::map("CONFIG"))?;
+        let counters: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(take(&mut bpf, names::COUNTERS)?)
+                .map_err(SensorError::map("COUNTERS"))?;
+        let cfg = SensorConfig {
+            window_ns: opts.scan_window.as_nanos() as u64,
+            active_table: 0,
+            port_threshold: opts.port_threshold,
+            host_threshold: opts.host_threshold,
+            use_fixed_now: 0,
+            fixed_now_ns: 0,
+        };
+        config.set(0, cfg, 0).map_err(SensorError::map("CONFIG"))?;
+        let grace = GracePeriod::new()
+            .map_err(|e| SensorError::Kernel(format!("creating the grace-period map: {e}")))?;
+        let nr_cpus =
+            aya::util::nr_cpus().map_err(|(p, e)| SensorError::Kernel(format!("{p}: {e}")))?;
+
+        let mut sensor = Sensor {
+            bpf: Some(bpf),
+            flows,
+            config,
+            counters,
+            grace,
+            cfg,
+            nr_cpus,
+            attachments: Vec::new(),
+            drained_entries: 0,
+            batched_drain: true,
+        };
+        {
+            let xdp: &mut Xdp = sensor
+                .bpf_mut()
+                .program_mut(names::XDP_PROGRAM)
+                .ok_or(SensorError::MissingInObject(names::XDP_PROGRAM))?
+                .try_into()
+                .map_err(|e| SensorError::Kernel(format!("{e}")))?;
+            xdp.load()
+                .map_err(|e| SensorError::from_prog_load(names::XDP_PROGRAM, e))?;
+        }
+        {
+            let tcp: &mut SchedClassifier = sensor
+                .bpf_mut()
+                .program_mut(names::TC_PROGRAM)
+                .ok_or(SensorError::MissingInObject(names::TC_PROGRAM))?
+                .try_into()
+                .map_err(|e| SensorError::Kernel(format!("{e}")))?;
+            tcp.load()
+                .map_err(|e| SensorError::from_prog_load(names::TC_PROGRAM, e))?;
+        }
+        for iface in &opts.ifaces {
+            let a = sensor.attach(iface, opts)?;
+            info!(iface = %a.iface, ifindex = a.ifindex, xdp_mode = a.xdp_mode, tc_mode = a.tc_mode, "attached");
+            sensor.attachments.push(a);
+        }
+        Ok(sensor)
+    }
+
+    fn attach(&mut self, iface: &str, opts: &SensorOptions) -> Result<Attachment, SensorError> {
+        let idx = ifindex(iface).ok_or_else(|| SensorError::UnknownInterface(iface.into()))?;
+        let xdp: &mut Xdp = self
+            .bpf_mut()
+            .program_mut(names::XDP_PROGRAM)
+            .expect("loaded above")
+            .try_into()
+            .expect("XDP program");
+        let attach = |xdp: &mut Xdp, mode| -> Result<XdpLinkId, aya::programs::ProgramError> {
+            xdp.attach_to_if_index(idx, mode)
+        };
+        let xdp_mode = match opts.xdp_mode {
+            XdpModeChoice::Native => {
+                attach(xdp, XdpMode::Driver)
+                    .map_err(|e| SensorError::attach(iface, "XDP (native)", e))?;
+                "native"
+            }
+            XdpModeChoice::Generic => {
+                attach(xdp, XdpMode::Skb)
+                    .map_err(|e| SensorError::attach(iface, "XDP (generic)", e))?;
+                "generic"
+            }
+            XdpModeChoice::Auto => match attach(xdp, XdpMode::Driver) {
+                Ok(_) => "native",
+                Err(e) => {
+                    warn!(iface, error = %e, "native XDP refused by the driver; falling back to generic (skb) XDP, which is slower");
+                    attach(xdp, XdpMode::Skb)
+                        .map_err(|e| SensorError::attach(iface, "XDP (generic)", e))?;
+                    "generic"
+                }
+            },
+        };
+
+        let tcp: &mut SchedClassifier = self
+            .bpf_mut()
+            .program_mut(names::TC_PROGRAM)
+            .expect("loaded above")
+            .try_into()
+            .expect("tc program");
+        let use_tcx = match opts.tc_mode {
+            TcModeChoice::Tcx => true,
+            TcModeChoice::Clsact => false,
+            TcModeChoice::Auto => aya::util::KernelVersion::current()
+                .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+                .unwrap_or(false),
+        };
+        let tc_mode = if use_tcx {
+            match tcp.attach_with_options(
+                iface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(aya::programs::LinkOrder::default()),
+            ) {
+                Ok(_) => "tcx",
+                Err(e) if opts.tc_mode == TcModeChoice::Auto => {
+                    warn!(iface, error = %e, "TCX attach failed; falling back to a clsact qdisc filter");
+                    attach_clsact(tcp, iface)?;
+                    "clsact"
+                }
+                Err(e) => return Err(SensorError::attach(iface, "tc egress (TCX)", e)),
+            }
+        } else {
+            attach_clsact(tcp, iface)?;
+            "clsact"
+        };
+        Ok(Attachment {
+            iface: iface.into(),
+            ifindex: idx,
+            xdp_mode,
+            tc_mode,
+        })
+    }
+
+    /// Switches the programs to the other flow table, waits until no program can still be
+    /// writing the old one, drains it completely and returns its flows.
+    pub fn drain(&mut self) -> Result<DrainResult, SensorError> {
+        let old = self.cfg.active_table as usize;
+        self.cfg.active_table ^= 1;
+        self.config
+            .set(0, self.cfg, 0)
+            .map_err(SensorError::map("CONFIG"))?;
+        self.grace
+            .wait()
+            .map_err(|e| SensorError::Kernel(format!("waiting for an RCU grace period: {e}")))?;
+
+        let stride = size_of::<FlowValue>().div_ceil(8) * 8;
+        let value_stride = stride * self.nr_cpus;
+        let d = sys::drain_map(
+            self.flows[old].fd().as_fd(),
+            size_of::<FlowKey>(),
+            value_stride,
+            4096,
+        )
+        .map_err(|e| SensorError::Kernel(format!("draining flow table {old}: {e}")))?;
+        self.batched_drain = d.batched;
+        let mut flows = HashMap::with_capacity(d.count);
+        for i in 0..d.count {
+            let kb = &d.keys[i * size_of::<FlowKey>()..(i + 1) * size_of::<FlowKey>()];
+            // SAFETY: FlowKey is Pod (repr(C), integers only); read_unaligned handles alignment.
+            let key: FlowKey = unsafe { std::ptr::read_unaligned(kb.as_ptr().cast()) };
+            let mut t = FlowTotals::default();
+            for cpu in 0..self.nr_cpus {
+                let off = i * value_stride + cpu * stride;
+                // SAFETY: as above, FlowValue is Pod and the slice holds `stride >= size_of` bytes.
+                let v: FlowValue =
+                    unsafe { std::ptr::read_unaligned(d.values[off..].as_ptr().cast()) };
+                t.add(&v);
+            }
+            flows
+                .entry(key)
+                .or_insert_with(FlowTotals::default)
+                .merge(&t);
+        }
+        self.drained_entries += d.count as u64;
+        Ok(DrainResult {
+            flows,
+            entries: d.count,
+        })
+    }
+
+    /// Kernel counters summed over CPUs, by name, plus derived ones.
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, SensorError> {
+        let mut out = Vec::with_capacity(counter::COUNT as usize + 1);
+        for i in 0..counter::COUNT {
+            let v = self
+                .counters
+                .get(&i, 0)
+                .map_err(SensorError::map("COUNTERS"))?;
+            out.push((counter::NAMES[i as usize], v.iter().sum::<u64>()));
+        }
+        let inserts: u64 =
+            out[counter::FLOW_INSERTS_0 as usize].1 + out[counter::FLOW_INSERTS_1 as usize].1;
+        // Entries created but never drained were evicted by the LRU (or are still in the active
+        // table; the final drain at exit makes this exact).
+        out.push(("flow_entries_drained", self.drained_entries));
+        out.push((
+            "flow_entries_evicted_or_pending",
+            inserts.saturating_sub(self.drained_entries),
+        ));
+        Ok(out)
+    }
+
+    fn bpf_mut(&mut self) -> &mut Ebpf {
+        self.bpf
+            .as_mut()
+            .expect("programs are only detached at shutdown")
+    }
+
+    pub fn scan_events(&mut self) -> Result<RingBuf<MapData>, SensorError> {
+        RingBuf::try_from(take(self.bpf_mut(), names::SCAN_EVENTS)?)
+            .map_err(SensorError::map("SCAN_EVENTS"))
+    }
+
+    /// Detaches every program from every interface (also done on drop); the maps stay readable.
+    /// Waits until no program can still be running, so a drain afterwards sees everything.
+    pub fn detach_programs(&mut self) {
+        if self.bpf.take().is_some() {
+            if let Err(e) = self.grace.wait() {
+                warn!(error = %e, "waiting for running programs to finish failed");
+            }
+            info!(interfaces = self.attachments.len(), "detached");
+        }
+    }
+}
+
+impl FlowTotals {
+    fn merge(&mut self, o: &FlowTotals) {
+        let v = FlowValue {
+            packets: o.packets,
+            bytes: o.bytes,
+            first_seen_ns: o.first_seen_ns,
+            last_seen_ns: o.last_seen_ns,
+            tcp_flags: o.tcp_flags,
+            directions: o.directions,
+            _pad: [0; 6],
+        };
+        self.add(&v);
+    }
+}
+
+pub fn parse_scan_event(bytes: &[u8]) -> Option<ScanEvent> {
+    if bytes.len() < size_of::<ScanEvent>() {
+        return None;
+    }
+    // SAFETY: ScanEvent is Pod and the buffer is long enough.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+fn map_data(m: Map) -> MapData {
+    match m {
+        Map::PerCpuLruHashMap(d) | Map::PerCpuHashMap(d) | Map::LruHashMap(d) | Map::HashMap(d) => {
+            d
+        }
+        other => panic!("flow table has an unexpected map type: {other:?}"),
+    }
+}
+
+fn attach_clsact(tcp: &mut SchedClassifier, iface: &str) -> Result<(), SensorError> {
+    // EEXIST just means the qdisc is already there (ours from before, or someone else's).
+    if let Err(e) = tc::qdisc_add_clsact(iface) {
+        let exists =
+            matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(SensorError::attach(iface, "clsact qdisc", e));
+        }
+    }
+    // A filter of ours left by a killed sensor would double-count egress: remove it first.
+    match tc::qdisc_detach_program(iface, TcAttachType::Egress, names::TC_PROGRAM) {
+        Ok(()) => warn!(
+            iface,
+            "removed a stale picket tc filter left by an earlier run"
+        ),
+        Err(_) => {}
+    }
+    tcp.attach_with_options(
+        iface,
+        TcAttachType::Egress,
+        TcAttachOptions::Netlink(Default::default()),
+    )
+    .map_err(|e| SensorError::attach(iface, "tc egress (clsact)", e))?;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The few bpf(2) commands aya 0.14 does not offer: batched lookup-and-delete (to drain a flow
+//! table at millions of entries per second) and an RCU grace-period wait (so that, after the agent
+//! switches the active flow table, no program still writes into the one being drained).
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// The kernel-internal ENOTSUPP that bpf(2) returns for commands a map type lacks.
+const ENOTSUPP: i32 = 524;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+
+/// `union bpf_attr` is 144+ bytes on current kernels; every command reads a prefix of it and the
+/// kernel checks that the bytes past the fields it knows are zero.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Self {
+        Attr([0; 128])
+    }
+    fn put_u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn put_u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().expect("4 bytes"))
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a valid, zero-padded bpf_attr buffer of the size we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            std::mem::size_of::<Attr>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Waits for an RCU grace period: updating an array-of-maps makes the kernel call
+/// `synchronize_rcu()` before returning ("maybe_wait_bpf_programs"), after which no XDP or tc
+/// program that started before the call is still running.
+pub struct GracePeriod {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl GracePeriod {
+    pub fn new() -> io::Result<Self> {
+        let mut a = Attr::new();
+        a.put_u32(0, BPF_MAP_TYPE_ARRAY)
+            .put_u32(4, 4)
+            .put_u32(8, 4)
+            .put_u32(12, 1);
+        // SAFETY: a successful BPF_MAP_CREATE returns a new fd we own.
+        let inner = unsafe { OwnedFd::from_raw_fd(bpf(BPF_MAP_CREATE, &mut a)? as RawFd) };
+        let mut a = Attr::new();
+        a.put_u32(0, BPF_MAP_TYPE_ARRAY_OF_MAPS)
+            .put_u32(4, 4)
+            .put_u32(8, 4)
+            .put_u32(12, 1)
+            .put_u32(20, inner.as_raw_fd() as u32);
+        // SAFETY: as above.
+        let outer = unsafe { OwnedFd::from_raw_fd(bpf(BPF_MAP_CREATE, &mut a)? as RawFd) };
+        Ok(Self { outer, inner })
+    }
+
+    pub fn wait(&self) -> io::Result<()> {
+        let key: u32 = 0;
+        let value: u32 = self.inner.as_raw_fd() as u32;
+        let mut a = Attr::new();
+        a.put_u32(0, self.outer.as_raw_fd() as u32)
+            .put_u64(8, &key as *const u32 as u64)
+            .put_u64(16, &value as *const u32 as u64)
+            .put_u64(24, 0);
+        bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(|_| ())
+    }
+}
+
+/// Outcome of one drain of a (quiescent) hash map.
+pub struct Drained {
+    /// Keys, `key_size` bytes each.
+    pub keys: Vec<u8>,
+    /// Values, `value_stride` bytes each (per-CPU maps: one 8-byte-aligned slot per possible CPU).
+    pub values: Vec<u8>,
+    pub count: usize,
+    /// True if the batch command was used, false if the kernel lacked it and we went key by key.
+    pub batched: bool,
+}
+
+/// Removes every entry of a hash map and returns them, in batches of `batch` entries.
+///
+/// The map must not be written concurrently (the agent drains the inactive flow table only).
+pub fn drain_map(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_stride: usize,
+    batch: usize,
+) -> io::Result<Drained> {
+    let mut out = Drained {
+        keys: Vec::new(),
+        values: Vec::new(),
+        count: 0,
+        batched: true,
+    };
+    let mut keys = vec![0u8; key_size * batch];
+    let mut values = vec![0u8; value_stride * batch];
+    // Batch tokens: the hash map uses a u32 bucket index, but size it like a key to be safe.
+    let mut in_batch = vec![0u8; key_size.max(8)];
+    let mut out_batch = vec![0u8; key_size.max(8)];
+    let mut first = true;
+    let mut batch = batch;
+    loop {
+        let mut a = Attr::new();
+        a.put_u64(0, if first { 0 } else { in_batch.as_ptr() as u64 })
+            .put_u64(8, out_batch.as_mut_ptr() as u64)
+            .put_u64(16, keys.as_mut_ptr() as u64)
+            .put_u64(24, values.as_mut_ptr() as u64)
+            .put_u32(32, batch as u32)
+            .put_u32(36, fd.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut a);
+        let n = a.get_u32(32) as usize;
+        out.keys.extend_from_slice(&keys[..n * key_size]);
+        out.values.extend_from_slice(&values[..n * value_stride]);
+        out.count += n;
+        match r {
+            Ok(_) => {
+                in_batch.copy_from_slice(&out_batch);
+                first = false;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
+                // One bucket holds more entries than the batch: grow and retry.
+                batch *= 2;
+                keys.resize(key_size * batch, 0);
+                values.resize(value_stride * batch, 0);
+            }
+            Err(e)
+                if first
+                    && n == 0
+                    && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(ENOTSUPP)) =>
+            {
+                // Kernel without batch ops (< 5.6): go key by key; still race-free on a quiescent map.
+                let mut slow = drain_map_one_by_one(fd, key_size, value_stride)?;
+                slow.batched = false;
+                return Ok(slow);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn drain_map_one_by_one(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_stride: usize,
+) -> io::Result<Drained> {
+    let mut out = Drained {
+        keys: Vec::new(),
+        values: Vec::new(),
+        count: 0,
+        batched: false,
+    };
+    let mut key = vec![0u8; key_size];
+    let mut value = vec![0u8; value_stride];
+    loop {
+        // Always ask for the first key: we delete as we go.
+        let mut a = Attr::new();
+        a.put_u32(0, fd.as_raw_fd() as u32)
+            .put_u64(8, 0)
+            .put_u64(16, key.as_mut_ptr() as u64);
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+        }
+        let mut a = Attr::new();
+        a.put_u32(0, fd.as_raw_fd() as u32)
+            .put_u64(8, key.as_ptr() as u64)
+            .put_u64(16, value.as_mut_ptr() as u64);
+        let found = match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+            Ok(_) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+            Err(e) => return Err(e),
+        };
+        let mut a = Attr::new();
+        a.put_u32(0, fd.as_raw_fd() as u32)
+            .put_u64(8, key.as_ptr() as u64);
+        match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        if found {
+            out.keys.extend_from_slice(&key);
+            out.values.extend_from_slice(&value);
+            out.count += 1;
+        }
+    }
+}
