@@ -1,1 +1,551 @@
+//! Helpers for Picket's end-to-end tests: network namespaces and veths that each test creates and
+//! always tears down, the real `picket-sensor` binary run inside them, threads that open sockets
+//! inside a namespace, and an independent packet oracle (tcpdump's pcap files, parsed here).
+//!
+//! Traffic rules: packets go only to addresses that exist on veths inside namespaces the test made
+//! (10.200-254.x.y, fd00:... ) and every generator is bounded in count.
 
+use std::{
+    collections::HashMap,
+    fs,
+    io::{BufRead, BufReader, Read},
+    net::IpAddr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub mod pcap;
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// Panics with a clear message unless we run as root (namespaces, XDP and tc need it).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "this test needs root (network namespaces, XDP, tc): run `cargo xtask test` as root"
+        );
+    }
+}
+
+/// Runs a command to completion and panics with its output if it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "`{cmd} {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like [`sh`], inside a namespace.
+pub fn sh_in(ns: &str, cmd: &str, args: &[&str]) -> String {
+    let mut a = vec!["netns", "exec", ns, cmd];
+    a.extend_from_slice(args);
+    sh("ip", &a)
+}
+
+/// Two namespaces, `a` (10.N.0.1, fd00:N::1) and `b` (10.N.0.2, fd00:N::2), joined by a veth pair
+/// `va` <-> `vb`. Removed on drop, also when the test panics.
+pub struct Lab {
+    pub a: String,
+    pub b: String,
+    pub va: String,
+    pub vb: String,
+    pub subnet: u32,
+    pub ip_a: String,
+    pub ip_b: String,
+    pub ip6_a: String,
+    pub ip6_b: String,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        require_root();
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        let id = (std::process::id() % 1000) * 20 + n;
+        let subnet = 200 + (std::process::id() + n) % 50;
+        let lab = Lab {
+            a: format!("pkt{id}a"),
+            b: format!("pkt{id}b"),
+            va: format!("pk{id}a"),
+            vb: format!("pk{id}b"),
+            subnet,
+            ip_a: format!("10.{subnet}.{}.1", n % 250),
+            ip_b: format!("10.{subnet}.{}.2", n % 250),
+            ip6_a: format!("fd00:{subnet}:{n}::1"),
+            ip6_b: format!("fd00:{subnet}:{n}::2"),
+        };
+        // Leftovers of a killed earlier run with the same names would make `add` fail.
+        lab.teardown();
+        sh("ip", &["netns", "add", &lab.a]);
+        sh("ip", &["netns", "add", &lab.b]);
+        sh(
+            "ip",
+            &[
+                "link", "add", &lab.va, "netns", &lab.a, "type", "veth", "peer", "name", &lab.vb,
+                "netns", &lab.b,
+            ],
+        );
+        for (ns, dev, ip, ip6) in [
+            (&lab.a, &lab.va, &lab.ip_a, &lab.ip6_a),
+            (&lab.b, &lab.vb, &lab.ip_b, &lab.ip6_b),
+        ] {
+            sh_in(ns, "ip", &["link", "set", "lo", "up"]);
+            sh_in(ns, "ip", &["addr", "add", &format!("{ip}/24"), "dev", dev]);
+            sh_in(
+                ns,
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+            sh_in(ns, "ip", &["link", "set", dev, "up"]);
+        }
+        lab
+    }
+
+    /// Turns segmentation offloads off on both ends, so every packet crosses the veth as itself
+    /// (what a physical wire would carry) and a capture on one side is an exact oracle.
+    pub fn no_offloads(&self) {
+        for (ns, dev) in [(&self.a, &self.va), (&self.b, &self.vb)] {
+            sh_in(
+                ns,
+                "ethtool",
+                &[
+                    "-K", dev, "tso", "off", "gso", "off", "gro", "off", "tx", "off", "rx", "off",
+                ],
+            );
+        }
+    }
+
+    /// Adds a VLAN sub-interface `<veth>.<id>` on both ends with 10.N.<id>.1/.2.
+    pub fn vlan(&self, id: u16, outer: Option<u16>) -> (String, String) {
+        let mut out = Vec::new();
+        for (ns, dev, host) in [(&self.a, &self.va, 1), (&self.b, &self.vb, 2)] {
+            let mut parent = dev.clone();
+            if let Some(o) = outer {
+                let s = format!("{}.{o}", dev.chars().take(9).collect::<String>());
+                sh_in(
+                    ns,
+                    "ip",
+                    &[
+                        "link",
+                        "add",
+                        "link",
+                        &parent,
+                        "name",
+                        &s,
+                        "type",
+                        "vlan",
+                        "proto",
+                        "802.1ad",
+                        "id",
+                        &o.to_string(),
+                    ],
+                );
+                sh_in(ns, "ip", &["link", "set", &s, "up"]);
+                parent = s;
+            }
+            let name = format!("{}v{id}", dev.chars().take(9).collect::<String>());
+            sh_in(
+                ns,
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    "link",
+                    &parent,
+                    "name",
+                    &name,
+                    "type",
+                    "vlan",
+                    "id",
+                    &id.to_string(),
+                ],
+            );
+            let ip = format!("10.{}.{}.{host}", self.subnet, 250 - (id % 5));
+            sh_in(
+                ns,
+                "ip",
+                &["addr", "add", &format!("{ip}/24"), "dev", &name],
+            );
+            sh_in(ns, "ip", &["link", "set", &name, "up"]);
+            out.push(ip);
+        }
+        (out[0].clone(), out[1].clone())
+    }
+
+    fn teardown(&self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`: sockets it opens live there.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+}
+
+/// Where the binaries under test are: `PICKET_BIN_DIR`, else this workspace's target/debug.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PICKET_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build it first (`cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
+/// A `picket-sensor` running inside a namespace with `--stdout`.
+pub struct Sensor {
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = NEXT_LAB.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("picket-test-{}-{tag}-{n}", std::process::id()));
+        fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Parsed output of a sensor run.
+pub struct SensorOutput {
+    pub flows: Vec<Value>,
+    pub scans: Vec<Value>,
+    pub stats: Vec<Value>,
+    pub stderr: String,
+}
+
+impl SensorOutput {
+    /// Flow records matching a predicate.
+    pub fn flows_where(&self, f: impl Fn(&Value) -> bool) -> Vec<&Value> {
+        self.flows.iter().filter(|v| f(v)).collect()
+    }
+
+    /// Sum of (packets, bytes, reverse_packets, reverse_bytes) over records between two endpoints
+    /// (as initiator `src` -> `dst`) with the given protocol and ports (None = any).
+    pub fn totals(
+        &self,
+        src: &str,
+        dst: &str,
+        proto: u64,
+        sport: Option<u64>,
+        dport: Option<u64>,
+    ) -> (u64, u64, u64, u64) {
+        let mut t = (0, 0, 0, 0);
+        for f in &self.flows {
+            if f["src_ip"] == src
+                && f["dst_ip"] == dst
+                && f["protocol"] == proto
+                && sport.is_none_or(|p| f["src_port"] == p)
+                && dport.is_none_or(|p| f["dst_port"] == p)
+            {
+                t.0 += f["packets"].as_u64().expect("packets");
+                t.1 += f["bytes"].as_u64().expect("bytes");
+                t.2 += f["reverse_packets"].as_u64().expect("reverse_packets");
+                t.3 += f["reverse_bytes"].as_u64().expect("reverse_bytes");
+            }
+        }
+        t
+    }
+
+    /// The last stats line's kernel counter.
+    pub fn kernel(&self, name: &str) -> u64 {
+        self.stats.last().expect("a stats line")["kernel"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("counter {name}"))
+    }
+}
+
+impl Sensor {
+    /// Starts the sensor in `ns` and waits until it has attached.
+    pub fn start(ns: &str, args: &[&str]) -> Sensor {
+        let dir = TempDir::new("sensor");
+        let stdout = dir.0.join("stdout.jsonl");
+        let stderr = dir.0.join("stderr.log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(bin("picket-sensor"))
+            .arg("--stdout")
+            .args(args);
+        cmd.stdout(fs::File::create(&stdout).expect("stdout file"));
+        cmd.stderr(fs::File::create(&stderr).expect("stderr file"));
+        cmd.stdin(Stdio::null());
+        let child = cmd.spawn().expect("spawn picket-sensor");
+        let mut s = Sensor {
+            child: Some(child),
+            stdout,
+            stderr,
+            _dir: dir,
+        };
+        s.wait_for_log("sensor running", Duration::from_secs(30));
+        s
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let log = fs::read_to_string(&self.stderr).unwrap_or_default();
+            if log.contains(needle) {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .expect("running")
+                .try_wait()
+                .expect("try_wait")
+            {
+                panic!("picket-sensor exited ({status}) before `{needle}`:\n{log}");
+            }
+            if t0.elapsed() > timeout {
+                panic!("picket-sensor did not log `{needle}` within {timeout:?}:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGINT, waits for a clean exit and parses what it printed.
+    pub fn stop(mut self) -> SensorOutput {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGINT)
+    }
+
+    pub fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> SensorOutput {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
+            .expect("signal sensor");
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("picket-sensor did not exit within 30 s of {sig}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = fs::read_to_string(&self.stderr).unwrap_or_default();
+        assert!(
+            status.success(),
+            "picket-sensor exited with {status}:\n{stderr}"
+        );
+        parse_output(&self.stdout, stderr)
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn parse_output(path: &Path, stderr: String) -> SensorOutput {
+    let mut out = SensorOutput {
+        flows: vec![],
+        scans: vec![],
+        stats: vec![],
+        stderr,
+    };
+    let f = fs::File::open(path).expect("open sensor stdout");
+    for line in BufReader::new(f).lines() {
+        let line = line.expect("read line");
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+        match v["kind"].as_str() {
+            Some("flow") => out.flows.push(v),
+            Some("scan") => out.scans.push(v),
+            Some("stats") => out.stats.push(v),
+            other => panic!("unexpected kind {other:?} in {line}"),
+        }
+    }
+    out
+}
+
+/// A process started in a namespace (tcpdump, nmap, a server...), ended by pid on drop.
+pub struct Bg {
+    pub child: Child,
+    pub stderr_path: Option<PathBuf>,
+}
+
+impl Bg {
+    pub fn spawn_in(ns: &str, cmd: &str, args: &[&str], stderr_path: Option<&Path>) -> Bg {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, cmd])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        match stderr_path {
+            Some(p) => c.stderr(fs::File::create(p).expect("stderr file")),
+            None => c.stderr(Stdio::null()),
+        };
+        Bg {
+            child: c.spawn().unwrap_or_else(|e| panic!("spawn {cmd}: {e}")),
+            stderr_path: stderr_path.map(Path::to_path_buf),
+        }
+    }
+
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) {
+        let p = self.stderr_path.as_ref().expect("stderr captured");
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if fs::read_to_string(p).unwrap_or_default().contains(needle) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "`{needle}` not seen within {timeout:?}: {}",
+            fs::read_to_string(p).unwrap_or_default()
+        );
+    }
+
+    /// SIGINT, then wait (bounded).
+    pub fn interrupt(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A packet capture with tcpdump on `dev` in `ns`, used as the independent count oracle.
+pub struct Capture {
+    bg: Bg,
+    pub file: PathBuf,
+    _dir: TempDir,
+}
+
+impl Capture {
+    pub fn start(ns: &str, dev: &str) -> Capture {
+        let dir = TempDir::new("pcap");
+        let file = dir.0.join("cap.pcap");
+        let err = dir.0.join("tcpdump.err");
+        let bg = Bg::spawn_in(
+            ns,
+            "tcpdump",
+            &[
+                "-i",
+                dev,
+                "-U",
+                "--immediate-mode",
+                "-n",
+                "-s",
+                "256",
+                "-w",
+                file.to_str().expect("utf8"),
+            ],
+            Some(&err),
+        );
+        bg.wait_stderr("listening on", Duration::from_secs(10));
+        Capture {
+            bg,
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the capture and returns per-flow (src, dst, proto, sport, dport) -> (packets, IP bytes).
+    pub fn stop(self) -> HashMap<pcap::FlowId, (u64, u64)> {
+        // Let the last packets reach the capture buffer before stopping it.
+        thread::sleep(Duration::from_millis(200));
+        let file = self.file.clone();
+        self.bg.interrupt();
+        let mut data = Vec::new();
+        fs::File::open(&file)
+            .expect("open pcap")
+            .read_to_end(&mut data)
+            .expect("read pcap");
+        pcap::flows(&data)
+    }
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip address")
+}

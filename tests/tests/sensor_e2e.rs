@@ -1,0 +1,652 @@
+//! End-to-end tests of the sensor: the real picket-sensor binary with the real embedded eBPF
+//! object, attached to veths in namespaces each test creates, counting real packets. Counts are
+//! compared with exact expectations and with an independent oracle (tcpdump on the peer).
+//!
+//! Needs root. Run with `cargo xtask test`.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    thread,
+    time::Duration,
+};
+
+use tests::{Capture, Lab, Sensor, TempDir, pcap::FlowId, sh_in};
+
+/// Long interval: everything lands in the final drain, so each conversation is one record.
+const ONE_DRAIN: &[&str] = &["--export-interval", "600"];
+
+fn oracle(
+    cap: &std::collections::HashMap<FlowId, (u64, u64)>,
+    src: &str,
+    dst: &str,
+    proto: u8,
+    sport: Option<u16>,
+    dport: Option<u16>,
+) -> (u64, u64) {
+    let mut t = (0, 0);
+    for (id, (p, b)) in cap {
+        if id.src == tests::ip(src)
+            && id.dst == tests::ip(dst)
+            && id.protocol == proto
+            && sport.is_none_or(|s| id.sport == s)
+            && dport.is_none_or(|d| id.dport == d)
+        {
+            t.0 += p;
+            t.1 += b;
+        }
+    }
+    t
+}
+
+#[test]
+fn icmp_echo_counts_exactly_in_both_directions() {
+    let lab = Lab::new();
+    let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, ONE_DRAIN[0], ONE_DRAIN[1]]);
+    sh_in(
+        &lab.a,
+        "ping",
+        &["-c", "4", "-i", "0.2", "-s", "100", "-W", "2", &lab.ip_b],
+    );
+    let out = sensor.stop();
+    // 4 requests in (XDP), 4 replies out (tc), each 20 (IP) + 8 (ICMP) + 100 bytes.
+    assert_eq!(
+        out.totals(&lab.ip_a, &lab.ip_b, 1, Some(8), Some(0)),
+        (4, 4 * 128, 4, 4 * 128)
+    );
+    let rec = &out.flows_where(|f| f["protocol"] == 1 && f["src_ip"] == lab.ip_a.as_str())[0];
+    assert_eq!(rec["observed"], "ingress+egress");
+    assert_eq!(rec["iface"], lab.vb.as_str());
+    assert_eq!(
+        out.kernel("packets_seen"),
+        out.kernel("packets_parsed") + out.kernel("unparsed_non_ip")
+    );
+    assert_eq!(out.kernel("flow_insert_failed"), 0);
+    assert_eq!(out.kernel("flow_entries_evicted_or_pending"), 0);
+}
+
+#[test]
+fn tcp_exchange_with_data_matches_the_wire() {
+    let lab = Lab::new();
+    lab.no_offloads();
+    let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, ONE_DRAIN[0], ONE_DRAIN[1]]);
+    let cap = Capture::start(&lab.a, &lab.va);
+    let addr: SocketAddr = format!("{}:5001", lab.ip_b).parse().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = tests::in_netns(&lab.b, move || {
+        let l = TcpListener::bind(addr).expect("bind");
+        tx.send(()).expect("ready");
+        let (mut s, _) = l.accept().expect("accept");
+        let mut buf = vec![0u8; 100_000];
+        s.read_exact(&mut buf).expect("read request");
+        s.write_all(&vec![7u8; 50_000]).expect("write reply");
+    });
+    rx.recv().expect("server ready");
+    let client = tests::in_netns(&lab.a, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.write_all(&vec![1u8; 100_000]).expect("write");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        assert_eq!(got.len(), 50_000);
+        s.local_addr().expect("local").port()
+    });
+    server.join().expect("server");
+    let cport = client.join().expect("client");
+    thread::sleep(Duration::from_millis(300)); // the final FIN/ACK exchange
+    let wire = cap.stop();
+    let out = sensor.stop();
+    let fwd = oracle(&wire, &lab.ip_a, &lab.ip_b, 6, Some(cport), Some(5001));
+    let rev = oracle(&wire, &lab.ip_b, &lab.ip_a, 6, Some(5001), Some(cport));
+    assert!(
+        fwd.0 > 70 && fwd.1 > 100_000,
+        "oracle saw the request: {fwd:?}"
+    );
+    let got = out.totals(&lab.ip_a, &lab.ip_b, 6, Some(cport as u64), Some(5001));
+    assert_eq!(got, (fwd.0, fwd.1, rev.0, rev.1), "sensor vs tcpdump");
+    let rec = &out.flows_where(|f| f["protocol"] == 6 && f["dst_port"] == 5001)[0];
+    assert_eq!(rec["initiator_by"], "syn");
+    assert_eq!(
+        rec["tcp_flags"].as_u64().expect("flags") & 0x13,
+        0x13,
+        "SYN, ACK and FIN from the client"
+    );
+}
+
+#[test]
+fn tcp_with_segmentation_offload_counts_wire_packets() {
+    // Offloads on: the sender's stack hands tc egress GSO super-packets; the sensor must count
+    // the segments that will cross the wire, not the skbs. The receiving side (XDP on the peer
+    // disables GSO towards it) sees real segments, so the two sensors must agree exactly.
+    let lab = Lab::new();
+    let sa = Sensor::start(&lab.a, &["--iface", &lab.va, ONE_DRAIN[0], ONE_DRAIN[1]]);
+    let sb = Sensor::start(&lab.b, &["--iface", &lab.vb, ONE_DRAIN[0], ONE_DRAIN[1]]);
+    let addr: SocketAddr = format!("{}:5002", lab.ip_b).parse().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = tests::in_netns(&lab.b, move || {
+        let l = TcpListener::bind(addr).expect("bind");
+        tx.send(()).expect("ready");
+        let (mut s, _) = l.accept().expect("accept");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        got.len()
+    });
+    rx.recv().expect("ready");
+    let client = tests::in_netns(&lab.a, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.write_all(&vec![3u8; 2_000_000]).expect("write");
+    });
+    client.join().expect("client");
+    assert_eq!(server.join().expect("server"), 2_000_000);
+    thread::sleep(Duration::from_millis(300));
+    let oa = sa.stop();
+    let ob = sb.stop();
+    let a = oa.totals(&lab.ip_a, &lab.ip_b, 6, None, Some(5002));
+    let b = ob.totals(&lab.ip_a, &lab.ip_b, 6, None, Some(5002));
+    assert!(a.0 > 1000, "2 MB is well over 1000 segments: {a:?}");
+    assert_eq!(
+        (a.0, a.1),
+        (b.0, b.1),
+        "egress (tc, GSO) on a vs ingress (XDP) on b"
+    );
+    assert!(
+        oa.kernel("gso_extra_segments") > 0,
+        "the sender really used GSO"
+    );
+}
+
+#[test]
+fn udp_both_directions() {
+    let lab = Lab::new();
+    let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, ONE_DRAIN[0], ONE_DRAIN[1]]);
+    let cap = Capture::start(&lab.a, &lab.va);
+    let saddr: SocketAddr = format!("{}:5353", lab.ip_b).parse().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = tests::in_netns(&lab.b, move || {
+        let s = UdpSocket::bind(saddr).expect("bind");
+        tx.send(()).expect("ready");
+        let mut buf = [0u8; 2048];
+        for _ in 0..10 {
+            let (n, from) = s.recv_from(&mut buf).expect("recv");
+            assert_eq!(n, 200);
+            s.send_to(&[9u8; 300], from).expect("reply");
+        }
+    });
+    rx.recv().expect("ready");
+    let client = tests::in_netns(&lab.a, move || {
+        let s = UdpSocket::bind("0.0.0.0:40000").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 2048];
+        for _ in 0..10 {
+            s.send_to(&[1u8; 200], saddr).expect("send");
+            let (n, _) = s.recv_from(&mut buf).expect("reply");
+            assert_eq!(n, 300);
+        }
+    });
+    client.join().expect("client");
+    server.join().expect("server");
+    let wire = cap.stop();
+    let out = sensor.stop();
+    let got = out.totals(&lab.ip_a, &lab.ip_b, 17, Some(40000), Some(5353));
+    assert_eq!(got, (10, 10 * 228, 10, 10 * 328));
+    let fwd = oracle(&wire, &lab.ip_a, &lab.ip_b, 17, Some(40000), Some(5353));
+    let rev = oracle(&wire, &lab.ip_b, &lab.ip_a, 17, Some(5353), Some(40000));
+    assert_eq!(got, (fwd.0, fwd.1, rev.0, rev.1));
+}
+
+#[test]
+fn ipv6_icmp_and_udp() {
+    let lab = Lab::new();
+    let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, ONE_DRAIN[0], ONE_DRAIN[1]]);
+    sh_in(
+        &lab.a,
+        "ping",
+        &[
+            "-6", "-c", "3", "-i", "0.2", "-s", "64", "-W", "2", &lab.ip6_b,
+        ],
+    );
+    let saddr: SocketAddr = format!("[{}]:7000", lab.ip6_b).parse().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = tests::in_netns(&lab.b, move || {
+        let s = UdpSocket::bind(saddr).expect("bind");
+        tx.send(()).expect("ready");
+        let mut buf = [0u8; 2048];
+        for _ in 0..5 {
+            let (_, from) = s.recv_from(&mut buf).expect("recv");
+            s.send_to(&[0u8; 10], from).expect("reply");
+        }
+    });
+    rx.recv().expect("ready");
+    tests::in_netns(&lab.a, move || {
+        let s = UdpSocket::bind("[::]:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        for _ in 0..5 {
+            s.send_to(&[1u8; 100], saddr).expect("send");
+            s.recv_from(&mut buf).expect("reply");
+        }
+    })
+    .join()
+    .expect("client");
+    server.join().expect("server");
+    let out = sensor.stop();
+    // ICMPv6 echo request (128/0): 40 + 8 + 64 bytes each way.
+    assert_eq!(
+        out.totals(&lab.ip6_a, &lab.ip6_b, 58, Some(128), Some(0)),
+        (3, 3 * 112, 3, 3 * 112)
+    );
+    assert_eq!(
+        out.totals(&lab.ip6_a, &lab.ip6_b, 17, None, Some(7000)),
+        (5, 5 * 148, 5, 5 * 58)
+    );
+}
+
+/// Sends `count` copies of one hand-made frame out of `dev` in `ns`, through the qdisc path (so
+/// tc egress sees them), with trafgen.
+fn trafgen(ns: &str, dev: &str, dir: &TempDir, name: &str, frame: &str, count: u64) {
+    let path = dir.0.join(name);
+    std::fs::write(&path, format!("{{\n{frame}\n}}\n")).expect("write trafgen conf");
+    let n = count.to_string();
+    sh_in(
+        ns,
+        "trafgen",
+        &[
+            "--dev",
+            dev,
+            "--conf",
+            path.to_str().expect("utf8"),
+            "--num",
+            &n,
+            "--cpus",
+            "1",
+            "--qdisc-path",
+            "--no-sock-mem",
+        ],
+    );
+}
+
+fn hex_mac(m: &str) -> String {
+    m.split(':')
+        .map(|b| format!("0x{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn hex_ip(a: &str) -> String {
+    a.split('.').collect::<Vec<_>>().join(", ")
+}
+
+/// Ethernet header bytes (without EtherType) from `src` to `dst`, then the given tags.
+fn udp4_frame(
+    dst_mac: &str,
+    src_mac: &str,
+    tags: &[(u16, u16)],
+    src: &str,
+    dst: &str,
+    sport: u16,
+    dport: u16,
+    payload: u16,
+) -> String {
+    let mut f = format!("  {}, {},\n", hex_mac(dst_mac), hex_mac(src_mac));
+    for (tpid, vid) in tags {
+        f += &format!("  const16({tpid}), const16({vid}),\n");
+    }
+    let total = 20 + 8 + payload;
+    f += &format!(
+        "  0x08, 0x00,\n  0x45, 0x00, const16({total}), const16(1), 0x40, 0x00, 64, 17, csumip({l3}, {l3e}),\n  {},\n  {},\n  const16({sport}), const16({dport}), const16({ul}), const16(0),\n  fill(0x42, {payload})",
+        hex_ip(src),
+        hex_ip(dst),
+        l3 = 14 + 4 * tags.len(),
+        l3e = 14 + 4 * tags.len() + 19,
+        ul = 8 + payload,
+    );
+    f
+}
+
+#[test]
+fn vlan_and_qinq_tagged_traffic() {
+    // VLAN devices need the 8021q module, which these machines cannot load: the tagged frames
+    // are made by trafgen instead, in both directions (ingress XDP and egress tc on vb).
+    let lab = Lab::new();
+    let dir = TempDir::new("vlan");
+    let (ma, mb) = (mac(&lab.a, &lab.va), mac(&lab.b, &lab.vb));
+    let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, ONE_DRAIN[0], ONE_DRAIN[1]]);
+    let q = [(0x8100, 100)];
+    let qinq = [(0x88a8, 300), (0x8100, 200)];
+    // In: a -> b, 802.1Q and QinQ. Out: b -> a, 802.1Q and QinQ.
+    trafgen(
+        &lab.a,
+        &lab.va,
+        &dir,
+        "in1q.cfg",
+        &udp4_frame(&mb, &ma, &q, "10.77.0.1", "10.77.0.2", 1111, 2222, 100),
+        100,
+    );
+    trafgen(
+        &lab.a,
+        &lab.va,
+        &dir,
+        "inqq.cfg",
+        &udp4_frame(&mb, &ma, &qinq, "10.78.0.1", "10.78.0.2", 1111, 2222, 10),
+        70,
+    );
+    trafgen(
+        &lab.b,
+        &lab.vb,
+        &dir,
+        "out1q.cfg",
+        &udp4_frame(&ma, &mb, &q, "10.77.0.2", "10.77.0.1", 2222, 1111, 50),
+        40,
+    );
+    trafgen(
+        &lab.b,
+        &lab.vb,
+        &dir,
+        "outqq.cfg",
+        &udp4_frame(&ma, &mb, &qinq, "10.78.0.2", "10.78.0.1", 2222, 1111, 20),
+        30,
+    );
+    thread::sleep(Duration::from_millis(200));
+    let out = sensor.stop();
+    // The ingress direction is the initiator here (seen first); the egress frames are its reverse.
+    assert_eq!(
+        out.totals("10.77.0.1", "10.77.0.2", 17, Some(1111), Some(2222)),
+        (100, 100 * 128, 40, 40 * 78),
+        "802.1Q"
+    );
+    assert_eq!(
+        out.totals("10.78.0.1", "10.78.0.2", 17, Some(1111), Some(2222)),
+        (70, 70 * 38, 30, 30 * 48),
+        "QinQ"
+    );
+    assert_eq!(out.kernel("vlan_tagged"), 240);
+    let rec = &out.flows_where(|f| f["src_ip"] == "10.77.0.1")[0];
+    assert_eq!(rec["observed"], "ingress+egress");
+}
+
+#[test]
+fn nmap_syn_scan_yields_exactly_one_event_naming_the_scanner() {
+    let lab = Lab::new();
+    let open = format!("{}:8080", lab.ip_b);
+    let listener = tests::in_netns(&lab.b, move || TcpListener::bind(&open).expect("bind"));
+    let _listener = listener.join().expect("listener");
+    let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]);
+    sh_in(
+        &lab.a,
+        "nmap",
+        &[
+            "-sS",
+            "-n",
+            "-Pn",
+            "-T4",
+            "--max-retries",
+            "1",
+            "-p",
+            "1-1000,8080",
+            &lab.ip_b,
+        ],
+    );
+    thread::sleep(Duration::from_millis(500));
+    let out = sensor.stop();
+    assert_eq!(
+        out.scans.len(),
+        1,
+        "one event per source per window: {:?}",
+        out.scans
+    );
+    let ev = &out.scans[0];
+    assert_eq!(ev["src_ip"], lab.ip_a.as_str());
+    assert_eq!(ev["probe"], "syn");
+    assert!(ev["distinct_ports"].as_u64().expect("ports") >= 20);
+    assert_eq!(ev["distinct_hosts"], 1);
+    assert_eq!(ev["last_dst_ip"], lab.ip_b.as_str());
+    assert_eq!(out.kernel("scan_events_dropped"), 0);
+}
+
+#[test]
+fn benign_client_with_hundreds_of_connections_to_one_port_yields_no_event() {
+    let lab = Lab::new();
+    let addr: SocketAddr = format!("{}:8081", lab.ip_b).parse().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = tests::in_netns(&lab.b, move || {
+        let l = TcpListener::bind(addr).expect("bind");
+        tx.send(()).expect("ready");
+        for _ in 0..300 {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut b = [0u8; 16];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(b"ok");
+        }
+    });
+    rx.recv().expect("ready");
+    let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]);
+    tests::in_netns(&lab.a, move || {
+        for _ in 0..300 {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+            s.write_all(b"hello").expect("write");
+            let mut b = Vec::new();
+            s.read_to_end(&mut b).expect("read");
+        }
+    })
+    .join()
+    .expect("client");
+    server.join().expect("server");
+    thread::sleep(Duration::from_millis(300));
+    let out = sensor.stop();
+    assert!(
+        out.scans.is_empty(),
+        "benign traffic raised {:?}",
+        out.scans
+    );
+    let conns = out.flows_where(|f| f["dst_port"] == 8081 && f["src_ip"] == lab.ip_a.as_str());
+    assert!(
+        conns.len() >= 300,
+        "every connection was recorded ({} records)",
+        conns.len()
+    );
+    assert!(
+        out.kernel("probes") >= 300,
+        "the SYNs were looked at as possible probes"
+    );
+}
+
+fn tx_dropped(ns: &str, dev: &str) -> u64 {
+    let j = sh_in(ns, "ip", &["-s", "-j", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_str(&j).expect("ip -j");
+    v[0]["stats64"]["tx"]["dropped"]
+        .as_u64()
+        .expect("tx dropped")
+}
+
+fn mac(ns: &str, dev: &str) -> String {
+    let j = sh_in(ns, "ip", &["-j", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_str(&j).expect("ip -j");
+    v[0]["address"].as_str().expect("mac").to_string()
+}
+
+#[test]
+fn two_million_trafgen_frames_counted_exactly() {
+    let lab = Lab::new();
+    let dir = TempDir::new("trafgen");
+    // 60-byte frames: Ethernet, IPv4 (total length 46), UDP 4000 -> 5000 with 18 bytes of payload.
+    let frame = udp4_frame(
+        &mac(&lab.b, &lab.vb),
+        &mac(&lab.a, &lab.va),
+        &[],
+        &lab.ip_a,
+        &lab.ip_b,
+        4000,
+        5000,
+        18,
+    );
+    // Egress on a (tc, every frame trafgen sends through the qdisc path) and ingress on b (XDP).
+    let sa = Sensor::start(&lab.a, &["--iface", &lab.va, "--export-interval", "1"]);
+    let sb = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]);
+    let dropped_before = tx_dropped(&lab.a, &lab.va);
+    trafgen(&lab.a, &lab.va, &dir, "udp.cfg", &frame, 2_000_000);
+    thread::sleep(Duration::from_millis(500));
+    let dropped = tx_dropped(&lab.a, &lab.va) - dropped_before;
+    let oa = sa.stop();
+    let ob = sb.stop();
+    let a = oa.totals(&lab.ip_a, &lab.ip_b, 17, Some(4000), Some(5000));
+    let b = ob.totals(&lab.ip_a, &lab.ip_b, 17, Some(4000), Some(5000));
+    assert_eq!(
+        (a.0, a.1),
+        (2_000_000, 2_000_000 * 46),
+        "tc egress on the sender"
+    );
+    // What the veth itself dropped never reached b: it is counted there, and only there.
+    assert_eq!(
+        b.0 + dropped,
+        2_000_000,
+        "XDP ingress on the receiver (+{dropped} dropped by the veth)"
+    );
+    assert_eq!(b.1, b.0 * 46);
+    assert!(
+        oa.flows.len() > 1 || oa.stats.len() > 2,
+        "several export intervals were drained"
+    );
+    for o in [&oa, &ob] {
+        assert_eq!(o.kernel("flow_insert_failed"), 0);
+        assert_eq!(o.kernel("flow_entries_evicted_or_pending"), 0);
+    }
+    eprintln!(
+        "trafgen: 2000000 sent, {} at XDP ingress, {dropped} dropped by the veth",
+        b.0
+    );
+}
+
+fn attached_xdp(ns: &str) -> bool {
+    let s = sh_in(ns, "ip", &["-d", "link", "show"]);
+    s.contains("prog/xdp") || s.contains("xdpgeneric") || s.contains(" xdp ")
+}
+
+fn tc_filters(ns: &str, dev: &str) -> String {
+    sh_in(ns, "tc", &["filter", "show", "dev", dev, "egress"])
+}
+
+/// Picket tc programs on `dev`'s egress: clsact filters (tc) plus TCX links (asked of the kernel
+/// through aya: Debian's bpftool predates TCX).
+fn tc_programs(ns: &str, dev: &str) -> usize {
+    let filters = tc_filters(ns, dev).matches("picket_tc_egress").count();
+    let d = dev.to_string();
+    let tcx = tests::in_netns(ns, move || {
+        let (_, progs) =
+            aya::programs::SchedClassifier::query_tcx(&d, aya::programs::TcAttachType::Egress)
+                .expect("query tcx");
+        progs
+            .iter()
+            .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("picket_tc")))
+            .count()
+    })
+    .join()
+    .expect("query thread");
+    filters + tcx
+}
+
+#[test]
+fn detaches_cleanly_on_sigterm_in_both_tc_modes() {
+    for mode in ["tcx", "clsact"] {
+        let lab = Lab::new();
+        let mut s = Sensor::start(&lab.b, &["--iface", &lab.vb, "--tc-mode", mode]);
+        assert!(attached_xdp(&lab.b), "XDP attached ({mode})");
+        assert_eq!(
+            tc_programs(&lab.b, &lab.vb),
+            1,
+            "tc program attached ({mode})"
+        );
+        let out = s.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+        assert!(out.stderr.contains("detached"), "{}", out.stderr);
+        assert!(!attached_xdp(&lab.b), "XDP left behind ({mode})");
+        assert_eq!(
+            tc_programs(&lab.b, &lab.vb),
+            0,
+            "tc program left behind ({mode})"
+        );
+    }
+}
+
+#[test]
+fn sigkill_then_restart_leaves_exactly_one_attachment_and_then_none() {
+    let lab = Lab::new();
+    let s = Sensor::start(&lab.b, &["--iface", &lab.vb, "--tc-mode", "clsact"]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    drop(s);
+    // XDP went with the process (a bpf_link); a netlink tc filter may outlive it.
+    let again = Sensor::start(&lab.b, &["--iface", &lab.vb, "--tc-mode", "clsact"]);
+    assert_eq!(
+        tc_filters(&lab.b, &lab.vb)
+            .matches("picket_tc_egress")
+            .count(),
+        1,
+        "stale filter replaced, not doubled"
+    );
+    sh_in(
+        &lab.a,
+        "ping",
+        &["-c", "2", "-i", "0.2", "-W", "2", &lab.ip_b],
+    );
+    let out = again.stop();
+    assert_eq!(
+        out.totals(&lab.ip_a, &lab.ip_b, 1, Some(8), Some(0)),
+        (2, 168, 2, 168),
+        "no double counting"
+    );
+    assert!(!tc_filters(&lab.b, &lab.vb).contains("picket"));
+    assert!(!attached_xdp(&lab.b));
+}
+
+#[test]
+fn bad_input_fails_clearly_and_attaches_nothing() {
+    let lab = Lab::new();
+    let run = |args: &[&str]| {
+        let mut a = vec!["netns", "exec", &lab.b];
+        let bin = tests::bin("picket-sensor");
+        a.push(bin.to_str().expect("utf8"));
+        a.extend_from_slice(args);
+        std::process::Command::new("ip")
+            .args(&a)
+            .output()
+            .expect("run")
+    };
+    // One good interface and one that does not exist: nothing may stay attached to the good one.
+    let o = run(&["--stdout", "--iface", &lab.vb, "--iface", "nosuch0"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown network interface `nosuch0`"), "{err}");
+    assert!(!attached_xdp(&lab.b));
+
+    let o = run(&["--iface", &lab.vb]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--stdout"));
+
+    let o = run(&["--stdout", "--iface", &lab.vb, "--export-interval", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    // Without CAP_NET_ADMIN (dropped from the bounding set, so even root lacks it).
+    let bin = tests::bin("picket-sensor");
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.b,
+            "setpriv",
+            "--bounding-set",
+            "-net_admin",
+            "--inh-caps",
+            "-net_admin",
+        ])
+        .arg(&bin)
+        .args(["--stdout", "--iface", &lab.vb])
+        .output()
+        .expect("run setpriv");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("missing capabilities: CAP_NET_ADMIN"), "{err}");
+    assert!(!attached_xdp(&lab.b));
+}
