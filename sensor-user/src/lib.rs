@@ -1,6 +1,7 @@
 //! picket-sensor as a library: everything the binary does is a call here first.
 pub mod config;
 pub mod error;
+pub mod harness;
 pub mod preflight;
 pub mod records;
 pub mod sensor;

@@ -1,0 +1,351 @@
+//! Running the real eBPF programs without attaching them (BPF_PROG_TEST_RUN), for the parser
+//! tests and the per-packet benchmarks: crafted frames in, flow table / counters / events out.
+//! Time comes from the configuration (`use_fixed_now`), so window logic is tested without sleeping.
+
+use std::{collections::HashMap, mem::size_of, os::fd::AsFd, time::Duration};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use sensor_common::{FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names};
+
+use crate::{records::FlowTotals, sensor::EBPF_OBJECT, sys};
+
+pub struct Harness {
+    bpf: Ebpf,
+    config: Array<MapData, SensorConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+    pub cfg: SensorConfig,
+    nr_cpus: usize,
+}
+
+impl Harness {
+    /// Loads (not attaches) both programs with the given flow-table size.
+    pub fn load(flow_table_size: u32) -> anyhow::Result<Self> {
+        let mut bpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS[0], flow_table_size)
+            .map_max_entries(names::FLOWS[1], flow_table_size)
+            .load(EBPF_OBJECT)?;
+        for name in [names::XDP_PROGRAM] {
+            let p: &mut Xdp = bpf.program_mut(name).expect("xdp program").try_into()?;
+            p.load()?;
+        }
+        let p: &mut SchedClassifier = bpf
+            .program_mut(names::TC_PROGRAM)
+            .expect("tc program")
+            .try_into()?;
+        p.load()?;
+        let config = Array::try_from(bpf.take_map(names::CONFIG).expect("CONFIG"))?;
+        let counters = PerCpuArray::try_from(bpf.take_map(names::COUNTERS).expect("COUNTERS"))?;
+        let events = RingBuf::try_from(bpf.take_map(names::SCAN_EVENTS).expect("SCAN_EVENTS"))?;
+        let mut h = Harness {
+            bpf,
+            config,
+            counters,
+            events,
+            cfg: SensorConfig {
+                window_ns: 60_000_000_000,
+                active_table: 0,
+                port_threshold: 20,
+                host_threshold: 25,
+                use_fixed_now: 1,
+                fixed_now_ns: 1_000_000_000,
+            },
+            nr_cpus: aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?,
+        };
+        h.apply()?;
+        Ok(h)
+    }
+
+    pub fn apply(&mut self) -> anyhow::Result<()> {
+        self.config.set(0, self.cfg, 0)?;
+        Ok(())
+    }
+
+    pub fn set_now(&mut self, ns: u64) -> anyhow::Result<()> {
+        self.cfg.fixed_now_ns = ns;
+        self.apply()
+    }
+
+    /// Runs the XDP program on `frame` `repeat` times; returns its return value and the average
+    /// time per run as measured by the kernel.
+    pub fn run_xdp(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, Duration)> {
+        let p: &Xdp = self
+            .bpf
+            .program(names::XDP_PROGRAM)
+            .expect("xdp")
+            .try_into()?;
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        Ok((r.return_value, r.duration))
+    }
+
+    /// Runs the tc program on `frame` once (as egress).
+    pub fn run_tc(&self, frame: &[u8]) -> anyhow::Result<u32> {
+        let p: &SchedClassifier = self
+            .bpf
+            .program(names::TC_PROGRAM)
+            .expect("tc")
+            .try_into()?;
+        let r = p.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..TestRunOptions::default()
+        })?;
+        Ok(r.return_value)
+    }
+
+    fn table(&self, i: usize) -> &MapData {
+        match self.bpf.map(names::FLOWS[i]).expect("flow table") {
+            aya::maps::Map::PerCpuLruHashMap(d) => d,
+            other => panic!("unexpected flow table type {other:?}"),
+        }
+    }
+
+    /// Drains both flow tables (the programs are not attached: nothing races with us).
+    pub fn take_flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowTotals>> {
+        let stride = size_of::<FlowValue>().div_ceil(8) * 8;
+        let mut out: HashMap<FlowKey, FlowTotals> = HashMap::new();
+        for i in 0..2 {
+            let d = sys::drain_map(
+                self.table(i).fd().as_fd(),
+                size_of::<FlowKey>(),
+                stride * self.nr_cpus,
+                4096,
+            )?;
+            for e in 0..d.count {
+                // SAFETY: FlowKey/FlowValue are Pod; the slices are long enough.
+                let key: FlowKey = unsafe {
+                    std::ptr::read_unaligned(d.keys[e * size_of::<FlowKey>()..].as_ptr().cast())
+                };
+                let t = out.entry(key).or_default();
+                for cpu in 0..self.nr_cpus {
+                    let off = e * stride * self.nr_cpus + cpu * stride;
+                    // SAFETY: as above.
+                    let v: FlowValue =
+                        unsafe { std::ptr::read_unaligned(d.values[off..].as_ptr().cast()) };
+                    t.add(&v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts `n` synthetic flows into the active table (for benchmarks at a given fill level).
+    pub fn prefill(&mut self, n: u32) -> anyhow::Result<()> {
+        let table = names::FLOWS[self.cfg.active_table as usize];
+        let mut m: aya::maps::PerCpuHashMap<&mut MapData, FlowKey, FlowValue> =
+            aya::maps::PerCpuHashMap::try_from(self.bpf.map_mut(table).expect("table"))?;
+        let v = FlowValue {
+            packets: 1,
+            bytes: 60,
+            first_seen_ns: 1,
+            last_seen_ns: 1,
+            ..FlowValue::default()
+        };
+        for i in 0..n {
+            let mut k = FlowKey {
+                ifindex: 999,
+                protocol: 6,
+                ip_version: 4,
+                ..FlowKey::default()
+            };
+            k.src_addr = sensor_common::v4_mapped([172, 16, (i >> 8) as u8, i as u8]);
+            k.dst_addr = sensor_common::v4_mapped([172, 17, 0, (i >> 16) as u8]);
+            k.src_port = 1024 + (i % 60000) as u16;
+            k.dst_port = 443;
+            m.insert(k, PerCpuValues::try_from(vec![v; self.nr_cpus])?, 0)?;
+        }
+        Ok(())
+    }
+
+    pub fn counter(&self, idx: u32) -> anyhow::Result<u64> {
+        Ok(self.counters.get(&idx, 0)?.iter().sum())
+    }
+
+    pub fn counters(&self) -> anyhow::Result<HashMap<&'static str, u64>> {
+        let mut m = HashMap::new();
+        for i in 0..counter::COUNT {
+            m.insert(counter::NAMES[i as usize], self.counter(i)?);
+        }
+        Ok(m)
+    }
+
+    pub fn scan_events(&mut self) -> Vec<ScanEvent> {
+        let mut v = Vec::new();
+        while let Some(item) = self.events.next() {
+            if let Some(e) = crate::sensor::parse_scan_event(&item) {
+                v.push(e);
+            }
+        }
+        v
+    }
+}
+
+/// Builds test frames. Addresses are given as text; everything else as numbers.
+pub mod frame {
+    use std::net::IpAddr;
+
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+
+    #[derive(Clone, Debug, Default)]
+    pub struct Frame {
+        /// (TPID, VLAN id) tags, outermost first.
+        pub tags: Vec<(u16, u16)>,
+        /// IPv4 options bytes (multiple of 4).
+        pub ip_options: Vec<u8>,
+        /// IPv4: (more fragments, offset in 8-byte units).
+        pub fragment: Option<(bool, u16)>,
+        /// IPv6 extension headers before the transport: (type, total length in bytes).
+        pub ext: Vec<(u8, usize)>,
+        /// Cut the frame to this length after building it.
+        pub truncate: Option<usize>,
+    }
+
+    fn l4(proto: u8, sport: u16, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        match proto {
+            6 => {
+                v.extend_from_slice(&sport.to_be_bytes());
+                v.extend_from_slice(&dport.to_be_bytes());
+                v.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+            }
+            17 => {
+                v.extend_from_slice(&sport.to_be_bytes());
+                v.extend_from_slice(&dport.to_be_bytes());
+                v.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+                v.extend_from_slice(&[0, 0]);
+            }
+            // ICMP / ICMPv6: sport = type, dport = code.
+            _ => v.extend_from_slice(&[sport as u8, dport as u8, 0, 0, 0, 1, 0, 1]),
+        }
+        v.extend(std::iter::repeat_n(0x5a, payload));
+        v
+    }
+
+    impl Frame {
+        #[allow(
+            clippy::too_many_arguments,
+            reason = "a frame is described by its header fields"
+        )]
+        pub fn build(
+            &self,
+            src: &str,
+            dst: &str,
+            proto: u8,
+            sport: u16,
+            dport: u16,
+            flags: u8,
+            payload: usize,
+        ) -> Vec<u8> {
+            let src: IpAddr = src.parse().expect("src");
+            let dst: IpAddr = dst.parse().expect("dst");
+            let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+            for (tpid, vid) in &self.tags {
+                f.extend_from_slice(&tpid.to_be_bytes());
+                f.extend_from_slice(&vid.to_be_bytes());
+            }
+            let body = l4(proto, sport, dport, flags, payload);
+            match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    f.extend_from_slice(&[0x08, 0x00]);
+                    let ihl = 5 + self.ip_options.len() / 4;
+                    let body = if matches!(self.fragment, Some((_, off)) if off > 0) {
+                        vec![0x5a; 8 + payload]
+                    } else {
+                        body
+                    };
+                    let total = (ihl * 4 + body.len()) as u16;
+                    let frag = match self.fragment {
+                        Some((mf, off)) => ((mf as u16) << 13) | off,
+                        None => 0x4000,
+                    };
+                    f.push(0x40 | ihl as u8);
+                    f.push(0);
+                    f.extend_from_slice(&total.to_be_bytes());
+                    f.extend_from_slice(&[0, 1]);
+                    f.extend_from_slice(&frag.to_be_bytes());
+                    f.extend_from_slice(&[64, proto, 0, 0]);
+                    f.extend_from_slice(&s.octets());
+                    f.extend_from_slice(&d.octets());
+                    f.extend_from_slice(&self.ip_options);
+                    f.extend_from_slice(&body);
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    f.extend_from_slice(&[0x86, 0xdd]);
+                    let mut ext = Vec::new();
+                    let mut next = proto;
+                    // Build from the innermost header outwards so each knows its successor.
+                    for (ty, len) in self.ext.iter().rev() {
+                        let mut h = vec![next, 0];
+                        match *ty {
+                            44 => {
+                                h.extend_from_slice(&[0, 0, 0, 0, 0, 7]);
+                            }
+                            51 => {
+                                h[1] = (len / 4 - 2) as u8;
+                                h.resize(*len, 0);
+                            }
+                            _ => {
+                                h[1] = (len / 8 - 1) as u8;
+                                h.resize(*len, 0);
+                            }
+                        }
+                        h.extend_from_slice(&ext);
+                        ext = h;
+                        next = *ty;
+                    }
+                    let plen = (ext.len() + body.len()) as u16;
+                    f.extend_from_slice(&[0x60, 0, 0, 0]);
+                    f.extend_from_slice(&plen.to_be_bytes());
+                    f.push(next);
+                    f.push(64);
+                    f.extend_from_slice(&s.octets());
+                    f.extend_from_slice(&d.octets());
+                    f.extend_from_slice(&ext);
+                    f.extend_from_slice(&body);
+                }
+                _ => panic!("mixed address families"),
+            }
+            if let Some(n) = self.truncate {
+                f.truncate(n);
+            }
+            f
+        }
+    }
+
+    /// A plain Ethernet + IPv4/IPv6 frame.
+    pub fn ip(
+        src: &str,
+        dst: &str,
+        proto: u8,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        payload: usize,
+    ) -> Vec<u8> {
+        Frame::default().build(src, dst, proto, sport, dport, flags, payload)
+    }
+
+    /// An ARP request (non-IP).
+    pub fn arp() -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&[
+            0x02, 0, 0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2,
+        ]);
+        f
+    }
+}

@@ -1,0 +1,390 @@
+//! The real eBPF programs run on crafted frames with BPF_PROG_TEST_RUN: every header shape the
+//! parser claims to handle, every unparsed reason, and the per-source scan logic with a clock the
+//! test controls (no sleeping). Needs root (loading BPF programs).
+
+use std::collections::HashMap;
+
+use sensor_common::{
+    FlowKey, KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, REASON_HOSTS, REASON_PORTS, probe, v4_mapped,
+};
+use sensor_user::{
+    harness::{
+        Harness,
+        frame::{self, ACK, FIN, Frame, PSH, SYN, URG},
+    },
+    records::FlowTotals,
+};
+
+const XDP_PASS: u32 = 2;
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
+
+fn harness() -> Harness {
+    tests::require_root();
+    Harness::load(16_384).expect("load eBPF object")
+}
+
+fn v4(a: &str) -> [u8; 16] {
+    v4_mapped(a.parse::<std::net::Ipv4Addr>().expect("v4").octets())
+}
+
+fn v6(a: &str) -> [u8; 16] {
+    a.parse::<std::net::Ipv6Addr>().expect("v6").octets()
+}
+
+/// The one flow matching the given addresses, protocol and ports.
+fn find(
+    flows: &HashMap<FlowKey, FlowTotals>,
+    src: [u8; 16],
+    dst: [u8; 16],
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> (FlowKey, FlowTotals) {
+    let m: Vec<_> = flows
+        .iter()
+        .filter(|(k, _)| {
+            k.src_addr == src
+                && k.dst_addr == dst
+                && k.protocol == proto
+                && k.src_port == sport
+                && k.dst_port == dport
+        })
+        .collect();
+    assert_eq!(m.len(), 1, "exactly one flow expected among {flows:?}");
+    (*m[0].0, *m[0].1)
+}
+
+#[test]
+fn parses_every_supported_shape_and_counts_ip_bytes() {
+    let h = harness();
+    let run = |f: &[u8], n: u32| {
+        assert_eq!(
+            h.run_xdp(f, n).expect("run").0,
+            XDP_PASS,
+            "monitoring only: always pass"
+        )
+    };
+    run(
+        &frame::ip("10.0.0.1", "10.0.0.2", 6, 40000, 443, ACK | PSH, 100),
+        3,
+    );
+    run(&frame::ip("10.0.0.1", "10.0.0.2", 17, 5000, 53, 0, 30), 2);
+    run(&frame::ip("10.0.0.1", "10.0.0.2", 1, 8, 0, 0, 56), 1);
+    run(&frame::ip("fd00::1", "fd00::2", 58, 128, 0, 0, 56), 1);
+    run(&frame::ip("fd00::1", "fd00::2", 6, 40001, 80, SYN, 0), 1);
+    let q = Frame {
+        tags: vec![(0x8100, 10)],
+        ..Frame::default()
+    };
+    run(&q.build("10.0.1.1", "10.0.1.2", 17, 1, 2, 0, 10), 1);
+    let qinq = Frame {
+        tags: vec![(0x88a8, 20), (0x8100, 30)],
+        ..Frame::default()
+    };
+    run(&qinq.build("fd00::a", "fd00::b", 17, 3, 4, 0, 10), 1);
+    let opts = Frame {
+        ip_options: vec![1, 1, 1, 0],
+        ..Frame::default()
+    };
+    run(&opts.build("10.0.2.1", "10.0.2.2", 6, 1234, 22, ACK, 5), 1);
+    let ext = Frame {
+        ext: vec![(0, 8), (60, 16), (43, 24)],
+        ..Frame::default()
+    };
+    run(&ext.build("fd00::c", "fd00::d", 6, 5555, 443, ACK, 7), 1);
+    let ah = Frame {
+        ext: vec![(51, 24)],
+        ..Frame::default()
+    };
+    run(&ah.build("fd00::e", "fd00::f", 17, 6, 7, 0, 1), 1);
+
+    let f = h.take_flows().expect("flows");
+    let (_, t) = find(&f, v4("10.0.0.1"), v4("10.0.0.2"), 6, 40000, 443);
+    assert_eq!((t.packets, t.bytes, t.tcp_flags), (3, 3 * 140, ACK | PSH));
+    assert_eq!(
+        find(&f, v4("10.0.0.1"), v4("10.0.0.2"), 17, 5000, 53)
+            .1
+            .bytes,
+        2 * 58
+    );
+    assert_eq!(
+        find(&f, v4("10.0.0.1"), v4("10.0.0.2"), 1, 8, 0).1.bytes,
+        84
+    );
+    assert_eq!(
+        find(&f, v6("fd00::1"), v6("fd00::2"), 58, 128, 0).1.bytes,
+        104
+    );
+    let (k, t) = find(&f, v6("fd00::1"), v6("fd00::2"), 6, 40001, 80);
+    assert_eq!((k.ip_version, t.bytes, t.tcp_flags), (6, 60, SYN));
+    assert_eq!(
+        find(&f, v4("10.0.1.1"), v4("10.0.1.2"), 17, 1, 2).1.bytes,
+        38,
+        "802.1Q"
+    );
+    assert_eq!(
+        find(&f, v6("fd00::a"), v6("fd00::b"), 17, 3, 4).1.bytes,
+        58,
+        "QinQ + IPv6"
+    );
+    assert_eq!(
+        find(&f, v4("10.0.2.1"), v4("10.0.2.2"), 6, 1234, 22)
+            .1
+            .bytes,
+        24 + 20 + 5,
+        "IPv4 options"
+    );
+    assert_eq!(
+        find(&f, v6("fd00::c"), v6("fd00::d"), 6, 5555, 443).1.bytes,
+        40 + 48 + 20 + 7,
+        "hop-by-hop, dst opts, routing"
+    );
+    assert_eq!(
+        find(&f, v6("fd00::e"), v6("fd00::f"), 17, 6, 7).1.bytes,
+        40 + 24 + 8 + 1,
+        "AH"
+    );
+
+    let c = h.counters().expect("counters");
+    assert_eq!(c["packets_seen"], 13);
+    assert_eq!(c["packets_parsed"], 13);
+    assert_eq!(c["vlan_tagged"], 2);
+    assert_eq!(c["ingress_packets"], 13);
+}
+
+#[test]
+fn fragments_are_counted_without_ports() {
+    let h = harness();
+    let first = Frame {
+        fragment: Some((true, 0)),
+        ..Frame::default()
+    };
+    let rest = Frame {
+        fragment: Some((false, 185)),
+        ..Frame::default()
+    };
+    h.run_xdp(
+        &first.build("10.1.0.1", "10.1.0.2", 17, 7000, 8000, 0, 1472),
+        1,
+    )
+    .expect("run");
+    h.run_xdp(
+        &rest.build("10.1.0.1", "10.1.0.2", 17, 7000, 8000, 0, 500),
+        1,
+    )
+    .expect("run");
+    let v6first = Frame {
+        ext: vec![(44, 8)],
+        ..Frame::default()
+    };
+    h.run_xdp(&v6first.build("fd01::1", "fd01::2", 17, 9, 10, 0, 100), 1)
+        .expect("run");
+    let f = h.take_flows().expect("flows");
+    assert_eq!(
+        find(&f, v4("10.1.0.1"), v4("10.1.0.2"), 17, 7000, 8000)
+            .1
+            .bytes,
+        20 + 8 + 1472,
+        "first fragment keeps ports"
+    );
+    let (k, t) = find(&f, v4("10.1.0.1"), v4("10.1.0.2"), 17, 0, 0);
+    assert_eq!(
+        (k.flags & KEY_FLAG_FRAGMENT, t.packets, t.bytes),
+        (KEY_FLAG_FRAGMENT, 1, 20 + 8 + 500)
+    );
+    // An IPv6 fragment header with offset 0: a first fragment, which keeps its ports.
+    assert_eq!(
+        find(&f, v6("fd01::1"), v6("fd01::2"), 17, 9, 10).1.packets,
+        1
+    );
+    let c = h.counters().expect("counters");
+    assert_eq!(c["fragments"], 3);
+    assert_eq!(c["packets_parsed"], 3);
+}
+
+#[test]
+fn every_unparsed_packet_has_a_reason() {
+    let h = harness();
+    h.run_xdp(&frame::arp(), 2).expect("arp");
+    // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header: a VLAN EtherType with
+    // no tag after it is the shortest truncation it lets through.
+    let mut runt = vec![0u8; 14];
+    runt[12] = 0x81;
+    h.run_xdp(&runt, 1).expect("runt");
+    let mut cut_ip = frame::ip("10.2.0.1", "10.2.0.2", 6, 1, 2, SYN, 0);
+    cut_ip.truncate(14 + 12);
+    h.run_xdp(&cut_ip, 1).expect("cut ip");
+    let mut bad_ihl = frame::ip("10.2.0.1", "10.2.0.2", 6, 1, 2, SYN, 0);
+    bad_ihl[14] = 0x43;
+    h.run_xdp(&bad_ihl, 1).expect("bad ihl");
+    let cut_tcp = Frame {
+        truncate: Some(14 + 20 + 10),
+        ..Frame::default()
+    }
+    .build("10.2.0.1", "10.2.0.2", 6, 1, 2, SYN, 0);
+    h.run_xdp(&cut_tcp, 1).expect("cut tcp");
+    let c = h.counters().expect("counters");
+    assert_eq!(c["packets_seen"], 6);
+    assert_eq!(c["unparsed_non_ip"], 2);
+    assert_eq!(c["unparsed_truncated_l2"], 1);
+    assert_eq!(c["unparsed_truncated_l3"], 1);
+    assert_eq!(c["unparsed_bad_l3"], 1);
+    // A cut transport header still counts the packet (ports unknown), flagged.
+    assert_eq!(c["packets_parsed"], 1);
+    assert_eq!(c["l4_truncated"], 1);
+    let f = h.take_flows().expect("flows");
+    let (k, _) = find(&f, v4("10.2.0.1"), v4("10.2.0.2"), 6, 0, 0);
+    assert_eq!(k.flags & KEY_FLAG_L4_TRUNCATED, KEY_FLAG_L4_TRUNCATED);
+}
+
+#[test]
+fn egress_program_counts_the_same_way() {
+    let h = harness();
+    let f = frame::ip("10.3.0.2", "10.3.0.1", 6, 443, 40000, ACK, 1000);
+    assert_eq!(
+        h.run_tc(&f).expect("tc"),
+        TC_ACT_UNSPEC,
+        "tc: continue to the next filter"
+    );
+    let flows = h.take_flows().expect("flows");
+    let (_, t) = find(&flows, v4("10.3.0.2"), v4("10.3.0.1"), 6, 443, 40000);
+    assert_eq!(
+        (t.packets, t.bytes, t.directions),
+        (1, 1040, sensor_common::DIR_EGRESS)
+    );
+    assert_eq!(
+        h.counter(sensor_common::counter::EGRESS).expect("egress"),
+        1
+    );
+}
+
+#[test]
+fn port_scan_emits_one_event_per_window_with_probe_kinds() {
+    let mut h = harness();
+    h.cfg.port_threshold = 10;
+    h.cfg.window_ns = 60_000_000_000;
+    h.set_now(1_000_000_000).expect("now");
+    // 9 distinct ports: below the threshold.
+    for p in 1..=9u16 {
+        h.run_xdp(&frame::ip("10.4.0.66", "10.4.0.1", 6, 50000, p, SYN, 0), 1)
+            .expect("syn");
+    }
+    assert!(h.scan_events().is_empty(), "below threshold");
+    // FIN, NULL, Xmas probes to new ports: the 10th distinct port crosses the threshold.
+    h.run_xdp(
+        &frame::ip("10.4.0.66", "10.4.0.1", 6, 50000, 100, FIN, 0),
+        1,
+    )
+    .expect("fin");
+    let ev = h.scan_events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].src_addr, v4("10.4.0.66"));
+    assert_eq!(ev[0].distinct_ports, 10);
+    assert_eq!(ev[0].reason, REASON_PORTS);
+    assert_eq!(ev[0].probes[probe::SYN], 9);
+    assert_eq!(ev[0].probes[probe::FIN], 1);
+    h.run_xdp(&frame::ip("10.4.0.66", "10.4.0.1", 6, 50000, 101, 0, 0), 1)
+        .expect("null");
+    h.run_xdp(
+        &frame::ip("10.4.0.66", "10.4.0.1", 6, 50000, 102, FIN | PSH | URG, 0),
+        1,
+    )
+    .expect("xmas");
+    assert!(
+        h.scan_events().is_empty(),
+        "one event per source per window"
+    );
+    // Next window: state starts over, and a new event comes once the threshold is crossed again.
+    h.set_now(62_000_000_000).expect("now");
+    for p in 200..210u16 {
+        h.run_xdp(
+            &frame::ip("10.4.0.66", "10.4.0.1", 6, 50000, p, FIN | PSH | URG, 0),
+            1,
+        )
+        .expect("xmas");
+    }
+    let ev = h.scan_events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].window_start_ns, 62_000_000_000);
+    assert_eq!(ev[0].probes[probe::XMAS], 10);
+}
+
+#[test]
+fn address_sweep_by_udp_and_ack_probes() {
+    let mut h = harness();
+    h.cfg.host_threshold = 8;
+    h.cfg.port_threshold = 0; // disabled
+    h.apply().expect("cfg");
+    for i in 1..=4u8 {
+        h.run_xdp(
+            &frame::ip("10.5.0.9", &format!("10.5.1.{i}"), 17, 40000, 161, 0, 10),
+            1,
+        )
+        .expect("udp");
+    }
+    for i in 5..=8u8 {
+        h.run_xdp(
+            &frame::ip("10.5.0.9", &format!("10.5.1.{i}"), 6, 40000, 80, ACK, 0),
+            1,
+        )
+        .expect("ack");
+    }
+    let ev = h.scan_events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].distinct_hosts, ev[0].distinct_ports, ev[0].reason),
+        (8, 2, REASON_HOSTS)
+    );
+    assert_eq!((ev[0].probes[probe::UDP], ev[0].probes[probe::ACK]), (4, 4));
+}
+
+#[test]
+fn answered_conversations_are_not_probes() {
+    let mut h = harness();
+    h.cfg.port_threshold = 3;
+    h.apply().expect("cfg");
+    // A DNS server answering many clients on many ephemeral ports: replies are not probes.
+    for p in 0..10u16 {
+        h.run_xdp(
+            &frame::ip("10.6.0.1", "10.6.0.53", 17, 30000 + p, 53, 0, 30),
+            1,
+        )
+        .expect("query");
+        h.run_tc(&frame::ip(
+            "10.6.0.53",
+            "10.6.0.1",
+            17,
+            53,
+            30000 + p,
+            0,
+            60,
+        ))
+        .expect("answer");
+    }
+    // A long-lived TCP conversation after the tables swapped: its bare ACKs are not probes.
+    h.run_xdp(&frame::ip("10.6.0.7", "10.6.0.8", 6, 40000, 22, SYN, 0), 1)
+        .expect("syn");
+    h.run_tc(&frame::ip(
+        "10.6.0.8",
+        "10.6.0.7",
+        6,
+        22,
+        40000,
+        SYN | ACK,
+        0,
+    ))
+    .expect("synack");
+    h.take_flows().expect("drain");
+    h.run_tc(&frame::ip("10.6.0.8", "10.6.0.7", 6, 22, 40000, ACK, 0))
+        .expect("ack after swap");
+    let c = h.counters().expect("counters");
+    assert_eq!(
+        c["probes"],
+        10 + 1,
+        "the queries and the SYN were first contacts; nothing else"
+    );
+    assert!(
+        h.scan_events().is_empty(),
+        "the DNS client used one port of one host"
+    );
+}
