@@ -29,10 +29,11 @@ impl Harness {
             .map_max_entries(names::FLOWS[0], flow_table_size)
             .map_max_entries(names::FLOWS[1], flow_table_size)
             .load(EBPF_OBJECT)?;
-        for name in [names::XDP_PROGRAM] {
-            let p: &mut Xdp = bpf.program_mut(name).expect("xdp program").try_into()?;
-            p.load()?;
-        }
+        let p: &mut Xdp = bpf
+            .program_mut(names::XDP_PROGRAM)
+            .expect("xdp program")
+            .try_into()?;
+        p.load()?;
         let p: &mut SchedClassifier = bpf
             .program_mut(names::TC_PROGRAM)
             .expect("tc program")

@@ -395,12 +395,11 @@ fn attach_clsact(tcp: &mut SchedClassifier, iface: &str) -> Result<(), SensorErr
         }
     }
     // A filter of ours left by a killed sensor would double-count egress: remove it first.
-    match tc::qdisc_detach_program(iface, TcAttachType::Egress, names::TC_PROGRAM) {
-        Ok(()) => warn!(
+    if tc::qdisc_detach_program(iface, TcAttachType::Egress, names::TC_PROGRAM).is_ok() {
+        warn!(
             iface,
             "removed a stale picket tc filter left by an earlier run"
-        ),
-        Err(_) => {}
+        );
     }
     tcp.attach_with_options(
         iface,

@@ -282,10 +282,8 @@ fn udp4_frame(
     dst_mac: &str,
     src_mac: &str,
     tags: &[(u16, u16)],
-    src: &str,
-    dst: &str,
-    sport: u16,
-    dport: u16,
+    (src, sport): (&str, u16),
+    (dst, dport): (&str, u16),
     payload: u16,
 ) -> String {
     let mut f = format!("  {}, {},\n", hex_mac(dst_mac), hex_mac(src_mac));
@@ -320,7 +318,7 @@ fn vlan_and_qinq_tagged_traffic() {
         &lab.va,
         &dir,
         "in1q.cfg",
-        &udp4_frame(&mb, &ma, &q, "10.77.0.1", "10.77.0.2", 1111, 2222, 100),
+        &udp4_frame(&mb, &ma, &q, ("10.77.0.1", 1111), ("10.77.0.2", 2222), 100),
         100,
     );
     trafgen(
@@ -328,7 +326,14 @@ fn vlan_and_qinq_tagged_traffic() {
         &lab.va,
         &dir,
         "inqq.cfg",
-        &udp4_frame(&mb, &ma, &qinq, "10.78.0.1", "10.78.0.2", 1111, 2222, 10),
+        &udp4_frame(
+            &mb,
+            &ma,
+            &qinq,
+            ("10.78.0.1", 1111),
+            ("10.78.0.2", 2222),
+            10,
+        ),
         70,
     );
     trafgen(
@@ -336,7 +341,7 @@ fn vlan_and_qinq_tagged_traffic() {
         &lab.vb,
         &dir,
         "out1q.cfg",
-        &udp4_frame(&ma, &mb, &q, "10.77.0.2", "10.77.0.1", 2222, 1111, 50),
+        &udp4_frame(&ma, &mb, &q, ("10.77.0.2", 2222), ("10.77.0.1", 1111), 50),
         40,
     );
     trafgen(
@@ -344,7 +349,14 @@ fn vlan_and_qinq_tagged_traffic() {
         &lab.vb,
         &dir,
         "outqq.cfg",
-        &udp4_frame(&ma, &mb, &qinq, "10.78.0.2", "10.78.0.1", 2222, 1111, 20),
+        &udp4_frame(
+            &ma,
+            &mb,
+            &qinq,
+            ("10.78.0.2", 2222),
+            ("10.78.0.1", 1111),
+            20,
+        ),
         30,
     );
     thread::sleep(Duration::from_millis(200));
@@ -474,10 +486,8 @@ fn two_million_trafgen_frames_counted_exactly() {
         &mac(&lab.b, &lab.vb),
         &mac(&lab.a, &lab.va),
         &[],
-        &lab.ip_a,
-        &lab.ip_b,
-        4000,
-        5000,
+        (&lab.ip_a, 4000),
+        (&lab.ip_b, 5000),
         18,
     );
     // Egress on a (tc, every frame trafgen sends through the qdisc path) and ingress on b (XDP).

@@ -1,1 +1,141 @@
-fn main() {}
+//! Picket's developer commands. Deliberately light (std, clap, anyhow): `cargo xtask setup` must
+//! build and run on a fresh machine before the eBPF toolchain that the other crates need exists.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Picket developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain and tools (Debian rustc-web + bpf core, bpf-linker, test tools).
+    Setup,
+    /// Build the eBPF object alone (sensor-user's build.rs also builds and embeds it).
+    BuildEbpf,
+    /// The whole suite: setup, fmt check, clippy -D warnings, unit tests, kernel/namespace tests.
+    Test {
+        /// Skip fmt and clippy (quicker local loop).
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, make a lab of namespaces, run the sensor, send benign traffic and an nmap scan,
+    /// show the flows and the scan event, tear down.
+    Demo,
+    /// Benchmarks: per-packet cost (BPF_PROG_TEST_RUN) and veth packet rate with/without sensor.
+    Bench {
+        /// Fewer repetitions (for CI smoke runs).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: $ {}", show(cmd));
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run {}", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn setup() -> anyhow::Result<()> {
+    run(Command::new("bash").arg(root().join("scripts/setup.sh")))
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    let uid = Command::new("id").arg("-u").output().context("id -u")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!("{what} needs root (network namespaces, XDP, tc); run it as root");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf => {
+            setup()?;
+            // The rustup proxy (not $CARGO, which is the stable toolchain's own cargo) understands +debian.
+            run(Command::new("cargo")
+                .args([
+                    "+debian",
+                    "build",
+                    "--package",
+                    "sensor-ebpf",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .env("RUSTC_BOOTSTRAP", "aya_ebpf,picket_ebpf")
+                .env_remove("RUSTC")
+                .env_remove("RUSTUP_TOOLCHAIN"))?;
+            eprintln!("xtask: eBPF object at target/bpfel-unknown-none/release/picket-ebpf");
+            Ok(())
+        }
+        Cmd::Test { no_lint, args } => {
+            setup()?;
+            if !no_lint {
+                run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+                run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            }
+            require_root("the test suite")?;
+            run(cargo().args(["build", "--bins"]))?;
+            let mut c = cargo();
+            c.args(["test", "--no-fail-fast", "--"]).args(&args);
+            run(&mut c)
+        }
+        Cmd::Demo => {
+            setup()?;
+            require_root("the demo")?;
+            run(cargo().args(["build", "--release", "--bins"]))?;
+            run(Command::new(root().join("target/release/picket-demo"))
+                .env("PICKET_BIN_DIR", root().join("target/release")))
+        }
+        Cmd::Bench { quick } => {
+            setup()?;
+            require_root("the benchmarks")?;
+            run(cargo().args(["build", "--release", "--bins"]))?;
+            let mut c = Command::new(root().join("target/release/picket-bench"));
+            c.env("PICKET_BIN_DIR", root().join("target/release"));
+            if quick {
+                c.arg("--quick");
+            }
+            run(&mut c)
+        }
+    }
+}
