@@ -87,6 +87,16 @@ impl Harness {
         Ok((r.return_value, r.duration))
     }
 
+    /// The XDP program's fd (for raw test runs, links and run statistics).
+    pub fn xdp_fd(&self) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
+        let p: &Xdp = self
+            .bpf
+            .program(names::XDP_PROGRAM)
+            .expect("xdp")
+            .try_into()?;
+        Ok(p.fd()?.as_fd())
+    }
+
     /// Runs the tc program on `frame` once (as egress).
     pub fn run_tc(&self, frame: &[u8]) -> anyhow::Result<u32> {
         let p: &SchedClassifier = self

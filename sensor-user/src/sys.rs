@@ -219,3 +219,62 @@ fn drain_map_one_by_one(
         }
     }
 }
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+
+/// The reference for benchmarks: an XDP program that only returns XDP_PASS
+/// (`r0 = 2; exit`), loaded straight from its two instructions.
+pub fn load_empty_xdp() -> io::Result<OwnedFd> {
+    let insns: [u8; 16] = [0xb7, 0, 0, 0, 2, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+    let license = b"GPL\0";
+    let mut a = Attr::new();
+    a.put_u32(0, BPF_PROG_TYPE_XDP)
+        .put_u32(4, 2)
+        .put_u64(8, insns.as_ptr() as u64)
+        .put_u64(16, license.as_ptr() as u64);
+    a.0[48..58].copy_from_slice(b"empty_xdp\0");
+    // SAFETY: a successful BPF_PROG_LOAD returns a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(bpf(BPF_PROG_LOAD, &mut a)? as RawFd) })
+}
+
+/// BPF_PROG_TEST_RUN: runs `prog` on `data` `repeat` times; returns (return value, mean ns/run).
+pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> io::Result<(u32, u32)> {
+    let mut out = vec![0u8; data.len() + 256];
+    let mut a = Attr::new();
+    a.put_u32(0, prog.as_raw_fd() as u32)
+        .put_u32(8, data.len() as u32)
+        .put_u32(12, out.len() as u32)
+        .put_u64(16, data.as_ptr() as u64)
+        .put_u64(24, out.as_mut_ptr() as u64)
+        .put_u32(32, repeat);
+    bpf(BPF_PROG_TEST_RUN, &mut a)?;
+    Ok((a.get_u32(4), a.get_u32(36)))
+}
+
+/// Attaches an XDP program to an interface with a BPF link (detached when the fd closes).
+pub fn xdp_link(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.put_u32(0, prog.as_raw_fd() as u32)
+        .put_u32(4, ifindex)
+        .put_u32(8, BPF_XDP)
+        .put_u32(12, flags);
+    // SAFETY: a successful BPF_LINK_CREATE returns a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(bpf(BPF_LINK_CREATE, &mut a)? as RawFd) })
+}
+
+/// (run_time_ns, run_cnt) of a program, as kept by the kernel while `kernel.bpf_stats_enabled=1`.
+pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let mut info = [0u8; 256];
+    let mut a = Attr::new();
+    a.put_u32(0, prog.as_raw_fd() as u32)
+        .put_u32(4, info.len() as u32)
+        .put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let rd = |o: usize| u64::from_ne_bytes(info[o..o + 8].try_into().expect("8 bytes"));
+    Ok((rd(192), rd(200)))
+}

@@ -1,0 +1,325 @@
+//! `cargo xtask bench`: what the sensor costs, as differences and ratios against references
+//! measured in the same run.
+//!
+//! 1. Per-packet cost of the XDP program with BPF_PROG_TEST_RUN on a corpus of frames, with the
+//!    flow table prefilled to 16K and 256K entries, minus an empty XDP program (`r0 = XDP_PASS`).
+//! 2. On the real veth path (bpf_stats run_time_ns / run_cnt), trafgen traffic of one established
+//!    flow and a 50% SYN-scan mix (random ports: every SYN a new flow), minus the empty program
+//!    attached the same way.
+//! 3. veth packet rate with and without picket-sensor attached (trafgen, delivered packets/s).
+
+use std::{
+    fmt::Write as _,
+    os::fd::AsFd,
+    thread,
+    time::{Duration, Instant},
+};
+
+use sensor_user::{
+    harness::{
+        Harness,
+        frame::{self, ACK, Frame, PSH, SYN},
+    },
+    sys,
+};
+use tests::{Lab, Sensor, TempDir, sh, sh_in};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
+}
+
+fn corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let mut trunc = frame::ip("10.0.0.1", "10.0.0.2", 6, 1, 2, SYN, 0);
+    trunc.truncate(14 + 10);
+    vec![
+        (
+            "established TCP",
+            frame::ip("10.0.0.1", "10.0.0.2", 6, 40000, 443, ACK | PSH, 100),
+        ),
+        (
+            "TCP SYN (repeated)",
+            frame::ip("10.0.0.3", "10.0.0.2", 6, 40001, 22, SYN, 0),
+        ),
+        (
+            "UDP",
+            frame::ip("10.0.0.1", "10.0.0.2", 17, 5353, 53, 0, 40),
+        ),
+        (
+            "ICMP echo",
+            frame::ip("10.0.0.1", "10.0.0.2", 1, 8, 0, 0, 56),
+        ),
+        (
+            "IPv6 TCP",
+            frame::ip("fd00::1", "fd00::2", 6, 40000, 443, ACK, 100),
+        ),
+        (
+            "802.1Q UDP",
+            Frame {
+                tags: vec![(0x8100, 7)],
+                ..Frame::default()
+            }
+            .build("10.0.0.1", "10.0.0.2", 17, 1, 2, 0, 40),
+        ),
+        ("non-IP (ARP)", frame::arp()),
+        ("truncated IPv4", trunc),
+    ]
+}
+
+fn test_run_section(report: &mut String, repeat: u32, rounds: usize) {
+    let empty = sys::load_empty_xdp().expect("load empty XDP program");
+    writeln!(
+        report,
+        "### Per packet, BPF_PROG_TEST_RUN ({repeat} runs x {rounds} rounds, median)\n"
+    )
+    .ok();
+    writeln!(
+        report,
+        "| frame | 16K flows: ns/pkt | added vs empty | 256K flows: ns/pkt | added vs empty |"
+    )
+    .ok();
+    writeln!(report, "|---|---|---|---|---|").ok();
+    let mut rows: Vec<(String, [f64; 4])> = Vec::new();
+    let mut empty_ns = Vec::new();
+    for (col, fill) in [16_384u32, 262_144].into_iter().enumerate() {
+        let mut h = Harness::load(262_144).expect("load sensor programs");
+        h.cfg.use_fixed_now = 0;
+        h.apply().expect("config");
+        h.prefill(fill).expect("prefill");
+        let fd = h.xdp_fd().expect("fd");
+        for (i, (name, f)) in corpus().into_iter().enumerate() {
+            sys::test_run(fd, &f, 1).expect("warm up");
+            let mut ours = Vec::new();
+            let mut refs = Vec::new();
+            for _ in 0..rounds {
+                refs.push(
+                    sys::test_run(empty.as_fd(), &f, repeat)
+                        .expect("empty run")
+                        .1 as f64,
+                );
+                ours.push(sys::test_run(fd, &f, repeat).expect("run").1 as f64);
+            }
+            let (o, r) = (median(ours), median(refs));
+            empty_ns.push(r);
+            if rows.len() <= i {
+                rows.push((name.to_string(), [0.0; 4]));
+            }
+            rows[i].1[col * 2] = o;
+            rows[i].1[col * 2 + 1] = o - r;
+        }
+    }
+    for (name, v) in &rows {
+        writeln!(
+            report,
+            "| {name} | {:.1} | {:+.1} | {:.1} | {:+.1} |",
+            v[0], v[1], v[2], v[3]
+        )
+        .ok();
+    }
+    writeln!(
+        report,
+        "\nEmpty XDP program in the same runs: {:.1} ns/run (median).\n",
+        median(empty_ns)
+    )
+    .ok();
+}
+
+fn trafgen(ns: &str, dev: &str, dir: &TempDir, name: &str, conf: &str, count: u64) -> Duration {
+    let path = dir.0.join(name);
+    std::fs::write(&path, conf).expect("conf");
+    let t0 = Instant::now();
+    sh_in(
+        ns,
+        "trafgen",
+        &[
+            "--dev",
+            dev,
+            "--conf",
+            path.to_str().expect("utf8"),
+            "--num",
+            &count.to_string(),
+            "--cpus",
+            "1",
+            "--no-sock-mem",
+        ],
+    );
+    t0.elapsed()
+}
+
+fn mac(ns: &str, dev: &str) -> String {
+    let j = sh_in(ns, "ip", &["-j", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_str(&j).expect("json");
+    v[0]["address"]
+        .as_str()
+        .expect("mac")
+        .split(':')
+        .map(|b| format!("0x{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn rx_packets(ns: &str, dev: &str) -> u64 {
+    let j = sh_in(ns, "ip", &["-s", "-j", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_str(&j).expect("json");
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .expect("rx packets")
+}
+
+fn frames(lab: &Lab) -> (String, String) {
+    let (ma, mb) = (mac(&lab.a, &lab.va), mac(&lab.b, &lab.vb));
+    let ip = |s: &str| s.split('.').collect::<Vec<_>>().join(", ");
+    let (sa, sb) = (ip(&lab.ip_a), ip(&lab.ip_b));
+    // One established UDP flow (fixed ports).
+    let est = format!(
+        "{{ {mb}, {ma}, 0x08, 0x00, 0x45, 0, const16(46), const16(1), 0x40, 0, 64, 17, csumip(14, 33), {sa}, {sb}, const16(4000), const16(5000), const16(26), const16(0), fill(0x41, 18) }}\n"
+    );
+    // 50% SYN scan: a SYN to a random port from a random source port, then an established packet.
+    let syn = format!(
+        "{{ {mb}, {ma}, 0x08, 0x00, 0x45, 0, const16(40), const16(1), 0x40, 0, 64, 6, csumip(14, 33), {sa}, {sb}, drnd(2), drnd(2), drnd(4), const32(0), 0x50, 0x02, const16(1024), const16(0), const16(0), fill(0, 6) }}\n{est}"
+    );
+    (est, syn)
+}
+
+fn veth_section(report: &mut String, count: u64) {
+    let lab = Lab::new();
+    let dir = TempDir::new("bench");
+    let (est, syn) = frames(&lab);
+    let vb_index: u32 = {
+        let j = sh_in(&lab.b, "ip", &["-j", "link", "show", "dev", &lab.vb]);
+        let v: serde_json::Value = serde_json::from_str(&j).expect("json");
+        v[0]["ifindex"].as_u64().expect("ifindex") as u32
+    };
+    let prev = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .unwrap_or_else(|_| "0".into());
+    sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"]);
+    writeln!(
+        report,
+        "### Per packet on the veth path (bpf_stats, {count} trafgen frames per case)\n"
+    )
+    .ok();
+    writeln!(
+        report,
+        "| traffic | flow table | sensor ns/pkt | empty XDP ns/pkt | added |"
+    )
+    .ok();
+    writeln!(report, "|---|---|---|---|---|").ok();
+    for fill in [16_384u32, 262_144] {
+        for (name, conf) in [
+            ("established flow", &est),
+            ("50% SYN scan (new flow per SYN)", &syn),
+        ] {
+            // Reference: the empty program, attached the same way.
+            let empty = sys::load_empty_xdp().expect("empty");
+            let (ref_ns, ref_cnt) = {
+                let bns = lab.b.clone();
+                let fd = tests::in_netns(&bns, move || {
+                    let link = sys::xdp_link(empty.as_fd(), vb_index, 0).expect("attach empty");
+                    (empty, link)
+                })
+                .join()
+                .expect("attach thread");
+                trafgen(&lab.a, &lab.va, &dir, "t.cfg", conf, count);
+                let s = sys::prog_run_stats(fd.0.as_fd()).expect("stats");
+                drop(fd);
+                s
+            };
+            let mut h = Harness::load(262_144).expect("load");
+            h.cfg.use_fixed_now = 0;
+            h.apply().expect("cfg");
+            h.prefill(fill).expect("prefill");
+            let xfd = h.xdp_fd().expect("fd").try_clone_to_owned().expect("dup");
+            let bns = lab.b.clone();
+            let link = tests::in_netns(&bns, move || {
+                let link = sys::xdp_link(xfd.as_fd(), vb_index, 0).expect("attach sensor");
+                (xfd, link)
+            })
+            .join()
+            .expect("attach thread");
+            trafgen(&lab.a, &lab.va, &dir, "t.cfg", conf, count);
+            let (ns, cnt) = sys::prog_run_stats(link.0.as_fd()).expect("stats");
+            drop(link);
+            let ours = ns as f64 / cnt.max(1) as f64;
+            let reference = ref_ns as f64 / ref_cnt.max(1) as f64;
+            let fill_label = if fill == 16_384 { "16K" } else { "256K" };
+            writeln!(
+                report,
+                "| {name} | {fill_label} | {ours:.1} | {reference:.1} | {:+.1} |",
+                ours - reference
+            )
+            .ok();
+        }
+    }
+    sh(
+        "sysctl",
+        &[
+            "-q",
+            "-w",
+            &format!("kernel.bpf_stats_enabled={}", prev.trim()),
+        ],
+    );
+
+    // Packet rate delivered to b, without and with the real picket-sensor on vb.
+    let rate = |with_sensor: bool| -> f64 {
+        let sensor = with_sensor
+            .then(|| Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]));
+        let before = rx_packets(&lab.b, &lab.vb);
+        let t = trafgen(&lab.a, &lab.va, &dir, "r.cfg", &est, count);
+        thread::sleep(Duration::from_millis(200));
+        let got = rx_packets(&lab.b, &lab.vb) - before;
+        if let Some(s) = sensor {
+            s.stop();
+        }
+        got as f64 / t.as_secs_f64()
+    };
+    let without: Vec<f64> = (0..3).map(|_| rate(false)).collect();
+    let with: Vec<f64> = (0..3).map(|_| rate(true)).collect();
+    let (w0, w1) = (median(without), median(with));
+    writeln!(
+        report,
+        "\n### veth packet rate, trafgen 60-byte frames a -> b ({count} per run, median of 3)\n"
+    )
+    .ok();
+    writeln!(
+        report,
+        "| without sensor | with picket-sensor (XDP + tc) | ratio |"
+    )
+    .ok();
+    writeln!(report, "|---|---|---|").ok();
+    writeln!(
+        report,
+        "| {:.0} pps | {:.0} pps | {:.1}% |",
+        w0,
+        w1,
+        100.0 * w1 / w0
+    )
+    .ok();
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    tests::require_root();
+    let mut report = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    writeln!(
+        report,
+        "Measured on Linux {} ({} CPUs), {}.\n",
+        kernel.trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        if quick { "quick mode" } else { "full mode" }
+    )
+    .ok();
+    test_run_section(
+        &mut report,
+        if quick { 100_000 } else { 1_000_000 },
+        if quick { 3 } else { 7 },
+    );
+    veth_section(&mut report, if quick { 200_000 } else { 1_000_000 });
+    println!("{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).expect("mkdir target/bench");
+    std::fs::write(dir.join("report.md"), &report).expect("write report");
+    eprintln!("report written to target/bench/report.md");
+}
