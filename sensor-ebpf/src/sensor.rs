@@ -26,10 +26,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 #[map]
 static FLOWS_0: LruPerCpuHashMap<FlowKey, FlowValue> =
-    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 #[map]
 static FLOWS_1: LruPerCpuHashMap<FlowKey, FlowValue> =
-    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 #[map]
 static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
 #[map]
@@ -59,6 +59,8 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 const BPF_NOEXIST: u64 = 1;
+/// Per-CPU LRU lists: an insert that must evict takes no global lock and scans only its CPU's list.
+const BPF_F_NO_COMMON_LRU: u32 = 2;
 const EEXIST: i32 = 17;
 /// IPv6 extension headers followed before giving up (ports then stay zero, counted).
 const MAX_IPV6_EXT: usize = 6;
@@ -187,11 +189,16 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
         )
     };
     if new_flow {
-        let reverse_seen = if cfg.active_table == 0 {
-            reverse_exists(&FLOWS_0, &pkt)
-        } else {
-            reverse_exists(&FLOWS_1, &pkt)
-        };
+        // A SYN without ACK opens a conversation: it never answers one, so it skips the reverse
+        // lookup (which matters under a SYN scan, where every packet is a new flow).
+        let syn_only =
+            pkt.key.protocol == IPPROTO_TCP && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
+        let reverse_seen = !syn_only
+            && if cfg.active_table == 0 {
+                reverse_exists(&FLOWS_0, &pkt)
+            } else {
+                reverse_exists(&FLOWS_1, &pkt)
+            };
         first_packet(cfg, &pkt, reverse_seen, now, bytes);
     }
 }

@@ -128,14 +128,42 @@ fn test_run_section(report: &mut String, repeat: u32, rounds: usize) {
 /// gives up on the first frame the stack refuses (a veth stops its queue while its peer falls
 /// behind), and with the backlog in the qdisc the receiver runs at its own full speed. Returns
 /// when `delivered()` reaches `count` or stops moving.
-fn blast(ns: &str, dev: &str, dir: &TempDir, conf: &str, count: u64, delivered: &dyn Fn() -> u64) -> Duration {
+fn blast(
+    ns: &str,
+    dev: &str,
+    dir: &TempDir,
+    conf: &str,
+    count: u64,
+    delivered: &dyn Fn() -> u64,
+) -> Duration {
     let path = dir.0.join("t.cfg");
     std::fs::write(&path, conf).expect("conf");
     let limit = (count + 10_000).to_string();
-    sh_in(ns, "tc", &["qdisc", "replace", "dev", dev, "root", "pfifo", "limit", &limit]);
+    sh_in(
+        ns,
+        "tc",
+        &[
+            "qdisc", "replace", "dev", dev, "root", "pfifo", "limit", &limit,
+        ],
+    );
     let start = delivered();
     let t0 = Instant::now();
-    sh_in(ns, "trafgen", &["--dev", dev, "--conf", path.to_str().expect("utf8"), "--num", &count.to_string(), "--cpus", "1", "--qdisc-path", "--no-sock-mem"]);
+    sh_in(
+        ns,
+        "trafgen",
+        &[
+            "--dev",
+            dev,
+            "--conf",
+            path.to_str().expect("utf8"),
+            "--num",
+            &count.to_string(),
+            "--cpus",
+            "1",
+            "--qdisc-path",
+            "--no-sock-mem",
+        ],
+    );
     let mut last = (delivered(), Instant::now());
     loop {
         let n = delivered();
@@ -162,12 +190,17 @@ impl Sysctl {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         let prev = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         sh("sysctl", &["-q", "-w", &format!("{key}={value}")]);
-        Sysctl { key, prev: prev.trim().to_string() }
+        Sysctl {
+            key,
+            prev: prev.trim().to_string(),
+        }
     }
 }
 impl Drop for Sysctl {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("sysctl").args(["-q", "-w", &format!("{}={}", self.key, self.prev)]).status();
+        let _ = std::process::Command::new("sysctl")
+            .args(["-q", "-w", &format!("{}={}", self.key, self.prev)])
+            .status();
     }
 }
 
@@ -247,7 +280,9 @@ fn veth_section(report: &mut String, count: u64) {
                 })
                 .join()
                 .expect("attach thread");
-                blast(&lab.a, &lab.va, &dir, conf, count, &|| sys::prog_run_stats(fd.0.as_fd()).expect("stats").1);
+                blast(&lab.a, &lab.va, &dir, conf, count, &|| {
+                    sys::prog_run_stats(fd.0.as_fd()).expect("stats").1
+                });
                 let s = sys::prog_run_stats(fd.0.as_fd()).expect("stats");
                 drop(fd);
                 s
@@ -264,7 +299,9 @@ fn veth_section(report: &mut String, count: u64) {
             })
             .join()
             .expect("attach thread");
-            blast(&lab.a, &lab.va, &dir, conf, count, &|| sys::prog_run_stats(link.0.as_fd()).expect("stats").1);
+            blast(&lab.a, &lab.va, &dir, conf, count, &|| {
+                sys::prog_run_stats(link.0.as_fd()).expect("stats").1
+            });
             let (ns, cnt) = sys::prog_run_stats(link.0.as_fd()).expect("stats");
             drop(link);
             let ours = ns as f64 / cnt.max(1) as f64;
@@ -285,7 +322,9 @@ fn veth_section(report: &mut String, count: u64) {
         let sensor = with_sensor
             .then(|| Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]));
         let before = rx_packets(&lab.b, &lab.vb);
-        let t = blast(&lab.a, &lab.va, &dir, &est, count, &|| rx_packets(&lab.b, &lab.vb));
+        let t = blast(&lab.a, &lab.va, &dir, &est, count, &|| {
+            rx_packets(&lab.b, &lab.vb)
+        });
         let got = rx_packets(&lab.b, &lab.vb) - before;
         if let Some(s) = sensor {
             s.stop();
@@ -331,12 +370,18 @@ fn main() {
         if quick { "quick mode" } else { "full mode" }
     )
     .ok();
-    test_run_section(
-        &mut report,
-        if quick { 100_000 } else { 1_000_000 },
-        if quick { 3 } else { 7 },
-    );
-    veth_section(&mut report, if quick { 200_000 } else { 500_000 });
+    // `--only test-run` / `--only veth`: one section (a quicker loop while tuning).
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    if only.as_deref() != Some("veth") {
+        test_run_section(
+            &mut report,
+            if quick { 100_000 } else { 1_000_000 },
+            if quick { 3 } else { 7 },
+        );
+    }
+    if only.as_deref() != Some("test-run") {
+        veth_section(&mut report, if quick { 200_000 } else { 500_000 });
+    }
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).expect("mkdir target/bench");
