@@ -104,10 +104,16 @@ pub struct SensorConfig {
     pub port_threshold: u32,
     /// A source touching this many distinct destination hosts in a window is reported.
     pub host_threshold: u32,
-    /// Non-zero: take "now" from `fixed_now_ns` instead of the clock (tests and benchmarks).
-    pub use_fixed_now: u32,
-    pub fixed_now_ns: u64,
+    /// `CLOCK_CONFIG`: "now" is `now_ns`, kept fresh by the agent (every few ms) or set by a
+    /// test; `CLOCK_KERNEL`: the programs read the kernel clock for every packet. A helper call
+    /// per packet costs as much as the whole flow update on some machines, and flow timestamps
+    /// need no more than millisecond precision, so the agent uses `CLOCK_CONFIG` by default.
+    pub clock: u32,
+    pub now_ns: u64,
 }
+
+pub const CLOCK_KERNEL: u32 = 0;
+pub const CLOCK_CONFIG: u32 = 1;
 
 /// Key of the per-source scan state: the source address (IPv4-mapped for IPv4).
 #[repr(C)]

@@ -8,10 +8,10 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sensor_common::{
-    DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_SCAN_SOURCES, DIR_EGRESS,
-    DIR_INGRESS, FlowKey, FlowValue, HOST_BITMAP_WORDS, KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED,
-    PORT_BITMAP_WORDS, REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState,
-    SensorConfig, SourceKey, counter, probe, tcp,
+    CLOCK_CONFIG, DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_SCAN_SOURCES,
+    DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, HOST_BITMAP_WORDS, KEY_FLAG_FRAGMENT,
+    KEY_FLAG_L4_TRUNCATED, PORT_BITMAP_WORDS, REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES,
+    ScanEvent, ScanState, SensorConfig, SourceKey, counter, probe, tcp,
 };
 
 #[unsafe(link_section = "license")]
@@ -161,8 +161,8 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
         return;
     };
     // SAFETY: plain helper call.
-    let now = if cfg.use_fixed_now != 0 {
-        cfg.fixed_now_ns
+    let now = if cfg.clock == CLOCK_CONFIG {
+        cfg.now_ns
     } else {
         unsafe { bpf_ktime_get_ns() }
     };

@@ -69,6 +69,11 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub scan_host_threshold: Option<u32>,
 
+    /// Timestamp every packet with the kernel clock (nanoseconds) instead of the agent's 10 ms
+    /// clock. Costs a helper call per packet.
+    #[arg(long)]
+    pub precise_timestamps: bool,
+
     /// Stop by itself after this many seconds (flushing everything, as on SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
@@ -90,6 +95,7 @@ pub struct FileConfig {
     pub scan_window: Option<u64>,
     pub scan_port_threshold: Option<u32>,
     pub scan_host_threshold: Option<u32>,
+    pub precise_timestamps: Option<bool>,
 }
 
 /// The effective settings.
@@ -171,6 +177,8 @@ impl Args {
                     .scan_port_threshold
                     .or(file.scan_port_threshold)
                     .unwrap_or(DEFAULT_PORT_THRESHOLD),
+                precise_timestamps: self.precise_timestamps
+                    || file.precise_timestamps.unwrap_or(false),
                 host_threshold: self
                     .scan_host_threshold
                     .or(file.scan_host_threshold)

@@ -1,6 +1,6 @@
 //! Running the real eBPF programs without attaching them (BPF_PROG_TEST_RUN), for the parser
 //! tests and the per-packet benchmarks: crafted frames in, flow table / counters / events out.
-//! Time comes from the configuration (`use_fixed_now`), so window logic is tested without sleeping.
+//! Time comes from the configuration (`CLOCK_CONFIG`), so window logic is tested without sleeping.
 
 use std::{collections::HashMap, mem::size_of, os::fd::AsFd, time::Duration};
 
@@ -52,8 +52,8 @@ impl Harness {
                 active_table: 0,
                 port_threshold: 20,
                 host_threshold: 25,
-                use_fixed_now: 1,
-                fixed_now_ns: 1_000_000_000,
+                clock: sensor_common::CLOCK_CONFIG,
+                now_ns: 1_000_000_000,
             },
             nr_cpus: aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?,
         };
@@ -67,7 +67,7 @@ impl Harness {
     }
 
     pub fn set_now(&mut self, ns: u64) -> anyhow::Result<()> {
-        self.cfg.fixed_now_ns = ns;
+        self.cfg.now_ns = ns;
         self.apply()
     }
 

@@ -130,6 +130,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.export_interval,
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock_tick = tokio::time::interval(sensor::CLOCK_TICK);
+    clock_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
     let until = async {
         match deadline {
@@ -170,6 +172,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             guard = ring.readable_mut() => {
                 guard?.clear_ready();
                 read_events(&mut ring, &mut out, &mut agent);
+            }
+            _ = clock_tick.tick() => {
+                sensor.tick_clock()?;
             }
             _ = tick.tick() => {
                 export(&mut sensor, &mut out, &mut agent, &iface_name)?;

@@ -11,7 +11,9 @@ use aya::{
         xdp::XdpLinkId,
     },
 };
-use sensor_common::{FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names};
+use sensor_common::{
+    CLOCK_CONFIG, CLOCK_KERNEL, FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -21,6 +23,9 @@ use crate::{
 };
 
 /// The eBPF object built by build.rs from sensor-ebpf.
+/// How often the agent advances the programs' clock: the resolution of flow timestamps.
+pub const CLOCK_TICK: Duration = Duration::from_millis(10);
+
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/picket-ebpf"));
 
@@ -51,6 +56,8 @@ pub struct SensorOptions {
     pub scan_window: Duration,
     pub port_threshold: u32,
     pub host_threshold: u32,
+    /// Read the kernel clock for every packet instead of the agent-maintained clock.
+    pub precise_timestamps: bool,
 }
 
 /// How one interface ended up attached.
@@ -140,8 +147,12 @@ impl Sensor {
             active_table: 0,
             port_threshold: opts.port_threshold,
             host_threshold: opts.host_threshold,
-            use_fixed_now: 0,
-            fixed_now_ns: 0,
+            clock: if opts.precise_timestamps {
+                CLOCK_KERNEL
+            } else {
+                CLOCK_CONFIG
+            },
+            now_ns: crate::records::Clock::monotonic_ns(),
         };
         config.set(0, cfg, 0).map_err(SensorError::map("CONFIG"))?;
         let grace = GracePeriod::new()
@@ -306,6 +317,17 @@ impl Sensor {
             flows,
             entries: d.count,
         })
+    }
+
+    /// Advances the clock the programs read (with `CLOCK_CONFIG`): call it every `CLOCK_TICK`.
+    pub fn tick_clock(&mut self) -> Result<(), SensorError> {
+        if self.cfg.clock == CLOCK_CONFIG {
+            self.cfg.now_ns = crate::records::Clock::monotonic_ns();
+            self.config
+                .set(0, self.cfg, 0)
+                .map_err(SensorError::map("CONFIG"))?;
+        }
+        Ok(())
     }
 
     /// Kernel counters summed over CPUs, by name, plus derived ones.

@@ -83,7 +83,7 @@ fn test_run_section(report: &mut String, repeat: u32, rounds: usize) {
     let mut empty_ns = Vec::new();
     for (col, fill) in [16_384u32, 262_144].into_iter().enumerate() {
         let mut h = Harness::load(262_144).expect("load sensor programs");
-        h.cfg.use_fixed_now = 0;
+        h.cfg.clock = sensor_common::CLOCK_CONFIG; // as the agent runs by default
         h.apply().expect("config");
         h.prefill(fill).expect("prefill");
         let fd = h.xdp_fd().expect("fd");
@@ -288,7 +288,7 @@ fn veth_section(report: &mut String, count: u64) {
                 s
             };
             let mut h = Harness::load(262_144).expect("load");
-            h.cfg.use_fixed_now = 0;
+            h.cfg.clock = sensor_common::CLOCK_CONFIG; // as the agent runs by default
             h.apply().expect("cfg");
             h.prefill(fill).expect("prefill");
             let xfd = h.xdp_fd().expect("fd").try_clone_to_owned().expect("dup");
