@@ -11,6 +11,7 @@ pub mod names {
     pub const XDP_PROGRAM: &str = "picket_xdp";
     pub const TC_PROGRAM: &str = "picket_tc_egress";
     pub const FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+    pub const PROBE_SLOTS: [&str; 2] = ["PROBE_SLOTS_0", "PROBE_SLOTS_1"];
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SCAN_STATE: &str = "SCAN_STATE";
@@ -20,6 +21,8 @@ pub mod names {
 
 /// Default number of flow entries in each of the two flow tables.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+/// Slots per CPU for first SYNs (power of two): see [`ProbeSlot`].
+pub const DEFAULT_PROBE_SLOTS: u32 = 16_384;
 /// Default number of tracked sources for scan detection.
 pub const DEFAULT_SCAN_SOURCES: u32 = 65_536;
 /// Default number of conversations remembered as answered (not probes).
@@ -74,6 +77,29 @@ pub struct FlowKey {
     pub _pad: u8,
 }
 
+impl FlowKey {
+    /// The key as 11 words (it is 44 bytes, 4-byte aligned, without holes).
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 11] {
+        // SAFETY: repr(C), size 44 and alignment 4 are asserted in the tests below.
+        unsafe { &*(self as *const FlowKey).cast::<[u32; 11]>() }
+    }
+
+    /// Hash choosing a key's probe slot; shared so that user space and tests agree with the
+    /// kernel. FNV-style mixing per word: a few instructions each, no helper call.
+    #[inline(always)]
+    pub fn slot_hash(&self) -> u32 {
+        let w = self.words();
+        let mut h: u32 = 0x811c_9dc5;
+        let mut i = 0;
+        while i < 11 {
+            h = (h ^ w[i]).wrapping_mul(0x0100_0193).rotate_left(5);
+            i += 1;
+        }
+        h.wrapping_mul(0x9E37_79B1)
+    }
+}
+
 /// Counters of one flow, per CPU (the table is a per-CPU LRU hash: no atomics on the hot path).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -110,6 +136,27 @@ pub struct SensorConfig {
     /// need no more than millisecond precision, so the agent uses `CLOCK_CONFIG` by default.
     pub clock: u32,
     pub now_ns: u64,
+    /// Generation of the active table's probe slots: a slot holding another generation is free.
+    pub probe_gen: u32,
+    /// Number of probe slots minus one (a power of two minus one).
+    pub probe_slot_mask: u32,
+}
+
+/// A flow opened by a bare SYN, kept in a per-CPU array slot instead of the flow hash table.
+///
+/// Under a SYN scan or flood every packet opens a new flow, and a hash-table insert (worse, an
+/// LRU insert that evicts) costs many times an update: the sensor would be slowest exactly under
+/// attack, and an attacker could flush the table. A SYN therefore goes into a direct-mapped slot
+/// (index = hash of the key; a slot of an older generation is free), which costs about as much as
+/// an update. The conversation's next packets go to the hash table; the agent merges both by key,
+/// so per-flow counts stay exact. A slot already taken by another live flow falls back to the
+/// hash table (counted in `probe_slot_collisions`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProbeSlot {
+    pub key: FlowKey,
+    pub generation: u32,
+    pub value: FlowValue,
 }
 
 pub const CLOCK_KERNEL: u32 = 0;
@@ -243,7 +290,10 @@ pub mod counter {
     pub const INGRESS: u32 = 18;
     pub const EGRESS: u32 = 19;
     pub const GSO_SEGMENTS: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// New flows that a bare SYN opened in a probe slot, and those that found it taken.
+    pub const PROBE_SLOT_CLAIMS: u32 = 21;
+    pub const PROBE_SLOT_COLLISIONS: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "packets_seen",
@@ -267,6 +317,8 @@ pub mod counter {
         "ingress_packets",
         "egress_packets",
         "gso_extra_segments",
+        "probe_slot_claims",
+        "probe_slot_collisions",
     ];
 }
 
@@ -281,6 +333,7 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for ScanState {}
     unsafe impl aya::Pod for ScanEvent {}
+    unsafe impl aya::Pod for ProbeSlot {}
 }
 
 /// Maps an IPv4 address (network order bytes) into the 16-byte form used in keys.
@@ -301,7 +354,8 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 44);
         assert_eq!(align_of::<FlowKey>(), 4);
         assert_eq!(size_of::<FlowValue>(), 40);
-        assert_eq!(size_of::<SensorConfig>(), 32);
+        assert_eq!(size_of::<SensorConfig>(), 40);
+        assert_eq!(size_of::<ProbeSlot>(), 88);
         assert_eq!(size_of::<SourceKey>(), 16);
         assert_eq!(
             size_of::<ScanState>(),
@@ -318,7 +372,8 @@ mod tests {
         // Sum of field sizes equals the struct size: nothing the compiler inserted.
         assert_eq!(size_of::<FlowKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 1 + 1);
         assert_eq!(size_of::<FlowValue>(), 8 * 4 + 1 + 1 + 6);
-        assert_eq!(size_of::<SensorConfig>(), 8 + 4 + 4 + 4 + 4 + 8);
+        assert_eq!(size_of::<SensorConfig>(), 8 + 4 + 4 + 4 + 4 + 8 + 4 + 4);
+        assert_eq!(size_of::<ProbeSlot>(), 44 + 4 + 40);
         assert_eq!(size_of::<ScanEvent>() % 8, 0);
         assert_eq!(size_of::<ScanState>() % 8, 0);
     }

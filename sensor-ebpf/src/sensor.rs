@@ -8,10 +8,11 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sensor_common::{
-    CLOCK_CONFIG, DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_SCAN_SOURCES,
-    DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, HOST_BITMAP_WORDS, KEY_FLAG_FRAGMENT,
-    KEY_FLAG_L4_TRUNCATED, PORT_BITMAP_WORDS, REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES,
-    ScanEvent, ScanState, SensorConfig, SourceKey, counter, probe, tcp,
+    CLOCK_CONFIG, DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PROBE_SLOTS,
+    DEFAULT_SCAN_SOURCES, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, HOST_BITMAP_WORDS,
+    KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, PORT_BITMAP_WORDS, ProbeSlot, REASON_HOSTS,
+    REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState, SensorConfig, SourceKey, counter,
+    probe, tcp,
 };
 
 #[unsafe(link_section = "license")]
@@ -30,6 +31,13 @@ static FLOWS_0: LruPerCpuHashMap<FlowKey, FlowValue> =
 #[map]
 static FLOWS_1: LruPerCpuHashMap<FlowKey, FlowValue> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+/// First SYNs of new flows (see `ProbeSlot`), one array per flow table.
+#[map]
+static PROBE_SLOTS_0: PerCpuArray<ProbeSlot> =
+    PerCpuArray::with_max_entries(DEFAULT_PROBE_SLOTS, 0);
+#[map]
+static PROBE_SLOTS_1: PerCpuArray<ProbeSlot> =
+    PerCpuArray::with_max_entries(DEFAULT_PROBE_SLOTS, 0);
 #[map]
 static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
 #[map]
@@ -166,54 +174,127 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
     } else {
         unsafe { bpf_ktime_get_ns() }
     };
-    // Two copies of the same code, each naming its own map, so the verifier can inline lookups.
+    // A SYN without ACK opens a conversation and never answers one.
+    let syn_only = pkt.key.protocol == IPPROTO_TCP
+        && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+        && pkt.key.flags == 0;
+    let m = Meter {
+        dir,
+        now,
+        packets,
+        bytes,
+    };
+    // Two copies of the same code, each naming its own maps, so the verifier can inline lookups.
     let new_flow = if cfg.active_table == 0 {
         record(
             &FLOWS_0,
+            &PROBE_SLOTS_0,
             counter::FLOW_INSERTS_0,
+            cfg,
             &pkt,
-            dir,
-            now,
-            packets,
-            bytes,
+            syn_only,
+            &m,
         )
     } else {
         record(
             &FLOWS_1,
+            &PROBE_SLOTS_1,
             counter::FLOW_INSERTS_1,
+            cfg,
             &pkt,
-            dir,
-            now,
-            packets,
-            bytes,
+            syn_only,
+            &m,
         )
     };
     if new_flow {
-        // A SYN without ACK opens a conversation: it never answers one, so it skips the reverse
-        // lookup (which matters under a SYN scan, where every packet is a new flow).
-        let syn_only =
-            pkt.key.protocol == IPPROTO_TCP && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
-        let reverse_seen = !syn_only
-            && if cfg.active_table == 0 {
-                reverse_exists(&FLOWS_0, &pkt)
-            } else {
-                reverse_exists(&FLOWS_1, &pkt)
-            };
+        // A SYN-ACK answers by definition (the SYN it answers sits in a probe slot, maybe of
+        // another CPU); a bare SYN never answers, so it skips the lookup, which matters under a
+        // SYN scan where every packet is a new flow.
+        let syn_ack = pkt.key.protocol == IPPROTO_TCP
+            && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK;
+        let reverse_seen = syn_ack
+            || !syn_only
+                && if cfg.active_table == 0 {
+                    reverse_exists(&FLOWS_0, &pkt)
+                } else {
+                    reverse_exists(&FLOWS_1, &pkt)
+                };
         first_packet(cfg, &pkt, reverse_seen, now, bytes);
     }
 }
 
-/// Adds the packet to the flow table; returns true if it created the entry.
-#[inline(always)]
-fn record(
-    table: &LruPerCpuHashMap<FlowKey, FlowValue>,
-    inserts_counter: u32,
-    pkt: &Packet,
+/// What one packet (or GSO super-packet) adds to its flow.
+struct Meter {
     dir: u8,
     now: u64,
     packets: u64,
     bytes: u64,
+}
+
+#[inline(always)]
+fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    let (x, y) = (a.words(), b.words());
+    let mut diff = 0u32;
+    let mut i = 0;
+    while i < 11 {
+        diff |= x[i] ^ y[i];
+        i += 1;
+    }
+    diff == 0
+}
+
+/// Puts a bare SYN of a flow not in the table into its probe slot. Returns Some(created) when
+/// done, None when the slot holds another live flow (the caller falls back to the table).
+#[inline(always)]
+fn probe_slot(
+    slots: &PerCpuArray<ProbeSlot>,
+    cfg: &SensorConfig,
+    pkt: &Packet,
+    m: &Meter,
+) -> Option<bool> {
+    let idx = pkt.key.slot_hash() & cfg.probe_slot_mask;
+    let s = slots.get_ptr_mut(idx)?;
+    // SAFETY: this CPU's copy of the slot; programs do not preempt each other on one CPU.
+    let s = unsafe { &mut *s };
+    if s.generation == cfg.probe_gen {
+        if !same_key(&s.key, &pkt.key) {
+            count(counter::PROBE_SLOT_COLLISIONS, 1);
+            return None;
+        }
+        s.value.packets += m.packets;
+        s.value.bytes += m.bytes;
+        s.value.last_seen_ns = m.now;
+        s.value.directions |= m.dir;
+        return Some(false);
+    }
+    s.key = pkt.key;
+    s.generation = cfg.probe_gen;
+    s.value = FlowValue {
+        packets: m.packets,
+        bytes: m.bytes,
+        first_seen_ns: m.now,
+        last_seen_ns: m.now,
+        tcp_flags: pkt.tcp_flags,
+        directions: m.dir,
+        _pad: [0; 6],
+    };
+    count(counter::PROBE_SLOT_CLAIMS, 1);
+    Some(true)
+}
+
+/// Adds the packet to the flow table (or a bare SYN to its probe slot); returns true if it
+/// created the entry.
+#[inline(always)]
+fn record(
+    table: &LruPerCpuHashMap<FlowKey, FlowValue>,
+    slots: &PerCpuArray<ProbeSlot>,
+    inserts_counter: u32,
+    cfg: &SensorConfig,
+    pkt: &Packet,
+    syn_only: bool,
+    m: &Meter,
 ) -> bool {
+    let (dir, now, packets, bytes) = (m.dir, m.now, m.packets, m.bytes);
     if let Some(v) = table.get_ptr_mut(&pkt.key) {
         // SAFETY: per-CPU value of this CPU.
         unsafe {
@@ -224,6 +305,9 @@ fn record(
             (*v).directions |= dir;
         }
         return false;
+    }
+    if syn_only && let Some(created) = probe_slot(slots, cfg, pkt, m) {
+        return created;
     }
     let value = FlowValue {
         packets,

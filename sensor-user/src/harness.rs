@@ -2,7 +2,7 @@
 //! tests and the per-packet benchmarks: crafted frames in, flow table / counters / events out.
 //! Time comes from the configuration (`CLOCK_CONFIG`), so window logic is tested without sleeping.
 
-use std::{collections::HashMap, mem::size_of, os::fd::AsFd, time::Duration};
+use std::{collections::HashMap, os::fd::AsFd, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -11,7 +11,7 @@ use aya::{
 };
 use sensor_common::{FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names};
 
-use crate::{records::FlowTotals, sensor::EBPF_OBJECT, sys};
+use crate::{records::FlowTotals, sensor::EBPF_OBJECT, tables};
 
 pub struct Harness {
     bpf: Ebpf,
@@ -54,6 +54,8 @@ impl Harness {
                 host_threshold: 25,
                 clock: sensor_common::CLOCK_CONFIG,
                 now_ns: 1_000_000_000,
+                probe_gen: 1,
+                probe_slot_mask: sensor_common::DEFAULT_PROBE_SLOTS - 1,
             },
             nr_cpus: aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?,
         };
@@ -121,31 +123,33 @@ impl Harness {
 
     /// Drains both flow tables (the programs are not attached: nothing races with us).
     pub fn take_flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowTotals>> {
-        let stride = size_of::<FlowValue>().div_ceil(8) * 8;
-        let mut out: HashMap<FlowKey, FlowTotals> = HashMap::new();
+        let mut out = HashMap::new();
         for i in 0..2 {
-            let d = sys::drain_map(
-                self.table(i).fd().as_fd(),
-                size_of::<FlowKey>(),
-                stride * self.nr_cpus,
-                4096,
-            )?;
-            for e in 0..d.count {
-                // SAFETY: FlowKey/FlowValue are Pod; the slices are long enough.
-                let key: FlowKey = unsafe {
-                    std::ptr::read_unaligned(d.keys[e * size_of::<FlowKey>()..].as_ptr().cast())
-                };
-                let t = out.entry(key).or_default();
-                for cpu in 0..self.nr_cpus {
-                    let off = e * stride * self.nr_cpus + cpu * stride;
-                    // SAFETY: as above.
-                    let v: FlowValue =
-                        unsafe { std::ptr::read_unaligned(d.values[off..].as_ptr().cast()) };
-                    t.add(&v);
-                }
-            }
+            tables::drain_flow_table(self.table(i).fd().as_fd(), self.nr_cpus, &mut out)?;
         }
+        let active = self.cfg.active_table as usize;
+        let slots = match self
+            .bpf
+            .map(names::PROBE_SLOTS[active])
+            .expect("probe slots")
+        {
+            aya::maps::Map::PerCpuArray(d) => d,
+            other => panic!("unexpected probe slot map type {other:?}"),
+        };
+        tables::read_probe_slots(
+            slots.fd().as_fd(),
+            sensor_common::DEFAULT_PROBE_SLOTS,
+            self.nr_cpus,
+            self.cfg.probe_gen,
+            &mut out,
+        )?;
         Ok(out)
+    }
+
+    /// Frees every probe slot (the next generation), as the agent does at each swap.
+    pub fn next_generation(&mut self) -> anyhow::Result<()> {
+        self.cfg.probe_gen += 1;
+        self.apply()
     }
 
     /// Inserts `n` synthetic flows into the active table (for benchmarks at a given fill level).

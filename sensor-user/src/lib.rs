@@ -6,5 +6,6 @@ pub mod preflight;
 pub mod records;
 pub mod sensor;
 pub mod sys;
+pub mod tables;
 
 pub use error::SensorError;

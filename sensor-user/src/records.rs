@@ -64,6 +64,8 @@ pub struct FlowTotals {
     pub last_seen_ns: u64,
     pub tcp_flags: u8,
     pub directions: u8,
+    /// This direction opened with a bare SYN (it had a probe slot): the TCP initiator.
+    pub bare_syn: bool,
 }
 
 impl FlowTotals {
@@ -181,6 +183,9 @@ fn partner(k: &FlowKey) -> Option<FlowKey> {
 /// Returns the reason too. Order: a SYN without ACK, then first seen, then ports (the side on
 /// the lower, well-known port is the server).
 fn a_initiated(ka: &FlowKey, a: &FlowTotals, kb: &FlowKey, b: &FlowTotals) -> (bool, &'static str) {
+    if ka.protocol == 6 && a.bare_syn != b.bare_syn {
+        return (a.bare_syn, "syn");
+    }
     if ka.protocol == 6 {
         let a_syn = a.tcp_flags & tcp::SYN != 0;
         let b_syn = b.tcp_flags & tcp::SYN != 0;
@@ -352,6 +357,7 @@ mod tests {
             last_seen_ns: first + 10,
             tcp_flags: flags,
             directions: DIR_INGRESS,
+            bare_syn: false,
         }
     }
 
@@ -382,6 +388,24 @@ mod tests {
             (6, 700, 4, 400)
         );
         assert_eq!(r[0].initiator_by, "syn");
+    }
+
+    #[test]
+    fn tcp_initiator_is_the_side_that_opened_with_a_bare_syn() {
+        // Both directions carry SYN (SYN and SYN-ACK) and were seen in the same clock tick.
+        let c = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
+        let s = reverse(&c);
+        let mut m = HashMap::new();
+        let mut opened = totals(3, 180, 5, tcp::SYN | tcp::ACK);
+        opened.bare_syn = true;
+        m.insert(c, opened);
+        m.insert(s, totals(2, 120, 5, tcp::SYN | tcp::ACK));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        // Even against the port heuristic (the initiator used port 80 here).
+        assert_eq!(
+            (r[0].src_port, r[0].dst_port, r[0].initiator_by),
+            (80, 40000, "syn")
+        );
     }
 
     #[test]
@@ -451,7 +475,8 @@ mod tests {
                 first_seen_ns: 40,
                 last_seen_ns: 90,
                 tcp_flags: tcp::SYN | tcp::ACK,
-                directions: DIR_EGRESS
+                directions: DIR_EGRESS,
+                bare_syn: false,
             }
         );
     }

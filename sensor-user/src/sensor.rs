@@ -11,16 +11,10 @@ use aya::{
         xdp::XdpLinkId,
     },
 };
-use sensor_common::{
-    CLOCK_CONFIG, CLOCK_KERNEL, FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names,
-};
+use sensor_common::{CLOCK_CONFIG, CLOCK_KERNEL, FlowKey, ScanEvent, SensorConfig, counter, names};
 use tracing::{info, warn};
 
-use crate::{
-    error::SensorError,
-    records::FlowTotals,
-    sys::{self, GracePeriod},
-};
+use crate::{error::SensorError, records::FlowTotals, sys::GracePeriod, tables};
 
 /// The eBPF object built by build.rs from sensor-ebpf.
 /// How often the agent advances the programs' clock: the resolution of flow timestamps.
@@ -74,6 +68,10 @@ pub struct Sensor {
     // taken out of it stay alive (we own their fds) so they can be drained after detaching.
     bpf: Option<Ebpf>,
     flows: [MapData; 2],
+    probe_slots: [MapData; 2],
+    probe_slot_count: u32,
+    /// Probe-slot generation of each table while it was last active.
+    table_gen: [u32; 2],
     config: Array<MapData, SensorConfig>,
     counters: PerCpuArray<MapData, u64>,
     grace: GracePeriod,
@@ -131,11 +129,16 @@ impl Sensor {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::FLOWS[0], opts.flow_table_size);
         loader.map_max_entries(names::FLOWS[1], opts.flow_table_size);
+        let probe_slot_count = sensor_common::DEFAULT_PROBE_SLOTS;
         let mut bpf = loader.load(EBPF_OBJECT).map_err(SensorError::from_load)?;
 
         let flows = [
             map_data(take(&mut bpf, names::FLOWS[0])?),
             map_data(take(&mut bpf, names::FLOWS[1])?),
+        ];
+        let probe_slots = [
+            array_data(take(&mut bpf, names::PROBE_SLOTS[0])?),
+            array_data(take(&mut bpf, names::PROBE_SLOTS[1])?),
         ];
         let mut config: Array<MapData, SensorConfig> =
             Array::try_from(take(&mut bpf, names::CONFIG)?).map_err(SensorError::map("CONFIG"))?;
@@ -153,6 +156,8 @@ impl Sensor {
                 CLOCK_CONFIG
             },
             now_ns: crate::records::Clock::monotonic_ns(),
+            probe_gen: 1,
+            probe_slot_mask: probe_slot_count - 1,
         };
         config.set(0, cfg, 0).map_err(SensorError::map("CONFIG"))?;
         let grace = GracePeriod::new()
@@ -163,6 +168,9 @@ impl Sensor {
         let mut sensor = Sensor {
             bpf: Some(bpf),
             flows,
+            probe_slots,
+            probe_slot_count,
+            table_gen: [1, 0],
             config,
             counters,
             grace,
@@ -277,6 +285,9 @@ impl Sensor {
     pub fn drain(&mut self) -> Result<DrainResult, SensorError> {
         let old = self.cfg.active_table as usize;
         self.cfg.active_table ^= 1;
+        // The table becoming active gets a new generation: its probe slots from last time are free.
+        self.cfg.probe_gen = self.cfg.probe_gen.wrapping_add(1).max(1);
+        self.table_gen[self.cfg.active_table as usize] = self.cfg.probe_gen;
         self.config
             .set(0, self.cfg, 0)
             .map_err(SensorError::map("CONFIG"))?;
@@ -284,38 +295,23 @@ impl Sensor {
             .wait()
             .map_err(|e| SensorError::Kernel(format!("waiting for an RCU grace period: {e}")))?;
 
-        let stride = size_of::<FlowValue>().div_ceil(8) * 8;
-        let value_stride = stride * self.nr_cpus;
-        let d = sys::drain_map(
-            self.flows[old].fd().as_fd(),
-            size_of::<FlowKey>(),
-            value_stride,
-            4096,
+        let mut flows = HashMap::new();
+        let (entries, batched) =
+            tables::drain_flow_table(self.flows[old].fd().as_fd(), self.nr_cpus, &mut flows)
+                .map_err(|e| SensorError::Kernel(format!("draining flow table {old}: {e}")))?;
+        self.batched_drain = batched;
+        let slots = tables::read_probe_slots(
+            self.probe_slots[old].fd().as_fd(),
+            self.probe_slot_count,
+            self.nr_cpus,
+            self.table_gen[old],
+            &mut flows,
         )
-        .map_err(|e| SensorError::Kernel(format!("draining flow table {old}: {e}")))?;
-        self.batched_drain = d.batched;
-        let mut flows = HashMap::with_capacity(d.count);
-        for i in 0..d.count {
-            let kb = &d.keys[i * size_of::<FlowKey>()..(i + 1) * size_of::<FlowKey>()];
-            // SAFETY: FlowKey is Pod (repr(C), integers only); read_unaligned handles alignment.
-            let key: FlowKey = unsafe { std::ptr::read_unaligned(kb.as_ptr().cast()) };
-            let mut t = FlowTotals::default();
-            for cpu in 0..self.nr_cpus {
-                let off = i * value_stride + cpu * stride;
-                // SAFETY: as above, FlowValue is Pod and the slice holds `stride >= size_of` bytes.
-                let v: FlowValue =
-                    unsafe { std::ptr::read_unaligned(d.values[off..].as_ptr().cast()) };
-                t.add(&v);
-            }
-            flows
-                .entry(key)
-                .or_insert_with(FlowTotals::default)
-                .merge(&t);
-        }
-        self.drained_entries += d.count as u64;
+        .map_err(|e| SensorError::Kernel(format!("reading probe slots {old}: {e}")))?;
+        self.drained_entries += entries as u64;
         Ok(DrainResult {
             flows,
-            entries: d.count,
+            entries: entries + slots,
         })
     }
 
@@ -375,27 +371,19 @@ impl Sensor {
     }
 }
 
-impl FlowTotals {
-    fn merge(&mut self, o: &FlowTotals) {
-        let v = FlowValue {
-            packets: o.packets,
-            bytes: o.bytes,
-            first_seen_ns: o.first_seen_ns,
-            last_seen_ns: o.last_seen_ns,
-            tcp_flags: o.tcp_flags,
-            directions: o.directions,
-            _pad: [0; 6],
-        };
-        self.add(&v);
-    }
-}
-
 pub fn parse_scan_event(bytes: &[u8]) -> Option<ScanEvent> {
     if bytes.len() < size_of::<ScanEvent>() {
         return None;
     }
     // SAFETY: ScanEvent is Pod and the buffer is long enough.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+fn array_data(m: Map) -> MapData {
+    match m {
+        Map::PerCpuArray(d) => d,
+        other => panic!("probe slots have an unexpected map type: {other:?}"),
+    }
 }
 
 fn map_data(m: Map) -> MapData {

@@ -12,6 +12,7 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -169,6 +170,59 @@ pub fn drain_map(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Reads every value of an array map (per-CPU arrays: `value_stride` covers all CPUs), in
+/// batches, falling back to one lookup per index on kernels without batch ops.
+pub fn read_array(fd: BorrowedFd<'_>, entries: u32, value_stride: usize) -> io::Result<Vec<u8>> {
+    let n = entries as usize;
+    let mut values = vec![0u8; value_stride * n];
+    let mut keys = vec![0u32; n];
+    let (mut in_batch, mut out_batch) = (0u32, 0u32);
+    let mut done = 0usize;
+    let mut first = true;
+    while done < n {
+        let mut a = Attr::new();
+        a.put_u64(
+            0,
+            if first {
+                0
+            } else {
+                &in_batch as *const u32 as u64
+            },
+        )
+        .put_u64(8, &mut out_batch as *mut u32 as u64)
+        .put_u64(16, keys[done..].as_mut_ptr() as u64)
+        .put_u64(24, values[done * value_stride..].as_mut_ptr() as u64)
+        .put_u32(32, (n - done) as u32)
+        .put_u32(36, fd.as_raw_fd() as u32);
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
+        done += a.get_u32(32) as usize;
+        match r {
+            Ok(_) => {
+                in_batch = out_batch;
+                first = false;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e)
+                if first
+                    && done == 0
+                    && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(ENOTSUPP)) =>
+            {
+                for i in 0..n {
+                    let key = i as u32;
+                    let mut a = Attr::new();
+                    a.put_u32(0, fd.as_raw_fd() as u32)
+                        .put_u64(8, &key as *const u32 as u64)
+                        .put_u64(16, values[i * value_stride..].as_mut_ptr() as u64);
+                    bpf(BPF_MAP_LOOKUP_ELEM, &mut a)?;
+                }
+                return Ok(values);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(values)
 }
 
 fn drain_map_one_by_one(

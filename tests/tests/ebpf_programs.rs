@@ -388,3 +388,72 @@ fn answered_conversations_are_not_probes() {
         "the DNS client used one port of one host"
     );
 }
+
+#[test]
+fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
+    use sensor_common::counter;
+    let mut h = harness();
+    let syn = frame::ip("10.7.0.1", "10.7.0.2", 6, 41000, 80, SYN, 0);
+    h.run_xdp(&syn, 2).expect("SYN and its retransmission");
+    assert_eq!(h.counter(counter::PROBE_SLOT_CLAIMS).expect("claims"), 1);
+    assert_eq!(
+        h.counter(counter::FLOW_INSERTS_0).expect("inserts"),
+        0,
+        "no hash-table insert for a bare SYN"
+    );
+    h.run_xdp(&frame::ip("10.7.0.1", "10.7.0.2", 6, 41000, 80, ACK, 0), 1)
+        .expect("ACK");
+    assert_eq!(
+        h.counter(counter::FLOW_INSERTS_0).expect("inserts"),
+        1,
+        "the conversation's next packet is a flow entry"
+    );
+    // Find a second key whose SYN lands in the same slot: it must fall back to the hash table.
+    let mask = sensor_common::DEFAULT_PROBE_SLOTS - 1;
+    let key = |sport: u16| FlowKey {
+        ifindex: 1,
+        src_addr: v4("10.7.0.1"),
+        dst_addr: v4("10.7.0.2"),
+        src_port: sport,
+        dst_port: 80,
+        protocol: 6,
+        ip_version: 4,
+        flags: 0,
+        _pad: 0,
+    };
+    let slot = key(41000).slot_hash() & mask;
+    let twin = (1..=u16::MAX)
+        .find(|p| *p != 41000 && key(*p).slot_hash() & mask == slot)
+        .expect("a colliding port");
+    h.run_xdp(&frame::ip("10.7.0.1", "10.7.0.2", 6, twin, 80, SYN, 0), 1)
+        .expect("colliding SYN");
+    assert_eq!(
+        h.counter(counter::PROBE_SLOT_COLLISIONS)
+            .expect("collisions"),
+        1
+    );
+    let f = h.take_flows().expect("flows");
+    let (_, t) = find(&f, v4("10.7.0.1"), v4("10.7.0.2"), 6, 41000, 80);
+    assert_eq!(
+        (t.packets, t.bytes, t.bare_syn),
+        (3, 120, true),
+        "slot and table merged by key"
+    );
+    assert_eq!(
+        find(&f, v4("10.7.0.1"), v4("10.7.0.2"), 6, twin, 80)
+            .1
+            .packets,
+        1
+    );
+    // A new generation frees every slot: the same SYN claims again, and the old one is not read.
+    h.next_generation().expect("generation");
+    h.run_xdp(&syn, 1).expect("SYN");
+    assert_eq!(h.counter(counter::PROBE_SLOT_CLAIMS).expect("claims"), 2);
+    let f = h.take_flows().expect("flows");
+    assert_eq!(
+        find(&f, v4("10.7.0.1"), v4("10.7.0.2"), 6, 41000, 80)
+            .1
+            .packets,
+        1
+    );
+}

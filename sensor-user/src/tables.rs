@@ -1,0 +1,70 @@
+//! Reading the kernel's flow tables: the per-CPU LRU hash (drained with lookup-and-delete) and the
+//! per-CPU probe-slot array of bare SYNs (read whole, filtered by generation). Used by the agent
+//! and by the test harness alike.
+
+use std::{collections::HashMap, io, mem::size_of, os::fd::BorrowedFd};
+
+use sensor_common::{FlowKey, FlowValue, ProbeSlot};
+
+use crate::{records::FlowTotals, sys};
+
+/// Bytes of one CPU's copy of a per-CPU map value (the kernel rounds each up to 8).
+fn per_cpu_stride<T>() -> usize {
+    size_of::<T>().div_ceil(8) * 8
+}
+
+/// Reads a `T` out of a byte buffer filled by the kernel.
+///
+/// # Safety
+/// `T` must be plain old data (repr(C), integers only) and `bytes` at least `size_of::<T>()` long.
+unsafe fn read_pod<T>(bytes: &[u8]) -> T {
+    assert!(bytes.len() >= size_of::<T>());
+    // SAFETY: per the contract; read_unaligned handles the buffer's alignment.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+}
+
+/// Empties a quiescent flow hash table into `out` (per-CPU values summed, merged by key).
+/// Returns (entries drained, whether the batch command was available).
+pub fn drain_flow_table(
+    fd: BorrowedFd<'_>,
+    nr_cpus: usize,
+    out: &mut HashMap<FlowKey, FlowTotals>,
+) -> io::Result<(usize, bool)> {
+    let stride = per_cpu_stride::<FlowValue>();
+    let d = sys::drain_map(fd, size_of::<FlowKey>(), stride * nr_cpus, 4096)?;
+    for i in 0..d.count {
+        // SAFETY: FlowKey and FlowValue are Pod; the kernel filled whole entries.
+        let key: FlowKey = unsafe { read_pod(&d.keys[i * size_of::<FlowKey>()..]) };
+        let t = out.entry(key).or_default();
+        for cpu in 0..nr_cpus {
+            let v: FlowValue = unsafe { read_pod(&d.values[(i * nr_cpus + cpu) * stride..]) };
+            t.add(&v);
+        }
+    }
+    Ok((d.count, d.batched))
+}
+
+/// Adds the probe slots of generation `generation` to `out`. The array is not cleared: the
+/// programs treat slots of other generations as free. Returns the number of live slots.
+pub fn read_probe_slots(
+    fd: BorrowedFd<'_>,
+    entries: u32,
+    nr_cpus: usize,
+    generation: u32,
+    out: &mut HashMap<FlowKey, FlowTotals>,
+) -> io::Result<usize> {
+    let stride = per_cpu_stride::<ProbeSlot>();
+    let values = sys::read_array(fd, entries, stride * nr_cpus)?;
+    let mut live = 0;
+    for slot in values.chunks_exact(stride) {
+        // SAFETY: ProbeSlot is Pod; each chunk is one CPU's copy of one slot.
+        let s: ProbeSlot = unsafe { read_pod(slot) };
+        if s.generation == generation && s.value.packets > 0 {
+            let t = out.entry(s.key).or_default();
+            t.add(&s.value);
+            t.bare_syn = true;
+            live += 1;
+        }
+    }
+    Ok(live)
+}
