@@ -124,6 +124,65 @@ fn test_run_section(report: &mut String, repeat: u32, rounds: usize) {
     .ok();
 }
 
+/// Frames that each open a new flow cannot be measured with `repeat` (the second run finds the
+/// flow): run `n` distinct frames once each, for the sensor and for the empty program, and
+/// compare the sums. A single run's timing includes the kernel's clock reads around it; they
+/// cancel out in the difference.
+fn new_flow_section(report: &mut String, n: u32) {
+    let empty = sys::load_empty_xdp().expect("load empty XDP program");
+    writeln!(
+        report,
+        "### New flows, BPF_PROG_TEST_RUN ({n} distinct frames, each run once)\n"
+    )
+    .ok();
+    writeln!(
+        report,
+        "| traffic | flow table | sensor ns/pkt | empty XDP ns/pkt | added |"
+    )
+    .ok();
+    writeln!(report, "|---|---|---|---|---|").ok();
+    let established = frame::ip("10.0.0.1", "10.0.0.2", 6, 40000, 443, ACK | PSH, 100);
+    for fill in [16_384u32, 262_144] {
+        for (name, syn_every) in [("SYN, each a new flow", 1u32), ("50% SYN scan mix", 2)] {
+            let mut h = Harness::load(262_144).expect("load sensor programs");
+            h.cfg.clock = sensor_common::CLOCK_CONFIG;
+            h.apply().expect("config");
+            h.prefill(fill).expect("prefill");
+            let fd = h.xdp_fd().expect("fd");
+            sys::test_run(fd, &established, 1).expect("warm up");
+            let (mut ours, mut reference) = (0u64, 0u64);
+            for i in 0..n {
+                let f = if i % syn_every == 0 {
+                    // Scanner 10.9.x.y probing ever new ports of 10.0.0.2.
+                    let src = format!("10.9.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff);
+                    frame::ip(
+                        &src,
+                        "10.0.0.2",
+                        6,
+                        40000 + (i & 0xff) as u16,
+                        (i % 65000) as u16 + 1,
+                        SYN,
+                        0,
+                    )
+                } else {
+                    established.clone()
+                };
+                reference += sys::test_run(empty.as_fd(), &f, 1).expect("empty").1 as u64;
+                ours += sys::test_run(fd, &f, 1).expect("run").1 as u64;
+            }
+            let (o, r) = (ours as f64 / n as f64, reference as f64 / n as f64);
+            let fill_label = if fill == 16_384 { "16K" } else { "256K" };
+            writeln!(
+                report,
+                "| {name} | {fill_label} | {o:.1} | {r:.1} | {:+.1} |",
+                o - r
+            )
+            .ok();
+        }
+    }
+    writeln!(report).ok();
+}
+
 /// Sends `count` frames from `ns`/`dev` through a FIFO deep enough to hold them all: trafgen
 /// gives up on the first frame the stack refuses (a veth stops its queue while its peer falls
 /// behind), and with the backlog in the qdisc the receiver runs at its own full speed. Returns
@@ -378,6 +437,9 @@ fn main() {
             if quick { 100_000 } else { 1_000_000 },
             if quick { 3 } else { 7 },
         );
+    }
+    if only.as_deref() != Some("veth") {
+        new_flow_section(&mut report, if quick { 20_000 } else { 100_000 });
     }
     if only.as_deref() != Some("test-run") {
         veth_section(&mut report, if quick { 200_000 } else { 500_000 });
