@@ -207,12 +207,7 @@ impl Harness {
 pub mod frame {
     use std::net::IpAddr;
 
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-    pub const URG: u8 = 0x20;
+    pub use sensor_common::tcp::{ACK, FIN, PSH, RST, SYN, URG};
 
     #[derive(Clone, Debug, Default)]
     pub struct Frame {

@@ -546,6 +546,15 @@ impl Capture {
     }
 }
 
+/// A real nmap TCP SYN scan from namespace `ns` of `target` (one of the lab's own addresses),
+/// bounded: one retry, aggressive timing, no DNS, no ping.
+pub fn nmap_syn_scan(ns: &str, target: &str, ports: &[&str]) {
+    let mut args = vec!["-sS", "-n", "-Pn", "-T4", "--max-retries", "1"];
+    args.extend_from_slice(ports);
+    args.push(target);
+    sh_in(ns, "nmap", &args);
+}
+
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip address")
 }

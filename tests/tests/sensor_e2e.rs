@@ -403,21 +403,7 @@ fn nmap_syn_scan_yields_exactly_one_event_naming_the_scanner() {
     let listener = tests::in_netns(&lab.b, move || TcpListener::bind(&open).expect("bind"));
     let _listener = listener.join().expect("listener");
     let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]);
-    sh_in(
-        &lab.a,
-        "nmap",
-        &[
-            "-sS",
-            "-n",
-            "-Pn",
-            "-T4",
-            "--max-retries",
-            "1",
-            "-p",
-            "1-1000,8080",
-            &lab.ip_b,
-        ],
-    );
+    tests::nmap_syn_scan(&lab.a, &lab.ip_b, &["-p", "1-1000,8080"]);
     thread::sleep(Duration::from_millis(500));
     let out = sensor.stop();
     assert_eq!(

@@ -302,6 +302,30 @@ fn frames(lab: &Lab) -> (String, String) {
     (est, syn)
 }
 
+/// Attaches `prog` (XDP) to b's veth, sends `count` frames of `conf` from a, and returns the
+/// program's (run_time_ns, run_cnt) from bpf_stats. Detaches before returning.
+fn run_attached(
+    lab: &Lab,
+    dir: &TempDir,
+    ifindex: u32,
+    prog: std::os::fd::OwnedFd,
+    conf: &str,
+    count: u64,
+) -> (u64, u64) {
+    let (prog, link) = tests::in_netns(&lab.b, move || {
+        let link = sys::xdp_link(prog.as_fd(), ifindex, 0).expect("attach XDP");
+        (prog, link)
+    })
+    .join()
+    .expect("attach thread");
+    blast(&lab.a, &lab.va, dir, conf, count, &|| {
+        sys::prog_run_stats(prog.as_fd()).expect("stats").1
+    });
+    let stats = sys::prog_run_stats(prog.as_fd()).expect("stats");
+    drop(link);
+    stats
+}
+
 fn veth_section(report: &mut String, count: u64) {
     let lab = Lab::new();
     let dir = TempDir::new("bench");
@@ -333,40 +357,21 @@ fn veth_section(report: &mut String, count: u64) {
             ("established flow", &est),
             ("50% SYN scan (new flow per SYN)", &syn),
         ] {
-            // Reference: the empty program, attached the same way.
-            let empty = sys::load_empty_xdp().expect("empty");
-            let (ref_ns, ref_cnt) = {
-                let bns = lab.b.clone();
-                let fd = tests::in_netns(&bns, move || {
-                    let link = sys::xdp_link(empty.as_fd(), vb_index, 0).expect("attach empty");
-                    (empty, link)
-                })
-                .join()
-                .expect("attach thread");
-                blast(&lab.a, &lab.va, &dir, conf, count, &|| {
-                    sys::prog_run_stats(fd.0.as_fd()).expect("stats").1
-                });
-                let s = sys::prog_run_stats(fd.0.as_fd()).expect("stats");
-                drop(fd);
-                s
-            };
+            // Reference: the empty program, attached and driven the same way.
+            let (ref_ns, ref_cnt) = run_attached(
+                &lab,
+                &dir,
+                vb_index,
+                sys::load_empty_xdp().expect("empty"),
+                conf,
+                count,
+            );
             let mut h = Harness::load(262_144).expect("load");
             h.cfg.clock = sensor_common::CLOCK_CONFIG; // as the agent runs by default
             h.apply().expect("cfg");
             h.prefill(fill).expect("prefill");
             let xfd = h.xdp_fd().expect("fd").try_clone_to_owned().expect("dup");
-            let bns = lab.b.clone();
-            let link = tests::in_netns(&bns, move || {
-                let link = sys::xdp_link(xfd.as_fd(), vb_index, 0).expect("attach sensor");
-                (xfd, link)
-            })
-            .join()
-            .expect("attach thread");
-            blast(&lab.a, &lab.va, &dir, conf, count, &|| {
-                sys::prog_run_stats(link.0.as_fd()).expect("stats").1
-            });
-            let (ns, cnt) = sys::prog_run_stats(link.0.as_fd()).expect("stats");
-            drop(link);
+            let (ns, cnt) = run_attached(&lab, &dir, vb_index, xfd, conf, count);
             let ours = ns as f64 / cnt.max(1) as f64;
             let reference = ref_ns as f64 / ref_cnt.max(1) as f64;
             let fill_label = if fill == 16_384 { "16K" } else { "256K" };

@@ -77,21 +77,7 @@ fn main() {
         "2. nmap SYN scan from {} of 1000 ports of {}",
         lab.ip_a, lab.ip_b
     );
-    sh_in(
-        &lab.a,
-        "nmap",
-        &[
-            "-sS",
-            "-n",
-            "-Pn",
-            "-T4",
-            "--max-retries",
-            "1",
-            "--top-ports",
-            "1000",
-            &lab.ip_b,
-        ],
-    );
+    tests::nmap_syn_scan(&lab.a, &lab.ip_b, &["--top-ports", "1000"]);
     thread::sleep(Duration::from_millis(500));
     let out = sensor.stop();
 
