@@ -12,6 +12,7 @@ pub mod names {
     pub const TC_PROGRAM: &str = "picket_tc_egress";
     pub const FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
     pub const PROBE_SLOTS: [&str; 2] = ["PROBE_SLOTS_0", "PROBE_SLOTS_1"];
+    pub const PROBE_AGGREGATES: [&str; 2] = ["PROBE_AGGREGATES_0", "PROBE_AGGREGATES_1"];
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SCAN_STATE: &str = "SCAN_STATE";
@@ -23,6 +24,8 @@ pub mod names {
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 /// Slots per CPU for first SYNs (power of two): see [`ProbeSlot`].
 pub const DEFAULT_PROBE_SLOTS: u32 = 16_384;
+/// Per-source aggregates per CPU for bare SYNs whose probe slot was taken (power of two).
+pub const PROBE_AGGREGATES: u32 = 256;
 /// Default number of tracked sources for scan detection.
 pub const DEFAULT_SCAN_SOURCES: u32 = 65_536;
 /// Default number of conversations remembered as answered (not probes).
@@ -115,6 +118,36 @@ pub struct FlowValue {
     /// `DIR_INGRESS` / `DIR_EGRESS` bits: which hook(s) saw it.
     pub directions: u8,
     pub _pad: [u8; 6],
+}
+
+/// Bare SYNs of one source whose probe slot was taken by another live flow, summed without
+/// per-flow detail: under a fast scan the slots fill, and one small, hot record per scanner costs
+/// a fraction of a flow-table insert per probe (which on a VM also means a cold page per probe).
+/// Exported as a `kind: "probes"` record, so that packet and byte totals stay exact.
+/// The slot is chosen by a hash of the source; when another live source holds it, the SYN falls
+/// back to a flow-table insert.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProbeAggregate {
+    pub src_addr: [u8; 16],
+    pub ifindex: u32,
+    pub generation: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub directions: u8,
+    pub ip_version: u8,
+    pub _pad: [u8; 6],
+}
+
+impl ProbeAggregate {
+    /// Index of a source's aggregate (shared with user space and tests).
+    #[inline(always)]
+    pub fn index_of(addr: &[u8; 16]) -> u32 {
+        let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+        ((w(0) ^ w(4) ^ w(8) ^ w(12)).wrapping_mul(0x9E37_79B1) >> 24) & (PROBE_AGGREGATES - 1)
+    }
 }
 
 /// Settings the agent writes into the `CONFIG` array (one element) before attaching, and updates
@@ -293,7 +326,9 @@ pub mod counter {
     /// New flows that a bare SYN opened in a probe slot, and those that found it taken.
     pub const PROBE_SLOT_CLAIMS: u32 = 21;
     pub const PROBE_SLOT_COLLISIONS: u32 = 22;
-    pub const COUNT: u32 = 23;
+    /// Bare SYNs added to a per-source probe aggregate (their probe slot was taken).
+    pub const PROBES_AGGREGATED: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "packets_seen",
@@ -319,6 +354,7 @@ pub mod counter {
         "gso_extra_segments",
         "probe_slot_claims",
         "probe_slot_collisions",
+        "probes_aggregated",
     ];
 }
 
@@ -334,6 +370,7 @@ mod pod {
     unsafe impl aya::Pod for ScanState {}
     unsafe impl aya::Pod for ScanEvent {}
     unsafe impl aya::Pod for ProbeSlot {}
+    unsafe impl aya::Pod for ProbeAggregate {}
 }
 
 /// Maps an IPv4 address (network order bytes) into the 16-byte form used in keys.
@@ -356,6 +393,7 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 40);
         assert_eq!(size_of::<SensorConfig>(), 40);
         assert_eq!(size_of::<ProbeSlot>(), 88);
+        assert_eq!(size_of::<ProbeAggregate>(), 16 + 4 + 4 + 8 * 4 + 1 + 1 + 6);
         assert_eq!(size_of::<SourceKey>(), 16);
         assert_eq!(
             size_of::<ScanState>(),

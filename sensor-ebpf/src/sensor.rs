@@ -10,9 +10,9 @@ use aya_ebpf::{
 use sensor_common::{
     CLOCK_CONFIG, DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PROBE_SLOTS,
     DEFAULT_SCAN_SOURCES, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, HOST_BITMAP_WORDS,
-    KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, PORT_BITMAP_WORDS, ProbeSlot, REASON_HOSTS,
-    REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState, SensorConfig, SourceKey, counter,
-    probe, tcp,
+    KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, PORT_BITMAP_WORDS, PROBE_AGGREGATES, ProbeAggregate,
+    ProbeSlot, REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState,
+    SensorConfig, SourceKey, counter, probe, tcp,
 };
 
 #[unsafe(link_section = "license")]
@@ -38,6 +38,12 @@ static PROBE_SLOTS_0: PerCpuArray<ProbeSlot> =
 #[map]
 static PROBE_SLOTS_1: PerCpuArray<ProbeSlot> =
     PerCpuArray::with_max_entries(DEFAULT_PROBE_SLOTS, 0);
+#[map]
+static PROBE_AGGREGATES_0: PerCpuArray<ProbeAggregate> =
+    PerCpuArray::with_max_entries(PROBE_AGGREGATES, 0);
+#[map]
+static PROBE_AGGREGATES_1: PerCpuArray<ProbeAggregate> =
+    PerCpuArray::with_max_entries(PROBE_AGGREGATES, 0);
 #[map]
 static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
 #[map]
@@ -186,9 +192,13 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
     };
     // Two copies of the same code, each naming its own maps, so the verifier can inline lookups.
     let new_flow = if cfg.active_table == 0 {
+        let probes = Probes {
+            slots: &PROBE_SLOTS_0,
+            aggregates: &PROBE_AGGREGATES_0,
+        };
         record(
             &FLOWS_0,
-            &PROBE_SLOTS_0,
+            &probes,
             counter::FLOW_INSERTS_0,
             cfg,
             &pkt,
@@ -196,9 +206,13 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
             &m,
         )
     } else {
+        let probes = Probes {
+            slots: &PROBE_SLOTS_1,
+            aggregates: &PROBE_AGGREGATES_1,
+        };
         record(
             &FLOWS_1,
-            &PROBE_SLOTS_1,
+            &probes,
             counter::FLOW_INSERTS_1,
             cfg,
             &pkt,
@@ -282,12 +296,53 @@ fn probe_slot(
     Some(true)
 }
 
-/// Adds the packet to the flow table (or a bare SYN to its probe slot); returns true if it
-/// created the entry.
+/// The maps of one table for bare SYNs.
+struct Probes<'a> {
+    slots: &'a PerCpuArray<ProbeSlot>,
+    aggregates: &'a PerCpuArray<ProbeAggregate>,
+}
+
+/// Adds a bare SYN to its source's probe aggregate; false when another live source holds it.
+#[inline(always)]
+fn probe_aggregate(
+    aggs: &PerCpuArray<ProbeAggregate>,
+    cfg: &SensorConfig,
+    pkt: &Packet,
+    m: &Meter,
+) -> bool {
+    let Some(g) = aggs.get_ptr_mut(ProbeAggregate::index_of(&pkt.key.src_addr)) else {
+        return false;
+    };
+    // SAFETY: this CPU's copy; programs do not preempt each other on one CPU.
+    let g = unsafe { &mut *g };
+    if g.generation == cfg.probe_gen {
+        if g.src_addr != pkt.key.src_addr || g.ifindex != pkt.key.ifindex {
+            return false;
+        }
+        g.packets += m.packets;
+        g.bytes += m.bytes;
+        g.last_seen_ns = m.now;
+        g.directions |= m.dir;
+        return true;
+    }
+    g.src_addr = pkt.key.src_addr;
+    g.ifindex = pkt.key.ifindex;
+    g.generation = cfg.probe_gen;
+    g.packets = m.packets;
+    g.bytes = m.bytes;
+    g.first_seen_ns = m.now;
+    g.last_seen_ns = m.now;
+    g.directions = m.dir;
+    g.ip_version = pkt.key.ip_version;
+    true
+}
+
+/// Adds the packet to the flow table (or a bare SYN to its probe slot or its source's probe
+/// aggregate); returns true if it created the entry (a first contact).
 #[inline(always)]
 fn record(
     table: &LruPerCpuHashMap<FlowKey, FlowValue>,
-    slots: &PerCpuArray<ProbeSlot>,
+    probes: &Probes<'_>,
     inserts_counter: u32,
     cfg: &SensorConfig,
     pkt: &Packet,
@@ -306,8 +361,14 @@ fn record(
         }
         return false;
     }
-    if syn_only && let Some(created) = probe_slot(slots, cfg, pkt, m) {
-        return created;
+    if syn_only {
+        if let Some(created) = probe_slot(probes.slots, cfg, pkt, m) {
+            return created;
+        }
+        if probe_aggregate(probes.aggregates, cfg, pkt, m) {
+            count(counter::PROBES_AGGREGATED, 1);
+            return true;
+        }
     }
     let value = FlowValue {
         packets,

@@ -146,6 +146,24 @@ impl Harness {
         Ok(out)
     }
 
+    /// The per-source probe aggregates of the active table.
+    pub fn take_probe_aggregates(&self) -> anyhow::Result<Vec<crate::records::ProbeTotals>> {
+        let active = self.cfg.active_table as usize;
+        let aggs = match self
+            .bpf
+            .map(names::PROBE_AGGREGATES[active])
+            .expect("probe aggregates")
+        {
+            aya::maps::Map::PerCpuArray(d) => d,
+            other => panic!("unexpected probe aggregate map type {other:?}"),
+        };
+        Ok(tables::read_probe_aggregates(
+            aggs.fd().as_fd(),
+            self.nr_cpus,
+            self.cfg.probe_gen,
+        )?)
+    }
+
     /// Frees every probe slot (the next generation), as the agent does at each swap.
     pub fn next_generation(&mut self) -> anyhow::Result<()> {
         self.cfg.probe_gen += 1;

@@ -80,6 +80,7 @@ impl Out {
 #[derive(Default)]
 struct AgentCounters {
     flow_records: u64,
+    probe_records: u64,
     scan_records: u64,
     scan_events_duplicate: u64,
     scan_events_malformed: u64,
@@ -216,6 +217,10 @@ fn export(
     for r in &recs {
         out.line(r);
     }
+    for p in &d.probes {
+        out.line(&records::probe_record(p, clock, iface_name(p.ifindex)));
+    }
+    agent.probe_records += d.probes.len() as u64;
     agent.flow_records += recs.len() as u64;
     agent.drains += 1;
     let counters = match sensor.counters() {
@@ -235,6 +240,7 @@ fn export(
         "kernel": kernel,
         "agent": {
             "flow_records": agent.flow_records,
+            "probe_records": agent.probe_records,
             "scan_events": agent.scan_records,
             "scan_events_duplicate": agent.scan_events_duplicate,
             "scan_events_malformed": agent.scan_events_malformed,

@@ -85,6 +85,53 @@ impl FlowTotals {
     }
 }
 
+/// Bare SYNs of one source that were summed instead of recorded per flow (see
+/// `sensor_common::ProbeAggregate`), over one export interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeTotals {
+    pub ifindex: u32,
+    pub src_addr: [u8; 16],
+    pub ip_version: u8,
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub directions: u8,
+}
+
+/// One `kind: "probes"` line: a source's TCP SYNs to many destinations, counted but not split
+/// per flow. Flow records plus probe records account for every packet and byte.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ProbeRecord {
+    pub kind: &'static str,
+    pub iface: String,
+    pub ifindex: u32,
+    pub src_ip: IpAddr,
+    pub protocol: u8,
+    pub probe: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+    pub start: String,
+    pub end: String,
+    pub observed: &'static str,
+}
+
+pub fn probe_record(t: &ProbeTotals, clock: Clock, iface: String) -> ProbeRecord {
+    ProbeRecord {
+        kind: "probes",
+        iface,
+        ifindex: t.ifindex,
+        src_ip: addr(t.src_addr, t.ip_version),
+        protocol: 6,
+        probe: "syn",
+        packets: t.packets,
+        bytes: t.bytes,
+        start: clock.rfc3339(t.first_seen_ns),
+        end: clock.rfc3339(t.last_seen_ns),
+        observed: observed(t.directions),
+    }
+}
+
 /// One flow record line (`kind: "flow"`): a conversation seen on one interface during one export
 /// interval, both directions joined, `src` being the initiator as best known.
 #[derive(Clone, Debug, Serialize, PartialEq)]

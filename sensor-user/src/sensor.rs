@@ -14,7 +14,12 @@ use aya::{
 use sensor_common::{CLOCK_CONFIG, CLOCK_KERNEL, FlowKey, ScanEvent, SensorConfig, counter, names};
 use tracing::{info, warn};
 
-use crate::{error::SensorError, records::FlowTotals, sys::GracePeriod, tables};
+use crate::{
+    error::SensorError,
+    records::{FlowTotals, ProbeTotals},
+    sys::GracePeriod,
+    tables,
+};
 
 /// The eBPF object built by build.rs from sensor-ebpf.
 /// How often the agent advances the programs' clock: the resolution of flow timestamps.
@@ -69,6 +74,7 @@ pub struct Sensor {
     bpf: Option<Ebpf>,
     flows: [MapData; 2],
     probe_slots: [MapData; 2],
+    probe_aggregates: [MapData; 2],
     probe_slot_count: u32,
     /// Probe-slot generation of each table while it was last active.
     table_gen: [u32; 2],
@@ -86,6 +92,8 @@ pub struct Sensor {
 /// One export interval's worth of flows.
 pub struct DrainResult {
     pub flows: HashMap<FlowKey, FlowTotals>,
+    /// Bare SYNs summed per source (their probe slots were taken).
+    pub probes: Vec<ProbeTotals>,
     pub entries: usize,
 }
 
@@ -140,6 +148,10 @@ impl Sensor {
             array_data(take(&mut bpf, names::PROBE_SLOTS[0])?),
             array_data(take(&mut bpf, names::PROBE_SLOTS[1])?),
         ];
+        let probe_aggregates = [
+            array_data(take(&mut bpf, names::PROBE_AGGREGATES[0])?),
+            array_data(take(&mut bpf, names::PROBE_AGGREGATES[1])?),
+        ];
         let mut config: Array<MapData, SensorConfig> =
             Array::try_from(take(&mut bpf, names::CONFIG)?).map_err(SensorError::map("CONFIG"))?;
         let counters: PerCpuArray<MapData, u64> =
@@ -169,6 +181,7 @@ impl Sensor {
             bpf: Some(bpf),
             flows,
             probe_slots,
+            probe_aggregates,
             probe_slot_count,
             table_gen: [1, 0],
             config,
@@ -309,8 +322,15 @@ impl Sensor {
         )
         .map_err(|e| SensorError::Kernel(format!("reading probe slots {old}: {e}")))?;
         self.drained_entries += entries as u64;
+        let probes = tables::read_probe_aggregates(
+            self.probe_aggregates[old].fd().as_fd(),
+            self.nr_cpus,
+            self.table_gen[old],
+        )
+        .map_err(|e| SensorError::Kernel(format!("reading probe aggregates {old}: {e}")))?;
         Ok(DrainResult {
             flows,
+            probes,
             entries: entries + slots,
         })
     }

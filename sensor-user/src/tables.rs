@@ -4,9 +4,12 @@
 
 use std::{collections::HashMap, io, mem::size_of, os::fd::BorrowedFd};
 
-use sensor_common::{FlowKey, FlowValue, ProbeSlot};
+use sensor_common::{FlowKey, FlowValue, ProbeAggregate, ProbeSlot};
 
-use crate::{records::FlowTotals, sys};
+use crate::{
+    records::{FlowTotals, ProbeTotals},
+    sys,
+};
 
 /// Bytes of one CPU's copy of a per-CPU map value (the kernel rounds each up to 8).
 fn per_cpu_stride<T>() -> usize {
@@ -67,4 +70,39 @@ pub fn read_probe_slots(
         }
     }
     Ok(live)
+}
+
+/// Reads the per-source probe aggregates of generation `generation`, summed over CPUs.
+pub fn read_probe_aggregates(
+    fd: BorrowedFd<'_>,
+    nr_cpus: usize,
+    generation: u32,
+) -> io::Result<Vec<ProbeTotals>> {
+    let stride = per_cpu_stride::<ProbeAggregate>();
+    let values = sys::read_array(fd, sensor_common::PROBE_AGGREGATES, stride * nr_cpus)?;
+    let mut by_source: HashMap<(u32, [u8; 16]), ProbeTotals> = HashMap::new();
+    for slot in values.chunks_exact(stride) {
+        // SAFETY: ProbeAggregate is Pod; each chunk is one CPU's copy of one entry.
+        let g: ProbeAggregate = unsafe { read_pod(slot) };
+        if g.generation != generation || g.packets == 0 {
+            continue;
+        }
+        let t = by_source
+            .entry((g.ifindex, g.src_addr))
+            .or_insert(ProbeTotals {
+                ifindex: g.ifindex,
+                src_addr: g.src_addr,
+                ip_version: g.ip_version,
+                first_seen_ns: g.first_seen_ns,
+                ..ProbeTotals::default()
+            });
+        t.packets += g.packets;
+        t.bytes += g.bytes;
+        t.first_seen_ns = t.first_seen_ns.min(g.first_seen_ns);
+        t.last_seen_ns = t.last_seen_ns.max(g.last_seen_ns);
+        t.directions |= g.directions;
+    }
+    let mut v: Vec<ProbeTotals> = by_source.into_values().collect();
+    v.sort_by_key(|t| (t.first_seen_ns, t.ifindex, t.src_addr));
+    Ok(v)
 }

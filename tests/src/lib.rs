@@ -274,6 +274,8 @@ pub struct SensorOutput {
     pub flows: Vec<Value>,
     pub scans: Vec<Value>,
     pub stats: Vec<Value>,
+    /// Per-source sums of bare SYNs not recorded per flow.
+    pub probes: Vec<Value>,
     pub stderr: String,
 }
 
@@ -413,6 +415,7 @@ pub fn parse_output(path: &Path, stderr: String) -> SensorOutput {
         flows: vec![],
         scans: vec![],
         stats: vec![],
+        probes: vec![],
         stderr,
     };
     let f = fs::File::open(path).expect("open sensor stdout");
@@ -424,6 +427,7 @@ pub fn parse_output(path: &Path, stderr: String) -> SensorOutput {
             Some("flow") => out.flows.push(v),
             Some("scan") => out.scans.push(v),
             Some("stats") => out.stats.push(v),
+            Some("probes") => out.probes.push(v),
             other => panic!("unexpected kind {other:?} in {line}"),
         }
     }

@@ -432,6 +432,41 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
             .expect("collisions"),
         1
     );
+    // ... and is summed in its source's probe aggregate, not inserted into the table.
+    assert_eq!(
+        h.counter(counter::PROBES_AGGREGATED).expect("aggregated"),
+        1
+    );
+    assert_eq!(h.counter(counter::FLOW_INSERTS_0).expect("inserts"), 1);
+    // A third SYN in the same slot from another source whose aggregate is also taken: only then
+    // a flow-table insert.
+    let agg = sensor_common::ProbeAggregate::index_of(&v4("10.7.0.1"));
+    let other = (0..=u32::MAX)
+        .map(|i| std::net::Ipv4Addr::from(0x0a08_0000 | (i & 0xffff)))
+        .find(|a| {
+            sensor_common::ProbeAggregate::index_of(&v4_mapped(a.octets())) == agg
+                && *a != std::net::Ipv4Addr::new(10, 7, 0, 1)
+        })
+        .expect("a source sharing the aggregate");
+    let other_key = |sport: u16| FlowKey {
+        src_addr: v4_mapped(other.octets()),
+        ..key(sport)
+    };
+    let twin2 = (1..=u16::MAX)
+        .find(|p| other_key(*p).slot_hash() & mask == slot)
+        .expect("a colliding port");
+    h.run_xdp(
+        &frame::ip(&other.to_string(), "10.7.0.2", 6, twin2, 80, SYN, 0),
+        1,
+    )
+    .expect("third SYN");
+    assert_eq!(h.counter(counter::FLOW_INSERTS_0).expect("inserts"), 2);
+    let agg = h.take_probe_aggregates().expect("aggregates");
+    assert_eq!(agg.len(), 1);
+    assert_eq!(
+        (agg[0].src_addr, agg[0].packets, agg[0].bytes),
+        (v4("10.7.0.1"), 1, 40)
+    );
     let f = h.take_flows().expect("flows");
     let (_, t) = find(&f, v4("10.7.0.1"), v4("10.7.0.2"), 6, 41000, 80);
     assert_eq!(
@@ -439,8 +474,13 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
         (3, 120, true),
         "slot and table merged by key"
     );
+    assert!(
+        f.keys()
+            .all(|k| k.src_port != twin || k.src_addr != v4("10.7.0.1")),
+        "the aggregated SYN is not a flow"
+    );
     assert_eq!(
-        find(&f, v4("10.7.0.1"), v4("10.7.0.2"), 6, twin, 80)
+        find(&f, v4_mapped(other.octets()), v4("10.7.0.2"), 6, twin2, 80)
             .1
             .packets,
         1
