@@ -117,12 +117,14 @@ pub struct FlowValue {
     pub tcp_flags: u8,
     /// `DIR_INGRESS` / `DIR_EGRESS` bits: which hook(s) saw it.
     pub directions: u8,
-    pub _pad: [u8; 6],
+    /// 1 if the flow's first packet was a bare SYN: this direction initiated the conversation.
+    pub opened_by_syn: u8,
+    pub _pad: [u8; 5],
 }
 
-/// Bare SYNs of one source whose probe slot was taken by another live flow, summed without
-/// per-flow detail: under a fast scan the slots fill, and one small, hot record per scanner costs
-/// a fraction of a flow-table insert per probe (which on a VM also means a cold page per probe).
+/// Bare SYNs of one source already flagged as scanning (a scan event in the current window)
+/// whose probe slot was taken by another live flow, summed without per-flow detail: under a
+/// fast scan the slots fill, and one small, hot record per scanner costs a fraction of a flow-table insert per probe (which on a VM also means a cold page per probe).
 /// Exported as a `kind: "probes"` record, so that packet and byte totals stay exact.
 /// The slot is chosen by a hash of the source; when another live source holds it, the SYN falls
 /// back to a flow-table insert.
@@ -409,7 +411,7 @@ mod tests {
     fn no_implicit_padding() {
         // Sum of field sizes equals the struct size: nothing the compiler inserted.
         assert_eq!(size_of::<FlowKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 1 + 1);
-        assert_eq!(size_of::<FlowValue>(), 8 * 4 + 1 + 1 + 6);
+        assert_eq!(size_of::<FlowValue>(), 8 * 4 + 1 + 1 + 1 + 5);
         assert_eq!(size_of::<SensorConfig>(), 8 + 4 + 4 + 4 + 4 + 8 + 4 + 4);
         assert_eq!(size_of::<ProbeSlot>(), 44 + 4 + 40);
         assert_eq!(size_of::<ScanEvent>() % 8, 0);

@@ -290,7 +290,8 @@ fn probe_slot(
         last_seen_ns: m.now,
         tcp_flags: pkt.tcp_flags,
         directions: m.dir,
-        _pad: [0; 6],
+        opened_by_syn: 1,
+        _pad: [0; 5],
     };
     count(counter::PROBE_SLOT_CLAIMS, 1);
     Some(true)
@@ -300,6 +301,15 @@ fn probe_slot(
 struct Probes<'a> {
     slots: &'a PerCpuArray<ProbeSlot>,
     aggregates: &'a PerCpuArray<ProbeAggregate>,
+}
+
+#[inline(always)]
+fn flagged_scanner(src: &[u8; 16]) -> bool {
+    match SCAN_STATE.get_ptr(SourceKey { addr: *src }) {
+        // SAFETY: map value pointer, read only.
+        Some(st) => unsafe { (*st).reported != 0 },
+        None => false,
+    }
 }
 
 /// Adds a bare SYN to its source's probe aggregate; false when another live source holds it.
@@ -350,6 +360,20 @@ fn record(
     m: &Meter,
 ) -> bool {
     let (dir, now, packets, bytes) = (m.dir, m.now, m.packets, m.bytes);
+    // A bare SYN skips even the table lookup: under a scan its key is random, and probing a big
+    // hash table at a random place is the expensive part. A SYN retransmitted for a flow already
+    // in the table lands in a slot with the same key, and the agent merges them by key.
+    if syn_only {
+        if let Some(created) = probe_slot(probes.slots, cfg, pkt, m) {
+            return created;
+        }
+        // Sum it per source only for a source already flagged as scanning in this window: a
+        // busy but benign client keeps exact per-flow records (its SYN in the table below).
+        if flagged_scanner(&pkt.key.src_addr) && probe_aggregate(probes.aggregates, cfg, pkt, m) {
+            count(counter::PROBES_AGGREGATED, 1);
+            return true;
+        }
+    }
     if let Some(v) = table.get_ptr_mut(&pkt.key) {
         // SAFETY: per-CPU value of this CPU.
         unsafe {
@@ -361,15 +385,6 @@ fn record(
         }
         return false;
     }
-    if syn_only {
-        if let Some(created) = probe_slot(probes.slots, cfg, pkt, m) {
-            return created;
-        }
-        if probe_aggregate(probes.aggregates, cfg, pkt, m) {
-            count(counter::PROBES_AGGREGATED, 1);
-            return true;
-        }
-    }
     let value = FlowValue {
         packets,
         bytes,
@@ -377,7 +392,8 @@ fn record(
         last_seen_ns: now,
         tcp_flags: pkt.tcp_flags,
         directions: dir,
-        _pad: [0; 6],
+        opened_by_syn: syn_only as u8,
+        _pad: [0; 5],
     };
     match table.insert(&pkt.key, &value, BPF_NOEXIST) {
         Ok(()) => {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use sensor_common::{
     DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED,
-    REASON_HOSTS, REASON_PORTS, ScanEvent, probe, tcp,
+    REASON_HOSTS, REASON_PORTS, ScanEvent, probe,
 };
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -82,6 +82,7 @@ impl FlowTotals {
         self.last_seen_ns = self.last_seen_ns.max(v.last_seen_ns);
         self.tcp_flags |= v.tcp_flags;
         self.directions |= v.directions;
+        self.bare_syn |= v.opened_by_syn != 0;
     }
 }
 
@@ -226,27 +227,24 @@ fn partner(k: &FlowKey) -> Option<FlowKey> {
     }
 }
 
-/// Decides which of two directions initiated the conversation: true if `a` did.
-/// Returns the reason too. Order: a SYN without ACK, then first seen, then ports (the side on
-/// the lower, well-known port is the server).
+/// Decides which of two directions initiated the conversation: true if `a` did, with the
+/// reason. Order: a bare SYN first, then a well-known port on one side, then first seen, then
+/// the higher (ephemeral) port.
 fn a_initiated(ka: &FlowKey, a: &FlowTotals, kb: &FlowKey, b: &FlowTotals) -> (bool, &'static str) {
+    // The side whose first packet was a bare SYN (the kernel marks it; a SYN-ACK never is).
     if ka.protocol == 6 && a.bare_syn != b.bare_syn {
         return (a.bare_syn, "syn");
-    }
-    if ka.protocol == 6 {
-        let a_syn = a.tcp_flags & tcp::SYN != 0;
-        let b_syn = b.tcp_flags & tcp::SYN != 0;
-        if a_syn != b_syn {
-            return (a_syn, "syn");
-        }
-        if a_syn && b_syn && a.first_seen_ns != b.first_seen_ns {
-            return (a.first_seen_ns < b.first_seen_ns, "syn");
-        }
     }
     if matches!(ka.protocol, 1 | 58) {
         // The echo request side initiates.
         let req = if ka.protocol == 1 { 8 } else { 128 };
         return (ka.src_port == req, "icmp_type");
+    }
+    // A well-known port on one side only: that side serves. This comes before first-seen
+    // because a scanner's SYN may have been summed per source, leaving the server's SYN-ACK
+    // as the first packet recorded.
+    if (ka.src_port < 1024) != (kb.src_port < 1024) {
+        return (ka.src_port >= 1024, "port");
     }
     if a.first_seen_ns != b.first_seen_ns {
         return (a.first_seen_ns < b.first_seen_ns, "first_seen");
@@ -380,7 +378,7 @@ pub fn scan_record(ev: &ScanEvent, clock: Clock, iface: String) -> ScanRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sensor_common::v4_mapped;
+    use sensor_common::{tcp, v4_mapped};
 
     fn key(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16, proto: u8) -> FlowKey {
         FlowKey {
@@ -417,10 +415,12 @@ mod tests {
         let c = key([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80, 6);
         let s = reverse(&c);
         let mut m = HashMap::new();
-        // The server side was seen first (clock skew between CPUs), but only the client sent a SYN
-        // without ACK... both have SYN: then the earlier SYN wins. Here client has SYN, server none.
-        m.insert(s, totals(4, 400, 5, tcp::ACK | tcp::PSH));
-        m.insert(c, totals(6, 700, 7, tcp::SYN | tcp::ACK));
+        // The server side was seen first (the clocks of two CPUs, or a drained interval), but the
+        // client's first packet was a bare SYN.
+        m.insert(s, totals(4, 400, 5, tcp::SYN | tcp::ACK | tcp::PSH));
+        let mut opened = totals(6, 700, 7, tcp::SYN | tcp::ACK);
+        opened.bare_syn = true;
+        m.insert(c, opened);
         let r = join_flows(&m, Clock::with_offset(0), &name);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].src_ip.to_string(), "10.0.0.1");
@@ -456,19 +456,45 @@ mod tests {
     }
 
     #[test]
-    fn udp_initiator_by_first_seen_then_port() {
-        let c = key([10, 0, 0, 1], 5353, [10, 0, 0, 2], 53, 17);
-        let s = reverse(&c);
+    fn scanned_open_port_is_oriented_by_the_well_known_port() {
+        // The scanner's SYN was summed per source: the server's SYN-ACK is the first packet
+        // recorded, and only the scanner's RST follows.
+        let scanner = key([10, 0, 0, 66], 61000, [10, 0, 0, 2], 443, 6);
         let mut m = HashMap::new();
-        m.insert(c, totals(1, 60, 10, 0));
-        m.insert(s, totals(1, 120, 20, 0));
+        m.insert(reverse(&scanner), totals(1, 44, 5, tcp::SYN | tcp::ACK));
+        m.insert(scanner, totals(1, 40, 9, tcp::RST));
         let r = join_flows(&m, Clock::with_offset(0), &name);
-        assert_eq!((r[0].src_port, r[0].initiator_by), (5353, "first_seen"));
-        m.insert(s, totals(1, 120, 10, 0));
+        assert_eq!(
+            (r[0].src_ip.to_string(), r[0].dst_port, r[0].initiator_by),
+            ("10.0.0.66".to_string(), 443, "port")
+        );
+    }
+
+    #[test]
+    fn udp_initiator_by_port_then_first_seen_then_higher_port() {
+        // A well-known port serves, whoever was seen first.
+        let dns = key([10, 0, 0, 1], 5353, [10, 0, 0, 2], 53, 17);
+        let mut m = HashMap::new();
+        m.insert(dns, totals(1, 60, 20, 0));
+        m.insert(reverse(&dns), totals(1, 120, 10, 0));
         let r = join_flows(&m, Clock::with_offset(0), &name);
         assert_eq!(
             (r[0].src_port, r[0].dst_port, r[0].initiator_by),
             (5353, 53, "port")
+        );
+        // Two unprivileged ports: the first seen initiates...
+        let c = key([10, 0, 0, 1], 40000, [10, 0, 0, 2], 5000, 17);
+        let mut m = HashMap::new();
+        m.insert(reverse(&c), totals(1, 60, 10, 0));
+        m.insert(c, totals(1, 120, 20, 0));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!((r[0].src_port, r[0].initiator_by), (5000, "first_seen"));
+        // ... and on a tie, the higher (ephemeral) port.
+        m.insert(c, totals(1, 120, 10, 0));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!(
+            (r[0].src_port, r[0].dst_port, r[0].initiator_by),
+            (40000, 5000, "port")
         );
     }
 
@@ -509,7 +535,8 @@ mod tests {
             last_seen_ns: last,
             tcp_flags: f,
             directions: DIR_EGRESS,
-            _pad: [0; 6],
+            opened_by_syn: 0,
+            _pad: [0; 5],
         };
         t.add(&mk(2, 50, 60, tcp::SYN));
         t.add(&FlowValue::default()); // a CPU that never saw it

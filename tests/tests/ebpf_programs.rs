@@ -393,6 +393,9 @@ fn answered_conversations_are_not_probes() {
 fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
     use sensor_common::counter;
     let mut h = harness();
+    // One port is enough to flag a source here: flagged scanners get their colliding SYNs summed.
+    h.cfg.port_threshold = 1;
+    h.apply().expect("config");
     let syn = frame::ip("10.7.0.1", "10.7.0.2", 6, 41000, 80, SYN, 0);
     h.run_xdp(&syn, 2).expect("SYN and its retransmission");
     assert_eq!(h.counter(counter::PROBE_SLOT_CLAIMS).expect("claims"), 1);
@@ -438,8 +441,8 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
         1
     );
     assert_eq!(h.counter(counter::FLOW_INSERTS_0).expect("inserts"), 1);
-    // A third SYN in the same slot from another source whose aggregate is also taken: only then
-    // a flow-table insert.
+    // A third SYN in the same slot, from a source not flagged yet (its aggregate is taken
+    // anyway): a flow-table insert, so a benign client keeps exact per-flow records.
     let agg = sensor_common::ProbeAggregate::index_of(&v4("10.7.0.1"));
     let other = (0..=u32::MAX)
         .map(|i| std::net::Ipv4Addr::from(0x0a08_0000 | (i & 0xffff)))
