@@ -665,3 +665,57 @@ fn bad_input_fails_clearly_and_attaches_nothing() {
     assert!(err.contains("missing capabilities: CAP_NET_ADMIN"), "{err}");
     assert!(!attached_xdp(&lab.b));
 }
+
+#[test]
+fn fast_syn_scan_accounts_every_probe_in_flows_or_probe_records() {
+    // 40,000 SYNs to random ports in one interval: more than the probe slots hold, so once the
+    // scanner is flagged its colliding SYNs are summed per source. Flow records plus probe
+    // records must still account for every frame sent, and the benign conversations stay intact.
+    let lab = Lab::new();
+    let dir = TempDir::new("synscan");
+    let (ma, mb) = (mac(&lab.a, &lab.va), mac(&lab.b, &lab.vb));
+    let sa = Sensor::start(&lab.a, &["--iface", &lab.va, ONE_DRAIN[0], ONE_DRAIN[1]]);
+    let ip = |a: &str| hex_ip(a);
+    let syn = format!(
+        "  {}, {},\n  0x08, 0x00,\n  0x45, 0, const16(40), const16(1), 0x40, 0, 64, 6, csumip(14, 33),\n  {},\n  {},\n  const16(45000), drnd(2), drnd(4), const32(0), 0x50, 0x02, const16(1024), const16(0), const16(0)",
+        hex_mac(&mb),
+        hex_mac(&ma),
+        ip(&lab.ip_a),
+        ip(&lab.ip_b)
+    );
+    trafgen(&lab.a, &lab.va, &dir, "syn.cfg", &syn, 40_000);
+    thread::sleep(Duration::from_millis(300));
+    let out = sa.stop();
+    let flows: u64 = out
+        .flows_where(|f| {
+            f["protocol"] == 6 && f["src_ip"] == lab.ip_a.as_str() && f["src_port"] == 45000
+        })
+        .iter()
+        .map(|f| f["packets"].as_u64().expect("packets"))
+        .sum();
+    let probes: u64 = out
+        .probes
+        .iter()
+        .filter(|p| p["src_ip"] == lab.ip_a.as_str())
+        .map(|p| p["packets"].as_u64().expect("packets"))
+        .sum();
+    let probe_bytes: u64 = out
+        .probes
+        .iter()
+        .map(|p| p["bytes"].as_u64().expect("bytes"))
+        .sum();
+    assert!(
+        out.kernel("probes_aggregated") > 0,
+        "the slots overflowed and the flagged scanner was summed"
+    );
+    assert_eq!(out.kernel("probes_aggregated"), probes);
+    assert_eq!(probe_bytes, probes * 40);
+    assert_eq!(
+        flows + probes,
+        40_000,
+        "flows ({flows}) + probe records ({probes}) = frames sent"
+    );
+    // The sensor runs on the scanning host itself: its outbound scan is flagged, once.
+    assert_eq!(out.scans.len(), 1, "{:?}", out.scans);
+    assert_eq!(out.scans[0]["src_ip"], lab.ip_a.as_str());
+}
