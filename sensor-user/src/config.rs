@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     pub tc_mode: Option<TcModeChoice>,
 
-    /// Entries in each of the two flow tables (default 262144).
+    /// Entries in each of the two flow tables (default 262144), shared out among the CPUs.
     #[arg(long, value_name = "N")]
     pub flow_table_size: Option<u32>,
 

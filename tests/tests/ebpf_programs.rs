@@ -500,3 +500,33 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
         1
     );
 }
+
+#[test]
+fn clock_modes() {
+    let mut h = harness();
+    // Agent clock: the value in CONFIG, whatever the real time.
+    h.set_now(5_000_000_000).expect("now");
+    h.run_xdp(&frame::ip("10.8.0.1", "10.8.0.2", 17, 1, 2, 0, 1), 1)
+        .expect("run");
+    let f = h.take_flows().expect("flows");
+    assert_eq!(
+        find(&f, v4("10.8.0.1"), v4("10.8.0.2"), 17, 1, 2)
+            .1
+            .first_seen_ns,
+        5_000_000_000
+    );
+    // --precise-timestamps: the kernel's CLOCK_MONOTONIC for every packet.
+    h.cfg.clock = sensor_common::CLOCK_KERNEL;
+    h.apply().expect("config");
+    let before = sensor_user::records::Clock::monotonic_ns();
+    h.run_xdp(&frame::ip("10.8.0.1", "10.8.0.2", 17, 3, 4, 0, 1), 1)
+        .expect("run");
+    let after = sensor_user::records::Clock::monotonic_ns();
+    let f = h.take_flows().expect("flows");
+    let t = find(&f, v4("10.8.0.1"), v4("10.8.0.2"), 17, 3, 4).1;
+    assert!(
+        (before..=after).contains(&t.first_seen_ns),
+        "{before} <= {} <= {after}",
+        t.first_seen_ns
+    );
+}
