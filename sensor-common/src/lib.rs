@@ -88,6 +88,26 @@ impl FlowKey {
         unsafe { &*(self as *const FlowKey).cast::<[u32; 11]>() }
     }
 
+    /// Copies `src` into `self` word by word: a plain struct assignment compiles to a call of a
+    /// byte-by-byte `memmove` on BPF (tens of instructions per byte).
+    #[inline(always)]
+    pub fn copy_from(&mut self, src: &FlowKey) {
+        // SAFETY: as in `words`.
+        let d = unsafe { &mut *(self as *mut FlowKey).cast::<[u32; 11]>() };
+        let s = src.words();
+        d[0] = s[0];
+        d[1] = s[1];
+        d[2] = s[2];
+        d[3] = s[3];
+        d[4] = s[4];
+        d[5] = s[5];
+        d[6] = s[6];
+        d[7] = s[7];
+        d[8] = s[8];
+        d[9] = s[9];
+        d[10] = s[10];
+    }
+
     /// Hash choosing a key's probe slot; shared so that user space and tests agree with the
     /// kernel. FNV-style mixing per word: a few instructions each, no helper call.
     #[inline(always)]
@@ -119,7 +139,9 @@ pub struct FlowValue {
     pub directions: u8,
     /// 1 if the flow's first packet was a bare SYN: this direction initiated the conversation.
     pub opened_by_syn: u8,
-    pub _pad: [u8; 5],
+    // Two scalars, not `[u8; 5]`: zeroing an array becomes a byte-loop memset call in BPF.
+    pub _pad1: u8,
+    pub _pad4: u32,
 }
 
 /// Bare SYNs of one source already flagged as scanning (a scan event in the current window)

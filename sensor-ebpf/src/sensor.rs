@@ -281,7 +281,7 @@ fn probe_slot(
         s.value.directions |= m.dir;
         return Some(false);
     }
-    s.key = pkt.key;
+    s.key.copy_from(&pkt.key);
     s.generation = cfg.probe_gen;
     s.value = FlowValue {
         packets: m.packets,
@@ -291,7 +291,8 @@ fn probe_slot(
         tcp_flags: pkt.tcp_flags,
         directions: m.dir,
         opened_by_syn: 1,
-        _pad: [0; 5],
+        _pad1: 0,
+        _pad4: 0,
     };
     count(counter::PROBE_SLOT_CLAIMS, 1);
     Some(true)
@@ -393,7 +394,8 @@ fn record(
         tcp_flags: pkt.tcp_flags,
         directions: dir,
         opened_by_syn: syn_only as u8,
-        _pad: [0; 5],
+        _pad1: 0,
+        _pad4: 0,
     };
     match table.insert(&pkt.key, &value, BPF_NOEXIST) {
         Ok(()) => {

@@ -536,7 +536,8 @@ mod tests {
             tcp_flags: f,
             directions: DIR_EGRESS,
             opened_by_syn: 0,
-            _pad: [0; 5],
+            _pad1: 0,
+            _pad4: 0,
         };
         t.add(&mk(2, 50, 60, tcp::SYN));
         t.add(&FlowValue::default()); // a CPU that never saw it
