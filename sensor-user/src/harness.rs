@@ -127,15 +127,7 @@ impl Harness {
         for i in 0..2 {
             tables::drain_flow_table(self.table(i).fd().as_fd(), self.nr_cpus, &mut out)?;
         }
-        let active = self.cfg.active_table as usize;
-        let slots = match self
-            .bpf
-            .map(names::PROBE_SLOTS[active])
-            .expect("probe slots")
-        {
-            aya::maps::Map::PerCpuArray(d) => d,
-            other => panic!("unexpected probe slot map type {other:?}"),
-        };
+        let slots = self.active_array(names::PROBE_SLOTS);
         tables::read_probe_slots(
             slots.fd().as_fd(),
             sensor_common::DEFAULT_PROBE_SLOTS,
@@ -146,17 +138,18 @@ impl Harness {
         Ok(out)
     }
 
+    /// The active table's one of a pair of per-CPU arrays (probe slots or aggregates).
+    fn active_array(&self, pair: [&str; 2]) -> &MapData {
+        let name = pair[self.cfg.active_table as usize];
+        match self.bpf.map(name).unwrap_or_else(|| panic!("map {name}")) {
+            aya::maps::Map::PerCpuArray(d) => d,
+            other => panic!("{name}: unexpected map type {other:?}"),
+        }
+    }
+
     /// The per-source probe aggregates of the active table.
     pub fn take_probe_aggregates(&self) -> anyhow::Result<Vec<crate::records::ProbeTotals>> {
-        let active = self.cfg.active_table as usize;
-        let aggs = match self
-            .bpf
-            .map(names::PROBE_AGGREGATES[active])
-            .expect("probe aggregates")
-        {
-            aya::maps::Map::PerCpuArray(d) => d,
-            other => panic!("unexpected probe aggregate map type {other:?}"),
-        };
+        let aggs = self.active_array(names::PROBE_AGGREGATES);
         Ok(tables::read_probe_aggregates(
             aggs.fd().as_fd(),
             self.nr_cpus,

@@ -139,63 +139,6 @@ impl Lab {
         }
     }
 
-    /// Adds a VLAN sub-interface `<veth>.<id>` on both ends with 10.N.<id>.1/.2.
-    pub fn vlan(&self, id: u16, outer: Option<u16>) -> (String, String) {
-        let mut out = Vec::new();
-        for (ns, dev, host) in [(&self.a, &self.va, 1), (&self.b, &self.vb, 2)] {
-            let mut parent = dev.clone();
-            if let Some(o) = outer {
-                let s = format!("{}.{o}", dev.chars().take(9).collect::<String>());
-                sh_in(
-                    ns,
-                    "ip",
-                    &[
-                        "link",
-                        "add",
-                        "link",
-                        &parent,
-                        "name",
-                        &s,
-                        "type",
-                        "vlan",
-                        "proto",
-                        "802.1ad",
-                        "id",
-                        &o.to_string(),
-                    ],
-                );
-                sh_in(ns, "ip", &["link", "set", &s, "up"]);
-                parent = s;
-            }
-            let name = format!("{}v{id}", dev.chars().take(9).collect::<String>());
-            sh_in(
-                ns,
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "link",
-                    &parent,
-                    "name",
-                    &name,
-                    "type",
-                    "vlan",
-                    "id",
-                    &id.to_string(),
-                ],
-            );
-            let ip = format!("10.{}.{}.{host}", self.subnet, 250 - (id % 5));
-            sh_in(
-                ns,
-                "ip",
-                &["addr", "add", &format!("{ip}/24"), "dev", &name],
-            );
-            sh_in(ns, "ip", &["link", "set", &name, "up"]);
-            out.push(ip);
-        }
-        (out[0].clone(), out[1].clone())
-    }
-
     fn teardown(&self) {
         for ns in [&self.a, &self.b] {
             let _ = Command::new("ip")

@@ -128,6 +128,16 @@ fn test_run_section(report: &mut String, repeat: u32, rounds: usize) {
 /// flow): run `n` distinct frames once each, for the sensor and for the empty program, and
 /// compare the sums. A single run's timing includes the kernel's clock reads around it; they
 /// cancel out in the difference.
+/// Header of the tables that compare the sensor with the empty program per traffic and fill.
+fn added_cost_header(report: &mut String) {
+    writeln!(
+        report,
+        "| traffic | flow table | sensor ns/pkt | empty XDP ns/pkt | added |"
+    )
+    .ok();
+    writeln!(report, "|---|---|---|---|---|").ok();
+}
+
 fn new_flow_section(report: &mut String, n: u32) {
     let empty = sys::load_empty_xdp().expect("load empty XDP program");
     writeln!(
@@ -135,12 +145,7 @@ fn new_flow_section(report: &mut String, n: u32) {
         "### New flows, BPF_PROG_TEST_RUN ({n} distinct frames, each run once)\n"
     )
     .ok();
-    writeln!(
-        report,
-        "| traffic | flow table | sensor ns/pkt | empty XDP ns/pkt | added |"
-    )
-    .ok();
-    writeln!(report, "|---|---|---|---|---|").ok();
+    added_cost_header(report);
     let established = frame::ip("10.0.0.1", "10.0.0.2", 6, 40000, 443, ACK | PSH, 100);
     for fill in [16_384u32, 262_144] {
         for (name, syn_every) in [
@@ -346,12 +351,7 @@ fn veth_section(report: &mut String, count: u64) {
         "### Per packet on the veth path (bpf_stats, {count} trafgen frames per case)\n"
     )
     .ok();
-    writeln!(
-        report,
-        "| traffic | flow table | sensor ns/pkt | empty XDP ns/pkt | added |"
-    )
-    .ok();
-    writeln!(report, "|---|---|---|---|---|").ok();
+    added_cost_header(report);
     for fill in [16_384u32, 262_144] {
         for (name, conf) in [
             ("established flow", &est),
