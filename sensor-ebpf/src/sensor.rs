@@ -257,45 +257,38 @@ fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
     diff == 0
 }
 
-/// Puts a bare SYN of a flow not in the table into its probe slot. Returns Some(created) when
-/// done, None when the slot holds another live flow (the caller falls back to the table).
 #[inline(always)]
-fn probe_slot(
-    slots: &PerCpuArray<ProbeSlot>,
+fn add_to(v: &mut FlowValue, pkt: &Packet, m: &Meter) {
+    v.packets += m.packets;
+    v.bytes += m.bytes;
+    v.last_seen_ns = m.now;
+    v.tcp_flags |= pkt.tcp_flags;
+    v.directions |= m.dir;
+}
+
+/// Takes `s` (a slot of an older generation: free) for `pkt`'s flow, with these first counts.
+#[inline(always)]
+fn claim(
+    s: &mut ProbeSlot,
     cfg: &SensorConfig,
     pkt: &Packet,
     m: &Meter,
-) -> Option<bool> {
-    let idx = pkt.key.slot_hash() & cfg.probe_slot_mask;
-    let s = slots.get_ptr_mut(idx)?;
-    // SAFETY: this CPU's copy of the slot; programs do not preempt each other on one CPU.
-    let s = unsafe { &mut *s };
-    if s.generation == cfg.probe_gen {
-        if !same_key(&s.key, &pkt.key) {
-            count(counter::PROBE_SLOT_COLLISIONS, 1);
-            return None;
-        }
-        s.value.packets += m.packets;
-        s.value.bytes += m.bytes;
-        s.value.last_seen_ns = m.now;
-        s.value.directions |= m.dir;
-        return Some(false);
-    }
+    counted: bool,
+    opened_by_syn: u8,
+) {
     s.key.copy_from(&pkt.key);
     s.generation = cfg.probe_gen;
     s.value = FlowValue {
-        packets: m.packets,
-        bytes: m.bytes,
+        packets: if counted { m.packets } else { 0 },
+        bytes: if counted { m.bytes } else { 0 },
         first_seen_ns: m.now,
         last_seen_ns: m.now,
-        tcp_flags: pkt.tcp_flags,
-        directions: m.dir,
-        opened_by_syn: 1,
+        tcp_flags: if counted { pkt.tcp_flags } else { 0 },
+        directions: if counted { m.dir } else { 0 },
+        opened_by_syn,
         _pad1: 0,
         _pad4: 0,
     };
-    count(counter::PROBE_SLOT_CLAIMS, 1);
-    Some(true)
 }
 
 /// The maps of one table for bare SYNs.
@@ -361,13 +354,33 @@ fn record(
     m: &Meter,
 ) -> bool {
     let (dir, now, packets, bytes) = (m.dir, m.now, m.packets, m.bytes);
-    // A bare SYN skips even the table lookup: under a scan its key is random, and probing a big
-    // hash table at a random place is the expensive part. A SYN retransmitted for a flow already
-    // in the table lands in a slot with the same key, and the agent merges them by key.
-    if syn_only {
-        if let Some(created) = probe_slot(probes.slots, cfg, pkt, m) {
-            return created;
+    // Every flow first tries its slot on this CPU (index = hash of the key; a slot of another
+    // generation is free): a hit is an inlined array access instead of a hash-table helper call.
+    // Slots hold bare SYNs (which skip the table entirely: under a scan, probing a big hash
+    // table at a random key is the expensive part) and flows the table already knows, claimed
+    // on their next packet. The agent merges slots and table by key, so counts stay exact, and
+    // every flow not opened by a bare SYN is in the table for the reverse lookups.
+    let idx = pkt.key.slot_hash() & cfg.probe_slot_mask;
+    let mut free_slot = None;
+    if let Some(s) = probes.slots.get_ptr_mut(idx) {
+        // SAFETY: this CPU's copy of the slot; programs do not preempt each other on one CPU.
+        let s = unsafe { &mut *s };
+        if s.generation == cfg.probe_gen {
+            if same_key(&s.key, &pkt.key) {
+                add_to(&mut s.value, pkt, m);
+                return false;
+            }
+        } else {
+            free_slot = Some(s);
         }
+    }
+    if syn_only {
+        if let Some(s) = free_slot {
+            claim(s, cfg, pkt, m, true, 1);
+            count(counter::PROBE_SLOT_CLAIMS, 1);
+            return true;
+        }
+        count(counter::PROBE_SLOT_COLLISIONS, 1);
         // Sum it per source only for a source already flagged as scanning in this window: a
         // busy but benign client keeps exact per-flow records (its SYN in the table below).
         if flagged_scanner(&pkt.key.src_addr) && probe_aggregate(probes.aggregates, cfg, pkt, m) {
@@ -377,12 +390,10 @@ fn record(
     }
     if let Some(v) = table.get_ptr_mut(&pkt.key) {
         // SAFETY: per-CPU value of this CPU.
-        unsafe {
-            (*v).packets += packets;
-            (*v).bytes += bytes;
-            (*v).last_seen_ns = now;
-            (*v).tcp_flags |= pkt.tcp_flags;
-            (*v).directions |= dir;
+        add_to(unsafe { &mut *v }, pkt, m);
+        // Known flow, free slot: its next packets take the fast path.
+        if let Some(s) = free_slot {
+            claim(s, cfg, pkt, m, false, 0);
         }
         return false;
     }

@@ -63,9 +63,8 @@ pub fn read_probe_slots(
         // SAFETY: ProbeSlot is Pod; each chunk is one CPU's copy of one slot.
         let s: ProbeSlot = unsafe { read_pod(slot) };
         if s.generation == generation && s.value.packets > 0 {
-            let t = out.entry(s.key).or_default();
-            t.add(&s.value);
-            t.bare_syn = true;
+            // `opened_by_syn` in the value says whether a bare SYN opened it.
+            out.entry(s.key).or_default().add(&s.value);
             live += 1;
         }
     }

@@ -408,10 +408,10 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
         .expect("ACK");
     assert_eq!(
         h.counter(counter::FLOW_INSERTS_0).expect("inserts"),
-        1,
-        "the conversation's next packet is a flow entry"
+        0,
+        "the conversation's next packets stay in its slot"
     );
-    // Find a second key whose SYN lands in the same slot: it must fall back to the hash table.
+    // Find a second key whose SYN lands in the same slot: the slot is taken.
     let mask = sensor_common::DEFAULT_PROBE_SLOTS - 1;
     let key = |sport: u16| FlowKey {
         ifindex: 1,
@@ -440,7 +440,7 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
         h.counter(counter::PROBES_AGGREGATED).expect("aggregated"),
         1
     );
-    assert_eq!(h.counter(counter::FLOW_INSERTS_0).expect("inserts"), 1);
+    assert_eq!(h.counter(counter::FLOW_INSERTS_0).expect("inserts"), 0);
     // A third SYN in the same slot, from a source not flagged yet (its aggregate is taken
     // anyway): a flow-table insert, so a benign client keeps exact per-flow records.
     let agg = sensor_common::ProbeAggregate::index_of(&v4("10.7.0.1"));
@@ -463,7 +463,7 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
         1,
     )
     .expect("third SYN");
-    assert_eq!(h.counter(counter::FLOW_INSERTS_0).expect("inserts"), 2);
+    assert_eq!(h.counter(counter::FLOW_INSERTS_0).expect("inserts"), 1);
     let agg = h.take_probe_aggregates().expect("aggregates");
     assert_eq!(agg.len(), 1);
     assert_eq!(
@@ -528,5 +528,23 @@ fn clock_modes() {
         (before..=after).contains(&t.first_seen_ns),
         "{before} <= {} <= {after}",
         t.first_seen_ns
+    );
+}
+
+#[test]
+fn known_flows_move_to_their_slot_and_stay_exact() {
+    use sensor_common::counter;
+    let h = harness();
+    let f = frame::ip("10.9.0.1", "10.9.0.2", 17, 7000, 8000, 0, 100);
+    // First packet: a new flow in the table (and a reverse-lookup candidate); second packet: the
+    // table knows it, so it claims its slot; the rest: slot hits, no table access.
+    h.run_xdp(&f, 10).expect("run");
+    assert_eq!(h.counter(counter::FLOW_INSERTS_0).expect("inserts"), 1);
+    let flows = h.take_flows().expect("flows");
+    let (_, t) = find(&flows, v4("10.9.0.1"), v4("10.9.0.2"), 17, 7000, 8000);
+    assert_eq!(
+        (t.packets, t.bytes, t.bare_syn),
+        (10, 1280, false),
+        "table part + slot part"
     );
 }
