@@ -11,7 +11,7 @@ pub mod names {
     pub const XDP_PROGRAM: &str = "picket_xdp";
     pub const TC_PROGRAM: &str = "picket_tc_egress";
     pub const FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
-    pub const PROBE_SLOTS: [&str; 2] = ["PROBE_SLOTS_0", "PROBE_SLOTS_1"];
+    pub const FLOW_SLOTS: [&str; 2] = ["FLOW_SLOTS_0", "FLOW_SLOTS_1"];
     pub const PROBE_AGGREGATES: [&str; 2] = ["PROBE_AGGREGATES_0", "PROBE_AGGREGATES_1"];
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
@@ -22,9 +22,9 @@ pub mod names {
 
 /// Default number of flow entries in each of the two flow tables.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
-/// Slots per CPU for first SYNs (power of two): see [`ProbeSlot`].
-pub const DEFAULT_PROBE_SLOTS: u32 = 16_384;
-/// Per-source aggregates per CPU for bare SYNs whose probe slot was taken (power of two).
+/// Slots per CPU for first SYNs (power of two): see [`FlowSlot`].
+pub const DEFAULT_FLOW_SLOTS: u32 = 16_384;
+/// Per-source aggregates per CPU for bare SYNs whose flow slot was taken (power of two).
 pub const PROBE_AGGREGATES: u32 = 256;
 /// Default number of tracked sources for scan detection.
 pub const DEFAULT_SCAN_SOURCES: u32 = 65_536;
@@ -108,7 +108,7 @@ impl FlowKey {
         d[10] = s[10];
     }
 
-    /// Hash choosing a key's probe slot; shared so that user space and tests agree with the
+    /// Hash choosing a key's flow slot; shared so that user space and tests agree with the
     /// kernel. FNV-style mixing per word: a few instructions each, no helper call.
     #[inline(always)]
     pub fn slot_hash(&self) -> u32 {
@@ -145,7 +145,7 @@ pub struct FlowValue {
 }
 
 /// Bare SYNs of one source already flagged as scanning (a scan event in the current window)
-/// whose probe slot was taken by another live flow, summed without per-flow detail: under a
+/// whose flow slot was taken by another live flow, summed without per-flow detail: under a
 /// fast scan the slots fill, and one small, hot record per scanner costs a fraction of a flow-table insert per probe (which on a VM also means a cold page per probe).
 /// Exported as a `kind: "probes"` record, so that packet and byte totals stay exact.
 /// The slot is chosen by a hash of the source; when another live source holds it, the SYN falls
@@ -193,24 +193,27 @@ pub struct SensorConfig {
     /// need no more than millisecond precision, so the agent uses `CLOCK_CONFIG` by default.
     pub clock: u32,
     pub now_ns: u64,
-    /// Generation of the active table's probe slots: a slot holding another generation is free.
-    pub probe_gen: u32,
-    /// Number of probe slots minus one (a power of two minus one).
-    pub probe_slot_mask: u32,
+    /// Generation of the active table's flow slots: a slot holding another generation is free.
+    pub slot_gen: u32,
+    /// Number of flow slots minus one (a power of two minus one).
+    pub slot_mask: u32,
 }
 
-/// A flow opened by a bare SYN, kept in a per-CPU array slot instead of the flow hash table.
+/// A per-CPU, direct-mapped slot (index = `FlowKey::slot_hash`) that counts one flow without
+/// the flow hash table; a slot of an older generation is free, so a whole array is emptied by
+/// bumping `SensorConfig::slot_gen`.
 ///
-/// Under a SYN scan or flood every packet opens a new flow, and a hash-table insert (worse, an
-/// LRU insert that evicts) costs many times an update: the sensor would be slowest exactly under
-/// attack, and an attacker could flush the table. A SYN therefore goes into a direct-mapped slot
-/// (index = hash of the key; a slot of an older generation is free), which costs about as much as
-/// an update. The conversation's next packets go to the hash table; the agent merges both by key,
-/// so per-flow counts stay exact. A slot already taken by another live flow falls back to the
-/// hash table (counted in `probe_slot_collisions`).
+/// Every packet first tries its slot: a hit is an inlined array access instead of a hash-table
+/// helper call. A bare SYN claims a free slot and skips the table entirely: under a SYN scan or
+/// flood every packet opens a new flow, and a hash-table insert (worse, an LRU insert that
+/// evicts) costs many times an update, so the sensor would be slowest exactly under attack and an
+/// attacker could flush the table. A flow the table already knows claims its free slot on its
+/// next packet. The agent merges slots and table by key, so per-flow counts stay exact. A bare
+/// SYN whose slot is taken (`syn_slot_collisions`) goes to the table, or to its source's
+/// `ProbeAggregate` when the source is already flagged as scanning.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ProbeSlot {
+pub struct FlowSlot {
     pub key: FlowKey,
     pub generation: u32,
     pub value: FlowValue,
@@ -347,10 +350,10 @@ pub mod counter {
     pub const INGRESS: u32 = 18;
     pub const EGRESS: u32 = 19;
     pub const GSO_SEGMENTS: u32 = 20;
-    /// New flows that a bare SYN opened in a probe slot, and those that found it taken.
-    pub const PROBE_SLOT_CLAIMS: u32 = 21;
-    pub const PROBE_SLOT_COLLISIONS: u32 = 22;
-    /// Bare SYNs added to a per-source probe aggregate (their probe slot was taken).
+    /// New flows that a bare SYN opened in a flow slot, and those that found it taken.
+    pub const SYN_SLOT_CLAIMS: u32 = 21;
+    pub const SYN_SLOT_COLLISIONS: u32 = 22;
+    /// Bare SYNs added to a per-source probe aggregate (their flow slot was taken).
     pub const PROBES_AGGREGATED: u32 = 23;
     pub const COUNT: u32 = 24;
 
@@ -376,8 +379,8 @@ pub mod counter {
         "ingress_packets",
         "egress_packets",
         "gso_extra_segments",
-        "probe_slot_claims",
-        "probe_slot_collisions",
+        "syn_slot_claims",
+        "syn_slot_collisions",
         "probes_aggregated",
     ];
 }
@@ -393,7 +396,7 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for ScanState {}
     unsafe impl aya::Pod for ScanEvent {}
-    unsafe impl aya::Pod for ProbeSlot {}
+    unsafe impl aya::Pod for FlowSlot {}
     unsafe impl aya::Pod for ProbeAggregate {}
 }
 
@@ -416,7 +419,7 @@ mod tests {
         assert_eq!(align_of::<FlowKey>(), 4);
         assert_eq!(size_of::<FlowValue>(), 40);
         assert_eq!(size_of::<SensorConfig>(), 40);
-        assert_eq!(size_of::<ProbeSlot>(), 88);
+        assert_eq!(size_of::<FlowSlot>(), 88);
         assert_eq!(size_of::<ProbeAggregate>(), 16 + 4 + 4 + 8 * 4 + 1 + 1 + 6);
         assert_eq!(size_of::<SourceKey>(), 16);
         assert_eq!(
@@ -435,7 +438,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 1 + 1);
         assert_eq!(size_of::<FlowValue>(), 8 * 4 + 1 + 1 + 1 + 5);
         assert_eq!(size_of::<SensorConfig>(), 8 + 4 + 4 + 4 + 4 + 8 + 4 + 4);
-        assert_eq!(size_of::<ProbeSlot>(), 44 + 4 + 40);
+        assert_eq!(size_of::<FlowSlot>(), 44 + 4 + 40);
         assert_eq!(size_of::<ScanEvent>() % 8, 0);
         assert_eq!(size_of::<ScanState>() % 8, 0);
     }

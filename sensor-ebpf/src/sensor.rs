@@ -8,11 +8,11 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sensor_common::{
-    CLOCK_CONFIG, DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PROBE_SLOTS,
-    DEFAULT_SCAN_SOURCES, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, HOST_BITMAP_WORDS,
+    CLOCK_CONFIG, DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
+    DEFAULT_SCAN_SOURCES, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowSlot, FlowValue, HOST_BITMAP_WORDS,
     KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, PORT_BITMAP_WORDS, PROBE_AGGREGATES, ProbeAggregate,
-    ProbeSlot, REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState,
-    SensorConfig, SourceKey, counter, probe, tcp,
+    REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState, SensorConfig,
+    SourceKey, counter, probe, tcp,
 };
 
 #[unsafe(link_section = "license")]
@@ -31,13 +31,11 @@ static FLOWS_0: LruPerCpuHashMap<FlowKey, FlowValue> =
 #[map]
 static FLOWS_1: LruPerCpuHashMap<FlowKey, FlowValue> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
-/// First SYNs of new flows (see `ProbeSlot`), one array per flow table.
+/// First SYNs of new flows (see `FlowSlot`), one array per flow table.
 #[map]
-static PROBE_SLOTS_0: PerCpuArray<ProbeSlot> =
-    PerCpuArray::with_max_entries(DEFAULT_PROBE_SLOTS, 0);
+static FLOW_SLOTS_0: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(DEFAULT_FLOW_SLOTS, 0);
 #[map]
-static PROBE_SLOTS_1: PerCpuArray<ProbeSlot> =
-    PerCpuArray::with_max_entries(DEFAULT_PROBE_SLOTS, 0);
+static FLOW_SLOTS_1: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(DEFAULT_FLOW_SLOTS, 0);
 #[map]
 static PROBE_AGGREGATES_0: PerCpuArray<ProbeAggregate> =
     PerCpuArray::with_max_entries(PROBE_AGGREGATES, 0);
@@ -192,8 +190,8 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
     };
     // Two copies of the same code, each naming its own maps, so the verifier can inline lookups.
     let new_flow = if cfg.active_table == 0 {
-        let probes = Probes {
-            slots: &PROBE_SLOTS_0,
+        let probes = Slots {
+            slots: &FLOW_SLOTS_0,
             aggregates: &PROBE_AGGREGATES_0,
         };
         record(
@@ -206,8 +204,8 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
             &m,
         )
     } else {
-        let probes = Probes {
-            slots: &PROBE_SLOTS_1,
+        let probes = Slots {
+            slots: &FLOW_SLOTS_1,
             aggregates: &PROBE_AGGREGATES_1,
         };
         record(
@@ -221,7 +219,7 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
         )
     };
     if new_flow {
-        // A SYN-ACK answers by definition (the SYN it answers sits in a probe slot, maybe of
+        // A SYN-ACK answers by definition (the SYN it answers sits in a flow slot, maybe of
         // another CPU); a bare SYN never answers, so it skips the lookup, which matters under a
         // SYN scan where every packet is a new flow.
         let syn_ack = pkt.key.protocol == IPPROTO_TCP
@@ -269,7 +267,7 @@ fn add_to(v: &mut FlowValue, pkt: &Packet, m: &Meter) {
 /// Takes `s` (a slot of an older generation: free) for `pkt`'s flow, with these first counts.
 #[inline(always)]
 fn claim(
-    s: &mut ProbeSlot,
+    s: &mut FlowSlot,
     cfg: &SensorConfig,
     pkt: &Packet,
     m: &Meter,
@@ -277,7 +275,7 @@ fn claim(
     opened_by_syn: u8,
 ) {
     s.key.copy_from(&pkt.key);
-    s.generation = cfg.probe_gen;
+    s.generation = cfg.slot_gen;
     s.value = FlowValue {
         packets: if counted { m.packets } else { 0 },
         bytes: if counted { m.bytes } else { 0 },
@@ -291,9 +289,9 @@ fn claim(
     };
 }
 
-/// The maps of one table for bare SYNs.
-struct Probes<'a> {
-    slots: &'a PerCpuArray<ProbeSlot>,
+/// The per-CPU arrays of one table: flow slots and per-source probe aggregates.
+struct Slots<'a> {
+    slots: &'a PerCpuArray<FlowSlot>,
     aggregates: &'a PerCpuArray<ProbeAggregate>,
 }
 
@@ -319,7 +317,7 @@ fn probe_aggregate(
     };
     // SAFETY: this CPU's copy; programs do not preempt each other on one CPU.
     let g = unsafe { &mut *g };
-    if g.generation == cfg.probe_gen {
+    if g.generation == cfg.slot_gen {
         if g.src_addr != pkt.key.src_addr || g.ifindex != pkt.key.ifindex {
             return false;
         }
@@ -331,7 +329,7 @@ fn probe_aggregate(
     }
     g.src_addr = pkt.key.src_addr;
     g.ifindex = pkt.key.ifindex;
-    g.generation = cfg.probe_gen;
+    g.generation = cfg.slot_gen;
     g.packets = m.packets;
     g.bytes = m.bytes;
     g.first_seen_ns = m.now;
@@ -341,12 +339,12 @@ fn probe_aggregate(
     true
 }
 
-/// Adds the packet to the flow table (or a bare SYN to its probe slot or its source's probe
+/// Adds the packet to the flow table (or a bare SYN to its flow slot or its source's probe
 /// aggregate); returns true if it created the entry (a first contact).
 #[inline(always)]
 fn record(
     table: &LruPerCpuHashMap<FlowKey, FlowValue>,
-    probes: &Probes<'_>,
+    probes: &Slots<'_>,
     inserts_counter: u32,
     cfg: &SensorConfig,
     pkt: &Packet,
@@ -360,12 +358,12 @@ fn record(
     // table at a random key is the expensive part) and flows the table already knows, claimed
     // on their next packet. The agent merges slots and table by key, so counts stay exact, and
     // every flow not opened by a bare SYN is in the table for the reverse lookups.
-    let idx = pkt.key.slot_hash() & cfg.probe_slot_mask;
+    let idx = pkt.key.slot_hash() & cfg.slot_mask;
     let mut free_slot = None;
     if let Some(s) = probes.slots.get_ptr_mut(idx) {
         // SAFETY: this CPU's copy of the slot; programs do not preempt each other on one CPU.
         let s = unsafe { &mut *s };
-        if s.generation == cfg.probe_gen {
+        if s.generation == cfg.slot_gen {
             if same_key(&s.key, &pkt.key) {
                 add_to(&mut s.value, pkt, m);
                 return false;
@@ -377,10 +375,10 @@ fn record(
     if syn_only {
         if let Some(s) = free_slot {
             claim(s, cfg, pkt, m, true, 1);
-            count(counter::PROBE_SLOT_CLAIMS, 1);
+            count(counter::SYN_SLOT_CLAIMS, 1);
             return true;
         }
-        count(counter::PROBE_SLOT_COLLISIONS, 1);
+        count(counter::SYN_SLOT_COLLISIONS, 1);
         // Sum it per source only for a source already flagged as scanning in this window: a
         // busy but benign client keeps exact per-flow records (its SYN in the table below).
         if flagged_scanner(&pkt.key.src_addr) && probe_aggregate(probes.aggregates, cfg, pkt, m) {

@@ -54,8 +54,8 @@ impl Harness {
                 host_threshold: 25,
                 clock: sensor_common::CLOCK_CONFIG,
                 now_ns: 1_000_000_000,
-                probe_gen: 1,
-                probe_slot_mask: sensor_common::DEFAULT_PROBE_SLOTS - 1,
+                slot_gen: 1,
+                slot_mask: sensor_common::DEFAULT_FLOW_SLOTS - 1,
             },
             nr_cpus: aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?,
         };
@@ -127,18 +127,18 @@ impl Harness {
         for i in 0..2 {
             tables::drain_flow_table(self.table(i).fd().as_fd(), self.nr_cpus, &mut out)?;
         }
-        let slots = self.active_array(names::PROBE_SLOTS);
-        tables::read_probe_slots(
+        let slots = self.active_array(names::FLOW_SLOTS);
+        tables::read_flow_slots(
             slots.fd().as_fd(),
-            sensor_common::DEFAULT_PROBE_SLOTS,
+            sensor_common::DEFAULT_FLOW_SLOTS,
             self.nr_cpus,
-            self.cfg.probe_gen,
+            self.cfg.slot_gen,
             &mut out,
         )?;
         Ok(out)
     }
 
-    /// The active table's one of a pair of per-CPU arrays (probe slots or aggregates).
+    /// The active table's one of a pair of per-CPU arrays (flow slots or aggregates).
     fn active_array(&self, pair: [&str; 2]) -> &MapData {
         let name = pair[self.cfg.active_table as usize];
         match self.bpf.map(name).unwrap_or_else(|| panic!("map {name}")) {
@@ -153,13 +153,13 @@ impl Harness {
         Ok(tables::read_probe_aggregates(
             aggs.fd().as_fd(),
             self.nr_cpus,
-            self.cfg.probe_gen,
+            self.cfg.slot_gen,
         )?)
     }
 
-    /// Frees every probe slot (the next generation), as the agent does at each swap.
+    /// Frees every flow slot (the next generation), as the agent does at each swap.
     pub fn next_generation(&mut self) -> anyhow::Result<()> {
-        self.cfg.probe_gen += 1;
+        self.cfg.slot_gen += 1;
         self.apply()
     }
 

@@ -64,7 +64,7 @@ pub struct FlowTotals {
     pub last_seen_ns: u64,
     pub tcp_flags: u8,
     pub directions: u8,
-    /// This direction opened with a bare SYN (it had a probe slot): the TCP initiator.
+    /// This direction opened with a bare SYN (the kernel marks it): the TCP initiator.
     pub bare_syn: bool,
 }
 

@@ -73,9 +73,9 @@ pub struct Sensor {
     // taken out of it stay alive (we own their fds) so they can be drained after detaching.
     bpf: Option<Ebpf>,
     flows: [MapData; 2],
-    probe_slots: [MapData; 2],
+    flow_slots: [MapData; 2],
     probe_aggregates: [MapData; 2],
-    probe_slot_count: u32,
+    flow_slot_count: u32,
     /// Probe-slot generation of each table while it was last active.
     table_gen: [u32; 2],
     config: Array<MapData, SensorConfig>,
@@ -92,7 +92,7 @@ pub struct Sensor {
 /// One export interval's worth of flows.
 pub struct DrainResult {
     pub flows: HashMap<FlowKey, FlowTotals>,
-    /// Bare SYNs summed per source (their probe slots were taken).
+    /// Bare SYNs summed per source (their flow slots were taken).
     pub probes: Vec<ProbeTotals>,
     pub entries: usize,
 }
@@ -137,16 +137,16 @@ impl Sensor {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::FLOWS[0], opts.flow_table_size);
         loader.map_max_entries(names::FLOWS[1], opts.flow_table_size);
-        let probe_slot_count = sensor_common::DEFAULT_PROBE_SLOTS;
+        let flow_slot_count = sensor_common::DEFAULT_FLOW_SLOTS;
         let mut bpf = loader.load(EBPF_OBJECT).map_err(SensorError::from_load)?;
 
         let flows = [
             map_data(take(&mut bpf, names::FLOWS[0])?),
             map_data(take(&mut bpf, names::FLOWS[1])?),
         ];
-        let probe_slots = [
-            array_data(take(&mut bpf, names::PROBE_SLOTS[0])?),
-            array_data(take(&mut bpf, names::PROBE_SLOTS[1])?),
+        let flow_slots = [
+            array_data(take(&mut bpf, names::FLOW_SLOTS[0])?),
+            array_data(take(&mut bpf, names::FLOW_SLOTS[1])?),
         ];
         let probe_aggregates = [
             array_data(take(&mut bpf, names::PROBE_AGGREGATES[0])?),
@@ -168,8 +168,8 @@ impl Sensor {
                 CLOCK_CONFIG
             },
             now_ns: crate::records::Clock::monotonic_ns(),
-            probe_gen: 1,
-            probe_slot_mask: probe_slot_count - 1,
+            slot_gen: 1,
+            slot_mask: flow_slot_count - 1,
         };
         config.set(0, cfg, 0).map_err(SensorError::map("CONFIG"))?;
         let grace = GracePeriod::new()
@@ -180,9 +180,9 @@ impl Sensor {
         let mut sensor = Sensor {
             bpf: Some(bpf),
             flows,
-            probe_slots,
+            flow_slots,
             probe_aggregates,
-            probe_slot_count,
+            flow_slot_count,
             table_gen: [1, 0],
             config,
             counters,
@@ -298,9 +298,9 @@ impl Sensor {
     pub fn drain(&mut self) -> Result<DrainResult, SensorError> {
         let old = self.cfg.active_table as usize;
         self.cfg.active_table ^= 1;
-        // The table becoming active gets a new generation: its probe slots from last time are free.
-        self.cfg.probe_gen = self.cfg.probe_gen.wrapping_add(1).max(1);
-        self.table_gen[self.cfg.active_table as usize] = self.cfg.probe_gen;
+        // The table becoming active gets a new generation: its flow slots from last time are free.
+        self.cfg.slot_gen = self.cfg.slot_gen.wrapping_add(1).max(1);
+        self.table_gen[self.cfg.active_table as usize] = self.cfg.slot_gen;
         self.config
             .set(0, self.cfg, 0)
             .map_err(SensorError::map("CONFIG"))?;
@@ -313,14 +313,14 @@ impl Sensor {
             tables::drain_flow_table(self.flows[old].fd().as_fd(), self.nr_cpus, &mut flows)
                 .map_err(|e| SensorError::Kernel(format!("draining flow table {old}: {e}")))?;
         self.batched_drain = batched;
-        let slots = tables::read_probe_slots(
-            self.probe_slots[old].fd().as_fd(),
-            self.probe_slot_count,
+        let slots = tables::read_flow_slots(
+            self.flow_slots[old].fd().as_fd(),
+            self.flow_slot_count,
             self.nr_cpus,
             self.table_gen[old],
             &mut flows,
         )
-        .map_err(|e| SensorError::Kernel(format!("reading probe slots {old}: {e}")))?;
+        .map_err(|e| SensorError::Kernel(format!("reading flow slots {old}: {e}")))?;
         self.drained_entries += entries as u64;
         let probes = tables::read_probe_aggregates(
             self.probe_aggregates[old].fd().as_fd(),
@@ -402,7 +402,7 @@ pub fn parse_scan_event(bytes: &[u8]) -> Option<ScanEvent> {
 fn array_data(m: Map) -> MapData {
     match m {
         Map::PerCpuArray(d) => d,
-        other => panic!("probe slots have an unexpected map type: {other:?}"),
+        other => panic!("flow slots have an unexpected map type: {other:?}"),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, io, mem::size_of, os::fd::BorrowedFd};
 
-use sensor_common::{FlowKey, FlowValue, ProbeAggregate, ProbeSlot};
+use sensor_common::{FlowKey, FlowSlot, FlowValue, ProbeAggregate};
 
 use crate::{
     records::{FlowTotals, ProbeTotals},
@@ -47,21 +47,21 @@ pub fn drain_flow_table(
     Ok((d.count, d.batched))
 }
 
-/// Adds the probe slots of generation `generation` to `out`. The array is not cleared: the
+/// Adds the flow slots of generation `generation` to `out`. The array is not cleared: the
 /// programs treat slots of other generations as free. Returns the number of live slots.
-pub fn read_probe_slots(
+pub fn read_flow_slots(
     fd: BorrowedFd<'_>,
     entries: u32,
     nr_cpus: usize,
     generation: u32,
     out: &mut HashMap<FlowKey, FlowTotals>,
 ) -> io::Result<usize> {
-    let stride = per_cpu_stride::<ProbeSlot>();
+    let stride = per_cpu_stride::<FlowSlot>();
     let values = sys::read_array(fd, entries, stride * nr_cpus)?;
     let mut live = 0;
     for slot in values.chunks_exact(stride) {
-        // SAFETY: ProbeSlot is Pod; each chunk is one CPU's copy of one slot.
-        let s: ProbeSlot = unsafe { read_pod(slot) };
+        // SAFETY: FlowSlot is Pod; each chunk is one CPU's copy of one slot.
+        let s: FlowSlot = unsafe { read_pod(slot) };
         if s.generation == generation && s.value.packets > 0 {
             // `opened_by_syn` in the value says whether a bare SYN opened it.
             out.entry(s.key).or_default().add(&s.value);

@@ -390,7 +390,7 @@ fn answered_conversations_are_not_probes() {
 }
 
 #[test]
-fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
+fn bare_syns_go_to_flow_slots_and_merge_with_their_flow() {
     use sensor_common::counter;
     let mut h = harness();
     // One port is enough to flag a source here: flagged scanners get their colliding SYNs summed.
@@ -398,7 +398,7 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
     h.apply().expect("config");
     let syn = frame::ip("10.7.0.1", "10.7.0.2", 6, 41000, 80, SYN, 0);
     h.run_xdp(&syn, 2).expect("SYN and its retransmission");
-    assert_eq!(h.counter(counter::PROBE_SLOT_CLAIMS).expect("claims"), 1);
+    assert_eq!(h.counter(counter::SYN_SLOT_CLAIMS).expect("claims"), 1);
     assert_eq!(
         h.counter(counter::FLOW_INSERTS_0).expect("inserts"),
         0,
@@ -412,7 +412,7 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
         "the conversation's next packets stay in its slot"
     );
     // Find a second key whose SYN lands in the same slot: the slot is taken.
-    let mask = sensor_common::DEFAULT_PROBE_SLOTS - 1;
+    let mask = sensor_common::DEFAULT_FLOW_SLOTS - 1;
     let key = |sport: u16| FlowKey {
         ifindex: 1,
         src_addr: v4("10.7.0.1"),
@@ -431,8 +431,7 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
     h.run_xdp(&frame::ip("10.7.0.1", "10.7.0.2", 6, twin, 80, SYN, 0), 1)
         .expect("colliding SYN");
     assert_eq!(
-        h.counter(counter::PROBE_SLOT_COLLISIONS)
-            .expect("collisions"),
+        h.counter(counter::SYN_SLOT_COLLISIONS).expect("collisions"),
         1
     );
     // ... and is summed in its source's probe aggregate, not inserted into the table.
@@ -491,7 +490,7 @@ fn bare_syns_go_to_probe_slots_and_merge_with_their_flow() {
     // A new generation frees every slot: the same SYN claims again, and the old one is not read.
     h.next_generation().expect("generation");
     h.run_xdp(&syn, 1).expect("SYN");
-    assert_eq!(h.counter(counter::PROBE_SLOT_CLAIMS).expect("claims"), 2);
+    assert_eq!(h.counter(counter::SYN_SLOT_CLAIMS).expect("claims"), 2);
     let f = h.take_flows().expect("flows");
     assert_eq!(
         find(&f, v4("10.7.0.1"), v4("10.7.0.2"), 6, 41000, 80)

@@ -668,7 +668,7 @@ fn bad_input_fails_clearly_and_attaches_nothing() {
 
 #[test]
 fn fast_syn_scan_accounts_every_probe_in_flows_or_probe_records() {
-    // 40,000 SYNs to random ports in one interval: more than the probe slots hold, so once the
+    // 40,000 SYNs to random ports in one interval: more than the flow slots hold, so once the
     // scanner is flagged its colliding SYNs are summed per source. Flow records plus probe
     // records must still account for every frame sent, and the benign conversations stay intact.
     let lab = Lab::new();
