@@ -31,7 +31,7 @@ static FLOWS_0: LruPerCpuHashMap<FlowKey, FlowValue> =
 #[map]
 static FLOWS_1: LruPerCpuHashMap<FlowKey, FlowValue> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
-/// First SYNs of new flows (see `FlowSlot`), one array per flow table.
+/// Per-CPU flow slots in front of each flow table (see `FlowSlot`).
 #[map]
 static FLOW_SLOTS_0: PerCpuArray<FlowSlot> = PerCpuArray::with_max_entries(DEFAULT_FLOW_SLOTS, 0);
 #[map]
@@ -190,13 +190,13 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
     };
     // Two copies of the same code, each naming its own maps, so the verifier can inline lookups.
     let new_flow = if cfg.active_table == 0 {
-        let probes = Slots {
-            slots: &FLOW_SLOTS_0,
+        let slots = Slots {
+            flows: &FLOW_SLOTS_0,
             aggregates: &PROBE_AGGREGATES_0,
         };
         record(
             &FLOWS_0,
-            &probes,
+            &slots,
             counter::FLOW_INSERTS_0,
             cfg,
             &pkt,
@@ -204,13 +204,13 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
             &m,
         )
     } else {
-        let probes = Slots {
-            slots: &FLOW_SLOTS_1,
+        let slots = Slots {
+            flows: &FLOW_SLOTS_1,
             aggregates: &PROBE_AGGREGATES_1,
         };
         record(
             &FLOWS_1,
-            &probes,
+            &slots,
             counter::FLOW_INSERTS_1,
             cfg,
             &pkt,
@@ -264,34 +264,33 @@ fn add_to(v: &mut FlowValue, pkt: &Packet, m: &Meter) {
     v.directions |= m.dir;
 }
 
-/// Takes `s` (a slot of an older generation: free) for `pkt`'s flow, with these first counts.
+/// The value of a flow whose first packet this is.
 #[inline(always)]
-fn claim(
-    s: &mut FlowSlot,
-    cfg: &SensorConfig,
-    pkt: &Packet,
-    m: &Meter,
-    counted: bool,
-    opened_by_syn: u8,
-) {
-    s.key.copy_from(&pkt.key);
-    s.generation = cfg.slot_gen;
-    s.value = FlowValue {
-        packets: if counted { m.packets } else { 0 },
-        bytes: if counted { m.bytes } else { 0 },
+fn first_value(pkt: &Packet, m: &Meter, opened_by_syn: bool) -> FlowValue {
+    FlowValue {
+        packets: m.packets,
+        bytes: m.bytes,
         first_seen_ns: m.now,
         last_seen_ns: m.now,
-        tcp_flags: if counted { pkt.tcp_flags } else { 0 },
-        directions: if counted { m.dir } else { 0 },
-        opened_by_syn,
+        tcp_flags: pkt.tcp_flags,
+        directions: m.dir,
+        opened_by_syn: opened_by_syn as u8,
         _pad1: 0,
         _pad4: 0,
-    };
+    }
+}
+
+/// Takes `s` (a slot of an older generation: free) for `pkt`'s flow, holding `value`.
+#[inline(always)]
+fn claim(s: &mut FlowSlot, cfg: &SensorConfig, pkt: &Packet, value: FlowValue) {
+    s.key.copy_from(&pkt.key);
+    s.generation = cfg.slot_gen;
+    s.value = value;
 }
 
 /// The per-CPU arrays of one table: flow slots and per-source probe aggregates.
 struct Slots<'a> {
-    slots: &'a PerCpuArray<FlowSlot>,
+    flows: &'a PerCpuArray<FlowSlot>,
     aggregates: &'a PerCpuArray<ProbeAggregate>,
 }
 
@@ -344,14 +343,13 @@ fn probe_aggregate(
 #[inline(always)]
 fn record(
     table: &LruPerCpuHashMap<FlowKey, FlowValue>,
-    probes: &Slots<'_>,
+    slots: &Slots<'_>,
     inserts_counter: u32,
     cfg: &SensorConfig,
     pkt: &Packet,
     syn_only: bool,
     m: &Meter,
 ) -> bool {
-    let (dir, now, packets, bytes) = (m.dir, m.now, m.packets, m.bytes);
     // Every flow first tries its slot on this CPU (index = hash of the key; a slot of another
     // generation is free): a hit is an inlined array access instead of a hash-table helper call.
     // Slots hold bare SYNs (which skip the table entirely: under a scan, probing a big hash
@@ -360,7 +358,7 @@ fn record(
     // every flow not opened by a bare SYN is in the table for the reverse lookups.
     let idx = pkt.key.slot_hash() & cfg.slot_mask;
     let mut free_slot = None;
-    if let Some(s) = probes.slots.get_ptr_mut(idx) {
+    if let Some(s) = slots.flows.get_ptr_mut(idx) {
         // SAFETY: this CPU's copy of the slot; programs do not preempt each other on one CPU.
         let s = unsafe { &mut *s };
         if s.generation == cfg.slot_gen {
@@ -374,14 +372,14 @@ fn record(
     }
     if syn_only {
         if let Some(s) = free_slot {
-            claim(s, cfg, pkt, m, true, 1);
+            claim(s, cfg, pkt, first_value(pkt, m, true));
             count(counter::SYN_SLOT_CLAIMS, 1);
             return true;
         }
         count(counter::SYN_SLOT_COLLISIONS, 1);
         // Sum it per source only for a source already flagged as scanning in this window: a
         // busy but benign client keeps exact per-flow records (its SYN in the table below).
-        if flagged_scanner(&pkt.key.src_addr) && probe_aggregate(probes.aggregates, cfg, pkt, m) {
+        if flagged_scanner(&pkt.key.src_addr) && probe_aggregate(slots.aggregates, cfg, pkt, m) {
             count(counter::PROBES_AGGREGATED, 1);
             return true;
         }
@@ -390,53 +388,39 @@ fn record(
         // SAFETY: per-CPU value of this CPU.
         add_to(unsafe { &mut *v }, pkt, m);
         // Known flow, free slot: its next packets take the fast path.
+        // (It starts empty: this packet is counted in the table.)
         if let Some(s) = free_slot {
-            claim(s, cfg, pkt, m, false, 0);
+            let empty = FlowValue {
+                first_seen_ns: m.now,
+                last_seen_ns: m.now,
+                ..FlowValue::default()
+            };
+            claim(s, cfg, pkt, empty);
         }
         return false;
     }
-    let value = FlowValue {
-        packets,
-        bytes,
-        first_seen_ns: now,
-        last_seen_ns: now,
-        tcp_flags: pkt.tcp_flags,
-        directions: dir,
-        opened_by_syn: syn_only as u8,
-        _pad1: 0,
-        _pad4: 0,
-    };
-    match table.insert(&pkt.key, &value, BPF_NOEXIST) {
+    match table.insert(&pkt.key, &first_value(pkt, m, syn_only), BPF_NOEXIST) {
         Ok(()) => {
             count(inserts_counter, 1);
-            true
+            return true;
         }
         Err(e) if e == -EEXIST => {
-            // Another CPU created it between our lookup and insert: add to our CPU's slot.
+            // Another CPU created it between our lookup and insert: add to our CPU's share.
             if let Some(v) = table.get_ptr_mut(&pkt.key) {
                 // SAFETY: per-CPU value of this CPU.
-                unsafe {
-                    (*v).packets += packets;
-                    (*v).bytes += bytes;
-                    if (*v).first_seen_ns == 0 {
-                        (*v).first_seen_ns = now;
-                    }
-                    (*v).last_seen_ns = now;
-                    (*v).tcp_flags |= pkt.tcp_flags;
-                    (*v).directions |= dir;
+                let v = unsafe { &mut *v };
+                if v.first_seen_ns == 0 {
+                    v.first_seen_ns = m.now;
                 }
-            } else {
-                count(counter::FLOW_INSERT_FAILED, packets);
-                count(counter::FLOW_INSERT_FAILED_BYTES, bytes);
+                add_to(v, pkt, m);
+                return false;
             }
-            false
         }
-        Err(_) => {
-            count(counter::FLOW_INSERT_FAILED, packets);
-            count(counter::FLOW_INSERT_FAILED_BYTES, bytes);
-            false
-        }
+        Err(_) => {}
     }
+    count(counter::FLOW_INSERT_FAILED, m.packets);
+    count(counter::FLOW_INSERT_FAILED_BYTES, m.bytes);
+    false
 }
 
 #[inline(always)]

@@ -1,6 +1,6 @@
-//! Reading the kernel's flow tables: the per-CPU LRU hash (drained with lookup-and-delete) and the
-//! per-CPU probe-slot array of bare SYNs (read whole, filtered by generation). Used by the agent
-//! and by the test harness alike.
+//! Reading the kernel's flow tables: the per-CPU LRU hash (drained with lookup-and-delete), the
+//! per-CPU flow slots in front of it and the per-source probe aggregates (both read whole and
+//! filtered by generation). Used by the agent and by the test harness alike.
 
 use std::{collections::HashMap, io, mem::size_of, os::fd::BorrowedFd};
 
