@@ -321,7 +321,15 @@ pub struct ScanEvent {
 pub const REASON_PORTS: u8 = 1;
 pub const REASON_HOSTS: u8 = 2;
 
-/// Per-CPU counters (one `u64` slot each in the `COUNTERS` per-CPU array). Every packet the
+/// All counters of one CPU: the single entry of the `COUNTERS` per-CPU array. One entry (not
+/// one per counter) so that a packet's counter updates share one map lookup and a few cache lines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    pub v: [u64; counter::COUNT as usize],
+}
+
+/// Per-CPU counters (indexes into `Counters::v`). Every packet the
 /// programs see ends in exactly one of `PARSED` or an `UNPARSED_*` slot, so
 /// `SEEN == PARSED + sum(UNPARSED_*)`; every parsed packet either lands in a flow entry or in
 /// `FLOW_INSERT_FAILED`.
@@ -398,6 +406,7 @@ mod pod {
     unsafe impl aya::Pod for ScanEvent {}
     unsafe impl aya::Pod for FlowSlot {}
     unsafe impl aya::Pod for ProbeAggregate {}
+    unsafe impl aya::Pod for Counters {}
 }
 
 /// Maps an IPv4 address (network order bytes) into the 16-byte form used in keys.
@@ -422,6 +431,7 @@ mod tests {
         assert_eq!(size_of::<FlowSlot>(), 88);
         assert_eq!(size_of::<ProbeAggregate>(), 16 + 4 + 4 + 8 * 4 + 1 + 1 + 6);
         assert_eq!(size_of::<SourceKey>(), 16);
+        assert_eq!(size_of::<Counters>(), 8 * counter::COUNT as usize);
         assert_eq!(
             size_of::<ScanState>(),
             8 + 8 + 128 + 64 + 4 + 4 + 32 + 8 + 16 + 2 + 1 + 1 + 4

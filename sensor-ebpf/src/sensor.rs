@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use sensor_common::{
-    CLOCK_CONFIG, DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
+    CLOCK_CONFIG, Counters, DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
     DEFAULT_SCAN_SOURCES, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowSlot, FlowValue, HOST_BITMAP_WORDS,
     KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, PORT_BITMAP_WORDS, PROBE_AGGREGATES, ProbeAggregate,
     REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState, SensorConfig,
@@ -45,7 +45,7 @@ static PROBE_AGGREGATES_1: PerCpuArray<ProbeAggregate> =
 #[map]
 static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 /// Shared (not per-CPU) so that a scan spread over CPUs adds up in one place.
 #[map]
 static SCAN_STATE: LruHashMap<SourceKey, ScanState> =
@@ -103,9 +103,10 @@ pub fn picket_tc_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn count(idx: u32, n: u64) {
-    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, only this CPU writes it while we run (no preemption in BPF).
-        unsafe { *p += n };
+    if let Some(p) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU entry, only this CPU writes it while we run (no preemption in BPF);
+        // `idx` is always a constant below COUNT.
+        unsafe { (*p).v[idx as usize] += n };
     }
 }
 

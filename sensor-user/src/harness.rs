@@ -9,14 +9,14 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use sensor_common::{FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names};
+use sensor_common::{Counters, FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names};
 
 use crate::{records::FlowTotals, sensor::EBPF_OBJECT, tables};
 
 pub struct Harness {
     bpf: Ebpf,
     config: Array<MapData, SensorConfig>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, Counters>,
     events: RingBuf<MapData>,
     pub cfg: SensorConfig,
     nr_cpus: usize,
@@ -166,33 +166,16 @@ impl Harness {
     /// Inserts `n` synthetic flows into the active table (for benchmarks at a given fill level).
     pub fn prefill(&mut self, n: u32) -> anyhow::Result<()> {
         let table = names::FLOWS[self.cfg.active_table as usize];
-        let mut m: aya::maps::PerCpuHashMap<&mut MapData, FlowKey, FlowValue> =
-            aya::maps::PerCpuHashMap::try_from(self.bpf.map_mut(table).expect("table"))?;
-        let v = FlowValue {
-            packets: 1,
-            bytes: 60,
-            first_seen_ns: 1,
-            last_seen_ns: 1,
-            ..FlowValue::default()
-        };
-        for i in 0..n {
-            let mut k = FlowKey {
-                ifindex: 999,
-                protocol: 6,
-                ip_version: 4,
-                ..FlowKey::default()
-            };
-            k.src_addr = sensor_common::v4_mapped([172, 16, (i >> 8) as u8, i as u8]);
-            k.dst_addr = sensor_common::v4_mapped([172, 17, 0, (i >> 16) as u8]);
-            k.src_port = 1024 + (i % 60000) as u16;
-            k.dst_port = 443;
-            m.insert(k, PerCpuValues::try_from(vec![v; self.nr_cpus])?, 0)?;
-        }
-        Ok(())
+        prefill(self.bpf.map_mut(table).expect("table"), n, self.nr_cpus)
     }
 
     pub fn counter(&self, idx: u32) -> anyhow::Result<u64> {
-        Ok(self.counters.get(&idx, 0)?.iter().sum())
+        Ok(self
+            .counters
+            .get(&0, 0)?
+            .iter()
+            .map(|c| c.v[idx as usize])
+            .sum())
     }
 
     pub fn counters(&self) -> anyhow::Result<HashMap<&'static str, u64>> {
@@ -368,5 +351,80 @@ pub mod frame {
             0x02, 0, 0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2,
         ]);
         f
+    }
+}
+
+/// Inserts `n` synthetic flows (never matching a test frame) into a per-CPU flow table.
+fn prefill(map: &mut aya::maps::Map, n: u32, nr_cpus: usize) -> anyhow::Result<()> {
+    let mut m: aya::maps::PerCpuHashMap<&mut MapData, FlowKey, FlowValue> =
+        aya::maps::PerCpuHashMap::try_from(map)?;
+    let v = FlowValue {
+        packets: 1,
+        bytes: 60,
+        first_seen_ns: 1,
+        last_seen_ns: 1,
+        ..FlowValue::default()
+    };
+    for i in 0..n {
+        let mut k = FlowKey {
+            ifindex: 999,
+            protocol: 6,
+            ip_version: 4,
+            ..FlowKey::default()
+        };
+        k.src_addr = sensor_common::v4_mapped([172, 16, (i >> 8) as u8, i as u8]);
+        k.dst_addr = sensor_common::v4_mapped([172, 17, 0, (i >> 16) as u8]);
+        k.src_port = 1024 + (i % 60000) as u16;
+        k.dst_port = 443;
+        m.insert(k, PerCpuValues::try_from(vec![v; nr_cpus])?, 0)?;
+    }
+    Ok(())
+}
+
+/// The benchmarks' peer reference (sensor-ebpf/src/peer.rs): a textbook XDP flow counter.
+pub static PEER_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/picket-peer-ebpf"));
+
+/// The peer program, loaded (not attached), with its table prefilled like the sensor's.
+pub struct Peer {
+    bpf: Ebpf,
+}
+
+impl Peer {
+    pub fn load(flow_table_size: u32, fill: u32) -> anyhow::Result<Self> {
+        let mut bpf = EbpfLoader::new()
+            .map_max_entries("PEER_FLOWS", flow_table_size)
+            .load(PEER_OBJECT)?;
+        let p: &mut Xdp = bpf
+            .program_mut("peer_flow_counter")
+            .expect("peer program")
+            .try_into()?;
+        p.load()?;
+        let mut config: Array<&mut MapData, SensorConfig> =
+            Array::try_from(bpf.map_mut("PEER_CONFIG").expect("PEER_CONFIG"))?;
+        config.set(
+            0,
+            SensorConfig {
+                now_ns: 1_000_000_000,
+                ..SensorConfig::default()
+            },
+            0,
+        )?;
+        let nr_cpus = aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?;
+        prefill(
+            bpf.map_mut("PEER_FLOWS").expect("PEER_FLOWS"),
+            fill,
+            nr_cpus,
+        )?;
+        Ok(Peer { bpf })
+    }
+
+    pub fn xdp_fd(&self) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
+        let p: &Xdp = self
+            .bpf
+            .program("peer_flow_counter")
+            .expect("peer program")
+            .try_into()?;
+        Ok(p.fd()?.as_fd())
     }
 }

@@ -11,7 +11,9 @@ use aya::{
         xdp::XdpLinkId,
     },
 };
-use sensor_common::{CLOCK_CONFIG, CLOCK_KERNEL, FlowKey, ScanEvent, SensorConfig, counter, names};
+use sensor_common::{
+    CLOCK_CONFIG, CLOCK_KERNEL, Counters, FlowKey, ScanEvent, SensorConfig, counter, names,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -79,7 +81,7 @@ pub struct Sensor {
     /// Probe-slot generation of each table while it was last active.
     table_gen: [u32; 2],
     config: Array<MapData, SensorConfig>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, Counters>,
     grace: GracePeriod,
     cfg: SensorConfig,
     nr_cpus: usize,
@@ -154,7 +156,7 @@ impl Sensor {
         ];
         let mut config: Array<MapData, SensorConfig> =
             Array::try_from(take(&mut bpf, names::CONFIG)?).map_err(SensorError::map("CONFIG"))?;
-        let counters: PerCpuArray<MapData, u64> =
+        let counters: PerCpuArray<MapData, Counters> =
             PerCpuArray::try_from(take(&mut bpf, names::COUNTERS)?)
                 .map_err(SensorError::map("COUNTERS"))?;
         let cfg = SensorConfig {
@@ -349,12 +351,12 @@ impl Sensor {
     /// Kernel counters summed over CPUs, by name, plus derived ones.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, SensorError> {
         let mut out = Vec::with_capacity(counter::COUNT as usize + 1);
-        for i in 0..counter::COUNT {
-            let v = self
-                .counters
-                .get(&i, 0)
-                .map_err(SensorError::map("COUNTERS"))?;
-            out.push((counter::NAMES[i as usize], v.iter().sum::<u64>()));
+        let per_cpu = self
+            .counters
+            .get(&0, 0)
+            .map_err(SensorError::map("COUNTERS"))?;
+        for (i, name) in counter::NAMES.iter().enumerate() {
+            out.push((*name, per_cpu.iter().map(|c| c.v[i]).sum::<u64>()));
         }
         let inserts: u64 =
             out[counter::FLOW_INSERTS_0 as usize].1 + out[counter::FLOW_INSERTS_1 as usize].1;

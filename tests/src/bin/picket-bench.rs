@@ -17,7 +17,7 @@ use std::{
 
 use sensor_user::{
     harness::{
-        Harness,
+        Harness, Peer,
         frame::{self, ACK, Frame, PSH, SYN},
     },
     sys,
@@ -73,48 +73,29 @@ fn test_run_section(report: &mut String, repeat: u32, rounds: usize) {
         "### Per packet, BPF_PROG_TEST_RUN ({repeat} runs x {rounds} rounds, median)\n"
     )
     .ok();
-    writeln!(
-        report,
-        "| frame | 16K flows: ns/pkt | added vs empty | 256K flows: ns/pkt | added vs empty |"
-    )
-    .ok();
-    writeln!(report, "|---|---|---|---|---|").ok();
-    let mut rows: Vec<(String, [f64; 4])> = Vec::new();
+    added_cost_header(report);
     let mut empty_ns = Vec::new();
-    for (col, fill) in [16_384u32, 262_144].into_iter().enumerate() {
+    for fill in [16_384u32, 262_144] {
         let mut h = Harness::load(262_144).expect("load sensor programs");
         h.cfg.clock = sensor_common::CLOCK_CONFIG; // as the agent runs by default
         h.apply().expect("config");
         h.prefill(fill).expect("prefill");
-        let fd = h.xdp_fd().expect("fd");
-        for (i, (name, f)) in corpus().into_iter().enumerate() {
+        let peer = Peer::load(262_144, fill).expect("load peer program");
+        let (fd, peer_fd) = (h.xdp_fd().expect("fd"), peer.xdp_fd().expect("peer fd"));
+        for (name, f) in corpus() {
             sys::test_run(fd, &f, 1).expect("warm up");
-            let mut ours = Vec::new();
-            let mut refs = Vec::new();
+            sys::test_run(peer_fd, &f, 1).expect("warm up peer");
+            let mut runs = [Vec::new(), Vec::new(), Vec::new()];
             for _ in 0..rounds {
-                refs.push(
-                    sys::test_run(empty.as_fd(), &f, repeat)
-                        .expect("empty run")
-                        .1 as f64,
-                );
-                ours.push(sys::test_run(fd, &f, repeat).expect("run").1 as f64);
+                // Interleaved, so that a slow phase of the machine hits all three alike.
+                for (i, p) in [fd, peer_fd, empty.as_fd()].into_iter().enumerate() {
+                    runs[i].push(sys::test_run(p, &f, repeat).expect("run").1 as f64);
+                }
             }
-            let (o, r) = (median(ours), median(refs));
+            let [o, p, r] = runs.map(median);
             empty_ns.push(r);
-            if rows.len() <= i {
-                rows.push((name.to_string(), [0.0; 4]));
-            }
-            rows[i].1[col * 2] = o;
-            rows[i].1[col * 2 + 1] = o - r;
+            added_cost_row(report, name, fill, o, p, r);
         }
-    }
-    for (name, v) in &rows {
-        writeln!(
-            report,
-            "| {name} | {:.1} | {:+.1} | {:.1} | {:+.1} |",
-            v[0], v[1], v[2], v[3]
-        )
-        .ok();
     }
     writeln!(
         report,
@@ -128,14 +109,29 @@ fn test_run_section(report: &mut String, repeat: u32, rounds: usize) {
 /// flow): run `n` distinct frames once each, for the sensor and for the empty program, and
 /// compare the sums. A single run's timing includes the kernel's clock reads around it; they
 /// cancel out in the difference.
-/// Header of the tables that compare the sensor with the empty program per traffic and fill.
+/// Header of the tables that compare the sensor and the peer with the empty program.
 fn added_cost_header(report: &mut String) {
     writeln!(
         report,
-        "| traffic | flow table | sensor ns/pkt | empty XDP ns/pkt | added |"
+        "| traffic | flow table | sensor ns/pkt | peer ns/pkt | empty ns/pkt | sensor added | peer added | sensor / peer (added) |"
     )
     .ok();
-    writeln!(report, "|---|---|---|---|---|").ok();
+    writeln!(report, "|---|---|---|---|---|---|---|---|").ok();
+}
+
+fn added_cost_row(report: &mut String, name: &str, fill: u32, ours: f64, peer: f64, empty: f64) {
+    let fill = if fill == 16_384 { "16K" } else { "256K" };
+    let (a, b) = (ours - empty, peer - empty);
+    let ratio = if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    };
+    writeln!(
+        report,
+        "| {name} | {fill} | {ours:.1} | {peer:.1} | {empty:.1} | {a:+.1} | {b:+.1} | {ratio} |"
+    )
+    .ok();
 }
 
 fn new_flow_section(report: &mut String, n: u32) {
@@ -157,9 +153,11 @@ fn new_flow_section(report: &mut String, n: u32) {
             h.cfg.clock = sensor_common::CLOCK_CONFIG;
             h.apply().expect("config");
             h.prefill(fill).expect("prefill");
-            let fd = h.xdp_fd().expect("fd");
+            let peer = Peer::load(262_144, fill).expect("load peer program");
+            let (fd, peer_fd) = (h.xdp_fd().expect("fd"), peer.xdp_fd().expect("peer fd"));
             sys::test_run(fd, &established, 1).expect("warm up");
-            let (mut ours, mut reference) = (0u64, 0u64);
+            sys::test_run(peer_fd, &established, 1).expect("warm up peer");
+            let mut sums = [0u64; 3];
             for i in 0..n {
                 let f = if syn_every != 0 && i % syn_every == 0 {
                     // Scanner 10.9.x.y probing ever new ports of 10.0.0.2.
@@ -176,17 +174,12 @@ fn new_flow_section(report: &mut String, n: u32) {
                 } else {
                     established.clone()
                 };
-                reference += sys::test_run(empty.as_fd(), &f, 1).expect("empty").1 as u64;
-                ours += sys::test_run(fd, &f, 1).expect("run").1 as u64;
+                for (j, p) in [fd, peer_fd, empty.as_fd()].into_iter().enumerate() {
+                    sums[j] += sys::test_run(p, &f, 1).expect("run").1 as u64;
+                }
             }
-            let (o, r) = (ours as f64 / n as f64, reference as f64 / n as f64);
-            let fill_label = if fill == 16_384 { "16K" } else { "256K" };
-            writeln!(
-                report,
-                "| {name} | {fill_label} | {o:.1} | {r:.1} | {:+.1} |",
-                o - r
-            )
-            .ok();
+            let [o, p, r] = sums.map(|t| t as f64 / n as f64);
+            added_cost_row(report, name, fill, o, p, r);
         }
     }
     writeln!(report).ok();
@@ -357,7 +350,7 @@ fn veth_section(report: &mut String, count: u64) {
             ("established flow", &est),
             ("50% SYN scan (new flow per SYN)", &syn),
         ] {
-            // Reference: the empty program, attached and driven the same way.
+            // References: the empty program and the peer, attached and driven the same way.
             let (ref_ns, ref_cnt) = run_attached(
                 &lab,
                 &dir,
@@ -366,21 +359,28 @@ fn veth_section(report: &mut String, count: u64) {
                 conf,
                 count,
             );
+            let peer = Peer::load(262_144, fill).expect("load peer");
+            let pfd = peer
+                .xdp_fd()
+                .expect("fd")
+                .try_clone_to_owned()
+                .expect("dup");
+            let (peer_ns, peer_cnt) = run_attached(&lab, &dir, vb_index, pfd, conf, count);
             let mut h = Harness::load(262_144).expect("load");
             h.cfg.clock = sensor_common::CLOCK_CONFIG; // as the agent runs by default
             h.apply().expect("cfg");
             h.prefill(fill).expect("prefill");
             let xfd = h.xdp_fd().expect("fd").try_clone_to_owned().expect("dup");
             let (ns, cnt) = run_attached(&lab, &dir, vb_index, xfd, conf, count);
-            let ours = ns as f64 / cnt.max(1) as f64;
-            let reference = ref_ns as f64 / ref_cnt.max(1) as f64;
-            let fill_label = if fill == 16_384 { "16K" } else { "256K" };
-            writeln!(
+            let per = |ns: u64, cnt: u64| ns as f64 / cnt.max(1) as f64;
+            added_cost_row(
                 report,
-                "| {name} | {fill_label} | {ours:.1} | {reference:.1} | {:+.1} |",
-                ours - reference
-            )
-            .ok();
+                name,
+                fill,
+                per(ns, cnt),
+                per(peer_ns, peer_cnt),
+                per(ref_ns, ref_cnt),
+            );
         }
     }
     drop(stats);
@@ -392,13 +392,18 @@ fn veth_section(report: &mut String, count: u64) {
     enum Setup {
         Bare,
         EmptyXdp,
+        Peer,
         Sensor,
     }
     let rate = |setup: Setup| -> f64 {
         let sensor =
             matches!(setup, Setup::Sensor).then(|| Sensor::start(&lab.b, &["--iface", &lab.vb]));
-        let empty = matches!(setup, Setup::EmptyXdp).then(|| {
-            let prog = sys::load_empty_xdp().expect("empty");
+        let peer = matches!(setup, Setup::Peer).then(|| Peer::load(262_144, 0).expect("peer"));
+        let xdp = matches!(setup, Setup::EmptyXdp | Setup::Peer).then(|| {
+            let prog = match &peer {
+                Some(p) => p.xdp_fd().expect("fd").try_clone_to_owned().expect("dup"),
+                None => sys::load_empty_xdp().expect("empty"),
+            };
             tests::in_netns(&lab.b, move || {
                 let link = sys::xdp_link(prog.as_fd(), vb_index, 0).expect("attach empty");
                 (prog, link)
@@ -411,35 +416,37 @@ fn veth_section(report: &mut String, count: u64) {
             rx_packets(&lab.b, &lab.vb)
         });
         let got = rx_packets(&lab.b, &lab.vb) - before;
-        drop(empty);
+        drop(xdp);
+        drop(peer);
         if let Some(s) = sensor {
             s.stop();
         }
         got as f64 / t.as_secs_f64()
     };
-    let mut runs = [Vec::new(), Vec::new(), Vec::new()];
-    // Interleaved, so that a slow phase of the machine hits all three alike.
+    let mut runs = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    // Interleaved, so that a slow phase of the machine hits all four alike.
     for _ in 0..3 {
-        for (i, setup) in [Setup::Bare, Setup::EmptyXdp, Setup::Sensor]
+        for (i, setup) in [Setup::Bare, Setup::EmptyXdp, Setup::Peer, Setup::Sensor]
             .into_iter()
             .enumerate()
         {
             runs[i].push(rate(setup));
         }
     }
-    let [bare, empty, with] = runs.map(median);
+    let [bare, empty, peer, with] = runs.map(median);
     writeln!(
         report,
         "\n### veth packet rate, trafgen 60-byte frames a -> b ({count} per run, median of 3)\n"
     )
     .ok();
-    writeln!(report, "| nothing attached | empty XDP program | picket-sensor (XDP + tc) | sensor / nothing | sensor / empty XDP |").ok();
-    writeln!(report, "|---|---|---|---|---|").ok();
+    writeln!(report, "| nothing attached | empty XDP program | peer flow counter (XDP) | picket-sensor (XDP + tc) | sensor / nothing | peer / nothing | sensor / peer |").ok();
+    writeln!(report, "|---|---|---|---|---|---|---|").ok();
     writeln!(
         report,
-        "| {bare:.0} pps | {empty:.0} pps | {with:.0} pps | {:.1}% | {:.1}% |",
+        "| {bare:.0} pps | {empty:.0} pps | {peer:.0} pps | {with:.0} pps | {:.1}% | {:.1}% | {:.1}% |",
         100.0 * with / bare,
-        100.0 * with / empty
+        100.0 * peer / bare,
+        100.0 * with / peer
     )
     .ok();
 }
