@@ -17,7 +17,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # Debian packages: toolchain (one apt command so rustc-web and its -bpf core stay at one version),
 # kernel/network tools used by tests, benchmarks and the demo.
 TOOLCHAIN_PKGS=(rustc-web cargo-web libstd-rust-web-dev-bpf)
-TEST_PKGS=(iproute2 bpftool nmap hping3 netsniff-ng tcpdump iputils-ping ethtool util-linux jq)
+TEST_PKGS=(iproute2 bpftool nmap hping3 netsniff-ng tcpdump iputils-ping ethtool util-linux jq busybox-static xz-utils cpio)
 
 missing_pkgs() {
   local p out=()
@@ -91,7 +91,25 @@ fi
 missing=$(missing_pkgs "${TEST_PKGS[@]}")
 [[ -z "$missing" ]] || apt_install $missing
 
-# 5. Host components for formatting and linting.
+# 5. qemu for the kernel matrix (cargo xtask kernel-matrix). Debian's qemu-system-x86 package would
+#    replace a newer qemu-utils already on the machine (../shared/TOOLCHAIN.md), so unless qemu is
+#    installed, exactly the packages apt would add are unpacked into a private directory instead.
+qemu_root="${PICKET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/picket}/qemu/root"
+if ! command -v qemu-system-x86_64 >/dev/null && [[ ! -x "$qemu_root/usr/bin/qemu-system-x86_64" ]]; then
+  [[ $CHECK_ONLY == 1 ]] && die "qemu for the kernel matrix is missing (run scripts/setup.sh)"
+  if [[ $need_apt_update == 1 ]]; then apt-get update -qq; need_apt_update=0; fi
+  pkgs=$(apt-get install -s --no-install-recommends qemu-system-x86 2>/dev/null | awk '/^Inst/{print $2}')
+  [[ -n "$pkgs" ]] || die "apt cannot resolve qemu-system-x86"
+  log "unpacking a private qemu-system-x86 into $qemu_root"
+  debs=$(mktemp -d); chmod 755 "$debs"
+  # shellcheck disable=SC2086
+  (cd "$debs" && apt-get download -q $pkgs >/dev/null 2>&1) || die "apt-get download of qemu-system-x86 failed"
+  rm -rf "$qemu_root.tmp"; mkdir -p "$qemu_root.tmp"
+  for d in "$debs"/*.deb; do dpkg-deb -x "$d" "$qemu_root.tmp"; done
+  rm -rf "$debs" "$qemu_root"; mv "$qemu_root.tmp" "$qemu_root"
+fi
+
+# 6. Host components for formatting and linting.
 for comp in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^${comp}" || log "warning: rustup component ${comp} missing"
 done

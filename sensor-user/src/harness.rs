@@ -354,6 +354,17 @@ pub mod frame {
     }
 }
 
+/// Pins the calling thread to the CPU it runs on. BPF_PROG_TEST_RUN runs the program on the
+/// caller's CPU, so a test that expects per-CPU state (flow slots) left by one run to be there
+/// for the next must not migrate between runs. (Processes started later inherit the pinning.)
+pub fn pin_to_current_cpu() -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(nix::sched::sched_getcpu()?)?;
+    // Pid 0: the calling thread.
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
 /// Inserts `n` synthetic flows (never matching a test frame) into a per-CPU flow table.
 fn prefill(map: &mut aya::maps::Map, n: u32, nr_cpus: usize) -> anyhow::Result<()> {
     let mut m: aya::maps::PerCpuHashMap<&mut MapData, FlowKey, FlowValue> =

@@ -284,8 +284,18 @@ impl Sensor {
             stderr,
             _dir: dir,
         };
-        s.wait_for_log("sensor running", Duration::from_secs(30));
+        // Under emulation (the kernel matrix) loading takes longer: PICKET_SENSOR_START_SECS.
+        let secs = std::env::var("PICKET_SENSOR_START_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30);
+        s.wait_for_log("sensor running", Duration::from_secs(secs));
         s
+    }
+
+    /// What the sensor has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     pub fn pid(&self) -> i32 {
@@ -504,4 +514,39 @@ pub fn nmap_syn_scan(ns: &str, target: &str, ports: &[&str]) {
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip address")
+}
+
+/// Whether any XDP program is attached to an interface in `ns`.
+pub fn attached_xdp(ns: &str) -> bool {
+    let s = sh_in(ns, "ip", &["-d", "link", "show"]);
+    s.contains("prog/xdp") || s.contains("xdpgeneric") || s.contains(" xdp ")
+}
+
+/// The clsact egress filters on `dev` (tc's own listing).
+pub fn tc_filters(ns: &str, dev: &str) -> String {
+    sh_in(ns, "tc", &["filter", "show", "dev", dev, "egress"])
+}
+
+/// Picket tc programs on `dev`'s egress: clsact filters (tc) plus TCX links (asked of the kernel
+/// through aya: Debian's bpftool predates TCX). Kernels before 6.6 have no TCX to ask.
+pub fn tc_programs(ns: &str, dev: &str) -> usize {
+    let filters = tc_filters(ns, dev).matches("picket_tc_egress").count();
+    let d = dev.to_string();
+    let tcx = in_netns(ns, move || {
+        let has_tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        if !has_tcx {
+            return 0;
+        }
+        let (_, progs) =
+            aya::programs::SchedClassifier::query_tcx(&d, aya::programs::TcAttachType::Egress)
+                .expect("query tcx");
+        progs
+            .iter()
+            .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("picket_tc")))
+            .count()
+    })
+    .join()
+    .expect("query thread");
+    filters + tcx
 }

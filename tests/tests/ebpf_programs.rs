@@ -20,6 +20,8 @@ const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
 
 fn harness() -> Harness {
     tests::require_root();
+    // Runs of one test must share one CPU's flow slots.
+    sensor_user::harness::pin_to_current_cpu().expect("pin test thread");
     Harness::load(16_384).expect("load eBPF object")
 }
 

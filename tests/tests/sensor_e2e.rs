@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-use tests::{Capture, Lab, Sensor, TempDir, pcap::FlowId, sh_in};
+use tests::{
+    Capture, Lab, Sensor, TempDir, attached_xdp, pcap::FlowId, sh_in, tc_filters, tc_programs,
+};
 
 /// Long interval: everything lands in the final drain, so each conversation is one record.
 const ONE_DRAIN: &[&str] = &["--export-interval", "600"];
@@ -530,34 +532,6 @@ fn two_million_trafgen_frames_counted_exactly() {
         "trafgen: 2000000 sent, {} at XDP ingress, {dropped} dropped by the veth",
         b.0
     );
-}
-
-fn attached_xdp(ns: &str) -> bool {
-    let s = sh_in(ns, "ip", &["-d", "link", "show"]);
-    s.contains("prog/xdp") || s.contains("xdpgeneric") || s.contains(" xdp ")
-}
-
-fn tc_filters(ns: &str, dev: &str) -> String {
-    sh_in(ns, "tc", &["filter", "show", "dev", dev, "egress"])
-}
-
-/// Picket tc programs on `dev`'s egress: clsact filters (tc) plus TCX links (asked of the kernel
-/// through aya: Debian's bpftool predates TCX).
-fn tc_programs(ns: &str, dev: &str) -> usize {
-    let filters = tc_filters(ns, dev).matches("picket_tc_egress").count();
-    let d = dev.to_string();
-    let tcx = tests::in_netns(ns, move || {
-        let (_, progs) =
-            aya::programs::SchedClassifier::query_tcx(&d, aya::programs::TcAttachType::Egress)
-                .expect("query tcx");
-        progs
-            .iter()
-            .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("picket_tc")))
-            .count()
-    })
-    .join()
-    .expect("query thread");
-    filters + tcx
 }
 
 #[test]

@@ -9,6 +9,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod kernel_matrix;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Picket developer commands")]
 struct Cli {
@@ -22,11 +24,15 @@ enum Cmd {
     Setup,
     /// Build the eBPF object alone (sensor-user's build.rs also builds and embeds it).
     BuildEbpf,
-    /// The whole suite: setup, fmt check, clippy -D warnings, unit tests, kernel/namespace tests.
+    /// The whole suite: setup, fmt check, clippy -D warnings, unit tests, kernel/namespace tests,
+    /// then the kernel matrix on Debian's 6.1 and 6.12 kernels.
     Test {
         /// Skip fmt and clippy (quicker local loop).
         #[arg(long)]
         no_lint: bool,
+        /// Skip the kernel matrix (Debian 6.1 and 6.12 under qemu, about 3 minutes).
+        #[arg(long)]
+        no_kernel_matrix: bool,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -34,6 +40,18 @@ enum Cmd {
     /// Build, make a lab of namespaces, run the sensor, send benign traffic and an nmap scan,
     /// show the flows and the scan event, tear down.
     Demo,
+    /// Boot Debian's kernels under qemu and check the real sensor in each: load (verifier), attach
+    /// XDP and tc egress to a veth, exact counts, a scan event, the BPF_PROG_TEST_RUN corpus,
+    /// clean detach. One PASS/FAIL line per kernel; fails if any kernel fails.
+    KernelMatrix {
+        /// Kernels: Debian series (newest image of the series, found with apt-cache), a full
+        /// package name (linux-image-...), or `host` (this machine's kernel, no qemu).
+        #[arg(long, value_delimiter = ',', default_value = "6.1,6.12,host")]
+        kernels: Vec<String>,
+        /// Seconds a guest may take before it is killed and counted as failed.
+        #[arg(long, default_value_t = 400)]
+        timeout: u64,
+    },
     /// Benchmarks: per-packet cost (BPF_PROG_TEST_RUN) and veth packet rate with/without sensor.
     Bench {
         /// Fewer repetitions (for CI smoke runs).
@@ -107,7 +125,11 @@ fn main() -> anyhow::Result<()> {
             eprintln!("xtask: eBPF object at target/bpfel-unknown-none/release/picket-ebpf");
             Ok(())
         }
-        Cmd::Test { no_lint, args } => {
+        Cmd::Test {
+            no_lint,
+            no_kernel_matrix,
+            args,
+        } => {
             setup()?;
             if !no_lint {
                 run(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -117,7 +139,15 @@ fn main() -> anyhow::Result<()> {
             run(cargo().args(["build", "--bins"]))?;
             let mut c = cargo();
             c.args(["test", "--no-fail-fast", "--"]).args(&args);
-            run(&mut c)
+            run(&mut c)?;
+            if no_kernel_matrix || !args.is_empty() {
+                return Ok(());
+            }
+            // The reduced matrix: Debian's kernels; the host kernel ran the whole suite above.
+            kernel_matrix::kernel_matrix(&kernel_matrix::Options {
+                kernels: vec!["6.1".into(), "6.12".into()],
+                timeout: std::time::Duration::from_secs(400),
+            })
         }
         Cmd::Demo => {
             setup()?;
@@ -125,6 +155,14 @@ fn main() -> anyhow::Result<()> {
             run(cargo().args(["build", "--release", "--bins"]))?;
             run(Command::new(root().join("target/release/picket-demo"))
                 .env("PICKET_BIN_DIR", root().join("target/release")))
+        }
+        Cmd::KernelMatrix { kernels, timeout } => {
+            setup()?;
+            require_root("the kernel matrix")?;
+            kernel_matrix::kernel_matrix(&kernel_matrix::Options {
+                kernels,
+                timeout: std::time::Duration::from_secs(timeout),
+            })
         }
         Cmd::Bench { quick } => {
             setup()?;
