@@ -19,8 +19,17 @@ pub const DEFAULT_HOST_THRESHOLD: u32 = 25;
 ///
 /// Example: picket-sensor --iface eth0 --stdout
 #[derive(Debug, Parser, Default)]
-#[command(name = "picket-sensor", version, about, long_about)]
+#[command(
+    name = "picket-sensor",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Interface to monitor (repeatable). Ingress through XDP, egress through tc.
     #[arg(long = "iface", value_name = "IF")]
     pub ifaces: Vec<String>,
@@ -77,6 +86,19 @@ pub struct Args {
     /// Stop by itself after this many seconds (flushing everything, as on SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Report what this host supports and lacks for the sensor and exit 0 if it can run:
+    /// capabilities, the kernel's map and program types, the tc egress path (TCX or clsact), the
+    /// BPF JIT, batched map operations, the verifier's verdict on the real programs, and for each
+    /// --iface the XDP mode it takes (attached for an instant, then detached).
+    Check {
+        /// An interface to try XDP on (repeatable).
+        #[arg(long = "iface", value_name = "IF")]
+        ifaces: Vec<String>,
+    },
 }
 
 /// The TOML file: same names as the flags, with `_` for `-`.

@@ -8,7 +8,8 @@ use std::{
 
 use clap::Parser;
 use sensor_user::{
-    config::{Args, Settings},
+    check,
+    config::{self, Args, Settings},
     records::{self, Clock},
     sensor::{self, Sensor},
 };
@@ -25,6 +26,15 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if let Some(config::Command::Check { ifaces }) = &args.command {
+        let (items, ready) = check::report(ifaces);
+        check::print(&items, ready);
+        return if ready {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
     let settings = match args.settings() {
         Ok(s) => s,
         Err(e) => {

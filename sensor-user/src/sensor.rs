@@ -125,6 +125,29 @@ fn take(bpf: &mut Ebpf, name: &'static str) -> Result<Map, SensorError> {
     bpf.take_map(name).ok_or(SensorError::MissingInObject(name))
 }
 
+/// Creates the maps and loads both programs (this kernel's verifier decides), attaching nothing.
+pub fn load_programs(flow_table_size: u32) -> Result<Ebpf, SensorError> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(names::FLOWS[0], flow_table_size);
+    loader.map_max_entries(names::FLOWS[1], flow_table_size);
+    let mut bpf = loader.load(EBPF_OBJECT).map_err(SensorError::from_load)?;
+    let xdp: &mut Xdp = bpf
+        .program_mut(names::XDP_PROGRAM)
+        .ok_or(SensorError::MissingInObject(names::XDP_PROGRAM))?
+        .try_into()
+        .map_err(|e| SensorError::Kernel(format!("{e}")))?;
+    xdp.load()
+        .map_err(|e| SensorError::from_prog_load(names::XDP_PROGRAM, e))?;
+    let tc: &mut SchedClassifier = bpf
+        .program_mut(names::TC_PROGRAM)
+        .ok_or(SensorError::MissingInObject(names::TC_PROGRAM))?
+        .try_into()
+        .map_err(|e| SensorError::Kernel(format!("{e}")))?;
+    tc.load()
+        .map_err(|e| SensorError::from_prog_load(names::TC_PROGRAM, e))?;
+    Ok(bpf)
+}
+
 impl Sensor {
     /// Loads the programs and maps, writes the configuration and attaches to every interface.
     /// On any error, everything attached so far is detached (by dropping) before returning.
@@ -136,11 +159,19 @@ impl Sensor {
         }
         crate::preflight::check()?;
 
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::FLOWS[0], opts.flow_table_size);
-        loader.map_max_entries(names::FLOWS[1], opts.flow_table_size);
+        let missing = crate::check::missing_features()?;
+        if !missing.is_empty() {
+            return Err(SensorError::UnsupportedKernel(format!(
+                "this kernel lacks {} (see `picket-sensor check`)",
+                missing.join(", ")
+            )));
+        }
+        info!(
+            tc_egress = crate::check::tc_path(),
+            "kernel has every map and program type the sensor needs"
+        );
         let flow_slot_count = sensor_common::DEFAULT_FLOW_SLOTS;
-        let mut bpf = loader.load(EBPF_OBJECT).map_err(SensorError::from_load)?;
+        let mut bpf = load_programs(opts.flow_table_size)?;
 
         let flows = [
             map_data(take(&mut bpf, names::FLOWS[0])?),
@@ -195,26 +226,6 @@ impl Sensor {
             drained_entries: 0,
             batched_drain: true,
         };
-        {
-            let xdp: &mut Xdp = sensor
-                .bpf_mut()
-                .program_mut(names::XDP_PROGRAM)
-                .ok_or(SensorError::MissingInObject(names::XDP_PROGRAM))?
-                .try_into()
-                .map_err(|e| SensorError::Kernel(format!("{e}")))?;
-            xdp.load()
-                .map_err(|e| SensorError::from_prog_load(names::XDP_PROGRAM, e))?;
-        }
-        {
-            let tcp: &mut SchedClassifier = sensor
-                .bpf_mut()
-                .program_mut(names::TC_PROGRAM)
-                .ok_or(SensorError::MissingInObject(names::TC_PROGRAM))?
-                .try_into()
-                .map_err(|e| SensorError::Kernel(format!("{e}")))?;
-            tcp.load()
-                .map_err(|e| SensorError::from_prog_load(names::TC_PROGRAM, e))?;
-        }
         for iface in &opts.ifaces {
             let a = sensor.attach(iface, opts)?;
             info!(iface = %a.iface, ifindex = a.ifindex, xdp_mode = a.xdp_mode, tc_mode = a.tc_mode, "attached");

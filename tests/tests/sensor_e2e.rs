@@ -693,3 +693,61 @@ fn fast_syn_scan_accounts_every_probe_in_flows_or_probe_records() {
     assert_eq!(out.scans.len(), 1, "{:?}", out.scans);
     assert_eq!(out.scans[0]["src_ip"], lab.ip_a.as_str());
 }
+
+#[test]
+fn check_reports_what_the_host_offers_and_what_is_missing() {
+    let lab = Lab::new();
+    let bin = tests::bin("picket-sensor");
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.b])
+        .arg(&bin)
+        .args(["check", "--iface", &lab.vb, "--iface", "nosuch0"])
+        .output()
+        .expect("run check");
+    let out = String::from_utf8_lossy(&o.stdout);
+    // An interface that does not exist is a missing requirement.
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("MISSING  interface `nosuch0`"), "{out}");
+    assert!(
+        out.contains("ok  programs load: the verifier accepts picket_xdp and picket_tc_egress"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("ok  interface `{}`: native XDP", lab.vb)),
+        "{out}"
+    );
+    let tcx = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    let path = if tcx {
+        "TCX link"
+    } else {
+        "clsact qdisc filter"
+    };
+    assert!(out.contains(&format!("tc egress path: {path}")), "{out}");
+    assert!(out.contains("ok  map type: ring buffer"), "{out}");
+    assert!(!attached_xdp(&lab.b), "check left XDP attached");
+
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.b])
+        .arg(&bin)
+        .args(["check", "--iface", &lab.vb])
+        .output()
+        .expect("run check");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+
+    // Without CAP_BPF and CAP_SYS_ADMIN: named, and not ready.
+    let o = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-bpf,-sys_admin",
+            "--inh-caps",
+            "-bpf,-sys_admin",
+        ])
+        .arg(&bin)
+        .arg("check")
+        .output()
+        .expect("run setpriv");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("capabilities: CAP_BPF missing"), "{out}");
+}

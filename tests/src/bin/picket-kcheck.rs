@@ -110,6 +110,25 @@ fn main() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kcheck: kernel {}", kernel.trim());
     let lab = Lab::new();
+    let check = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.b])
+        .arg(tests::bin("picket-sensor"))
+        .args(["check", "--iface", &lab.vb])
+        .output()
+        .expect("run picket-sensor check");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "picket-sensor check says not ready:\n{report}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for needle in ["tc egress path:", "programs load:", "native XDP"] {
+        let line = report
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("`{needle}` missing from picket-sensor check:\n{report}"));
+        println!("kcheck: ok check: {}", line.trim());
+    }
     let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]);
     let attached = sensor.log();
     let line = attached
