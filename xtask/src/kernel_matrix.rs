@@ -551,14 +551,14 @@ mod tests {
 
     #[test]
     fn newest_package_of_a_series_wins() {
-        let mut names = vec![
+        let mut names = [
             "linux-image-6.1.0-9-amd64",
             "linux-image-6.1.0-56-amd64",
             "linux-image-6.1.0-55-amd64",
         ];
         names.sort_by_key(|n| version_key(n));
         assert_eq!(names.last(), Some(&"linux-image-6.1.0-56-amd64"));
-        let mut names = vec![
+        let mut names = [
             "linux-image-6.12.117+deb12-amd64",
             "linux-image-6.12.99+deb12-amd64",
         ];
