@@ -1,16 +1,23 @@
-//! picket-controlplane: the central service (ingest of sensor flows and cloud flow logs,
-//! detection, REST API, dashboard). This is the skeleton with the interface contract of DESIGN.md;
-//! the commands are built by the control-plane issues.
+//! picket-controlplane: the central service. This version serves the sensor ingest (gRPC) on the
+//! embedded store and manages sensor keys; cloud flow log import, detection, the REST API and the
+//! dashboard come with the control-plane issues.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use controlplane::{
+    ingest::{self, Ingest},
+    keys,
+    store::{SqliteStore, Store},
+};
+use picket_proto::v1::sensor_ingest_server::SensorIngestServer;
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(
     name = "picket-controlplane",
     version,
-    about = "Picket's control plane"
+    about = "Picket's control plane: sensor ingest on an embedded store, sensor keys"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,14 +26,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve sensor ingest (gRPC), the REST API and the dashboard.
+    /// Serve the sensor ingest (gRPC) on the embedded store in --data-dir.
     Serve {
+        /// Where the embedded store (SQLite, WAL) lives; created if missing.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// Address for sensors (gRPC).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
         grpc_listen: SocketAddr,
+        /// Address for the REST API and dashboard (not served by this version).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         http_listen: SocketAddr,
+    },
+    /// Sensor keys: add (prints the new key once), list, revoke.
+    Sensors {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: SensorsCmd,
     },
     /// Import cloud flow logs (gzip detected; `-` for stdin) into a data dir.
     Import {
@@ -38,6 +55,16 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum SensorsCmd {
+    /// Create a sensor and print its key (shown only now; only a hash is stored).
+    Add { name: String },
+    /// Sensors with their registration and last heartbeat.
+    List,
+    /// Revoke a sensor's key: its next call is refused.
+    Revoke { name: String },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Provider {
     Aws,
@@ -47,12 +74,127 @@ enum Provider {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let what = match cli.cmd {
-        Cmd::Serve { .. } => "serve",
-        Cmd::Import { .. } => "import",
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PICKET_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let r = match cli.cmd {
+        Cmd::Serve {
+            data_dir,
+            grpc_listen,
+            http_listen,
+        } => serve(data_dir, grpc_listen, http_listen),
+        Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
+        Cmd::Import { .. } => {
+            eprintln!("picket-controlplane: `import` is not available in this version yet");
+            return ExitCode::from(2);
+        }
     };
-    eprintln!(
-        "picket-controlplane: `{what}` is not available in this version yet; use `picket-sensor --stdout` for now"
-    );
-    ExitCode::from(2)
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("picket-controlplane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sensors(data_dir: PathBuf, cmd: SensorsCmd) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&data_dir)?;
+    match cmd {
+        SensorsCmd::Add { name } => {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                anyhow::bail!(
+                    "a sensor name is 1 to 64 characters of letters, digits, `-`, `_` and `.`"
+                );
+            }
+            let key = keys::new_key()?;
+            store.add_sensor(&name, &keys::hash(&key), ingest::now_ns())?;
+            eprintln!(
+                "sensor `{name}` created. Its key follows; it is shown only now. Give it to the \
+                 sensor with --sensor-key-file."
+            );
+            println!("{key}");
+        }
+        SensorsCmd::List => {
+            println!(
+                "{:<24} {:<8} {:<20} {:<10} {:<24} last heartbeat",
+                "name", "status", "host", "version", "kernel"
+            );
+            for s in store.sensors()? {
+                let last = s
+                    .last_heartbeat_unix_ns
+                    .map(|ns| {
+                        let t = time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_else(|| "never".into());
+                println!(
+                    "{:<24} {:<8} {:<20} {:<10} {:<24} {last}",
+                    s.name,
+                    if s.revoked { "revoked" } else { "active" },
+                    s.hostname.unwrap_or_else(|| "-".into()),
+                    s.version.unwrap_or_else(|| "-".into()),
+                    s.kernel.unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        SensorsCmd::Revoke { name } => {
+            if !store.revoke_sensor(&name, ingest::now_ns())? {
+                anyhow::bail!("no active sensor named `{name}`");
+            }
+            eprintln!("sensor `{name}` revoked: its key is refused from now on");
+        }
+    }
+    Ok(())
+}
+
+fn serve(data_dir: PathBuf, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = SqliteStore::open(&data_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(grpc)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {grpc} (--grpc-listen): {e}"))?;
+        info!(
+            grpc = %listener.local_addr()?,
+            data_dir = %data_dir.display(),
+            "control plane serving sensor ingest"
+        );
+        warn!(%http, "the REST API and dashboard are not in this version: --http-listen is not bound");
+        let svc = SensorIngestServer::new(Ingest::new(store))
+            .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            info!("stopping");
+        };
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+            .await?;
+        Ok(())
+    })
 }

@@ -1,0 +1,232 @@
+//! gRPC ingest of the sensor protocol (picket.v1.SensorIngest).
+//!
+//! Every call is authenticated by the sensor key in `authorization: Bearer <key>`; unknown or
+//! revoked keys get UNAUTHENTICATED, malformed batches INVALID_ARGUMENT, oversized messages
+//! RESOURCE_EXHAUSTED (tonic's decoding limit), each with a log line naming the peer. A batch is
+//! acknowledged only after it is stored; a replay is acknowledged as a duplicate and not stored.
+
+use std::{pin::Pin, sync::Arc, time::SystemTime};
+
+use picket_proto::v1::{
+    ExportAck, ExportBatch, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
+    sensor_ingest_server::SensorIngest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::{
+    keys,
+    store::{Store, Stored, ip_text},
+};
+
+/// Largest message accepted from a sensor (a batch of about 50,000 flow records).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+pub const HEARTBEAT_INTERVAL_S: u32 = 10;
+
+pub struct Ingest {
+    store: Arc<dyn Store>,
+}
+
+impl Ingest {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Ingest { store }
+    }
+
+    /// The sensor name behind the request's key.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let peer = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown peer".into());
+        let Some(value) = req.metadata().get("authorization") else {
+            warn!(%peer, "rejected a call without a sensor key");
+            return Err(Status::unauthenticated(
+                "missing sensor key (authorization: Bearer <key>)",
+            ));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if !keys::well_formed(key) {
+            warn!(%peer, "rejected a malformed sensor key");
+            return Err(Status::unauthenticated("malformed sensor key"));
+        }
+        let store = self.store.clone();
+        let hash = keys::hash(key);
+        let found = tokio::task::spawn_blocking(move || store.sensor_for_key(&hash))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?;
+        match found {
+            Some(name) => Ok(name),
+            None => {
+                warn!(%peer, "rejected an unknown or revoked sensor key");
+                Err(Status::unauthenticated("unknown or revoked sensor key"))
+            }
+        }
+    }
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    warn!(error = %format!("{e:#}"), "storage error");
+    Status::internal("storage error (see the control plane's log)")
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks what the store cannot: ids, and every address's length.
+fn validate(b: &ExportBatch) -> Result<(), String> {
+    if b.instance_id.is_empty() || b.instance_id.len() > 128 {
+        return Err("instance_id must be 1 to 128 characters".into());
+    }
+    if b.batch_id == 0 {
+        return Err("batch_id must be at least 1".into());
+    }
+    let check = |what: &str, i: usize, a: &[u8]| {
+        ip_text(a)
+            .map(|_| ())
+            .map_err(|e| format!("{what} #{i}: {e}"))
+    };
+    for (i, f) in b.flows.iter().enumerate() {
+        check("flow", i, &f.src_ip)?;
+        check("flow", i, &f.dst_ip)?;
+    }
+    for (i, s) in b.scans.iter().enumerate() {
+        check("scan event", i, &s.src_ip)?;
+        check("scan event", i, &s.last_dst_ip)?;
+    }
+    for (i, p) in b.probes.iter().enumerate() {
+        check("probe record", i, &p.src_ip)?;
+    }
+    for (i, a) in b.auth.iter().enumerate() {
+        check("auth event", i, &a.src_ip)?;
+    }
+    Ok(())
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<ExportAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SensorIngest for Ingest {
+    async fn register(
+        &self,
+        req: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let sensor = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        if r.instance_id.is_empty() {
+            return Err(Status::invalid_argument("instance_id is empty"));
+        }
+        let store = self.store.clone();
+        let (name, rr) = (sensor.clone(), r.clone());
+        let last = tokio::task::spawn_blocking(move || store.register(&name, &rr, now_ns()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?;
+        info!(
+            sensor,
+            instance = r.instance_id,
+            version = r.version,
+            kernel = r.kernel,
+            host = r.host.as_ref().map(|h| h.hostname.as_str()).unwrap_or(""),
+            last_stored_batch = last,
+            "sensor registered"
+        );
+        Ok(Response::new(RegisterResponse {
+            sensor_name: sensor,
+            heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
+            last_stored_batch_id: last,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let sensor = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.heartbeat(&sensor, &r, now_ns()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?;
+        Ok(Response::new(HeartbeatResponse {}))
+    }
+
+    type ExportStream = AckStream;
+
+    async fn export(
+        &self,
+        req: Request<Streaming<ExportBatch>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let sensor = self.authenticate(&req).await?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // Oversized or undecodable message, or the sensor went away.
+                        debug!(sensor, %status, "export stream ended");
+                        if status.code() != tonic::Code::Cancelled {
+                            warn!(sensor, %status, "export stream failed");
+                        }
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                if let Err(why) = validate(&batch) {
+                    warn!(
+                        sensor,
+                        batch = batch.batch_id,
+                        why,
+                        "rejected a malformed batch"
+                    );
+                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                    break;
+                }
+                let (store, name) = (store.clone(), sensor.clone());
+                let id = batch.batch_id;
+                let flows = batch.flows.len();
+                let stored =
+                    tokio::task::spawn_blocking(move || store.store_batch(&name, &batch, now_ns()))
+                        .await;
+                let ack = match stored {
+                    Ok(Ok(s)) => {
+                        debug!(
+                            sensor,
+                            batch = id,
+                            flows,
+                            duplicate = s == Stored::Duplicate,
+                            "batch stored"
+                        );
+                        Ok(ExportAck {
+                            batch_id: id,
+                            duplicate: s == Stored::Duplicate,
+                        })
+                    }
+                    Ok(Err(e)) => Err(internal(e)),
+                    Err(e) => Err(Status::internal(e.to_string())),
+                };
+                let failed = ack.is_err();
+                if tx.send(ack).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

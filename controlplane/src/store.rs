@@ -1,0 +1,537 @@
+//! Storage. Everything goes through [`Store`], so a ClickHouse backend can come later without
+//! touching callers; the embedded default is SQLite in the data dir (WAL, one writer).
+//!
+//! Durability: a batch and its "stored" mark are written in one transaction before the sensor is
+//! acknowledged, so what was acknowledged survives `kill -9`, and a replayed batch is recognised
+//! by (instance_id, batch_id) and not stored twice.
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use picket_proto::v1::{ExportBatch, HeartbeatRequest, RegisterRequest};
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+/// A sensor as the registry knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SensorRow {
+    pub name: String,
+    pub created_unix_ns: i64,
+    pub revoked: bool,
+    pub instance_id: Option<String>,
+    pub version: Option<String>,
+    pub kernel: Option<String>,
+    pub hostname: Option<String>,
+    pub first_seen_unix_ns: Option<i64>,
+    pub last_heartbeat_unix_ns: Option<i64>,
+    /// The last heartbeat's kernel counters, as JSON.
+    pub kernel_counters: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    Duplicate,
+}
+
+/// Sums over stored flows (for tests, the demo and the API's summaries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTotals {
+    pub records: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub reverse_packets: u64,
+    pub reverse_bytes: u64,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Creates a sensor with the hash of its key; fails if the name exists.
+    fn add_sensor(&self, name: &str, key_hash: &str, now_ns: i64) -> anyhow::Result<()>;
+    /// Marks a sensor's key revoked; false if there is no such sensor.
+    fn revoke_sensor(&self, name: &str, now_ns: i64) -> anyhow::Result<bool>;
+    fn sensors(&self) -> anyhow::Result<Vec<SensorRow>>;
+    /// The sensor a key hash belongs to, unless revoked.
+    fn sensor_for_key(&self, key_hash: &str) -> anyhow::Result<Option<String>>;
+    /// Records a registration; returns the highest batch id stored for this instance.
+    fn register(&self, sensor: &str, req: &RegisterRequest, now_ns: i64) -> anyhow::Result<u64>;
+    fn heartbeat(&self, sensor: &str, req: &HeartbeatRequest, now_ns: i64) -> anyhow::Result<()>;
+    /// Stores a batch once: a batch already stored is reported as a duplicate.
+    fn store_batch(&self, sensor: &str, b: &ExportBatch, now_ns: i64) -> anyhow::Result<Stored>;
+    /// Totals over the flows of one sensor (all sensors if None).
+    fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals>;
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS sensors (
+    name TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_ns INTEGER NOT NULL,
+    revoked_ns INTEGER,
+    instance_id TEXT,
+    version TEXT,
+    kernel TEXT,
+    hostname TEXT,
+    machine_id TEXT,
+    host_json TEXT,
+    first_seen_ns INTEGER,
+    last_heartbeat_ns INTEGER,
+    kernel_counters TEXT,
+    agent_counters TEXT
+);
+CREATE TABLE IF NOT EXISTS batches (
+    instance_id TEXT NOT NULL,
+    batch_id INTEGER NOT NULL,
+    sensor TEXT NOT NULL,
+    stored_ns INTEGER NOT NULL,
+    flows INTEGER NOT NULL,
+    PRIMARY KEY (instance_id, batch_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS flows (
+    id INTEGER PRIMARY KEY,
+    sensor TEXT NOT NULL,
+    iface TEXT NOT NULL,
+    src_ip TEXT NOT NULL,
+    dst_ip TEXT NOT NULL,
+    src_port INTEGER NOT NULL,
+    dst_port INTEGER NOT NULL,
+    protocol INTEGER NOT NULL,
+    packets INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    reverse_packets INTEGER NOT NULL,
+    reverse_bytes INTEGER NOT NULL,
+    tcp_flags INTEGER NOT NULL,
+    reverse_tcp_flags INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    observed TEXT NOT NULL,
+    initiator_by TEXT NOT NULL,
+    partial TEXT NOT NULL,
+    end_reason TEXT NOT NULL,
+    src_pod TEXT,
+    dst_pod TEXT
+);
+CREATE INDEX IF NOT EXISTS flows_by_time ON flows (end_ns);
+CREATE INDEX IF NOT EXISTS flows_by_src ON flows (src_ip, end_ns);
+CREATE INDEX IF NOT EXISTS flows_by_dst ON flows (dst_ip, end_ns);
+CREATE TABLE IF NOT EXISTS scan_events (
+    id INTEGER PRIMARY KEY,
+    sensor TEXT NOT NULL,
+    iface TEXT NOT NULL,
+    src_ip TEXT NOT NULL,
+    distinct_ports INTEGER NOT NULL,
+    distinct_hosts INTEGER NOT NULL,
+    probe TEXT NOT NULL,
+    probes_json TEXT NOT NULL,
+    probe_bytes INTEGER NOT NULL,
+    last_dst_ip TEXT NOT NULL,
+    last_dst_port INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS probe_records (
+    id INTEGER PRIMARY KEY,
+    sensor TEXT NOT NULL,
+    iface TEXT NOT NULL,
+    src_ip TEXT NOT NULL,
+    protocol INTEGER NOT NULL,
+    probe TEXT NOT NULL,
+    packets INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_events (
+    id INTEGER PRIMARY KEY,
+    sensor TEXT NOT NULL,
+    time_ns INTEGER NOT NULL,
+    service TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    user TEXT NOT NULL,
+    src_ip TEXT NOT NULL,
+    src_port INTEGER NOT NULL
+);
+"#;
+
+/// Text form of an address carried as 4 or 16 bytes; anything else is a malformed record.
+pub fn ip_text(b: &[u8]) -> anyhow::Result<String> {
+    Ok(match b.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(b).expect("4 bytes")).to_string(),
+        16 => IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes")).to_string(),
+        n => anyhow::bail!("an IP address must be 4 or 16 bytes, got {n}"),
+    })
+}
+
+fn i(v: u64) -> i64 {
+    // SQLite integers are signed 64-bit: counters beyond 2^63 saturate rather than wrap.
+    v.min(i64::MAX as u64) as i64
+}
+
+impl SqliteStore {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let path = data_dir.join("picket.db");
+        let conn =
+            Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // WAL: readers do not block the writer. synchronous=NORMAL survives a process crash
+        // (kill -9) with every committed transaction; FULL would add power-loss safety.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA).context("creating the schema")?;
+        Ok(Arc::new(SqliteStore {
+            conn: Mutex::new(conn),
+        }))
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for SqliteStore {
+    fn add_sensor(&self, name: &str, key_hash: &str, now_ns: i64) -> anyhow::Result<()> {
+        let c = self.conn();
+        let exists: Option<String> = c
+            .query_row("SELECT name FROM sensors WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if exists.is_some() {
+            anyhow::bail!("a sensor named `{name}` exists already");
+        }
+        c.execute(
+            "INSERT INTO sensors (name, key_hash, created_ns) VALUES (?1, ?2, ?3)",
+            params![name, key_hash, now_ns],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_sensor(&self, name: &str, now_ns: i64) -> anyhow::Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE sensors SET revoked_ns = ?2 WHERE name = ?1 AND revoked_ns IS NULL",
+            params![name, now_ns],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn sensors(&self) -> anyhow::Result<Vec<SensorRow>> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT name, created_ns, revoked_ns, instance_id, version, kernel, hostname, \
+             first_seen_ns, last_heartbeat_ns, kernel_counters FROM sensors ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(SensorRow {
+                name: r.get(0)?,
+                created_unix_ns: r.get(1)?,
+                revoked: r.get::<_, Option<i64>>(2)?.is_some(),
+                instance_id: r.get(3)?,
+                version: r.get(4)?,
+                kernel: r.get(5)?,
+                hostname: r.get(6)?,
+                first_seen_unix_ns: r.get(7)?,
+                last_heartbeat_unix_ns: r.get(8)?,
+                kernel_counters: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn sensor_for_key(&self, key_hash: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT name FROM sensors WHERE key_hash = ?1 AND revoked_ns IS NULL",
+                [key_hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn register(&self, sensor: &str, req: &RegisterRequest, now_ns: i64) -> anyhow::Result<u64> {
+        let c = self.conn();
+        let host = req.host.clone().unwrap_or_default();
+        let host_json = serde_json::json!({
+            "hostname": host.hostname,
+            "machine_id": host.machine_id,
+            "k8s_node": host.k8s_node,
+            "interfaces": host.interfaces.iter().map(|i| serde_json::json!({
+                "name": i.name, "index": i.index, "mac": i.mac, "addresses": i.addresses,
+                "xdp_mode": i.xdp_mode, "tc_mode": i.tc_mode,
+            })).collect::<Vec<_>>(),
+        });
+        c.execute(
+            "UPDATE sensors SET instance_id = ?2, version = ?3, kernel = ?4, hostname = ?5, \
+             machine_id = ?6, host_json = ?7, first_seen_ns = COALESCE(first_seen_ns, ?8), \
+             last_heartbeat_ns = ?8 WHERE name = ?1",
+            params![
+                sensor,
+                req.instance_id,
+                req.version,
+                req.kernel,
+                host.hostname,
+                host.machine_id,
+                host_json.to_string(),
+                now_ns
+            ],
+        )?;
+        let last: Option<i64> = c.query_row(
+            "SELECT MAX(batch_id) FROM batches WHERE instance_id = ?1",
+            [&req.instance_id],
+            |r| r.get(0),
+        )?;
+        Ok(last.unwrap_or(0) as u64)
+    }
+
+    fn heartbeat(&self, sensor: &str, req: &HeartbeatRequest, now_ns: i64) -> anyhow::Result<()> {
+        let kernel: std::collections::BTreeMap<_, _> = req.kernel_counters.iter().collect();
+        let agent: std::collections::BTreeMap<_, _> = req.agent_counters.iter().collect();
+        self.conn().execute(
+            "UPDATE sensors SET last_heartbeat_ns = ?2, kernel_counters = ?3, agent_counters = ?4, \
+             first_seen_ns = COALESCE(first_seen_ns, ?2) WHERE name = ?1",
+            params![
+                sensor,
+                now_ns,
+                serde_json::to_string(&kernel)?,
+                serde_json::to_string(&agent)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn store_batch(&self, sensor: &str, b: &ExportBatch, now_ns: i64) -> anyhow::Result<Stored> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO batches (instance_id, batch_id, sensor, stored_ns, flows) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                b.instance_id,
+                i(b.batch_id),
+                sensor,
+                now_ns,
+                b.flows.len() as i64
+            ],
+        )?;
+        if inserted == 0 {
+            return Ok(Stored::Duplicate);
+        }
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
+                 packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
+                 start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                 ?17, ?18, ?19, ?20, ?21)",
+            )?;
+            for f in &b.flows {
+                let pod = |p: &Option<picket_proto::v1::PodContext>| {
+                    p.as_ref().map(|p| {
+                        serde_json::json!({"namespace": p.namespace, "pod": p.pod,
+                            "labels": p.labels, "node": p.node})
+                        .to_string()
+                    })
+                };
+                st.execute(params![
+                    sensor,
+                    f.iface,
+                    ip_text(&f.src_ip)?,
+                    ip_text(&f.dst_ip)?,
+                    f.src_port,
+                    f.dst_port,
+                    f.protocol,
+                    i(f.packets),
+                    i(f.bytes),
+                    i(f.reverse_packets),
+                    i(f.reverse_bytes),
+                    f.tcp_flags,
+                    f.reverse_tcp_flags,
+                    i(f.start_unix_ns),
+                    i(f.end_unix_ns),
+                    f.observed,
+                    f.initiator_by,
+                    f.partial,
+                    f.end_reason,
+                    pod(&f.src_pod),
+                    pod(&f.dst_pod),
+                ])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO scan_events (sensor, iface, src_ip, distinct_ports, distinct_hosts, \
+                 probe, probes_json, probe_bytes, last_dst_ip, last_dst_port, reason, start_ns, \
+                 end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            for s in &b.scans {
+                let probes: std::collections::BTreeMap<_, _> = s.probes.iter().collect();
+                st.execute(params![
+                    sensor,
+                    s.iface,
+                    ip_text(&s.src_ip)?,
+                    s.distinct_ports,
+                    s.distinct_hosts,
+                    s.probe,
+                    serde_json::to_string(&probes)?,
+                    i(s.probe_bytes),
+                    ip_text(&s.last_dst_ip)?,
+                    s.last_dst_port,
+                    s.reason.join(","),
+                    i(s.start_unix_ns),
+                    i(s.end_unix_ns),
+                ])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO probe_records (sensor, iface, src_ip, protocol, probe, packets, \
+                 bytes, start_ns, end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for p in &b.probes {
+                st.execute(params![
+                    sensor,
+                    p.iface,
+                    ip_text(&p.src_ip)?,
+                    p.protocol,
+                    p.probe,
+                    i(p.packets),
+                    i(p.bytes),
+                    i(p.start_unix_ns),
+                    i(p.end_unix_ns),
+                ])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT INTO auth_events (sensor, time_ns, service, outcome, user, src_ip, \
+                 src_port) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for a in &b.auth {
+                st.execute(params![
+                    sensor,
+                    i(a.time_unix_ns),
+                    a.service,
+                    a.outcome,
+                    a.user,
+                    ip_text(&a.src_ip)?,
+                    a.src_port,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(Stored::New)
+    }
+
+    fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals> {
+        let c = self.conn();
+        let q = "SELECT COUNT(*), COALESCE(SUM(packets), 0), COALESCE(SUM(bytes), 0), \
+                 COALESCE(SUM(reverse_packets), 0), COALESCE(SUM(reverse_bytes), 0) FROM flows";
+        let map = |r: &rusqlite::Row<'_>| {
+            Ok(FlowTotals {
+                records: r.get::<_, i64>(0)? as u64,
+                packets: r.get::<_, i64>(1)? as u64,
+                bytes: r.get::<_, i64>(2)? as u64,
+                reverse_packets: r.get::<_, i64>(3)? as u64,
+                reverse_bytes: r.get::<_, i64>(4)? as u64,
+            })
+        };
+        Ok(match sensor {
+            Some(s) => c.query_row(&format!("{q} WHERE sensor = ?1"), [s], map)?,
+            None => c.query_row(q, [], map)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use picket_proto::v1::FlowRecord;
+
+    use super::*;
+
+    fn flow(packets: u64) -> FlowRecord {
+        FlowRecord {
+            iface: "eth0".into(),
+            src_ip: vec![10, 0, 0, 1],
+            dst_ip: vec![10, 0, 0, 2],
+            src_port: 40000,
+            dst_port: 443,
+            protocol: 6,
+            packets,
+            bytes: packets * 100,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_replayed_batch_is_stored_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        s.add_sensor("web-1", "h", 1).expect("add");
+        let b = ExportBatch {
+            instance_id: "i1".into(),
+            batch_id: 7,
+            flows: vec![flow(3), flow(4)],
+            ..Default::default()
+        };
+        assert_eq!(s.store_batch("web-1", &b, 2).expect("store"), Stored::New);
+        assert_eq!(
+            s.store_batch("web-1", &b, 3).expect("store"),
+            Stored::Duplicate
+        );
+        let t = s.flow_totals(Some("web-1")).expect("totals");
+        assert_eq!((t.records, t.packets, t.bytes), (2, 7, 700));
+        // Another instance may reuse the id.
+        let other = ExportBatch {
+            instance_id: "i2".into(),
+            ..b.clone()
+        };
+        assert_eq!(
+            s.store_batch("web-1", &other, 4).expect("store"),
+            Stored::New
+        );
+        let req = RegisterRequest {
+            instance_id: "i1".into(),
+            ..Default::default()
+        };
+        assert_eq!(s.register("web-1", &req, 5).expect("register"), 7);
+    }
+
+    #[test]
+    fn a_malformed_address_rejects_the_whole_batch() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        let mut bad = flow(1);
+        bad.src_ip = vec![1, 2, 3];
+        let b = ExportBatch {
+            instance_id: "i1".into(),
+            batch_id: 1,
+            flows: vec![flow(1), bad],
+            ..Default::default()
+        };
+        assert!(s.store_batch("x", &b, 1).is_err());
+        assert_eq!(s.flow_totals(None).expect("totals").records, 0);
+        // Nothing was marked stored: a corrected resend is accepted.
+        let good = ExportBatch {
+            flows: vec![flow(1)],
+            ..b
+        };
+        assert_eq!(s.store_batch("x", &good, 2).expect("store"), Stored::New);
+    }
+
+    #[test]
+    fn revoked_keys_find_no_sensor() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        s.add_sensor("a", "hash-a", 1).expect("add");
+        assert!(s.add_sensor("a", "hash-b", 1).is_err(), "names are unique");
+        assert_eq!(s.sensor_for_key("hash-a").expect("q"), Some("a".into()));
+        assert!(s.revoke_sensor("a", 2).expect("revoke"));
+        assert!(!s.revoke_sensor("a", 3).expect("revoke twice"));
+        assert_eq!(s.sensor_for_key("hash-a").expect("q"), None);
+        assert!(s.sensors().expect("list")[0].revoked);
+    }
+}
