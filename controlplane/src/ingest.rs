@@ -180,8 +180,18 @@ impl SensorIngest for Ingest {
                     Ok(None) => break,
                     Err(status) => {
                         // Oversized or undecodable message, or the sensor went away.
-                        debug!(sensor, %status, "export stream ended");
-                        if status.code() != tonic::Code::Cancelled {
+                        let status = if status.code() == tonic::Code::OutOfRange
+                            && status.message().contains("too large")
+                        {
+                            // gRPC's code for a message over the size limit (tonic says
+                            // OUT_OF_RANGE).
+                            Status::resource_exhausted(status.message().to_string())
+                        } else {
+                            status
+                        };
+                        if status.code() == tonic::Code::Cancelled {
+                            debug!(sensor, %status, "export stream ended");
+                        } else {
                             warn!(sensor, %status, "export stream failed");
                         }
                         let _ = tx.send(Err(status)).await;

@@ -46,9 +46,19 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     pub export_interval: Option<u64>,
 
-    /// Print flow records and scan events as JSON lines on stdout instead of exporting.
+    /// Print flow records and scan events as JSON lines on stdout (also while exporting).
     #[arg(long)]
     pub stdout: bool,
+
+    /// Where batches wait for the control plane's acknowledgement (default
+    /// /var/lib/picket-sensor/spool). Survives restarts: unacknowledged batches are sent then.
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Most megabytes the spool may hold while the control plane is unreachable (default 256);
+    /// beyond it the oldest batches go, counted in `spool_dropped_records`.
+    #[arg(long, value_name = "MB")]
+    pub spool_max_mb: Option<u64>,
 
     /// TOML configuration file; flags given on the command line override it.
     #[arg(long, value_name = "FILE")]
@@ -111,6 +121,8 @@ pub struct FileConfig {
     pub sensor_key_file: Option<PathBuf>,
     pub export_interval: Option<u64>,
     pub stdout: Option<bool>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_mb: Option<u64>,
     pub xdp_mode: Option<XdpModeChoice>,
     pub tc_mode: Option<TcModeChoice>,
     pub flow_table_size: Option<u32>,
@@ -129,7 +141,12 @@ pub struct Settings {
     pub controlplane: Option<String>,
     pub sensor_key_file: Option<PathBuf>,
     pub duration: Option<Duration>,
+    /// Set when exporting to a control plane.
+    pub export: Option<crate::export::ExportOptions>,
 }
+
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/picket-sensor/spool";
+pub const DEFAULT_SPOOL_MAX_MB: u64 = 256;
 
 impl Args {
     pub fn settings(&self) -> anyhow::Result<Settings> {
@@ -175,14 +192,53 @@ impl Args {
         }
         let stdout = self.stdout || file.stdout.unwrap_or(false);
         let controlplane = self.controlplane.clone().or(file.controlplane);
-        if !stdout {
+        let sensor_key_file = self.sensor_key_file.clone().or(file.sensor_key_file);
+        let export_opts = match &controlplane {
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    anyhow::bail!(
+                        "--controlplane must be a URL such as https://picket.example:7443 (got `{url}`)"
+                    );
+                }
+                let Some(kf) = &sensor_key_file else {
+                    anyhow::bail!(
+                        "--controlplane needs --sensor-key-file (the key printed by \
+                         `picket-controlplane sensors add NAME`)"
+                    );
+                };
+                let key = std::fs::read_to_string(kf)
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot read the sensor key file {}: {e}", kf.display())
+                    })?
+                    .trim()
+                    .to_string();
+                if key.is_empty() {
+                    anyhow::bail!("the sensor key file {} is empty", kf.display());
+                }
+                let mb = self
+                    .spool_max_mb
+                    .or(file.spool_max_mb)
+                    .unwrap_or(DEFAULT_SPOOL_MAX_MB);
+                if mb == 0 {
+                    anyhow::bail!("--spool-max-mb must be at least 1");
+                }
+                Some(crate::export::ExportOptions {
+                    url: url.clone(),
+                    key,
+                    spool_dir: self
+                        .spool_dir
+                        .clone()
+                        .or(file.spool_dir)
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
+                    spool_max_bytes: mb << 20,
+                })
+            }
+            None => None,
+        };
+        if !stdout && export_opts.is_none() {
             anyhow::bail!(
-                "export to a control plane is not implemented in this version; run with --stdout \
-                 to print flow records and scan events as JSON lines{}",
-                controlplane
-                    .as_deref()
-                    .map(|u| format!(" (--controlplane {u} was given)"))
-                    .unwrap_or_default()
+                "nowhere to send records: give --controlplane URL with --sensor-key-file, or \
+                 --stdout to print flow records and scan events as JSON lines"
             );
         }
         Ok(Settings {
@@ -209,8 +265,9 @@ impl Args {
             export_interval: Duration::from_secs(export),
             stdout,
             controlplane,
-            sensor_key_file: self.sensor_key_file.clone().or(file.sensor_key_file),
+            sensor_key_file,
             duration: self.duration.map(Duration::from_secs),
+            export: export_opts,
         })
     }
 }
@@ -275,5 +332,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn export_needs_a_url_and_a_readable_key() {
+        let e = args(&["--iface", "x", "--controlplane", "picket:7443"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be a URL"), "{e}");
+        let e = args(&["--iface", "x", "--controlplane", "http://127.0.0.1:7443"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--sensor-key-file"), "{e}");
+        let e = args(&[
+            "--iface",
+            "x",
+            "--controlplane",
+            "http://127.0.0.1:7443",
+            "--sensor-key-file",
+            "/nonexistent/key",
+        ])
+        .settings()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cannot read the sensor key file"), "{e}");
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = dir.path().join("k");
+        std::fs::write(&key, "pks_abc\n").expect("write");
+        let s = args(&[
+            "--iface",
+            "x",
+            "--controlplane",
+            "http://127.0.0.1:7443",
+            "--sensor-key-file",
+            key.to_str().expect("utf8"),
+            "--spool-max-mb",
+            "8",
+        ])
+        .settings()
+        .expect("settings");
+        let ex = s.export.expect("export");
+        assert_eq!(ex.key, "pks_abc");
+        assert_eq!(ex.spool_max_bytes, 8 << 20);
+        assert_eq!(ex.spool_dir, PathBuf::from(DEFAULT_SPOOL_DIR));
+        assert!(!s.stdout, "exporting alone is allowed");
+        assert!(
+            !format!("{ex:?}").contains("pks_abc"),
+            "the key never shows"
+        );
     }
 }

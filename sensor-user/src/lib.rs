@@ -2,10 +2,12 @@
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod harness;
 pub mod preflight;
 pub mod records;
 pub mod sensor;
+pub mod spool;
 pub mod sys;
 pub mod tables;
 

@@ -7,9 +7,12 @@ use std::{
 };
 
 use clap::Parser;
+use std::sync::Arc;
+
 use sensor_user::{
     check,
     config::{self, Args, Settings},
+    export::{self, Exporter},
     records::{self, Clock},
     sensor::{self, Sensor},
 };
@@ -61,15 +64,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes JSON lines to stdout; a closed stdout (EPIPE) ends the run cleanly.
+/// Writes JSON lines to stdout (with --stdout); a closed stdout (EPIPE) ends the run cleanly.
 struct Out {
     w: io::BufWriter<io::Stdout>,
+    enabled: bool,
     closed: bool,
 }
 
 impl Out {
     fn line<T: serde::Serialize>(&mut self, v: &T) {
-        if self.closed {
+        if self.closed || !self.enabled {
             return;
         }
         let r = serde_json::to_writer(&mut self.w, v)
@@ -87,6 +91,9 @@ impl Out {
     }
 }
 
+/// How long a stopping sensor keeps sending unacknowledged batches (the rest stays spooled).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 #[derive(Default)]
 struct AgentCounters {
     flow_records: u64,
@@ -95,6 +102,8 @@ struct AgentCounters {
     scan_events_duplicate: u64,
     scan_events_malformed: u64,
     drains: u64,
+    last_drain_entries: u64,
+    last_drain_us: u64,
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -126,8 +135,35 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| e.into_parts().1)?;
     let mut out = Out {
         w: io::BufWriter::new(io::stdout()),
+        enabled: settings.stdout,
         closed: false,
     };
+    // Export: batches go to the spool, a task sends them (see export.rs).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let exporter = match &settings.export {
+        Some(opts) => {
+            let ifaces: Vec<_> = sensor
+                .attachments
+                .iter()
+                .map(|a| (a.iface.clone(), a.ifindex, a.xdp_mode, a.tc_mode))
+                .collect();
+            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            let ex = Exporter::new(opts, export::host_context(&ifaces), kernel)?;
+            info!(
+                url = opts.url,
+                spool = %opts.spool_dir.display(),
+                spool_max_mb = opts.spool_max_bytes >> 20,
+                instance = ex.instance_id(),
+                "exporting to the control plane"
+            );
+            let task = tokio::spawn(ex.clone().run(opts.clone(), stop_rx, SHUTDOWN_GRACE));
+            Some((ex, task))
+        }
+        None => None,
+    };
+    let mut pending_scans: Vec<picket_proto::v1::ScanEvent> = Vec::new();
     let mut agent = AgentCounters::default();
     // (source, window start) of events already printed: at most one per source per window, even
     // if two CPUs raced to report the same source.
@@ -152,43 +188,49 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     tokio::pin!(until);
 
-    let mut read_events = |ring: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-                           out: &mut Out,
-                           agent: &mut AgentCounters| {
-        let clock = Clock::now();
-        let rb = ring.get_mut();
-        while let Some(item) = aya::maps::RingBuf::next(rb) {
-            let Some(ev) = sensor::parse_scan_event(&item) else {
-                agent.scan_events_malformed += 1;
-                continue;
-            };
-            let rec = records::scan_record(&ev, clock, iface_name(ev.ifindex));
-            if reported
-                .insert((rec.src_ip, ev.window_start_ns), Instant::now())
-                .is_some()
-            {
-                agent.scan_events_duplicate += 1;
-                continue;
+    let exporting = exporter.is_some();
+    let mut read_events =
+        |ring: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+         out: &mut Out,
+         agent: &mut AgentCounters,
+         pending: &mut Vec<picket_proto::v1::ScanEvent>| {
+            let clock = Clock::now();
+            let rb = ring.get_mut();
+            while let Some(item) = aya::maps::RingBuf::next(rb) {
+                let Some(ev) = sensor::parse_scan_event(&item) else {
+                    agent.scan_events_malformed += 1;
+                    continue;
+                };
+                let rec = records::scan_record(&ev, clock, iface_name(ev.ifindex));
+                if reported
+                    .insert((rec.src_ip, ev.window_start_ns), Instant::now())
+                    .is_some()
+                {
+                    agent.scan_events_duplicate += 1;
+                    continue;
+                }
+                info!(src = %rec.src_ip, ports = rec.distinct_ports, hosts = rec.distinct_hosts, probe = rec.probe, "scan event");
+                out.line(&rec);
+                if exporting {
+                    pending.push(export::scan(&rec));
+                }
+                agent.scan_records += 1;
             }
-            info!(src = %rec.src_ip, ports = rec.distinct_ports, hosts = rec.distinct_hosts, probe = rec.probe, "scan event");
-            out.line(&rec);
-            agent.scan_records += 1;
-        }
-        out.flush();
-        reported.retain(|_, t| t.elapsed() < window * 2 + Duration::from_secs(1));
-    };
+            out.flush();
+            reported.retain(|_, t| t.elapsed() < window * 2 + Duration::from_secs(1));
+        };
 
     let reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 guard?.clear_ready();
-                read_events(&mut ring, &mut out, &mut agent);
+                read_events(&mut ring, &mut out, &mut agent, &mut pending_scans);
             }
             _ = clock_tick.tick() => {
                 sensor.tick_clock()?;
             }
             _ = tick.tick() => {
-                export(&mut sensor, &mut out, &mut agent, &iface_name)?;
+                export(&mut sensor, &mut out, &mut agent, &iface_name, exporter.as_ref().map(|e| &e.0), &mut pending_scans)?;
             }
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
@@ -201,10 +243,42 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     info!(reason, "stopping: detaching, then exporting what is left");
     // Detach first so nothing more arrives, then empty both tables and the ring buffer.
     sensor.detach_programs();
-    read_events(&mut ring, &mut out, &mut agent);
-    export(&mut sensor, &mut out, &mut agent, &iface_name)?;
-    export(&mut sensor, &mut out, &mut agent, &iface_name)?;
+    read_events(&mut ring, &mut out, &mut agent, &mut pending_scans);
+    let ex = exporter.as_ref().map(|e| &e.0);
+    export(
+        &mut sensor,
+        &mut out,
+        &mut agent,
+        &iface_name,
+        ex,
+        &mut pending_scans,
+    )?;
+    export(
+        &mut sensor,
+        &mut out,
+        &mut agent,
+        &iface_name,
+        ex,
+        &mut pending_scans,
+    )?;
     out.flush();
+    if let Some((ex, task)) = exporter {
+        info!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "sending what the control plane has not acknowledged yet"
+        );
+        let _ = stop_tx.send(true);
+        let _ = task.await;
+        // The final word on what reached the control plane.
+        print_stats(&sensor, &mut out, &agent, Some(&ex));
+        let st = ex.stats();
+        info!(
+            spool_batches = st.spool.batches,
+            batches_acked = st.batches_acked,
+            spool_dropped_records = st.spool.dropped_records,
+            "export stopped"
+        );
+    }
     info!(
         flow_records = agent.flow_records,
         scan_events = agent.scan_records,
@@ -218,6 +292,8 @@ fn export(
     out: &mut Out,
     agent: &mut AgentCounters,
     iface_name: &dyn Fn(u32) -> String,
+    exporter: Option<&Arc<Exporter>>,
+    pending_scans: &mut Vec<picket_proto::v1::ScanEvent>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let d = sensor.drain()?;
@@ -227,12 +303,44 @@ fn export(
     for r in &recs {
         out.line(r);
     }
-    for p in &d.probes {
-        out.line(&records::probe_record(p, clock, iface_name(p.ifindex)));
+    let probes: Vec<_> = d
+        .probes
+        .iter()
+        .map(|p| records::probe_record(p, clock, iface_name(p.ifindex)))
+        .collect();
+    for p in &probes {
+        out.line(p);
+    }
+    if let Some(ex) = exporter {
+        let host = ex.host.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let batches = export::batches(
+            recs.iter().map(export::flow).collect(),
+            std::mem::take(pending_scans),
+            probes.iter().map(export::probe).collect(),
+            &host,
+            clock.unix_ns(Clock::monotonic_ns()),
+        );
+        // Written to the spool (durably) before anything else: from here on nothing is lost.
+        ex.push(batches)?;
     }
     agent.probe_records += d.probes.len() as u64;
     agent.flow_records += recs.len() as u64;
     agent.drains += 1;
+    agent.last_drain_entries = d.entries as u64;
+    agent.last_drain_us = drain_time.as_micros() as u64;
+    print_stats(sensor, out, agent, exporter);
+    out.flush();
+    Ok(())
+}
+
+/// One `kind: "stats"` line: every kernel counter, the agent's, and the export's; the export also
+/// gets the counters for its next heartbeat.
+fn print_stats(
+    sensor: &Sensor,
+    out: &mut Out,
+    agent: &AgentCounters,
+    exporter: Option<&Arc<Exporter>>,
+) {
     let counters = match sensor.counters() {
         Ok(c) => c,
         Err(e) => {
@@ -241,12 +349,40 @@ fn export(
         }
     };
     let mut kernel = serde_json::Map::new();
-    for (k, v) in counters {
-        kernel.insert(k.into(), v.into());
+    for (k, v) in &counters {
+        kernel.insert((*k).into(), (*v).into());
     }
+    let export_stats = exporter.map(|ex| {
+        let st = ex.stats();
+        let mut c = ex.counters.lock().unwrap_or_else(|p| p.into_inner());
+        c.0 = counters.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        c.1 = [
+            ("flow_records", agent.flow_records),
+            ("probe_records", agent.probe_records),
+            ("scan_events", agent.scan_records),
+            ("drains", agent.drains),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        serde_json::json!({
+            "connected": st.connected,
+            "spool_batches": st.spool.batches,
+            "spool_bytes": st.spool.bytes,
+            "spool_dropped_batches": st.spool.dropped_batches,
+            "spool_dropped_records": st.spool.dropped_records,
+            "batches_spooled": st.spool.appended,
+            "batches_acked": st.batches_acked,
+            "batches_duplicate": st.batches_duplicate,
+            "lag_ms": st.lag_ms,
+            "connects": st.connects,
+            "connect_failures": st.connect_failures,
+            "stream_errors": st.stream_errors,
+        })
+    });
     out.line(&serde_json::json!({
         "kind": "stats",
-        "time": clock.rfc3339(Clock::monotonic_ns()),
+        "time": Clock::now().rfc3339(Clock::monotonic_ns()),
         "kernel": kernel,
         "agent": {
             "flow_records": agent.flow_records,
@@ -255,11 +391,11 @@ fn export(
             "scan_events_duplicate": agent.scan_events_duplicate,
             "scan_events_malformed": agent.scan_events_malformed,
             "drains": agent.drains,
-            "last_drain_entries": d.entries,
-            "last_drain_us": drain_time.as_micros() as u64,
+            "last_drain_entries": agent.last_drain_entries,
+            "last_drain_us": agent.last_drain_us,
             "batched_drain": sensor.batched_drain,
-        }
+        },
+        "export": export_stats,
     }));
     out.flush();
-    Ok(())
 }

@@ -40,6 +40,10 @@ impl Clock {
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 
+    pub fn unix_ns(self, mono_ns: u64) -> u64 {
+        (self.offset_ns + mono_ns as i128).clamp(0, u64::MAX as i128) as u64
+    }
+
     pub fn rfc3339(self, mono_ns: u64) -> String {
         self.to_wall(mono_ns).format(&Rfc3339).unwrap_or_default()
     }
@@ -114,6 +118,11 @@ pub struct ProbeRecord {
     pub bytes: u64,
     pub start: String,
     pub end: String,
+    /// `start` and `end` as Unix nanoseconds (for the gRPC export).
+    #[serde(skip)]
+    pub start_unix_ns: u64,
+    #[serde(skip)]
+    pub end_unix_ns: u64,
     pub observed: &'static str,
 }
 
@@ -129,6 +138,8 @@ pub fn probe_record(t: &ProbeTotals, clock: Clock, iface: String) -> ProbeRecord
         bytes: t.bytes,
         start: clock.rfc3339(t.first_seen_ns),
         end: clock.rfc3339(t.last_seen_ns),
+        start_unix_ns: clock.unix_ns(t.first_seen_ns),
+        end_unix_ns: clock.unix_ns(t.last_seen_ns),
         observed: observed(t.directions),
     }
 }
@@ -153,6 +164,11 @@ pub struct FlowRecord {
     pub reverse_tcp_flags: u8,
     pub start: String,
     pub end: String,
+    /// `start` and `end` as Unix nanoseconds (for the gRPC export).
+    #[serde(skip)]
+    pub start_unix_ns: u64,
+    #[serde(skip)]
+    pub end_unix_ns: u64,
     /// Where the packets were seen: "ingress" (XDP), "egress" (tc) or both.
     pub observed: &'static str,
     /// Non-first IP fragments (ports unknown) or a cut transport header.
@@ -180,6 +196,11 @@ pub struct ScanRecord {
     pub reason: Vec<&'static str>,
     pub start: String,
     pub end: String,
+    /// `start` and `end` as Unix nanoseconds (for the gRPC export).
+    #[serde(skip)]
+    pub start_unix_ns: u64,
+    #[serde(skip)]
+    pub end_unix_ns: u64,
 }
 
 pub fn addr(bytes: [u8; 16], ip_version: u8) -> IpAddr {
@@ -331,6 +352,8 @@ pub fn join_flows(
             reverse_tcp_flags: rev.tcp_flags,
             start: clock.rfc3339(first),
             end: clock.rfc3339(last),
+            start_unix_ns: clock.unix_ns(first),
+            end_unix_ns: clock.unix_ns(last),
             observed: observed(fwd.directions | rev.directions),
             partial,
             initiator_by: how,
@@ -372,6 +395,8 @@ pub fn scan_record(ev: &ScanEvent, clock: Clock, iface: String) -> ScanRecord {
         reason,
         start: clock.rfc3339(ev.window_start_ns),
         end: clock.rfc3339(ev.last_seen_ns),
+        start_unix_ns: clock.unix_ns(ev.window_start_ns),
+        end_unix_ns: clock.unix_ns(ev.last_seen_ns),
     }
 }
 

@@ -302,7 +302,7 @@ impl Sensor {
         self.child.as_ref().expect("running").id() as i32
     }
 
-    fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
         let t0 = Instant::now();
         loop {
             let log = fs::read_to_string(&self.stderr).unwrap_or_default();
@@ -549,4 +549,196 @@ pub fn tc_programs(ns: &str, dev: &str) -> usize {
     .join()
     .expect("query thread");
     filters + tcx
+}
+
+// Hand-made frames sent with trafgen (netsniff-ng).
+
+/// Sends `count` copies of one hand-made frame out of `dev` in `ns`, through the qdisc path (so
+/// tc egress sees them), with trafgen.
+pub fn trafgen(ns: &str, dev: &str, dir: &TempDir, name: &str, frame: &str, count: u64) {
+    trafgen_at(ns, dev, dir, name, frame, count, "400000pps");
+}
+
+/// [`trafgen`] at a given rate (`"5000pps"`: trafgen takes pps, not kpps).
+pub fn trafgen_at(
+    ns: &str,
+    dev: &str,
+    dir: &TempDir,
+    name: &str,
+    frame: &str,
+    count: u64,
+    rate: &str,
+) {
+    let path = dir.0.join(name);
+    std::fs::write(&path, format!("{{\n{frame}\n}}\n")).expect("write trafgen conf");
+    deep_fifo(ns, dev);
+    let n = count.to_string();
+    let conf = path.to_str().expect("utf8");
+    let args = [
+        "--dev",
+        dev,
+        "--conf",
+        conf,
+        "--num",
+        &n,
+        "--cpus",
+        "1",
+        "--qdisc-path",
+        "--no-sock-mem",
+        "--rate",
+        rate,
+    ];
+    sh_in(ns, "trafgen", &args);
+}
+
+/// A veth stops its queue while its peer falls behind; without a qdisc (veth's default) the stack
+/// then refuses frames, and trafgen gives up on the first refusal. A deep FIFO makes frames wait
+/// instead (tc egress runs before the qdisc, so it still sees each frame once), which keeps the
+/// counts exact even when the other tests load both cores.
+pub fn deep_fifo(ns: &str, dev: &str) {
+    sh_in(
+        ns,
+        "tc",
+        &[
+            "qdisc", "replace", "dev", dev, "root", "pfifo", "limit", "200000",
+        ],
+    );
+}
+
+pub fn hex_mac(m: &str) -> String {
+    m.split(':')
+        .map(|b| format!("0x{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn hex_ip(a: &str) -> String {
+    a.split('.').collect::<Vec<_>>().join(", ")
+}
+
+/// Ethernet header bytes (without EtherType) from `src` to `dst`, then the given tags.
+pub fn udp4_frame(
+    dst_mac: &str,
+    src_mac: &str,
+    tags: &[(u16, u16)],
+    (src, sport): (&str, u16),
+    (dst, dport): (&str, u16),
+    payload: u16,
+) -> String {
+    let mut f = format!("  {}, {},\n", hex_mac(dst_mac), hex_mac(src_mac));
+    for (tpid, vid) in tags {
+        f += &format!("  const16({tpid}), const16({vid}),\n");
+    }
+    let total = 20 + 8 + payload;
+    f += &format!(
+        "  0x08, 0x00,\n  0x45, 0x00, const16({total}), const16(1), 0x40, 0x00, 64, 17, csumip({l3}, {l3e}),\n  {},\n  {},\n  const16({sport}), const16({dport}), const16({ul}), const16(0),\n  fill(0x42, {payload})",
+        hex_ip(src),
+        hex_ip(dst),
+        l3 = 14 + 4 * tags.len(),
+        l3e = 14 + 4 * tags.len() + 19,
+        ul = 8 + payload,
+    );
+    f
+}
+
+/// The MAC address of `dev` in `ns`.
+pub fn mac(ns: &str, dev: &str) -> String {
+    let j = sh_in(ns, "ip", &["-j", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_str(&j).expect("ip -j");
+    v[0]["address"].as_str().expect("mac").to_string()
+}
+
+/// A `picket-controlplane serve` running inside a namespace (its loopback is the namespace's own).
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl ControlPlane {
+    /// Creates sensor `name` in `data_dir` and returns its key.
+    pub fn add_sensor(data_dir: &Path, name: &str) -> String {
+        let o = Command::new(bin("picket-controlplane"))
+            .args(["sensors", "--data-dir"])
+            .arg(data_dir)
+            .args(["add", name])
+            .output()
+            .expect("run picket-controlplane sensors add");
+        assert!(
+            o.status.success(),
+            "sensors add: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// Starts serving gRPC on `listen` inside `ns` and waits until it listens.
+    pub fn start(ns: &str, data_dir: &Path, listen: &str, log: &Path) -> ControlPlane {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin("picket-controlplane"))
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--grpc-listen", listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("spawn picket-controlplane");
+        let cp = ControlPlane {
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        let t0 = Instant::now();
+        while !fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("control plane serving")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "control plane did not start: {}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        cp
+    }
+
+    /// Ends it abruptly (SIGKILL), as a crash or a lost machine would.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        let mut c = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal control plane");
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().expect("try_wait") {
+                assert!(s.success(), "control plane exited with {s}");
+                return;
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = c.kill();
+                panic!("control plane did not stop within 20 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

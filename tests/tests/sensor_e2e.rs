@@ -12,7 +12,8 @@ use std::{
 };
 
 use tests::{
-    Capture, Lab, Sensor, TempDir, attached_xdp, pcap::FlowId, sh_in, tc_filters, tc_programs,
+    Capture, Lab, Sensor, TempDir, attached_xdp, deep_fifo, hex_ip, hex_mac, mac, pcap::FlowId,
+    sh_in, tc_filters, tc_programs, trafgen, udp4_frame,
 };
 
 /// Long interval: everything lands in the final drain, so each conversation is one record.
@@ -248,81 +249,6 @@ fn ipv6_icmp_and_udp() {
     );
 }
 
-/// Sends `count` copies of one hand-made frame out of `dev` in `ns`, through the qdisc path (so
-/// tc egress sees them), with trafgen.
-fn trafgen(ns: &str, dev: &str, dir: &TempDir, name: &str, frame: &str, count: u64) {
-    let path = dir.0.join(name);
-    std::fs::write(&path, format!("{{\n{frame}\n}}\n")).expect("write trafgen conf");
-    deep_fifo(ns, dev);
-    let n = count.to_string();
-    let conf = path.to_str().expect("utf8");
-    let args = [
-        "--dev",
-        dev,
-        "--conf",
-        conf,
-        "--num",
-        &n,
-        "--cpus",
-        "1",
-        "--qdisc-path",
-        "--no-sock-mem",
-        "--rate",
-        "400000pps",
-    ];
-    sh_in(ns, "trafgen", &args);
-}
-
-/// A veth stops its queue while its peer falls behind; without a qdisc (veth's default) the stack
-/// then refuses frames, and trafgen gives up on the first refusal. A deep FIFO makes frames wait
-/// instead (tc egress runs before the qdisc, so it still sees each frame once), which keeps the
-/// counts exact even when the other tests load both cores.
-fn deep_fifo(ns: &str, dev: &str) {
-    sh_in(
-        ns,
-        "tc",
-        &[
-            "qdisc", "replace", "dev", dev, "root", "pfifo", "limit", "200000",
-        ],
-    );
-}
-
-fn hex_mac(m: &str) -> String {
-    m.split(':')
-        .map(|b| format!("0x{b}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn hex_ip(a: &str) -> String {
-    a.split('.').collect::<Vec<_>>().join(", ")
-}
-
-/// Ethernet header bytes (without EtherType) from `src` to `dst`, then the given tags.
-fn udp4_frame(
-    dst_mac: &str,
-    src_mac: &str,
-    tags: &[(u16, u16)],
-    (src, sport): (&str, u16),
-    (dst, dport): (&str, u16),
-    payload: u16,
-) -> String {
-    let mut f = format!("  {}, {},\n", hex_mac(dst_mac), hex_mac(src_mac));
-    for (tpid, vid) in tags {
-        f += &format!("  const16({tpid}), const16({vid}),\n");
-    }
-    let total = 20 + 8 + payload;
-    f += &format!(
-        "  0x08, 0x00,\n  0x45, 0x00, const16({total}), const16(1), 0x40, 0x00, 64, 17, csumip({l3}, {l3e}),\n  {},\n  {},\n  const16({sport}), const16({dport}), const16({ul}), const16(0),\n  fill(0x42, {payload})",
-        hex_ip(src),
-        hex_ip(dst),
-        l3 = 14 + 4 * tags.len(),
-        l3e = 14 + 4 * tags.len() + 19,
-        ul = 8 + payload,
-    );
-    f
-}
-
 #[test]
 fn vlan_and_qinq_tagged_traffic() {
     // VLAN devices need the 8021q module, which these machines cannot load: the tagged frames
@@ -476,12 +402,6 @@ fn tx_dropped(ns: &str, dev: &str) -> u64 {
     v[0]["stats64"]["tx"]["dropped"]
         .as_u64()
         .expect("tx dropped")
-}
-
-fn mac(ns: &str, dev: &str) -> String {
-    let j = sh_in(ns, "ip", &["-j", "link", "show", "dev", dev]);
-    let v: serde_json::Value = serde_json::from_str(&j).expect("ip -j");
-    v[0]["address"].as_str().expect("mac").to_string()
 }
 
 #[test]

@@ -1,0 +1,259 @@
+//! The gRPC ingest served for real on loopback, driven by a tonic client: authentication,
+//! malformed and oversized input, acknowledgements and replays.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use controlplane::{
+    ingest::{self, Ingest},
+    keys,
+    store::{SqliteStore, Store},
+};
+use picket_proto::v1::{
+    ExportBatch, FlowRecord, HeartbeatRequest, RegisterRequest,
+    sensor_ingest_client::SensorIngestClient, sensor_ingest_server::SensorIngestServer,
+};
+use tonic::{Code, Request, transport::Channel};
+
+struct Server {
+    addr: SocketAddr,
+    store: Arc<SqliteStore>,
+    _dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = SqliteStore::open(dir.path()).expect("store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let svc = SensorIngestServer::new(Ingest::new(store.clone() as Arc<dyn Store>))
+        .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .expect("serve");
+    });
+    Server {
+        addr,
+        store,
+        _dir: dir,
+        _task: task,
+    }
+}
+
+async fn client(addr: SocketAddr) -> SensorIngestClient<Channel> {
+    SensorIngestClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+        .max_encoding_message_size(64 << 20)
+}
+
+fn with_key<T>(msg: T, key: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header"),
+    );
+    r
+}
+
+fn flow(packets: u64) -> FlowRecord {
+    FlowRecord {
+        iface: "eth0".into(),
+        src_ip: vec![10, 1, 0, 1],
+        dst_ip: vec![10, 1, 0, 2],
+        src_port: 40000,
+        dst_port: 22,
+        protocol: 6,
+        packets,
+        bytes: packets * 60,
+        ..Default::default()
+    }
+}
+
+fn batch(id: u64, flows: Vec<FlowRecord>) -> ExportBatch {
+    ExportBatch {
+        instance_id: "inst-1".into(),
+        batch_id: id,
+        flows,
+        ..Default::default()
+    }
+}
+
+fn add(store: &SqliteStore, name: &str) -> String {
+    let key = keys::new_key().expect("key");
+    store
+        .add_sensor(name, &keys::hash(&key), 1)
+        .expect("add sensor");
+    key
+}
+
+/// Sends `batches` on one export stream and returns the acknowledgements (or the error).
+async fn export(
+    c: &mut SensorIngestClient<Channel>,
+    key: &str,
+    batches: Vec<ExportBatch>,
+) -> Result<Vec<(u64, bool)>, tonic::Status> {
+    let n = batches.len();
+    let mut acks = c
+        .export(with_key(tokio_stream::iter(batches), key))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while out.len() < n {
+        match acks.message().await? {
+            Some(a) => out.push((a.batch_id, a.duplicate)),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn batches_are_acknowledged_once_stored_and_replays_are_not_doubled() {
+    let s = server().await;
+    let key = add(&s.store, "web-1");
+    let mut c = client(s.addr).await;
+    let reg = c
+        .register(with_key(
+            RegisterRequest {
+                instance_id: "inst-1".into(),
+                version: "0.1.0".into(),
+                kernel: "6.1.0".into(),
+                host: None,
+            },
+            &key,
+        ))
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!(reg.sensor_name, "web-1");
+    assert_eq!(reg.last_stored_batch_id, 0);
+    let acks = export(
+        &mut c,
+        &key,
+        vec![batch(1, vec![flow(3)]), batch(2, vec![flow(4), flow(5)])],
+    )
+    .await
+    .expect("export");
+    assert_eq!(acks, vec![(1, false), (2, false)]);
+    // The acknowledgement of 2 was "lost": the sensor sends 2 again, then 3.
+    let acks = export(
+        &mut c,
+        &key,
+        vec![batch(2, vec![flow(4), flow(5)]), batch(3, vec![flow(1)])],
+    )
+    .await
+    .expect("export");
+    assert_eq!(acks, vec![(2, true), (3, false)]);
+    let t = s.store.flow_totals(Some("web-1")).expect("totals");
+    assert_eq!((t.records, t.packets, t.bytes), (4, 13, 780));
+    // A new registration learns how far the store got.
+    let reg = c
+        .register(with_key(
+            RegisterRequest {
+                instance_id: "inst-1".into(),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!(reg.last_stored_batch_id, 3);
+    c.heartbeat(with_key(
+        HeartbeatRequest {
+            instance_id: "inst-1".into(),
+            kernel_counters: [("packets_seen".to_string(), 42u64)].into(),
+            ..Default::default()
+        },
+        &key,
+    ))
+    .await
+    .expect("heartbeat");
+    let row = &s.store.sensors().expect("sensors")[0];
+    assert!(row.last_heartbeat_unix_ns.is_some());
+    assert_eq!(
+        row.kernel_counters.as_deref(),
+        Some(r#"{"packets_seen":42}"#)
+    );
+}
+
+#[tokio::test]
+async fn missing_unknown_malformed_and_revoked_keys_are_unauthenticated() {
+    let s = server().await;
+    let key = add(&s.store, "db-1");
+    let mut c = client(s.addr).await;
+    let reg = |k: Option<&str>| {
+        let msg = RegisterRequest {
+            instance_id: "i".into(),
+            ..Default::default()
+        };
+        match k {
+            Some(k) => with_key(msg, k),
+            None => Request::new(msg),
+        }
+    };
+    let code = |r: Result<tonic::Response<_>, tonic::Status>| r.expect_err("refused").code();
+    assert_eq!(code(c.register(reg(None)).await), Code::Unauthenticated);
+    assert_eq!(
+        code(c.register(reg(Some("pks_nothex"))).await),
+        Code::Unauthenticated
+    );
+    let stranger = keys::new_key().expect("key");
+    assert_eq!(
+        code(c.register(reg(Some(&stranger))).await),
+        Code::Unauthenticated
+    );
+    c.register(reg(Some(&key)))
+        .await
+        .expect("the real key works");
+    assert!(s.store.revoke_sensor("db-1", 2).expect("revoke"));
+    assert_eq!(
+        code(c.register(reg(Some(&key))).await),
+        Code::Unauthenticated
+    );
+    let e = export(&mut c, &key, vec![batch(1, vec![flow(1)])])
+        .await
+        .expect_err("export refused");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert_eq!(s.store.flow_totals(None).expect("totals").records, 0);
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_batches_are_refused_and_store_nothing() {
+    let s = server().await;
+    let key = add(&s.store, "edge-1");
+    let mut c = client(s.addr).await;
+    let mut bad = flow(1);
+    bad.dst_ip = vec![1, 2, 3, 4, 5];
+    let e = export(&mut c, &key, vec![batch(1, vec![flow(1), bad])])
+        .await
+        .expect_err("malformed");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("flow #1"), "{}", e.message());
+    let e = export(&mut c, &key, vec![batch(0, vec![flow(1)])])
+        .await
+        .expect_err("batch id 0");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Over the 16 MiB limit: 150,000 records of about 140 bytes.
+    let fat = FlowRecord {
+        initiator_by: "x".repeat(100),
+        ..flow(1)
+    };
+    let huge = batch(2, vec![fat; 150_000]);
+    let e = export(&mut c, &key, vec![huge])
+        .await
+        .expect_err("oversized");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert_eq!(s.store.flow_totals(None).expect("totals").records, 0);
+    // The stream is refused, not the sensor: a good batch still goes through.
+    let acks = export(&mut c, &key, vec![batch(1, vec![flow(2)])])
+        .await
+        .expect("good batch");
+    assert_eq!(acks, vec![(1, false)]);
+}
