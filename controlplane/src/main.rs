@@ -11,6 +11,7 @@ use controlplane::{
     store::{SqliteStore, Store},
 };
 use picket_proto::v1::sensor_ingest_server::SensorIngestServer;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -37,6 +38,16 @@ enum Cmd {
         /// Address for the REST API and dashboard (not served by this version).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         http_listen: SocketAddr,
+        /// Certificate chain (PEM) for the gRPC listener; with --tls-key, sensors connect with
+        /// https://. Without it the ingest is plain text.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// CA (PEM) that client certificates must chain to: mutual TLS, on top of sensor keys.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Sensor keys: add (prints the new key once), list, revoke.
     Sensors {
@@ -87,7 +98,11 @@ fn main() -> ExitCode {
             data_dir,
             grpc_listen,
             http_listen,
-        } => serve(data_dir, grpc_listen, http_listen),
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+        } => tls_config(tls_cert, tls_key, tls_client_ca)
+            .and_then(|tls| serve(data_dir, grpc_listen, http_listen, tls)),
         Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
         Cmd::Import { .. } => {
             eprintln!("picket-controlplane: `import` is not available in this version yet");
@@ -160,7 +175,36 @@ fn sensors(data_dir: PathBuf, cmd: SensorsCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(data_dir: PathBuf, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
+fn tls_config(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let read = |what: &str, p: &PathBuf| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", p.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("certificate (--tls-cert)", &cert)?,
+        read("key (--tls-key)", &key)?,
+    ));
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(
+            "client CA (--tls-client-ca)",
+            &ca,
+        )?));
+    }
+    Ok(Some(tls))
+}
+
+fn serve(
+    data_dir: PathBuf,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    tls: Option<ServerTlsConfig>,
+) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = SqliteStore::open(&data_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -172,9 +216,13 @@ fn serve(data_dir: PathBuf, grpc: SocketAddr, http: SocketAddr) -> anyhow::Resul
             .map_err(|e| anyhow::anyhow!("cannot listen on {grpc} (--grpc-listen): {e}"))?;
         info!(
             grpc = %listener.local_addr()?,
+            tls = tls.is_some(),
             data_dir = %data_dir.display(),
             "control plane serving sensor ingest"
         );
+        if tls.is_none() {
+            warn!("the sensor ingest is plain text (no --tls-cert): sensor keys travel in clear");
+        }
         warn!(%http, "the REST API and dashboard are not in this version: --http-listen is not bound");
         let svc = SensorIngestServer::new(Ingest::new(store))
             .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
@@ -188,7 +236,13 @@ fn serve(data_dir: PathBuf, grpc: SocketAddr, http: SocketAddr) -> anyhow::Resul
             }
             info!("stopping");
         };
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
+        }
+        builder
             .add_service(svc)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

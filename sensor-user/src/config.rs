@@ -38,6 +38,19 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub controlplane: Option<String>,
 
+    /// CA certificate (PEM) that signed the control plane's certificate, for an https:// URL
+    /// (default: the system's trusted roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS, with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// File holding this sensor's key (from `picket-controlplane sensors add NAME`).
     #[arg(long, value_name = "F")]
     pub sensor_key_file: Option<PathBuf>,
@@ -119,6 +132,9 @@ pub struct FileConfig {
     pub iface: Vec<String>,
     pub controlplane: Option<String>,
     pub sensor_key_file: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub export_interval: Option<u64>,
     pub stdout: Option<bool>,
     pub spool_dir: Option<PathBuf>,
@@ -222,9 +238,35 @@ impl Args {
                 if mb == 0 {
                     anyhow::bail!("--spool-max-mb must be at least 1");
                 }
+                let read = |what: &str, p: &PathBuf| {
+                    std::fs::read(p)
+                        .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", p.display()))
+                };
+                let ca_cert = self.ca_cert.clone().or(file.ca_cert);
+                let tls_cert = self.tls_cert.clone().or(file.tls_cert);
+                let tls_key = self.tls_key.clone().or(file.tls_key);
+                let tls = url.starts_with("https://");
+                if !tls && (ca_cert.is_some() || tls_cert.is_some()) {
+                    anyhow::bail!(
+                        "--ca-cert and --tls-cert need an https:// control plane URL (got `{url}`)"
+                    );
+                }
+                let client_identity = match (&tls_cert, &tls_key) {
+                    (Some(c), Some(k)) => Some((
+                        read("client certificate (--tls-cert)", c)?,
+                        read("client key (--tls-key)", k)?,
+                    )),
+                    (None, None) => None,
+                    _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+                };
                 Some(crate::export::ExportOptions {
                     url: url.clone(),
                     key,
+                    ca_pem: ca_cert
+                        .as_ref()
+                        .map(|p| read("CA certificate (--ca-cert)", p))
+                        .transpose()?,
+                    client_identity,
                     spool_dir: self
                         .spool_dir
                         .clone()

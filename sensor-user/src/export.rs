@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     metadata::MetadataValue,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 use tracing::{info, warn};
 
@@ -40,6 +40,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub struct ExportOptions {
     pub url: String,
     pub key: String,
+    /// PEM of the CA that signed the control plane's certificate (None: the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate and key for mutual TLS.
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
 }
@@ -51,6 +55,8 @@ impl std::fmt::Debug for ExportOptions {
             .field("url", &self.url)
             .field("spool_dir", &self.spool_dir)
             .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("custom_ca", &self.ca_pem.is_some())
+            .field("mutual_tls", &self.client_identity.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -307,6 +313,19 @@ impl Exporter {
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
+        let ep = if opts.url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            tls = match &opts.ca_pem {
+                Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = &opts.client_identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            ep.tls_config(tls).context("TLS configuration")?
+        } else {
+            ep
+        };
         let ch = ep.connect().await.map_err(|e| {
             Self::lock(&self.stats).connect_failures += 1;
             anyhow::anyhow!("cannot connect to {}: {e}", opts.url)

@@ -150,6 +150,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default();
+            if opts.url.starts_with("http://") {
+                warn!(
+                    url = opts.url,
+                    "exporting without TLS: the sensor key and flow records travel in clear text"
+                );
+            }
             let ex = Exporter::new(opts, export::host_context(&ifaces), kernel)?;
             info!(
                 url = opts.url,

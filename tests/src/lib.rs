@@ -673,12 +673,24 @@ impl ControlPlane {
 
     /// Starts serving gRPC on `listen` inside `ns` and waits until it listens.
     pub fn start(ns: &str, data_dir: &Path, listen: &str, log: &Path) -> ControlPlane {
+        Self::start_with(ns, data_dir, listen, log, &[])
+    }
+
+    /// [`ControlPlane::start`] with more `serve` arguments (TLS...).
+    pub fn start_with(
+        ns: &str,
+        data_dir: &Path,
+        listen: &str,
+        log: &Path,
+        extra: &[&str],
+    ) -> ControlPlane {
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(bin("picket-controlplane"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--grpc-listen", listen])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(log).expect("log file"))
@@ -740,5 +752,83 @@ impl Drop for ControlPlane {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A throwaway PKI made with the openssl CLI in `dir`: `ca.pem`, `server.pem`/`server.key`
+/// (for 127.0.0.1 and localhost), `client.pem`/`client.key`, all signed by `ca.key`.
+pub fn make_pki(dir: &Path) {
+    let run = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            o.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=picket-test-ca",
+    ]);
+    run(&a);
+    for (name, ext) in [
+        (
+            "server",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        ),
+        (
+            "client",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName=DNS:sensor\n",
+        ),
+    ] {
+        fs::write(dir.join(format!("{name}.ext")), ext).expect("ext file");
+        let (key, csr, pem, extf, subj) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+            format!("/CN={name}"),
+        );
+        let mut a = vec!["req"];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        run(&a);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+        ]);
     }
 }

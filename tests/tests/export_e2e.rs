@@ -95,3 +95,82 @@ fn control_plane_outage_mid_flood_loses_and_doubles_nothing() {
     );
     eprintln!("export: {ex}");
 }
+
+#[test]
+fn mutual_tls_refuses_a_sensor_without_a_certificate_and_its_spool_waits() {
+    let lab = Lab::new();
+    let dir = TempDir::new("tls");
+    tests::make_pki(&dir.0);
+    let p = |f: &str| dir.0.join(f).to_str().expect("utf8").to_string();
+    let data = dir.0.join("cp");
+    let key_file = dir.0.join("sensor.key");
+    std::fs::write(&key_file, ControlPlane::add_sensor(&data, "lab-a")).expect("key file");
+    let listen = "127.0.0.1:7444";
+    let cp = ControlPlane::start_with(
+        &lab.a,
+        &data,
+        listen,
+        &dir.0.join("cp.log"),
+        &[
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--tls-client-ca",
+            &p("ca.pem"),
+        ],
+    );
+    let url = format!("https://{listen}");
+    let spool = p("spool");
+    let base = [
+        "--iface",
+        &lab.va,
+        "--export-interval",
+        "1",
+        "--controlplane",
+        &url,
+        "--sensor-key-file",
+        key_file.to_str().expect("utf8"),
+        "--spool-dir",
+        &spool,
+        "--ca-cert",
+        &p("ca.pem"),
+    ];
+    let frame = udp4_frame(
+        &mac(&lab.b, &lab.vb),
+        &mac(&lab.a, &lab.va),
+        &[],
+        (&lab.ip_a, 4001),
+        (&lab.ip_b, 5001),
+        18,
+    );
+    // Without a client certificate the handshake fails: nothing is stored, all stays spooled.
+    let mut s = Sensor::start(&lab.a, &base);
+    trafgen_at(&lab.a, &lab.va, &dir, "one.cfg", &frame, 1000, "400000pps");
+    s.wait_for_log(
+        "export to the control plane interrupted",
+        Duration::from_secs(20),
+    );
+    let out = s.stop();
+    let ex = &out.stats.last().expect("stats")["export"];
+    assert_eq!(ex["batches_acked"], 0, "{ex}");
+    assert!(ex["spool_batches"].as_u64().expect("n") > 0, "{ex}");
+    assert_eq!(stored(&data, &lab.ip_a, &lab.ip_b, 4001, 5001), (0, 0));
+
+    // With one, the same spool is replayed at start, then the new traffic follows.
+    let mut with_cert: Vec<&str> = base.to_vec();
+    let (cert, key) = (p("client.pem"), p("client.key"));
+    with_cert.extend(["--tls-cert", &cert, "--tls-key", &key]);
+    let mut s = Sensor::start(&lab.a, &with_cert);
+    s.wait_for_log("connected to the control plane", Duration::from_secs(20));
+    trafgen_at(&lab.a, &lab.va, &dir, "two.cfg", &frame, 1000, "400000pps");
+    let out = s.stop();
+    let ex = &out.stats.last().expect("stats")["export"];
+    assert_eq!(ex["spool_batches"], 0, "{ex}");
+    cp.stop();
+    assert_eq!(
+        stored(&data, &lab.ip_a, &lab.ip_b, 4001, 5001),
+        (2000, 2000 * 46),
+        "both runs' records, once each"
+    );
+}
