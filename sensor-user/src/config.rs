@@ -9,6 +9,8 @@ use crate::sensor::{SensorOptions, TcModeChoice, XdpModeChoice};
 
 pub const DEFAULT_EXPORT_INTERVAL_SECS: u64 = 10;
 pub const DEFAULT_SCAN_WINDOW_SECS: u64 = 60;
+pub const DEFAULT_ACTIVE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 15;
 /// Zeek flags 15 ports of one host; the kernel counts ports across hosts, so a little higher.
 pub const DEFAULT_PORT_THRESHOLD: u32 = 20;
 /// Zeek flags 25 hosts on one port.
@@ -58,6 +60,15 @@ pub struct Args {
     /// Seconds between two drains of the flow table (default 10).
     #[arg(long, value_name = "SECS")]
     pub export_interval: Option<u64>,
+
+    /// Seconds after which a long flow is exported as a slice and goes on in a new one
+    /// (NetFlow's active timeout; default 60).
+    #[arg(long, value_name = "SECS")]
+    pub active_timeout: Option<u64>,
+
+    /// Seconds without a packet after which a flow is exported and forgotten (default 15).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
 
     /// Print flow records and scan events as JSON lines on stdout (also while exporting).
     #[arg(long)]
@@ -136,6 +147,8 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub export_interval: Option<u64>,
+    pub active_timeout: Option<u64>,
+    pub idle_timeout: Option<u64>,
     pub stdout: Option<bool>,
     pub spool_dir: Option<PathBuf>,
     pub spool_max_mb: Option<u64>,
@@ -153,6 +166,8 @@ pub struct FileConfig {
 pub struct Settings {
     pub sensor: SensorOptions,
     pub export_interval: Duration,
+    pub active_timeout: Duration,
+    pub idle_timeout: Duration,
     pub stdout: bool,
     pub controlplane: Option<String>,
     pub sensor_key_file: Option<PathBuf>,
@@ -191,6 +206,17 @@ impl Args {
             .unwrap_or(DEFAULT_EXPORT_INTERVAL_SECS);
         if export == 0 {
             anyhow::bail!("--export-interval must be at least 1 second");
+        }
+        let active = self
+            .active_timeout
+            .or(file.active_timeout)
+            .unwrap_or(DEFAULT_ACTIVE_TIMEOUT_SECS);
+        let idle = self
+            .idle_timeout
+            .or(file.idle_timeout)
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+        if active == 0 || idle == 0 {
+            anyhow::bail!("--active-timeout and --idle-timeout must be at least 1 second");
         }
         let window = self
             .scan_window
@@ -305,6 +331,8 @@ impl Args {
                     .unwrap_or(DEFAULT_HOST_THRESHOLD),
             },
             export_interval: Duration::from_secs(export),
+            active_timeout: Duration::from_secs(active),
+            idle_timeout: Duration::from_secs(idle),
             stdout,
             controlplane,
             sensor_key_file,

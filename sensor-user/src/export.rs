@@ -89,7 +89,7 @@ pub fn flow(r: &FlowRecord) -> pb::FlowRecord {
         partial: r.partial.unwrap_or("").into(),
         src_pod: None,
         dst_pod: None,
-        end_reason: String::new(),
+        end_reason: r.end_reason.into(),
     }
 }
 

@@ -3,6 +3,7 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod flowcache;
 pub mod harness;
 pub mod preflight;
 pub mod records;

@@ -13,6 +13,7 @@ use sensor_user::{
     check,
     config::{self, Args, Settings},
     export::{self, Exporter},
+    flowcache::FlowCache,
     records::{self, Clock},
     sensor::{self, Sensor},
 };
@@ -104,6 +105,8 @@ struct AgentCounters {
     drains: u64,
     last_drain_entries: u64,
     last_drain_us: u64,
+    /// Conversations in the agent's flow cache, not exported yet.
+    open_flows: u64,
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -123,6 +126,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     info!(
         ifaces = ?settings.sensor.ifaces,
         export_interval_s = settings.export_interval.as_secs(),
+        active_timeout_s = settings.active_timeout.as_secs(),
+        idle_timeout_s = settings.idle_timeout.as_secs(),
         scan_window_s = settings.sensor.scan_window.as_secs(),
         port_threshold = settings.sensor.port_threshold,
         host_threshold = settings.sensor.host_threshold,
@@ -170,6 +175,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let mut pending_scans: Vec<picket_proto::v1::ScanEvent> = Vec::new();
+    let mut cache = FlowCache::new(settings.active_timeout, settings.idle_timeout);
     let mut agent = AgentCounters::default();
     // (source, window start) of events already printed: at most one per source per window, even
     // if two CPUs raced to report the same source.
@@ -236,7 +242,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 sensor.tick_clock()?;
             }
             _ = tick.tick() => {
-                export(&mut sensor, &mut out, &mut agent, &iface_name, exporter.as_ref().map(|e| &e.0), &mut pending_scans)?;
+                export(&mut sensor, &mut cache, false, &mut out, &mut agent, &iface_name, exporter.as_ref().map(|e| &e.0), &mut pending_scans)?;
             }
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
@@ -251,22 +257,19 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     sensor.detach_programs();
     read_events(&mut ring, &mut out, &mut agent, &mut pending_scans);
     let ex = exporter.as_ref().map(|e| &e.0);
-    export(
-        &mut sensor,
-        &mut out,
-        &mut agent,
-        &iface_name,
-        ex,
-        &mut pending_scans,
-    )?;
-    export(
-        &mut sensor,
-        &mut out,
-        &mut agent,
-        &iface_name,
-        ex,
-        &mut pending_scans,
-    )?;
+    // Both tables (the active one, then the other), then every conversation still open.
+    for flush_all in [false, true] {
+        export(
+            &mut sensor,
+            &mut cache,
+            flush_all,
+            &mut out,
+            &mut agent,
+            &iface_name,
+            ex,
+            &mut pending_scans,
+        )?;
+    }
     out.flush();
     if let Some((ex, task)) = exporter {
         info!(
@@ -293,8 +296,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn export(
     sensor: &mut Sensor,
+    cache: &mut FlowCache,
+    flush_all: bool,
     out: &mut Out,
     agent: &mut AgentCounters,
     iface_name: &dyn Fn(u32) -> String,
@@ -305,7 +311,13 @@ fn export(
     let d = sensor.drain()?;
     let drain_time = t0.elapsed();
     let clock = Clock::now();
-    let recs = records::join_flows(&d.flows, clock, iface_name);
+    cache.add(&d.flows);
+    let recs: Vec<_> = cache
+        .expire(Clock::monotonic_ns(), flush_all)
+        .iter()
+        .map(|(c, why)| records::flow_record(c, clock, iface_name, why))
+        .collect();
+    agent.open_flows = cache.len() as u64;
     for r in &recs {
         out.line(r);
     }
@@ -398,6 +410,7 @@ fn print_stats(
             "scan_events_malformed": agent.scan_events_malformed,
             "drains": agent.drains,
             "last_drain_entries": agent.last_drain_entries,
+            "open_flows": agent.open_flows,
             "last_drain_us": agent.last_drain_us,
             "batched_drain": sensor.batched_drain,
         },

@@ -174,8 +174,11 @@ pub struct FlowRecord {
     /// Non-first IP fragments (ports unknown) or a cut transport header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partial: Option<&'static str>,
-    /// How `src` was chosen: "syn", "first_seen", "port", "one_way".
+    /// How `src` was chosen: "syn", "icmp_type", "port", "first_seen", "one_way".
     pub initiator_by: &'static str,
+    /// Why the record was exported now: "active_timeout" (a slice of a long flow),
+    /// "idle_timeout", "end" (FIN both ways or RST), "shutdown", or "interval".
+    pub end_reason: &'static str,
 }
 
 /// One scan event line (`kind: "scan"`).
@@ -222,6 +225,11 @@ fn reverse(k: &FlowKey) -> FlowKey {
     r.src_port = k.dst_port;
     r.dst_port = k.src_port;
     r
+}
+
+/// The key of the other direction of `k`, if it has one (see `partner`).
+pub fn partner_key(k: &FlowKey) -> Option<FlowKey> {
+    partner(k)
 }
 
 /// The key of the other direction of `k`. ICMP echo request/reply (and their ICMPv6 twins) carry
@@ -283,14 +291,21 @@ fn observed(dirs: u8) -> &'static str {
 }
 
 /// Joins the drained unidirectional flows of one interval into conversation records.
-pub fn join_flows(
-    flows: &HashMap<FlowKey, FlowTotals>,
-    clock: Clock,
-    iface_name: &dyn Fn(u32) -> String,
-) -> Vec<FlowRecord> {
+/// One conversation: both directions of a flow key, `src_key` being the initiator's direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    pub src_key: FlowKey,
+    pub fwd: FlowTotals,
+    pub rev: FlowTotals,
+    /// How the initiator was chosen: "syn", "icmp_type", "port", "first_seen", "one_way".
+    pub how: &'static str,
+}
+
+/// Joins the two directions of each conversation in one drain's flows, in a deterministic order
+/// (first packet, then key bytes).
+pub fn pair_flows(flows: &HashMap<FlowKey, FlowTotals>) -> Vec<Conversation> {
     let mut out = Vec::with_capacity(flows.len());
     let mut keys: Vec<&FlowKey> = flows.keys().collect();
-    // Deterministic output order: by first packet, then key bytes.
     keys.sort_by_key(|k| {
         (
             flows[*k].first_seen_ns,
@@ -322,44 +337,73 @@ pub fn join_flows(
             }
             _ => (*k, *a, FlowTotals::default(), "one_way"),
         };
-        let first = if rev.packets > 0 {
-            fwd.first_seen_ns.min(rev.first_seen_ns)
-        } else {
-            fwd.first_seen_ns
-        };
-        let last = fwd.last_seen_ns.max(rev.last_seen_ns);
-        let partial = if src_key.flags & KEY_FLAG_FRAGMENT != 0 {
-            Some("fragment")
-        } else if src_key.flags & KEY_FLAG_L4_TRUNCATED != 0 {
-            Some("l4_truncated")
-        } else {
-            None
-        };
-        out.push(FlowRecord {
-            kind: "flow",
-            iface: iface_name(src_key.ifindex),
-            ifindex: src_key.ifindex,
-            src_ip: addr(src_key.src_addr, src_key.ip_version),
-            dst_ip: addr(src_key.dst_addr, src_key.ip_version),
-            src_port: src_key.src_port,
-            dst_port: src_key.dst_port,
-            protocol: src_key.protocol,
-            packets: fwd.packets,
-            bytes: fwd.bytes,
-            reverse_packets: rev.packets,
-            reverse_bytes: rev.bytes,
-            tcp_flags: fwd.tcp_flags,
-            reverse_tcp_flags: rev.tcp_flags,
-            start: clock.rfc3339(first),
-            end: clock.rfc3339(last),
-            start_unix_ns: clock.unix_ns(first),
-            end_unix_ns: clock.unix_ns(last),
-            observed: observed(fwd.directions | rev.directions),
-            partial,
-            initiator_by: how,
+        out.push(Conversation {
+            src_key,
+            fwd,
+            rev,
+            how,
         });
     }
     out
+}
+
+/// The record of a conversation (over the slice its totals cover).
+pub fn flow_record(
+    c: &Conversation,
+    clock: Clock,
+    iface_name: &dyn Fn(u32) -> String,
+    end_reason: &'static str,
+) -> FlowRecord {
+    let (k, fwd, rev) = (&c.src_key, &c.fwd, &c.rev);
+    let first = match (fwd.packets > 0, rev.packets > 0) {
+        (true, true) => fwd.first_seen_ns.min(rev.first_seen_ns),
+        (false, true) => rev.first_seen_ns,
+        _ => fwd.first_seen_ns,
+    };
+    let last = fwd.last_seen_ns.max(rev.last_seen_ns);
+    let partial = if k.flags & KEY_FLAG_FRAGMENT != 0 {
+        Some("fragment")
+    } else if k.flags & KEY_FLAG_L4_TRUNCATED != 0 {
+        Some("l4_truncated")
+    } else {
+        None
+    };
+    FlowRecord {
+        kind: "flow",
+        iface: iface_name(k.ifindex),
+        ifindex: k.ifindex,
+        src_ip: addr(k.src_addr, k.ip_version),
+        dst_ip: addr(k.dst_addr, k.ip_version),
+        src_port: k.src_port,
+        dst_port: k.dst_port,
+        protocol: k.protocol,
+        packets: fwd.packets,
+        bytes: fwd.bytes,
+        reverse_packets: rev.packets,
+        reverse_bytes: rev.bytes,
+        tcp_flags: fwd.tcp_flags,
+        reverse_tcp_flags: rev.tcp_flags,
+        start: clock.rfc3339(first),
+        end: clock.rfc3339(last),
+        start_unix_ns: clock.unix_ns(first),
+        end_unix_ns: clock.unix_ns(last),
+        observed: observed(fwd.directions | rev.directions),
+        partial,
+        initiator_by: c.how,
+        end_reason,
+    }
+}
+
+/// One drain's flows as records (each conversation's whole interval).
+pub fn join_flows(
+    flows: &HashMap<FlowKey, FlowTotals>,
+    clock: Clock,
+    iface_name: &dyn Fn(u32) -> String,
+) -> Vec<FlowRecord> {
+    pair_flows(flows)
+        .iter()
+        .map(|c| flow_record(c, clock, iface_name, "interval"))
+        .collect()
 }
 
 pub fn scan_record(ev: &ScanEvent, clock: Clock, iface: String) -> ScanRecord {

@@ -671,3 +671,79 @@ fn check_reports_what_the_host_offers_and_what_is_missing() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("capabilities: CAP_BPF missing"), "{out}");
 }
+
+#[test]
+fn a_long_flow_is_exported_in_active_timeout_slices_and_an_idle_one_on_idle_timeout() {
+    let lab = Lab::new();
+    let sensor = Sensor::start(
+        &lab.b,
+        &[
+            "--iface",
+            &lab.vb,
+            "--export-interval",
+            "1",
+            "--active-timeout",
+            "2",
+            "--idle-timeout",
+            "1",
+        ],
+    );
+    let saddr: SocketAddr = format!("{}:7000", lab.ip_b).parse().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = tests::in_netns(&lab.b, move || {
+        let s = UdpSocket::bind(saddr).expect("bind");
+        tx.send(()).expect("ready");
+        let mut buf = [0u8; 2048];
+        for _ in 0..63 {
+            let (n, from) = s.recv_from(&mut buf).expect("recv");
+            s.send_to(&buf[..n], from).expect("echo");
+        }
+    });
+    rx.recv().expect("ready");
+    // 60 exchanges over about 6 s on one flow (never idle for 1 s), then 3 on another, which
+    // then stays idle.
+    let client = tests::in_netns(&lab.a, move || {
+        let mut buf = [0u8; 2048];
+        for (port, n) in [(40100, 60), (40101, 3)] {
+            let s = UdpSocket::bind(format!("0.0.0.0:{port}")).expect("bind");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            for _ in 0..n {
+                s.send_to(&[1u8; 100], saddr).expect("send");
+                s.recv_from(&mut buf).expect("echo");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    client.join().expect("client");
+    server.join().expect("server");
+    // Idle for longer than the idle timeout plus an export interval.
+    thread::sleep(Duration::from_secs(3));
+    let out = sensor.stop();
+    let long: Vec<_> = out.flows_where(|f| f["src_port"] == 40100 && f["dst_port"] == 7000);
+    assert!(long.len() >= 3, "sliced: {long:?}");
+    let reasons: Vec<_> = long
+        .iter()
+        .map(|f| f["end_reason"].as_str().expect("reason"))
+        .collect();
+    assert!(
+        reasons[..reasons.len() - 1]
+            .iter()
+            .all(|r| *r == "active_timeout"),
+        "{reasons:?}"
+    );
+    assert!(
+        long.iter().all(|f| f["src_ip"] == lab.ip_a.as_str()),
+        "the client stays src"
+    );
+    assert_eq!(
+        out.totals(&lab.ip_a, &lab.ip_b, 17, Some(40100), Some(7000)),
+        (60, 60 * 128, 60, 60 * 128),
+        "slices add up exactly"
+    );
+    let short: Vec<_> = out.flows_where(|f| f["src_port"] == 40101);
+    assert_eq!(short.len(), 1, "{short:?}");
+    assert_eq!(short[0]["end_reason"], "idle_timeout");
+    assert_eq!(short[0]["packets"], 3);
+    assert_eq!(short[0]["reverse_packets"], 3);
+}

@@ -1,0 +1,305 @@
+//! NetFlow/IPFIX-like flow semantics on top of the kernel's per-interval tables: each drain's
+//! counts are added to the conversation they belong to, and a conversation is exported
+//! - when it has been idle for the idle timeout (default 15 s): `idle_timeout`;
+//! - when its current slice has lasted the active timeout (default 60 s): `active_timeout`, and
+//!   the conversation goes on in a new slice with the same initiator;
+//! - when TCP ended it (FIN both ways, or a RST): `end` (late packets, such as the last ACK,
+//!   follow in a slice of their own when the conversation goes idle);
+//! - when the sensor stops: `shutdown`.
+//!
+//! Every packet counted by the kernel is in exactly one exported record, so the totals over all
+//! records equal the kernel's counts. Timeouts are checked at every drain, so a record leaves at
+//! most one export interval after its timeout.
+
+use std::{collections::HashMap, time::Duration};
+
+use sensor_common::{FlowKey, tcp};
+
+use crate::records::{Conversation, FlowTotals, pair_flows, partner_key};
+
+struct Entry {
+    conv: Conversation,
+    /// Kernel clock of the first packet of the current slice (0: no packet yet in this slice).
+    slice_start_ns: u64,
+    /// Kernel clock of the last packet of the conversation.
+    last_ns: u64,
+}
+
+pub struct FlowCache {
+    active_ns: u64,
+    idle_ns: u64,
+    /// Keyed by the initiator's direction.
+    entries: HashMap<FlowKey, Entry>,
+}
+
+fn merge(into: &mut FlowTotals, d: &FlowTotals) {
+    if d.packets == 0 {
+        return;
+    }
+    if into.packets == 0 || d.first_seen_ns < into.first_seen_ns {
+        into.first_seen_ns = d.first_seen_ns;
+    }
+    into.packets += d.packets;
+    into.bytes += d.bytes;
+    into.last_seen_ns = into.last_seen_ns.max(d.last_seen_ns);
+    into.tcp_flags |= d.tcp_flags;
+    into.directions |= d.directions;
+    into.bare_syn |= d.bare_syn;
+}
+
+impl FlowCache {
+    pub fn new(active: Duration, idle: Duration) -> Self {
+        FlowCache {
+            active_ns: active.as_nanos() as u64,
+            idle_ns: idle.as_nanos() as u64,
+            entries: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds one drain's counts (per direction) to their conversations.
+    pub fn add(&mut self, flows: &HashMap<FlowKey, FlowTotals>) {
+        let mut new = HashMap::new();
+        for (k, d) in flows {
+            if let Some(e) = self.entries.get_mut(k) {
+                merge(&mut e.conv.fwd, d);
+                Self::touch(e, d);
+                continue;
+            }
+            if let Some(pk) = partner_key(k)
+                && let Some(e) = self.entries.get_mut(&pk)
+            {
+                merge(&mut e.conv.rev, d);
+                if e.conv.how == "one_way" {
+                    // The other side answered after the first slice: src was first seen.
+                    e.conv.how = "first_seen";
+                }
+                Self::touch(e, d);
+                continue;
+            }
+            new.insert(*k, *d);
+        }
+        for c in pair_flows(&new) {
+            let first = [c.fwd, c.rev]
+                .iter()
+                .filter(|t| t.packets > 0)
+                .map(|t| t.first_seen_ns)
+                .min()
+                .unwrap_or(0);
+            let last = c.fwd.last_seen_ns.max(c.rev.last_seen_ns);
+            self.entries.insert(
+                c.src_key,
+                Entry {
+                    conv: c,
+                    slice_start_ns: first,
+                    last_ns: last,
+                },
+            );
+        }
+    }
+
+    fn touch(e: &mut Entry, d: &FlowTotals) {
+        if d.packets == 0 {
+            return;
+        }
+        if e.slice_start_ns == 0 || d.first_seen_ns < e.slice_start_ns {
+            e.slice_start_ns = d.first_seen_ns;
+        }
+        e.last_ns = e.last_ns.max(d.last_seen_ns);
+    }
+
+    /// The conversations (slices) due at kernel time `now_ns`, with why; `all` flushes everything
+    /// (shutdown).
+    pub fn expire(&mut self, now_ns: u64, all: bool) -> Vec<(Conversation, &'static str)> {
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (k, e) in self.entries.iter_mut() {
+            let has_packets = e.conv.fwd.packets + e.conv.rev.packets > 0;
+            let flags = e.conv.fwd.tcp_flags | e.conv.rev.tcp_flags;
+            let ended = e.conv.src_key.protocol == 6
+                && (flags & tcp::RST != 0
+                    || (e.conv.fwd.tcp_flags & tcp::FIN != 0
+                        && e.conv.rev.tcp_flags & tcp::FIN != 0));
+            let reason = if all {
+                Some("shutdown")
+            } else if ended {
+                Some("end")
+            } else if now_ns.saturating_sub(e.last_ns) >= self.idle_ns {
+                Some("idle_timeout")
+            } else if has_packets && now_ns.saturating_sub(e.slice_start_ns) >= self.active_ns {
+                Some("active_timeout")
+            } else {
+                None
+            };
+            let Some(reason) = reason else { continue };
+            if has_packets {
+                out.push((e.conv, reason));
+            }
+            if reason == "active_timeout" || reason == "end" {
+                // A new slice: same conversation and initiator, counts from zero. An ended TCP
+                // conversation stays until idle, so that a last ACK after the FINs is counted
+                // in its own direction rather than as a new one-way flow.
+                e.conv.fwd = FlowTotals {
+                    bare_syn: e.conv.fwd.bare_syn,
+                    ..FlowTotals::default()
+                };
+                e.conv.rev = FlowTotals {
+                    bare_syn: e.conv.rev.bare_syn,
+                    ..FlowTotals::default()
+                };
+                e.slice_start_ns = 0;
+            } else {
+                gone.push(*k);
+            }
+        }
+        for k in gone {
+            self.entries.remove(&k);
+        }
+        // Deterministic order: by the slice's first packet.
+        out.sort_by_key(|(c, _)| {
+            let f = |t: &FlowTotals| {
+                if t.packets > 0 {
+                    t.first_seen_ns
+                } else {
+                    u64::MAX
+                }
+            };
+            (
+                f(&c.fwd).min(f(&c.rev)),
+                c.src_key.src_port,
+                c.src_key.dst_port,
+            )
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(sport: u16, dport: u16) -> FlowKey {
+        FlowKey {
+            ifindex: 2,
+            src_addr: sensor_common::v4_mapped([10, 0, 0, 1]),
+            dst_addr: sensor_common::v4_mapped([10, 0, 0, 2]),
+            src_port: sport,
+            dst_port: dport,
+            protocol: 17,
+            ip_version: 4,
+            ..FlowKey::default()
+        }
+    }
+
+    fn rev(k: &FlowKey) -> FlowKey {
+        partner_key(k).expect("partner")
+    }
+
+    fn t(packets: u64, first: u64, last: u64) -> FlowTotals {
+        FlowTotals {
+            packets,
+            bytes: packets * 100,
+            first_seen_ns: first,
+            last_seen_ns: last,
+            directions: 1,
+            ..FlowTotals::default()
+        }
+    }
+
+    fn cache() -> FlowCache {
+        FlowCache::new(Duration::from_secs(60), Duration::from_secs(15))
+    }
+
+    #[test]
+    fn a_long_flow_is_exported_in_slices_with_a_stable_initiator_and_exact_totals() {
+        let mut c = cache();
+        let k = key(40000, 53);
+        let mut exported = Vec::new();
+        // 10 packets each way every 10 s for 190 s; drains at 10 s + 1 ns, 20 s + 1 ns...
+        for i in 0..19u64 {
+            let now = (i + 1) * 10 * S + 1;
+            let m = HashMap::from([
+                (k, t(10, i * 10 * S + 1, now - 1)),
+                (rev(&k), t(10, i * 10 * S + 2, now - 1)),
+            ]);
+            c.add(&m);
+            exported.extend(c.expire(now, false));
+        }
+        exported.extend(c.expire(200 * S, true));
+        let total: u64 = exported.iter().map(|(x, _)| x.fwd.packets).sum();
+        let back: u64 = exported.iter().map(|(x, _)| x.rev.packets).sum();
+        assert_eq!((total, back), (190, 190));
+        assert!(
+            exported.iter().all(|(x, _)| x.src_key == k),
+            "src stays the client"
+        );
+        let reasons: Vec<_> = exported.iter().map(|(_, r)| *r).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "active_timeout",
+                "active_timeout",
+                "active_timeout",
+                "shutdown"
+            ]
+        );
+        assert_eq!(exported[0].0.fwd.packets, 60, "a 60 s slice");
+        assert_eq!(exported[3].0.fwd.packets, 10, "what was left at shutdown");
+    }
+
+    #[test]
+    fn an_idle_flow_leaves_after_the_idle_timeout_and_a_late_answer_keeps_its_direction() {
+        let mut c = cache();
+        let k = key(40001, 5000);
+        c.add(&HashMap::from([(k, t(3, S, 2 * S))]));
+        assert!(c.expire(10 * S, false).is_empty(), "not idle yet");
+        // The answer comes in the next interval: same conversation, k stays src.
+        c.add(&HashMap::from([(rev(&k), t(2, 11 * S, 12 * S))]));
+        assert!(c.expire(20 * S, false).is_empty());
+        let out = c.expire(27 * S, false);
+        assert_eq!(out.len(), 1);
+        let (conv, why) = out[0];
+        assert_eq!(why, "idle_timeout");
+        assert_eq!(conv.src_key, k);
+        assert_eq!((conv.fwd.packets, conv.rev.packets), (3, 2));
+        assert_eq!(conv.how, "first_seen");
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn tcp_ends_with_fin_both_ways_or_a_reset() {
+        let mut c = cache();
+        let mut k = key(40002, 443);
+        k.protocol = 6;
+        let mut a = t(5, S, 2 * S);
+        a.tcp_flags = tcp::SYN | tcp::ACK | tcp::FIN;
+        a.bare_syn = true;
+        let mut b = t(4, S, 2 * S);
+        b.tcp_flags = tcp::SYN | tcp::ACK;
+        c.add(&HashMap::from([(k, a), (rev(&k), b)]));
+        assert!(c.expire(3 * S, false).is_empty(), "only one FIN yet");
+        let mut fin = t(1, 3 * S, 3 * S);
+        fin.tcp_flags = tcp::FIN | tcp::ACK;
+        c.add(&HashMap::from([(rev(&k), fin)]));
+        let out = c.expire(4 * S, false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, "end");
+        assert_eq!((out[0].0.fwd.packets, out[0].0.rev.packets), (5, 5));
+        assert_eq!(out[0].0.how, "syn");
+        let mut k2 = key(40003, 443);
+        k2.protocol = 6;
+        let mut r = t(1, 5 * S, 5 * S);
+        r.tcp_flags = tcp::RST | tcp::ACK;
+        c.add(&HashMap::from([(k2, t(1, 5 * S, 5 * S)), (rev(&k2), r)]));
+        assert_eq!(c.expire(6 * S, false)[0].1, "end");
+    }
+}
