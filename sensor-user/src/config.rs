@@ -70,6 +70,11 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
 
+    /// Address of the Prometheus metrics endpoint (GET /metrics), or `off`
+    /// (default 127.0.0.1:9469).
+    #[arg(long, value_name = "ADDR|off")]
+    pub metrics_listen: Option<String>,
+
     /// Print flow records and scan events as JSON lines on stdout (also while exporting).
     #[arg(long)]
     pub stdout: bool,
@@ -149,6 +154,7 @@ pub struct FileConfig {
     pub export_interval: Option<u64>,
     pub active_timeout: Option<u64>,
     pub idle_timeout: Option<u64>,
+    pub metrics_listen: Option<String>,
     pub stdout: Option<bool>,
     pub spool_dir: Option<PathBuf>,
     pub spool_max_mb: Option<u64>,
@@ -168,6 +174,10 @@ pub struct Settings {
     pub export_interval: Duration,
     pub active_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Where to serve /metrics (None: off), and whether the user chose it (a default that cannot
+    /// bind is a warning, a chosen address an error).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub metrics_listen_explicit: bool,
     pub stdout: bool,
     pub controlplane: Option<String>,
     pub sensor_key_file: Option<PathBuf>,
@@ -218,6 +228,13 @@ impl Args {
         if active == 0 || idle == 0 {
             anyhow::bail!("--active-timeout and --idle-timeout must be at least 1 second");
         }
+        let metrics_arg = self.metrics_listen.clone().or(file.metrics_listen);
+        let metrics_listen_explicit = metrics_arg.is_some();
+        let metrics_listen = crate::metrics::parse_listen(
+            metrics_arg
+                .as_deref()
+                .unwrap_or(crate::metrics::DEFAULT_LISTEN),
+        )?;
         let window = self
             .scan_window
             .or(file.scan_window)
@@ -333,6 +350,8 @@ impl Args {
             export_interval: Duration::from_secs(export),
             active_timeout: Duration::from_secs(active),
             idle_timeout: Duration::from_secs(idle),
+            metrics_listen,
+            metrics_listen_explicit,
             stdout,
             controlplane,
             sensor_key_file,

@@ -5,6 +5,7 @@ pub mod error;
 pub mod export;
 pub mod flowcache;
 pub mod harness;
+pub mod metrics;
 pub mod preflight;
 pub mod records;
 pub mod sensor;

@@ -14,6 +14,7 @@ use sensor_user::{
     config::{self, Args, Settings},
     export::{self, Exporter},
     flowcache::FlowCache,
+    metrics::{self, Metrics},
     records::{self, Clock},
     sensor::{self, Sensor},
 };
@@ -107,6 +108,8 @@ struct AgentCounters {
     last_drain_us: u64,
     /// Conversations in the agent's flow cache, not exported yet.
     open_flows: u64,
+    /// What /metrics serves (updated with every stats line).
+    metrics: Metrics,
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -177,6 +180,20 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut pending_scans: Vec<picket_proto::v1::ScanEvent> = Vec::new();
     let mut cache = FlowCache::new(settings.active_timeout, settings.idle_timeout);
     let mut agent = AgentCounters::default();
+    if let Some(addr) = settings.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+                tokio::spawn(metrics::serve(l, agent.metrics.clone()));
+            }
+            Err(e) if settings.metrics_listen_explicit => {
+                anyhow::bail!("cannot serve metrics on {addr} (--metrics-listen): {e}");
+            }
+            Err(e) => {
+                warn!(%addr, error = %e, "cannot serve metrics on the default address; going on without (--metrics-listen to choose one)")
+            }
+        }
+    }
     // (source, window start) of events already printed: at most one per source per window, even
     // if two CPUs raced to report the same source.
     let mut reported: HashMap<(IpAddr, u64), Instant> = HashMap::new();
@@ -397,6 +414,19 @@ fn print_stats(
             "connect_failures": st.connect_failures,
             "stream_errors": st.stream_errors,
         })
+    });
+    agent.metrics.set(metrics::Snapshot {
+        kernel: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        agent: vec![
+            ("flow_records".into(), agent.flow_records),
+            ("probe_records".into(), agent.probe_records),
+            ("scan_events".into(), agent.scan_records),
+            ("scan_events_duplicate".into(), agent.scan_events_duplicate),
+            ("scan_events_malformed".into(), agent.scan_events_malformed),
+            ("drains".into(), agent.drains),
+        ],
+        open_flows: agent.open_flows,
+        export: exporter.map(|ex| ex.stats()),
     });
     out.line(&serde_json::json!({
         "kind": "stats",
