@@ -52,6 +52,8 @@ enum Cmd {
         #[arg(long, default_value_t = 400)]
         timeout: u64,
     },
+    /// Debian packages (picket-sensor, picket-controlplane) from release binaries, in target/dist.
+    Dist,
     /// Benchmarks: per-packet cost (BPF_PROG_TEST_RUN) and veth packet rate with/without sensor.
     Bench {
         /// Fewer repetitions (for CI smoke runs).
@@ -163,6 +165,22 @@ fn main() -> anyhow::Result<()> {
                 kernels,
                 timeout: std::time::Duration::from_secs(timeout),
             })
+        }
+        Cmd::Dist => {
+            setup()?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "--bin",
+                "picket-sensor",
+                "--bin",
+                "picket-controlplane",
+            ]))?;
+            run(Command::new("bash")
+                .arg(root().join("deploy/debian/build-deb.sh"))
+                .arg(root().join("target/release"))
+                .arg(root().join("target/dist"))
+                .arg(env!("CARGO_PKG_VERSION")))
         }
         Cmd::Bench { quick } => {
             setup()?;
