@@ -122,9 +122,21 @@ pub struct Args {
     #[arg(long)]
     pub precise_timestamps: bool,
 
+    /// Log lines on stderr as text (default) or JSON objects (for log shippers). The level is
+    /// set by PICKET_LOG (default info; e.g. PICKET_LOG=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Stop by itself after this many seconds (flushing everything, as on SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub duration: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -379,6 +391,19 @@ mod tests {
         assert_eq!(s.export_interval, Duration::from_secs(10));
         assert_eq!(s.sensor.port_threshold, DEFAULT_PORT_THRESHOLD);
         assert_eq!(s.sensor.xdp_mode, XdpModeChoice::Auto);
+        assert_eq!(s.active_timeout, Duration::from_secs(60));
+        assert_eq!(s.idle_timeout, Duration::from_secs(15));
+        assert_eq!(
+            s.metrics_listen,
+            Some("127.0.0.1:9469".parse().expect("addr"))
+        );
+        let a = args(&["--iface", "eth0", "--stdout", "--log-format", "json"]);
+        assert_eq!(a.log_format, LogFormat::Json);
+        let s = args(&["--iface", "eth0", "--stdout", "--metrics-listen", "off"])
+            .settings()
+            .expect("settings");
+        assert_eq!(s.metrics_listen, None);
+        assert!(s.metrics_listen_explicit);
     }
 
     #[test]

@@ -23,14 +23,21 @@ use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PICKET_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("PICKET_LOG").unwrap_or_else(|_| "info".into())
+    };
+    match args.log_format {
+        config::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_writer(io::stderr)
+            .with_env_filter(filter())
+            .init(),
+        config::LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(io::stderr)
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+            .with_env_filter(filter())
+            .init(),
+    }
     if let Some(config::Command::Check { ifaces }) = &args.command {
         let (items, ready) = check::report(ifaces);
         check::print(&items, ready);
