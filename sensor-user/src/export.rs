@@ -87,9 +87,22 @@ pub fn flow(r: &FlowRecord) -> pb::FlowRecord {
         observed: r.observed.into(),
         initiator_by: r.initiator_by.into(),
         partial: r.partial.unwrap_or("").into(),
-        src_pod: None,
-        dst_pod: None,
+        src_pod: r.src_pod.as_ref().map(pod),
+        dst_pod: r.dst_pod.as_ref().map(pod),
         end_reason: r.end_reason.into(),
+    }
+}
+
+fn pod(p: &crate::k8s::Pod) -> pb::PodContext {
+    pb::PodContext {
+        namespace: p.namespace.clone(),
+        pod: p.pod.clone(),
+        labels: p
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        node: p.node.clone(),
     }
 }
 

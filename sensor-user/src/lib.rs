@@ -5,6 +5,7 @@ pub mod error;
 pub mod export;
 pub mod flowcache;
 pub mod harness;
+pub mod k8s;
 pub mod metrics;
 pub mod preflight;
 pub mod records;

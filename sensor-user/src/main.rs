@@ -14,6 +14,7 @@ use sensor_user::{
     config::{self, Args, Settings},
     export::{self, Exporter},
     flowcache::FlowCache,
+    k8s,
     metrics::{self, Metrics},
     records::{self, Clock},
     sensor::{self, Sensor},
@@ -186,6 +187,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let mut pending_scans: Vec<picket_proto::v1::ScanEvent> = Vec::new();
     let mut cache = FlowCache::new(settings.active_timeout, settings.idle_timeout);
+    // In a Kubernetes pod with a service account: pods of this node, by IP.
+    let pods = k8s::ApiConfig::from_env().map(|cfg| {
+        info!(
+            api = cfg.base,
+            node = cfg.node,
+            "Kubernetes enrichment on: flows get their pods"
+        );
+        let idx = k8s::PodIndex::default();
+        tokio::spawn(k8s::run(cfg, idx.clone()));
+        idx
+    });
     let mut agent = AgentCounters::default();
     if let Some(addr) = settings.metrics_listen {
         match tokio::net::TcpListener::bind(addr).await {
@@ -266,7 +278,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 sensor.tick_clock()?;
             }
             _ = tick.tick() => {
-                export(&mut sensor, &mut cache, false, &mut out, &mut agent, &iface_name, exporter.as_ref().map(|e| &e.0), &mut pending_scans)?;
+                export(&mut sensor, &mut cache, false, &mut out, &mut agent, &iface_name, exporter.as_ref().map(|e| &e.0), &mut pending_scans, pods.as_ref())?;
             }
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
@@ -292,6 +304,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             &iface_name,
             ex,
             &mut pending_scans,
+            pods.as_ref(),
         )?;
     }
     out.flush();
@@ -330,17 +343,24 @@ fn export(
     iface_name: &dyn Fn(u32) -> String,
     exporter: Option<&Arc<Exporter>>,
     pending_scans: &mut Vec<picket_proto::v1::ScanEvent>,
+    pods: Option<&k8s::PodIndex>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let d = sensor.drain()?;
     let drain_time = t0.elapsed();
     let clock = Clock::now();
     cache.add(&d.flows);
-    let recs: Vec<_> = cache
+    let mut recs: Vec<_> = cache
         .expire(Clock::monotonic_ns(), flush_all)
         .iter()
         .map(|(c, why)| records::flow_record(c, clock, iface_name, why))
         .collect();
+    if let Some(pods) = pods {
+        for r in &mut recs {
+            r.src_pod = pods.get(&r.src_ip);
+            r.dst_pod = pods.get(&r.dst_ip);
+        }
+    }
     agent.open_flows = cache.len() as u64;
     for r in &recs {
         out.line(r);

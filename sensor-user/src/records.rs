@@ -179,6 +179,11 @@ pub struct FlowRecord {
     /// Why the record was exported now: "active_timeout" (a slice of a long flow),
     /// "idle_timeout", "end" (FIN both ways or RST), "shutdown", or "interval".
     pub end_reason: &'static str,
+    /// Kubernetes pods of the two ends (in a cluster, for pod addresses of this node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_pod: Option<crate::k8s::Pod>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_pod: Option<crate::k8s::Pod>,
 }
 
 /// One scan event line (`kind: "scan"`).
@@ -391,6 +396,8 @@ pub fn flow_record(
         partial,
         initiator_by: c.how,
         end_reason,
+        src_pod: None,
+        dst_pod: None,
     }
 }
 

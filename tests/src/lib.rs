@@ -266,6 +266,11 @@ impl SensorOutput {
 impl Sensor {
     /// Starts the sensor in `ns` and waits until it has attached.
     pub fn start(ns: &str, args: &[&str]) -> Sensor {
+        Self::start_env(ns, args, &[])
+    }
+
+    /// [`Sensor::start`] with extra environment variables for the sensor.
+    pub fn start_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Sensor {
         let dir = TempDir::new("sensor");
         let stdout = dir.0.join("stdout.jsonl");
         let stderr = dir.0.join("stderr.log");
@@ -273,7 +278,8 @@ impl Sensor {
         cmd.args(["netns", "exec", ns])
             .arg(bin("picket-sensor"))
             .arg("--stdout")
-            .args(args);
+            .args(args)
+            .envs(env.iter().copied());
         cmd.stdout(fs::File::create(&stdout).expect("stdout file"));
         cmd.stderr(fs::File::create(&stderr).expect("stderr file"));
         cmd.stdin(Stdio::null());
