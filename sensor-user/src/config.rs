@@ -122,6 +122,11 @@ pub struct Args {
     #[arg(long)]
     pub precise_timestamps: bool,
 
+    /// Follow this SSH/auth log (e.g. /var/log/auth.log) and report failed and accepted logins
+    /// as `kind: "auth"` records (for brute-force detection).
+    #[arg(long, value_name = "FILE")]
+    pub auth_log: Option<PathBuf>,
+
     /// Log lines on stderr as text (default) or JSON objects (for log shippers). The level is
     /// set by PICKET_LOG (default info; e.g. PICKET_LOG=debug).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -167,6 +172,7 @@ pub struct FileConfig {
     pub active_timeout: Option<u64>,
     pub idle_timeout: Option<u64>,
     pub metrics_listen: Option<String>,
+    pub auth_log: Option<PathBuf>,
     pub stdout: Option<bool>,
     pub spool_dir: Option<PathBuf>,
     pub spool_max_mb: Option<u64>,
@@ -190,6 +196,7 @@ pub struct Settings {
     /// bind is a warning, a chosen address an error).
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub metrics_listen_explicit: bool,
+    pub auth_log: Option<PathBuf>,
     pub stdout: bool,
     pub controlplane: Option<String>,
     pub sensor_key_file: Option<PathBuf>,
@@ -364,6 +371,7 @@ impl Args {
             idle_timeout: Duration::from_secs(idle),
             metrics_listen,
             metrics_listen_explicit,
+            auth_log: self.auth_log.clone().or(file.auth_log),
             stdout,
             controlplane,
             sensor_key_file,

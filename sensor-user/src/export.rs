@@ -136,11 +136,23 @@ pub fn probe(r: &ProbeRecord) -> pb::ProbeRecord {
     }
 }
 
+pub fn auth(r: &crate::authlog::AuthRecord) -> pb::AuthEvent {
+    pb::AuthEvent {
+        time_unix_ns: r.time_unix_ns,
+        service: r.service.into(),
+        outcome: r.outcome.into(),
+        user: r.user.clone(),
+        src_ip: ip_bytes(r.src_ip),
+        src_port: r.src_port.into(),
+    }
+}
+
 /// Splits one export interval's records into batches of at most `MAX_RECORDS_PER_BATCH`.
 pub fn batches(
     flows: Vec<pb::FlowRecord>,
     scans: Vec<pb::ScanEvent>,
     probes: Vec<pb::ProbeRecord>,
+    auth: Vec<pb::AuthEvent>,
     host: &HostContext,
     now_unix_ns: u64,
 ) -> Vec<ExportBatch> {
@@ -172,6 +184,13 @@ pub fn batches(
     }
     for p in probes {
         cur.probes.push(p);
+        n += 1;
+        if n == MAX_RECORDS_PER_BATCH {
+            flush(&mut cur, &mut n, &mut out);
+        }
+    }
+    for a in auth {
+        cur.auth.push(a);
         n += 1;
         if n == MAX_RECORDS_PER_BATCH {
             flush(&mut cur, &mut n, &mut out);
@@ -551,7 +570,7 @@ mod tests {
             hostname: "h".into(),
             ..Default::default()
         };
-        let b = batches(flows, scans, vec![], &host, 7);
+        let b = batches(flows, scans, vec![], vec![], &host, 7);
         assert_eq!(b.len(), 3);
         assert_eq!(b[0].flows.len(), MAX_RECORDS_PER_BATCH);
         assert_eq!(b[0].flows[0].packets, 0);
@@ -562,7 +581,7 @@ mod tests {
                 .all(|x| x.created_unix_ns == 7
                     && x.host.as_ref().is_some_and(|h| h.hostname == "h"))
         );
-        assert!(batches(vec![], vec![], vec![], &host, 1).is_empty());
+        assert!(batches(vec![], vec![], vec![], vec![], &host, 1).is_empty());
     }
 
     #[test]

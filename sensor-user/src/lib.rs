@@ -1,4 +1,5 @@
 //! picket-sensor as a library: everything the binary does is a call here first.
+pub mod authlog;
 pub mod check;
 pub mod config;
 pub mod error;

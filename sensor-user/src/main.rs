@@ -10,7 +10,7 @@ use clap::Parser;
 use std::sync::Arc;
 
 use sensor_user::{
-    check,
+    authlog, check,
     config::{self, Args, Settings},
     export::{self, Exporter},
     flowcache::FlowCache,
@@ -116,6 +116,8 @@ struct AgentCounters {
     last_drain_us: u64,
     /// Conversations in the agent's flow cache, not exported yet.
     open_flows: u64,
+    /// Login events read from --auth-log.
+    auth_events: u64,
     /// What /metrics serves (updated with every stats line).
     metrics: Metrics,
 }
@@ -186,6 +188,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let mut pending_scans: Vec<picket_proto::v1::ScanEvent> = Vec::new();
+    let mut pending_auth: Vec<picket_proto::v1::AuthEvent> = Vec::new();
+    let mut auth_log = settings.auth_log.clone().map(|p| {
+        info!(file = %p.display(), "following the SSH log for login events");
+        authlog::Follower::new(p)
+    });
+    let mut auth_tick = tokio::time::interval(Duration::from_secs(1));
+    auth_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cache = FlowCache::new(settings.active_timeout, settings.idle_timeout);
     // In a Kubernetes pod with a service account: pods of this node, by IP.
     let pods = k8s::ApiConfig::from_env().map(|cfg| {
@@ -277,8 +286,21 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             _ = clock_tick.tick() => {
                 sensor.tick_clock()?;
             }
+            _ = auth_tick.tick(), if auth_log.is_some() => {
+                let now = time::OffsetDateTime::now_utc();
+                for line in auth_log.as_mut().map(|f| f.poll()).unwrap_or_default() {
+                    if let Some(rec) = authlog::parse_line(&line, now) {
+                        out.line(&rec);
+                        agent.auth_events += 1;
+                        if exporting {
+                            pending_auth.push(export::auth(&rec));
+                        }
+                    }
+                }
+                out.flush();
+            }
             _ = tick.tick() => {
-                export(&mut sensor, &mut cache, false, &mut out, &mut agent, &iface_name, exporter.as_ref().map(|e| &e.0), &mut pending_scans, pods.as_ref())?;
+                export(&mut sensor, &mut cache, false, &mut out, &mut agent, &iface_name, exporter.as_ref().map(|e| &e.0), &mut pending_scans, &mut pending_auth, pods.as_ref())?;
             }
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
@@ -292,6 +314,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // Detach first so nothing more arrives, then empty both tables and the ring buffer.
     sensor.detach_programs();
     read_events(&mut ring, &mut out, &mut agent, &mut pending_scans);
+    // The last lines of the SSH log, too.
+    if let Some(f) = auth_log.as_mut() {
+        let now = time::OffsetDateTime::now_utc();
+        for rec in f.poll().iter().filter_map(|l| authlog::parse_line(l, now)) {
+            out.line(&rec);
+            agent.auth_events += 1;
+            if exporting {
+                pending_auth.push(export::auth(&rec));
+            }
+        }
+    }
     let ex = exporter.as_ref().map(|e| &e.0);
     // Both tables (the active one, then the other), then every conversation still open.
     for flush_all in [false, true] {
@@ -304,6 +337,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             &iface_name,
             ex,
             &mut pending_scans,
+            &mut pending_auth,
             pods.as_ref(),
         )?;
     }
@@ -343,6 +377,7 @@ fn export(
     iface_name: &dyn Fn(u32) -> String,
     exporter: Option<&Arc<Exporter>>,
     pending_scans: &mut Vec<picket_proto::v1::ScanEvent>,
+    pending_auth: &mut Vec<picket_proto::v1::AuthEvent>,
     pods: Option<&k8s::PodIndex>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
@@ -379,6 +414,7 @@ fn export(
             recs.iter().map(export::flow).collect(),
             std::mem::take(pending_scans),
             probes.iter().map(export::probe).collect(),
+            std::mem::take(pending_auth),
             &host,
             clock.unix_ns(Clock::monotonic_ns()),
         );
@@ -451,6 +487,7 @@ fn print_stats(
             ("scan_events_duplicate".into(), agent.scan_events_duplicate),
             ("scan_events_malformed".into(), agent.scan_events_malformed),
             ("drains".into(), agent.drains),
+            ("auth_events".into(), agent.auth_events),
         ],
         open_flows: agent.open_flows,
         export: exporter.map(|ex| ex.stats()),
@@ -465,6 +502,7 @@ fn print_stats(
             "scan_events": agent.scan_records,
             "scan_events_duplicate": agent.scan_events_duplicate,
             "scan_events_malformed": agent.scan_events_malformed,
+            "auth_events": agent.auth_events,
             "drains": agent.drains,
             "last_drain_entries": agent.last_drain_entries,
             "open_flows": agent.open_flows,

@@ -219,6 +219,8 @@ pub struct SensorOutput {
     pub stats: Vec<Value>,
     /// Per-source sums of bare SYNs not recorded per flow.
     pub probes: Vec<Value>,
+    /// Login events from --auth-log.
+    pub auth: Vec<Value>,
     pub stderr: String,
 }
 
@@ -375,6 +377,7 @@ pub fn parse_output(path: &Path, stderr: String) -> SensorOutput {
         scans: vec![],
         stats: vec![],
         probes: vec![],
+        auth: vec![],
         stderr,
     };
     let f = fs::File::open(path).expect("open sensor stdout");
@@ -387,6 +390,7 @@ pub fn parse_output(path: &Path, stderr: String) -> SensorOutput {
             Some("scan") => out.scans.push(v),
             Some("stats") => out.stats.push(v),
             Some("probes") => out.probes.push(v),
+            Some("auth") => out.auth.push(v),
             other => panic!("unexpected kind {other:?} in {line}"),
         }
     }

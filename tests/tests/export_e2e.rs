@@ -174,3 +174,72 @@ fn mutual_tls_refuses_a_sensor_without_a_certificate_and_its_spool_waits() {
         "both runs' records, once each"
     );
 }
+
+#[test]
+fn ssh_log_lines_become_auth_events_in_the_store() {
+    let lab = Lab::new();
+    let dir = TempDir::new("auth");
+    let data = dir.0.join("cp");
+    let key_file = dir.0.join("sensor.key");
+    std::fs::write(&key_file, ControlPlane::add_sensor(&data, "lab-b")).expect("key file");
+    let listen = "127.0.0.1:7445";
+    let cp = ControlPlane::start(&lab.b, &data, listen, &dir.0.join("cp.log"));
+    let log = dir.0.join("auth.log");
+    std::fs::write(&log, "2026-11-28T09:00:00+00:00 h sshd[1]: Failed password for root from 203.0.113.1 port 1 ssh2\n")
+        .expect("old log");
+    let mut sensor = Sensor::start(
+        &lab.b,
+        &[
+            "--iface",
+            &lab.vb,
+            "--export-interval",
+            "1",
+            "--controlplane",
+            &format!("http://{listen}"),
+            "--sensor-key-file",
+            key_file.to_str().expect("utf8"),
+            "--spool-dir",
+            dir.0.join("spool").to_str().expect("utf8"),
+            "--auth-log",
+            log.to_str().expect("utf8"),
+        ],
+    );
+    sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("append");
+    use std::io::Write as _;
+    for (i, user) in ["admin", "oracle", "test"].iter().enumerate() {
+        writeln!(
+            f,
+            "2026-11-28T10:00:0{i}+00:00 h sshd[9{i}]: Failed password for invalid user {user} from {} port 5000{i} ssh2",
+            lab.ip_a
+        )
+        .expect("line");
+    }
+    writeln!(
+        f,
+        "2026-11-28T10:00:09+00:00 h sshd[99]: Accepted publickey for alice from {} port 50009 ssh2: ED25519 SHA256:x",
+        lab.ip_a
+    )
+    .expect("line");
+    drop(f);
+    thread::sleep(Duration::from_millis(2500));
+    let out = sensor.stop();
+    cp.stop();
+    assert_eq!(out.auth.len(), 4, "the old line is history: {:?}", out.auth);
+    assert_eq!(out.auth[0]["outcome"], "failed");
+    assert_eq!(out.auth[0]["user"], "admin");
+    assert_eq!(out.auth[3]["outcome"], "accepted");
+    let db = rusqlite::Connection::open(data.join("picket.db")).expect("store");
+    let (failed, accepted): (i64, i64) = db
+        .query_row(
+            "SELECT SUM(outcome = 'failed'), SUM(outcome = 'accepted') FROM auth_events \
+             WHERE sensor = 'lab-b' AND src_ip = ?1",
+            [&lab.ip_a],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("query");
+    assert_eq!((failed, accepted), (3, 1));
+}
