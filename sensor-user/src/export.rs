@@ -435,9 +435,21 @@ impl Exporter {
                 let Some((id, Some(batch))) = next else {
                     break;
                 };
-                tx.send(batch)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the export stream closed"))?;
+                // The transport may hold the batch back (HTTP/2 flow control): never wait past
+                // the shutdown deadline for it.
+                let sent = match stop_deadline {
+                    Some(d) => match tokio::time::timeout_at(d, tx.send(batch)).await {
+                        Ok(r) => r,
+                        Err(_) => return Ok(()),
+                    },
+                    None => {
+                        tokio::select! {
+                            r = tx.send(batch) => r,
+                            _ = stop.changed() => break,
+                        }
+                    }
+                };
+                sent.map_err(|_| anyhow::anyhow!("the export stream closed"))?;
                 in_flight.push_back(id);
                 last_sent = id;
             }
@@ -489,7 +501,10 @@ impl Exporter {
                         spool_batches: st.spool.batches,
                         export_lag_ms: st.lag_ms,
                     };
-                    client.heartbeat(req).await.map_err(|s| anyhow::anyhow!("heartbeat: {}: {}", s.code(), s.message()))?;
+                    match tokio::time::timeout(Duration::from_secs(10), client.heartbeat(req)).await {
+                        Ok(r) => { r.map_err(|s| anyhow::anyhow!("heartbeat: {}: {}", s.code(), s.message()))?; }
+                        Err(_) => anyhow::bail!("heartbeat: no answer within 10 s"),
+                    }
                 }
                 _ = stop_wait => {}
             }

@@ -122,6 +122,15 @@ impl Harness {
     }
 
     /// Drains both flow tables (the programs are not attached: nothing races with us).
+    /// The fd of flow table `i` (0 or 1), for the drain benchmark.
+    pub fn flow_table_fd(&self, i: usize) -> std::os::fd::BorrowedFd<'_> {
+        self.table(i).fd().as_fd()
+    }
+
+    pub fn nr_cpus(&self) -> usize {
+        self.nr_cpus
+    }
+
     pub fn take_flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowTotals>> {
         let mut out = HashMap::new();
         for i in 0..2 {

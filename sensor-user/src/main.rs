@@ -348,7 +348,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             "sending what the control plane has not acknowledged yet"
         );
         let _ = stop_tx.send(true);
-        let _ = task.await;
+        // The task keeps to its grace period; this bound only guards against a stuck transport.
+        if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            warn!("the export did not stop in time; unacknowledged batches stay in the spool");
+        }
         // The final word on what reached the control plane.
         print_stats(&sensor, &mut out, &agent, Some(&ex));
         let st = ex.stats();

@@ -225,7 +225,8 @@ pub fn read_array(fd: BorrowedFd<'_>, entries: u32, value_stride: usize) -> io::
     Ok(values)
 }
 
-fn drain_map_one_by_one(
+/// The entry-by-entry drain (kernels without batch ops; also the benchmark's reference).
+pub fn drain_map_one_by_one(
     fd: BorrowedFd<'_>,
     key_size: usize,
     value_stride: usize,

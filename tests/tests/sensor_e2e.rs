@@ -694,17 +694,17 @@ fn a_long_flow_is_exported_in_active_timeout_slices_and_an_idle_one_on_idle_time
         let s = UdpSocket::bind(saddr).expect("bind");
         tx.send(()).expect("ready");
         let mut buf = [0u8; 2048];
-        for _ in 0..63 {
+        for _ in 0..83 {
             let (n, from) = s.recv_from(&mut buf).expect("recv");
             s.send_to(&buf[..n], from).expect("echo");
         }
     });
     rx.recv().expect("ready");
-    // 60 exchanges over about 6 s on one flow (never idle for 1 s), then 3 on another, which
+    // 80 exchanges over 8 s or more on one flow (never idle for 1 s), then 3 on another, which
     // then stays idle.
     let client = tests::in_netns(&lab.a, move || {
         let mut buf = [0u8; 2048];
-        for (port, n) in [(40100, 60), (40101, 3)] {
+        for (port, n) in [(40100, 80), (40101, 3)] {
             let s = UdpSocket::bind(format!("0.0.0.0:{port}")).expect("bind");
             s.set_read_timeout(Some(Duration::from_secs(5)))
                 .expect("timeout");
@@ -721,7 +721,8 @@ fn a_long_flow_is_exported_in_active_timeout_slices_and_an_idle_one_on_idle_time
     thread::sleep(Duration::from_secs(3));
     let out = sensor.stop();
     let long: Vec<_> = out.flows_where(|f| f["src_port"] == 40100 && f["dst_port"] == 7000);
-    assert!(long.len() >= 3, "sliced: {long:?}");
+    // Slices of at least the 2 s active timeout (drains every second; later on a busy machine).
+    assert!(long.len() >= 2, "sliced: {long:?}");
     let reasons: Vec<_> = long
         .iter()
         .map(|f| f["end_reason"].as_str().expect("reason"))
@@ -738,7 +739,7 @@ fn a_long_flow_is_exported_in_active_timeout_slices_and_an_idle_one_on_idle_time
     );
     assert_eq!(
         out.totals(&lab.ip_a, &lab.ip_b, 17, Some(40100), Some(7000)),
-        (60, 60 * 128, 60, 60 * 128),
+        (80, 80 * 128, 80, 80 * 128),
         "slices add up exactly"
     );
     let short: Vec<_> = out.flows_where(|f| f["src_port"] == 40101);

@@ -7,6 +7,8 @@
 //!    flow and a 50% SYN-scan mix (random ports: every SYN a new flow), minus the empty program
 //!    attached the same way.
 //! 3. veth packet rate with and without picket-sensor attached (trafgen, delivered packets/s).
+//! 4. The agent: flow-table drain rate (batched vs entry by entry), and the real picket-sensor's
+//!    CPU and peak memory at about 100,000 flows per 5 s export interval.
 
 use std::{
     fmt::Write as _,
@@ -451,6 +453,141 @@ fn veth_section(report: &mut String, count: u64) {
     .ok();
 }
 
+/// Drain rate of a full flow table (262,144 entries) with BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+/// against the entry-by-entry drain (lookup + delete per key) measured in the same run; and the
+/// real agent's CPU and memory with about 100,000 active flows, exporting every 5 s.
+fn agent_section(report: &mut String, quick: bool) {
+    use std::mem::size_of;
+    writeln!(report, "### Agent\n").ok();
+    let n = 262_144u32;
+    let (mut rates, mut counts) = (Vec::new(), Vec::new());
+    for batched in [true, false] {
+        let mut h = Harness::load(n).expect("load");
+        h.prefill(n).expect("prefill");
+        let fd = h.flow_table_fd(0);
+        let stride = size_of::<sensor_common::FlowValue>().div_ceil(8) * 8 * h.nr_cpus();
+        let t0 = Instant::now();
+        let got = if batched {
+            sys::drain_map(fd, size_of::<sensor_common::FlowKey>(), stride, 4096)
+                .expect("drain")
+                .count
+        } else {
+            sys::drain_map_one_by_one(fd, size_of::<sensor_common::FlowKey>(), stride)
+                .expect("drain")
+                .count
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        // A per-CPU LRU table filled from one CPU keeps that CPU's share of the entries.
+        assert!(got > 0, "entries drained");
+        counts.push(got);
+        rates.push(got as f64 / secs);
+    }
+    assert_eq!(counts[0], counts[1], "both drains see the same table");
+    writeln!(
+        report,
+        "Flow table drain, {} entries of a {n}-entry per-CPU table ({} CPUs' values each): batched {:.2} M entries/s, entry by entry {:.2} M entries/s ({:.1}x).\n",
+        counts[0],
+        std::thread::available_parallelism().map(|c| c.get()).unwrap_or(0),
+        rates[0] / 1e6,
+        rates[1] / 1e6,
+        rates[0] / rates[1]
+    )
+    .ok();
+
+    // The real agent: ~20,000 new 5-tuples per second (random source port and address byte), so
+    // about 100,000 distinct flows per 5 s export interval, exported to a control plane.
+    let lab = Lab::new();
+    let dir = TempDir::new("agent");
+    let data = dir.0.join("cp");
+    let key = dir.0.join("key");
+    std::fs::write(&key, tests::ControlPlane::add_sensor(&data, "bench")).expect("key");
+    let cp = tests::ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
+    let sensor = Sensor::start(
+        &lab.b,
+        &[
+            "--iface",
+            &lab.vb,
+            "--export-interval",
+            "5",
+            "--controlplane",
+            "http://127.0.0.1:7443",
+            "--sensor-key-file",
+            key.to_str().expect("utf8"),
+            "--spool-dir",
+            dir.0.join("spool").to_str().expect("utf8"),
+            "--metrics-listen",
+            "off",
+        ],
+    );
+    let pid = sensor.pid();
+    let (ma, mb) = (mac(&lab.a, &lab.va), mac(&lab.b, &lab.vb));
+    let ip = |s: &str| s.split('.').collect::<Vec<_>>().join(", ");
+    let sb = ip(&lab.ip_b);
+    let prefix: Vec<&str> = lab.ip_a.split('.').take(3).collect();
+    let conf = format!(
+        "{{ {mb}, {ma}, 0x08, 0x00, 0x45, 0, const16(46), const16(1), 0x40, 0, 64, 17, csumip(14, 33), {}, drnd(1), {sb}, drnd(2), const16(5000), const16(26), const16(0), fill(0x41, 18) }}\n",
+        prefix.join(", ")
+    );
+    let secs = if quick { 15 } else { 30 };
+    let frames = 20_000 * secs;
+    let cpu = |pid: i32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("stat")
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 (1-based), in clock ticks of 1/100 s.
+        (f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime")) / 100.0
+    };
+    let c0 = cpu(pid);
+    let t0 = Instant::now();
+    let path = dir.0.join("flows.cfg");
+    std::fs::write(&path, &conf).expect("conf");
+    sh_in(
+        &lab.a,
+        "trafgen",
+        &[
+            "--dev",
+            &lab.va,
+            "--conf",
+            path.to_str().expect("utf8"),
+            "--num",
+            &frames.to_string(),
+            "--cpus",
+            "1",
+            "--rate",
+            "20000pps",
+            "--no-sock-mem",
+        ],
+    );
+    let busy = cpu(pid) - c0;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM");
+    let out = sensor.stop();
+    cp.stop();
+    let max_entries = out
+        .stats
+        .iter()
+        .filter_map(|s| s["agent"]["last_drain_entries"].as_u64())
+        .max()
+        .unwrap_or(0);
+    writeln!(
+        report,
+        "Agent (picket-sensor exporting to a local control plane every 5 s) under {frames} frames at 20,000/s over {elapsed:.0} s, up to {max_entries} flow-table entries per drain: {:.1}% of one core, peak RSS {:.0} MiB.\n",
+        100.0 * busy / elapsed,
+        hwm_kb as f64 / 1024.0
+    )
+    .ok();
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     tests::require_root();
@@ -468,7 +605,7 @@ fn main() {
     .ok();
     // `--only test-run` / `--only veth`: one section (a quicker loop while tuning).
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
-    if only.as_deref() != Some("veth") {
+    if only.as_deref().is_none_or(|o| o == "test-run") {
         // On one pinned thread: successive test runs must meet the same CPU's flow slots (as
         // the packets of one flow do on a real NIC queue). The veth section stays unpinned.
         report = thread::spawn(move || {
@@ -484,7 +621,10 @@ fn main() {
         .join()
         .expect("test-run thread");
     }
-    if only.as_deref() != Some("test-run") {
+    if only.as_deref().is_none_or(|o| o == "agent") {
+        agent_section(&mut report, quick);
+    }
+    if only.as_deref().is_none_or(|o| o == "veth") {
         veth_section(&mut report, if quick { 200_000 } else { 500_000 });
     }
     println!("{report}");
