@@ -599,6 +599,30 @@ pub fn trafgen_at(
         rate,
     ];
     sh_in(ns, "trafgen", &args);
+    // trafgen is done once every frame is queued: wait until the queue has gone out.
+    wait_qdisc_empty(ns, dev, Duration::from_secs(120));
+}
+
+/// Waits until the qdiscs of `dev` in `ns` hold no more packets (trafgen returns once every frame
+/// is queued, not delivered), at most `timeout`.
+pub fn wait_qdisc_empty(ns: &str, dev: &str, timeout: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let j = sh_in(ns, "tc", &["-j", "-s", "qdisc", "show", "dev", dev]);
+        let v: Value = serde_json::from_str(&j).expect("tc -j");
+        let queued: u64 = v
+            .as_array()
+            .map(|a| a.iter().filter_map(|q| q["qlen"].as_u64()).sum())
+            .unwrap_or(0);
+        if queued == 0 {
+            return;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{queued} packets still queued on {dev} after {timeout:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A veth stops its queue while its peer falls behind; without a qdisc (veth's default) the stack

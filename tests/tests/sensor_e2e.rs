@@ -422,7 +422,7 @@ fn two_million_trafgen_frames_counted_exactly() {
     let sb = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]);
     let dropped_before = tx_dropped(&lab.a, &lab.va);
     trafgen(&lab.a, &lab.va, &dir, "udp.cfg", &frame, 2_000_000);
-    thread::sleep(Duration::from_millis(500));
+    thread::sleep(Duration::from_millis(300));
     let dropped = tx_dropped(&lab.a, &lab.va) - dropped_before;
     let oa = sa.stop();
     let ob = sb.stop();
