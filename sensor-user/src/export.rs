@@ -147,6 +147,37 @@ pub fn auth(r: &crate::authlog::AuthRecord) -> pb::AuthEvent {
     }
 }
 
+/// Fills batches of at most `MAX_RECORDS_PER_BATCH` records, in order.
+struct Batcher<'a> {
+    out: Vec<ExportBatch>,
+    cur: ExportBatch,
+    n: usize,
+    host: &'a HostContext,
+    now_unix_ns: u64,
+}
+
+impl Batcher<'_> {
+    fn extend<T>(&mut self, items: Vec<T>, field: fn(&mut ExportBatch) -> &mut Vec<T>) {
+        for x in items {
+            field(&mut self.cur).push(x);
+            self.n += 1;
+            if self.n == MAX_RECORDS_PER_BATCH {
+                self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.n > 0 {
+            let mut b = std::mem::take(&mut self.cur);
+            b.created_unix_ns = self.now_unix_ns;
+            b.host = Some(self.host.clone());
+            self.out.push(b);
+            self.n = 0;
+        }
+    }
+}
+
 /// Splits one export interval's records into batches of at most `MAX_RECORDS_PER_BATCH`.
 pub fn batches(
     flows: Vec<pb::FlowRecord>,
@@ -156,48 +187,19 @@ pub fn batches(
     host: &HostContext,
     now_unix_ns: u64,
 ) -> Vec<ExportBatch> {
-    let mut out = Vec::new();
-    let mut cur = ExportBatch::default();
-    let mut n = 0;
-    let flush = |cur: &mut ExportBatch, n: &mut usize, out: &mut Vec<ExportBatch>| {
-        if *n > 0 {
-            let mut b = std::mem::take(cur);
-            b.created_unix_ns = now_unix_ns;
-            b.host = Some(host.clone());
-            out.push(b);
-            *n = 0;
-        }
+    let mut b = Batcher {
+        out: Vec::new(),
+        cur: ExportBatch::default(),
+        n: 0,
+        host,
+        now_unix_ns,
     };
-    for f in flows {
-        cur.flows.push(f);
-        n += 1;
-        if n == MAX_RECORDS_PER_BATCH {
-            flush(&mut cur, &mut n, &mut out);
-        }
-    }
-    for s in scans {
-        cur.scans.push(s);
-        n += 1;
-        if n == MAX_RECORDS_PER_BATCH {
-            flush(&mut cur, &mut n, &mut out);
-        }
-    }
-    for p in probes {
-        cur.probes.push(p);
-        n += 1;
-        if n == MAX_RECORDS_PER_BATCH {
-            flush(&mut cur, &mut n, &mut out);
-        }
-    }
-    for a in auth {
-        cur.auth.push(a);
-        n += 1;
-        if n == MAX_RECORDS_PER_BATCH {
-            flush(&mut cur, &mut n, &mut out);
-        }
-    }
-    flush(&mut cur, &mut n, &mut out);
-    out
+    b.extend(flows, |x| &mut x.flows);
+    b.extend(scans, |x| &mut x.scans);
+    b.extend(probes, |x| &mut x.probes);
+    b.extend(auth, |x| &mut x.auth);
+    b.flush();
+    b.out
 }
 
 /// Agent-side export counters (also in the stats line and heartbeats).

@@ -1,7 +1,11 @@
 //! The sensor exporting to the real control plane over gRPC, in namespaces: a control-plane
 //! outage in the middle of a trafgen flood loses nothing and doubles nothing.
 
-use std::{path::Path, thread, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
 
 use tests::{ControlPlane, Lab, Sensor, TempDir, mac, trafgen_at, udp4_frame};
 
@@ -17,32 +21,51 @@ fn stored(data_dir: &Path, src: &str, dst: &str, sport: u16, dport: u16) -> (u64
     .expect("query store")
 }
 
+/// A control-plane data dir in `dir` with one sensor `name`, and the file holding its key.
+fn data_dir_with_sensor(dir: &TempDir, name: &str) -> (PathBuf, PathBuf) {
+    let data = dir.0.join("cp");
+    let key_file = dir.0.join("sensor.key");
+    std::fs::write(&key_file, ControlPlane::add_sensor(&data, name)).expect("key file");
+    (data, key_file)
+}
+
+/// Sensor flags: watch `iface`, export every second to `url` with `key_file`, spool in `spool`.
+fn export_flags(iface: &str, url: &str, key_file: &Path, spool: &Path) -> Vec<String> {
+    [
+        "--iface",
+        iface,
+        "--export-interval",
+        "1",
+        "--controlplane",
+        url,
+        "--sensor-key-file",
+        key_file.to_str().expect("utf8"),
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn control_plane_outage_mid_flood_loses_and_doubles_nothing() {
     const FRAMES: u64 = 450_000;
     let lab = Lab::new();
     let dir = TempDir::new("export");
-    let data = dir.0.join("cp");
-    let key_file = dir.0.join("sensor.key");
-    std::fs::write(&key_file, ControlPlane::add_sensor(&data, "lab-a")).expect("key file");
+    let (data, key_file) = data_dir_with_sensor(&dir, "lab-a");
     let listen = "127.0.0.1:7443";
     let cp = ControlPlane::start(&lab.a, &data, listen, &dir.0.join("cp1.log"));
-    let spool = dir.0.join("spool");
-    let mut sensor = Sensor::start(
-        &lab.a,
-        &[
-            "--iface",
-            &lab.va,
-            "--export-interval",
-            "1",
-            "--controlplane",
-            &format!("http://{listen}"),
-            "--sensor-key-file",
-            key_file.to_str().expect("utf8"),
-            "--spool-dir",
-            spool.to_str().expect("utf8"),
-        ],
+    let flags = export_flags(
+        &lab.va,
+        &format!("http://{listen}"),
+        &key_file,
+        &dir.0.join("spool"),
     );
+    let mut sensor = Sensor::start(&lab.a, &strs(&flags));
     sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
 
     // 450,000 frames at 5,000/s (90 s) out of a's veth: tc egress counts every one.
@@ -102,9 +125,7 @@ fn mutual_tls_refuses_a_sensor_without_a_certificate_and_its_spool_waits() {
     let dir = TempDir::new("tls");
     tests::make_pki(&dir.0);
     let p = |f: &str| dir.0.join(f).to_str().expect("utf8").to_string();
-    let data = dir.0.join("cp");
-    let key_file = dir.0.join("sensor.key");
-    std::fs::write(&key_file, ControlPlane::add_sensor(&data, "lab-a")).expect("key file");
+    let (data, key_file) = data_dir_with_sensor(&dir, "lab-a");
     let listen = "127.0.0.1:7444";
     let cp = ControlPlane::start_with(
         &lab.a,
@@ -179,31 +200,23 @@ fn mutual_tls_refuses_a_sensor_without_a_certificate_and_its_spool_waits() {
 fn ssh_log_lines_become_auth_events_in_the_store() {
     let lab = Lab::new();
     let dir = TempDir::new("auth");
-    let data = dir.0.join("cp");
-    let key_file = dir.0.join("sensor.key");
-    std::fs::write(&key_file, ControlPlane::add_sensor(&data, "lab-b")).expect("key file");
+    let (data, key_file) = data_dir_with_sensor(&dir, "lab-b");
     let listen = "127.0.0.1:7445";
     let cp = ControlPlane::start(&lab.b, &data, listen, &dir.0.join("cp.log"));
     let log = dir.0.join("auth.log");
     std::fs::write(&log, "2026-11-28T09:00:00+00:00 h sshd[1]: Failed password for root from 203.0.113.1 port 1 ssh2\n")
         .expect("old log");
-    let mut sensor = Sensor::start(
-        &lab.b,
-        &[
-            "--iface",
-            &lab.vb,
-            "--export-interval",
-            "1",
-            "--controlplane",
-            &format!("http://{listen}"),
-            "--sensor-key-file",
-            key_file.to_str().expect("utf8"),
-            "--spool-dir",
-            dir.0.join("spool").to_str().expect("utf8"),
-            "--auth-log",
-            log.to_str().expect("utf8"),
-        ],
+    let mut flags = export_flags(
+        &lab.vb,
+        &format!("http://{listen}"),
+        &key_file,
+        &dir.0.join("spool"),
     );
+    flags.extend([
+        "--auth-log".to_string(),
+        log.to_str().expect("utf8").to_string(),
+    ]);
+    let mut sensor = Sensor::start(&lab.b, &strs(&flags));
     sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
     let mut f = std::fs::OpenOptions::new()
         .append(true)
