@@ -581,7 +581,7 @@ pub fn trafgen_at(
 ) {
     let path = dir.0.join(name);
     std::fs::write(&path, format!("{{\n{frame}\n}}\n")).expect("write trafgen conf");
-    deep_fifo(ns, dev);
+    deep_fifo_for(ns, dev, count);
     let n = count.to_string();
     let conf = path.to_str().expect("utf8");
     let args = [
@@ -630,11 +630,18 @@ pub fn wait_qdisc_empty(ns: &str, dev: &str, timeout: Duration) {
 /// instead (tc egress runs before the qdisc, so it still sees each frame once), which keeps the
 /// counts exact even when the other tests load both cores.
 pub fn deep_fifo(ns: &str, dev: &str) {
+    deep_fifo_for(ns, dev, 190_000);
+}
+
+/// [`deep_fifo`] able to hold `count` frames: a slow receiver can then never make the queue
+/// refuse one (which would end trafgen early), whatever the rate.
+pub fn deep_fifo_for(ns: &str, dev: &str, count: u64) {
+    let limit = (count + 10_000).to_string();
     sh_in(
         ns,
         "tc",
         &[
-            "qdisc", "replace", "dev", dev, "root", "pfifo", "limit", "200000",
+            "qdisc", "replace", "dev", dev, "root", "pfifo", "limit", &limit,
         ],
     );
 }
