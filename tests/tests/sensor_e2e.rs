@@ -396,6 +396,14 @@ fn benign_client_with_hundreds_of_connections_to_one_port_yields_no_event() {
     );
 }
 
+fn tx_packets(ns: &str, dev: &str) -> u64 {
+    let j = sh_in(ns, "ip", &["-s", "-j", "link", "show", "dev", dev]);
+    let v: serde_json::Value = serde_json::from_str(&j).expect("ip -j");
+    v[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .expect("tx packets")
+}
+
 fn tx_dropped(ns: &str, dev: &str) -> u64 {
     let j = sh_in(ns, "ip", &["-s", "-j", "link", "show", "dev", dev]);
     let v: serde_json::Value = serde_json::from_str(&j).expect("ip -j");
@@ -417,27 +425,48 @@ fn two_million_trafgen_frames_counted_exactly() {
         (&lab.ip_b, 5000),
         18,
     );
+    // No IPv6 neighbour discovery on the lab's link: the device counters then count only the
+    // test's frames.
+    for ns in [&lab.a, &lab.b] {
+        sh_in(
+            ns,
+            "sysctl",
+            &["-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"],
+        );
+    }
     // Egress on a (tc, every frame trafgen sends through the qdisc path) and ingress on b (XDP).
     let sa = Sensor::start(&lab.a, &["--iface", &lab.va, "--export-interval", "1"]);
     let sb = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]);
-    let dropped_before = tx_dropped(&lab.a, &lab.va);
+    let (sent_before, dropped_before) = (tx_packets(&lab.a, &lab.va), tx_dropped(&lab.a, &lab.va));
     trafgen(&lab.a, &lab.va, &dir, "udp.cfg", &frame, 2_000_000);
     thread::sleep(Duration::from_millis(300));
+    // The kernel's own count of what went out of va (delivered + dropped by the veth) is the
+    // oracle: trafgen may hand fewer frames to the stack than asked when its socket buffer is full
+    // (a slow receiver on a loaded machine), and those never reach tc.
     let dropped = tx_dropped(&lab.a, &lab.va) - dropped_before;
+    let delivered = tx_packets(&lab.a, &lab.va) - sent_before;
     let oa = sa.stop();
     let ob = sb.stop();
     let a = oa.totals(&lab.ip_a, &lab.ip_b, 17, Some(4000), Some(5000));
     let b = ob.totals(&lab.ip_a, &lab.ip_b, 17, Some(4000), Some(5000));
-    assert_eq!(
-        (a.0, a.1),
-        (2_000_000, 2_000_000 * 46),
-        "tc egress on the sender"
+    assert!(
+        delivered + dropped >= 1_500_000,
+        "trafgen sent most of the 2,000,000 frames ({delivered} + {dropped} dropped)"
     );
+    // Every frame of the flow that left va was seen at tc egress: the device's count may hold a
+    // few more (link-local control traffic), never fewer.
+    let left = delivered + dropped;
+    assert!(
+        a.0 <= left && left - a.0 <= 5,
+        "tc egress on the sender: {} of the {left} frames that left va",
+        a.0
+    );
+    assert_eq!(a.1, a.0 * 46);
     // What the veth itself dropped never reached b: it is counted there, and only there.
     assert_eq!(
         b.0 + dropped,
-        2_000_000,
-        "XDP ingress on the receiver (+{dropped} dropped by the veth)"
+        a.0,
+        "XDP ingress on the receiver ({dropped} dropped by the veth)"
     );
     assert_eq!(b.1, b.0 * 46);
     assert!(
@@ -449,8 +478,8 @@ fn two_million_trafgen_frames_counted_exactly() {
         assert_eq!(o.kernel("flow_entries_evicted_or_pending"), 0);
     }
     eprintln!(
-        "trafgen: 2000000 sent, {} at XDP ingress, {dropped} dropped by the veth",
-        b.0
+        "trafgen: {} at tc egress, {} at XDP ingress, {dropped} dropped by the veth",
+        a.0, b.0
     );
 }
 
