@@ -2,7 +2,7 @@
 //! `picket-sensor check` (a report) and by the sensor at start (a refusal naming what is missing,
 //! and a log line saying which path it takes).
 
-use std::{collections::HashMap, fmt, os::fd::AsFd as _};
+use std::{fmt, os::fd::AsFd as _};
 
 use aya::{
     maps::MapType,
@@ -209,7 +209,7 @@ pub fn report(ifaces: &[String]) -> (Vec<Item>, bool) {
                 ),
             );
             if let Some(aya::maps::Map::PerCpuLruHashMap(m)) = bpf.take_map(names::FLOWS[1]) {
-                let mut sink = HashMap::new();
+                let mut sink = crate::records::FlowMap::default();
                 let nr_cpus = aya::util::nr_cpus().unwrap_or(1);
                 match tables::drain_flow_table(m.fd().as_fd(), nr_cpus, &mut sink) {
                     Ok((_, true)) => push(

@@ -11,11 +11,11 @@
 //! records equal the kernel's counts. Timeouts are checked at every drain, so a record leaves at
 //! most one export interval after its timeout.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
-use sensor_common::{FlowKey, tcp};
+use sensor_common::tcp;
 
-use crate::records::{Conversation, FlowTotals, pair_flows, partner_key};
+use crate::records::{Conversation, FlowMap, FlowTotals, pair_flows, partner_key};
 
 struct Entry {
     conv: Conversation,
@@ -29,7 +29,7 @@ pub struct FlowCache {
     active_ns: u64,
     idle_ns: u64,
     /// Keyed by the initiator's direction.
-    entries: HashMap<FlowKey, Entry>,
+    entries: FlowMap<Entry>,
 }
 
 fn merge(into: &mut FlowTotals, d: &FlowTotals) {
@@ -52,7 +52,7 @@ impl FlowCache {
         FlowCache {
             active_ns: active.as_nanos() as u64,
             idle_ns: idle.as_nanos() as u64,
-            entries: HashMap::new(),
+            entries: FlowMap::default(),
         }
     }
 
@@ -65,8 +65,8 @@ impl FlowCache {
     }
 
     /// Adds one drain's counts (per direction) to their conversations.
-    pub fn add(&mut self, flows: &HashMap<FlowKey, FlowTotals>) {
-        let mut new = HashMap::new();
+    pub fn add(&mut self, flows: &FlowMap<FlowTotals>) {
+        let mut new = FlowMap::default();
         for (k, d) in flows {
             if let Some(e) = self.entries.get_mut(k) {
                 merge(&mut e.conv.fwd, d);
@@ -184,6 +184,7 @@ impl FlowCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sensor_common::FlowKey;
 
     const S: u64 = 1_000_000_000;
 
@@ -227,7 +228,7 @@ mod tests {
         // 10 packets each way every 10 s for 190 s; drains at 10 s + 1 ns, 20 s + 1 ns...
         for i in 0..19u64 {
             let now = (i + 1) * 10 * S + 1;
-            let m = HashMap::from([
+            let m = FlowMap::from_iter([
                 (k, t(10, i * 10 * S + 1, now - 1)),
                 (rev(&k), t(10, i * 10 * S + 2, now - 1)),
             ]);
@@ -260,10 +261,10 @@ mod tests {
     fn an_idle_flow_leaves_after_the_idle_timeout_and_a_late_answer_keeps_its_direction() {
         let mut c = cache();
         let k = key(40001, 5000);
-        c.add(&HashMap::from([(k, t(3, S, 2 * S))]));
+        c.add(&FlowMap::from_iter([(k, t(3, S, 2 * S))]));
         assert!(c.expire(10 * S, false).is_empty(), "not idle yet");
         // The answer comes in the next interval: same conversation, k stays src.
-        c.add(&HashMap::from([(rev(&k), t(2, 11 * S, 12 * S))]));
+        c.add(&FlowMap::from_iter([(rev(&k), t(2, 11 * S, 12 * S))]));
         assert!(c.expire(20 * S, false).is_empty());
         let out = c.expire(27 * S, false);
         assert_eq!(out.len(), 1);
@@ -285,11 +286,11 @@ mod tests {
         a.bare_syn = true;
         let mut b = t(4, S, 2 * S);
         b.tcp_flags = tcp::SYN | tcp::ACK;
-        c.add(&HashMap::from([(k, a), (rev(&k), b)]));
+        c.add(&FlowMap::from_iter([(k, a), (rev(&k), b)]));
         assert!(c.expire(3 * S, false).is_empty(), "only one FIN yet");
         let mut fin = t(1, 3 * S, 3 * S);
         fin.tcp_flags = tcp::FIN | tcp::ACK;
-        c.add(&HashMap::from([(rev(&k), fin)]));
+        c.add(&FlowMap::from_iter([(rev(&k), fin)]));
         let out = c.expire(4 * S, false);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1, "end");
@@ -299,7 +300,10 @@ mod tests {
         k2.protocol = 6;
         let mut r = t(1, 5 * S, 5 * S);
         r.tcp_flags = tcp::RST | tcp::ACK;
-        c.add(&HashMap::from([(k2, t(1, 5 * S, 5 * S)), (rev(&k2), r)]));
+        c.add(&FlowMap::from_iter([
+            (k2, t(1, 5 * S, 5 * S)),
+            (rev(&k2), r),
+        ]));
         assert_eq!(c.expire(6 * S, false)[0].1, "end");
     }
 }

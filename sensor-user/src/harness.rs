@@ -11,7 +11,11 @@ use aya::{
 };
 use sensor_common::{Counters, FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names};
 
-use crate::{records::FlowTotals, sensor::EBPF_OBJECT, tables};
+use crate::{
+    records::{FlowMap, FlowTotals},
+    sensor::EBPF_OBJECT,
+    tables,
+};
 
 pub struct Harness {
     bpf: Ebpf,
@@ -131,8 +135,8 @@ impl Harness {
         self.nr_cpus
     }
 
-    pub fn take_flows(&self) -> anyhow::Result<HashMap<FlowKey, FlowTotals>> {
-        let mut out = HashMap::new();
+    pub fn take_flows(&self) -> anyhow::Result<FlowMap<FlowTotals>> {
+        let mut out = FlowMap::default();
         for i in 0..2 {
             tables::drain_flow_table(self.table(i).fd().as_fd(), self.nr_cpus, &mut out)?;
         }

@@ -496,6 +496,8 @@ fn print_stats(
             ("auth_events".into(), agent.auth_events),
         ],
         open_flows: agent.open_flows,
+        last_drain_entries: agent.last_drain_entries,
+        last_drain_us: agent.last_drain_us,
         export: exporter.map(|ex| ex.stats()),
     });
     out.line(&serde_json::json!({

@@ -25,6 +25,9 @@ pub struct Snapshot {
     pub agent: Vec<(String, u64)>,
     /// Conversations open in the agent's flow cache.
     pub open_flows: u64,
+    /// Flow-table entries read by the last drain, and how long it took.
+    pub last_drain_entries: u64,
+    pub last_drain_us: u64,
     pub export: Option<ExportStats>,
 }
 
@@ -84,6 +87,18 @@ impl Collector for Metrics {
             "picket_agent_open_flows",
             "conversations in the agent's flow cache, not exported yet",
             s.open_flows as i64,
+        )?;
+        gauge(
+            &mut e,
+            "picket_agent_last_drain_entries",
+            "kernel flow-table entries read by the last drain",
+            s.last_drain_entries as i64,
+        )?;
+        gauge(
+            &mut e,
+            "picket_agent_last_drain_microseconds",
+            "duration of the last drain of the kernel tables",
+            s.last_drain_us as i64,
         )?;
         if let Some(x) = s.export {
             gauge(
@@ -198,6 +213,8 @@ mod tests {
             ],
             agent: vec![("flow_records".into(), 7)],
             open_flows: 5,
+            last_drain_entries: 11,
+            last_drain_us: 250,
             export: Some(ExportStats {
                 connected: true,
                 batches_acked: 9,
@@ -216,6 +233,11 @@ mod tests {
         );
         assert!(t.contains("picket_agent_flow_records_total 7"), "{t}");
         assert!(t.contains("picket_agent_open_flows 5"), "{t}");
+        assert!(t.contains("picket_agent_last_drain_entries 11"), "{t}");
+        assert!(
+            t.contains("picket_agent_last_drain_microseconds 250"),
+            "{t}"
+        );
         assert!(t.contains("picket_export_connected 1"), "{t}");
         assert!(t.contains("picket_export_batches_acked_total 9"), "{t}");
         assert!(t.ends_with("# EOF\n"), "{t}");

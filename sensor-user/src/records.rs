@@ -1,7 +1,10 @@
 //! Flow records and scan events as the agent emits them (the `--stdout` JSON-lines contract in
 //! DESIGN.md), and the join of the two directions of a conversation into one record.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use sensor_common::{
     DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED,
@@ -297,6 +300,11 @@ fn observed(dirs: u8) -> &'static str {
 
 /// Joins the drained unidirectional flows of one interval into conversation records.
 /// One conversation: both directions of a flow key, `src_key` being the initiator's direction.
+/// The agent's maps keyed by flow. foldhash (seeded per process) rather than std's SipHash, which
+/// took over half of the agent's CPU at 100k flows per export interval.
+pub type FlowMap<V> = HashMap<FlowKey, V, foldhash::fast::RandomState>;
+pub type FlowSet = HashSet<FlowKey, foldhash::fast::RandomState>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conversation {
     pub src_key: FlowKey,
@@ -308,22 +316,24 @@ pub struct Conversation {
 
 /// Joins the two directions of each conversation in one drain's flows, in a deterministic order
 /// (first packet, then key bytes).
-pub fn pair_flows(flows: &HashMap<FlowKey, FlowTotals>) -> Vec<Conversation> {
+pub fn pair_flows(flows: &FlowMap<FlowTotals>) -> Vec<Conversation> {
     let mut out = Vec::with_capacity(flows.len());
-    let mut keys: Vec<&FlowKey> = flows.keys().collect();
-    keys.sort_by_key(|k| {
+    let mut keys: Vec<(u64, &FlowKey)> = flows.iter().map(|(k, t)| (t.first_seen_ns, k)).collect();
+    keys.sort_unstable_by_key(|&(first, k)| {
         (
-            flows[*k].first_seen_ns,
+            first,
             k.ifindex,
             k.src_addr,
             k.dst_addr,
             k.src_port,
             k.dst_port,
             k.protocol,
+            k.ip_version,
+            k.flags,
         )
     });
-    let mut done = std::collections::HashSet::with_capacity(flows.len());
-    for k in keys {
+    let mut done = FlowSet::with_capacity_and_hasher(flows.len(), Default::default());
+    for (_, k) in keys {
         if done.contains(k) {
             continue;
         }
@@ -403,7 +413,7 @@ pub fn flow_record(
 
 /// One drain's flows as records (each conversation's whole interval).
 pub fn join_flows(
-    flows: &HashMap<FlowKey, FlowTotals>,
+    flows: &FlowMap<FlowTotals>,
     clock: Clock,
     iface_name: &dyn Fn(u32) -> String,
 ) -> Vec<FlowRecord> {
@@ -490,7 +500,7 @@ mod tests {
     fn tcp_initiator_is_the_syn_side_even_if_seen_later() {
         let c = key([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80, 6);
         let s = reverse(&c);
-        let mut m = HashMap::new();
+        let mut m = FlowMap::default();
         // The server side was seen first (the clocks of two CPUs, or a drained interval), but the
         // client's first packet was a bare SYN.
         m.insert(s, totals(4, 400, 5, tcp::SYN | tcp::ACK | tcp::PSH));
@@ -518,7 +528,7 @@ mod tests {
         // Both directions carry SYN (SYN and SYN-ACK) and were seen in the same clock tick.
         let c = key([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000, 6);
         let s = reverse(&c);
-        let mut m = HashMap::new();
+        let mut m = FlowMap::default();
         let mut opened = totals(3, 180, 5, tcp::SYN | tcp::ACK);
         opened.bare_syn = true;
         m.insert(c, opened);
@@ -536,7 +546,7 @@ mod tests {
         // The scanner's SYN was summed per source: the server's SYN-ACK is the first packet
         // recorded, and only the scanner's RST follows.
         let scanner = key([10, 0, 0, 66], 61000, [10, 0, 0, 2], 443, 6);
-        let mut m = HashMap::new();
+        let mut m = FlowMap::default();
         m.insert(reverse(&scanner), totals(1, 44, 5, tcp::SYN | tcp::ACK));
         m.insert(scanner, totals(1, 40, 9, tcp::RST));
         let r = join_flows(&m, Clock::with_offset(0), &name);
@@ -550,7 +560,7 @@ mod tests {
     fn udp_initiator_by_port_then_first_seen_then_higher_port() {
         // A well-known port serves, whoever was seen first.
         let dns = key([10, 0, 0, 1], 5353, [10, 0, 0, 2], 53, 17);
-        let mut m = HashMap::new();
+        let mut m = FlowMap::default();
         m.insert(dns, totals(1, 60, 20, 0));
         m.insert(reverse(&dns), totals(1, 120, 10, 0));
         let r = join_flows(&m, Clock::with_offset(0), &name);
@@ -560,7 +570,7 @@ mod tests {
         );
         // Two unprivileged ports: the first seen initiates...
         let c = key([10, 0, 0, 1], 40000, [10, 0, 0, 2], 5000, 17);
-        let mut m = HashMap::new();
+        let mut m = FlowMap::default();
         m.insert(reverse(&c), totals(1, 60, 10, 0));
         m.insert(c, totals(1, 120, 20, 0));
         let r = join_flows(&m, Clock::with_offset(0), &name);
@@ -580,7 +590,7 @@ mod tests {
         let mut rep = reverse(&req);
         rep.src_port = 0;
         rep.dst_port = 0;
-        let mut m = HashMap::new();
+        let mut m = FlowMap::default();
         m.insert(rep, totals(3, 252, 1, 0));
         m.insert(req, totals(3, 252, 2, 0));
         let r = join_flows(&m, Clock::with_offset(0), &name);
@@ -592,7 +602,7 @@ mod tests {
     #[test]
     fn one_way_flow_has_zero_reverse() {
         let k = key([10, 0, 0, 9], 1234, [10, 0, 0, 2], 22, 6);
-        let mut m = HashMap::new();
+        let mut m = FlowMap::default();
         m.insert(k, totals(1, 60, 1, tcp::SYN));
         let r = join_flows(&m, Clock::with_offset(0), &name);
         assert_eq!(

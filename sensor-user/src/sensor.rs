@@ -1,6 +1,6 @@
 //! Loading, configuring, attaching and detaching the eBPF programs, and draining their maps.
 
-use std::{collections::HashMap, ffi::CString, mem::size_of, os::fd::AsFd, time::Duration};
+use std::{ffi::CString, mem::size_of, os::fd::AsFd, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -12,13 +12,13 @@ use aya::{
     },
 };
 use sensor_common::{
-    CLOCK_CONFIG, CLOCK_KERNEL, Counters, FlowKey, ScanEvent, SensorConfig, counter, names,
+    CLOCK_CONFIG, CLOCK_KERNEL, Counters, ScanEvent, SensorConfig, counter, names,
 };
 use tracing::{info, warn};
 
 use crate::{
     error::SensorError,
-    records::{FlowTotals, ProbeTotals},
+    records::{FlowMap, FlowTotals, ProbeTotals},
     sys::GracePeriod,
     tables,
 };
@@ -93,7 +93,7 @@ pub struct Sensor {
 
 /// One export interval's worth of flows.
 pub struct DrainResult {
-    pub flows: HashMap<FlowKey, FlowTotals>,
+    pub flows: FlowMap<FlowTotals>,
     /// Bare SYNs summed per source (their flow slots were taken).
     pub probes: Vec<ProbeTotals>,
     pub entries: usize,
@@ -321,7 +321,7 @@ impl Sensor {
             .wait()
             .map_err(|e| SensorError::Kernel(format!("waiting for an RCU grace period: {e}")))?;
 
-        let mut flows = HashMap::new();
+        let mut flows = FlowMap::default();
         let (entries, batched) =
             tables::drain_flow_table(self.flows[old].fd().as_fd(), self.nr_cpus, &mut flows)
                 .map_err(|e| SensorError::Kernel(format!("draining flow table {old}: {e}")))?;

@@ -7,7 +7,7 @@ use std::{collections::HashMap, io, mem::size_of, os::fd::BorrowedFd};
 use sensor_common::{FlowKey, FlowSlot, FlowValue, ProbeAggregate};
 
 use crate::{
-    records::{FlowTotals, ProbeTotals},
+    records::{FlowMap, FlowTotals, ProbeTotals},
     sys,
 };
 
@@ -31,7 +31,7 @@ unsafe fn read_pod<T>(bytes: &[u8]) -> T {
 pub fn drain_flow_table(
     fd: BorrowedFd<'_>,
     nr_cpus: usize,
-    out: &mut HashMap<FlowKey, FlowTotals>,
+    out: &mut FlowMap<FlowTotals>,
 ) -> io::Result<(usize, bool)> {
     let stride = per_cpu_stride::<FlowValue>();
     let d = sys::drain_map(fd, size_of::<FlowKey>(), stride * nr_cpus, 4096)?;
@@ -54,7 +54,7 @@ pub fn read_flow_slots(
     entries: u32,
     nr_cpus: usize,
     generation: u32,
-    out: &mut HashMap<FlowKey, FlowTotals>,
+    out: &mut FlowMap<FlowTotals>,
 ) -> io::Result<usize> {
     let stride = per_cpu_stride::<FlowSlot>();
     let values = sys::read_array(fd, entries, stride * nr_cpus)?;

@@ -8,8 +8,8 @@
 use std::{
     collections::HashMap,
     fs,
-    io::{BufRead, BufReader, Read},
-    net::IpAddr,
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, TcpStream},
     os::fd::AsFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -273,13 +273,22 @@ impl Sensor {
 
     /// [`Sensor::start`] with extra environment variables for the sensor.
     pub fn start_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Sensor {
+        Self::spawn(ns, args, env, true)
+    }
+
+    /// [`Sensor::start`] as deployed: no `--stdout` (benchmarks measure the agent without it).
+    pub fn start_exporting(ns: &str, args: &[&str]) -> Sensor {
+        Self::spawn(ns, args, &[], false)
+    }
+
+    fn spawn(ns: &str, args: &[&str], env: &[(&str, &str)], stdout_json: bool) -> Sensor {
         let dir = TempDir::new("sensor");
         let stdout = dir.0.join("stdout.jsonl");
         let stderr = dir.0.join("stderr.log");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns])
             .arg(bin("picket-sensor"))
-            .arg("--stdout")
+            .args(stdout_json.then_some("--stdout"))
             .args(args)
             .envs(env.iter().copied());
         cmd.stdout(fs::File::create(&stdout).expect("stdout file"));
@@ -872,4 +881,27 @@ pub fn make_pki(dir: &Path) {
             &extf,
         ]);
     }
+}
+
+/// GET /metrics from inside `ns` (the sensor's default address is on the namespace's loopback).
+pub fn scrape(ns: &str, addr: &'static str) -> String {
+    in_netns(ns, move || {
+        let mut c = TcpStream::connect(addr).expect("connect to the metrics port");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut r = String::new();
+        c.read_to_string(&mut r).expect("response");
+        r
+    })
+    .join()
+    .expect("scrape thread")
+}
+
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
 }

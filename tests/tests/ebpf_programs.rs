@@ -2,8 +2,6 @@
 //! parser claims to handle, every unparsed reason, and the per-source scan logic with a clock the
 //! test controls (no sleeping). Needs root (loading BPF programs).
 
-use std::collections::HashMap;
-
 use sensor_common::{
     FlowKey, KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, REASON_HOSTS, REASON_PORTS, probe, v4_mapped,
 };
@@ -35,7 +33,7 @@ fn v6(a: &str) -> [u8; 16] {
 
 /// The one flow matching the given addresses, protocol and ports.
 fn find(
-    flows: &HashMap<FlowKey, FlowTotals>,
+    flows: &sensor_user::records::FlowMap<FlowTotals>,
     src: [u8; 16],
     dst: [u8; 16],
     proto: u8,

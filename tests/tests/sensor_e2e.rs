@@ -778,29 +778,6 @@ fn a_long_flow_is_exported_in_active_timeout_slices_and_an_idle_one_on_idle_time
     assert_eq!(short[0]["reverse_packets"], 3);
 }
 
-/// GET /metrics from inside `ns` (the sensor's default address is on the namespace's loopback).
-fn scrape(ns: &str, addr: &'static str) -> String {
-    tests::in_netns(ns, move || {
-        let mut c = TcpStream::connect(addr).expect("connect to the metrics port");
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .expect("request");
-        let mut r = String::new();
-        c.read_to_string(&mut r).expect("response");
-        r
-    })
-    .join()
-    .expect("scrape thread")
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
 #[test]
 fn prometheus_metrics_expose_the_kernel_and_agent_counters() {
     let lab = Lab::new();
@@ -815,16 +792,22 @@ fn prometheus_metrics_expose_the_kernel_and_agent_counters() {
     .join()
     .expect("sender");
     thread::sleep(Duration::from_millis(2500));
-    let r = scrape(&lab.b, "127.0.0.1:9469");
+    let r = tests::scrape(&lab.b, "127.0.0.1:9469");
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(r.contains("application/openmetrics-text"), "{r}");
-    assert!(metric(&r, "picket_kernel_packets_seen_total") >= 25, "{r}");
     assert!(
-        metric(&r, "picket_kernel_packets_parsed_total") >= 25,
+        tests::metric(&r, "picket_kernel_packets_seen_total") >= 25,
         "{r}"
     );
-    assert_eq!(metric(&r, "picket_kernel_flow_insert_failed_total"), 0);
-    assert!(metric(&r, "picket_agent_drains_total") >= 1, "{r}");
+    assert!(
+        tests::metric(&r, "picket_kernel_packets_parsed_total") >= 25,
+        "{r}"
+    );
+    assert_eq!(
+        tests::metric(&r, "picket_kernel_flow_insert_failed_total"),
+        0
+    );
+    assert!(tests::metric(&r, "picket_agent_drains_total") >= 1, "{r}");
     let out = sensor.stop();
     assert!(
         out.stderr

@@ -502,7 +502,8 @@ fn agent_section(report: &mut String, quick: bool) {
     let key = dir.0.join("key");
     std::fs::write(&key, tests::ControlPlane::add_sensor(&data, "bench")).expect("key");
     let cp = tests::ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
-    let sensor = Sensor::start(
+    // As deployed: exporting only (no --stdout JSON), metrics on the namespace's loopback.
+    let sensor = Sensor::start_exporting(
         &lab.b,
         &[
             "--iface",
@@ -516,7 +517,7 @@ fn agent_section(report: &mut String, quick: bool) {
             "--spool-dir",
             dir.0.join("spool").to_str().expect("utf8"),
             "--metrics-listen",
-            "off",
+            "127.0.0.1:9469",
         ],
     );
     let pid = sensor.pid();
@@ -545,6 +546,20 @@ fn agent_section(report: &mut String, quick: bool) {
     let t0 = Instant::now();
     let path = dir.0.join("flows.cfg");
     std::fs::write(&path, &conf).expect("conf");
+    // The largest drain, read from the metrics while the traffic runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (ns, stop) = (lab.b.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let m = tests::scrape(&ns, "127.0.0.1:9469");
+                max = max.max(tests::metric(&m, "picket_agent_last_drain_entries"));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            max
+        })
+    };
     sh_in(
         &lab.a,
         "trafgen",
@@ -571,14 +586,10 @@ fn agent_section(report: &mut String, quick: bool) {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .expect("VmHWM");
-    let out = sensor.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let max_entries = poller.join().expect("metrics poller");
+    sensor.stop();
     cp.stop();
-    let max_entries = out
-        .stats
-        .iter()
-        .filter_map(|s| s["agent"]["last_drain_entries"].as_u64())
-        .max()
-        .unwrap_or(0);
     writeln!(
         report,
         "Agent (picket-sensor exporting to a local control plane every 5 s) under {frames} frames at 20,000/s over {elapsed:.0} s, up to {max_entries} flow-table entries per drain: {:.1}% of one core, peak RSS {:.0} MiB.\n",
