@@ -17,8 +17,12 @@ use sensor_common::tcp;
 
 use crate::records::{Conversation, FlowMap, FlowTotals, pair_flows, partner_key};
 
+/// A conversation in the cache; its key is the initiator's direction (`Conversation::src_key`).
+/// Kept small: the cache holds every conversation until it goes idle.
 struct Entry {
-    conv: Conversation,
+    fwd: FlowTotals,
+    rev: FlowTotals,
+    how: &'static str,
     /// Kernel clock of the first packet of the current slice (0: no packet yet in this slice).
     slice_start_ns: u64,
     /// Kernel clock of the last packet of the conversation.
@@ -69,24 +73,24 @@ impl FlowCache {
         let mut new = FlowMap::default();
         for (k, d) in flows {
             if let Some(e) = self.entries.get_mut(k) {
-                merge(&mut e.conv.fwd, d);
+                merge(&mut e.fwd, d);
                 Self::touch(e, d);
                 continue;
             }
             if let Some(pk) = partner_key(k)
                 && let Some(e) = self.entries.get_mut(&pk)
             {
-                merge(&mut e.conv.rev, d);
-                if e.conv.how == "one_way" {
+                merge(&mut e.rev, d);
+                if e.how == "one_way" {
                     // The other side answered after the first slice: src was first seen.
-                    e.conv.how = "first_seen";
+                    e.how = "first_seen";
                 }
                 Self::touch(e, d);
                 continue;
             }
             new.insert(*k, *d);
         }
-        for c in pair_flows(&new) {
+        for c in pair_flows(new) {
             let first = [c.fwd, c.rev]
                 .iter()
                 .filter(|t| t.packets > 0)
@@ -97,7 +101,9 @@ impl FlowCache {
             self.entries.insert(
                 c.src_key,
                 Entry {
-                    conv: c,
+                    fwd: c.fwd,
+                    rev: c.rev,
+                    how: c.how,
                     slice_start_ns: first,
                     last_ns: last,
                 },
@@ -121,12 +127,11 @@ impl FlowCache {
         let mut out = Vec::new();
         let mut gone = Vec::new();
         for (k, e) in self.entries.iter_mut() {
-            let has_packets = e.conv.fwd.packets + e.conv.rev.packets > 0;
-            let flags = e.conv.fwd.tcp_flags | e.conv.rev.tcp_flags;
-            let ended = e.conv.src_key.protocol == 6
+            let has_packets = e.fwd.packets + e.rev.packets > 0;
+            let flags = e.fwd.tcp_flags | e.rev.tcp_flags;
+            let ended = k.protocol == 6
                 && (flags & tcp::RST != 0
-                    || (e.conv.fwd.tcp_flags & tcp::FIN != 0
-                        && e.conv.rev.tcp_flags & tcp::FIN != 0));
+                    || (e.fwd.tcp_flags & tcp::FIN != 0 && e.rev.tcp_flags & tcp::FIN != 0));
             let reason = if all {
                 Some("shutdown")
             } else if ended {
@@ -140,18 +145,26 @@ impl FlowCache {
             };
             let Some(reason) = reason else { continue };
             if has_packets {
-                out.push((e.conv, reason));
+                out.push((
+                    Conversation {
+                        src_key: *k,
+                        fwd: e.fwd,
+                        rev: e.rev,
+                        how: e.how,
+                    },
+                    reason,
+                ));
             }
             if reason == "active_timeout" || reason == "end" {
                 // A new slice: same conversation and initiator, counts from zero. An ended TCP
                 // conversation stays until idle, so that a last ACK after the FINs is counted
                 // in its own direction rather than as a new one-way flow.
-                e.conv.fwd = FlowTotals {
-                    bare_syn: e.conv.fwd.bare_syn,
+                e.fwd = FlowTotals {
+                    bare_syn: e.fwd.bare_syn,
                     ..FlowTotals::default()
                 };
-                e.conv.rev = FlowTotals {
-                    bare_syn: e.conv.rev.bare_syn,
+                e.rev = FlowTotals {
+                    bare_syn: e.rev.bare_syn,
                     ..FlowTotals::default()
                 };
                 e.slice_start_ns = 0;

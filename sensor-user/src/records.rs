@@ -315,10 +315,10 @@ pub struct Conversation {
 }
 
 /// Joins the two directions of each conversation in one drain's flows, in a deterministic order
-/// (first packet, then key bytes).
-pub fn pair_flows(flows: &FlowMap<FlowTotals>) -> Vec<Conversation> {
+/// (first packet, then key bytes). Consumes the map: each direction is removed as it is joined.
+pub fn pair_flows(mut flows: FlowMap<FlowTotals>) -> Vec<Conversation> {
     let mut out = Vec::with_capacity(flows.len());
-    let mut keys: Vec<(u64, &FlowKey)> = flows.iter().map(|(k, t)| (t.first_seen_ns, k)).collect();
+    let mut keys: Vec<(u64, FlowKey)> = flows.iter().map(|(k, t)| (t.first_seen_ns, *k)).collect();
     keys.sort_unstable_by_key(|&(first, k)| {
         (
             first,
@@ -332,25 +332,22 @@ pub fn pair_flows(flows: &FlowMap<FlowTotals>) -> Vec<Conversation> {
             k.flags,
         )
     });
-    let mut done = FlowSet::with_capacity_and_hasher(flows.len(), Default::default());
     for (_, k) in keys {
-        if done.contains(k) {
+        // Gone already when it was joined as the other direction of an earlier key.
+        let Some(a) = flows.remove(&k) else {
             continue;
-        }
-        let a = &flows[k];
-        done.insert(*k);
-        let other = partner(k).and_then(|pk| flows.get(&pk).map(|v| (pk, v)));
+        };
+        let other = partner(&k).and_then(|pk| flows.remove(&pk).map(|b| (pk, b)));
         let (src_key, fwd, rev, how) = match other {
-            Some((pk, b)) if !done.contains(&pk) => {
-                done.insert(pk);
-                let (a_first, how) = a_initiated(k, a, &pk, b);
+            Some((pk, b)) => {
+                let (a_first, how) = a_initiated(&k, &a, &pk, &b);
                 if a_first {
-                    (*k, *a, *b, how)
+                    (k, a, b, how)
                 } else {
-                    (pk, *b, *a, how)
+                    (pk, b, a, how)
                 }
             }
-            _ => (*k, *a, FlowTotals::default(), "one_way"),
+            None => (k, a, FlowTotals::default(), "one_way"),
         };
         out.push(Conversation {
             src_key,
@@ -417,7 +414,7 @@ pub fn join_flows(
     clock: Clock,
     iface_name: &dyn Fn(u32) -> String,
 ) -> Vec<FlowRecord> {
-    pair_flows(flows)
+    pair_flows(flows.clone())
         .iter()
         .map(|c| flow_record(c, clock, iface_name, "interval"))
         .collect()

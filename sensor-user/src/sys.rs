@@ -100,17 +100,16 @@ impl GracePeriod {
 }
 
 /// Outcome of one drain of a (quiescent) hash map.
+#[derive(Debug, Clone, Copy)]
 pub struct Drained {
-    /// Keys, `key_size` bytes each.
-    pub keys: Vec<u8>,
-    /// Values, `value_stride` bytes each (per-CPU maps: one 8-byte-aligned slot per possible CPU).
-    pub values: Vec<u8>,
     pub count: usize,
     /// True if the batch command was used, false if the kernel lacked it and we went key by key.
     pub batched: bool,
 }
 
-/// Removes every entry of a hash map and returns them, in batches of `batch` entries.
+/// Removes every entry of a hash map, in batches of `batch` entries, handing each to `each` as
+/// (key bytes, value bytes; per-CPU maps: one 8-byte-aligned slot per possible CPU). Entries are
+/// handled batch by batch, so memory stays at one batch whatever the table's size.
 ///
 /// The map must not be written concurrently (the agent drains the inactive flow table only).
 pub fn drain_map(
@@ -118,10 +117,9 @@ pub fn drain_map(
     key_size: usize,
     value_stride: usize,
     batch: usize,
+    mut each: impl FnMut(&[u8], &[u8]),
 ) -> io::Result<Drained> {
     let mut out = Drained {
-        keys: Vec::new(),
-        values: Vec::new(),
         count: 0,
         batched: true,
     };
@@ -142,8 +140,13 @@ pub fn drain_map(
             .put_u32(36, fd.as_raw_fd() as u32);
         let r = bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut a);
         let n = a.get_u32(32) as usize;
-        out.keys.extend_from_slice(&keys[..n * key_size]);
-        out.values.extend_from_slice(&values[..n * value_stride]);
+        for (k, v) in keys
+            .chunks_exact(key_size)
+            .zip(values.chunks_exact(value_stride))
+            .take(n)
+        {
+            each(k, v);
+        }
         out.count += n;
         match r {
             Ok(_) => {
@@ -163,9 +166,7 @@ pub fn drain_map(
                     && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(ENOTSUPP)) =>
             {
                 // Kernel without batch ops (< 5.6): go key by key; still race-free on a quiescent map.
-                let mut slow = drain_map_one_by_one(fd, key_size, value_stride)?;
-                slow.batched = false;
-                return Ok(slow);
+                return drain_map_one_by_one(fd, key_size, value_stride, each);
             }
             Err(e) => return Err(e),
         }
@@ -230,10 +231,9 @@ pub fn drain_map_one_by_one(
     fd: BorrowedFd<'_>,
     key_size: usize,
     value_stride: usize,
+    mut each: impl FnMut(&[u8], &[u8]),
 ) -> io::Result<Drained> {
     let mut out = Drained {
-        keys: Vec::new(),
-        values: Vec::new(),
         count: 0,
         batched: false,
     };
@@ -268,8 +268,7 @@ pub fn drain_map_one_by_one(
             Err(e) => return Err(e),
         }
         if found {
-            out.keys.extend_from_slice(&key);
-            out.values.extend_from_slice(&value);
+            each(&key, &value);
             out.count += 1;
         }
     }

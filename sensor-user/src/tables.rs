@@ -26,6 +26,9 @@ unsafe fn read_pod<T>(bytes: &[u8]) -> T {
     unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
 }
 
+/// Entries per BPF_MAP_LOOKUP_AND_DELETE_BATCH call.
+pub const DRAIN_BATCH: usize = 4096;
+
 /// Empties a quiescent flow hash table into `out` (per-CPU values summed, merged by key).
 /// Returns (entries drained, whether the batch command was available).
 pub fn drain_flow_table(
@@ -33,18 +36,27 @@ pub fn drain_flow_table(
     nr_cpus: usize,
     out: &mut FlowMap<FlowTotals>,
 ) -> io::Result<(usize, bool)> {
+    let d = sys::drain_map(
+        fd,
+        size_of::<FlowKey>(),
+        per_cpu_stride::<FlowValue>() * nr_cpus,
+        DRAIN_BATCH,
+        flow_sink(out, nr_cpus),
+    )?;
+    Ok((d.count, d.batched))
+}
+
+/// What a drain does with each flow-table entry: sums its per-CPU values into `out`.
+pub fn flow_sink(out: &mut FlowMap<FlowTotals>, nr_cpus: usize) -> impl FnMut(&[u8], &[u8]) + '_ {
     let stride = per_cpu_stride::<FlowValue>();
-    let d = sys::drain_map(fd, size_of::<FlowKey>(), stride * nr_cpus, 4096)?;
-    for i in 0..d.count {
+    move |k, v| {
         // SAFETY: FlowKey and FlowValue are Pod; the kernel filled whole entries.
-        let key: FlowKey = unsafe { read_pod(&d.keys[i * size_of::<FlowKey>()..]) };
+        let key: FlowKey = unsafe { read_pod(k) };
         let t = out.entry(key).or_default();
-        for cpu in 0..nr_cpus {
-            let v: FlowValue = unsafe { read_pod(&d.values[(i * nr_cpus + cpu) * stride..]) };
-            t.add(&v);
+        for cpu in v.chunks_exact(stride).take(nr_cpus) {
+            t.add(&unsafe { read_pod::<FlowValue>(cpu) });
         }
     }
-    Ok((d.count, d.batched))
 }
 
 /// Adds the flow slots of generation `generation` to `out`. The array is not cleared: the
