@@ -211,7 +211,8 @@ pub fn report(ifaces: &[String]) -> (Vec<Item>, bool) {
             if let Some(aya::maps::Map::PerCpuLruHashMap(m)) = bpf.take_map(names::FLOWS[1]) {
                 let mut sink = crate::records::FlowMap::default();
                 let nr_cpus = aya::util::nr_cpus().unwrap_or(1);
-                match tables::drain_flow_table(m.fd().as_fd(), nr_cpus, &mut sink) {
+                match tables::drain_flow_table(m.fd().as_fd(), nr_cpus, tables::into_map(&mut sink))
+                {
                     Ok((_, true)) => push(
                         Status::Ok,
                         "flow table drain: batched (BPF_MAP_LOOKUP_AND_DELETE_BATCH)".into(),

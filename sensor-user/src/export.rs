@@ -33,6 +33,9 @@ use crate::{
 pub const MAX_RECORDS_PER_BATCH: usize = 20_000;
 /// Batches sent and not yet acknowledged.
 const WINDOW: usize = 16;
+/// ... and at most this many encoded bytes (at least one batch): each batch in flight is held
+/// decoded in memory, so the window bounds the agent's memory as well as the control plane's.
+const WINDOW_BYTES: usize = 4 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -420,13 +423,17 @@ impl Exporter {
             .await
             .map_err(|s| anyhow::anyhow!("export: {}: {}", s.code(), s.message()))?
             .into_inner();
-        let mut in_flight: VecDeque<u64> = VecDeque::new();
+        // (batch id, encoded size) of what was sent and not yet acknowledged.
+        let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
         let mut last_sent = 0u64;
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         let mut stop_deadline: Option<tokio::time::Instant> = None;
         loop {
             // Fill the window, oldest first.
-            while in_flight.len() < WINDOW {
+            while in_flight.len() < WINDOW
+                && (in_flight.is_empty()
+                    || in_flight.iter().map(|(_, n)| n).sum::<usize>() < WINDOW_BYTES)
+            {
                 let next = {
                     let spool = Self::lock(&self.spool);
                     spool
@@ -437,6 +444,7 @@ impl Exporter {
                 let Some((id, Some(batch))) = next else {
                     break;
                 };
+                let size = prost::Message::encoded_len(&batch);
                 // The transport may hold the batch back (HTTP/2 flow control): never wait past
                 // the shutdown deadline for it.
                 let sent = match stop_deadline {
@@ -452,7 +460,7 @@ impl Exporter {
                     }
                 };
                 sent.map_err(|_| anyhow::anyhow!("the export stream closed"))?;
-                in_flight.push_back(id);
+                in_flight.push_back((id, size));
                 last_sent = id;
             }
             if *stop.borrow() {
@@ -476,7 +484,7 @@ impl Exporter {
                 ack = acks.message() => {
                     match ack {
                         Ok(Some(a)) => {
-                            in_flight.retain(|id| *id != a.batch_id);
+                            in_flight.retain(|(id, _)| *id != a.batch_id);
                             self.acked(a.batch_id, a.duplicate)?;
                         }
                         Ok(None) => anyhow::bail!("the control plane ended the export stream"),

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use sensor_common::tcp;
+use sensor_common::{FlowKey, tcp};
 
 use crate::records::{Conversation, FlowMap, FlowTotals, pair_flows, partner_key};
 
@@ -34,21 +34,6 @@ pub struct FlowCache {
     idle_ns: u64,
     /// Keyed by the initiator's direction.
     entries: FlowMap<Entry>,
-}
-
-fn merge(into: &mut FlowTotals, d: &FlowTotals) {
-    if d.packets == 0 {
-        return;
-    }
-    if into.packets == 0 || d.first_seen_ns < into.first_seen_ns {
-        into.first_seen_ns = d.first_seen_ns;
-    }
-    into.packets += d.packets;
-    into.bytes += d.bytes;
-    into.last_seen_ns = into.last_seen_ns.max(d.last_seen_ns);
-    into.tcp_flags |= d.tcp_flags;
-    into.directions |= d.directions;
-    into.bare_syn |= d.bare_syn;
 }
 
 impl FlowCache {
@@ -72,24 +57,36 @@ impl FlowCache {
     pub fn add(&mut self, flows: &FlowMap<FlowTotals>) {
         let mut new = FlowMap::default();
         for (k, d) in flows {
-            if let Some(e) = self.entries.get_mut(k) {
-                merge(&mut e.fwd, d);
-                Self::touch(e, d);
-                continue;
-            }
-            if let Some(pk) = partner_key(k)
-                && let Some(e) = self.entries.get_mut(&pk)
-            {
-                merge(&mut e.rev, d);
-                if e.how == "one_way" {
-                    // The other side answered after the first slice: src was first seen.
-                    e.how = "first_seen";
-                }
-                Self::touch(e, d);
-                continue;
-            }
-            new.insert(*k, *d);
+            self.add_one(k, d, &mut new);
         }
+        self.add_new(new);
+    }
+
+    /// Adds one direction's counts to its conversation if the cache has it; otherwise to `new`,
+    /// which [`FlowCache::add_new`] takes once the whole drain has been seen (so that both
+    /// directions of a new conversation are joined).
+    pub fn add_one(&mut self, k: &FlowKey, d: &FlowTotals, new: &mut FlowMap<FlowTotals>) {
+        if let Some(e) = self.entries.get_mut(k) {
+            e.fwd.merge(d);
+            Self::touch(e, d);
+            return;
+        }
+        if let Some(pk) = partner_key(k)
+            && let Some(e) = self.entries.get_mut(&pk)
+        {
+            e.rev.merge(d);
+            if e.how == "one_way" {
+                // The other side answered after the first slice: src was first seen.
+                e.how = "first_seen";
+            }
+            Self::touch(e, d);
+            return;
+        }
+        new.entry(*k).or_default().merge(d);
+    }
+
+    /// Opens the conversations of a drain's new flows (both directions joined).
+    pub fn add_new(&mut self, new: FlowMap<FlowTotals>) {
         for c in pair_flows(new) {
             let first = [c.fwd, c.rev]
                 .iter()
@@ -197,7 +194,6 @@ impl FlowCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sensor_common::FlowKey;
 
     const S: u64 = 1_000_000_000;
 

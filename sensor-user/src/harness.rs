@@ -138,7 +138,11 @@ impl Harness {
     pub fn take_flows(&self) -> anyhow::Result<FlowMap<FlowTotals>> {
         let mut out = FlowMap::default();
         for i in 0..2 {
-            tables::drain_flow_table(self.table(i).fd().as_fd(), self.nr_cpus, &mut out)?;
+            tables::drain_flow_table(
+                self.table(i).fd().as_fd(),
+                self.nr_cpus,
+                tables::into_map(&mut out),
+            )?;
         }
         let slots = self.active_array(names::FLOW_SLOTS);
         tables::read_flow_slots(
@@ -146,7 +150,7 @@ impl Harness {
             sensor_common::DEFAULT_FLOW_SLOTS,
             self.nr_cpus,
             self.cfg.slot_gen,
-            &mut out,
+            tables::into_map(&mut out),
         )?;
         Ok(out)
     }

@@ -23,6 +23,15 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
+    // The flow maps of a drain are large and short-lived. With glibc's default, its mmap
+    // threshold rises after the first one is freed and later ones stay on the heap, so the
+    // peak RSS ratchets up; a fixed threshold returns them to the kernel when freed (measured:
+    // 64 -> 55 MiB at 100k active flows, 107 -> 85 MiB under a churn of 20k new flows/s).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
     let args = Args::parse();
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_env("PICKET_LOG").unwrap_or_else(|_| "info".into())
@@ -387,25 +396,14 @@ fn export(
     pods: Option<&k8s::PodIndex>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let d = sensor.drain()?;
+    // Straight into the flow cache: only the drain's new flows are held on the side.
+    let mut new = records::FlowMap::default();
+    let d = sensor.drain(|k, t| cache.add_one(k, t, &mut new))?;
+    cache.add_new(new);
     let drain_time = t0.elapsed();
     let clock = Clock::now();
-    cache.add(&d.flows);
-    let mut recs: Vec<_> = cache
-        .expire(Clock::monotonic_ns(), flush_all)
-        .iter()
-        .map(|(c, why)| records::flow_record(c, clock, iface_name, why))
-        .collect();
-    if let Some(pods) = pods {
-        for r in &mut recs {
-            r.src_pod = pods.get(&r.src_ip);
-            r.dst_pod = pods.get(&r.dst_ip);
-        }
-    }
+    let due = cache.expire(Clock::monotonic_ns(), flush_all);
     agent.open_flows = cache.len() as u64;
-    for r in &recs {
-        out.line(r);
-    }
     let probes: Vec<_> = d
         .probes
         .iter()
@@ -414,21 +412,50 @@ fn export(
     for p in &probes {
         out.line(p);
     }
-    if let Some(ex) = exporter {
-        let host = ex.host.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let batches = export::batches(
-            recs.iter().map(export::flow).collect(),
-            std::mem::take(pending_scans),
-            probes.iter().map(export::probe).collect(),
-            std::mem::take(pending_auth),
-            &host,
-            clock.unix_ns(Clock::monotonic_ns()),
-        );
-        // Written to the spool (durably) before anything else: from here on nothing is lost.
-        ex.push(batches)?;
+    let host = exporter.map(|ex| ex.host.lock().unwrap_or_else(|p| p.into_inner()).clone());
+    // One batch's worth of records at a time, so that a burst of expiries (100k flows reaching
+    // their active timeout together) never sits in memory as records and messages at once.
+    let mut chunks = due.chunks(export::MAX_RECORDS_PER_BATCH);
+    let mut first = true;
+    while let Some(chunk) = chunks.next().or(first.then_some(&[][..])) {
+        let mut recs: Vec<_> = chunk
+            .iter()
+            .map(|(c, why)| records::flow_record(c, clock, iface_name, why))
+            .collect();
+        if let Some(pods) = pods {
+            for r in &mut recs {
+                r.src_pod = pods.get(&r.src_ip);
+                r.dst_pod = pods.get(&r.dst_ip);
+            }
+        }
+        for r in &recs {
+            out.line(r);
+        }
+        if let (Some(ex), Some(host)) = (exporter, &host) {
+            let (scans, probes, auth) = if first {
+                (
+                    std::mem::take(pending_scans),
+                    probes.iter().map(export::probe).collect(),
+                    std::mem::take(pending_auth),
+                )
+            } else {
+                Default::default()
+            };
+            let batches = export::batches(
+                recs.iter().map(export::flow).collect(),
+                scans,
+                probes,
+                auth,
+                host,
+                clock.unix_ns(Clock::monotonic_ns()),
+            );
+            // Written to the spool (durably) before anything else: from here on nothing is lost.
+            ex.push(batches)?;
+        }
+        first = false;
     }
     agent.probe_records += d.probes.len() as u64;
-    agent.flow_records += recs.len() as u64;
+    agent.flow_records += due.len() as u64;
     agent.drains += 1;
     agent.last_drain_entries = d.entries as u64;
     agent.last_drain_us = drain_time.as_micros() as u64;

@@ -52,6 +52,12 @@ impl Clock {
     }
 }
 
+fn rfc3339_ns<S: serde::Serializer>(ns: &u64, s: S) -> Result<S::Ok, S::Error> {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(*ns as i128)
+        .map_err(serde::ser::Error::custom)?;
+    s.serialize_str(&t.format(&Rfc3339).map_err(serde::ser::Error::custom)?)
+}
+
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -90,6 +96,22 @@ impl FlowTotals {
         self.tcp_flags |= v.tcp_flags;
         self.directions |= v.directions;
         self.bare_syn |= v.opened_by_syn != 0;
+    }
+
+    /// Adds `d` (counts of the same direction of the same flow, from another CPU, slot or drain).
+    pub fn merge(&mut self, d: &FlowTotals) {
+        if d.packets == 0 {
+            return;
+        }
+        if self.packets == 0 || d.first_seen_ns < self.first_seen_ns {
+            self.first_seen_ns = d.first_seen_ns;
+        }
+        self.packets += d.packets;
+        self.bytes += d.bytes;
+        self.last_seen_ns = self.last_seen_ns.max(d.last_seen_ns);
+        self.tcp_flags |= d.tcp_flags;
+        self.directions |= d.directions;
+        self.bare_syn |= d.bare_syn;
     }
 }
 
@@ -165,12 +187,11 @@ pub struct FlowRecord {
     pub reverse_bytes: u64,
     pub tcp_flags: u8,
     pub reverse_tcp_flags: u8,
-    pub start: String,
-    pub end: String,
-    /// `start` and `end` as Unix nanoseconds (for the gRPC export).
-    #[serde(skip)]
+    /// First and last packet, as Unix nanoseconds; `start` and `end` (RFC 3339) in JSON. Text
+    /// only when printed: the export sends the numbers.
+    #[serde(rename = "start", serialize_with = "rfc3339_ns")]
     pub start_unix_ns: u64,
-    #[serde(skip)]
+    #[serde(rename = "end", serialize_with = "rfc3339_ns")]
     pub end_unix_ns: u64,
     /// Where the packets were seen: "ingress" (XDP), "egress" (tc) or both.
     pub observed: &'static str,
@@ -395,8 +416,6 @@ pub fn flow_record(
         reverse_bytes: rev.bytes,
         tcp_flags: fwd.tcp_flags,
         reverse_tcp_flags: rev.tcp_flags,
-        start: clock.rfc3339(first),
-        end: clock.rfc3339(last),
         start_unix_ns: clock.unix_ns(first),
         end_unix_ns: clock.unix_ns(last),
         observed: observed(fwd.directions | rev.directions),

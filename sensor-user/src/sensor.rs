@@ -12,13 +12,13 @@ use aya::{
     },
 };
 use sensor_common::{
-    CLOCK_CONFIG, CLOCK_KERNEL, Counters, ScanEvent, SensorConfig, counter, names,
+    CLOCK_CONFIG, CLOCK_KERNEL, Counters, FlowKey, ScanEvent, SensorConfig, counter, names,
 };
 use tracing::{info, warn};
 
 use crate::{
     error::SensorError,
-    records::{FlowMap, FlowTotals, ProbeTotals},
+    records::{FlowTotals, ProbeTotals},
     sys::GracePeriod,
     tables,
 };
@@ -93,7 +93,6 @@ pub struct Sensor {
 
 /// One export interval's worth of flows.
 pub struct DrainResult {
-    pub flows: FlowMap<FlowTotals>,
     /// Bare SYNs summed per source (their flow slots were taken).
     pub probes: Vec<ProbeTotals>,
     pub entries: usize,
@@ -307,8 +306,12 @@ impl Sensor {
     }
 
     /// Switches the programs to the other flow table, waits until no program can still be
-    /// writing the old one, drains it completely and returns its flows.
-    pub fn drain(&mut self) -> Result<DrainResult, SensorError> {
+    /// writing the old one, drains it completely and hands its flows to `each` (a flow may come
+    /// more than once, from the table and from a flow slot: the counts add up).
+    pub fn drain(
+        &mut self,
+        mut each: impl FnMut(&FlowKey, &FlowTotals),
+    ) -> Result<DrainResult, SensorError> {
         let old = self.cfg.active_table as usize;
         self.cfg.active_table ^= 1;
         // The table becoming active gets a new generation: its flow slots from last time are free.
@@ -321,9 +324,8 @@ impl Sensor {
             .wait()
             .map_err(|e| SensorError::Kernel(format!("waiting for an RCU grace period: {e}")))?;
 
-        let mut flows = FlowMap::default();
         let (entries, batched) =
-            tables::drain_flow_table(self.flows[old].fd().as_fd(), self.nr_cpus, &mut flows)
+            tables::drain_flow_table(self.flows[old].fd().as_fd(), self.nr_cpus, &mut each)
                 .map_err(|e| SensorError::Kernel(format!("draining flow table {old}: {e}")))?;
         self.batched_drain = batched;
         let slots = tables::read_flow_slots(
@@ -331,7 +333,7 @@ impl Sensor {
             self.flow_slot_count,
             self.nr_cpus,
             self.table_gen[old],
-            &mut flows,
+            &mut each,
         )
         .map_err(|e| SensorError::Kernel(format!("reading flow slots {old}: {e}")))?;
         self.drained_entries += entries as u64;
@@ -342,7 +344,6 @@ impl Sensor {
         )
         .map_err(|e| SensorError::Kernel(format!("reading probe aggregates {old}: {e}")))?;
         Ok(DrainResult {
-            flows,
             probes,
             entries: entries + slots,
         })

@@ -29,44 +29,53 @@ unsafe fn read_pod<T>(bytes: &[u8]) -> T {
 /// Entries per BPF_MAP_LOOKUP_AND_DELETE_BATCH call.
 pub const DRAIN_BATCH: usize = 4096;
 
-/// Empties a quiescent flow hash table into `out` (per-CPU values summed, merged by key).
+/// Empties a quiescent flow hash table, handing each flow (per-CPU values summed) to `each`.
 /// Returns (entries drained, whether the batch command was available).
 pub fn drain_flow_table(
     fd: BorrowedFd<'_>,
     nr_cpus: usize,
-    out: &mut FlowMap<FlowTotals>,
+    each: impl FnMut(&FlowKey, &FlowTotals),
 ) -> io::Result<(usize, bool)> {
     let d = sys::drain_map(
         fd,
         size_of::<FlowKey>(),
         per_cpu_stride::<FlowValue>() * nr_cpus,
         DRAIN_BATCH,
-        flow_sink(out, nr_cpus),
+        per_cpu_sum(nr_cpus, each),
     )?;
     Ok((d.count, d.batched))
 }
 
-/// What a drain does with each flow-table entry: sums its per-CPU values into `out`.
-pub fn flow_sink(out: &mut FlowMap<FlowTotals>, nr_cpus: usize) -> impl FnMut(&[u8], &[u8]) + '_ {
+/// What a drain does with each raw flow-table entry: sums its per-CPU values into one flow.
+pub fn per_cpu_sum(
+    nr_cpus: usize,
+    mut each: impl FnMut(&FlowKey, &FlowTotals),
+) -> impl FnMut(&[u8], &[u8]) {
     let stride = per_cpu_stride::<FlowValue>();
     move |k, v| {
         // SAFETY: FlowKey and FlowValue are Pod; the kernel filled whole entries.
         let key: FlowKey = unsafe { read_pod(k) };
-        let t = out.entry(key).or_default();
+        let mut t = FlowTotals::default();
         for cpu in v.chunks_exact(stride).take(nr_cpus) {
             t.add(&unsafe { read_pod::<FlowValue>(cpu) });
         }
+        each(&key, &t);
     }
 }
 
-/// Adds the flow slots of generation `generation` to `out`. The array is not cleared: the
+/// A sink for [`drain_flow_table`] and [`read_flow_slots`] that merges flows into a map by key.
+pub fn into_map(out: &mut FlowMap<FlowTotals>) -> impl FnMut(&FlowKey, &FlowTotals) + '_ {
+    |k, t| out.entry(*k).or_default().merge(t)
+}
+
+/// Hands the flow slots of generation `generation` to `each`. The array is not cleared: the
 /// programs treat slots of other generations as free. Returns the number of live slots.
 pub fn read_flow_slots(
     fd: BorrowedFd<'_>,
     entries: u32,
     nr_cpus: usize,
     generation: u32,
-    out: &mut FlowMap<FlowTotals>,
+    mut each: impl FnMut(&FlowKey, &FlowTotals),
 ) -> io::Result<usize> {
     let stride = per_cpu_stride::<FlowSlot>();
     let values = sys::read_array(fd, entries, stride * nr_cpus)?;
@@ -76,7 +85,9 @@ pub fn read_flow_slots(
         let s: FlowSlot = unsafe { read_pod(slot) };
         if s.generation == generation && s.value.packets > 0 {
             // `opened_by_syn` in the value says whether a bare SYN opened it.
-            out.entry(s.key).or_default().add(&s.value);
+            let mut t = FlowTotals::default();
+            t.add(&s.value);
+            each(&s.key, &t);
             live += 1;
         }
     }

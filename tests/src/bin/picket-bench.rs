@@ -22,7 +22,7 @@ use sensor_user::{
         Harness, Peer,
         frame::{self, ACK, Frame, PSH, SYN},
     },
-    sys,
+    sys, tables,
 };
 use tests::{Lab, Sensor, TempDir, sh, sh_in};
 
@@ -486,12 +486,12 @@ fn drain_section(report: &mut String) {
                 .count
             }
             1 => {
-                sensor_user::tables::drain_flow_table(fd, h.nr_cpus(), &mut flows)
+                sensor_user::tables::drain_flow_table(fd, h.nr_cpus(), tables::into_map(&mut flows))
                     .expect("drain")
                     .0
             }
             _ => {
-                let sink = sensor_user::tables::flow_sink(&mut flows, h.nr_cpus());
+                let sink = tables::per_cpu_sum(h.nr_cpus(), tables::into_map(&mut flows));
                 sys::drain_map_one_by_one(fd, key_size, stride, sink)
                     .expect("drain")
                     .count
