@@ -1,7 +1,8 @@
 //! Login events from the host's SSH log (`--auth-log /var/log/auth.log`), for brute-force
 //! detection in the control plane: sshd's "Failed ...", "Invalid user ..." and "Accepted ..."
 //! lines become `kind: "auth"` records. The file is followed like `tail -F`: from its end at
-//! start, across rotation (a new inode) and truncation.
+//! start, across rotation (a new inode) and truncation. `--auth-log journal` reads systemd's
+//! journal instead (`journalctl --follow --output=json` for sshd and sshd-session).
 
 use std::{
     fs,
@@ -62,7 +63,10 @@ fn line_time(line: &str, now: OffsetDateTime) -> OffsetDateTime {
 
 /// One sshd line as a login event, if it is one.
 pub fn parse_line(line: &str, now: OffsetDateTime) -> Option<AuthRecord> {
-    let msg = line.split_once("sshd[").map(|(_, r)| r)?;
+    // OpenSSH 9.8 and later log the login from "sshd-session" (Debian 13), older ones "sshd".
+    let msg = ["sshd[", "sshd-session["]
+        .iter()
+        .find_map(|tag| line.split_once(tag).map(|(_, r)| r))?;
     let msg = msg.split_once("]: ").map(|(_, r)| r)?;
     let (outcome, user, rest) = if let Some(r) = msg.strip_prefix("Failed ") {
         // "Failed password for [invalid user ]NAME from IP port P ssh2"
@@ -99,6 +103,99 @@ pub fn parse_line(line: &str, now: OffsetDateTime) -> Option<AuthRecord> {
         src_ip,
         src_port,
     })
+}
+
+/// Where login lines come from: a log file, or the journal.
+pub enum AuthSource {
+    File(Follower),
+    Journal(Journal),
+}
+
+impl AuthSource {
+    /// `journal` means the systemd journal; anything else is a file path.
+    pub fn open(spec: &std::path::Path) -> anyhow::Result<Self> {
+        if spec.as_os_str() == "journal" {
+            Ok(AuthSource::Journal(Journal::spawn()?))
+        } else {
+            Ok(AuthSource::File(Follower::new(spec.to_path_buf())))
+        }
+    }
+
+    /// New lines since the last call, in the syslog form `parse_line` reads.
+    pub fn poll(&mut self) -> Vec<String> {
+        match self {
+            AuthSource::File(f) => f.poll(),
+            AuthSource::Journal(j) => j.poll(),
+        }
+    }
+}
+
+/// `journalctl --follow` for sshd's messages, read by a thread; its JSON entries become syslog
+/// lines (RFC 3339 time from `__REALTIME_TIMESTAMP`, host, identifier[pid]: message).
+pub struct Journal {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Journal {
+    fn spawn() -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("journalctl")
+            .args([
+                "--follow",
+                "--lines=0",
+                "--output=json",
+                "--identifier=sshd",
+                "--identifier=sshd-session",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("--auth-log journal: cannot run journalctl: {e}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for entry in std::io::BufReader::new(stdout).lines() {
+                let Ok(entry) = entry else { break };
+                if let Some(line) = journal_line(&entry)
+                    && tx.send(line).is_err()
+                {
+                    break;
+                }
+            }
+            tracing::warn!("journalctl stopped: no more login events from the journal");
+        });
+        Ok(Journal { child, lines })
+    }
+
+    fn poll(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Our own child, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `journalctl --output=json` entry as a syslog line; None for entries without a message
+/// (or with a binary one, which journald exports as an array of bytes).
+pub fn journal_line(entry: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(entry).ok()?;
+    let msg = v["MESSAGE"].as_str()?;
+    let us: i128 = v["__REALTIME_TIMESTAMP"].as_str()?.parse().ok()?;
+    let t = OffsetDateTime::from_unix_timestamp_nanos(us * 1000).ok()?;
+    let host = v["_HOSTNAME"].as_str().unwrap_or("-");
+    let ident = v["SYSLOG_IDENTIFIER"].as_str().unwrap_or("sshd");
+    let pid = v["_PID"].as_str().unwrap_or("0");
+    Some(format!(
+        "{} {host} {ident}[{pid}]: {msg}",
+        t.format(&Rfc3339).ok()?
+    ))
 }
 
 /// Follows a log file from its end; `poll` returns the complete new lines.
@@ -182,6 +279,34 @@ mod tests {
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::parse("2026-11-28T12:00:00Z", &Rfc3339).expect("now")
+    }
+
+    /// Entries as `journalctl --output=json` prints them (fields are strings; a non-UTF-8
+    /// message is an array of bytes).
+    #[test]
+    fn journal_entries_become_login_events() {
+        let failed = r#"{"__CURSOR":"s=1;i=2","__REALTIME_TIMESTAMP":"1795860902123456","__MONOTONIC_TIMESTAMP":"81234567","_BOOT_ID":"3f","PRIORITY":"6","SYSLOG_FACILITY":"4","SYSLOG_IDENTIFIER":"sshd-session","_PID":"4211","_UID":"0","_COMM":"sshd-session","_HOSTNAME":"web-1","MESSAGE":"Failed password for invalid user oracle from 198.51.100.23 port 40522 ssh2"}"#;
+        let l = journal_line(failed).expect("line");
+        assert_eq!(
+            l,
+            "2026-11-28T10:15:02.123456Z web-1 sshd-session[4211]: Failed password for invalid user oracle from 198.51.100.23 port 40522 ssh2"
+        );
+        let r = parse_line(&l, now()).expect("record");
+        assert_eq!(
+            (r.outcome, r.user.as_str(), r.src_port, r.time_unix_ns),
+            ("failed", "oracle", 40522, 1_795_860_902_123_456_000)
+        );
+        assert_eq!(r.src_ip.to_string(), "198.51.100.23");
+        let accepted = r#"{"__REALTIME_TIMESTAMP":"1795860903000000","SYSLOG_IDENTIFIER":"sshd","_PID":"4212","_HOSTNAME":"web-1","MESSAGE":"Accepted publickey for deploy from 2001:db8::5 port 51000 ssh2: ED25519 SHA256:abc"}"#;
+        let r = parse_line(&journal_line(accepted).expect("line"), now()).expect("record");
+        assert_eq!((r.outcome, r.user.as_str()), ("accepted", "deploy"));
+        // A binary MESSAGE, no timestamp, not JSON: no line.
+        assert_eq!(
+            journal_line(r#"{"__REALTIME_TIMESTAMP":"1","MESSAGE":[70,97]}"#),
+            None
+        );
+        assert_eq!(journal_line(r#"{"MESSAGE":"Failed password"}"#), None);
+        assert_eq!(journal_line("not json"), None);
     }
 
     #[test]

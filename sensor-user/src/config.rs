@@ -122,9 +122,10 @@ pub struct Args {
     #[arg(long)]
     pub precise_timestamps: bool,
 
-    /// Follow this SSH/auth log (e.g. /var/log/auth.log) and report failed and accepted logins
-    /// as `kind: "auth"` records (for brute-force detection).
-    #[arg(long, value_name = "FILE")]
+    /// Follow this SSH/auth log (e.g. /var/log/auth.log), or `journal` for systemd's journal,
+    /// and report failed and accepted logins as `kind: "auth"` records (for brute-force
+    /// detection).
+    #[arg(long, value_name = "FILE|journal")]
     pub auth_log: Option<PathBuf>,
 
     /// Log lines on stderr as text (default) or JSON objects (for log shippers). The level is

@@ -198,10 +198,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let mut pending_scans: Vec<picket_proto::v1::ScanEvent> = Vec::new();
     let mut pending_auth: Vec<picket_proto::v1::AuthEvent> = Vec::new();
-    let mut auth_log = settings.auth_log.clone().map(|p| {
-        info!(file = %p.display(), "following the SSH log for login events");
-        authlog::Follower::new(p)
-    });
+    let mut auth_log = match &settings.auth_log {
+        Some(p) => {
+            info!(source = %p.display(), "following the SSH log for login events");
+            Some(authlog::AuthSource::open(p)?)
+        }
+        None => None,
+    };
     let mut auth_tick = tokio::time::interval(Duration::from_secs(1));
     auth_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cache = FlowCache::new(settings.active_timeout, settings.idle_timeout);
