@@ -1,4 +1,7 @@
 //! The control plane as a library: the binary and the tests call these.
+pub mod cloud;
+pub mod import;
 pub mod ingest;
 pub mod keys;
+pub mod model;
 pub mod store;

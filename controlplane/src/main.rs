@@ -56,13 +56,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SensorsCmd,
     },
-    /// Import cloud flow logs (gzip detected; `-` for stdin) into a data dir.
+    /// Import cloud flow logs into a data dir: AWS VPC / transit-gateway flow logs (default or
+    /// custom format with its header line). Files may be gzip-compressed (detected); `-` reads
+    /// standard input. Bad lines are counted by reason and the import goes on; the summary says
+    /// what was read, stored, rejected and skipped.
     Import {
         provider: Provider,
-        #[arg(required = true)]
+        /// Flow log files, or `-` for standard input.
+        #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// The data dir of the store (as given to `serve`); created if missing.
         #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        data_dir: PathBuf,
     },
 }
 
@@ -104,10 +109,20 @@ fn main() -> ExitCode {
         } => tls_config(tls_cert, tls_key, tls_client_ca)
             .and_then(|tls| serve(data_dir, grpc_listen, http_listen, tls)),
         Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
-        Cmd::Import { .. } => {
-            eprintln!("picket-controlplane: `import` is not available in this version yet");
+        Cmd::Import {
+            provider: Provider::Gcp | Provider::Azure,
+            ..
+        } => {
+            eprintln!(
+                "picket-controlplane: importing GCP and Azure flow logs is not available in this version yet (AWS is)"
+            );
             return ExitCode::from(2);
         }
+        Cmd::Import {
+            provider: Provider::Aws,
+            files,
+            data_dir,
+        } => import_aws(&data_dir, &files),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +131,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn import_aws(data_dir: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<()> {
+    let store = SqliteStore::open(data_dir)?;
+    let mut sum = controlplane::import::Summary::default();
+    for f in files {
+        let input = controlplane::import::open_input(f)?;
+        let name = f.display().to_string();
+        controlplane::import::import_aws(store.as_ref(), input, &name, &mut sum)?;
+    }
+    println!("aws: {sum}");
+    if sum.stored == 0 && sum.rejected_total() > 0 {
+        anyhow::bail!("no record could be imported: is this an AWS VPC flow log?");
+    }
+    Ok(())
 }
 
 fn sensors(data_dir: PathBuf, cmd: SensorsCmd) -> anyhow::Result<()> {

@@ -15,6 +15,8 @@ use anyhow::Context as _;
 use picket_proto::v1::{ExportBatch, HeartbeatRequest, RegisterRequest};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use crate::model::{Flow, Source};
+
 /// A sensor as the registry knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SensorRow {
@@ -62,6 +64,10 @@ pub trait Store: Send + Sync + 'static {
     fn store_batch(&self, sensor: &str, b: &ExportBatch, now_ns: i64) -> anyhow::Result<Stored>;
     /// Totals over the flows of one sensor (all sensors if None).
     fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals>;
+    /// Stores flows of the common model (cloud flow logs), in one transaction.
+    fn insert_flows(&self, flows: &[Flow]) -> anyhow::Result<()>;
+    /// Totals over the flows of one source.
+    fn source_totals(&self, source: Source) -> anyhow::Result<FlowTotals>;
 }
 
 pub struct SqliteStore {
@@ -160,6 +166,39 @@ CREATE TABLE IF NOT EXISTS auth_events (
 );
 "#;
 
+/// Schema changes after the first release, applied in order; `PRAGMA user_version` says how
+/// many a database has.
+const MIGRATIONS: &[&str] = &[
+    // 1: one flow model for sensors and cloud flow logs.
+    r#"
+ALTER TABLE flows ADD COLUMN source TEXT NOT NULL DEFAULT 'sensor';
+ALTER TABLE flows ADD COLUMN action TEXT NOT NULL DEFAULT '';
+ALTER TABLE flows ADD COLUMN sampling_rate REAL NOT NULL DEFAULT 1.0;
+ALTER TABLE flows ADD COLUMN vpc TEXT;
+ALTER TABLE flows ADD COLUMN subnet TEXT;
+ALTER TABLE flows ADD COLUMN instance TEXT;
+ALTER TABLE flows ADD COLUMN region TEXT;
+ALTER TABLE flows ADD COLUMN zone TEXT;
+ALTER TABLE flows ADD COLUMN pkt_src_ip TEXT;
+ALTER TABLE flows ADD COLUMN pkt_dst_ip TEXT;
+ALTER TABLE flows ADD COLUMN cloud_json TEXT;
+CREATE INDEX IF NOT EXISTS flows_by_source ON flows (source, end_ns);
+"#,
+];
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let have: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(have) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(m)
+            .with_context(|| format!("migrating the store to version {}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
 /// Text form of an address carried as 4 or 16 bytes; anything else is a malformed record.
 pub fn ip_text(b: &[u8]) -> anyhow::Result<String> {
     Ok(match b.len() {
@@ -188,6 +227,8 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
+        let mut conn = conn;
+        migrate(&mut conn)?;
         Ok(Arc::new(SqliteStore {
             conn: Mutex::new(conn),
         }))
@@ -428,22 +469,85 @@ impl Store for SqliteStore {
 
     fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals> {
         let c = self.conn();
-        let q = "SELECT COUNT(*), COALESCE(SUM(packets), 0), COALESCE(SUM(bytes), 0), \
-                 COALESCE(SUM(reverse_packets), 0), COALESCE(SUM(reverse_bytes), 0) FROM flows";
-        let map = |r: &rusqlite::Row<'_>| {
-            Ok(FlowTotals {
-                records: r.get::<_, i64>(0)? as u64,
-                packets: r.get::<_, i64>(1)? as u64,
-                bytes: r.get::<_, i64>(2)? as u64,
-                reverse_packets: r.get::<_, i64>(3)? as u64,
-                reverse_bytes: r.get::<_, i64>(4)? as u64,
-            })
-        };
+        let q = format!("{TOTALS} WHERE source = 'sensor'");
         Ok(match sensor {
-            Some(s) => c.query_row(&format!("{q} WHERE sensor = ?1"), [s], map)?,
-            None => c.query_row(q, [], map)?,
+            Some(s) => c.query_row(&format!("{q} AND sensor = ?1"), [s], totals_row)?,
+            None => c.query_row(&q, [], totals_row)?,
         })
     }
+
+    fn source_totals(&self, source: Source) -> anyhow::Result<FlowTotals> {
+        Ok(self.conn().query_row(
+            &format!("{TOTALS} WHERE source = ?1"),
+            [source.as_str()],
+            totals_row,
+        )?)
+    }
+
+    fn insert_flows(&self, flows: &[Flow]) -> anyhow::Result<()> {
+        if flows.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
+                 packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
+                 start_ns, end_ns, observed, initiator_by, partial, end_reason, source, action, \
+                 sampling_rate, vpc, subnet, instance, region, zone, pkt_src_ip, pkt_dst_ip, \
+                 cloud_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, \
+                 ?14, ?15, '', '', '', ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+            )?;
+            for f in flows {
+                let m = &f.cloud;
+                st.execute(params![
+                    f.observer,
+                    f.interface,
+                    f.src_ip.to_string(),
+                    f.dst_ip.to_string(),
+                    f.src_port,
+                    f.dst_port,
+                    f.protocol,
+                    i(f.packets),
+                    i(f.bytes),
+                    i(f.reverse_packets),
+                    i(f.reverse_bytes),
+                    f.tcp_flags,
+                    f.start_ns,
+                    f.end_ns,
+                    m.direction.as_deref().unwrap_or(""),
+                    f.source.as_str(),
+                    f.action.as_str(),
+                    f.sampling_rate,
+                    m.vpc,
+                    m.subnet,
+                    m.instance,
+                    m.region,
+                    m.zone,
+                    m.pkt_src_ip.map(|a| a.to_string()),
+                    m.pkt_dst_ip.map(|a| a.to_string()),
+                    (!m.extra.is_empty())
+                        .then(|| serde_json::Value::Object(m.extra.clone()).to_string()),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+const TOTALS: &str = "SELECT COUNT(*), COALESCE(SUM(packets), 0), COALESCE(SUM(bytes), 0), \
+                      COALESCE(SUM(reverse_packets), 0), COALESCE(SUM(reverse_bytes), 0) FROM flows";
+
+fn totals_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowTotals> {
+    Ok(FlowTotals {
+        records: r.get::<_, i64>(0)? as u64,
+        packets: r.get::<_, i64>(1)? as u64,
+        bytes: r.get::<_, i64>(2)? as u64,
+        reverse_packets: r.get::<_, i64>(3)? as u64,
+        reverse_bytes: r.get::<_, i64>(4)? as u64,
+    })
 }
 
 #[cfg(test)]

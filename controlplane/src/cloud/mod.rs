@@ -1,0 +1,2 @@
+//! Cloud flow logs: parsers for the providers' documented formats.
+pub mod aws;

@@ -1,0 +1,240 @@
+//! `picket-controlplane import PROVIDER FILE...`: cloud flow logs into the store.
+//!
+//! Inputs may be gzip-compressed (detected by their magic bytes, as S3 delivers them) and `-`
+//! is standard input. A line that cannot be parsed is counted by reason, the first example of
+//! each reason is logged with its file and line number, and the import goes on. Records that
+//! stand for no flow are counted too: AWS `NODATA` (no traffic) and `SKIPDATA` (flows AWS
+//! dropped from the log, which an operator must hear about).
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    io::{self, BufRead, BufReader, Read},
+    path::Path,
+};
+
+use anyhow::Context as _;
+use tracing::warn;
+
+use crate::{
+    cloud::aws,
+    model::{Action, CloudMeta, Flow, Source},
+    store::Store,
+};
+
+/// Flows written to the store per transaction.
+const CHUNK: usize = 10_000;
+
+/// What an import did, over all its files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub files: u64,
+    /// Non-blank lines read, headers excluded.
+    pub read: u64,
+    pub stored: u64,
+    /// Lines not taken, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Records that stand for no flow: AWS NODATA.
+    pub nodata: u64,
+    /// Records that stand for flows the provider dropped: AWS SKIPDATA.
+    pub skipdata: u64,
+}
+
+impl Summary {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    fn reject(&mut self, file: &str, line_no: u64, reason: String, line: &str) {
+        let n = self.rejected.entry(reason.clone()).or_default();
+        if *n == 0 {
+            // One example per reason: enough to fix the export, not a flood.
+            let example: String = line.chars().take(300).collect();
+            warn!(file, line = line_no, reason, example, "line rejected");
+        }
+        *n += 1;
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} file(s): read {}, stored {}, rejected {}",
+            self.files,
+            self.read,
+            self.stored,
+            self.rejected_total()
+        )?;
+        if !self.rejected.is_empty() {
+            let by: Vec<String> = self
+                .rejected
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            write!(f, " ({})", by.join(", "))?;
+        }
+        write!(
+            f,
+            ", skipped {} (NODATA: no traffic), SKIPDATA {} (flows the provider dropped from its log)",
+            self.nodata, self.skipdata
+        )
+    }
+}
+
+/// Opens `path` (`-`: standard input), decompressing gzip when its magic bytes say so.
+pub fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    let raw: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        )
+    };
+    let mut r = BufReader::with_capacity(1 << 16, raw);
+    let gzip = r.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gzip {
+        Box::new(BufReader::with_capacity(
+            1 << 16,
+            flate2::bufread::MultiGzDecoder::new(r),
+        ))
+    } else {
+        Box::new(r)
+    })
+}
+
+/// Imports AWS VPC (or transit-gateway) flow log records from `input` into `store`.
+pub fn import_aws(
+    store: &dyn Store,
+    mut input: impl BufRead,
+    file: &str,
+    sum: &mut Summary,
+) -> anyhow::Result<()> {
+    sum.files += 1;
+    let mut format = aws::Format::default();
+    let mut line = String::new();
+    let mut line_no = 0u64;
+    let mut chunk: Vec<Flow> = Vec::with_capacity(CHUNK);
+    loop {
+        line.clear();
+        let n = match input.read_line(&mut line) {
+            Ok(n) => n,
+            // A line that is not UTF-8: counted, and the next one read.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                line_no += 1;
+                sum.read += 1;
+                sum.reject(file, line_no, "not_utf8".into(), "");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {file}")),
+        };
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let l = line.trim_end_matches(['\n', '\r']);
+        if l.trim().is_empty() {
+            continue;
+        }
+        // A header (the first line of an S3 object, or of each object in a concatenation).
+        if l.starts_with(|c: char| c.is_ascii_alphabetic() || c == '$')
+            && let Some(f) = aws::Format::from_header(l)
+        {
+            format = f;
+            continue;
+        }
+        sum.read += 1;
+        match aws::parse(&format, l) {
+            Ok(r) => match r.status {
+                Some(aws::Status::NoData) => sum.nodata += 1,
+                Some(aws::Status::SkipData) => {
+                    if sum.skipdata == 0 {
+                        warn!(
+                            file,
+                            line = line_no,
+                            interface = r.interface_id.unwrap_or("-"),
+                            "SKIPDATA: AWS dropped flow records from this log during the interval"
+                        );
+                    }
+                    sum.skipdata += 1;
+                }
+                Some(aws::Status::Ok) | None => {
+                    chunk.push(aws_flow(&r));
+                    if chunk.len() == CHUNK {
+                        store.insert_flows(&chunk)?;
+                        sum.stored += chunk.len() as u64;
+                        chunk.clear();
+                    }
+                }
+            },
+            Err(e) => sum.reject(file, line_no, e.reason(), l),
+        }
+    }
+    store.insert_flows(&chunk)?;
+    sum.stored += chunk.len() as u64;
+    Ok(())
+}
+
+/// An AWS record in the flow model.
+pub fn aws_flow(r: &aws::Record<'_>) -> Flow {
+    let mut extra = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<&str>| {
+        if let Some(v) = v {
+            extra.insert(k.into(), v.into());
+        }
+    };
+    put("account_id", r.account_id);
+    put("type", r.traffic_type);
+    put("pkt_src_aws_service", r.pkt_src_aws_service);
+    put("pkt_dst_aws_service", r.pkt_dst_aws_service);
+    put("reject_reason", r.reject_reason);
+    put("resource_type", r.resource_type);
+    put("tgw_id", r.tgw_id);
+    put("tgw_attachment_id", r.tgw_attachment_id);
+    if let Some(p) = r.traffic_path {
+        extra.insert("traffic_path".into(), p.into());
+    }
+    if let Some(p) = r.packets_lost {
+        extra.insert("packets_lost".into(), p.into());
+    }
+    let ms = |t: Option<u64>| (t.unwrap_or(0).min(i64::MAX as u64 / 1_000_000) * 1_000_000) as i64;
+    Flow {
+        source: Source::Aws,
+        observer: r.account_id.unwrap_or("aws").to_string(),
+        interface: r
+            .interface_id
+            .or(r.tgw_attachment_id)
+            .unwrap_or("")
+            .to_string(),
+        start_ns: ms(r.start_ms),
+        end_ns: ms(r.end_ms),
+        // Both present: `parse` rejects an OK record without them.
+        src_ip: r.src_addr.expect("checked by parse"),
+        dst_ip: r.dst_addr.expect("checked by parse"),
+        src_port: r.src_port.unwrap_or(0),
+        dst_port: r.dst_port.unwrap_or(0),
+        protocol: r.protocol.unwrap_or(0),
+        packets: r.packets.unwrap_or(0),
+        bytes: r.bytes.unwrap_or(0),
+        reverse_packets: 0,
+        reverse_bytes: 0,
+        tcp_flags: r.tcp_flags.unwrap_or(0),
+        action: match r.action {
+            Some("ACCEPT") => Action::Accept,
+            Some("REJECT") => Action::Reject,
+            _ => Action::Unknown,
+        },
+        sampling_rate: 1.0,
+        cloud: CloudMeta {
+            vpc: r.vpc_id.map(str::to_string),
+            subnet: r.subnet_id.map(str::to_string),
+            instance: r.instance_id.map(str::to_string),
+            region: r.region.map(str::to_string),
+            zone: r.az_id.map(str::to_string),
+            pkt_src_ip: r.pkt_src_addr,
+            pkt_dst_ip: r.pkt_dst_addr,
+            direction: r.flow_direction.map(str::to_string),
+            extra,
+        },
+    }
+}

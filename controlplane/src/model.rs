@@ -1,0 +1,86 @@
+//! One flow model for every source: sensors and the clouds' flow logs.
+
+use std::net::IpAddr;
+
+/// Who saw a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Sensor,
+    Aws,
+    Gcp,
+    Azure,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Sensor => "sensor",
+            Source::Aws => "aws",
+            Source::Gcp => "gcp",
+            Source::Azure => "azure",
+        }
+    }
+}
+
+/// What the network did with the flow (cloud logs say; a sensor sees what got through).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Accept,
+    Reject,
+    Unknown,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Reject => "reject",
+            Action::Unknown => "",
+        }
+    }
+}
+
+/// Cloud metadata of a flow (empty for sensor flows).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CloudMeta {
+    pub vpc: Option<String>,
+    pub subnet: Option<String>,
+    pub instance: Option<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    /// The packet's own addresses where NAT changed them (AWS pkt-srcaddr/pkt-dstaddr).
+    pub pkt_src_ip: Option<IpAddr>,
+    pub pkt_dst_ip: Option<IpAddr>,
+    /// "ingress" or "egress" relative to the observation point, when the log says.
+    pub direction: Option<String>,
+    /// Anything else worth keeping, as a JSON object (AWS services, reject reason, TGW ids...).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A flow as stored: an observation of one conversation (or one direction of it) over a time
+/// range, at one observation point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Flow {
+    pub source: Source,
+    /// The observation point: a sensor's name, or a cloud account / project / subscription.
+    pub observer: String,
+    /// Sensor interface, or the cloud's interface / instance / rule.
+    pub interface: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IANA protocol number.
+    pub protocol: u8,
+    pub packets: u64,
+    pub bytes: u64,
+    pub reverse_packets: u64,
+    pub reverse_bytes: u64,
+    pub tcp_flags: u8,
+    pub action: Action,
+    /// Fraction of the traffic the record stands for (GCP samples; 1.0 elsewhere).
+    pub sampling_rate: f64,
+    pub cloud: CloudMeta,
+}

@@ -1,0 +1,210 @@
+//! `picket-controlplane import`: cloud flow logs, as the providers document them, into a real
+//! store; gzip and standard input; bad lines counted and the import going on.
+
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Command, Output, Stdio},
+};
+
+use tests::{TempDir, bin};
+
+fn import(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(bin("picket-controlplane"));
+    c.args(["import"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("run picket-controlplane import");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    child.wait_with_output().expect("import output")
+}
+
+fn db(data: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data.join("picket.db")).expect("open the store")
+}
+
+/// The user guide's default-format examples, an IPv6 flow, NODATA and SKIPDATA records, a
+/// blank line and two bad lines, gzip-compressed as S3 delivers them.
+const DEFAULT_V2: &str = "\
+2 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 4249 1418530010 1418530070 ACCEPT OK
+2 123456789010 eni-1235b8ca123456789 172.31.9.69 172.31.9.12 49761 3389 6 20 4249 1418530010 1418530070 REJECT OK
+2 123456789010 eni-1235b8ca123456789 - - - - - - - 1431280876 1431280934 - NODATA
+2 123456789010 eni-11111111aaaaaaaaa - - - - - - - 1431280876 1431280934 - SKIPDATA
+
+2 123456789010 eni-1235b8ca123456789 2001:db8:1234:a100:8d6e:3477:df66:f105 2001:db8:1234:a102:3304:8879:34cf:4071 34892 22 6 54 8855 1477913708 1477913820 ACCEPT OK
+2 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 4249 1418530010
+2 123456789010 eni-1235b8ca123456789 172.31.16.300 172.31.16.21 20641 22 6 20 4249 1418530010 1418530070 ACCEPT OK
+";
+
+#[test]
+fn aws_default_format_gzip_with_nodata_skipdata_and_bad_lines() {
+    let dir = TempDir::new("aws-import");
+    let data = dir.0.join("data");
+    let plain = dir.0.join("flows.log");
+    std::fs::write(&plain, DEFAULT_V2).expect("write");
+    let st = Command::new("gzip")
+        .arg("-k")
+        .arg(&plain)
+        .status()
+        .expect("gzip");
+    assert!(st.success());
+    let gz = dir.0.join("flows.log.gz");
+    let o = import(&data, &["aws", gz.to_str().expect("utf8")], None);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "aws: 1 file(s): read 7, stored 3, rejected 2 (bad_srcaddr 1, field_count 1), skipped 1 (NODATA: no traffic), SKIPDATA 1 (flows the provider dropped from its log)"
+    );
+    // One example per reason, with its line number, and the SKIPDATA warning.
+    assert!(
+        stderr.contains("line=7") && stderr.contains("field_count"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line=8") && stderr.contains("bad_srcaddr"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SKIPDATA"), "{stderr}");
+
+    let c = db(&data);
+    let (n, packets, bytes): (i64, i64, i64) = c
+        .query_row(
+            "SELECT COUNT(*), SUM(packets), SUM(bytes) FROM flows WHERE source = 'aws'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("totals");
+    assert_eq!((n, packets, bytes), (3, 94, 17353));
+    let row: (String, String, String, i64, String, i64, i64, f64) = c
+        .query_row(
+            "SELECT sensor, iface, src_ip, dst_port, action, start_ns, end_ns, sampling_rate \
+             FROM flows WHERE source = 'aws' AND dst_port = 3389",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )
+        .expect("the rejected RDP flow");
+    assert_eq!(
+        row,
+        (
+            "123456789010".into(),
+            "eni-1235b8ca123456789".into(),
+            "172.31.9.69".into(),
+            3389,
+            "reject".into(),
+            1_418_530_010_000_000_000,
+            1_418_530_070_000_000_000,
+            1.0
+        )
+    );
+    let v6: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM flows WHERE src_ip = '2001:db8:1234:a100:8d6e:3477:df66:f105'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("v6");
+    assert_eq!(v6, 1);
+}
+
+/// A custom format (v5 fields, NAT addresses, TCP flags, milliseconds) announced by its header
+/// line, read from standard input.
+#[test]
+fn aws_custom_format_from_stdin() {
+    let dir = TempDir::new("aws-import-custom");
+    let data = dir.0.join("data");
+    let text = "\
+version vpc-id subnet-id instance-id interface-id account-id type srcaddr dstaddr srcport dstport pkt-srcaddr pkt-dstaddr protocol bytes packets start end action tcp-flags log-status region flow-direction
+5 vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-01234567890123456 eni-1235b8ca123456789 123456789010 IPv4 10.0.1.5 10.0.0.220 39812 80 10.0.1.5 203.0.113.5 6 1234 10 1566848875123 1566848933456 ACCEPT 19 OK us-east-1 egress
+5 vpc-abcdefab012345678 subnet-aaaaaaaa012345678 - eni-1235b8ca123456789 123456789010 IPv4 198.51.100.7 10.0.0.220 4444 22 - - 6 40 1 1566848875 1566848933 REJECT 2 OK us-east-1 ingress
+";
+    let o = import(&data, &["aws", "-"], Some(text));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.starts_with("aws: 1 file(s): read 2, stored 2, rejected 0,"),
+        "{stdout}"
+    );
+    let row: (String, String, String, String, i64, i64, String, i64) = db(&data)
+        .query_row(
+            "SELECT vpc, instance, pkt_dst_ip, observed, start_ns, end_ns, region, tcp_flags \
+             FROM flows WHERE dst_port = 80",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )
+        .expect("the NATed flow");
+    assert_eq!(
+        row,
+        (
+            "vpc-abcdefab012345678".into(),
+            "i-01234567890123456".into(),
+            "203.0.113.5".into(),
+            "egress".into(),
+            1_566_848_875_123_000_000,
+            1_566_848_933_456_000_000,
+            "us-east-1".into(),
+            19
+        )
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_flow_log_fails_with_a_reason() {
+    let dir = TempDir::new("aws-import-bad");
+    let data = dir.0.join("data");
+    let f = dir.0.join("notes.txt");
+    std::fs::write(&f, "hello world\nthis is not a flow log\n").expect("write");
+    let o = import(&data, &["aws", f.to_str().expect("utf8")], None);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("no record could be imported"), "{stderr}");
+    let o = import(&data, &["aws", "/nonexistent/flows.log"], None);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot open /nonexistent/flows.log"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
