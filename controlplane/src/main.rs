@@ -57,9 +57,10 @@ enum Cmd {
         cmd: SensorsCmd,
     },
     /// Import cloud flow logs into a data dir: AWS VPC / transit-gateway flow logs (default or
-    /// custom format with its header line). Files may be gzip-compressed (detected); `-` reads
-    /// standard input. Bad lines are counted by reason and the import goes on; the summary says
-    /// what was read, stored, rejected and skipped.
+    /// custom format with its header line), GCP VPC Flow Logs (Cloud Logging entries as NDJSON
+    /// or a JSON array). Files may be gzip-compressed (detected); `-` reads standard input. Bad
+    /// lines are counted by reason and the import goes on; the summary says what was read,
+    /// stored, rejected and skipped.
     Import {
         provider: Provider,
         /// Flow log files, or `-` for standard input.
@@ -68,6 +69,10 @@ enum Cmd {
         /// The data dir of the store (as given to `serve`); created if missing.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// GCP: the subnets' flow-log sampling rate (0 < RATE <= 1), kept with every flow so
+        /// that counts and detection thresholds can be scaled.
+        #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
+        sampling_rate: f64,
     },
 }
 
@@ -110,19 +115,20 @@ fn main() -> ExitCode {
             .and_then(|tls| serve(data_dir, grpc_listen, http_listen, tls)),
         Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
         Cmd::Import {
-            provider: Provider::Gcp | Provider::Azure,
+            provider: Provider::Azure,
             ..
         } => {
             eprintln!(
-                "picket-controlplane: importing GCP and Azure flow logs is not available in this version yet (AWS is)"
+                "picket-controlplane: importing Azure flow logs is not available in this version yet (AWS and GCP are)"
             );
             return ExitCode::from(2);
         }
         Cmd::Import {
-            provider: Provider::Aws,
+            provider,
             files,
             data_dir,
-        } => import_aws(&data_dir, &files),
+            sampling_rate,
+        } => import(provider, &data_dir, &files, sampling_rate),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,17 +139,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn import_aws(data_dir: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<()> {
-    let store = SqliteStore::open(data_dir)?;
-    let mut sum = controlplane::import::Summary::default();
-    for f in files {
-        let input = controlplane::import::open_input(f)?;
-        let name = f.display().to_string();
-        controlplane::import::import_aws(store.as_ref(), input, &name, &mut sum)?;
+fn import(
+    provider: Provider,
+    data_dir: &std::path::Path,
+    files: &[PathBuf],
+    sampling_rate: f64,
+) -> anyhow::Result<()> {
+    use controlplane::import;
+    if !(sampling_rate > 0.0 && sampling_rate <= 1.0) {
+        anyhow::bail!("--sampling-rate must be in (0, 1], got {sampling_rate}");
     }
-    println!("aws: {sum}");
+    let store = SqliteStore::open(data_dir)?;
+    let mut sum = import::Summary::default();
+    for f in files {
+        let input = import::open_input(f)?;
+        let name = f.display().to_string();
+        match provider {
+            Provider::Aws => import::import_aws(store.as_ref(), input, &name, &mut sum)?,
+            Provider::Gcp => {
+                import::import_gcp(store.as_ref(), input, &name, sampling_rate, &mut sum)?
+            }
+            Provider::Azure => unreachable!("refused before"),
+        }
+    }
+    println!("{}: {sum}", sum.provider);
     if sum.stored == 0 && sum.rejected_total() > 0 {
-        anyhow::bail!("no record could be imported: is this an AWS VPC flow log?");
+        anyhow::bail!(
+            "no record could be imported: is this a {} flow log?",
+            match provider {
+                Provider::Aws => "AWS VPC",
+                Provider::Gcp => "GCP VPC",
+                Provider::Azure => "Azure",
+            }
+        );
     }
     Ok(())
 }

@@ -208,3 +208,108 @@ fn a_file_that_is_not_a_flow_log_fails_with_a_reason() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// GCP entries as Cloud Logging exports them: the documentation's example (integers as strings),
+/// a DEST-reported IPv6 flow with plain numbers, an audit entry that is not a flow, and a broken
+/// line; as NDJSON and as one JSON array.
+const GCP_SRC: &str = r#"{"insertId":"1wbyh3ag1mngmr6","jsonPayload":{"bytes_sent":"3168","connection":{"dest_ip":"35.235.241.17","dest_port":41548,"protocol":6,"src_ip":"10.128.0.2","src_port":22},"dest_location":{"city":"Mountain View","continent":"America","country":"usa","region":"California"},"end_time":"2021-03-10T19:12:28.103218426Z","packets_sent":"13","reporter":"SRC","rtt_msec":"42","src_instance":{"project_id":"my-project","region":"us-central1","vm_name":"vm-1","zone":"us-central1-a"},"src_vpc":{"project_id":"my-project","subnetwork_name":"default","vpc_name":"default"},"start_time":"2021-03-10T19:12:27.103218426Z"},"logName":"projects/my-project/logs/compute.googleapis.com%2Fvpc_flows","resource":{"labels":{"location":"us-central1-a","project_id":"my-project","subnetwork_id":"6371418023423442923","subnetwork_name":"default"},"type":"gce_subnetwork"},"timestamp":"2021-03-10T19:12:36.236924938Z"}"#;
+const GCP_DEST: &str = r#"{"jsonPayload":{"bytes_sent":1500,"packets_sent":2,"connection":{"src_ip":"2600:1900:4000:1::5","dest_ip":"2600:1900:4000:1::9","src_port":53000,"dest_port":443,"protocol":6},"start_time":"2026-11-28T10:00:00Z","end_time":"2026-11-28T10:00:05Z","reporter":"DEST","dest_instance":{"project_id":"p-42","region":"europe-west1","vm_name":"web-2","zone":"europe-west1-b"},"dest_vpc":{"project_id":"p-42","subnetwork_name":"web","vpc_name":"prod"}},"logName":"projects/p-42/logs/compute.googleapis.com%2Fvpc_flows"}"#;
+const GCP_AUDIT: &str = r#"{"protoPayload":{"methodName":"v1.compute.instances.insert"},"logName":"projects/p-42/logs/cloudaudit.googleapis.com%2Factivity"}"#;
+
+#[test]
+fn gcp_ndjson_gzip_and_json_array_from_stdin() {
+    let dir = TempDir::new("gcp-import");
+    let data = dir.0.join("data");
+    let f = dir.0.join("flows.json");
+    std::fs::write(
+        &f,
+        format!("{GCP_SRC}\n\n{GCP_DEST}\n{GCP_AUDIT}\n{{\"jsonPayload\": \n"),
+    )
+    .expect("write");
+    assert!(
+        Command::new("gzip")
+            .arg(&f)
+            .status()
+            .expect("gzip")
+            .success()
+    );
+    let gz = dir.0.join("flows.json.gz");
+    let o = import(
+        &data,
+        &["gcp", "--sampling-rate", "0.25", gz.to_str().expect("utf8")],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "gcp: 1 file(s): read 4, stored 2, rejected 2 (bad_json 1, not_a_flow_record 1)"
+    );
+    let c = db(&data);
+    let row: (String, String, String, String, String, f64, i64, String) = c
+        .query_row(
+            "SELECT sensor, iface, vpc, zone, observed, sampling_rate, bytes, cloud_json \
+             FROM flows WHERE source = 'gcp' AND dst_port = 443",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )
+        .expect("the DEST-reported flow");
+    assert_eq!(
+        (&row.0[..], &row.1[..], &row.2[..], &row.3[..], &row.4[..]),
+        ("p-42", "web-2", "prod", "europe-west1-b", "ingress")
+    );
+    assert_eq!((row.5, row.6), (0.25, 1500));
+    let extra: serde_json::Value = serde_json::from_str(&row.7).expect("cloud_json");
+    assert_eq!(extra["reporter"], "DEST");
+    assert_eq!(extra["dest_vm"], "web-2");
+
+    // The same entries as one JSON array on standard input, default sampling rate.
+    let data2 = dir.0.join("data2");
+    let o = import(
+        &data2,
+        &["gcp", "-"],
+        Some(&format!("[\n {GCP_SRC},\n {GCP_DEST},\n {GCP_AUDIT}\n]\n")),
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "gcp: 1 file(s): read 3, stored 2, rejected 1 (not_a_flow_record 1)"
+    );
+    let (n, bytes, rate): (i64, i64, f64) = db(&data2)
+        .query_row(
+            "SELECT COUNT(*), SUM(bytes), MIN(sampling_rate) FROM flows WHERE source = 'gcp'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("totals");
+    assert_eq!((n, bytes, rate), (2, 3168 + 1500, 0.5));
+    let country: String = db(&data2)
+        .query_row(
+            "SELECT json_extract(cloud_json, '$.dest_country') FROM flows WHERE dst_port = 41548",
+            [],
+            |r| r.get(0),
+        )
+        .expect("country");
+    assert_eq!(country, "usa");
+    // A rate outside (0, 1] is refused with the reason.
+    let o = import(&data2, &["gcp", "--sampling-rate", "2", "-"], Some(""));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--sampling-rate must be in (0, 1]"));
+}

@@ -1,2 +1,3 @@
 //! Cloud flow logs: parsers for the providers' documented formats.
 pub mod aws;
+pub mod gcp;
