@@ -58,7 +58,8 @@ enum Cmd {
     },
     /// Import cloud flow logs into a data dir: AWS VPC / transit-gateway flow logs (default or
     /// custom format with its header line), GCP VPC Flow Logs (Cloud Logging entries as NDJSON
-    /// or a JSON array). Files may be gzip-compressed (detected); `-` reads standard input. Bad
+    /// or a JSON array), Azure NSG flow logs v1/v2 and VNet flow logs v4 (the storage account's
+    /// JSON blobs). Files may be gzip-compressed (detected); `-` reads standard input. Bad
     /// lines are counted by reason and the import goes on; the summary says what was read,
     /// stored, rejected and skipped.
     Import {
@@ -115,15 +116,6 @@ fn main() -> ExitCode {
             .and_then(|tls| serve(data_dir, grpc_listen, http_listen, tls)),
         Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
         Cmd::Import {
-            provider: Provider::Azure,
-            ..
-        } => {
-            eprintln!(
-                "picket-controlplane: importing Azure flow logs is not available in this version yet (AWS and GCP are)"
-            );
-            return ExitCode::from(2);
-        }
-        Cmd::Import {
             provider,
             files,
             data_dir,
@@ -159,7 +151,7 @@ fn import(
             Provider::Gcp => {
                 import::import_gcp(store.as_ref(), input, &name, sampling_rate, &mut sum)?
             }
-            Provider::Azure => unreachable!("refused before"),
+            Provider::Azure => import::import_azure(store.as_ref(), input, &name, &mut sum)?,
         }
     }
     println!("{}: {sum}", sum.provider);
@@ -169,7 +161,7 @@ fn import(
             match provider {
                 Provider::Aws => "AWS VPC",
                 Provider::Gcp => "GCP VPC",
-                Provider::Azure => "Azure",
+                Provider::Azure => "Azure NSG or VNet",
             }
         );
     }

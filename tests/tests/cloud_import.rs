@@ -313,3 +313,81 @@ fn gcp_ndjson_gzip_and_json_array_from_stdin() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--sampling-rate must be in (0, 1]"));
 }
+
+/// An NSG flow log v2 blob as the documentation shows it (a denied inbound begin, allowed
+/// outbound begin and end tuples, one broken tuple) followed by a VNet flow log v4 blob.
+const AZURE_NSG_V2: &str = r#"{"records":[{"time":"2017-02-16T22:00:32.8950000Z","systemId":"2c002c16-72f3-4dc5-b391-3444c3527434","category":"NetworkSecurityGroupFlowEvent","resourceId":"/SUBSCRIPTIONS/00000000-0000-0000-0000-000000000000/RESOURCEGROUPS/FABRIKAMRG/PROVIDERS/MICROSOFT.NETWORK/NETWORKSECURITYGROUPS/FABRIAKMVM1-NSG","operationName":"NetworkSecurityGroupFlowEvents","properties":{"Version":2,"flows":[{"rule":"DefaultRule_DenyAllInBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D,B,,,,","1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D"]}]},{"rule":"DefaultRule_AllowInternetOutBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282370,10.1.0.4,13.67.143.118,59831,443,T,O,A,B,,,,","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,66,1,66","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,6x,1,66"]}]}]}}]}"#;
+const AZURE_VNET_V4: &str = r#"{"records":[{"time":"2022-09-14T09:00:52.5625085Z","flowLogGUID":"66aa66aa-bb77-cc88-dd99-00ee00ee00ee","macAddress":"00224871C205","category":"FlowLogFlowEvent","flowLogResourceID":"/SUBSCRIPTIONS/11111111-2222-3333-4444-555555555555/RESOURCEGROUPS/NETWORKWATCHERRG/PROVIDERS/MICROSOFT.NETWORK/NETWORKWATCHERS/NETWORKWATCHER_EASTUS2EUAP/FLOWLOGS/VNETFLOWLOG","targetResourceID":"/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/myResourceGroup/providers/Microsoft.Network/virtualNetworks/myVNet","operationName":"FlowLogFlowEvent","flowLogVersion":4,"flowRecords":{"flows":[{"aclID":"00000000-1234-abcd-ef00-c1c2c3c4c5c6","flowGroups":[{"rule":"DefaultRule_AllowInternetOutBound","flowTuples":["1663146003599,10.0.0.6,192.0.2.180,23956,443,6,O,B,NX,0,0,0,0","1663146003606,10.0.0.6,192.0.2.180,23956,443,6,O,E,NX,3,767,2,1580"]},{"rule":"DefaultRule_DenyAllInBound","flowTuples":["1663146004000,203.0.113.9,10.0.0.6,51000,3389,6,I,D,NX,0,0,0,0"]}]}]}}]}"#;
+
+#[test]
+fn azure_nsg_v2_and_vnet_v4_blobs() {
+    let dir = TempDir::new("azure-import");
+    let data = dir.0.join("data");
+    let (nsg, vnet) = (dir.0.join("PT1H.json"), dir.0.join("vnet.json"));
+    std::fs::write(&nsg, AZURE_NSG_V2).expect("write");
+    std::fs::write(&vnet, AZURE_VNET_V4).expect("write");
+    let o = import(
+        &data,
+        &[
+            "azure",
+            nsg.to_str().expect("utf8"),
+            vnet.to_str().expect("utf8"),
+        ],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    // The 8-field tuple is a valid version-1 tuple; the 6x count is not a number.
+    assert_eq!(
+        stdout.trim(),
+        "azure: 2 file(s): read 8, stored 7, rejected 1 (bad_count 1)"
+    );
+    let c = db(&data);
+    let (n, packets, bytes, rpackets, rbytes): (i64, i64, i64, i64, i64) = c
+        .query_row(
+            "SELECT COUNT(*), SUM(packets), SUM(bytes), SUM(reverse_packets), \
+             SUM(reverse_bytes) FROM flows WHERE source = 'azure'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .expect("totals");
+    assert_eq!((n, packets, bytes, rpackets, rbytes), (7, 4, 833, 3, 1646));
+    let rdp: (String, String, String, String, String, i64) = c
+        .query_row(
+            "SELECT sensor, iface, action, observed, vpc, start_ns FROM flows \
+             WHERE source = 'azure' AND dst_port = 3389",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .expect("the denied RDP attempt");
+    assert_eq!(
+        rdp,
+        (
+            "11111111-2222-3333-4444-555555555555".into(),
+            "00224871C205".into(),
+            "reject".into(),
+            "ingress".into(),
+            "myVNet".into(),
+            1_663_146_004_000_000_000
+        )
+    );
+    let denied_v2: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM flows WHERE source = 'azure' AND action = 'reject' \
+             AND json_extract(cloud_json, '$.nsg') = 'FABRIAKMVM1-NSG'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("denied");
+    assert_eq!(denied_v2, 2);
+}

@@ -1,3 +1,4 @@
 //! Cloud flow logs: parsers for the providers' documented formats.
 pub mod aws;
+pub mod azure;
 pub mod gcp;
