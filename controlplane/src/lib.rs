@@ -1,4 +1,5 @@
 //! The control plane as a library: the binary and the tests call these.
+pub mod api;
 pub mod cloud;
 pub mod import;
 pub mod ingest;

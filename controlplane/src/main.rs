@@ -35,7 +35,7 @@ enum Cmd {
         /// Address for sensors (gRPC).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
         grpc_listen: SocketAddr,
-        /// Address for the REST API and dashboard (not served by this version).
+        /// Address for the REST API (/api/v1/, see controlplane/openapi.yaml).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         http_listen: SocketAddr,
         /// Certificate chain (PEM) for the gRPC listener; with --tls-key, sensors connect with
@@ -264,6 +264,18 @@ fn serve(
         let listener = tokio::net::TcpListener::bind(grpc)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {grpc} (--grpc-listen): {e}"))?;
+        let http_listener = tokio::net::TcpListener::bind(http)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {http} (--http-listen): {e}"))?;
+        info!(http = %http_listener.local_addr()?, "REST API on /api/v1/");
+        let (stop_http, mut http_stop) = tokio::sync::watch::channel(false);
+        let api = tokio::spawn(
+            axum::serve(http_listener, controlplane::api::router(store.clone()))
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.changed().await;
+                })
+                .into_future(),
+        );
         info!(
             grpc = %listener.local_addr()?,
             tls = tls.is_some(),
@@ -273,7 +285,6 @@ fn serve(
         if tls.is_none() {
             warn!("the sensor ingest is plain text (no --tls-cert): sensor keys travel in clear");
         }
-        warn!(%http, "the REST API and dashboard are not in this version: --http-listen is not bound");
         let svc = SensorIngestServer::new(Ingest::new(store))
             .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
         let shutdown = async {
@@ -299,6 +310,8 @@ fn serve(
                 shutdown,
             )
             .await?;
+        let _ = stop_http.send(true);
+        api.await??;
         Ok(())
     })
 }

@@ -49,6 +49,60 @@ pub struct FlowTotals {
     pub reverse_bytes: u64,
 }
 
+/// A flows query (the REST API's filters); newest first, keyset-paged by id.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FlowQuery {
+    /// Either end of the flow.
+    pub ip: Option<IpAddr>,
+    /// Either port.
+    pub port: Option<u16>,
+    pub protocol: Option<u8>,
+    /// Flows that end at or after this time.
+    pub since_ns: Option<i64>,
+    /// Flows that start before this time.
+    pub until_ns: Option<i64>,
+    pub source: Option<Source>,
+    /// Only flows with a smaller id (the previous page's cursor).
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// A stored flow, as the API returns it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FlowRow {
+    pub id: i64,
+    pub source: String,
+    /// Sensor name, or cloud account / project / subscription.
+    pub observer: String,
+    pub interface: String,
+    pub src_ip: String,
+    pub dst_ip: String,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub packets: i64,
+    pub bytes: i64,
+    pub reverse_packets: i64,
+    pub reverse_bytes: i64,
+    pub tcp_flags: u8,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// "accept", "reject", or "" (unknown).
+    pub action: String,
+    pub sampling_rate: f64,
+    /// ingress/egress (cloud) or the sensor's observed side.
+    pub direction: String,
+    pub vpc: Option<String>,
+    pub subnet: Option<String>,
+    pub instance: Option<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub pkt_src_ip: Option<String>,
+    pub pkt_dst_ip: Option<String>,
+    /// Cloud extras, or the sensor's pod context.
+    pub extra: Option<serde_json::Value>,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Creates a sensor with the hash of its key; fails if the name exists.
     fn add_sensor(&self, name: &str, key_hash: &str, now_ns: i64) -> anyhow::Result<()>;
@@ -68,6 +122,8 @@ pub trait Store: Send + Sync + 'static {
     fn insert_flows(&self, flows: &[Flow]) -> anyhow::Result<()>;
     /// Totals over the flows of one source.
     fn source_totals(&self, source: Source) -> anyhow::Result<FlowTotals>;
+    /// Flows matching `q`, newest first.
+    fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>>;
 }
 
 pub struct SqliteStore {
@@ -482,6 +538,94 @@ impl Store for SqliteStore {
             [source.as_str()],
             totals_row,
         )?)
+    }
+
+    fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>> {
+        use rusqlite::types::Value;
+        let mut wh: Vec<String> = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        let mut arg = |v: Value| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        if let Some(ip) = q.ip {
+            let a = arg(Value::Text(ip.to_string()));
+            wh.push(format!("(src_ip = {a} OR dst_ip = {a})"));
+        }
+        if let Some(p) = q.port {
+            let a = arg(Value::Integer(p.into()));
+            wh.push(format!("(src_port = {a} OR dst_port = {a})"));
+        }
+        if let Some(p) = q.protocol {
+            wh.push(format!("protocol = {}", arg(Value::Integer(p.into()))));
+        }
+        if let Some(t) = q.since_ns {
+            wh.push(format!("end_ns >= {}", arg(Value::Integer(t))));
+        }
+        if let Some(t) = q.until_ns {
+            wh.push(format!("start_ns < {}", arg(Value::Integer(t))));
+        }
+        if let Some(s) = q.source {
+            wh.push(format!("source = {}", arg(Value::Text(s.as_str().into()))));
+        }
+        if let Some(id) = q.before_id {
+            wh.push(format!("id < {}", arg(Value::Integer(id))));
+        }
+        let limit = arg(Value::Integer(q.limit as i64));
+        let sql = format!(
+            "SELECT id, source, sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
+             packets, bytes, reverse_packets, reverse_bytes, tcp_flags, start_ns, end_ns, action, \
+             sampling_rate, observed, vpc, subnet, instance, region, zone, pkt_src_ip, \
+             pkt_dst_ip, cloud_json, src_pod, dst_pod FROM flows {} ORDER BY id DESC LIMIT {limit}",
+            if wh.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", wh.join(" AND "))
+            }
+        );
+        let c = self.conn();
+        let mut st = c.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+            let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
+                Ok(r.get::<_, Option<String>>(i)?
+                    .and_then(|t| serde_json::from_str(&t).ok()))
+            };
+            let (src_pod, dst_pod) = (json(27)?, json(28)?);
+            let extra = json(26)?.or_else(|| {
+                (src_pod.is_some() || dst_pod.is_some())
+                    .then(|| serde_json::json!({"src_pod": src_pod, "dst_pod": dst_pod}))
+            });
+            Ok(FlowRow {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                observer: r.get(2)?,
+                interface: r.get(3)?,
+                src_ip: r.get(4)?,
+                dst_ip: r.get(5)?,
+                src_port: r.get(6)?,
+                dst_port: r.get(7)?,
+                protocol: r.get(8)?,
+                packets: r.get(9)?,
+                bytes: r.get(10)?,
+                reverse_packets: r.get(11)?,
+                reverse_bytes: r.get(12)?,
+                tcp_flags: r.get(13)?,
+                start_ns: r.get(14)?,
+                end_ns: r.get(15)?,
+                action: r.get(16)?,
+                sampling_rate: r.get(17)?,
+                direction: r.get(18)?,
+                vpc: r.get(19)?,
+                subnet: r.get(20)?,
+                instance: r.get(21)?,
+                region: r.get(22)?,
+                zone: r.get(23)?,
+                pkt_src_ip: r.get(24)?,
+                pkt_dst_ip: r.get(25)?,
+                extra,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn insert_flows(&self, flows: &[Flow]) -> anyhow::Result<()> {

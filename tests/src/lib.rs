@@ -883,18 +883,47 @@ pub fn make_pki(dir: &Path) {
     }
 }
 
-/// GET /metrics from inside `ns` (the sensor's default address is on the namespace's loopback).
+/// GET /metrics from inside `ns` (the sensor's default address is on the namespace's loopback):
+/// the whole response, headers included.
 pub fn scrape(ns: &str, addr: &'static str) -> String {
+    http_raw(ns, addr, "/metrics")
+}
+
+/// GET `path` from `addr` inside `ns`: (status, body). The client is made in the namespace's
+/// thread, so its sockets are the namespace's.
+pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
+    let url = format!("http://{addr}{path}");
     in_netns(ns, move || {
-        let mut c = TcpStream::connect(addr).expect("connect to the metrics port");
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .expect("request");
+        let r = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client")
+            .get(&url)
+            .send()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.text().expect("body"))
+    })
+    .join()
+    .expect("http thread")
+}
+
+/// The raw response to GET `path` from `addr` inside `ns`, headers included.
+pub fn http_raw(ns: &str, addr: &str, path: &str) -> String {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    in_netns(ns, move || {
+        let mut c = TcpStream::connect(&addr).expect("connect");
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
         let mut r = String::new();
         c.read_to_string(&mut r).expect("response");
         r
     })
     .join()
-    .expect("scrape thread")
+    .expect("http thread")
 }
 
 pub fn metric(text: &str, name: &str) -> u64 {
