@@ -22,8 +22,9 @@ use crate::{
     store::Store,
 };
 
-/// Flows written to the store per transaction.
-const CHUNK: usize = 10_000;
+/// Flows written to the store per transaction (10,000: 20k records/s into the indexed table;
+/// 100,000: 45k, measured by the bench; about 50 MB of flows in memory at most).
+const CHUNK: usize = 100_000;
 
 /// What an import did, over all its files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
