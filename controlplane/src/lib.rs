@@ -6,3 +6,4 @@ pub mod ingest;
 pub mod keys;
 pub mod model;
 pub mod store;
+pub mod watch;

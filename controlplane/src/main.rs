@@ -48,6 +48,13 @@ enum Cmd {
         /// CA (PEM) that client certificates must chain to: mutual TLS, on top of sensor keys.
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
+        /// Import cloud flow log files dropped into DIR/aws, DIR/gcp and DIR/azure, each exactly
+        /// once (by content, also across restarts); imported files move to `imported/` there.
+        #[arg(long, value_name = "DIR")]
+        watch_dir: Option<PathBuf>,
+        /// The GCP subnets' flow-log sampling rate, for files of DIR/gcp.
+        #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
+        gcp_sampling_rate: f64,
     },
     /// Sensor keys: add (prints the new key once), list, revoke.
     Sensors {
@@ -112,8 +119,17 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             tls_client_ca,
-        } => tls_config(tls_cert, tls_key, tls_client_ca)
-            .and_then(|tls| serve(data_dir, grpc_listen, http_listen, tls)),
+            watch_dir,
+            gcp_sampling_rate,
+        } => tls_config(tls_cert, tls_key, tls_client_ca).and_then(|tls| {
+            serve(
+                data_dir,
+                grpc_listen,
+                http_listen,
+                tls,
+                watch_dir.map(|d| (d, gcp_sampling_rate)),
+            )
+        }),
         Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
         Cmd::Import {
             provider,
@@ -143,16 +159,22 @@ fn import(
     }
     let store = SqliteStore::open(data_dir)?;
     let mut sum = import::Summary::default();
+    let source = match provider {
+        Provider::Aws => controlplane::model::Source::Aws,
+        Provider::Gcp => controlplane::model::Source::Gcp,
+        Provider::Azure => controlplane::model::Source::Azure,
+    };
     for f in files {
         let input = import::open_input(f)?;
         let name = f.display().to_string();
-        match provider {
-            Provider::Aws => import::import_aws(store.as_ref(), input, &name, &mut sum)?,
-            Provider::Gcp => {
-                import::import_gcp(store.as_ref(), input, &name, sampling_rate, &mut sum)?
-            }
-            Provider::Azure => import::import_azure(store.as_ref(), input, &name, &mut sum)?,
-        }
+        import::import_input(
+            source,
+            input,
+            &name,
+            sampling_rate,
+            &mut |flows| store.insert_flows(flows),
+            &mut sum,
+        )?;
     }
     println!("{}: {sum}", sum.provider);
     if sum.stored == 0 && sum.rejected_total() > 0 {
@@ -249,13 +271,36 @@ fn tls_config(
     Ok(Some(tls))
 }
 
+/// How often the watched directory is scanned; a file is imported once it is unchanged over one
+/// interval.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn serve(
     data_dir: PathBuf,
     grpc: SocketAddr,
     http: SocketAddr,
     tls: Option<ServerTlsConfig>,
+    watch: Option<(PathBuf, f64)>,
 ) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = SqliteStore::open(&data_dir)?;
+    let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some((dir, rate)) = watch {
+        if !(rate > 0.0 && rate <= 1.0) {
+            anyhow::bail!("--gcp-sampling-rate must be in (0, 1], got {rate}");
+        }
+        let mut w = controlplane::watch::Watcher::new(&dir, rate)?;
+        info!(dir = %dir.display(), "watching for cloud flow log files in aws/, gcp/ and azure/");
+        let (store, stop) = (store.clone(), stop_watch.clone());
+        std::thread::Builder::new()
+            .name("watch-dir".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+                    w.scan(store.as_ref(), now);
+                    std::thread::sleep(WATCH_INTERVAL);
+                }
+            })?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -311,6 +356,8 @@ fn serve(
             )
             .await?;
         let _ = stop_http.send(true);
+        // An import cut short rolls back whole: the file is imported at the next start.
+        stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
         api.await??;
         Ok(())
     })

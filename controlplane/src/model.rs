@@ -84,3 +84,16 @@ pub struct Flow {
     pub sampling_rate: f64,
     pub cloud: CloudMeta,
 }
+
+/// Where flows go a chunk at a time (the store, or a transaction the store holds open).
+pub type FlowSink<'a> = dyn FnMut(&[Flow]) -> anyhow::Result<()> + 'a;
+
+/// A file of cloud flow logs, identified by its content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedFile {
+    /// SHA-256 of the file as stored (compressed if it is), hex.
+    pub sha256: String,
+    pub provider: Source,
+    pub name: String,
+    pub bytes: u64,
+}

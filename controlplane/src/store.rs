@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use picket_proto::v1::{ExportBatch, HeartbeatRequest, RegisterRequest};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use crate::model::{Flow, Source};
+use crate::model::{Flow, FlowSink, ImportedFile, Source};
 
 /// A sensor as the registry knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +122,15 @@ pub trait Store: Send + Sync + 'static {
     fn insert_flows(&self, flows: &[Flow]) -> anyhow::Result<()>;
     /// Totals over the flows of one source.
     fn source_totals(&self, source: Source) -> anyhow::Result<FlowTotals>;
+    /// Imports one file exactly once: `fill` hands the file's flows to the sink it is given,
+    /// and they commit in one transaction with the file's record, whose summary `fill` returns.
+    /// Ok(None), with nothing stored, when a file with the same digest was imported before.
+    fn import_file_once(
+        &self,
+        file: &ImportedFile,
+        now_ns: i64,
+        fill: &mut dyn FnMut(&mut FlowSink<'_>) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Option<String>>;
     /// Flows matching `q`, newest first.
     fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>>;
 }
@@ -239,6 +248,17 @@ ALTER TABLE flows ADD COLUMN pkt_src_ip TEXT;
 ALTER TABLE flows ADD COLUMN pkt_dst_ip TEXT;
 ALTER TABLE flows ADD COLUMN cloud_json TEXT;
 CREATE INDEX IF NOT EXISTS flows_by_source ON flows (source, end_ns);
+"#,
+    // 2: files of the watched import directory, each imported once (by content).
+    r#"
+CREATE TABLE imported_files (
+    sha256 TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    name TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    imported_ns INTEGER NOT NULL,
+    summary TEXT NOT NULL
+);
 "#,
 ];
 
@@ -640,51 +660,91 @@ impl Store for SqliteStore {
         }
         let mut c = self.conn();
         let tx = c.transaction()?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
-                 packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
-                 start_ns, end_ns, observed, initiator_by, partial, end_reason, source, action, \
-                 sampling_rate, vpc, subnet, instance, region, zone, pkt_src_ip, pkt_dst_ip, \
-                 cloud_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, \
-                 ?14, ?15, '', '', '', ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
-            )?;
-            for f in flows {
-                let m = &f.cloud;
-                st.execute(params![
-                    f.observer,
-                    f.interface,
-                    f.src_ip.to_string(),
-                    f.dst_ip.to_string(),
-                    f.src_port,
-                    f.dst_port,
-                    f.protocol,
-                    i(f.packets),
-                    i(f.bytes),
-                    i(f.reverse_packets),
-                    i(f.reverse_bytes),
-                    f.tcp_flags,
-                    f.start_ns,
-                    f.end_ns,
-                    m.direction.as_deref().unwrap_or(""),
-                    f.source.as_str(),
-                    f.action.as_str(),
-                    f.sampling_rate,
-                    m.vpc,
-                    m.subnet,
-                    m.instance,
-                    m.region,
-                    m.zone,
-                    m.pkt_src_ip.map(|a| a.to_string()),
-                    m.pkt_dst_ip.map(|a| a.to_string()),
-                    (!m.extra.is_empty())
-                        .then(|| serde_json::Value::Object(m.extra.clone()).to_string()),
-                ])?;
-            }
-        }
+        insert_flows_tx(&tx, flows)?;
         tx.commit()?;
         Ok(())
     }
+
+    fn import_file_once(
+        &self,
+        file: &ImportedFile,
+        now_ns: i64,
+        fill: &mut dyn FnMut(&mut FlowSink<'_>) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Option<String>> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let seen: Option<String> = tx
+            .query_row(
+                "SELECT name FROM imported_files WHERE sha256 = ?1",
+                [&file.sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if seen.is_some() {
+            return Ok(None);
+        }
+        let summary = fill(&mut |flows: &[Flow]| insert_flows_tx(&tx, flows))?;
+        tx.execute(
+            "INSERT INTO imported_files (sha256, provider, name, bytes, imported_ns, summary) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                file.sha256,
+                file.provider.as_str(),
+                file.name,
+                i(file.bytes),
+                now_ns,
+                summary
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(summary))
+    }
+}
+
+fn insert_flows_tx(tx: &rusqlite::Transaction<'_>, flows: &[Flow]) -> anyhow::Result<()> {
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
+             packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
+             start_ns, end_ns, observed, initiator_by, partial, end_reason, source, action, \
+             sampling_rate, vpc, subnet, instance, region, zone, pkt_src_ip, pkt_dst_ip, \
+             cloud_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, \
+             ?14, ?15, '', '', '', ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+        )?;
+        for f in flows {
+            let m = &f.cloud;
+            st.execute(params![
+                f.observer,
+                f.interface,
+                f.src_ip.to_string(),
+                f.dst_ip.to_string(),
+                f.src_port,
+                f.dst_port,
+                f.protocol,
+                i(f.packets),
+                i(f.bytes),
+                i(f.reverse_packets),
+                i(f.reverse_bytes),
+                f.tcp_flags,
+                f.start_ns,
+                f.end_ns,
+                m.direction.as_deref().unwrap_or(""),
+                f.source.as_str(),
+                f.action.as_str(),
+                f.sampling_rate,
+                m.vpc,
+                m.subnet,
+                m.instance,
+                m.region,
+                m.zone,
+                m.pkt_src_ip.map(|a| a.to_string()),
+                m.pkt_dst_ip.map(|a| a.to_string()),
+                (!m.extra.is_empty())
+                    .then(|| serde_json::Value::Object(m.extra.clone()).to_string()),
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 const TOTALS: &str = "SELECT COUNT(*), COALESCE(SUM(packets), 0), COALESCE(SUM(bytes), 0), \

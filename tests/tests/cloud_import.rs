@@ -391,3 +391,75 @@ fn azure_nsg_v2_and_vnet_v4_blobs() {
         .expect("denied");
     assert_eq!(denied_v2, 2);
 }
+
+/// `serve --watch-dir`: a gzip file dropped into aws/ is imported once and moved; after a
+/// restart the same content under another name is recognised and not imported again.
+#[test]
+fn watched_directory_imports_each_file_once_across_restarts() {
+    let lab = tests::Lab::new();
+    let dir = TempDir::new("watch");
+    let data = dir.0.join("data");
+    let incoming = dir.0.join("incoming");
+    let args = ["--watch-dir", incoming.to_str().expect("utf8")];
+    let count = |ns: &str| -> usize {
+        let (status, body) = tests::http_get(ns, "127.0.0.1:8080", "/api/v1/flows?source=aws");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        v["flows"].as_array().map_or(0, Vec::len)
+    };
+    let wait_for = |p: &Path| {
+        let t0 = std::time::Instant::now();
+        while !p.exists() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "{} did not appear",
+                p.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let cp = tests::ControlPlane::start_with(
+        &lab.a,
+        &data,
+        "127.0.0.1:7443",
+        &dir.0.join("cp1.log"),
+        &args,
+    );
+    assert!(incoming.join("aws").is_dir() && incoming.join("gcp").is_dir());
+    // Written under a temporary name, then renamed: the way to drop a file.
+    let staged = incoming.join("aws/flows.log.gz.part");
+    std::fs::write(&staged, gzip(DEFAULT_V2)).expect("write");
+    std::fs::rename(&staged, incoming.join("aws/flows.log.gz")).expect("rename");
+    wait_for(&incoming.join("aws/imported/flows.log.gz"));
+    assert_eq!(count(&lab.a), 3);
+    cp.stop();
+
+    let cp = tests::ControlPlane::start_with(
+        &lab.a,
+        &data,
+        "127.0.0.1:7443",
+        &dir.0.join("cp2.log"),
+        &args,
+    );
+    std::fs::write(incoming.join("aws/redelivered.gz"), gzip(DEFAULT_V2)).expect("write");
+    wait_for(&incoming.join("aws/imported/redelivered.gz"));
+    assert_eq!(count(&lab.a), 3, "the same content is not imported twice");
+    let log = std::fs::read_to_string(dir.0.join("cp2.log")).expect("log");
+    assert!(log.contains("already imported"), "{log}");
+    cp.stop();
+}
+
+fn gzip(text: &str) -> Vec<u8> {
+    let mut c = Command::new("gzip")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = c.stdin.take().expect("stdin");
+    let text = text.to_string();
+    let w = std::thread::spawn(move || stdin.write_all(text.as_bytes()).expect("write"));
+    let out = c.wait_with_output().expect("gzip output");
+    w.join().expect("writer");
+    out.stdout
+}

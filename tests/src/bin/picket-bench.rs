@@ -662,7 +662,7 @@ fn cloud_section(report: &mut String, quick: bool) {
     use controlplane::{
         cloud::{aws, gcp},
         import,
-        store::SqliteStore,
+        store::{SqliteStore, Store as _},
     };
     writeln!(report, "### Cloud flow logs\n").ok();
     let n: u64 = if quick { 200_000 } else { 1_000_000 };
@@ -737,7 +737,7 @@ fn cloud_section(report: &mut String, quick: bool) {
     let mut sum = import::Summary::default();
     let t0 = Instant::now();
     import::import_aws(
-        store.as_ref(),
+        &mut |f| store.insert_flows(f),
         std::io::Cursor::new(aws_text.as_bytes()),
         "generated",
         &mut sum,
