@@ -32,7 +32,12 @@ struct Api {
 }
 
 /// Every path served (openapi.yaml documents exactly these; a test checks it).
-pub const ROUTES: [&str; 3] = ["/api/v1/health", "/api/v1/sensors", "/api/v1/flows"];
+pub const ROUTES: [&str; 4] = [
+    "/api/v1/health",
+    "/api/v1/sensors",
+    "/api/v1/flows",
+    "/api/v1/coverage",
+];
 
 /// The API's routes; anything else under the router answers a JSON 404.
 pub fn router(store: Arc<dyn Store>) -> Router {
@@ -40,6 +45,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route(ROUTES[0], get(health))
         .route(ROUTES[1], get(sensors))
         .route(ROUTES[2], get(flows))
+        .route(ROUTES[3], get(coverage))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .with_state(Api {
             store,
@@ -261,6 +267,40 @@ async fn flows(
         })
         .collect();
     Ok(Json(json!({ "flows": flows, "next_cursor": next })))
+}
+
+/// Default window of `/api/v1/coverage`.
+pub const COVERAGE_DEFAULT_NS: i64 = 86_400_000_000_000;
+
+async fn coverage(
+    State(api): State<Api>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(k) = params.keys().find(|k| k.as_str() != "since") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter `{k}` (known: since)"
+        )));
+    }
+    let since = match params.get("since") {
+        Some(v) => parse_time("since", v)?,
+        None => now_ns() - COVERAGE_DEFAULT_NS,
+    };
+    let store = api.store.clone();
+    let gaps = blocking(move || store.coverage_gaps(since)).await?;
+    let gaps: Vec<Value> = gaps
+        .into_iter()
+        .map(|g| {
+            json!({
+                "ip": g.ip,
+                "first_seen": rfc3339(g.first_seen_ns),
+                "last_seen": rfc3339(g.last_seen_ns),
+                "flows": g.flows,
+                "observers": g.observers,
+                "vpcs": g.vpcs,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "since": rfc3339(since), "gaps": gaps })))
 }
 
 #[cfg(test)]

@@ -25,6 +25,26 @@ use crate::{
 /// transaction per file (the watched directory).
 pub type Sink<'a> = crate::model::FlowSink<'a>;
 
+/// How far apart in time a sensor flow and a cloud flow may be and still be linked (clock skew
+/// and the cloud's delivery of its aggregation windows).
+pub const CORRELATION_TOLERANCE_NS: i64 = 60_000_000_000;
+
+/// Wraps `sink`, noting the range of the flows' end times (to correlate what was imported).
+pub fn tracking<'a>(
+    sink: &'a mut Sink<'_>,
+    range: &'a mut Option<(i64, i64)>,
+) -> impl FnMut(&[Flow]) -> anyhow::Result<()> + 'a {
+    move |flows| {
+        for f in flows {
+            *range = Some(match *range {
+                None => (f.end_ns, f.end_ns),
+                Some((a, b)) => (a.min(f.end_ns), b.max(f.end_ns)),
+            });
+        }
+        sink(flows)
+    }
+}
+
 /// Imports one input of `provider`'s format (`sampling_rate`: GCP only).
 pub fn import_input(
     provider: Source,

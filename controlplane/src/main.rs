@@ -164,17 +164,23 @@ fn import(
         Provider::Gcp => controlplane::model::Source::Gcp,
         Provider::Azure => controlplane::model::Source::Azure,
     };
+    let mut range = None;
     for f in files {
         let input = import::open_input(f)?;
         let name = f.display().to_string();
+        let mut put = |flows: &[controlplane::model::Flow]| store.insert_flows(flows);
         import::import_input(
             source,
             input,
             &name,
             sampling_rate,
-            &mut |flows| store.insert_flows(flows),
+            &mut import::tracking(&mut put, &mut range),
             &mut sum,
         )?;
+    }
+    if let Some((a, b)) = range {
+        let links = store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;
+        info!(links, "linked sensor flows to the imported records");
     }
     println!("{}: {sum}", sum.provider);
     if sum.stored == 0 && sum.rejected_total() > 0 {
@@ -271,6 +277,10 @@ fn tls_config(
     Ok(Some(tls))
 }
 
+/// Correlation of recent flows: every 30 s, over cloud records that ended in the last 2 hours.
+const CORRELATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const CORRELATE_WINDOW_NS: i64 = 7_200_000_000_000;
+
 /// How often the watched directory is scanned; a file is imported once it is unchanged over one
 /// interval.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -284,6 +294,27 @@ fn serve(
 ) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = SqliteStore::open(&data_dir)?;
     let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        // Sensor flows that arrive after the cloud's records of the same conversation.
+        let (store, stop) = (store.clone(), stop_watch.clone());
+        std::thread::Builder::new()
+            .name("correlate".into())
+            .spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+                    match store.correlate(
+                        now - CORRELATE_WINDOW_NS,
+                        now,
+                        controlplane::import::CORRELATION_TOLERANCE_NS,
+                    ) {
+                        Ok(0) => {}
+                        Ok(links) => info!(links, "linked sensor flows to cloud flow log records"),
+                        Err(e) => warn!(error = %format!("{e:#}"), "correlation failed"),
+                    }
+                    std::thread::sleep(CORRELATE_INTERVAL);
+                }
+            })?;
+    }
     if let Some((dir, rate)) = watch {
         if !(rate > 0.0 && rate <= 1.0) {
             anyhow::bail!("--gcp-sampling-rate must be in (0, 1], got {rate}");

@@ -101,6 +101,21 @@ pub struct FlowRow {
     pub pkt_dst_ip: Option<String>,
     /// Cloud extras, or the sensor's pod context.
     pub extra: Option<serde_json::Value>,
+    /// Flows of the other kind (sensor / cloud) linked to this one as the same conversation.
+    pub correlated: i64,
+}
+
+/// An internal address seen in cloud flow logs but on no sensor's interface.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CoverageGap {
+    pub ip: String,
+    pub first_seen_ns: i64,
+    pub last_seen_ns: i64,
+    /// Cloud flows it appears in.
+    pub flows: i64,
+    /// Cloud accounts / projects / subscriptions that logged it.
+    pub observers: Vec<String>,
+    pub vpcs: Vec<String>,
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -131,6 +146,14 @@ pub trait Store: Send + Sync + 'static {
         now_ns: i64,
         fill: &mut dyn FnMut(&mut FlowSink<'_>) -> anyhow::Result<String>,
     ) -> anyhow::Result<Option<String>>;
+    /// Links sensor flows to the cloud flows (ending in [since_ns, until_ns]) of the same
+    /// conversation: same 5-tuple either way round, or the cloud's packet addresses (NAT), with
+    /// times overlapping within `tolerance_ns`. A linked sensor flow takes the cloud's VPC,
+    /// subnet, instance, region, zone and action where it has none. Returns the new links.
+    fn correlate(&self, since_ns: i64, until_ns: i64, tolerance_ns: i64) -> anyhow::Result<u64>;
+    /// Internal addresses (RFC 1918, CGNAT, ULA) in cloud flows ending since `since_ns` that
+    /// are on no registered sensor's interface.
+    fn coverage_gaps(&self, since_ns: i64) -> anyhow::Result<Vec<CoverageGap>>;
     /// Flows matching `q`, newest first.
     fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>>;
 }
@@ -259,6 +282,15 @@ CREATE TABLE imported_files (
     imported_ns INTEGER NOT NULL,
     summary TEXT NOT NULL
 );
+"#,
+    // 3: a sensor flow and a cloud flow that are the same conversation.
+    r#"
+CREATE TABLE flow_links (
+    sensor_flow INTEGER NOT NULL,
+    cloud_flow INTEGER NOT NULL,
+    PRIMARY KEY (sensor_flow, cloud_flow)
+) WITHOUT ROWID;
+CREATE INDEX flow_links_by_cloud ON flow_links (cloud_flow);
 "#,
 ];
 
@@ -602,7 +634,10 @@ impl Store for SqliteStore {
             "SELECT id, source, sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
              packets, bytes, reverse_packets, reverse_bytes, tcp_flags, start_ns, end_ns, action, \
              sampling_rate, observed, vpc, subnet, instance, region, zone, pkt_src_ip, \
-             pkt_dst_ip, cloud_json, src_pod, dst_pod FROM flows {} ORDER BY id DESC LIMIT {limit}",
+             pkt_dst_ip, cloud_json, src_pod, dst_pod, \
+             (SELECT COUNT(*) FROM flow_links l WHERE l.sensor_flow = flows.id) + \
+             (SELECT COUNT(*) FROM flow_links l WHERE l.cloud_flow = flows.id) \
+             FROM flows {} ORDER BY id DESC LIMIT {limit}",
             if wh.is_empty() {
                 String::new()
             } else {
@@ -649,6 +684,7 @@ impl Store for SqliteStore {
                 pkt_src_ip: r.get(24)?,
                 pkt_dst_ip: r.get(25)?,
                 extra,
+                correlated: r.get(29)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -663,6 +699,134 @@ impl Store for SqliteStore {
         insert_flows_tx(&tx, flows)?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn correlate(&self, since_ns: i64, until_ns: i64, tolerance_ns: i64) -> anyhow::Result<u64> {
+        // Four ways the same conversation shows: as the sensor's initiator saw it or the other
+        // way round, each with the cloud's own addresses or its packet addresses (NAT).
+        const WAYS: [(&str, &str, &str, &str); 4] = [
+            ("c.src_ip", "c.dst_ip", "c.src_port", "c.dst_port"),
+            ("c.dst_ip", "c.src_ip", "c.dst_port", "c.src_port"),
+            ("c.pkt_src_ip", "c.pkt_dst_ip", "c.src_port", "c.dst_port"),
+            ("c.pkt_dst_ip", "c.pkt_src_ip", "c.dst_port", "c.src_port"),
+        ];
+        let selects: Vec<String> = WAYS
+            .iter()
+            .map(|(sa, da, sp, dp)| {
+                format!(
+                    "SELECT s.id, c.id, c.vpc, c.subnet, c.instance, c.region, c.zone, c.action \
+                     FROM flows c JOIN flows s ON s.src_ip = {sa} AND s.dst_ip = {da} \
+                     AND s.src_port = {sp} AND s.dst_port = {dp} AND s.protocol = c.protocol \
+                     WHERE c.source != 'sensor' AND s.source = 'sensor' \
+                     AND c.end_ns BETWEEN ?1 AND ?2 \
+                     AND s.start_ns <= c.end_ns + ?3 AND s.end_ns >= c.start_ns - ?3"
+                )
+            })
+            .collect();
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let pairs: Vec<(i64, i64, [Option<String>; 5], String)> = {
+            let mut st = tx.prepare(&selects.join(" UNION "))?;
+            st.query_map(params![since_ns, until_ns, tolerance_ns], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+                    r.get(7)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut new = 0;
+        {
+            let mut link = tx.prepare_cached(
+                "INSERT OR IGNORE INTO flow_links (sensor_flow, cloud_flow) VALUES (?1, ?2)",
+            )?;
+            let mut enrich = tx.prepare_cached(
+                "UPDATE flows SET vpc = COALESCE(vpc, ?2), subnet = COALESCE(subnet, ?3), \
+                 instance = COALESCE(instance, ?4), region = COALESCE(region, ?5), \
+                 zone = COALESCE(zone, ?6), action = CASE WHEN action = '' THEN ?7 ELSE action END \
+                 WHERE id = ?1",
+            )?;
+            for (sensor_flow, cloud_flow, [vpc, subnet, instance, region, zone], action) in pairs {
+                if link.execute(params![sensor_flow, cloud_flow])? == 1 {
+                    new += 1;
+                    enrich.execute(params![
+                        sensor_flow,
+                        vpc,
+                        subnet,
+                        instance,
+                        region,
+                        zone,
+                        action
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
+    fn coverage_gaps(&self, since_ns: i64) -> anyhow::Result<Vec<CoverageGap>> {
+        let c = self.conn();
+        // Addresses of the sensors' interfaces ("10.0.0.5/24" in the registration).
+        let mut covered = std::collections::HashSet::new();
+        let mut st = c.prepare("SELECT host_json FROM sensors WHERE host_json IS NOT NULL")?;
+        for h in st.query_map([], |r| r.get::<_, String>(0))? {
+            let h: serde_json::Value = serde_json::from_str(&h?).unwrap_or_default();
+            for i in h["interfaces"].as_array().into_iter().flatten() {
+                for a in i["addresses"].as_array().into_iter().flatten() {
+                    if let Some(ip) = a
+                        .as_str()
+                        .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok())
+                    {
+                        covered.insert(ip);
+                    }
+                }
+            }
+        }
+        let mut st = c.prepare(
+            "SELECT ip, MIN(start_ns), MAX(end_ns), COUNT(*), GROUP_CONCAT(DISTINCT sensor), \
+             GROUP_CONCAT(DISTINCT vpc) FROM ( \
+               SELECT src_ip AS ip, start_ns, end_ns, sensor, vpc FROM flows \
+               WHERE source != 'sensor' AND end_ns >= ?1 \
+               UNION ALL \
+               SELECT dst_ip, start_ns, end_ns, sensor, vpc FROM flows \
+               WHERE source != 'sensor' AND end_ns >= ?1) \
+             GROUP BY ip ORDER BY ip",
+        )?;
+        let split = |v: Option<String>| -> Vec<String> {
+            v.map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default()
+        };
+        let mut gaps = Vec::new();
+        for row in st.query_map([since_ns], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })? {
+            let (ip, first, last, flows, observers, vpcs) = row?;
+            let Ok(addr) = ip.parse::<IpAddr>() else {
+                continue;
+            };
+            if !internal(&addr) || covered.contains(&addr) {
+                continue;
+            }
+            gaps.push(CoverageGap {
+                ip,
+                first_seen_ns: first,
+                last_seen_ns: last,
+                flows,
+                observers: split(observers),
+                vpcs: split(vpcs),
+            });
+        }
+        Ok(gaps)
     }
 
     fn import_file_once(
@@ -698,6 +862,17 @@ impl Store for SqliteStore {
         )?;
         tx.commit()?;
         Ok(Some(summary))
+    }
+}
+
+/// Addresses of an organisation's own networks: RFC 1918, CGNAT (RFC 6598), IPv6 ULA.
+pub fn internal(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            v.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v) => (v.segments()[0] & 0xfe00) == 0xfc00,
     }
 }
 

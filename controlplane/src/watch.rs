@@ -160,11 +160,20 @@ impl Watcher {
             bytes,
         };
         let mut sum = Summary::default();
+        let mut range = None;
         let label = path.display().to_string();
         let stored = store.import_file_once(&file, now_ns, &mut |sink| {
             sum = Summary::default();
+            range = None;
             let input = import::open_input(path)?;
-            import::import_input(provider, input, &label, self.sampling_rate, sink, &mut sum)?;
+            import::import_input(
+                provider,
+                input,
+                &label,
+                self.sampling_rate,
+                &mut import::tracking(sink, &mut range),
+                &mut sum,
+            )?;
             Ok(serde_json::json!({
                 "read": sum.read,
                 "stored": sum.stored,
@@ -174,6 +183,9 @@ impl Watcher {
             })
             .to_string())
         })?;
+        if let (Some(_), Some((a, b))) = (&stored, range) {
+            store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;
+        }
         let to = move_into(
             path,
             &path.parent().context("a directory")?.join("imported"),
