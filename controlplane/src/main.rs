@@ -55,6 +55,15 @@ enum Cmd {
         /// The GCP subnets' flow-log sampling rate, for files of DIR/gcp.
         #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
         gcp_sampling_rate: f64,
+        /// Days raw flows are kept (they stay in the rollups).
+        #[arg(long, value_name = "DAYS", default_value_t = 7)]
+        retention_raw_days: u32,
+        /// Days the 1-minute rollups are kept.
+        #[arg(long, value_name = "DAYS", default_value_t = 30)]
+        retention_1m_days: u32,
+        /// Days the 1-hour rollups are kept.
+        #[arg(long, value_name = "DAYS", default_value_t = 400)]
+        retention_1h_days: u32,
     },
     /// Sensor keys: add (prints the new key once), list, revoke.
     Sensors {
@@ -121,13 +130,25 @@ fn main() -> ExitCode {
             tls_client_ca,
             watch_dir,
             gcp_sampling_rate,
+            retention_raw_days,
+            retention_1m_days,
+            retention_1h_days,
         } => tls_config(tls_cert, tls_key, tls_client_ca).and_then(|tls| {
+            const DAY: i64 = 86_400_000_000_000;
+            if retention_raw_days == 0 || retention_1m_days == 0 || retention_1h_days == 0 {
+                anyhow::bail!("retention periods must be at least 1 day");
+            }
             serve(
                 data_dir,
                 grpc_listen,
                 http_listen,
                 tls,
                 watch_dir.map(|d| (d, gcp_sampling_rate)),
+                controlplane::store::Retention {
+                    raw_ns: retention_raw_days as i64 * DAY,
+                    minute_ns: retention_1m_days as i64 * DAY,
+                    hour_ns: retention_1h_days as i64 * DAY,
+                },
             )
         }),
         Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
@@ -277,7 +298,8 @@ fn tls_config(
     Ok(Some(tls))
 }
 
-/// Correlation of recent flows: every 30 s, over cloud records that ended in the last 2 hours.
+/// Rollups, retention and correlation of recent flows: every 30 s (correlation over cloud
+/// records that ended in the last 2 hours).
 const CORRELATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 const CORRELATE_WINDOW_NS: i64 = 7_200_000_000_000;
 
@@ -291,17 +313,30 @@ fn serve(
     http: SocketAddr,
     tls: Option<ServerTlsConfig>,
     watch: Option<(PathBuf, f64)>,
+    retention: controlplane::store::Retention,
 ) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = SqliteStore::open(&data_dir)?;
     let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
-        // Sensor flows that arrive after the cloud's records of the same conversation.
+        // Sensor flows that arrive after the cloud's records of the same conversation; rollups
+        // and retention.
         let (store, stop) = (store.clone(), stop_watch.clone());
         std::thread::Builder::new()
-            .name("correlate".into())
+            .name("maintenance".into())
             .spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+                    match store.maintain(now, &retention) {
+                        Ok(m) if m.deleted_raw + m.deleted_minutes + m.deleted_hours > 0 => info!(
+                            rolled_up = m.rolled_up,
+                            deleted_raw = m.deleted_raw,
+                            deleted_1m = m.deleted_minutes,
+                            deleted_1h = m.deleted_hours,
+                            "rollups and retention"
+                        ),
+                        Ok(m) => tracing::debug!(rolled_up = m.rolled_up, "rollups"),
+                        Err(e) => warn!(error = %format!("{e:#}"), "rollups and retention failed"),
+                    }
                     match store.correlate(
                         now - CORRELATE_WINDOW_NS,
                         now,

@@ -154,6 +154,12 @@ pub trait Store: Send + Sync + 'static {
     /// Internal addresses (RFC 1918, CGNAT, ULA) in cloud flows ending since `since_ns` that
     /// are on no registered sensor's interface.
     fn coverage_gaps(&self, since_ns: i64) -> anyhow::Result<Vec<CoverageGap>>;
+    /// Adds the flows stored since the last pass to the 1-minute and 1-hour rollups (each flow
+    /// once, by id, in the bucket of its end), then deletes what is older than `retention`
+    /// allows at `now_ns` (raw flows only once rolled up).
+    fn maintain(&self, now_ns: i64, retention: &Retention) -> anyhow::Result<Maintenance>;
+    /// Totals of one rollup level ("1m" or "1h") for one source.
+    fn rollup_totals(&self, level: &str, source: Source) -> anyhow::Result<FlowTotals>;
     /// Flows matching `q`, newest first.
     fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>>;
 }
@@ -292,7 +298,76 @@ CREATE TABLE flow_links (
 ) WITHOUT ROWID;
 CREATE INDEX flow_links_by_cloud ON flow_links (cloud_flow);
 "#,
+    // 4: 1-minute and 1-hour rollups of conversations (source port dropped), fed by flow id.
+    r#"
+CREATE TABLE flows_1m (
+    bucket_ns INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    observer TEXT NOT NULL,
+    src_ip TEXT NOT NULL,
+    dst_ip TEXT NOT NULL,
+    dst_port INTEGER NOT NULL,
+    protocol INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    flows INTEGER NOT NULL,
+    packets INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    reverse_packets INTEGER NOT NULL,
+    reverse_bytes INTEGER NOT NULL,
+    PRIMARY KEY (bucket_ns, source, observer, src_ip, dst_ip, dst_port, protocol, action)
+) WITHOUT ROWID;
+CREATE TABLE flows_1h (
+    bucket_ns INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    observer TEXT NOT NULL,
+    src_ip TEXT NOT NULL,
+    dst_ip TEXT NOT NULL,
+    dst_port INTEGER NOT NULL,
+    protocol INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    flows INTEGER NOT NULL,
+    packets INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    reverse_packets INTEGER NOT NULL,
+    reverse_bytes INTEGER NOT NULL,
+    PRIMARY KEY (bucket_ns, source, observer, src_ip, dst_ip, dst_port, protocol, action)
+) WITHOUT ROWID;
+CREATE TABLE rollup_state (
+    name TEXT PRIMARY KEY,
+    last_flow_id INTEGER NOT NULL
+);
+"#,
 ];
+
+/// How long each level is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub raw_ns: i64,
+    pub minute_ns: i64,
+    pub hour_ns: i64,
+}
+
+impl Default for Retention {
+    /// 7 days of raw flows, 30 of minutes, 400 of hours.
+    fn default() -> Self {
+        const DAY: i64 = 86_400_000_000_000;
+        Retention {
+            raw_ns: 7 * DAY,
+            minute_ns: 30 * DAY,
+            hour_ns: 400 * DAY,
+        }
+    }
+}
+
+/// What one maintenance pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Raw flows added to the rollups.
+    pub rolled_up: u64,
+    pub deleted_raw: u64,
+    pub deleted_minutes: u64,
+    pub deleted_hours: u64,
+}
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let have: usize =
@@ -701,6 +776,91 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn maintain(&self, now_ns: i64, retention: &Retention) -> anyhow::Result<Maintenance> {
+        let mut m = Maintenance::default();
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let last: i64 = tx
+            .query_row(
+                "SELECT last_flow_id FROM rollup_state WHERE name = 'flows'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let max: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM flows", [], |r| r.get(0))?;
+        if max > last {
+            for (table, width) in [
+                ("flows_1m", 60_000_000_000i64),
+                ("flows_1h", 3_600_000_000_000),
+            ] {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {table} (bucket_ns, source, observer, src_ip, dst_ip, \
+                         dst_port, protocol, action, flows, packets, bytes, reverse_packets, \
+                         reverse_bytes) \
+                         SELECT end_ns - (end_ns % {width}), source, sensor, src_ip, dst_ip, \
+                         dst_port, protocol, action, COUNT(*), SUM(packets), SUM(bytes), \
+                         SUM(reverse_packets), SUM(reverse_bytes) FROM flows \
+                         WHERE id > ?1 AND id <= ?2 \
+                         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 \
+                         ON CONFLICT DO UPDATE SET flows = flows + excluded.flows, \
+                         packets = packets + excluded.packets, bytes = bytes + excluded.bytes, \
+                         reverse_packets = reverse_packets + excluded.reverse_packets, \
+                         reverse_bytes = reverse_bytes + excluded.reverse_bytes"
+                    ),
+                    params![last, max],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO rollup_state (name, last_flow_id) VALUES ('flows', ?1) \
+                 ON CONFLICT (name) DO UPDATE SET last_flow_id = excluded.last_flow_id",
+                [max],
+            )?;
+            m.rolled_up = (max - last) as u64;
+        }
+        // Raw flows go only once rolled up (id <= max, all of which now are), and never the
+        // row with the highest id: SQLite would give its id to the next flow, which the rollup
+        // watermark would then skip.
+        let cutoff = now_ns - retention.raw_ns;
+        tx.execute(
+            "DELETE FROM flow_links WHERE sensor_flow IN (SELECT id FROM flows WHERE end_ns < ?1 AND id < ?2) \
+             OR cloud_flow IN (SELECT id FROM flows WHERE end_ns < ?1 AND id < ?2)",
+            params![cutoff, max],
+        )?;
+        m.deleted_raw = tx.execute(
+            "DELETE FROM flows WHERE end_ns < ?1 AND id < ?2",
+            params![cutoff, max],
+        )? as u64;
+        m.deleted_minutes = tx.execute(
+            "DELETE FROM flows_1m WHERE bucket_ns < ?1",
+            [now_ns - retention.minute_ns],
+        )? as u64;
+        m.deleted_hours = tx.execute(
+            "DELETE FROM flows_1h WHERE bucket_ns < ?1",
+            [now_ns - retention.hour_ns],
+        )? as u64;
+        tx.commit()?;
+        Ok(m)
+    }
+
+    fn rollup_totals(&self, level: &str, source: Source) -> anyhow::Result<FlowTotals> {
+        let table = match level {
+            "1m" => "flows_1m",
+            "1h" => "flows_1h",
+            _ => anyhow::bail!("no rollup level `{level}` (1m or 1h)"),
+        };
+        Ok(self.conn().query_row(
+            &format!(
+                "SELECT COALESCE(SUM(flows), 0), COALESCE(SUM(packets), 0), \
+                 COALESCE(SUM(bytes), 0), COALESCE(SUM(reverse_packets), 0), \
+                 COALESCE(SUM(reverse_bytes), 0) FROM {table} WHERE source = ?1"
+            ),
+            [source.as_str()],
+            totals_row,
+        )?)
+    }
+
     fn correlate(&self, since_ns: i64, until_ns: i64, tolerance_ns: i64) -> anyhow::Result<u64> {
         // Four ways the same conversation shows: as the sensor's initiator saw it or the other
         // way round, each with the cloud's own addresses or its packet addresses (NAT).
@@ -1022,5 +1182,95 @@ mod tests {
         assert!(!s.revoke_sensor("a", 3).expect("revoke twice"));
         assert_eq!(s.sensor_for_key("hash-a").expect("q"), None);
         assert!(s.sensors().expect("list")[0].revoked);
+    }
+
+    fn cloud_flow(src: &str, dport: u16, end_s: i64, packets: u64) -> Flow {
+        Flow {
+            source: Source::Aws,
+            observer: "123456789010".into(),
+            interface: "eni-1".into(),
+            start_ns: (end_s - 60) * 1_000_000_000,
+            end_ns: end_s * 1_000_000_000,
+            src_ip: src.parse().expect("ip"),
+            dst_ip: "10.0.0.5".parse().expect("ip"),
+            src_port: 40000 + dport,
+            dst_port: dport,
+            protocol: 6,
+            packets,
+            bytes: packets * 100,
+            reverse_packets: 1,
+            reverse_bytes: 60,
+            tcp_flags: 2,
+            action: crate::model::Action::Accept,
+            sampling_rate: 1.0,
+            cloud: Default::default(),
+        }
+    }
+
+    #[test]
+    fn rollups_count_each_flow_once_and_retention_keeps_their_totals() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        const DAY: i64 = 86_400;
+        let now_s = 1_795_860_000;
+        // One 10 days old, two in the same minute and conversation, one a minute later.
+        s.insert_flows(&[
+            cloud_flow("10.0.0.2", 443, now_s - 10 * DAY, 7),
+            cloud_flow("10.0.0.1", 22, now_s - 30, 3),
+            cloud_flow("10.0.0.1", 22, now_s - 20, 4),
+            cloud_flow("10.0.0.1", 22, now_s + 40, 5),
+        ])
+        .expect("insert");
+        let raw = s.source_totals(Source::Aws).expect("raw");
+        assert_eq!((raw.records, raw.packets), (4, 19));
+        let ret = Retention::default();
+        let m = s.maintain(now_s * 1_000_000_000, &ret).expect("maintain");
+        assert_eq!((m.rolled_up, m.deleted_raw), (4, 1), "{m:?}");
+        for level in ["1m", "1h"] {
+            let t = s.rollup_totals(level, Source::Aws).expect("rollup");
+            assert_eq!(
+                (
+                    t.records,
+                    t.packets,
+                    t.bytes,
+                    t.reverse_packets,
+                    t.reverse_bytes
+                ),
+                (4, 19, 1900, 4, 240),
+                "{level}"
+            );
+        }
+        let buckets: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM flows_1m", [], |r| r.get(0))
+            .expect("buckets");
+        assert_eq!(buckets, 3, "two flows share a minute bucket");
+        // Raw: the old one went; a second pass adds nothing.
+        assert_eq!(s.source_totals(Source::Aws).expect("raw").records, 3);
+        let m = s.maintain(now_s * 1_000_000_000, &ret).expect("again");
+        assert_eq!(m, Maintenance::default());
+        assert_eq!(s.rollup_totals("1m", Source::Aws).expect("1m").packets, 19);
+        // New flows are added to their buckets.
+        s.insert_flows(&[cloud_flow("10.0.0.1", 22, now_s - 25, 10)])
+            .expect("insert");
+        assert_eq!(
+            s.maintain(now_s * 1_000_000_000, &ret)
+                .expect("m")
+                .rolled_up,
+            1
+        );
+        assert_eq!(s.rollup_totals("1m", Source::Aws).expect("1m").packets, 29);
+        assert_eq!(s.rollup_totals("1h", Source::Aws).expect("1h").records, 5);
+        // 40 days on, the minutes go and the hours stay; so does the newest raw flow, whose id
+        // must not be reused.
+        let later = (now_s + 40 * DAY) * 1_000_000_000;
+        let m = s.maintain(later, &ret).expect("later");
+        assert_eq!((m.deleted_raw, m.deleted_minutes), (3, 3), "{m:?}");
+        assert_eq!(s.rollup_totals("1h", Source::Aws).expect("1h").packets, 29);
+        s.insert_flows(&[cloud_flow("10.0.0.3", 22, now_s + 40 * DAY, 1)])
+            .expect("insert");
+        assert_eq!(s.maintain(later, &ret).expect("m").rolled_up, 1);
+        assert_eq!(s.rollup_totals("1h", Source::Aws).expect("1h").packets, 30);
+        assert!(s.rollup_totals("5m", Source::Aws).is_err());
     }
 }
