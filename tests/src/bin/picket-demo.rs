@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: Picket working on a fresh machine. Builds a lab of two network namespaces
-//! joined by a veth, runs the real sensor on the server side, sends benign traffic and then a real
-//! nmap SYN scan from the client side, shows the flows and the scan event, and tears everything down.
+//! joined by a veth, runs the control plane on its embedded store and the real sensor on the
+//! server side, sends benign traffic and then a real nmap SYN scan from the client side, shows
+//! the flows and the scan event, imports sample AWS, GCP and Azure flow logs, shows what the
+//! REST API answers, and tears everything down.
 
 use std::{
     io::{Read, Write},
@@ -10,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{Lab, Sensor, sh_in};
+use tests::{ControlPlane, Lab, Sensor, TempDir, bin, http_get, sh_in};
 
 fn main() {
     let lab = Lab::new();
@@ -19,11 +21,38 @@ fn main() {
         "lab: namespace {} ({}) --veth-- namespace {} ({})",
         lab.a, lab.ip_a, lab.b, lab.ip_b
     );
+    let dir = TempDir::new("demo");
+    let data = dir.0.join("controlplane");
+    let key = dir.0.join("sensor.key");
+    std::fs::write(&key, ControlPlane::add_sensor(&data, "demo-b")).expect("key");
+    let cp = ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
     println!(
-        "sensor: picket-sensor --iface {} --stdout   (XDP on ingress, tc on egress, in {})\n",
+        "control plane: picket-controlplane serve --data-dir {} (gRPC 127.0.0.1:7443, REST 127.0.0.1:8080, in {})",
+        data.display(),
+        lab.b
+    );
+    println!(
+        "sensor: picket-sensor --iface {} --controlplane http://127.0.0.1:7443 --stdout   (XDP on ingress, tc on egress, in {})\n",
         lab.vb, lab.b
     );
-    let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "2"]);
+    let spool = dir.0.join("spool");
+    let sensor = Sensor::start(
+        &lab.b,
+        &[
+            "--iface",
+            &lab.vb,
+            "--export-interval",
+            "2",
+            "--controlplane",
+            "http://127.0.0.1:7443",
+            "--sensor-key-file",
+            key.to_str().expect("utf8"),
+            "--spool-dir",
+            spool.to_str().expect("utf8"),
+            "--metrics-listen",
+            "off",
+        ],
+    );
 
     // A small service on the server: answers each request with 2 KB.
     let web: SocketAddr = format!("{}:8080", lab.ip_b).parse().expect("addr");
@@ -155,8 +184,68 @@ fn main() {
     ] {
         println!("{k:<32} {}", out.kernel(k));
     }
+
+    println!("\n== cloud flow logs (samples in deploy/samples) ==");
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/samples");
+    for (provider, file) in [
+        ("aws", "aws-vpc-flow-logs.log"),
+        ("gcp", "gcp-vpc-flow-logs.json"),
+        ("azure", "azure-nsg-flow-log.json"),
+        ("azure", "azure-vnet-flow-log.json"),
+    ] {
+        let o = std::process::Command::new(bin("picket-controlplane"))
+            .args(["import", provider])
+            .arg(samples.join(file))
+            .arg("--data-dir")
+            .arg(&data)
+            .env("PICKET_LOG", "error")
+            .output()
+            .expect("import");
+        println!(
+            "picket-controlplane import {provider} {file}\n  {}",
+            String::from_utf8_lossy(&o.stdout).trim()
+        );
+    }
+
+    println!("\n== REST API (http://127.0.0.1:8080 in {}) ==", lab.b);
+    let api = |path: &str| -> Value {
+        let (_, body) = http_get(&lab.b, "127.0.0.1:8080", path);
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    };
+    for s in api("/api/v1/sensors")["sensors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "GET /api/v1/sensors: {} is {}, version {}, kernel {}",
+            s["name"].as_str().unwrap_or("?"),
+            s["health"].as_str().unwrap_or("?"),
+            s["version"].as_str().unwrap_or("?"),
+            s["kernel"].as_str().unwrap_or("?")
+        );
+    }
+    for source in ["sensor", "aws", "gcp", "azure"] {
+        let v = api(&format!("/api/v1/flows?source={source}&limit=1000"));
+        let n = v["flows"].as_array().map_or(0, Vec::len);
+        let more = if v["next_cursor"].is_null() { "" } else { "+" };
+        println!("GET /api/v1/flows?source={source}: {n}{more} flows");
+    }
+    let gaps = api("/api/v1/coverage?since=0");
+    let ips: Vec<&str> = gaps["gaps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["ip"].as_str())
+        .collect();
+    println!(
+        "GET /api/v1/coverage: {} internal addresses in cloud logs that no sensor watches: {}",
+        ips.len(),
+        ips.join(", ")
+    );
+    cp.stop();
     drop(lab);
-    println!("\nlab torn down; the sensor detached on SIGINT.");
+    println!("\nlab torn down; the sensor detached on SIGINT and the control plane stopped.");
     if out.scans.len() != 1 {
         std::process::exit(1);
     }
