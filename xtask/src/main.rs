@@ -54,6 +54,16 @@ enum Cmd {
     },
     /// Debian packages (picket-sensor, picket-controlplane) from release binaries, in target/dist.
     Dist,
+    /// Fuzz the cloud flow log parsers with libFuzzer (fuzz/), each target for a bounded time.
+    /// Corpora live in target/fuzz/corpus (seeded from deploy/samples), crashes in
+    /// target/fuzz/artifacts.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets (default: all of aws, gcp, azure, import).
+        targets: Vec<String>,
+    },
     /// Benchmarks: per-packet cost (BPF_PROG_TEST_RUN) and veth packet rate with/without sensor.
     Bench {
         /// Fewer repetitions (for CI smoke runs).
@@ -182,6 +192,7 @@ fn main() -> anyhow::Result<()> {
                 .arg(root().join("target/dist"))
                 .arg(env!("CARGO_PKG_VERSION")))
         }
+        Cmd::Fuzz { seconds, targets } => fuzz(seconds, targets),
         Cmd::Bench { quick } => {
             setup()?;
             require_root("the benchmarks")?;
@@ -194,4 +205,79 @@ fn main() -> anyhow::Result<()> {
             run(&mut c)
         }
     }
+}
+
+/// Builds fuzz/ with libFuzzer's coverage instrumentation (stable rustc flags, as cargo-fuzz
+/// passes them, without a sanitizer) and runs each target for `seconds`.
+fn fuzz(seconds: u64, targets: Vec<String>) -> anyhow::Result<()> {
+    const ALL: [&str; 4] = ["aws", "gcp", "azure", "import"];
+    let targets: Vec<String> = if targets.is_empty() {
+        ALL.iter().map(|t| t.to_string()).collect()
+    } else {
+        targets
+    };
+    if let Some(t) = targets.iter().find(|t| !ALL.contains(&t.as_str())) {
+        bail!("no fuzz target `{t}` (targets: {})", ALL.join(", "));
+    }
+    setup()?;
+    let host = String::from_utf8(Command::new("rustc").arg("-vV").output()?.stdout)?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .context("rustc -vV names no host")?;
+    let dir = root().join("target/fuzz");
+    // With --target, the flags reach only the fuzzed code, not build scripts or proc macros.
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--target",
+            &host,
+        ])
+        .arg("--target-dir")
+        .arg(&dir)
+        .env(
+            "RUSTFLAGS",
+            "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+             -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+             -Cllvm-args=-sanitizer-coverage-pc-table \
+             -Cllvm-args=-sanitizer-coverage-trace-compares \
+             --cfg fuzzing -Cdebug-assertions -Coverflow-checks",
+        ))?;
+    let samples = root().join("deploy/samples");
+    let mut failed = Vec::new();
+    for t in &targets {
+        let corpus = dir.join("corpus").join(t);
+        let artifacts = dir.join("artifacts").join(t);
+        std::fs::create_dir_all(&corpus)?;
+        std::fs::create_dir_all(&artifacts)?;
+        if std::fs::read_dir(&corpus)?.next().is_none() {
+            for e in std::fs::read_dir(&samples)? {
+                let p = e?.path();
+                std::fs::copy(&p, corpus.join(p.file_name().context("name")?))?;
+            }
+        }
+        let status = Command::new(dir.join(&host).join("release").join(t))
+            .arg(&corpus)
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg("-print_final_stats=1")
+            .current_dir(root())
+            .status()
+            .with_context(|| format!("running fuzz target {t}"))?;
+        if status.success() {
+            eprintln!("xtask: fuzz {t}: no crash in {seconds} s");
+        } else {
+            eprintln!(
+                "xtask: fuzz {t}: FAILED ({status}); the input is in {}",
+                artifacts.display()
+            );
+            failed.push(t.clone());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("fuzz targets failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
