@@ -11,23 +11,33 @@ use std::{borrow::Cow, net::IpAddr};
 use serde::{Deserialize, Deserializer};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-/// An integer given as a JSON number or a string of digits.
+/// An integer given as a JSON number or a string of digits. A visitor rather than an untagged
+/// enum, which would buffer every value first.
 fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Int<'a> {
-        N(u64),
-        #[serde(borrow)]
-        S(Cow<'a, str>),
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer, as a number or a string")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is negative")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.parse()
+                .map(Some)
+                .map_err(|_| E::custom(format!("`{v}` is not an integer")))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
     }
-    match Option::<Int<'_>>::deserialize(d)? {
-        None => Ok(None),
-        Some(Int::N(n)) => Ok(Some(n)),
-        Some(Int::S(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an integer"))),
-    }
+    d.deserialize_any(V)
 }
 
 #[derive(Debug, Deserialize)]
