@@ -55,7 +55,8 @@ enum Cmd {
         /// The GCP subnets' flow-log sampling rate, for files of DIR/gcp.
         #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
         gcp_sampling_rate: f64,
-        /// Days raw flows are kept (they stay in the rollups).
+        /// Days raw flows are kept (they stay in the rollups). Counted from the flows' own time:
+        /// importing older cloud logs needs a longer period.
         #[arg(long, value_name = "DAYS", default_value_t = 7)]
         retention_raw_days: u32,
         /// Days the 1-minute rollups are kept.
@@ -135,8 +136,14 @@ fn main() -> ExitCode {
             retention_1h_days,
         } => tls_config(tls_cert, tls_key, tls_client_ca).and_then(|tls| {
             const DAY: i64 = 86_400_000_000_000;
-            if retention_raw_days == 0 || retention_1m_days == 0 || retention_1h_days == 0 {
-                anyhow::bail!("retention periods must be at least 1 day");
+            for (flag, days) in [
+                ("--retention-raw-days", retention_raw_days),
+                ("--retention-1m-days", retention_1m_days),
+                ("--retention-1h-days", retention_1h_days),
+            ] {
+                if !(1..=36_500).contains(&days) {
+                    anyhow::bail!("{flag} must be 1 to 36500 days, got {days}");
+                }
             }
             serve(
                 data_dir,

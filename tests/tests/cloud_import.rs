@@ -427,8 +427,21 @@ fn watched_directory_imports_each_file_once_across_restarts() {
     );
     assert!(incoming.join("aws").is_dir() && incoming.join("gcp").is_dir());
     // Written under a temporary name, then renamed: the way to drop a file.
+    // Recent records: the control plane's retention (7 days of raw flows) applies to flow time.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let records = format!(
+        "2 123456789010 eni-0a1 10.0.0.1 10.0.0.2 40000 22 6 3 180 {a} {b} ACCEPT OK\n\
+         2 123456789010 eni-0a1 10.0.0.1 10.0.0.2 40001 22 6 3 180 {a} {b} REJECT OK\n\
+         2 123456789010 eni-0a1 - - - - - - - {a} {b} - NODATA\n\
+         2 123456789010 eni-0a1 10.0.0.3 10.0.0.2 40002 443 6 9 900 {a} {b} ACCEPT OK\n",
+        a = now - 120,
+        b = now - 60
+    );
     let staged = incoming.join("aws/flows.log.gz.part");
-    std::fs::write(&staged, gzip(DEFAULT_V2)).expect("write");
+    std::fs::write(&staged, gzip(&records)).expect("write");
     std::fs::rename(&staged, incoming.join("aws/flows.log.gz")).expect("rename");
     wait_for(&incoming.join("aws/imported/flows.log.gz"));
     assert_eq!(count(&lab.a), 3);
@@ -441,7 +454,7 @@ fn watched_directory_imports_each_file_once_across_restarts() {
         &dir.0.join("cp2.log"),
         &args,
     );
-    std::fs::write(incoming.join("aws/redelivered.gz"), gzip(DEFAULT_V2)).expect("write");
+    std::fs::write(incoming.join("aws/redelivered.gz"), gzip(&records)).expect("write");
     wait_for(&incoming.join("aws/imported/redelivered.gz"));
     assert_eq!(count(&lab.a), 3, "the same content is not imported twice");
     let log = std::fs::read_to_string(dir.0.join("cp2.log")).expect("log");

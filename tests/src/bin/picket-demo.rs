@@ -25,7 +25,14 @@ fn main() {
     let data = dir.0.join("controlplane");
     let key = dir.0.join("sensor.key");
     std::fs::write(&key, ControlPlane::add_sensor(&data, "demo-b")).expect("key");
-    let cp = ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
+    // The sample cloud logs are years old: keep them (retention counts from a flow's own time).
+    let cp = ControlPlane::start_with(
+        &lab.b,
+        &data,
+        "127.0.0.1:7443",
+        &dir.0.join("cp.log"),
+        &["--retention-raw-days", "36500"],
+    );
     println!(
         "control plane: picket-controlplane serve --data-dir {} (gRPC 127.0.0.1:7443, REST 127.0.0.1:8080, in {})",
         data.display(),
