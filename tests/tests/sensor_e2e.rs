@@ -456,17 +456,26 @@ fn two_million_trafgen_frames_counted_exactly() {
     // Every frame of the flow that left va was seen at tc egress: the device's count may hold a
     // few more (link-local control traffic), never fewer.
     let left = delivered + dropped;
+    // On failure: the sensors' last kernel and agent counters, to tell a frame the program did
+    // not see from a count the agent lost.
+    let counters = |o: &tests::SensorOutput| {
+        let last = o.stats.last().cloned().unwrap_or_default();
+        format!("kernel {} agent {}", last["kernel"], last["agent"])
+    };
     assert!(
         a.0 <= left && left - a.0 <= 5,
-        "tc egress on the sender: {} of the {left} frames that left va",
-        a.0
+        "tc egress on the sender: {} of the {left} frames that left va; sender {}",
+        a.0,
+        counters(&oa)
     );
     assert_eq!(a.1, a.0 * 46);
     // What the veth itself dropped never reached b: it is counted there, and only there.
     assert_eq!(
         b.0 + dropped,
         a.0,
-        "XDP ingress on the receiver ({dropped} dropped by the veth)"
+        "XDP ingress on the receiver ({dropped} dropped by the veth); receiver {}; sender {}",
+        counters(&ob),
+        counters(&oa)
     );
     assert_eq!(b.1, b.0 * 46);
     assert!(
