@@ -186,15 +186,21 @@ impl ProbeAggregate {
     }
 }
 
-/// Settings the agent writes into the `CONFIG` array (one element) before attaching, and updates
-/// at every export interval (`active_table`).
+/// Settings the agent writes into the `CONFIG` array (one element, memory-mapped) before
+/// attaching. Afterwards it changes only two words, each with one atomic store while programs
+/// run: `epoch` at every export interval and `now_ns` every few milliseconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SensorConfig {
     /// Length of the per-source scan window.
     pub window_ns: u64,
-    /// Index (0/1) of the flow table the programs write into; the agent drains the other one.
-    pub active_table: u32,
+    /// Export interval counter. Its parity is the flow table the programs write into (the agent
+    /// drains the other one), and it is the generation of that table's flow slots and probe
+    /// aggregates: a slot holding another generation is free. One word, so a program reads the
+    /// table and the generation together, in one load, and never mixes two intervals (a mix
+    /// once made a packet see a live slot of the old table as free and wipe its counts). Never
+    /// 0, the generation of a slot never used.
+    pub epoch: u32,
     /// A source touching this many distinct destination ports in a window is reported.
     pub port_threshold: u32,
     /// A source touching this many distinct destination hosts in a window is reported.
@@ -205,15 +211,32 @@ pub struct SensorConfig {
     /// need no more than millisecond precision, so the agent uses `CLOCK_CONFIG` by default.
     pub clock: u32,
     pub now_ns: u64,
-    /// Generation of the active table's flow slots: a slot holding another generation is free.
-    pub slot_gen: u32,
     /// Number of flow slots minus one (a power of two minus one).
     pub slot_mask: u32,
+    pub _pad: u32,
 }
+
+/// The flow table (0 or 1) written during `epoch`.
+#[inline(always)]
+pub const fn epoch_table(epoch: u32) -> usize {
+    (epoch & 1) as usize
+}
+
+/// The epoch after `epoch`: the other table, skipping 0 (even, so parity is kept) on wrap.
+#[inline(always)]
+pub const fn next_epoch(epoch: u32) -> u32 {
+    match epoch.wrapping_add(1) {
+        0 => 2,
+        e => e,
+    }
+}
+
+/// First epoch: table 0, generation 2 (0 marks slots never used).
+pub const FIRST_EPOCH: u32 = 2;
 
 /// A per-CPU, direct-mapped slot (index = `FlowKey::slot_hash`) that counts one flow without
 /// the flow hash table; a slot of an older generation is free, so a whole array is emptied by
-/// bumping `SensorConfig::slot_gen`.
+/// bumping `SensorConfig::epoch`.
 ///
 /// Every packet first tries its slot: a hit is an inlined array access instead of a hash-table
 /// helper call. A bare SYN claims a free slot and skips the table entirely: under a SYN scan or
@@ -460,9 +483,21 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 4 + 16 + 16 + 2 + 2 + 1 + 1 + 1 + 1);
         assert_eq!(size_of::<FlowValue>(), 8 * 4 + 1 + 1 + 1 + 5);
         assert_eq!(size_of::<SensorConfig>(), 8 + 4 + 4 + 4 + 4 + 8 + 4 + 4);
+        assert_eq!(core::mem::offset_of!(SensorConfig, epoch) % 4, 0);
+        assert_eq!(core::mem::offset_of!(SensorConfig, now_ns) % 8, 0);
         assert_eq!(size_of::<FlowSlot>(), 44 + 4 + 40);
         assert_eq!(size_of::<ScanEvent>() % 8, 0);
         assert_eq!(size_of::<ScanState>() % 8, 0);
+    }
+
+    #[test]
+    fn epochs_alternate_tables_and_never_reach_zero() {
+        assert_eq!(epoch_table(FIRST_EPOCH), 0);
+        assert_eq!(next_epoch(FIRST_EPOCH), 3);
+        assert_eq!(epoch_table(next_epoch(FIRST_EPOCH)), 1);
+        assert_eq!(next_epoch(u32::MAX), 2);
+        assert_eq!(epoch_table(u32::MAX), 1);
+        assert_eq!(epoch_table(next_epoch(u32::MAX)), 0);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sensor_common::{
     DEFAULT_SCAN_SOURCES, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowSlot, FlowValue, HOST_BITMAP_WORDS,
     KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, PORT_BITMAP_WORDS, PROBE_AGGREGATES, ProbeAggregate,
     REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState, SensorConfig,
-    SourceKey, counter, probe, tcp,
+    SourceKey, counter, epoch_table, probe, tcp,
 };
 
 #[unsafe(link_section = "license")]
@@ -42,8 +42,9 @@ static PROBE_AGGREGATES_0: PerCpuArray<ProbeAggregate> =
 #[map]
 static PROBE_AGGREGATES_1: PerCpuArray<ProbeAggregate> =
     PerCpuArray::with_max_entries(PROBE_AGGREGATES, 0);
+/// Memory-mapped, so the agent changes `epoch` and `now_ns` with single atomic stores.
 #[map]
-static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
+static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 /// Shared (not per-CPU) so that a scan spread over CPUs adds up in one place.
@@ -73,6 +74,7 @@ const IPPROTO_ICMPV6: u8 = 58;
 const BPF_NOEXIST: u64 = 1;
 /// Per-CPU LRU lists: an insert that must evict takes no global lock and scans only its CPU's list.
 const BPF_F_NO_COMMON_LRU: u32 = 2;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 const EEXIST: i32 = 17;
 /// IPv6 extension headers followed before giving up (ports then stay zero, counted).
 const MAX_IPV6_EXT: usize = 6;
@@ -173,9 +175,12 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
     let Some(cfg) = CONFIG.get(0) else {
         return;
     };
-    // SAFETY: plain helper call.
+    // The agent stores these two words while programs run: each is read exactly once, so one
+    // packet sees one epoch (table and slot generation together) and one time.
+    // SAFETY: aligned fields of the map value; the helper is a plain call.
+    let epoch = unsafe { core::ptr::read_volatile(&cfg.epoch) };
     let now = if cfg.clock == CLOCK_CONFIG {
-        cfg.now_ns
+        unsafe { core::ptr::read_volatile(&cfg.now_ns) }
     } else {
         unsafe { bpf_ktime_get_ns() }
     };
@@ -188,9 +193,10 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
         now,
         packets,
         bytes,
+        epoch,
     };
     // Two copies of the same code, each naming its own maps, so the verifier can inline lookups.
-    let new_flow = if cfg.active_table == 0 {
+    let new_flow = if epoch_table(epoch) == 0 {
         let slots = Slots {
             flows: &FLOW_SLOTS_0,
             aggregates: &PROBE_AGGREGATES_0,
@@ -227,7 +233,7 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
             && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK;
         let reverse_seen = syn_ack
             || !syn_only
-                && if cfg.active_table == 0 {
+                && if epoch_table(epoch) == 0 {
                     reverse_exists(&FLOWS_0, &pkt)
                 } else {
                     reverse_exists(&FLOWS_1, &pkt)
@@ -242,6 +248,8 @@ struct Meter {
     now: u64,
     packets: u64,
     bytes: u64,
+    /// The epoch this packet counts in (generation of the slots it may touch).
+    epoch: u32,
 }
 
 #[inline(always)]
@@ -283,9 +291,9 @@ fn first_value(pkt: &Packet, m: &Meter, opened_by_syn: bool) -> FlowValue {
 
 /// Takes `s` (a slot of an older generation: free) for `pkt`'s flow, holding `value`.
 #[inline(always)]
-fn claim(s: &mut FlowSlot, cfg: &SensorConfig, pkt: &Packet, value: FlowValue) {
+fn claim(s: &mut FlowSlot, m: &Meter, pkt: &Packet, value: FlowValue) {
     s.key.copy_from(&pkt.key);
-    s.generation = cfg.slot_gen;
+    s.generation = m.epoch;
     s.value = value;
 }
 
@@ -306,18 +314,13 @@ fn flagged_scanner(src: &[u8; 16]) -> bool {
 
 /// Adds a bare SYN to its source's probe aggregate; false when another live source holds it.
 #[inline(always)]
-fn probe_aggregate(
-    aggs: &PerCpuArray<ProbeAggregate>,
-    cfg: &SensorConfig,
-    pkt: &Packet,
-    m: &Meter,
-) -> bool {
+fn probe_aggregate(aggs: &PerCpuArray<ProbeAggregate>, pkt: &Packet, m: &Meter) -> bool {
     let Some(g) = aggs.get_ptr_mut(ProbeAggregate::index_of(&pkt.key.src_addr)) else {
         return false;
     };
     // SAFETY: this CPU's copy; programs do not preempt each other on one CPU.
     let g = unsafe { &mut *g };
-    if g.generation == cfg.slot_gen {
+    if g.generation == m.epoch {
         if g.src_addr != pkt.key.src_addr || g.ifindex != pkt.key.ifindex {
             return false;
         }
@@ -329,7 +332,7 @@ fn probe_aggregate(
     }
     g.src_addr = pkt.key.src_addr;
     g.ifindex = pkt.key.ifindex;
-    g.generation = cfg.slot_gen;
+    g.generation = m.epoch;
     g.packets = m.packets;
     g.bytes = m.bytes;
     g.first_seen_ns = m.now;
@@ -362,7 +365,7 @@ fn record(
     if let Some(s) = slots.flows.get_ptr_mut(idx) {
         // SAFETY: this CPU's copy of the slot; programs do not preempt each other on one CPU.
         let s = unsafe { &mut *s };
-        if s.generation == cfg.slot_gen {
+        if s.generation == m.epoch {
             if same_key(&s.key, &pkt.key) {
                 add_to(&mut s.value, pkt, m);
                 return false;
@@ -373,14 +376,14 @@ fn record(
     }
     if syn_only {
         if let Some(s) = free_slot {
-            claim(s, cfg, pkt, first_value(pkt, m, true));
+            claim(s, m, pkt, first_value(pkt, m, true));
             count(counter::SYN_SLOT_CLAIMS, 1);
             return true;
         }
         count(counter::SYN_SLOT_COLLISIONS, 1);
         // Sum it per source only for a source already flagged as scanning in this window: a
         // busy but benign client keeps exact per-flow records (its SYN in the table below).
-        if flagged_scanner(&pkt.key.src_addr) && probe_aggregate(slots.aggregates, cfg, pkt, m) {
+        if flagged_scanner(&pkt.key.src_addr) && probe_aggregate(slots.aggregates, pkt, m) {
             count(counter::PROBES_AGGREGATED, 1);
             return true;
         }
@@ -396,7 +399,7 @@ fn record(
                 last_seen_ns: m.now,
                 ..FlowValue::default()
             };
-            claim(s, cfg, pkt, empty);
+            claim(s, m, pkt, empty);
         }
         return false;
     }

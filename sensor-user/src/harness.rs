@@ -53,13 +53,13 @@ impl Harness {
             events,
             cfg: SensorConfig {
                 window_ns: 60_000_000_000,
-                active_table: 0,
                 port_threshold: 20,
                 host_threshold: 25,
                 clock: sensor_common::CLOCK_CONFIG,
                 now_ns: 1_000_000_000,
-                slot_gen: 1,
+                epoch: sensor_common::FIRST_EPOCH,
                 slot_mask: sensor_common::DEFAULT_FLOW_SLOTS - 1,
+                _pad: 0,
             },
             nr_cpus: aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?,
         };
@@ -149,7 +149,7 @@ impl Harness {
             slots.fd().as_fd(),
             sensor_common::DEFAULT_FLOW_SLOTS,
             self.nr_cpus,
-            self.cfg.slot_gen,
+            self.cfg.epoch,
             tables::into_map(&mut out),
         )?;
         Ok(out)
@@ -157,7 +157,7 @@ impl Harness {
 
     /// The active table's one of a pair of per-CPU arrays (flow slots or aggregates).
     fn active_array(&self, pair: [&str; 2]) -> &MapData {
-        let name = pair[self.cfg.active_table as usize];
+        let name = pair[sensor_common::epoch_table(self.cfg.epoch)];
         match self.bpf.map(name).unwrap_or_else(|| panic!("map {name}")) {
             aya::maps::Map::PerCpuArray(d) => d,
             other => panic!("{name}: unexpected map type {other:?}"),
@@ -170,19 +170,20 @@ impl Harness {
         Ok(tables::read_probe_aggregates(
             aggs.fd().as_fd(),
             self.nr_cpus,
-            self.cfg.slot_gen,
+            self.cfg.epoch,
         )?)
     }
 
-    /// Frees every flow slot (the next generation), as the agent does at each swap.
+    /// Frees every flow slot (the next generation) while staying on the same table: two epochs
+    /// on (the agent goes one, which also switches tables).
     pub fn next_generation(&mut self) -> anyhow::Result<()> {
-        self.cfg.slot_gen += 1;
+        self.cfg.epoch = sensor_common::next_epoch(sensor_common::next_epoch(self.cfg.epoch));
         self.apply()
     }
 
     /// Inserts `n` synthetic flows into the active table (for benchmarks at a given fill level).
     pub fn prefill(&mut self, n: u32) -> anyhow::Result<()> {
-        let table = names::FLOWS[self.cfg.active_table as usize];
+        let table = names::FLOWS[sensor_common::epoch_table(self.cfg.epoch)];
         prefill(self.bpf.map_mut(table).expect("table"), n, self.nr_cpus)
     }
 

@@ -4,7 +4,7 @@ use std::{ffi::CString, mem::size_of, os::fd::AsFd, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, TcAttachOptions},
@@ -12,14 +12,15 @@ use aya::{
     },
 };
 use sensor_common::{
-    CLOCK_CONFIG, CLOCK_KERNEL, Counters, FlowKey, ScanEvent, SensorConfig, counter, names,
+    CLOCK_CONFIG, CLOCK_KERNEL, Counters, FIRST_EPOCH, FlowKey, ScanEvent, SensorConfig, counter,
+    epoch_table, names, next_epoch,
 };
 use tracing::{info, warn};
 
 use crate::{
     error::SensorError,
     records::{FlowTotals, ProbeTotals},
-    sys::GracePeriod,
+    sys::{GracePeriod, MappedConfig},
     tables,
 };
 
@@ -78,9 +79,7 @@ pub struct Sensor {
     flow_slots: [MapData; 2],
     probe_aggregates: [MapData; 2],
     flow_slot_count: u32,
-    /// Probe-slot generation of each table while it was last active.
-    table_gen: [u32; 2],
-    config: Array<MapData, SensorConfig>,
+    config: MappedConfig,
     counters: PerCpuArray<MapData, Counters>,
     grace: GracePeriod,
     cfg: SensorConfig,
@@ -184,14 +183,12 @@ impl Sensor {
             array_data(take(&mut bpf, names::PROBE_AGGREGATES[0])?),
             array_data(take(&mut bpf, names::PROBE_AGGREGATES[1])?),
         ];
-        let mut config: Array<MapData, SensorConfig> =
-            Array::try_from(take(&mut bpf, names::CONFIG)?).map_err(SensorError::map("CONFIG"))?;
         let counters: PerCpuArray<MapData, Counters> =
             PerCpuArray::try_from(take(&mut bpf, names::COUNTERS)?)
                 .map_err(SensorError::map("COUNTERS"))?;
         let cfg = SensorConfig {
             window_ns: opts.scan_window.as_nanos() as u64,
-            active_table: 0,
+            epoch: FIRST_EPOCH,
             port_threshold: opts.port_threshold,
             host_threshold: opts.host_threshold,
             clock: if opts.precise_timestamps {
@@ -200,10 +197,14 @@ impl Sensor {
                 CLOCK_CONFIG
             },
             now_ns: crate::records::Clock::monotonic_ns(),
-            slot_gen: 1,
             slot_mask: flow_slot_count - 1,
+            _pad: 0,
         };
-        config.set(0, cfg, 0).map_err(SensorError::map("CONFIG"))?;
+        let Map::Array(config_map) = take(&mut bpf, names::CONFIG)? else {
+            return Err(SensorError::Kernel("CONFIG is not an array map".into()));
+        };
+        let config = MappedConfig::new(config_map.fd().as_fd(), cfg)
+            .map_err(|e| SensorError::Kernel(format!("mapping the CONFIG array: {e}")))?;
         let grace = GracePeriod::new()
             .map_err(|e| SensorError::Kernel(format!("creating the grace-period map: {e}")))?;
         let nr_cpus =
@@ -215,7 +216,6 @@ impl Sensor {
             flow_slots,
             probe_aggregates,
             flow_slot_count,
-            table_gen: [1, 0],
             config,
             counters,
             grace,
@@ -312,14 +312,12 @@ impl Sensor {
         &mut self,
         mut each: impl FnMut(&FlowKey, &FlowTotals),
     ) -> Result<DrainResult, SensorError> {
-        let old = self.cfg.active_table as usize;
-        self.cfg.active_table ^= 1;
-        // The table becoming active gets a new generation: its flow slots from last time are free.
-        self.cfg.slot_gen = self.cfg.slot_gen.wrapping_add(1).max(1);
-        self.table_gen[self.cfg.active_table as usize] = self.cfg.slot_gen;
-        self.config
-            .set(0, self.cfg, 0)
-            .map_err(SensorError::map("CONFIG"))?;
+        // The next epoch switches the table and is the new generation of its flow slots, so
+        // those left from its last turn are free; one store, seen whole by every packet.
+        let old_epoch = self.cfg.epoch;
+        let old = epoch_table(old_epoch);
+        self.cfg.epoch = next_epoch(old_epoch);
+        self.config.store_epoch(self.cfg.epoch);
         self.grace
             .wait()
             .map_err(|e| SensorError::Kernel(format!("waiting for an RCU grace period: {e}")))?;
@@ -332,7 +330,7 @@ impl Sensor {
             self.flow_slots[old].fd().as_fd(),
             self.flow_slot_count,
             self.nr_cpus,
-            self.table_gen[old],
+            old_epoch,
             &mut each,
         )
         .map_err(|e| SensorError::Kernel(format!("reading flow slots {old}: {e}")))?;
@@ -340,7 +338,7 @@ impl Sensor {
         let probes = tables::read_probe_aggregates(
             self.probe_aggregates[old].fd().as_fd(),
             self.nr_cpus,
-            self.table_gen[old],
+            old_epoch,
         )
         .map_err(|e| SensorError::Kernel(format!("reading probe aggregates {old}: {e}")))?;
         Ok(DrainResult {
@@ -353,9 +351,7 @@ impl Sensor {
     pub fn tick_clock(&mut self) -> Result<(), SensorError> {
         if self.cfg.clock == CLOCK_CONFIG {
             self.cfg.now_ns = crate::records::Clock::monotonic_ns();
-            self.config
-                .set(0, self.cfg, 0)
-                .map_err(SensorError::map("CONFIG"))?;
+            self.config.store_now(self.cfg.now_ns);
         }
         Ok(())
     }

@@ -99,6 +99,77 @@ impl GracePeriod {
     }
 }
 
+/// The programs' `SensorConfig` (a one-element `BPF_F_MMAPABLE` array) mapped into this
+/// process: the words the agent changes while programs run are written with single atomic
+/// stores, which a program reading the word sees whole or not at all. (An update through
+/// bpf(2) copies the whole value with memcpy, which gives no such promise, and costs a syscall.)
+pub struct MappedConfig {
+    ptr: std::ptr::NonNull<sensor_common::SensorConfig>,
+    len: usize,
+    _fd: OwnedFd,
+}
+
+// SAFETY: the mapping is owned by this value and only written through atomics after `new`.
+unsafe impl Send for MappedConfig {}
+
+impl MappedConfig {
+    /// Maps the array behind `fd` and writes `cfg` into it (before any program is attached).
+    pub fn new(fd: BorrowedFd<'_>, cfg: sensor_common::SensorConfig) -> io::Result<Self> {
+        let fd = fd.try_clone_to_owned()?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = std::mem::size_of::<sensor_common::SensorConfig>().div_ceil(page) * page;
+        // SAFETY: a shared mapping of a map fd; the kernel checks size and flags.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<sensor_common::SensorConfig>())
+            .expect("mmap returned a non-null address");
+        // SAFETY: page-aligned, writable, at least one SensorConfig long; nothing runs yet.
+        unsafe { ptr.as_ptr().write_volatile(cfg) };
+        Ok(Self { ptr, len, _fd: fd })
+    }
+
+    pub fn store_epoch(&self, epoch: u32) {
+        // SAFETY: `epoch` is an aligned u32 inside the live mapping; BPF programs only read it.
+        unsafe {
+            std::sync::atomic::AtomicU32::from_ptr(&raw mut (*self.ptr.as_ptr()).epoch)
+                .store(epoch, std::sync::atomic::Ordering::Release)
+        }
+    }
+
+    pub fn store_now(&self, now_ns: u64) {
+        // SAFETY: as above, an aligned u64 (asserted in sensor-common's tests).
+        unsafe {
+            std::sync::atomic::AtomicU64::from_ptr(&raw mut (*self.ptr.as_ptr()).now_ns)
+                .store(now_ns, std::sync::atomic::Ordering::Release)
+        }
+    }
+
+    /// What the programs currently read.
+    pub fn load(&self) -> sensor_common::SensorConfig {
+        // SAFETY: inside the live mapping; a racing store of one word only changes that word.
+        unsafe { self.ptr.as_ptr().read_volatile() }
+    }
+}
+
+impl Drop for MappedConfig {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
 /// Outcome of one drain of a (quiescent) hash map.
 #[derive(Debug, Clone, Copy)]
 pub struct Drained {
