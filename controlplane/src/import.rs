@@ -66,6 +66,37 @@ pub fn import_input(
 /// 100,000: 45k, measured by the bench; about 50 MB of flows in memory at most).
 const CHUNK: usize = 100_000;
 
+/// Flows on their way to a sink, `CHUNK` at a time, counted as stored once the sink took them.
+struct Chunker<'s, 'a> {
+    sink: &'s mut Sink<'a>,
+    flows: Vec<Flow>,
+}
+
+impl<'s, 'a> Chunker<'s, 'a> {
+    fn new(sink: &'s mut Sink<'a>) -> Self {
+        Self {
+            sink,
+            flows: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn push(&mut self, flow: Flow, sum: &mut Summary) -> anyhow::Result<()> {
+        self.flows.push(flow);
+        if self.flows.len() == CHUNK {
+            self.flush(sum)?;
+        }
+        Ok(())
+    }
+
+    /// Hands what is left to the sink (also when nothing is: the end of the input).
+    fn flush(&mut self, sum: &mut Summary) -> anyhow::Result<()> {
+        (self.sink)(&self.flows)?;
+        sum.stored += self.flows.len() as u64;
+        self.flows.clear();
+        Ok(())
+    }
+}
+
 /// What an import did, over all its files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -161,7 +192,7 @@ pub fn import_aws(
     let mut format = aws::Format::default();
     let mut line = String::new();
     let mut line_no = 0u64;
-    let mut chunk: Vec<Flow> = Vec::with_capacity(CHUNK);
+    let mut chunk = Chunker::new(sink);
     loop {
         line.clear();
         let n = match input.read_line(&mut line) {
@@ -205,20 +236,12 @@ pub fn import_aws(
                     }
                     sum.skipdata += 1;
                 }
-                Some(aws::Status::Ok) | None => {
-                    chunk.push(aws_flow(&r));
-                    if chunk.len() == CHUNK {
-                        sink(&chunk)?;
-                        sum.stored += chunk.len() as u64;
-                        chunk.clear();
-                    }
-                }
+                Some(aws::Status::Ok) | None => chunk.push(aws_flow(&r), sum)?,
             },
             Err(e) => sum.reject(file, line_no, e.reason(), l),
         }
     }
-    sink(&chunk)?;
-    sum.stored += chunk.len() as u64;
+    chunk.flush(sum)?;
     Ok(())
 }
 
@@ -300,18 +323,11 @@ pub fn import_gcp(
 ) -> anyhow::Result<()> {
     sum.provider = "gcp";
     sum.files += 1;
-    let mut chunk: Vec<Flow> = Vec::with_capacity(CHUNK);
+    let mut chunk = Chunker::new(sink);
     let mut take = |sum: &mut Summary, line_no: u64, json: &str| -> anyhow::Result<()> {
         sum.read += 1;
         match gcp::parse(json) {
-            Ok(r) => {
-                chunk.push(gcp_flow(&r, sampling_rate));
-                if chunk.len() == CHUNK {
-                    sink(&chunk)?;
-                    sum.stored += chunk.len() as u64;
-                    chunk.clear();
-                }
-            }
+            Ok(r) => chunk.push(gcp_flow(&r, sampling_rate), sum)?,
             Err(e) => sum.reject(file, line_no, e.reason().into(), json),
         }
         Ok(())
@@ -376,8 +392,7 @@ pub fn import_gcp(
             }
         }
     }
-    sink(&chunk)?;
-    sum.stored += chunk.len() as u64;
+    chunk.flush(sum)?;
     Ok(())
 }
 
@@ -479,7 +494,7 @@ pub fn import_azure(
         }
         return Err(e).with_context(|| format!("reading {file}"));
     }
-    let mut chunk: Vec<Flow> = Vec::with_capacity(CHUNK);
+    let mut chunk = Chunker::new(sink);
     for blob in serde_json::Deserializer::from_str(&text).into_iter::<azure::Blob<'_>>() {
         let blob = match blob {
             Ok(b) => b,
@@ -547,7 +562,7 @@ pub fn import_azure(
                             }
                             let ns =
                                 (t.time_ms.min(i64::MAX as u64 / 1_000_000) * 1_000_000) as i64;
-                            chunk.push(Flow {
+                            let flow = Flow {
                                 source: Source::Azure,
                                 observer: observer.clone(),
                                 interface: mac.unwrap_or("").to_string(),
@@ -578,12 +593,8 @@ pub fn import_azure(
                                     extra,
                                     ..CloudMeta::default()
                                 },
-                            });
-                            if chunk.len() == CHUNK {
-                                sink(&chunk)?;
-                                sum.stored += chunk.len() as u64;
-                                chunk.clear();
-                            }
+                            };
+                            chunk.push(flow, sum)?;
                         }
                         Err(e) => sum.reject(file, 0, e.reason().into(), t),
                     }
@@ -591,7 +602,6 @@ pub fn import_azure(
             }
         }
     }
-    sink(&chunk)?;
-    sum.stored += chunk.len() as u64;
+    chunk.flush(sum)?;
     Ok(())
 }

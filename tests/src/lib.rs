@@ -7,12 +7,13 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     fs,
     io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, TcpStream},
+    net::IpAddr,
     os::fd::AsFd,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
@@ -721,6 +722,39 @@ impl ControlPlane {
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 
+    /// Runs `picket-controlplane import ARGS... --data-dir DATA_DIR`, with `stdin` as its
+    /// standard input when given, and returns what it did (successful or not) for the caller
+    /// to check.
+    pub fn import<S: AsRef<OsStr>>(
+        data_dir: &Path,
+        args: impl IntoIterator<Item = S>,
+        stdin: Option<&[u8]>,
+    ) -> Output {
+        let mut child = Command::new(bin("picket-controlplane"))
+            .arg("import")
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run picket-controlplane import");
+        if let Some(bytes) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(bytes)
+                .expect("write the import's stdin");
+        }
+        child.wait_with_output().expect("import output")
+    }
+
     /// Starts serving gRPC on `listen` inside `ns` and waits until it listens.
     pub fn start(ns: &str, data_dir: &Path, listen: &str, log: &Path) -> ControlPlane {
         Self::start_with(ns, data_dir, listen, log, &[])
@@ -884,9 +918,27 @@ pub fn make_pki(dir: &Path) {
 }
 
 /// GET /metrics from inside `ns` (the sensor's default address is on the namespace's loopback):
-/// the whole response, headers included.
-pub fn scrape(ns: &str, addr: &'static str) -> String {
-    http_raw(ns, addr, "/metrics")
+/// (status, content type, body).
+pub fn scrape(ns: &str, addr: &str) -> (u16, String, String) {
+    let url = format!("http://{addr}/metrics");
+    in_netns(ns, move || {
+        let r = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client")
+            .get(&url)
+            .send()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let ctype = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (r.status().as_u16(), ctype, r.text().expect("body"))
+    })
+    .join()
+    .expect("http thread")
 }
 
 /// GET `path` from `addr` inside `ns`: (status, body). The client is made in the namespace's
@@ -903,24 +955,6 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
             .unwrap_or_else(|e| panic!("GET {url}: {e}"));
         let status = r.status().as_u16();
         (status, r.text().expect("body"))
-    })
-    .join()
-    .expect("http thread")
-}
-
-/// The raw response to GET `path` from `addr` inside `ns`, headers included.
-pub fn http_raw(ns: &str, addr: &str, path: &str) -> String {
-    let (addr, path) = (addr.to_string(), path.to_string());
-    in_netns(ns, move || {
-        let mut c = TcpStream::connect(&addr).expect("connect");
-        write!(
-            c,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .expect("request");
-        let mut r = String::new();
-        c.read_to_string(&mut r).expect("response");
-        r
     })
     .join()
     .expect("http thread")

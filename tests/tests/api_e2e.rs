@@ -1,10 +1,10 @@
 //! The REST API of a real `picket-controlplane serve`, on flows imported from AWS and GCP
 //! records: filters, paging, errors, and the OpenAPI document against the routes.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use serde_json::Value;
-use tests::{ControlPlane, Lab, TempDir, bin, http_get};
+use tests::{ControlPlane, Lab, TempDir, http_get};
 
 const HTTP: &str = "127.0.0.1:8080";
 
@@ -17,13 +17,7 @@ fn get(ns: &str, path: &str) -> (u16, Value) {
 fn import(data: &Path, provider: &str, text: &str) {
     let f = data.with_extension(format!("{provider}.log"));
     std::fs::write(&f, text).expect("write");
-    let o = Command::new(bin("picket-controlplane"))
-        .args(["import", provider])
-        .arg(&f)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .expect("import");
+    let o = ControlPlane::import(data, [provider.as_ref(), f.as_os_str()], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 

@@ -7,31 +7,10 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use tests::{TempDir, bin};
+use tests::{ControlPlane, TempDir};
 
 fn import(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut c = Command::new(bin("picket-controlplane"));
-    c.args(["import"])
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("run picket-controlplane import");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    child.wait_with_output().expect("import output")
+    ControlPlane::import(data, args, stdin.map(str::as_bytes))
 }
 
 fn db(data: &Path) -> rusqlite::Connection {

@@ -267,12 +267,9 @@ impl Drop for Sysctl {
     }
 }
 
+/// `dev`'s MAC address as trafgen's byte list ("0x02, 0x00, ...").
 fn mac(ns: &str, dev: &str) -> String {
-    let j = sh_in(ns, "ip", &["-j", "link", "show", "dev", dev]);
-    let v: serde_json::Value = serde_json::from_str(&j).expect("json");
-    v[0]["address"]
-        .as_str()
-        .expect("mac")
+    tests::mac(ns, dev)
         .split(':')
         .map(|b| format!("0x{b}"))
         .collect::<Vec<_>>()
@@ -605,7 +602,7 @@ fn agent_run(report: &mut String, lab: &Lab, label: &str, conf: &str, secs: u64)
         std::thread::spawn(move || {
             let mut max = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let m = tests::scrape(&ns, "127.0.0.1:9469");
+                let (_, _, m) = tests::scrape(&ns, "127.0.0.1:9469");
                 max = max.max(tests::metric(&m, "picket_agent_last_drain_entries"));
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -642,7 +639,7 @@ fn agent_run(report: &mut String, lab: &Lab, label: &str, conf: &str, secs: u64)
     let max_entries = poller.join().expect("metrics poller");
     // Exported during the run (the shutdown flush comes after).
     let records = tests::metric(
-        &tests::scrape(&lab.b, "127.0.0.1:9469"),
+        &tests::scrape(&lab.b, "127.0.0.1:9469").2,
         "picket_agent_flow_records_total",
     );
     sensor.stop();

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{ControlPlane, Lab, Sensor, TempDir, bin, http_get, sh_in};
+use tests::{ControlPlane, Lab, Sensor, TempDir, http_get, sh_in};
 
 fn main() {
     let lab = Lab::new();
@@ -200,14 +200,8 @@ fn main() {
         ("azure", "azure-nsg-flow-log.json"),
         ("azure", "azure-vnet-flow-log.json"),
     ] {
-        let o = std::process::Command::new(bin("picket-controlplane"))
-            .args(["import", provider])
-            .arg(samples.join(file))
-            .arg("--data-dir")
-            .arg(&data)
-            .env("PICKET_LOG", "error")
-            .output()
-            .expect("import");
+        let path = samples.join(file);
+        let o = ControlPlane::import(&data, [provider.as_ref(), path.as_os_str()], None);
         println!(
             "picket-controlplane import {provider} {file}\n  {}",
             String::from_utf8_lossy(&o.stdout).trim()
