@@ -197,8 +197,16 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             require_root("the benchmarks")?;
             run(cargo().args(["build", "--release", "--bins"]))?;
+            // The peer parser (Vector's VRL) is its own workspace: a large build only this needs.
+            let vrl_target = root().join("target/bench-vrl");
+            run(cargo()
+                .args(["build", "--release", "--manifest-path"])
+                .arg(root().join("bench-vrl/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&vrl_target))?;
             let mut c = Command::new(root().join("target/release/picket-bench"));
             c.env("PICKET_BIN_DIR", root().join("target/release"));
+            c.env("PICKET_BENCH_VRL", vrl_target.join("release/picket-bench-vrl"));
             if quick {
                 c.arg("--quick");
             }

@@ -702,6 +702,7 @@ fn cloud_section(report: &mut String, quick: bool) {
     }
     let aws_rate = n as f64 / t0.elapsed().as_secs_f64();
     assert!(packets > 0);
+    let vrl = vrl_peer(&aws_text, n);
 
     let m = n / 5;
     let mut gcp_text = String::with_capacity(m as usize * 700);
@@ -749,7 +750,50 @@ fn cloud_section(report: &mut String, quick: bool) {
         gcp_rate / 1e3,
         import_rate / 1e3
     )
+    .ok();    match vrl {
+        Ok(vrl_rate) => writeln!(
+            report,
+            "Peer on the same {n} records in the same run: Vector's VRL `parse_aws_vpc_flow_log` (the program `. = parse_aws_vpc_flow_log!(.message)` per record, as Vector runs it) {:.0} k records/s; Picket's AWS parser is {:.1}x that.\n",
+            vrl_rate / 1e3,
+            aws_rate / vrl_rate
+        ),
+        Err(why) => writeln!(report, "VRL peer not measured: {why}\n"),
+    }
     .ok();
+}
+
+/// Runs the VRL peer (bench-vrl, built by `cargo xtask bench`, path in PICKET_BENCH_VRL) on
+/// the generated AWS records; its records per second.
+fn vrl_peer(aws_text: &str, n: u64) -> Result<f64, String> {
+    let bin = std::env::var_os("PICKET_BENCH_VRL")
+        .ok_or("PICKET_BENCH_VRL is not set (`cargo xtask bench` builds bench-vrl and sets it)")?;
+    let dir = TempDir::new("vrl-bench");
+    let file = dir.0.join("aws.log");
+    std::fs::write(&file, aws_text).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    let o = std::process::Command::new(&bin)
+        .arg(&file)
+        .output()
+        .map_err(|e| format!("running {}: {e}", bin.to_string_lossy()))?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() {
+        return Err(format!(
+            "picket-bench-vrl failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let field = |k: &str| -> Option<f64> {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+    };
+    let (records, seconds, fields) = (
+        field("records").ok_or_else(|| format!("no records in {out:?}"))?,
+        field("seconds").ok_or_else(|| format!("no seconds in {out:?}"))?,
+        field("fields").ok_or_else(|| format!("no fields in {out:?}"))?,
+    );
+    if records as u64 != n || fields as u64 != n * 14 {
+        return Err(format!("VRL parsed {records} records into {fields} fields, not {n} x 14"));
+    }
+    Ok(records / seconds)
 }
 
 /// gRPC ingest: 100 simulated sensors, each on its own connection, stream batches of 1,000
