@@ -206,7 +206,10 @@ fn main() -> anyhow::Result<()> {
                 .arg(&vrl_target))?;
             let mut c = Command::new(root().join("target/release/picket-bench"));
             c.env("PICKET_BIN_DIR", root().join("target/release"));
-            c.env("PICKET_BENCH_VRL", vrl_target.join("release/picket-bench-vrl"));
+            c.env(
+                "PICKET_BENCH_VRL",
+                vrl_target.join("release/picket-bench-vrl"),
+            );
             if quick {
                 c.arg("--quick");
             }

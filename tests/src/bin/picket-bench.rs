@@ -750,7 +750,8 @@ fn cloud_section(report: &mut String, quick: bool) {
         gcp_rate / 1e3,
         import_rate / 1e3
     )
-    .ok();    match vrl {
+    .ok();
+    match vrl {
         Ok(vrl_rate) => writeln!(
             report,
             "Peer on the same {n} records in the same run: Vector's VRL `parse_aws_vpc_flow_log` (the program `. = parse_aws_vpc_flow_log!(.message)` per record, as Vector runs it) {:.0} k records/s; Picket's AWS parser is {:.1}x that.\n",
@@ -791,7 +792,9 @@ fn vrl_peer(aws_text: &str, n: u64) -> Result<f64, String> {
         field("fields").ok_or_else(|| format!("no fields in {out:?}"))?,
     );
     if records as u64 != n || fields as u64 != n * 14 {
-        return Err(format!("VRL parsed {records} records into {fields} fields, not {n} x 14"));
+        return Err(format!(
+            "VRL parsed {records} records into {fields} fields, not {n} x 14"
+        ));
     }
     Ok(records / seconds)
 }
