@@ -328,44 +328,88 @@ pub fn import_gcp(
         sum.read += 1;
         match gcp::parse(json) {
             Ok(r) => chunk.push(gcp_flow(&r, sampling_rate), sum)?,
+            // Valid JSON but no flow: maybe Pub/Sub messages, each carrying one entry.
+            Err(gcp::Reject::NotAFlow) => match gcp::pubsub_entries(json) {
+                Some(entries) => {
+                    // The envelope is not a record; each message it carries is.
+                    sum.read = sum.read - 1 + entries.len() as u64;
+                    for entry in entries {
+                        match entry
+                            .and_then(|e| gcp::parse(&e).map(|r| gcp_flow(&r, sampling_rate)))
+                        {
+                            Ok(f) => chunk.push(f, sum)?,
+                            Err(e) => sum.reject(file, line_no, e.reason().into(), json),
+                        }
+                    }
+                }
+                None => sum.reject(file, line_no, "not_a_flow_record".into(), json),
+            },
             Err(e) => sum.reject(file, line_no, e.reason().into(), json),
         }
         Ok(())
     };
-    let starts_array = loop {
+    // A JSON array, pretty-printed JSON values (a saved Pub/Sub pull response or push request:
+    // the first line is a lone `{`), or NDJSON, read line by line.
+    let layout = loop {
         let buf = input.fill_buf()?;
         match buf.iter().position(|b| !b.is_ascii_whitespace()) {
             Some(i) => {
-                let c = buf[i];
+                let rest = &buf[i + 1..];
+                let lone_brace = buf[i] == b'{'
+                    && rest
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .is_some_and(|nl| rest[..nl].iter().all(u8::is_ascii_whitespace));
+                let layout = match buf[i] {
+                    b'[' => GcpLayout::Array,
+                    _ if lone_brace => GcpLayout::Pretty,
+                    _ => GcpLayout::Lines,
+                };
                 input.consume(i);
-                break c == b'[';
+                break layout;
             }
-            None if buf.is_empty() => break false,
+            None if buf.is_empty() => break GcpLayout::Lines,
             None => {
                 let n = buf.len();
                 input.consume(n);
             }
         }
     };
-    if starts_array {
+    if layout != GcpLayout::Lines {
         let mut text = String::new();
         input
             .read_to_string(&mut text)
             .with_context(|| format!("reading {file}"))?;
-        match serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&text) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate() {
-                    take(sum, i as u64 + 1, e.get())?;
+        if layout == GcpLayout::Array {
+            match serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&text) {
+                Ok(entries) => {
+                    for (i, e) in entries.iter().enumerate() {
+                        take(sum, i as u64 + 1, e.get())?;
+                    }
+                }
+                Err(e) => {
+                    sum.read += 1;
+                    sum.reject(
+                        file,
+                        e.line() as u64,
+                        "bad_json_array".into(),
+                        &e.to_string(),
+                    );
                 }
             }
-            Err(e) => {
-                sum.read += 1;
-                sum.reject(
-                    file,
-                    e.line() as u64,
-                    "bad_json_array".into(),
-                    &e.to_string(),
-                );
+        } else {
+            let values = serde_json::Deserializer::from_str(&text)
+                .into_iter::<&serde_json::value::RawValue>();
+            for (i, v) in values.enumerate() {
+                match v {
+                    Ok(v) => take(sum, i as u64 + 1, v.get())?,
+                    // Past a syntax error nothing can be trusted: one rejection ends the file.
+                    Err(e) => {
+                        sum.read += 1;
+                        sum.reject(file, e.line() as u64, "bad_json".into(), &e.to_string());
+                        break;
+                    }
+                }
             }
         }
     } else {
@@ -394,6 +438,13 @@ pub fn import_gcp(
     }
     chunk.flush(sum)?;
     Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GcpLayout {
+    Array,
+    Pretty,
+    Lines,
 }
 
 /// A GCP record in the flow model: the reporting side's instance and VPC are the observation

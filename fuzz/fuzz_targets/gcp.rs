@@ -1,4 +1,5 @@
-//! GCP Cloud Logging entries: no input may panic; an accepted entry has its times in order.
+//! GCP Cloud Logging entries, bare or inside Pub/Sub deliveries: no input may panic; an accepted
+//! entry has its times in order.
 #![no_main]
 
 use controlplane::cloud::gcp;
@@ -10,5 +11,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(r) = gcp::parse(text) {
         assert!(r.start_ns <= r.end_ns);
+    }
+    for entry in gcp::pubsub_entries(text).into_iter().flatten().flatten() {
+        if let Ok(r) = gcp::parse(&entry) {
+            assert!(r.start_ns <= r.end_ns);
+        }
     }
 });

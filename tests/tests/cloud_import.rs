@@ -293,6 +293,115 @@ fn gcp_ndjson_gzip_and_json_array_from_stdin() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--sampling-rate must be in (0, 1]"));
 }
 
+/// The entries delivered through a Pub/Sub sink, in the three forms an operator ends up with:
+/// push requests (one per line, as a push endpoint receives them), `gcloud pubsub
+/// subscriptions pull --format=json` (a JSON array of pulled messages), and the REST pull
+/// response (`receivedMessages`). Each message's `data` is the base64 of one log entry.
+#[test]
+fn gcp_pubsub_push_pull_and_gcloud_forms() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let push = |entry: &str, id: u32| {
+        format!(
+            r#"{{"message":{{"attributes":{{"logging.googleapis.com/timestamp":"2021-03-10T19:12:36.236924938Z"}},"data":"{}","messageId":"{id}","message_id":"{id}","publishTime":"2021-03-10T19:12:37.5Z","publish_time":"2021-03-10T19:12:37.5Z"}},"subscription":"projects/my-project/subscriptions/picket"}}"#,
+            b64(entry)
+        )
+    };
+    let pulled = |entry: &str, id: u32| {
+        format!(
+            r#"{{"ackId":"RUFeQBJMJxhESVMrQwsqWBFOBCEhPjA-RVNEUAYWLF1GSFE3GQhoUQ5PXiM_NSAoRRoHIGoKOUJdEmJoXFx1B1ALEHQoYnxvWRYFCEdeVV5SEx9NE2M","message":{{"data":"{}","messageId":"{id}","publishTime":"2021-03-10T19:12:37.5Z"}}}}"#,
+            b64(entry)
+        )
+    };
+    let dir = TempDir::new("gcp-pubsub");
+    let data = dir.0.join("data");
+    // Push requests, NDJSON: two flows, an audit entry (not a flow) and a message whose data
+    // is not base64.
+    let bad = r#"{"message":{"data":"not base64!","messageId":"9"},"subscription":"projects/my-project/subscriptions/picket"}"#;
+    let o = import(
+        &data,
+        &["gcp", "-"],
+        Some(&format!(
+            "{}\n{}\n{}\n{bad}\n",
+            push(GCP_SRC, 1),
+            push(GCP_DEST, 2),
+            push(GCP_AUDIT, 3)
+        )),
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "gcp: 1 file(s): read 4, stored 2, rejected 2 (bad_pubsub_data 1, not_a_flow_record 1)"
+    );
+    let c = db(&data);
+    let (n, bytes, packets): (i64, i64, i64) = c
+        .query_row(
+            "SELECT COUNT(*), SUM(bytes), SUM(packets) FROM flows WHERE source = 'gcp'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("totals");
+    assert_eq!((n, bytes, packets), (2, 3168 + 1500, 13 + 2));
+    let (observer, vm): (String, String) = c
+        .query_row(
+            "SELECT sensor, iface FROM flows WHERE dst_port = 41548",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the SRC-reported flow");
+    assert_eq!((&observer[..], &vm[..]), ("my-project", "vm-1"));
+
+    // gcloud's JSON array of pulled messages, then a REST pull response with both entries.
+    let data2 = dir.0.join("data2");
+    let gcloud = format!("[{}, {}]", pulled(GCP_SRC, 4), pulled(GCP_DEST, 5));
+    // Pretty-printed, as curl shows it: a first line of `{` alone.
+    let rest = serde_json::to_string_pretty(
+        &serde_json::from_str::<serde_json::Value>(&format!(
+            r#"{{"receivedMessages": [{}, {}]}}"#,
+            pulled(GCP_SRC, 6),
+            pulled(GCP_DEST, 7)
+        ))
+        .expect("JSON"),
+    )
+    .expect("pretty");
+    assert!(rest.starts_with("{\n"));
+    let (fa, fb) = (dir.0.join("gcloud.json"), dir.0.join("pull.json"));
+    std::fs::write(&fa, gcloud).expect("write");
+    std::fs::write(&fb, rest).expect("write");
+    let o = import(
+        &data2,
+        &[
+            "gcp",
+            fa.to_str().expect("utf8"),
+            fb.to_str().expect("utf8"),
+        ],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "gcp: 2 file(s): read 4, stored 4, rejected 0"
+    );
+    let (n, bytes): (i64, i64) = db(&data2)
+        .query_row(
+            "SELECT COUNT(*), SUM(bytes) FROM flows WHERE source = 'gcp'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("totals");
+    assert_eq!((n, bytes), (4, 2 * (3168 + 1500)));
+}
+
 /// An NSG flow log v2 blob as the documentation shows it (a denied inbound begin, allowed
 /// outbound begin and end tuples, one broken tuple) followed by a VNet flow log v4 blob.
 const AZURE_NSG_V2: &str = r#"{"records":[{"time":"2017-02-16T22:00:32.8950000Z","systemId":"2c002c16-72f3-4dc5-b391-3444c3527434","category":"NetworkSecurityGroupFlowEvent","resourceId":"/SUBSCRIPTIONS/00000000-0000-0000-0000-000000000000/RESOURCEGROUPS/FABRIKAMRG/PROVIDERS/MICROSOFT.NETWORK/NETWORKSECURITYGROUPS/FABRIAKMVM1-NSG","operationName":"NetworkSecurityGroupFlowEvents","properties":{"Version":2,"flows":[{"rule":"DefaultRule_DenyAllInBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D,B,,,,","1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D"]}]},{"rule":"DefaultRule_AllowInternetOutBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282370,10.1.0.4,13.67.143.118,59831,443,T,O,A,B,,,,","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,66,1,66","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,6x,1,66"]}]}]}}]}"#;

@@ -1,5 +1,8 @@
 //! GCP VPC Flow Logs: Cloud Logging entries whose `jsonPayload` holds the flow, exported as
-//! NDJSON (one entry per line) or as a JSON array.
+//! NDJSON (one entry per line) or as a JSON array, or delivered through a Pub/Sub sink: a push
+//! request or a pulled message (`{"message": {"data": BASE64 of an entry}}`, also as the
+//! elements of `gcloud pubsub subscriptions pull --format=json`) or a pull response
+//! (`{"receivedMessages": [...]}`).
 //!
 //! 64-bit integers come as JSON strings (`"bytes_sent": "3168"`), small ones as numbers; both
 //! are accepted everywhere. Times are RFC 3339 with up to nanoseconds. GCP samples packets and
@@ -169,6 +172,8 @@ pub enum Reject {
     BadAddress,
     BadPort,
     BadTime,
+    /// A Pub/Sub message whose `data` is not base64 of UTF-8 text.
+    BadPubSubData,
 }
 
 impl Reject {
@@ -179,6 +184,7 @@ impl Reject {
             Reject::BadAddress => "bad_address",
             Reject::BadPort => "bad_port_or_protocol",
             Reject::BadTime => "bad_time",
+            Reject::BadPubSubData => "bad_pubsub_data",
         }
     }
 }
@@ -233,6 +239,52 @@ pub fn parse(json: &str) -> Result<Record<'_>, Reject> {
         project,
         payload: p,
     })
+}
+
+/// A Pub/Sub delivery: a push request or a pulled message, or a whole pull response.
+#[derive(Deserialize)]
+struct PubSub<'a> {
+    #[serde(borrow)]
+    message: Option<Message<'a>>,
+    #[serde(rename = "receivedMessages", borrow)]
+    received: Option<Vec<Received<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Received<'a> {
+    #[serde(borrow)]
+    message: Message<'a>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+}
+
+/// The log entries carried by `json` if it is a Pub/Sub delivery (None if it is not one), each
+/// decoded from its message's base64 `data`; a message that does not decode is an `Err` in its
+/// place, so the others are still read.
+pub fn pubsub_entries(json: &str) -> Option<Vec<Result<String, Reject>>> {
+    use base64::Engine as _;
+    let p: PubSub<'_> = serde_json::from_str(json).ok()?;
+    let messages: Vec<Message<'_>> = match (p.message, p.received) {
+        (Some(m), _) => vec![m],
+        (None, Some(r)) => r.into_iter().map(|r| r.message).collect(),
+        (None, None) => return None,
+    };
+    Some(
+        messages
+            .into_iter()
+            .map(|m| {
+                let data = m.data.ok_or(Reject::BadPubSubData)?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data.as_bytes())
+                    .map_err(|_| Reject::BadPubSubData)?;
+                String::from_utf8(bytes).map_err(|_| Reject::BadPubSubData)
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -306,5 +358,39 @@ mod tests {
         for (e, want) in cases {
             assert_eq!(parse(&e).map(|_| ()).unwrap_err(), want, "{e}");
         }
+    }
+
+    #[test]
+    fn pubsub_deliveries_carry_entries_in_base64() {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(ENTRY);
+        // A push request: one message.
+        let push = format!(
+            r#"{{"message":{{"attributes":{{}},"data":"{data}","messageId":"1","publishTime":"2021-03-10T19:12:37.5Z"}},"subscription":"projects/my-project/subscriptions/s"}}"#
+        );
+        assert_eq!(parse(&push).map(|_| ()).unwrap_err(), Reject::NotAFlow);
+        let entries = pubsub_entries(&push).expect("a Pub/Sub delivery");
+        assert_eq!(entries.len(), 1);
+        let e = entries[0].as_ref().expect("decoded");
+        assert_eq!(parse(e).expect("the entry").bytes, 3168);
+        // A pull response: every message, a bad one in its place.
+        let pull = format!(
+            r#"{{"receivedMessages":[{{"ackId":"a","message":{{"data":"{data}"}}}},{{"ackId":"b","message":{{"data":"%%%"}}}},{{"ackId":"c","message":{{"messageId":"3"}}}}]}}"#
+        );
+        let entries = pubsub_entries(&pull).expect("a Pub/Sub delivery");
+        assert_eq!(entries.len(), 3);
+        assert!(entries[0].is_ok());
+        assert_eq!(entries[1], Err(Reject::BadPubSubData));
+        assert_eq!(entries[2], Err(Reject::BadPubSubData));
+        // Base64 of bytes that are not UTF-8.
+        let latin1 = r#"{"message":{"data":"6Q=="}}"#;
+        assert_eq!(
+            pubsub_entries(latin1).expect("delivery"),
+            vec![Err(Reject::BadPubSubData)]
+        );
+        // Not a delivery: a log entry without a flow, and a `message` of another type.
+        assert!(pubsub_entries(r#"{"protoPayload":{},"logName":"x"}"#).is_none());
+        assert!(pubsub_entries(r#"{"message":"hello"}"#).is_none());
+        assert!(pubsub_entries("not json").is_none());
     }
 }
