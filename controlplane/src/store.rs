@@ -130,7 +130,19 @@ pub trait Store: Send + Sync + 'static {
     fn register(&self, sensor: &str, req: &RegisterRequest, now_ns: i64) -> anyhow::Result<u64>;
     fn heartbeat(&self, sensor: &str, req: &HeartbeatRequest, now_ns: i64) -> anyhow::Result<()>;
     /// Stores a batch once: a batch already stored is reported as a duplicate.
-    fn store_batch(&self, sensor: &str, b: &ExportBatch, now_ns: i64) -> anyhow::Result<Stored>;
+    fn store_batch(&self, sensor: &str, b: &ExportBatch, now_ns: i64) -> anyhow::Result<Stored> {
+        self.store_batches(&[(sensor, b)], now_ns)?
+            .pop()
+            .expect("one result per batch")
+    }
+    /// Stores several sensors' batches in one transaction (group commit), each batch all or
+    /// nothing on its own: one result per batch, in order. The outer error means none was
+    /// stored.
+    fn store_batches(
+        &self,
+        batches: &[(&str, &ExportBatch)],
+        now_ns: i64,
+    ) -> anyhow::Result<Vec<anyhow::Result<Stored>>>;
     /// Totals over the flows of one sensor (all sensors if None).
     fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals>;
     /// Stores flows of the common model (cloud flow logs), in one transaction.
@@ -539,121 +551,27 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn store_batch(&self, sensor: &str, b: &ExportBatch, now_ns: i64) -> anyhow::Result<Stored> {
+    fn store_batches(
+        &self,
+        batches: &[(&str, &ExportBatch)],
+        now_ns: i64,
+    ) -> anyhow::Result<Vec<anyhow::Result<Stored>>> {
         let mut c = self.conn();
-        let tx = c.transaction()?;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO batches (instance_id, batch_id, sensor, stored_ns, flows) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                b.instance_id,
-                i(b.batch_id),
-                sensor,
-                now_ns,
-                b.flows.len() as i64
-            ],
-        )?;
-        if inserted == 0 {
-            return Ok(Stored::Duplicate);
-        }
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
-                 packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
-                 start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                 ?17, ?18, ?19, ?20, ?21)",
-            )?;
-            for f in &b.flows {
-                let pod = |p: &Option<picket_proto::v1::PodContext>| {
-                    p.as_ref().map(|p| {
-                        serde_json::json!({"namespace": p.namespace, "pod": p.pod,
-                            "labels": p.labels, "node": p.node})
-                        .to_string()
-                    })
-                };
-                st.execute(params![
-                    sensor,
-                    f.iface,
-                    ip_text(&f.src_ip)?,
-                    ip_text(&f.dst_ip)?,
-                    f.src_port,
-                    f.dst_port,
-                    f.protocol,
-                    i(f.packets),
-                    i(f.bytes),
-                    i(f.reverse_packets),
-                    i(f.reverse_bytes),
-                    f.tcp_flags,
-                    f.reverse_tcp_flags,
-                    i(f.start_unix_ns),
-                    i(f.end_unix_ns),
-                    f.observed,
-                    f.initiator_by,
-                    f.partial,
-                    f.end_reason,
-                    pod(&f.src_pod),
-                    pod(&f.dst_pod),
-                ])?;
-            }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO scan_events (sensor, iface, src_ip, distinct_ports, distinct_hosts, \
-                 probe, probes_json, probe_bytes, last_dst_ip, last_dst_port, reason, start_ns, \
-                 end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )?;
-            for s in &b.scans {
-                let probes: std::collections::BTreeMap<_, _> = s.probes.iter().collect();
-                st.execute(params![
-                    sensor,
-                    s.iface,
-                    ip_text(&s.src_ip)?,
-                    s.distinct_ports,
-                    s.distinct_hosts,
-                    s.probe,
-                    serde_json::to_string(&probes)?,
-                    i(s.probe_bytes),
-                    ip_text(&s.last_dst_ip)?,
-                    s.last_dst_port,
-                    s.reason.join(","),
-                    i(s.start_unix_ns),
-                    i(s.end_unix_ns),
-                ])?;
-            }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO probe_records (sensor, iface, src_ip, protocol, probe, packets, \
-                 bytes, start_ns, end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for p in &b.probes {
-                st.execute(params![
-                    sensor,
-                    p.iface,
-                    ip_text(&p.src_ip)?,
-                    p.protocol,
-                    p.probe,
-                    i(p.packets),
-                    i(p.bytes),
-                    i(p.start_unix_ns),
-                    i(p.end_unix_ns),
-                ])?;
-            }
-            let mut st = tx.prepare_cached(
-                "INSERT INTO auth_events (sensor, time_ns, service, outcome, user, src_ip, \
-                 src_port) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for a in &b.auth {
-                st.execute(params![
-                    sensor,
-                    i(a.time_unix_ns),
-                    a.service,
-                    a.outcome,
-                    a.user,
-                    ip_text(&a.src_ip)?,
-                    a.src_port,
-                ])?;
+        let mut tx = c.transaction()?;
+        let mut out = Vec::with_capacity(batches.len());
+        for (sensor, b) in batches {
+            // A savepoint per batch: a bad batch is undone alone (dropping it rolls back).
+            let sp = tx.savepoint()?;
+            match store_batch_tx(&sp, sensor, b, now_ns) {
+                Ok(stored) => {
+                    sp.commit()?;
+                    out.push(Ok(stored));
+                }
+                Err(e) => out.push(Err(e)),
             }
         }
         tx.commit()?;
-        Ok(Stored::New)
+        Ok(out)
     }
 
     fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals> {
@@ -1036,6 +954,126 @@ pub fn internal(a: &IpAddr) -> bool {
     }
 }
 
+/// Stores one batch inside the caller's transaction or savepoint (see `store_batches`).
+fn store_batch_tx(
+    tx: &Connection,
+    sensor: &str,
+    b: &ExportBatch,
+    now_ns: i64,
+) -> anyhow::Result<Stored> {
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO batches (instance_id, batch_id, sensor, stored_ns, flows) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            b.instance_id,
+            i(b.batch_id),
+            sensor,
+            now_ns,
+            b.flows.len() as i64
+        ],
+    )?;
+    if inserted == 0 {
+        return Ok(Stored::Duplicate);
+    }
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
+             packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
+             start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+             ?17, ?18, ?19, ?20, ?21)",
+        )?;
+        for f in &b.flows {
+            let pod = |p: &Option<picket_proto::v1::PodContext>| {
+                p.as_ref().map(|p| {
+                    serde_json::json!({"namespace": p.namespace, "pod": p.pod,
+                        "labels": p.labels, "node": p.node})
+                    .to_string()
+                })
+            };
+            st.execute(params![
+                sensor,
+                f.iface,
+                ip_text(&f.src_ip)?,
+                ip_text(&f.dst_ip)?,
+                f.src_port,
+                f.dst_port,
+                f.protocol,
+                i(f.packets),
+                i(f.bytes),
+                i(f.reverse_packets),
+                i(f.reverse_bytes),
+                f.tcp_flags,
+                f.reverse_tcp_flags,
+                i(f.start_unix_ns),
+                i(f.end_unix_ns),
+                f.observed,
+                f.initiator_by,
+                f.partial,
+                f.end_reason,
+                pod(&f.src_pod),
+                pod(&f.dst_pod),
+            ])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO scan_events (sensor, iface, src_ip, distinct_ports, distinct_hosts, \
+             probe, probes_json, probe_bytes, last_dst_ip, last_dst_port, reason, start_ns, \
+             end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        for s in &b.scans {
+            let probes: std::collections::BTreeMap<_, _> = s.probes.iter().collect();
+            st.execute(params![
+                sensor,
+                s.iface,
+                ip_text(&s.src_ip)?,
+                s.distinct_ports,
+                s.distinct_hosts,
+                s.probe,
+                serde_json::to_string(&probes)?,
+                i(s.probe_bytes),
+                ip_text(&s.last_dst_ip)?,
+                s.last_dst_port,
+                s.reason.join(","),
+                i(s.start_unix_ns),
+                i(s.end_unix_ns),
+            ])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO probe_records (sensor, iface, src_ip, protocol, probe, packets, \
+             bytes, start_ns, end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for p in &b.probes {
+            st.execute(params![
+                sensor,
+                p.iface,
+                ip_text(&p.src_ip)?,
+                p.protocol,
+                p.probe,
+                i(p.packets),
+                i(p.bytes),
+                i(p.start_unix_ns),
+                i(p.end_unix_ns),
+            ])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO auth_events (sensor, time_ns, service, outcome, user, src_ip, \
+             src_port) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for a in &b.auth {
+            st.execute(params![
+                sensor,
+                i(a.time_unix_ns),
+                a.service,
+                a.outcome,
+                a.user,
+                ip_text(&a.src_ip)?,
+                a.src_port,
+            ])?;
+        }
+    }
+    Ok(Stored::New)
+}
+
 fn insert_flows_tx(tx: &rusqlite::Transaction<'_>, flows: &[Flow]) -> anyhow::Result<()> {
     {
         let mut st = tx.prepare_cached(
@@ -1169,6 +1207,46 @@ mod tests {
             ..b
         };
         assert_eq!(s.store_batch("x", &good, 2).expect("store"), Stored::New);
+    }
+
+    #[test]
+    fn a_group_of_batches_commits_together_and_a_bad_one_fails_alone() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        let batch = |id: u64, flows: Vec<FlowRecord>| ExportBatch {
+            instance_id: "i1".into(),
+            batch_id: id,
+            flows,
+            ..Default::default()
+        };
+        let mut bad_flow = flow(1);
+        bad_flow.dst_ip = vec![9; 5];
+        let (a, bad, b) = (
+            batch(1, vec![flow(1), flow(2)]),
+            batch(2, vec![flow(3), bad_flow]),
+            batch(3, vec![flow(4)]),
+        );
+        let r = s
+            .store_batches(&[("x", &a), ("x", &bad), ("y", &b), ("x", &a)], 1)
+            .expect("the group");
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[0].as_ref().expect("a"), &Stored::New);
+        assert!(r[1].is_err(), "the bad address fails its batch");
+        assert_eq!(r[2].as_ref().expect("b"), &Stored::New);
+        assert_eq!(
+            r[3].as_ref().expect("a again"),
+            &Stored::Duplicate,
+            "a batch twice in one group is stored once"
+        );
+        let t = s.flow_totals(None).expect("totals");
+        assert_eq!(
+            t.records, 3,
+            "a's two flows and b's one, nothing of the bad batch"
+        );
+        assert_eq!(s.flow_totals(Some("y")).expect("y").records, 1);
+        // The bad batch was not marked stored: a corrected resend is taken.
+        let fixed = batch(2, vec![flow(3)]);
+        assert_eq!(s.store_batch("x", &fixed, 2).expect("resend"), Stored::New);
     }
 
     #[test]
