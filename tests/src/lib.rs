@@ -917,10 +917,9 @@ pub fn make_pki(dir: &Path) {
     }
 }
 
-/// GET /metrics from inside `ns` (the sensor's default address is on the namespace's loopback):
+/// GET `url` from a client made in `ns`'s thread (so its sockets are the namespace's):
 /// (status, content type, body).
-pub fn scrape(ns: &str, addr: &str) -> (u16, String, String) {
-    let url = format!("http://{addr}/metrics");
+fn get_in_netns(ns: &str, url: String) -> (u16, String, String) {
     in_netns(ns, move || {
         let r = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -941,23 +940,16 @@ pub fn scrape(ns: &str, addr: &str) -> (u16, String, String) {
     .expect("http thread")
 }
 
-/// GET `path` from `addr` inside `ns`: (status, body). The client is made in the namespace's
-/// thread, so its sockets are the namespace's.
+/// GET /metrics from inside `ns` (the sensor's default address is on the namespace's loopback):
+/// (status, content type, body).
+pub fn scrape(ns: &str, addr: &str) -> (u16, String, String) {
+    get_in_netns(ns, format!("http://{addr}/metrics"))
+}
+
+/// GET `path` from `addr` inside `ns`: (status, body).
 pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
-    let url = format!("http://{addr}{path}");
-    in_netns(ns, move || {
-        let r = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client")
-            .get(&url)
-            .send()
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        let status = r.status().as_u16();
-        (status, r.text().expect("body"))
-    })
-    .join()
-    .expect("http thread")
+    let (status, _, body) = get_in_netns(ns, format!("http://{addr}{path}"));
+    (status, body)
 }
 
 pub fn metric(text: &str, name: &str) -> u64 {

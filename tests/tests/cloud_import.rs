@@ -13,6 +13,17 @@ fn import(data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     ControlPlane::import(data, args, stdin.map(str::as_bytes))
 }
 
+/// The import's one-line summary, once it is known to have succeeded.
+fn summary(o: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout.trim().to_string()
+}
+
 fn db(data: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(data.join("picket.db")).expect("open the store")
 }
@@ -125,12 +136,7 @@ version vpc-id subnet-id instance-id interface-id account-id type srcaddr dstadd
 5 vpc-abcdefab012345678 subnet-aaaaaaaa012345678 - eni-1235b8ca123456789 123456789010 IPv4 198.51.100.7 10.0.0.220 4444 22 - - 6 40 1 1566848875 1566848933 REJECT 2 OK us-east-1 ingress
 ";
     let o = import(&data, &["aws", "-"], Some(text));
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = summary(&o);
     assert!(
         stdout.starts_with("aws: 1 file(s): read 2, stored 2, rejected 0,"),
         "{stdout}"
@@ -218,9 +224,7 @@ fn gcp_ndjson_gzip_and_json_array_from_stdin() {
         &["gcp", "--sampling-rate", "0.25", gz.to_str().expect("utf8")],
         None,
     );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let stdout = summary(&o);
     assert_eq!(
         stdout.trim(),
         "gcp: 1 file(s): read 4, stored 2, rejected 2 (bad_json 1, not_a_flow_record 1)"
@@ -261,12 +265,7 @@ fn gcp_ndjson_gzip_and_json_array_from_stdin() {
         &["gcp", "-"],
         Some(&format!("[\n {GCP_SRC},\n {GCP_DEST},\n {GCP_AUDIT}\n]\n")),
     );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = summary(&o);
     assert_eq!(
         stdout.trim(),
         "gcp: 1 file(s): read 3, stored 2, rejected 1 (not_a_flow_record 1)"
@@ -328,12 +327,7 @@ fn gcp_pubsub_push_pull_and_gcloud_forms() {
             push(GCP_AUDIT, 3)
         )),
     );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = summary(&o);
     assert_eq!(
         stdout.trim(),
         "gcp: 1 file(s): read 4, stored 2, rejected 2 (bad_pubsub_data 1, not_a_flow_record 1)"
@@ -382,12 +376,7 @@ fn gcp_pubsub_push_pull_and_gcloud_forms() {
         ],
         None,
     );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = summary(&o);
     assert_eq!(
         stdout.trim(),
         "gcp: 2 file(s): read 4, stored 4, rejected 0"
