@@ -32,11 +32,13 @@ struct Api {
 }
 
 /// Every path served (openapi.yaml documents exactly these; a test checks it).
-pub const ROUTES: [&str; 4] = [
+pub const ROUTES: [&str; 6] = [
     "/api/v1/health",
     "/api/v1/sensors",
     "/api/v1/flows",
     "/api/v1/coverage",
+    "/api/v1/alerts",
+    "/api/v1/alerts/{id}",
 ];
 
 /// The API's routes; anything else under the router answers a JSON 404.
@@ -46,6 +48,8 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route(ROUTES[1], get(sensors))
         .route(ROUTES[2], get(flows))
         .route(ROUTES[3], get(coverage))
+        .route(ROUTES[4], get(alerts))
+        .route(ROUTES[5], get(alert))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .with_state(Api {
             store,
@@ -92,7 +96,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn rfc3339(ns: i64) -> Value {
+pub(crate) fn rfc3339(ns: i64) -> Value {
     OffsetDateTime::from_unix_timestamp_nanos(ns.into())
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
@@ -301,6 +305,72 @@ async fn coverage(
         })
         .collect();
     Ok(Json(json!({ "since": rfc3339(since), "gaps": gaps })))
+}
+
+/// An alert as the API shows it: times in RFC 3339.
+fn alert_json(a: &crate::alerts::Alert) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("first_seen".into(), rfc3339(a.first_seen));
+        m.insert("last_seen".into(), rfc3339(a.last_seen));
+    }
+    v
+}
+
+async fn alerts(
+    State(api): State<Api>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    const KNOWN: [&str; 4] = ["type", "status", "source", "limit"];
+    if let Some(k) = p.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter `{k}` (known: {})",
+            KNOWN.join(", ")
+        )));
+    }
+    let limit = match p.get("limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::bad_request(format!("limit: must be 1 to {MAX_LIMIT}")))?,
+        None => DEFAULT_LIMIT,
+    };
+    if let Some(s) = p.get("status")
+        && !["open", "snoozed", "closed"].contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "status: `{s}` is not one of open, snoozed, closed"
+        )));
+    }
+    let q = crate::alerts::AlertQuery {
+        kind: p.get("type").cloned(),
+        status: p.get("status").cloned(),
+        source: p.get("source").cloned(),
+        limit,
+    };
+    let store = api.store.clone();
+    let rows = blocking(move || store.alerts(&q)).await?;
+    let alerts: Vec<Value> = rows.iter().map(alert_json).collect();
+    Ok(Json(json!({ "alerts": alerts })))
+}
+
+async fn alert(
+    State(api): State<Api>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not an alert id")))?;
+    let store = api.store.clone();
+    match blocking(move || store.alert(id)).await? {
+        Some(a) => Ok(Json(alert_json(&a))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no alert {id}"),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,9 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
         match results {
             Ok(results) => {
                 for (p, r) in group.into_iter().zip(results) {
+                    if matches!(r, Ok(Stored::New)) {
+                        detect_batch(store.as_ref(), &p.sensor, &p.batch);
+                    }
                     let _ = p.done.send(r);
                 }
             }
@@ -73,6 +76,34 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
                 for p in group {
                     let _ = p.done.send(Err(anyhow::anyhow!("{e:#}")));
                 }
+            }
+        }
+    }
+}
+
+/// Runs the detectors over a newly stored batch. A batch is stored before it is looked at, so a
+/// failure here loses no flow; it is logged with what it concerned.
+fn detect_batch(store: &dyn Store, sensor: &str, batch: &ExportBatch) {
+    for e in &batch.scans {
+        let updates = match crate::detect::scan_event_alerts(sensor, e) {
+            Ok(u) => u,
+            Err(err) => {
+                warn!(sensor, batch = batch.batch_id, error = %err, "scan event not evaluated");
+                continue;
+            }
+        };
+        for u in updates {
+            match store.record_alert(&u) {
+                Ok(id) => info!(
+                    sensor,
+                    alert = id,
+                    kind = u.kind,
+                    source = u.source,
+                    severity = u.severity.as_str(),
+                    "alert"
+                ),
+                Err(err) => warn!(sensor, kind = u.kind, source = u.source, error = %err,
+                    "an alert could not be recorded"),
             }
         }
     }

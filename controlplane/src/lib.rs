@@ -1,6 +1,8 @@
 //! The control plane as a library: the binary and the tests call these.
+pub mod alerts;
 pub mod api;
 pub mod cloud;
+pub mod detect;
 pub mod import;
 pub mod ingest;
 pub mod keys;

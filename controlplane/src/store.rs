@@ -15,7 +15,10 @@ use anyhow::Context as _;
 use picket_proto::v1::{ExportBatch, HeartbeatRequest, RegisterRequest};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use crate::model::{Flow, FlowSink, ImportedFile, Source};
+use crate::{
+    alerts::{Alert, AlertQuery, AlertUpdate, INCIDENT_GAP_NS},
+    model::{Flow, FlowSink, ImportedFile, Source},
+};
 
 /// A sensor as the registry knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,6 +177,55 @@ pub trait Store: Send + Sync + 'static {
     fn rollup_totals(&self, level: &str, source: Source) -> anyhow::Result<FlowTotals>;
     /// Flows matching `q`, newest first.
     fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>>;
+    /// Merges a detector's observation into the open alert of its type and source last seen
+    /// within `alerts::INCIDENT_GAP_NS`, or opens one; returns the alert's id.
+    fn record_alert(&self, u: &AlertUpdate) -> anyhow::Result<i64>;
+    /// Alerts matching `q`, the most recently active first.
+    fn alerts(&self, q: &AlertQuery) -> anyhow::Result<Vec<Alert>>;
+    fn alert(&self, id: i64) -> anyhow::Result<Option<Alert>>;
+}
+
+/// The lists of an alert, stored as one JSON column.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AlertBody {
+    targets: Vec<String>,
+    targets_total: u64,
+    observations: Vec<serde_json::Value>,
+    observations_total: u64,
+    sources: Vec<String>,
+}
+
+const ALERT_COLUMNS: &str = "id, type, severity, status, source, first_seen_ns, last_seen_ns, body";
+
+fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
+    let body: String = r.get(7)?;
+    let b: AlertBody = serde_json::from_str(&body).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(Alert {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        severity: r.get(2)?,
+        status: r.get(3)?,
+        source: r.get(4)?,
+        first_seen: r.get(5)?,
+        last_seen: r.get(6)?,
+        targets: b.targets,
+        targets_total: b.targets_total,
+        observations: b.observations,
+        observations_total: b.observations_total,
+        sources: b.sources,
+    })
+}
+
+fn alert_body(a: &Alert) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(&AlertBody {
+        targets: a.targets.clone(),
+        targets_total: a.targets_total,
+        observations: a.observations.clone(),
+        observations_total: a.observations_total,
+        sources: a.sources.clone(),
+    })?)
 }
 
 pub struct SqliteStore {
@@ -348,6 +400,21 @@ CREATE TABLE rollup_state (
     name TEXT PRIMARY KEY,
     last_flow_id INTEGER NOT NULL
 );
+"#,
+    // 5: alerts, one per incident; the lists (targets, observations, sources) as JSON.
+    r#"
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL,
+    first_seen_ns INTEGER NOT NULL,
+    last_seen_ns INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX alerts_by_incident ON alerts (type, source, last_seen_ns);
+CREATE INDEX alerts_by_time ON alerts (last_seen_ns);
 "#,
 ];
 
@@ -572,6 +639,77 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    fn record_alert(&self, u: &AlertUpdate) -> anyhow::Result<i64> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let open = tx
+            .query_row(
+                &format!(
+                    "SELECT {ALERT_COLUMNS} FROM alerts WHERE type = ?1 AND source = ?2 \
+                     AND status != 'closed' AND last_seen_ns >= ?3 \
+                     ORDER BY last_seen_ns DESC LIMIT 1"
+                ),
+                params![u.kind, u.source, u.time_ns.saturating_sub(INCIDENT_GAP_NS)],
+                alert_row,
+            )
+            .optional()?;
+        let id = match open {
+            Some(mut a) => {
+                a.merge(u);
+                tx.execute(
+                    "UPDATE alerts SET severity = ?2, first_seen_ns = ?3, last_seen_ns = ?4, \
+                     body = ?5 WHERE id = ?1",
+                    params![a.id, a.severity, a.first_seen, a.last_seen, alert_body(&a)?],
+                )?;
+                a.id
+            }
+            None => {
+                let a = Alert::open(u);
+                tx.execute(
+                    "INSERT INTO alerts (type, severity, status, source, first_seen_ns, \
+                     last_seen_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        a.kind,
+                        a.severity,
+                        a.status,
+                        a.source,
+                        a.first_seen,
+                        a.last_seen,
+                        alert_body(&a)?
+                    ],
+                )?;
+                tx.last_insert_rowid()
+            }
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn alerts(&self, q: &AlertQuery) -> anyhow::Result<Vec<Alert>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE (?1 IS NULL OR type = ?1) \
+             AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR source = ?3) \
+             ORDER BY last_seen_ns DESC, id DESC LIMIT ?4"
+        ))?;
+        let rows = st.query_map(
+            params![q.kind, q.status, q.source, q.limit as i64],
+            alert_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn alert(&self, id: i64) -> anyhow::Result<Option<Alert>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"),
+                [id],
+                alert_row,
+            )
+            .optional()?)
     }
 
     fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals> {
@@ -1247,6 +1385,66 @@ mod tests {
         // The bad batch was not marked stored: a corrected resend is taken.
         let fixed = batch(2, vec![flow(3)]);
         assert_eq!(s.store_batch("x", &fixed, 2).expect("resend"), Stored::New);
+    }
+
+    #[test]
+    fn alert_updates_join_their_incident_until_the_gap() {
+        use crate::alerts::Severity;
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        let u = |kind: &'static str, src: &str, t: i64, sev| AlertUpdate {
+            kind,
+            severity: sev,
+            source: src.into(),
+            targets: vec!["10.0.0.2".into()],
+            time_ns: t,
+            observation: serde_json::json!({ "t": t }),
+            seen_by: "sensor:lab".into(),
+        };
+        let a = s
+            .record_alert(&u("port_scan", "10.0.0.9", 1_000, Severity::Low))
+            .expect("open");
+        let same = s
+            .record_alert(&u("port_scan", "10.0.0.9", 2_000, Severity::High))
+            .expect("update");
+        assert_eq!(a, same, "the same incident");
+        let other_type = s
+            .record_alert(&u("address_sweep", "10.0.0.9", 2_000, Severity::Low))
+            .expect("sweep");
+        let other_src = s
+            .record_alert(&u("port_scan", "10.0.0.8", 2_000, Severity::Low))
+            .expect("other source");
+        assert!(other_type != a && other_src != a && other_type != other_src);
+        let later = s
+            .record_alert(&u(
+                "port_scan",
+                "10.0.0.9",
+                2_000 + INCIDENT_GAP_NS + 1,
+                Severity::Low,
+            ))
+            .expect("a new incident");
+        assert_ne!(later, a, "after the gap, a new alert");
+        let got = s.alert(a).expect("query").expect("alert");
+        assert_eq!(
+            (got.first_seen, got.last_seen, &got.severity[..]),
+            (1_000, 2_000, "high")
+        );
+        assert_eq!(got.observations_total, 2);
+        assert_eq!(got.observations[1]["t"], 2_000);
+        assert!(s.alert(999).expect("query").is_none());
+        let q = |kind: Option<&str>, source: Option<&str>| AlertQuery {
+            kind: kind.map(str::to_string),
+            source: source.map(str::to_string),
+            limit: 100,
+            ..AlertQuery::default()
+        };
+        let all = s.alerts(&q(None, None)).expect("all");
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].id, later, "most recently active first");
+        let scans = s
+            .alerts(&q(Some("port_scan"), Some("10.0.0.9")))
+            .expect("filtered");
+        assert_eq!(scans.iter().map(|a| a.id).collect::<Vec<_>>(), [later, a]);
     }
 
     #[test]

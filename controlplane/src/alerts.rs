@@ -1,0 +1,187 @@
+//! Alerts: one per incident (an alert type and the entity behind it), updated while the incident
+//! goes on, with the observations that support it.
+//!
+//! Detectors emit [`AlertUpdate`]s; the store merges each into the open alert of the same type
+//! and source whose last observation is at most [`INCIDENT_GAP_NS`] older (data time), or opens
+//! a new one. Time always comes from the data, so replayed logs alert at the moments they
+//! describe.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// An incident with no new observation for this long (data time) is over: the next
+/// observation opens a new alert.
+pub const INCIDENT_GAP_NS: i64 = 3_600_000_000_000;
+
+/// Observations kept in full per alert; later ones are counted (`observations_total`).
+pub const MAX_OBSERVATIONS: usize = 50;
+
+/// Targets kept per alert; later ones are counted (`targets_total`).
+pub const MAX_TARGETS: usize = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => return None,
+        })
+    }
+}
+
+/// What a detector saw: one observation for the alert of (`kind`, `source`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertUpdate {
+    /// The alert type (`port_scan`, `address_sweep`, ...).
+    pub kind: &'static str,
+    pub severity: Severity,
+    /// The entity the alert is about (the scanner's address).
+    pub source: String,
+    /// What it touched (addresses, `address:port`).
+    pub targets: Vec<String>,
+    /// When the observation happened (data time).
+    pub time_ns: i64,
+    /// The evidence, as the API shows it.
+    pub observation: Value,
+    /// Who saw it: `sensor:NAME`, `aws:ACCOUNT`, ...
+    pub seen_by: String,
+}
+
+/// A stored alert, as the API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub severity: String,
+    pub status: String,
+    pub source: String,
+    pub targets: Vec<String>,
+    pub targets_total: u64,
+    /// Unix nanoseconds (the API shows RFC 3339).
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub observations: Vec<Value>,
+    pub observations_total: u64,
+    pub sources: Vec<String>,
+}
+
+impl Alert {
+    /// A new open alert from its first observation.
+    pub fn open(u: &AlertUpdate) -> Alert {
+        let mut a = Alert {
+            id: 0,
+            kind: u.kind.to_string(),
+            severity: u.severity.as_str().to_string(),
+            status: "open".to_string(),
+            source: u.source.clone(),
+            targets: Vec::new(),
+            targets_total: 0,
+            first_seen: u.time_ns,
+            last_seen: u.time_ns,
+            observations: Vec::new(),
+            observations_total: 0,
+            sources: Vec::new(),
+        };
+        a.merge(u);
+        a
+    }
+
+    /// Adds an observation: times widen, severity only rises, targets and sources are a set.
+    pub fn merge(&mut self, u: &AlertUpdate) {
+        self.first_seen = self.first_seen.min(u.time_ns);
+        self.last_seen = self.last_seen.max(u.time_ns);
+        if Severity::parse(&self.severity).is_none_or(|s| u.severity > s) {
+            self.severity = u.severity.as_str().to_string();
+        }
+        for t in &u.targets {
+            if !self.targets.contains(t) {
+                self.targets_total += 1;
+                if self.targets.len() < MAX_TARGETS {
+                    self.targets.push(t.clone());
+                }
+            }
+        }
+        if !self.sources.contains(&u.seen_by) {
+            self.sources.push(u.seen_by.clone());
+        }
+        self.observations_total += 1;
+        if self.observations.len() < MAX_OBSERVATIONS {
+            self.observations.push(u.observation.clone());
+        }
+    }
+}
+
+/// An alerts query (the REST API's filters); the most recently active first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AlertQuery {
+    pub kind: Option<String>,
+    pub status: Option<String>,
+    pub source: Option<String>,
+    pub limit: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(t: i64, sev: Severity, target: &str, by: &str) -> AlertUpdate {
+        AlertUpdate {
+            kind: "port_scan",
+            severity: sev,
+            source: "10.0.0.9".into(),
+            targets: vec![target.into()],
+            time_ns: t,
+            observation: serde_json::json!({ "t": t }),
+            seen_by: by.into(),
+        }
+    }
+
+    #[test]
+    fn merging_widens_times_raises_severity_and_keeps_sets() {
+        let mut a = Alert::open(&update(100, Severity::Medium, "10.0.0.1", "sensor:a"));
+        a.merge(&update(50, Severity::Low, "10.0.0.1", "sensor:a"));
+        a.merge(&update(200, Severity::High, "10.0.0.2", "aws:1"));
+        assert_eq!((a.first_seen, a.last_seen), (50, 200));
+        assert_eq!(a.severity, "high");
+        a.merge(&update(300, Severity::Low, "10.0.0.2", "aws:1"));
+        assert_eq!(a.severity, "high", "severity never falls");
+        assert_eq!(a.targets, ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(a.targets_total, 2);
+        assert_eq!(a.sources, ["sensor:a", "aws:1"]);
+        assert_eq!(a.observations_total, 4);
+        assert_eq!(a.observations.len(), 4);
+    }
+
+    #[test]
+    fn observations_and_targets_are_capped_and_counted() {
+        let mut a = Alert::open(&update(0, Severity::Low, "t0", "sensor:a"));
+        for i in 1..200 {
+            a.merge(&update(i, Severity::Low, &format!("t{i}"), "sensor:a"));
+        }
+        assert_eq!(a.observations.len(), MAX_OBSERVATIONS);
+        assert_eq!(a.observations_total, 200);
+        assert_eq!(a.targets.len(), MAX_TARGETS);
+        assert_eq!(a.targets_total, 200);
+    }
+}

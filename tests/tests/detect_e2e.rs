@@ -1,0 +1,127 @@
+//! Detection end to end: a real nmap SYN scan in the lab, seen by a real sensor that streams to a
+//! real control plane, becomes one `port_scan` alert naming the scanner, served by the REST API
+//! with its evidence.
+
+use std::{net::TcpListener, thread, time::Duration};
+
+use serde_json::Value;
+use tests::{ControlPlane, Lab, Sensor, TempDir, http_get};
+
+const HTTP: &str = "127.0.0.1:8080";
+
+fn get(ns: &str, path: &str) -> (u16, Value) {
+    let (status, body) = http_get(ns, HTTP, path);
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
+    (status, v)
+}
+
+#[test]
+fn nmap_syn_scan_becomes_one_port_scan_alert_naming_the_scanner() {
+    let lab = Lab::new();
+    let dir = TempDir::new("detect");
+    let data = dir.0.join("cp");
+    let key = dir.0.join("sensor.key");
+    std::fs::write(&key, ControlPlane::add_sensor(&data, "lab-b")).expect("key");
+    let cp = ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
+    let spool = dir.0.join("spool");
+    let mut sensor = Sensor::start(
+        &lab.b,
+        &[
+            "--iface",
+            &lab.vb,
+            "--export-interval",
+            "1",
+            "--controlplane",
+            "http://127.0.0.1:7443",
+            "--sensor-key-file",
+            key.to_str().expect("utf8"),
+            "--spool-dir",
+            spool.to_str().expect("utf8"),
+        ],
+    );
+    sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
+    // Nothing has happened yet.
+    let (status, v) = get(&lab.b, "/api/v1/alerts");
+    assert_eq!(status, 200);
+    assert_eq!(v["alerts"], Value::Array(vec![]));
+
+    let open = format!("{}:8080", lab.ip_b);
+    let _listener = tests::in_netns(&lab.b, move || TcpListener::bind(&open).expect("bind"))
+        .join()
+        .expect("listener");
+    tests::nmap_syn_scan(&lab.a, &lab.ip_b, &["-p", "1-1000,8080"]);
+
+    // The sensor exports every second; the alert follows its batch.
+    let mut alerts = Vec::new();
+    for _ in 0..100 {
+        let (status, v) = get(&lab.b, "/api/v1/alerts");
+        assert_eq!(status, 200, "{v}");
+        alerts = v["alerts"].as_array().expect("alerts").clone();
+        if !alerts.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    // A second look after more export intervals: still one alert, not one per batch.
+    thread::sleep(Duration::from_secs(2));
+    let (_, v) = get(&lab.b, "/api/v1/alerts");
+    let again = v["alerts"].as_array().expect("alerts").clone();
+    sensor.stop();
+    assert_eq!(alerts.len(), 1, "one alert for the scan: {alerts:?}");
+    assert_eq!(again, alerts, "the alert did not change or multiply");
+    let a = &alerts[0];
+    assert_eq!(a["type"], "port_scan");
+    assert_eq!(a["status"], "open");
+    assert_eq!(a["source"], lab.ip_a.as_str(), "the scanner is named");
+    assert_eq!(a["targets"], serde_json::json!([lab.ip_b]));
+    assert_eq!(a["sources"], serde_json::json!(["sensor:lab-b"]));
+    // The sensor reports when the source crosses its 20-port threshold, which is low severity.
+    assert_eq!(a["severity"], "low");
+    assert_eq!(a["observations_total"], 1);
+    let ob = &a["observations"][0];
+    assert_eq!(ob["kind"], "kernel_scan_event");
+    assert_eq!(ob["sensor"], "lab-b");
+    assert_eq!(ob["iface"], lab.vb.as_str());
+    assert_eq!(ob["probe"], "syn");
+    assert!(ob["distinct_ports"].as_u64().expect("ports") >= 20, "{ob}");
+    assert_eq!(ob["distinct_hosts"], 1);
+    assert!(
+        a["first_seen"].as_str().expect("time").ends_with('Z'),
+        "{a}"
+    );
+
+    // The same alert by id, by filters, and the API's errors.
+    let id = a["id"].as_i64().expect("id");
+    let (status, one) = get(&lab.b, &format!("/api/v1/alerts/{id}"));
+    assert_eq!((status, &one), (200, a));
+    let src = &lab.ip_a;
+    let (_, v) = get(
+        &lab.b,
+        &format!("/api/v1/alerts?type=port_scan&status=open&source={src}"),
+    );
+    assert_eq!(v["alerts"].as_array().expect("alerts").len(), 1);
+    let (_, v) = get(&lab.b, "/api/v1/alerts?type=address_sweep");
+    assert_eq!(v["alerts"], Value::Array(vec![]));
+    for (path, want, code) in [
+        ("/api/v1/alerts/999999", 404, "not_found"),
+        ("/api/v1/alerts/abc", 400, "bad_request"),
+        ("/api/v1/alerts?limit=0", 400, "bad_request"),
+        ("/api/v1/alerts?status=gone", 400, "bad_request"),
+        ("/api/v1/alerts?colour=red", 400, "bad_request"),
+    ] {
+        let (status, v) = get(&lab.b, path);
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (want, Some(code)),
+            "{path}: {v}"
+        );
+    }
+    let log_file = cp.log.clone();
+    cp.stop();
+    let log = std::fs::read_to_string(log_file).expect("control plane log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("alert") && l.contains("port_scan") && l.contains(src.as_str())),
+        "the alert is logged: {log}"
+    );
+}
