@@ -244,10 +244,29 @@ fn main() {
         ips.len(),
         ips.join(", ")
     );
+    let alerts = api("/api/v1/alerts");
+    let alerts = alerts["alerts"].as_array().cloned().unwrap_or_default();
+    for a in &alerts {
+        println!(
+            "GET /api/v1/alerts: #{} {} {} from {} against {}, {} observation(s), seen by {}",
+            a["id"],
+            a["severity"].as_str().unwrap_or("?"),
+            a["type"].as_str().unwrap_or("?"),
+            a["source"].as_str().unwrap_or("?"),
+            a["targets"],
+            a["observations_total"],
+            a["sources"]
+        );
+    }
     cp.stop();
     drop(lab);
     println!("\nlab torn down; the sensor detached on SIGINT and the control plane stopped.");
-    if out.scans.len() != 1 {
+    if out.scans.len() != 1 || alerts.len() != 1 {
+        eprintln!(
+            "expected one scan event and one alert, got {} and {}",
+            out.scans.len(),
+            alerts.len()
+        );
         std::process::exit(1);
     }
 }
