@@ -1,8 +1,16 @@
 //! Detectors: what the control plane sees becomes alert observations (see `alerts`).
 //!
-//! The first detector turns the sensors' kernel scan events into `port_scan` and
-//! `address_sweep` alerts. A sensor reports a source once per scan window, when it crosses the
-//! distinct-port or distinct-host threshold, so these alerts are live from the first minute.
+//! - Kernel scan events from sensors become `port_scan` and `address_sweep` alerts. A sensor
+//!   reports a source once per scan window, when it crosses the distinct-port or distinct-host
+//!   threshold, so these alerts are live from the first minute.
+//! - [`FanOutDetector`] finds the same in flows alone (cloud flow logs): failed attempts from
+//!   one source to many ports of one host, or to one port of many hosts, within a window of
+//!   data time.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use picket_proto::v1::ScanEvent;
 use serde_json::json;
@@ -10,6 +18,7 @@ use serde_json::json;
 use crate::{
     alerts::{AlertUpdate, Severity},
     api::rfc3339,
+    model::{Action, Flow},
     store::ip_text,
 };
 
@@ -70,6 +79,186 @@ pub fn scan_event_alerts(sensor: &str, e: &ScanEvent) -> anyhow::Result<Vec<Aler
     Ok(out)
 }
 
+/// Settings of [`FanOutDetector`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FanOutConfig {
+    /// Failures count together within this much data time from a source's first one.
+    pub window_ns: i64,
+    /// Distinct ports of one host that make a port scan (Zeek's default is 15).
+    pub port_threshold: u32,
+    /// Distinct hosts on one port that make an address sweep (Zeek's default is 25).
+    pub host_threshold: u32,
+    /// Sources followed at once; beyond it the stalest is forgotten (counted).
+    pub max_sources: usize,
+}
+
+impl Default for FanOutConfig {
+    fn default() -> Self {
+        FanOutConfig {
+            window_ns: 300_000_000_000,
+            port_threshold: 15,
+            host_threshold: 25,
+            max_sources: 100_000,
+        }
+    }
+}
+
+/// Distinct targets kept per (source, host) or (source, port): enough for any severity.
+const MAX_DISTINCT: usize = 4096;
+
+/// What one source failed against in its current window.
+#[derive(Default)]
+struct SourceState {
+    window_start_ns: i64,
+    last_ns: i64,
+    ports_by_host: HashMap<IpAddr, HashSet<u16>>,
+    hosts_by_port: HashMap<(u8, u16), HashSet<IpAddr>>,
+    /// Distinct counts already reported (an alert again at each doubling).
+    reported_ports: HashMap<IpAddr, usize>,
+    reported_hosts: HashMap<(u8, u16), usize>,
+}
+
+/// Port scans and address sweeps found in flow records, for sources that leave no kernel
+/// event: what cloud flow logs show. A failure is a rejected flow, or a TCP flow that never got
+/// past its SYN (no ACK, RST or FIN in its flags). Thresholds scale with the sampling rate
+/// (GCP samples; a sampled log shows about `rate` of the distinct targets), never below 3.
+/// Time is the flows' own, so a replayed log alerts as it would have live.
+#[derive(Default)]
+pub struct FanOutDetector {
+    config: FanOutConfig,
+    sources: HashMap<IpAddr, SourceState>,
+    /// Latest data time seen, and when expired sources were last dropped.
+    now_ns: i64,
+    pruned_ns: i64,
+    /// Live sources dropped to stay within `max_sources` (their counts start again).
+    pub forgotten: u64,
+}
+
+const TCP: u8 = 6;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const FIN: u8 = 0x01;
+const ACK: u8 = 0x10;
+
+fn failed(f: &Flow) -> bool {
+    f.action == Action::Reject
+        || (f.protocol == TCP && f.tcp_flags & (SYN | ACK | RST | FIN) == SYN)
+}
+
+fn scaled(threshold: u32, rate: f64) -> usize {
+    let rate = if rate > 0.0 && rate <= 1.0 { rate } else { 1.0 };
+    ((threshold as f64 * rate).ceil() as usize).max(3)
+}
+
+impl FanOutDetector {
+    pub fn new(config: FanOutConfig) -> Self {
+        FanOutDetector {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Looks at a chunk of flows; returns the alert observations they complete.
+    pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
+        let mut out = Vec::new();
+        for f in flows.iter().filter(|f| failed(f)) {
+            self.observe_failure(f, &mut out);
+        }
+        out
+    }
+
+    fn observe_failure(&mut self, f: &Flow, out: &mut Vec<AlertUpdate>) {
+        let cfg = self.config;
+        self.now_ns = self.now_ns.max(f.end_ns);
+        if !self.sources.contains_key(&f.src_ip) && self.sources.len() >= cfg.max_sources {
+            // Full: drop the sources whose window is over (at most every tenth of a window, so
+            // a storm of new sources does not rescan the map each time), then any one.
+            if self.now_ns - self.pruned_ns > cfg.window_ns / 10 {
+                let horizon = self.now_ns - cfg.window_ns;
+                self.sources.retain(|_, s| s.last_ns >= horizon);
+                self.pruned_ns = self.now_ns;
+            }
+            if self.sources.len() >= cfg.max_sources
+                && let Some(k) = self.sources.keys().next().copied()
+            {
+                self.sources.remove(&k);
+                self.forgotten += 1;
+            }
+        }
+        let st = self.sources.entry(f.src_ip).or_default();
+        if st.ports_by_host.is_empty() && st.hosts_by_port.is_empty()
+            || f.end_ns - st.window_start_ns > cfg.window_ns
+            || f.end_ns < st.window_start_ns - cfg.window_ns
+        {
+            *st = SourceState {
+                window_start_ns: f.end_ns,
+                ..SourceState::default()
+            };
+        }
+        st.last_ns = st.last_ns.max(f.end_ns);
+        let seen_by = format!("{}:{}", f.source.as_str(), f.observer);
+        let observation = |kind: &str, target: String, distinct: usize| {
+            json!({
+                "kind": "flow_log_fanout",
+                "provider": f.source.as_str(),
+                "observer": f.observer,
+                "interface": f.interface,
+                "protocol": f.protocol,
+                kind: distinct,
+                "target": target,
+                "sampling_rate": f.sampling_rate,
+                "window_start": rfc3339(st.window_start_ns),
+                "last_failure": rfc3339(f.end_ns),
+            })
+        };
+        // Severity from the estimated real count (sampled logs show a fraction of it).
+        let estimate = |n: usize| (n as f64 / f.sampling_rate.clamp(0.01, 1.0)) as u32;
+
+        let ports = st.ports_by_host.entry(f.dst_ip).or_default();
+        if ports.len() < MAX_DISTINCT {
+            ports.insert(f.dst_port);
+        }
+        let n = ports.len();
+        let reported = st.reported_ports.entry(f.dst_ip).or_default();
+        if n >= scaled(cfg.port_threshold, f.sampling_rate) && n >= 2 * *reported {
+            *reported = n;
+            out.push(AlertUpdate {
+                kind: "port_scan",
+                severity: port_scan_severity(estimate(n)),
+                source: f.src_ip.to_string(),
+                targets: vec![f.dst_ip.to_string()],
+                time_ns: f.end_ns,
+                observation: observation("distinct_ports", f.dst_ip.to_string(), n),
+                seen_by: seen_by.clone(),
+            });
+        }
+
+        let port = (f.protocol, f.dst_port);
+        let hosts = st.hosts_by_port.entry(port).or_default();
+        if hosts.len() < MAX_DISTINCT {
+            hosts.insert(f.dst_ip);
+        }
+        let n = hosts.len();
+        let reported = st.reported_hosts.entry(port).or_default();
+        if n >= scaled(cfg.host_threshold, f.sampling_rate) && n >= 2 * *reported {
+            *reported = n;
+            let mut sorted: Vec<IpAddr> = hosts.iter().copied().collect();
+            sorted.sort();
+            sorted.truncate(crate::alerts::MAX_TARGETS);
+            let targets = sorted.iter().map(IpAddr::to_string).collect();
+            out.push(AlertUpdate {
+                kind: "address_sweep",
+                severity: sweep_severity(estimate(n)),
+                source: f.src_ip.to_string(),
+                targets,
+                time_ns: f.end_ns,
+                observation: observation("distinct_hosts", format!("port {}", f.dst_port), n),
+                seen_by,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +313,159 @@ mod tests {
                 ("address_sweep", Severity::Medium)
             ]
         );
+    }
+
+    fn cloud(src: &str, dst: &str, port: u16, t_s: i64, action: Action, flags: u8) -> Flow {
+        Flow {
+            source: crate::model::Source::Aws,
+            observer: "123456789010".into(),
+            interface: "eni-1".into(),
+            start_ns: t_s * 1_000_000_000,
+            end_ns: t_s * 1_000_000_000,
+            src_ip: src.parse().expect("src"),
+            dst_ip: dst.parse().expect("dst"),
+            src_port: 40000,
+            dst_port: port,
+            protocol: TCP,
+            packets: 1,
+            bytes: 44,
+            reverse_packets: 0,
+            reverse_bytes: 0,
+            tcp_flags: flags,
+            action,
+            sampling_rate: 1.0,
+            cloud: Default::default(),
+        }
+    }
+
+    #[test]
+    fn rejected_ports_of_one_host_are_a_port_scan_once_past_the_threshold() {
+        let mut d = FanOutDetector::default();
+        let flows: Vec<Flow> = (1..=20)
+            .map(|p| {
+                cloud(
+                    "198.51.100.7",
+                    "10.0.0.5",
+                    p,
+                    1000 + p as i64,
+                    Action::Reject,
+                    0,
+                )
+            })
+            .collect();
+        let u = d.observe(&flows);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(
+            (
+                u[0].kind,
+                &u[0].source[..],
+                &u[0].targets[..],
+                u[0].severity
+            ),
+            (
+                "port_scan",
+                "198.51.100.7",
+                &["10.0.0.5".to_string()][..],
+                Severity::Low
+            )
+        );
+        assert_eq!(
+            u[0].time_ns,
+            1015 * 1_000_000_000,
+            "when the 15th port was tried"
+        );
+        assert_eq!(u[0].seen_by, "aws:123456789010");
+        assert_eq!(u[0].observation["distinct_ports"], 15);
+        // Again at each doubling, not at each port.
+        let more: Vec<Flow> = (21..=40)
+            .map(|p| cloud("198.51.100.7", "10.0.0.5", p, 1040, Action::Reject, 0))
+            .collect();
+        let u = d.observe(&more);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].observation["distinct_ports"], 30);
+    }
+
+    #[test]
+    fn one_port_of_many_hosts_is_a_sweep_and_syn_only_flows_are_failures() {
+        let mut d = FanOutDetector::default();
+        let flows: Vec<Flow> = (1..=30)
+            .map(|h| {
+                cloud(
+                    "203.0.113.9",
+                    &format!("10.0.1.{h}"),
+                    22,
+                    2000 + h,
+                    Action::Accept,
+                    SYN,
+                )
+            })
+            .collect();
+        let u = d.observe(&flows);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(
+            (u[0].kind, &u[0].source[..]),
+            ("address_sweep", "203.0.113.9")
+        );
+        assert_eq!(u[0].targets.len(), 25);
+        assert_eq!(u[0].observation["target"], "port 22");
+    }
+
+    #[test]
+    fn answered_connections_and_slow_spread_failures_are_not_scans() {
+        let mut d = FanOutDetector::default();
+        // A busy server: 300 clients, each a full connection; a client that uses 50 services.
+        let mut flows: Vec<Flow> = (1..=300)
+            .map(|c| {
+                let src = format!("10.9.{}.{}", c / 250, c % 250);
+                cloud(
+                    &src,
+                    "10.0.0.80",
+                    443,
+                    3000,
+                    Action::Accept,
+                    SYN | ACK | FIN,
+                )
+            })
+            .collect();
+        flows.extend(
+            (1..=50).map(|p| cloud("10.0.0.7", "10.0.0.8", p, 3000, Action::Accept, SYN | ACK)),
+        );
+        // Ten rejected ports, then ten more after the 5-minute window.
+        flows.extend((1..=10).map(|p| cloud("10.0.0.66", "10.0.0.5", p, 4000, Action::Reject, 0)));
+        flows.extend((11..=20).map(|p| cloud("10.0.0.66", "10.0.0.5", p, 4400, Action::Reject, 0)));
+        assert_eq!(d.observe(&flows), vec![]);
+    }
+
+    #[test]
+    fn thresholds_scale_with_the_sampling_rate() {
+        let mut d = FanOutDetector::default();
+        let flows: Vec<Flow> = (1..=8)
+            .map(|p| Flow {
+                source: crate::model::Source::Gcp,
+                sampling_rate: 0.5,
+                ..cloud("198.51.100.7", "10.0.0.5", p, 1000, Action::Reject, 0)
+            })
+            .collect();
+        let u = d.observe(&flows);
+        assert_eq!(u.len(), 1, "15 x 0.5 rounds up to 8 sampled ports");
+        assert_eq!(u[0].seen_by, "gcp:123456789010");
+    }
+
+    #[test]
+    fn a_storm_of_sources_stays_bounded_and_is_counted() {
+        let mut d = FanOutDetector::new(FanOutConfig {
+            max_sources: 1000,
+            ..FanOutConfig::default()
+        });
+        let flows: Vec<Flow> = (0..5000u32)
+            .map(|i| {
+                let a = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+                cloud(&a, "10.0.0.5", 22, 1000, Action::Reject, 0)
+            })
+            .collect();
+        d.observe(&flows);
+        assert!(d.sources.len() <= 1000);
+        assert_eq!(d.forgotten, 4000);
     }
 
     #[test]

@@ -14,11 +14,14 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
+    alerts::AlertUpdate,
     cloud::{aws, azure, gcp},
+    detect::FanOutDetector,
     model::{Action, CloudMeta, Flow, Source},
+    store::Store,
 };
 
 /// Where an import puts its flows, a chunk at a time: the store directly (`import`), or one
@@ -43,6 +46,40 @@ pub fn tracking<'a>(
         }
         sink(flows)
     }
+}
+
+/// Wraps `sink`, running `detector` over the flows on their way and keeping what it finds in
+/// `updates`, to be recorded once the flows are stored (see [`record_alerts`]).
+pub fn detecting<'a>(
+    sink: &'a mut Sink<'_>,
+    detector: &'a mut FanOutDetector,
+    updates: &'a mut Vec<AlertUpdate>,
+) -> impl FnMut(&[Flow]) -> anyhow::Result<()> + 'a {
+    move |flows| {
+        updates.extend(detector.observe(flows));
+        sink(flows)
+    }
+}
+
+/// Records the alert observations an import found; returns the ids of the alerts they went to
+/// (an alert once, in order of first mention).
+pub fn record_alerts(store: &dyn Store, updates: &[AlertUpdate]) -> anyhow::Result<Vec<i64>> {
+    let mut ids = Vec::new();
+    for u in updates {
+        let id = store.record_alert(u)?;
+        info!(
+            alert = id,
+            kind = u.kind,
+            source = u.source,
+            severity = u.severity.as_str(),
+            seen_by = u.seen_by,
+            "alert"
+        );
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// Imports one input of `provider`'s format (`sampling_rate`: GCP only).

@@ -193,16 +193,19 @@ fn import(
         Provider::Azure => controlplane::model::Source::Azure,
     };
     let mut range = None;
+    let mut detector = controlplane::detect::FanOutDetector::default();
+    let mut updates = Vec::new();
     for f in files {
         let input = import::open_input(f)?;
         let name = f.display().to_string();
         let mut put = |flows: &[controlplane::model::Flow]| store.insert_flows(flows);
+        let mut detect = import::detecting(&mut put, &mut detector, &mut updates);
         import::import_input(
             source,
             input,
             &name,
             sampling_rate,
-            &mut import::tracking(&mut put, &mut range),
+            &mut import::tracking(&mut detect, &mut range),
             &mut sum,
         )?;
     }
@@ -210,7 +213,19 @@ fn import(
         let links = store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;
         info!(links, "linked sensor flows to the imported records");
     }
+    let alerts = import::record_alerts(store.as_ref(), &updates)?;
     println!("{}: {sum}", sum.provider);
+    for id in alerts {
+        if let Some(a) = store.alert(id)? {
+            println!(
+                "alert #{id}: {} {} from {} against {}",
+                a.severity,
+                a.kind,
+                a.source,
+                a.targets.join(", ")
+            );
+        }
+    }
     if sum.stored == 0 && sum.rejected_total() > 0 {
         anyhow::bail!(
             "no record could be imported: is this a {} flow log?",

@@ -20,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use crate::{
+    detect::FanOutDetector,
     import::{self, Summary},
     model::{ImportedFile, Source},
     store::Store,
@@ -45,6 +46,8 @@ pub struct Watcher {
     sampling_rate: f64,
     /// (size, mtime) of files at the previous scan.
     seen: HashMap<PathBuf, (u64, SystemTime)>,
+    /// Scans and sweeps across the files, in data time.
+    detector: FanOutDetector,
 }
 
 fn being_written(name: &str) -> bool {
@@ -95,6 +98,7 @@ impl Watcher {
             root: root.to_path_buf(),
             sampling_rate,
             seen: HashMap::new(),
+            detector: FanOutDetector::default(),
         })
     }
 
@@ -141,7 +145,7 @@ impl Watcher {
     }
 
     fn import(
-        &self,
+        &mut self,
         store: &dyn Store,
         provider: Source,
         path: &Path,
@@ -161,17 +165,20 @@ impl Watcher {
         };
         let mut sum = Summary::default();
         let mut range = None;
+        let mut updates = Vec::new();
         let label = path.display().to_string();
+        let (rate, detector) = (self.sampling_rate, &mut self.detector);
         let stored = store.import_file_once(&file, now_ns, &mut |sink| {
             sum = Summary::default();
             range = None;
             let input = import::open_input(path)?;
+            let mut detect = import::detecting(sink, detector, &mut updates);
             import::import_input(
                 provider,
                 input,
                 &label,
-                self.sampling_rate,
-                &mut import::tracking(sink, &mut range),
+                rate,
+                &mut import::tracking(&mut detect, &mut range),
                 &mut sum,
             )?;
             Ok(serde_json::json!({
@@ -182,10 +189,15 @@ impl Watcher {
                 "skipdata": sum.skipdata,
             })
             .to_string())
-        })?;
+        });
+        // What the detector found is evidence even when the file fails midway and is retried:
+        // the detector remembers what it reported, so a retry would not report it again.
+        import::record_alerts(store, &updates)?;
+        let stored = stored?;
         if let (Some(_), Some((a, b))) = (&stored, range) {
             store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;
         }
+
         let to = move_into(
             path,
             &path.parent().context("a directory")?.join("imported"),

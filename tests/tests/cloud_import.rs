@@ -391,6 +391,93 @@ fn gcp_pubsub_push_pull_and_gcloud_forms() {
     assert_eq!((n, bytes), (4, 2 * (3168 + 1500)));
 }
 
+/// Scans seen only in AWS flow logs: rejected probes from one source to 100 ports of one host
+/// (a port scan) and to port 3389 of 40 hosts (a sweep), among a busy web server's accepted
+/// connections from 300 clients (no alert). The import stores the flows and raises one alert of
+/// each kind, naming the scanner; importing more of the same scan updates those alerts.
+#[test]
+fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() {
+    let dir = TempDir::new("aws-scan");
+    let data = dir.0.join("data");
+    let t0 = 1_795_860_000u64;
+    let mut log = String::from(
+        "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status\n",
+    );
+    for p in 1..=100u64 {
+        log += &format!(
+            "2 123456789010 eni-0a1 198.51.100.7 10.0.0.5 61000 {p} 6 1 44 {} {} REJECT OK\n",
+            t0 + p,
+            t0 + p + 1
+        );
+    }
+    for h in 1..=40u64 {
+        log += &format!(
+            "2 123456789010 eni-0a2 198.51.100.7 10.0.1.{h} 61001 3389 6 1 44 {} {} REJECT OK\n",
+            t0 + 100 + h,
+            t0 + 101 + h
+        );
+    }
+    for c in 1..=300u64 {
+        log += &format!(
+            "2 123456789010 eni-0a3 203.0.113.{} 10.0.0.80 {} 443 6 12 4800 {t0} {} ACCEPT OK\n",
+            c % 250 + 1,
+            20000 + c,
+            t0 + 60
+        );
+    }
+    let f = dir.0.join("scan.log");
+    std::fs::write(&f, &log).expect("write");
+    let out = summary(&import(&data, &["aws", f.to_str().expect("utf8")], None));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "aws: 1 file(s): read 440, stored 440, rejected 0, skipped 0 (NODATA: no traffic), SKIPDATA 0 (flows the provider dropped from its log)",
+            "alert #1: low port_scan from 198.51.100.7 against 10.0.0.5",
+            &format!(
+                "alert #2: low address_sweep from 198.51.100.7 against {}",
+                (1..=25)
+                    .map(|h| format!("10.0.1.{h}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ]
+    );
+    let c = db(&data);
+    let rows: Vec<(String, String, String, i64)> = c
+        .prepare("SELECT type, source, severity, first_seen_ns FROM alerts ORDER BY id")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("alerts");
+    assert_eq!(
+        rows,
+        [
+            (
+                "port_scan".to_string(),
+                "198.51.100.7".to_string(),
+                "low".to_string(),
+                // The 15th port was tried in the record ending at t0 + 16: data time.
+                (t0 as i64 + 16) * 1_000_000_000
+            ),
+            (
+                "address_sweep".to_string(),
+                "198.51.100.7".to_string(),
+                "low".to_string(),
+                (t0 as i64 + 126) * 1_000_000_000
+            ),
+        ]
+    );
+    let sources: String = c
+        .query_row("SELECT body FROM alerts WHERE id = 1", [], |r| r.get(0))
+        .expect("body");
+    let body: serde_json::Value = serde_json::from_str(&sources).expect("json");
+    assert_eq!(body["sources"], serde_json::json!(["aws:123456789010"]));
+    assert_eq!(body["observations"][0]["kind"], "flow_log_fanout");
+    assert_eq!(body["observations"][0]["interface"], "eni-0a1");
+}
+
 /// An NSG flow log v2 blob as the documentation shows it (a denied inbound begin, allowed
 /// outbound begin and end tuples, one broken tuple) followed by a VNet flow log v4 blob.
 const AZURE_NSG_V2: &str = r#"{"records":[{"time":"2017-02-16T22:00:32.8950000Z","systemId":"2c002c16-72f3-4dc5-b391-3444c3527434","category":"NetworkSecurityGroupFlowEvent","resourceId":"/SUBSCRIPTIONS/00000000-0000-0000-0000-000000000000/RESOURCEGROUPS/FABRIKAMRG/PROVIDERS/MICROSOFT.NETWORK/NETWORKSECURITYGROUPS/FABRIAKMVM1-NSG","operationName":"NetworkSecurityGroupFlowEvents","properties":{"Version":2,"flows":[{"rule":"DefaultRule_DenyAllInBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D,B,,,,","1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D"]}]},{"rule":"DefaultRule_AllowInternetOutBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282370,10.1.0.4,13.67.143.118,59831,443,T,O,A,B,,,,","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,66,1,66","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,6x,1,66"]}]}]}}]}"#;
