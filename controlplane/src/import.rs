@@ -14,14 +14,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
     alerts::AlertUpdate,
     cloud::{aws, azure, gcp},
-    detect::FanOutDetector,
+    detect::FlowDetectors,
     model::{Action, CloudMeta, Flow, Source},
-    store::Store,
 };
 
 /// Where an import puts its flows, a chunk at a time: the store directly (`import`), or one
@@ -52,34 +51,13 @@ pub fn tracking<'a>(
 /// `updates`, to be recorded once the flows are stored (see [`record_alerts`]).
 pub fn detecting<'a>(
     sink: &'a mut Sink<'_>,
-    detector: &'a mut FanOutDetector,
+    detector: &'a mut FlowDetectors,
     updates: &'a mut Vec<AlertUpdate>,
 ) -> impl FnMut(&[Flow]) -> anyhow::Result<()> + 'a {
     move |flows| {
         updates.extend(detector.observe(flows));
         sink(flows)
     }
-}
-
-/// Records the alert observations an import found; returns the ids of the alerts they went to
-/// (an alert once, in order of first mention).
-pub fn record_alerts(store: &dyn Store, updates: &[AlertUpdate]) -> anyhow::Result<Vec<i64>> {
-    let mut ids = Vec::new();
-    for u in updates {
-        let id = store.record_alert(u)?;
-        info!(
-            alert = id,
-            kind = u.kind,
-            source = u.source,
-            severity = u.severity.as_str(),
-            seen_by = u.seen_by,
-            "alert"
-        );
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    Ok(ids)
 }
 
 /// Imports one input of `provider`'s format (`sampling_rate`: GCP only).

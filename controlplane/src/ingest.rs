@@ -45,6 +45,8 @@ const GROUP_FLOWS: usize = 50_000;
 /// is mostly the index pages it dirties, so one transaction of 50 batches costs far less than
 /// 50 of one batch each. Each batch is acknowledged only after its transaction commits.
 fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
+    // Detector state lives with the one thread that sees every batch.
+    let mut logins = crate::detect::LoginBruteForce::default();
     while let Some(first) = rx.blocking_recv() {
         let mut flows = first.batch.flows.len();
         let mut group = vec![first];
@@ -67,7 +69,7 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
             Ok(results) => {
                 for (p, r) in group.into_iter().zip(results) {
                     if matches!(r, Ok(Stored::New)) {
-                        detect_batch(store.as_ref(), &p.sensor, &p.batch);
+                        detect_batch(store.as_ref(), &mut logins, &p.sensor, &p.batch);
                     }
                     let _ = p.done.send(r);
                 }
@@ -83,29 +85,31 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
 
 /// Runs the detectors over a newly stored batch. A batch is stored before it is looked at, so a
 /// failure here loses no flow; it is logged with what it concerned.
-fn detect_batch(store: &dyn Store, sensor: &str, batch: &ExportBatch) {
+fn detect_batch(
+    store: &dyn Store,
+    logins: &mut crate::detect::LoginBruteForce,
+    sensor: &str,
+    batch: &ExportBatch,
+) {
+    let mut updates = Vec::new();
     for e in &batch.scans {
-        let updates = match crate::detect::scan_event_alerts(sensor, e) {
-            Ok(u) => u,
+        match crate::detect::scan_event_alerts(sensor, e) {
+            Ok(u) => updates.extend(u),
             Err(err) => {
-                warn!(sensor, batch = batch.batch_id, error = %err, "scan event not evaluated");
-                continue;
-            }
-        };
-        for u in updates {
-            match store.record_alert(&u) {
-                Ok(id) => info!(
-                    sensor,
-                    alert = id,
-                    kind = u.kind,
-                    source = u.source,
-                    severity = u.severity.as_str(),
-                    "alert"
-                ),
-                Err(err) => warn!(sensor, kind = u.kind, source = u.source, error = %err,
-                    "an alert could not be recorded"),
+                warn!(sensor, batch = batch.batch_id, error = %err, "scan event not evaluated")
             }
         }
+    }
+    for e in &batch.auth {
+        match logins.observe(sensor, e) {
+            Ok(u) => updates.extend(u),
+            Err(err) => {
+                warn!(sensor, batch = batch.batch_id, error = %err, "login event not evaluated")
+            }
+        }
+    }
+    if let Err(err) = crate::detect::record(store, &updates) {
+        warn!(sensor, batch = batch.batch_id, error = %err, "alerts could not be recorded");
     }
 }
 

@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use crate::{
-    detect::FanOutDetector,
+    detect::FlowDetectors,
     import::{self, Summary},
     model::{ImportedFile, Source},
     store::Store,
@@ -47,7 +47,7 @@ pub struct Watcher {
     /// (size, mtime) of files at the previous scan.
     seen: HashMap<PathBuf, (u64, SystemTime)>,
     /// Scans and sweeps across the files, in data time.
-    detector: FanOutDetector,
+    detector: FlowDetectors,
 }
 
 fn being_written(name: &str) -> bool {
@@ -98,7 +98,7 @@ impl Watcher {
             root: root.to_path_buf(),
             sampling_rate,
             seen: HashMap::new(),
-            detector: FanOutDetector::default(),
+            detector: FlowDetectors::default(),
         })
     }
 
@@ -192,7 +192,7 @@ impl Watcher {
         });
         // What the detector found is evidence even when the file fails midway and is retried:
         // the detector remembers what it reported, so a retry would not report it again.
-        import::record_alerts(store, &updates)?;
+        crate::detect::record(store, &updates)?;
         let stored = stored?;
         if let (Some(_), Some((a, b))) = (&stored, range) {
             store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;

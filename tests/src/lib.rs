@@ -699,6 +699,30 @@ pub fn mac(ns: &str, dev: &str) -> String {
     v[0]["address"].as_str().expect("mac").to_string()
 }
 
+/// `picket-sensor` flags that watch `iface` and export every second to the control plane at
+/// `url` with the key in `key_file`, spooling into `spool`.
+pub fn export_flags(iface: &str, url: &str, key_file: &Path, spool: &Path) -> Vec<String> {
+    [
+        "--iface",
+        iface,
+        "--export-interval",
+        "1",
+        "--controlplane",
+        url,
+        "--sensor-key-file",
+        key_file.to_str().expect("utf8"),
+        "--spool-dir",
+        spool.to_str().expect("utf8"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Borrowed views of owned flags (for `Sensor::start`).
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// A `picket-controlplane serve` running inside a namespace (its loopback is the namespace's own).
 pub struct ControlPlane {
     child: Option<Child>,

@@ -19,22 +19,8 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
     let key = dir.0.join("sensor.key");
     std::fs::write(&key, ControlPlane::add_sensor(&data, "lab-b")).expect("key");
     let cp = ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
-    let spool = dir.0.join("spool");
-    let mut sensor = Sensor::start(
-        &lab.b,
-        &[
-            "--iface",
-            &lab.vb,
-            "--export-interval",
-            "1",
-            "--controlplane",
-            "http://127.0.0.1:7443",
-            "--sensor-key-file",
-            key.to_str().expect("utf8"),
-            "--spool-dir",
-            spool.to_str().expect("utf8"),
-        ],
-    );
+    let flags = tests::export_flags(&lab.vb, "http://127.0.0.1:7443", &key, &dir.0.join("spool"));
+    let mut sensor = Sensor::start(&lab.b, &tests::strs(&flags));
     sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
 
     let saddr: SocketAddr = format!("{}:5353", lab.ip_b).parse().expect("addr");

@@ -15,31 +15,57 @@ fn get(ns: &str, path: &str) -> (u16, Value) {
     (status, v)
 }
 
-#[test]
-fn nmap_syn_scan_becomes_one_port_scan_alert_naming_the_scanner() {
+/// A lab whose sensor (on b) streams to a control plane in b, with `extra` sensor flags.
+struct Setup {
+    lab: Lab,
+    dir: TempDir,
+    cp: ControlPlane,
+    sensor: Sensor,
+}
+
+fn setup(name: &str, extra: &[&str]) -> Setup {
     let lab = Lab::new();
-    let dir = TempDir::new("detect");
+    let dir = TempDir::new(name);
     let data = dir.0.join("cp");
     let key = dir.0.join("sensor.key");
     std::fs::write(&key, ControlPlane::add_sensor(&data, "lab-b")).expect("key");
     let cp = ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
-    let spool = dir.0.join("spool");
-    let mut sensor = Sensor::start(
-        &lab.b,
-        &[
-            "--iface",
-            &lab.vb,
-            "--export-interval",
-            "1",
-            "--controlplane",
-            "http://127.0.0.1:7443",
-            "--sensor-key-file",
-            key.to_str().expect("utf8"),
-            "--spool-dir",
-            spool.to_str().expect("utf8"),
-        ],
-    );
+    let mut flags =
+        tests::export_flags(&lab.vb, "http://127.0.0.1:7443", &key, &dir.0.join("spool"));
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    let mut sensor = Sensor::start(&lab.b, &tests::strs(&flags));
     sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
+    Setup {
+        lab,
+        dir,
+        cp,
+        sensor,
+    }
+}
+
+/// Polls the alerts until there is at least one (10 s at most).
+fn wait_for_alerts(ns: &str) -> Vec<Value> {
+    for _ in 0..50 {
+        let (status, v) = get(ns, "/api/v1/alerts");
+        assert_eq!(status, 200, "{v}");
+        let alerts = v["alerts"].as_array().expect("alerts").clone();
+        if !alerts.is_empty() {
+            return alerts;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    Vec::new()
+}
+
+#[test]
+fn nmap_syn_scan_becomes_one_port_scan_alert_naming_the_scanner() {
+    let Setup {
+        lab,
+        dir: _dir,
+        cp,
+        sensor,
+    } = setup("detect", &[]);
+
     // Nothing has happened yet.
     let (status, v) = get(&lab.b, "/api/v1/alerts");
     assert_eq!(status, 200);
@@ -52,16 +78,7 @@ fn nmap_syn_scan_becomes_one_port_scan_alert_naming_the_scanner() {
     tests::nmap_syn_scan(&lab.a, &lab.ip_b, &["-p", "1-1000,8080"]);
 
     // The sensor exports every second; the alert follows its batch.
-    let mut alerts = Vec::new();
-    for _ in 0..100 {
-        let (status, v) = get(&lab.b, "/api/v1/alerts");
-        assert_eq!(status, 200, "{v}");
-        alerts = v["alerts"].as_array().expect("alerts").clone();
-        if !alerts.is_empty() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
+    let alerts = wait_for_alerts(&lab.b);
     // A second look after more export intervals: still one alert, not one per batch.
     thread::sleep(Duration::from_secs(2));
     let (_, v) = get(&lab.b, "/api/v1/alerts");
@@ -123,5 +140,82 @@ fn nmap_syn_scan_becomes_one_port_scan_alert_naming_the_scanner() {
         log.lines()
             .any(|l| l.contains("alert") && l.contains("port_scan") && l.contains(src.as_str())),
         "the alert is logged: {log}"
+    );
+}
+
+/// Failed SSH logins in the host's auth log, followed by the sensor: one `brute_force` alert
+/// naming the source, raised to high severity when a login from it is then accepted.
+#[test]
+fn failed_logins_then_an_accepted_one_become_one_brute_force_alert() {
+    let auth_dir = TempDir::new("detect-auth-log");
+    let log = auth_dir.0.join("auth.log");
+    std::fs::write(&log, "").expect("log");
+    let Setup {
+        lab,
+        dir: _dir,
+        cp,
+        sensor,
+    } = setup("detect-auth", &["--auth-log", log.to_str().expect("utf8")]);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("append");
+    use std::io::Write as _;
+    let users = ["root", "admin", "oracle", "test", "ubuntu", "pi"];
+    for i in 0..12 {
+        writeln!(
+            f,
+            "2026-11-29T10:00:{i:02}+00:00 h sshd[9{i}]: Failed password for invalid user {} from {} port {} ssh2",
+            users[i % users.len()],
+            lab.ip_a,
+            51000 + i
+        )
+        .expect("line");
+    }
+    writeln!(
+        f,
+        "2026-11-29T10:00:30+00:00 h sshd[99]: Accepted password for pi from {} port 51099 ssh2",
+        lab.ip_a
+    )
+    .expect("line");
+    drop(f);
+    let mut alerts = wait_for_alerts(&lab.b);
+    // The accepted login may come in the next batch.
+    for _ in 0..25 {
+        if alerts.first().is_some_and(|a| a["severity"] == "high") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+        alerts = get(&lab.b, "/api/v1/alerts").1["alerts"]
+            .as_array()
+            .expect("alerts")
+            .clone();
+    }
+    sensor.stop();
+    cp.stop();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a["type"], "brute_force");
+    assert_eq!(a["source"], lab.ip_a.as_str());
+    assert_eq!(a["targets"], serde_json::json!(["lab-b"]));
+    assert_eq!(
+        a["severity"], "high",
+        "a login was accepted after the failures"
+    );
+    // The 10th failure opened it, the accepted login updated it.
+    assert_eq!(a["observations_total"], 2, "{a}");
+    let ob = &a["observations"];
+    assert_eq!(ob[0]["kind"], "failed_logins");
+    assert_eq!(ob[0]["failed"], 10);
+    assert_eq!(ob[0]["service"], "ssh");
+    assert_eq!(
+        ob[0]["users"],
+        serde_json::json!(["root", "admin", "oracle", "test", "ubuntu", "pi"])
+    );
+    assert_eq!(ob[1]["failed"], 12, "{a}");
+    assert_eq!(ob[1]["accepted_after"], "pi");
+    assert_eq!(
+        a["first_seen"], "2026-11-29T10:00:09Z",
+        "data time: the 10th failure"
     );
 }

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use tests::{ControlPlane, Lab, Sensor, TempDir, mac, trafgen_at, udp4_frame};
+use tests::{ControlPlane, Lab, Sensor, TempDir, export_flags, mac, strs, trafgen_at, udp4_frame};
 
 /// (packets, bytes) the control plane stored for one UDP flow.
 fn stored(data_dir: &Path, src: &str, dst: &str, sport: u16, dport: u16) -> (u64, u64) {
@@ -30,27 +30,6 @@ fn data_dir_with_sensor(dir: &TempDir, name: &str) -> (PathBuf, PathBuf) {
 }
 
 /// Sensor flags: watch `iface`, export every second to `url` with `key_file`, spool in `spool`.
-fn export_flags(iface: &str, url: &str, key_file: &Path, spool: &Path) -> Vec<String> {
-    [
-        "--iface",
-        iface,
-        "--export-interval",
-        "1",
-        "--controlplane",
-        url,
-        "--sensor-key-file",
-        key_file.to_str().expect("utf8"),
-        "--spool-dir",
-        spool.to_str().expect("utf8"),
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 #[test]
 fn control_plane_outage_mid_flood_loses_and_doubles_nothing() {
     const FRAMES: u64 = 450_000;
