@@ -21,7 +21,7 @@ use crate::{
     model::{Action, Flow},
     store::{Store, ip_text},
 };
-use tracing::info;
+use tracing::{info, warn};
 
 fn port_scan_severity(distinct_ports: u32) -> Severity {
     match distinct_ports {
@@ -78,6 +78,18 @@ pub fn scan_event_alerts(sensor: &str, e: &ScanEvent) -> anyhow::Result<Vec<Aler
         push("address_sweep", sweep_severity(e.distinct_hosts));
     }
     Ok(out)
+}
+
+/// Says that a detector dropped live state to stay bounded: at the 1st, 2nd, 4th, 8th... time,
+/// so a storm of spoofed sources is heard without flooding the log.
+fn forgot(detector: &str, total: u64) {
+    if total.is_power_of_two() {
+        warn!(
+            detector,
+            dropped_live_sources = total,
+            "detector state is full: a live source was dropped and its counts start again"
+        );
+    }
 }
 
 /// Settings of [`FanOutDetector`].
@@ -184,6 +196,7 @@ impl FanOutDetector {
             {
                 self.sources.remove(&k);
                 self.forgotten += 1;
+                forgot("fan-out", self.forgotten);
             }
         }
         let st = self.sources.entry(f.src_ip).or_default();
@@ -358,6 +371,7 @@ impl<K: std::hash::Hash + Eq + Clone> Bounded<K> {
             {
                 self.map.remove(&old);
                 self.forgotten += 1;
+                forgot("brute-force", self.forgotten);
             }
         }
         self.map.entry(k).or_default()
