@@ -153,9 +153,28 @@ const RST: u8 = 0x04;
 const FIN: u8 = 0x01;
 const ACK: u8 = 0x10;
 
+/// Largest packet of a probe: IP and TCP headers with options, no payload.
+const HEADER_ONLY_BYTES: u64 = 64;
+
+/// Whether a flow record is a failed attempt. Rejected is failed. With TCP flags (sensors, AWS
+/// v3+), a flow that never got past its SYN is failed. Without them (AWS v2, GCP), a TCP flow
+/// of at most 2 packets carrying no payload either way is probe-like: a SYN or two, answered
+/// by at most a RST. A completed handshake takes at least 3 packets from the client.
 fn failed(f: &Flow) -> bool {
-    f.action == Action::Reject
-        || (f.protocol == TCP && f.tcp_flags & (SYN | ACK | RST | FIN) == SYN)
+    if f.action == Action::Reject {
+        return true;
+    }
+    if f.protocol != TCP {
+        return false;
+    }
+    if f.tcp_flags != 0 {
+        return f.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
+    }
+    let header_only = |packets: u64, bytes: u64| bytes <= HEADER_ONLY_BYTES * packets;
+    (1..=2).contains(&f.packets)
+        && header_only(f.packets, f.bytes)
+        && f.reverse_packets <= 2
+        && header_only(f.reverse_packets, f.reverse_bytes)
 }
 
 fn scaled(threshold: u32, rate: f64) -> usize {
@@ -740,6 +759,27 @@ mod tests {
         flows.extend((1..=10).map(|p| cloud("10.0.0.66", "10.0.0.5", p, 4000, Action::Reject, 0)));
         flows.extend((11..=20).map(|p| cloud("10.0.0.66", "10.0.0.5", p, 4400, Action::Reject, 0)));
         assert_eq!(d.observe(&flows), vec![]);
+    }
+
+    #[test]
+    fn without_flags_probe_like_flows_are_failures_and_handshakes_are_not() {
+        let mut d = FanOutDetector::default();
+        let flow = |p: u16, packets: u64, bytes: u64| Flow {
+            packets,
+            bytes,
+            ..cloud("198.51.100.7", "10.0.0.5", p, 1000, Action::Accept, 0)
+        };
+        // Completed handshakes without payload (4 packets), and a payload in 2 packets.
+        let benign: Vec<Flow> = (1..=30)
+            .map(|p| flow(p, 4, 200))
+            .chain((31..=60).map(|p| flow(p, 2, 1500)))
+            .collect();
+        assert_eq!(d.observe(&benign), vec![]);
+        // SYNs answered by nothing or a RST.
+        let probes: Vec<Flow> = (61..=80).map(|p| flow(p, 1, 44)).collect();
+        let u = d.observe(&probes);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].kind, "port_scan");
     }
 
     #[test]

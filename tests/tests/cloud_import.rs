@@ -478,6 +478,61 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
     assert_eq!(body["observations"][0]["interface"], "eni-0a1");
 }
 
+/// The same scan in GCP VPC Flow Logs, which carry neither action nor TCP flags, sampled at
+/// 0.5: the scanned VM reports single header-only packets to 30 ports (a probe answered by at
+/// most a RST). A web server's clients, and a health checker completing handshakes on port 80
+/// of 30 VMs, raise nothing.
+#[test]
+fn gcp_records_alone_raise_a_port_scan_alert() {
+    let entry = |src: &str, dst: &str, port: u16, packets: u32, bytes: u32, reporter: &str| {
+        format!(
+            r#"{{"jsonPayload":{{"bytes_sent":"{bytes}","packets_sent":"{packets}","connection":{{"src_ip":"{src}","src_port":61000,"dest_ip":"{dst}","dest_port":{port},"protocol":6}},"start_time":"2026-11-29T10:00:00Z","end_time":"2026-11-29T10:00:05Z","reporter":"{reporter}","dest_instance":{{"project_id":"p-7","region":"europe-west1","vm_name":"vm-5","zone":"europe-west1-b"}}}},"logName":"projects/p-7/logs/compute.googleapis.com%2Fvpc_flows"}}"#
+        )
+    };
+    let mut log = String::new();
+    for p in 1..=30 {
+        log += &entry("198.51.100.7", "10.128.0.5", p, 1, 44, "DEST");
+        log.push('\n');
+    }
+    for c in 1..=40 {
+        log += &entry(
+            &format!("203.0.113.{c}"),
+            "10.128.0.80",
+            443,
+            12,
+            5200,
+            "DEST",
+        );
+        log.push('\n');
+    }
+    for h in 1..=30 {
+        log += &entry("10.128.0.250", &format!("10.128.1.{h}"), 80, 4, 200, "SRC");
+        log.push('\n');
+    }
+    let dir = TempDir::new("gcp-scan");
+    let data = dir.0.join("data");
+    let out = summary(&import(
+        &data,
+        &["gcp", "--sampling-rate", "0.5", "-"],
+        Some(&log),
+    ));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "gcp: 1 file(s): read 100, stored 100, rejected 0",
+            "alert #1: low port_scan from 198.51.100.7 against 10.128.0.5",
+        ]
+    );
+    let body: String = db(&data)
+        .query_row("SELECT body FROM alerts WHERE id = 1", [], |r| r.get(0))
+        .expect("body");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["sources"], serde_json::json!(["gcp:p-7"]));
+    // 15 ports at 0.5: the 8th sampled one crosses.
+    assert_eq!(body["observations"][0]["distinct_ports"], 8);
+    assert_eq!(body["observations"][0]["sampling_rate"], 0.5);
+}
+
 /// An NSG flow log v2 blob as the documentation shows it (a denied inbound begin, allowed
 /// outbound begin and end tuples, one broken tuple) followed by a VNet flow log v4 blob.
 const AZURE_NSG_V2: &str = r#"{"records":[{"time":"2017-02-16T22:00:32.8950000Z","systemId":"2c002c16-72f3-4dc5-b391-3444c3527434","category":"NetworkSecurityGroupFlowEvent","resourceId":"/SUBSCRIPTIONS/00000000-0000-0000-0000-000000000000/RESOURCEGROUPS/FABRIKAMRG/PROVIDERS/MICROSOFT.NETWORK/NETWORKSECURITYGROUPS/FABRIAKMVM1-NSG","operationName":"NetworkSecurityGroupFlowEvents","properties":{"Version":2,"flows":[{"rule":"DefaultRule_DenyAllInBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D,B,,,,","1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D"]}]},{"rule":"DefaultRule_AllowInternetOutBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282370,10.1.0.4,13.67.143.118,59831,443,T,O,A,B,,,,","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,66,1,66","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,6x,1,66"]}]}]}}]}"#;
