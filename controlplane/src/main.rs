@@ -193,7 +193,7 @@ fn import(
         Provider::Azure => controlplane::model::Source::Azure,
     };
     let mut range = None;
-    let mut detector = controlplane::detect::FlowDetectors::default();
+    let mut detector = controlplane::detect::FlowDetectors::load(store.as_ref())?;
     let mut updates = Vec::new();
     for f in files {
         let input = import::open_input(f)?;
@@ -213,6 +213,7 @@ fn import(
         let links = store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;
         info!(links, "linked sensor flows to the imported records");
     }
+    detector.save(store.as_ref())?;
     let alerts = controlplane::detect::record(store.as_ref(), &updates)?;
     println!("{}: {sum}", sum.provider);
     for id in alerts {

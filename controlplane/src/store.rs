@@ -183,6 +183,15 @@ pub trait Store: Send + Sync + 'static {
     /// Alerts matching `q`, the most recently active first.
     fn alerts(&self, q: &AlertQuery) -> anyhow::Result<Vec<Alert>>;
     fn alert(&self, id: i64) -> anyhow::Result<Option<Alert>>;
+    /// A detector's saved state: (key, state) pairs.
+    fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>>;
+    /// Saves (key, state, last data time) entries of a detector's state, replacing older ones;
+    /// a `None` state deletes the key.
+    fn save_detector_state(
+        &self,
+        detector: &str,
+        entries: &[(String, Option<String>, i64)],
+    ) -> anyhow::Result<()>;
 }
 
 /// The lists of an alert, stored as one JSON column.
@@ -415,6 +424,16 @@ CREATE TABLE alerts (
 );
 CREATE INDEX alerts_by_incident ON alerts (type, source, last_seen_ns);
 CREATE INDEX alerts_by_time ON alerts (last_seen_ns);
+"#,
+    // 6: detectors' state that must survive a restart (slow-scan walks).
+    r#"
+CREATE TABLE detector_state (
+    detector TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    last_ns INTEGER NOT NULL,
+    PRIMARY KEY (detector, key)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -710,6 +729,40 @@ impl Store for SqliteStore {
                 alert_row,
             )
             .optional()?)
+    }
+
+    fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let c = self.conn();
+        let mut st =
+            c.prepare_cached("SELECT key, state FROM detector_state WHERE detector = ?1")?;
+        let rows = st.query_map([detector], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn save_detector_state(
+        &self,
+        detector: &str,
+        entries: &[(String, Option<String>, i64)],
+    ) -> anyhow::Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO detector_state (detector, key, state, last_ns) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (detector, key) \
+                 DO UPDATE SET state = excluded.state, last_ns = excluded.last_ns",
+            )?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM detector_state WHERE detector = ?1 AND key = ?2")?;
+            for (k, v, t) in entries {
+                match v {
+                    Some(v) => put.execute(params![detector, k, v, t])?,
+                    None => delete.execute(params![detector, k])?,
+                };
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals> {

@@ -46,8 +46,9 @@ pub struct Watcher {
     sampling_rate: f64,
     /// (size, mtime) of files at the previous scan.
     seen: HashMap<PathBuf, (u64, SystemTime)>,
-    /// Scans and sweeps across the files, in data time.
-    detector: FlowDetectors,
+    /// Scans and sweeps across the files, in data time (loaded from the store at the first
+    /// scan: the slow-scan walks persist).
+    detector: Option<FlowDetectors>,
 }
 
 fn being_written(name: &str) -> bool {
@@ -98,7 +99,7 @@ impl Watcher {
             root: root.to_path_buf(),
             sampling_rate,
             seen: HashMap::new(),
-            detector: FlowDetectors::default(),
+            detector: None,
         })
     }
 
@@ -167,7 +168,11 @@ impl Watcher {
         let mut range = None;
         let mut updates = Vec::new();
         let label = path.display().to_string();
-        let (rate, detector) = (self.sampling_rate, &mut self.detector);
+        if self.detector.is_none() {
+            self.detector = Some(FlowDetectors::load(store)?);
+        }
+        let rate = self.sampling_rate;
+        let detector = self.detector.as_mut().expect("loaded above");
         let stored = store.import_file_once(&file, now_ns, &mut |sink| {
             sum = Summary::default();
             range = None;
@@ -193,6 +198,7 @@ impl Watcher {
         // What the detector found is evidence even when the file fails midway and is retried:
         // the detector remembers what it reported, so a retry would not report it again.
         crate::detect::record(store, &updates)?;
+        detector.save(store)?;
         let stored = stored?;
         if let (Some(_), Some((a, b))) = (&stored, range) {
             store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;

@@ -458,8 +458,9 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
                 "port_scan".to_string(),
                 "198.51.100.7".to_string(),
                 "low".to_string(),
-                // The 15th port was tried in the record ending at t0 + 16: data time.
-                (t0 as i64 + 16) * 1_000_000_000
+                // The 4th failed first contact (the sequential test) ended at t0 + 5: data
+                // time.
+                (t0 as i64 + 5) * 1_000_000_000
             ),
             (
                 "address_sweep".to_string(),
@@ -474,8 +475,29 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
         .expect("body");
     let body: serde_json::Value = serde_json::from_str(&sources).expect("json");
     assert_eq!(body["sources"], serde_json::json!(["aws:123456789010"]));
-    assert_eq!(body["observations"][0]["kind"], "flow_log_fanout");
-    assert_eq!(body["observations"][0]["interface"], "eni-0a1");
+    // The sequential test at the 4th failed port, then the fan-out at the 15th and the 30th
+    // and the 60th: one alert.
+    let kinds: Vec<(&str, Option<u64>)> = body["observations"]
+        .as_array()
+        .expect("observations")
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().expect("kind"),
+                o["distinct_ports"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("sequential_test", None),
+            ("flow_log_fanout", Some(15)),
+            ("flow_log_fanout", Some(30)),
+            ("flow_log_fanout", Some(60)),
+        ]
+    );
+    assert_eq!(body["observations"][1]["interface"], "eni-0a1");
 }
 
 /// The same scan in GCP VPC Flow Logs, which carry neither action nor TCP flags, sampled at
@@ -528,9 +550,51 @@ fn gcp_records_alone_raise_a_port_scan_alert() {
         .expect("body");
     let body: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(body["sources"], serde_json::json!(["gcp:p-7"]));
-    // 15 ports at 0.5: the 8th sampled one crosses.
-    assert_eq!(body["observations"][0]["distinct_ports"], 8);
-    assert_eq!(body["observations"][0]["sampling_rate"], 0.5);
+    // The sequential test (4 failed first contacts) and the fan-out: 15 ports at 0.5, so the
+    // 8th sampled one crosses, and again at 16. All records end at the same second.
+    let obs = body["observations"].as_array().expect("observations");
+    let of = |kind: &str| obs.iter().find(|o| o["kind"] == kind).expect(kind);
+    assert_eq!(obs.len(), 3, "{obs:?}");
+    assert_eq!(
+        of("sequential_test")["failed_first_contacts"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+    assert_eq!(of("flow_log_fanout")["distinct_ports"], 8);
+    assert_eq!(of("flow_log_fanout")["sampling_rate"], 0.5);
+}
+
+/// A slow scan: one rejected probe an hour, delivered in two files imported by two separate
+/// runs. No window holds them, and the second run starts from what the first saved: the
+/// sequential test names the scanner at the 4th failure.
+#[test]
+fn a_slow_scan_spread_over_imports_adds_up() {
+    let dir = TempDir::new("slow-scan");
+    let data = dir.0.join("data");
+    let t0 = 1_795_860_000u64;
+    let probe = |i: u64| {
+        format!(
+            "2 123456789010 eni-0a1 198.51.100.66 10.0.4.{i} 61000 22 6 1 44 {} {} REJECT OK\n",
+            t0 + i * 3600,
+            t0 + i * 3600 + 60
+        )
+    };
+    let first = format!("{}{}", probe(1), probe(2));
+    let out = summary(&import(&data, &["aws", "-"], Some(&first)));
+    assert!(
+        !out.contains("alert"),
+        "two probes are not a scan yet: {out}"
+    );
+    let second = format!("{}{}", probe(3), probe(4));
+    let out = summary(&import(&data, &["aws", "-"], Some(&second)));
+    assert_eq!(
+        out.lines().nth(1),
+        Some(
+            "alert #1: low address_sweep from 198.51.100.66 against 10.0.4.1, 10.0.4.2, 10.0.4.3, 10.0.4.4"
+        ),
+        "{out}"
+    );
 }
 
 /// An NSG flow log v2 blob as the documentation shows it (a denied inbound begin, allowed
