@@ -707,6 +707,53 @@ impl SlowScan {
     }
 }
 
+/// `sensor_coverage_gap`: an internal address that cloud flow logs show and no sensor watches
+/// (`Store::coverage_gaps`). Reported when first listed and again when its flow count doubles.
+#[derive(Default)]
+pub struct CoverageGaps {
+    reported: HashMap<String, i64>,
+}
+
+/// Gaps remembered at once; beyond it the memory starts again (gaps are then reported again).
+const COVERAGE_GAPS_KEPT: usize = 100_000;
+
+impl CoverageGaps {
+    pub fn observe(&mut self, gaps: &[crate::store::CoverageGap]) -> Vec<AlertUpdate> {
+        if self.reported.len() + gaps.len() > COVERAGE_GAPS_KEPT {
+            warn!(
+                remembered = self.reported.len(),
+                "coverage gap memory full: known gaps may be reported again"
+            );
+            self.reported.clear();
+        }
+        let mut out = Vec::new();
+        for g in gaps {
+            let last = self.reported.entry(g.ip.clone()).or_default();
+            if *last > 0 && g.flows < 2 * *last {
+                continue;
+            }
+            *last = g.flows;
+            out.push(AlertUpdate {
+                kind: "sensor_coverage_gap",
+                severity: Severity::Low,
+                source: g.ip.clone(),
+                targets: g.vpcs.clone(),
+                time_ns: g.last_seen_ns,
+                observation: json!({
+                    "kind": "cloud_only_address",
+                    "flows": g.flows,
+                    "observers": g.observers,
+                    "vpcs": g.vpcs,
+                    "first_seen": rfc3339(g.first_seen_ns),
+                    "last_seen": rfc3339(g.last_seen_ns),
+                }),
+                seen_by: format!("cloud:{}", g.observers.join(",")),
+            });
+        }
+        out
+    }
+}
+
 /// Every detector that works on flows (what an import runs).
 #[derive(Default)]
 pub struct FlowDetectors {

@@ -212,6 +212,13 @@ fn import(
     if let Some((a, b)) = range {
         let links = store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;
         info!(links, "linked sensor flows to the imported records");
+        // Internal addresses of these records that no sensor watches.
+        let gaps: Vec<_> = store
+            .coverage_gaps(a - import::CORRELATION_TOLERANCE_NS)?
+            .into_iter()
+            .filter(|g| g.last_seen_ns >= a)
+            .collect();
+        updates.extend(controlplane::detect::CoverageGaps::default().observe(&gaps));
     }
     detector.save(store.as_ref())?;
     let alerts = controlplane::detect::record(store.as_ref(), &updates)?;
@@ -325,6 +332,8 @@ fn tls_config(
 /// records that ended in the last 2 hours).
 const CORRELATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 const CORRELATE_WINDOW_NS: i64 = 7_200_000_000_000;
+/// Cloud flows of the last day are searched for addresses no sensor watches.
+const COVERAGE_GAP_WINDOW_NS: i64 = 86_400_000_000_000;
 
 /// How often the watched directory is scanned; a file is imported once it is unchanged over one
 /// interval.
@@ -347,6 +356,7 @@ fn serve(
         std::thread::Builder::new()
             .name("maintenance".into())
             .spawn(move || {
+                let mut gaps = controlplane::detect::CoverageGaps::default();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
                     match store.maintain(now, &retention) {
@@ -368,6 +378,15 @@ fn serve(
                         Ok(0) => {}
                         Ok(links) => info!(links, "linked sensor flows to cloud flow log records"),
                         Err(e) => warn!(error = %format!("{e:#}"), "correlation failed"),
+                    }
+                    match store.coverage_gaps(now - COVERAGE_GAP_WINDOW_NS) {
+                        Ok(g) => {
+                            let updates = gaps.observe(&g);
+                            if let Err(e) = controlplane::detect::record(store.as_ref(), &updates) {
+                                warn!(error = %format!("{e:#}"), "coverage gap alerts failed");
+                            }
+                        }
+                        Err(e) => warn!(error = %format!("{e:#}"), "coverage gaps failed"),
                     }
                     std::thread::sleep(CORRELATE_INTERVAL);
                 }

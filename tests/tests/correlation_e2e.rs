@@ -120,5 +120,19 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
     want.sort();
     assert_eq!(gaps, want, "{v}");
     assert_eq!(v["gaps"][0]["observers"][0], "123456789010");
+    // Each gap is also an alert, raised by the import.
+    let v = get("/api/v1/alerts?type=sensor_coverage_gap");
+    let mut alerted: Vec<&str> = v["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| a["source"].as_str().expect("source"))
+        .collect();
+    alerted.sort();
+    assert_eq!(alerted, want, "{v}");
+    let a = &v["alerts"][0];
+    assert_eq!(a["observations"][0]["kind"], "cloud_only_address");
+    assert_eq!(a["sources"], serde_json::json!(["cloud:123456789010"]));
+    assert_eq!(a["targets"], serde_json::json!(["vpc-0lab"]));
     cp.stop();
 }
