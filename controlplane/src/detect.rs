@@ -754,12 +754,163 @@ impl CoverageGaps {
     }
 }
 
+/// An address as a number in the IPv6 space (IPv4 mapped), so one sorted list holds both.
+fn ip_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// Parses a watchlist entry: an address or a network in CIDR form, returned canonical
+/// (`10.1.2.3/32`, `10.1.0.0/16` for `10.1.2.3/16`).
+pub fn watchlist_entry(text: &str) -> anyhow::Result<ipnet::IpNet> {
+    let t = text.trim();
+    let net: ipnet::IpNet = match t.parse::<IpAddr>() {
+        Ok(ip) => ip.into(),
+        Err(_) => t
+            .parse()
+            .map_err(|_| anyhow::anyhow!("`{t}` is neither an address nor a CIDR network"))?,
+    };
+    Ok(net.trunc())
+}
+
+/// `watchlist_hit`: traffic to or from a listed address or network (`Store::watchlist`). The
+/// alert is about the other end, the entity that talked to the listed address; one observation
+/// per (entity, listed address) per 10 minutes of data time.
+#[derive(Default)]
+pub struct Watchlist {
+    /// (first, last, entry index), sorted by first.
+    ranges: Vec<(u128, u128, usize)>,
+    entries: Vec<(String, String)>,
+    last_hit: HashMap<(IpAddr, IpAddr), i64>,
+}
+
+const WATCHLIST_REPEAT_NS: i64 = 600_000_000_000;
+const WATCHLIST_HITS_KEPT: usize = 100_000;
+
+impl Watchlist {
+    /// From stored (CIDR, label) entries; an entry that does not parse is logged and skipped.
+    pub fn new(entries: Vec<(String, String)>) -> Self {
+        let mut ranges = Vec::with_capacity(entries.len());
+        for (i, (cidr, _)) in entries.iter().enumerate() {
+            match watchlist_entry(cidr) {
+                Ok(net) => {
+                    let (a, b) = (ip_key(net.network()), ip_key(net.broadcast()));
+                    ranges.push((a, b, i));
+                }
+                Err(e) => warn!(entry = cidr, error = %e, "watchlist entry skipped"),
+            }
+        }
+        ranges.sort_unstable();
+        Watchlist {
+            ranges,
+            entries,
+            last_hit: HashMap::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// The most specific entry holding `ip`.
+    pub fn lookup(&self, ip: IpAddr) -> Option<&(String, String)> {
+        let k = ip_key(ip);
+        let end = self.ranges.partition_point(|r| r.0 <= k);
+        // Networks nest or are disjoint: among those starting at or before `ip` that hold it,
+        // the one starting last is the most specific.
+        self.ranges[..end]
+            .iter()
+            .rev()
+            .filter(|r| r.1 >= k)
+            .max_by_key(|r| (r.0, std::cmp::Reverse(r.1)))
+            .map(|r| &self.entries[r.2])
+    }
+
+    /// Looks at one conversation: `src` talked to `dst` on `port`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        port: u16,
+        protocol: u32,
+        packets: u64,
+        bytes: u64,
+        time_ns: i64,
+        seen_by: &str,
+    ) -> Option<AlertUpdate> {
+        if self.ranges.is_empty() {
+            return None;
+        }
+        let (listed, entity, direction, entry) = if let Some(e) = self.lookup(dst) {
+            (dst, src, "to", e.clone())
+        } else if let Some(e) = self.lookup(src) {
+            (src, dst, "from", e.clone())
+        } else {
+            return None;
+        };
+        if self.last_hit.len() >= WATCHLIST_HITS_KEPT {
+            self.last_hit.clear();
+        }
+        let last = self.last_hit.entry((entity, listed)).or_insert(i64::MIN);
+        if *last != i64::MIN && (time_ns - *last).abs() < WATCHLIST_REPEAT_NS {
+            return None;
+        }
+        *last = time_ns;
+        Some(AlertUpdate {
+            kind: "watchlist_hit",
+            severity: Severity::Medium,
+            source: entity.to_string(),
+            targets: vec![listed.to_string()],
+            time_ns,
+            observation: json!({
+                "kind": "watchlisted_address",
+                "listed": listed.to_string(),
+                "entry": entry.0,
+                "label": entry.1,
+                "direction": direction,
+                "port": port,
+                "protocol": protocol,
+                "packets": packets,
+                "bytes": bytes,
+                "time": rfc3339(time_ns),
+                "seen_by": seen_by,
+            }),
+            seen_by: seen_by.to_string(),
+        })
+    }
+
+    pub fn observe_flows(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
+        if self.ranges.is_empty() {
+            return Vec::new();
+        }
+        flows
+            .iter()
+            .filter_map(|f| {
+                self.observe(
+                    f.src_ip,
+                    f.dst_ip,
+                    f.dst_port,
+                    f.protocol.into(),
+                    f.packets + f.reverse_packets,
+                    f.bytes + f.reverse_bytes,
+                    f.end_ns,
+                    &format!("{}:{}", f.source.as_str(), f.observer),
+                )
+            })
+            .collect()
+    }
+}
+
 /// Every detector that works on flows (what an import runs).
 #[derive(Default)]
 pub struct FlowDetectors {
     pub fanout: FanOutDetector,
     pub brute_force: FlowBruteForce,
     pub slow_scan: SlowScan,
+    pub watchlist: Watchlist,
 }
 
 /// Name of the slow-scan state in the store.
@@ -770,6 +921,7 @@ impl FlowDetectors {
     pub fn load(store: &dyn Store) -> anyhow::Result<Self> {
         Ok(FlowDetectors {
             slow_scan: SlowScan::load(&store.detector_state(SLOW_SCAN_STATE)?),
+            watchlist: Watchlist::new(store.watchlist()?),
             ..FlowDetectors::default()
         })
     }
@@ -783,6 +935,7 @@ impl FlowDetectors {
         let mut out = self.fanout.observe(flows);
         out.extend(self.brute_force.observe(flows));
         out.extend(self.slow_scan.observe(flows));
+        out.extend(self.watchlist.observe_flows(flows));
         out.sort_by_key(|u| u.time_ns);
         out
     }
@@ -1245,6 +1398,69 @@ mod tests {
             1,
             "2 + 2 failures after a restart"
         );
+    }
+
+    #[test]
+    fn watchlist_matches_the_most_specific_entry_and_repeats_every_10_minutes() {
+        let entries = vec![
+            ("198.51.100.0/24".to_string(), "feed".to_string()),
+            ("198.51.100.7/32".to_string(), "known c2".to_string()),
+            ("2001:db8::/32".to_string(), "v6 net".to_string()),
+            ("not a network".to_string(), String::new()),
+        ];
+        let mut w = Watchlist::new(entries);
+        let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        assert_eq!(
+            w.lookup(ip("198.51.100.7")).map(|e| &e.1[..]),
+            Some("known c2")
+        );
+        assert_eq!(w.lookup(ip("198.51.100.8")).map(|e| &e.1[..]), Some("feed"));
+        assert_eq!(
+            w.lookup(ip("2001:db8::1")).map(|e| &e.1[..]),
+            Some("v6 net")
+        );
+        assert!(w.lookup(ip("198.51.101.1")).is_none());
+        assert!(w.lookup(ip("::ffff:10.0.0.1")).is_none());
+        let hit = |w: &mut Watchlist, src: &str, dst: &str, t_s: i64| {
+            w.observe(
+                ip(src),
+                ip(dst),
+                443,
+                6,
+                10,
+                1000,
+                t_s * 1_000_000_000,
+                "aws:1",
+            )
+        };
+        let u = hit(&mut w, "10.0.0.5", "198.51.100.7", 100).expect("a hit");
+        assert_eq!(
+            (u.kind, &u.source[..], &u.targets[..]),
+            (
+                "watchlist_hit",
+                "10.0.0.5",
+                &["198.51.100.7".to_string()][..]
+            )
+        );
+        assert_eq!(u.observation["label"], "known c2");
+        assert_eq!(u.observation["direction"], "to");
+        // The same pair within 10 minutes: nothing new; later, or inbound from another listed
+        // address: again.
+        assert!(hit(&mut w, "10.0.0.5", "198.51.100.7", 500).is_none());
+        assert!(hit(&mut w, "10.0.0.5", "198.51.100.7", 800).is_some());
+        let inbound = hit(&mut w, "198.51.100.9", "10.0.0.5", 100).expect("inbound");
+        assert_eq!(inbound.observation["direction"], "from");
+        assert_eq!(inbound.source, "10.0.0.5");
+        assert!(hit(&mut w, "10.0.0.5", "10.0.0.6", 100).is_none());
+        assert_eq!(
+            watchlist_entry("10.1.2.3/16").expect("cidr").to_string(),
+            "10.1.0.0/16"
+        );
+        assert_eq!(
+            watchlist_entry(" 10.1.2.3 ").expect("ip").to_string(),
+            "10.1.2.3/32"
+        );
+        assert!(watchlist_entry("10.1.2.3/33").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! RESOURCE_EXHAUSTED (tonic's decoding limit), each with a log line naming the peer. A batch is
 //! acknowledged only after it is stored; a replay is acknowledged as a duplicate and not stored.
 
-use std::{pin::Pin, sync::Arc, time::SystemTime};
+use std::{net::IpAddr, pin::Pin, sync::Arc, time::SystemTime};
 
 use picket_proto::v1::{
     ExportAck, ExportBatch, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
@@ -47,7 +47,19 @@ const GROUP_FLOWS: usize = 50_000;
 fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
     // Detector state lives with the one thread that sees every batch.
     let mut logins = crate::detect::LoginBruteForce::default();
+    let load_watchlist = || {
+        crate::detect::Watchlist::new(store.watchlist().unwrap_or_else(|e| {
+            warn!(error = %e, "reading the watchlist failed");
+            Vec::new()
+        }))
+    };
+    let mut watchlist = load_watchlist();
+    let mut loaded = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
+        if loaded.elapsed() > WATCHLIST_RELOAD {
+            watchlist = load_watchlist();
+            loaded = std::time::Instant::now();
+        }
         let mut flows = first.batch.flows.len();
         let mut group = vec![first];
         while flows < GROUP_FLOWS {
@@ -69,7 +81,11 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
             Ok(results) => {
                 for (p, r) in group.into_iter().zip(results) {
                     if matches!(r, Ok(Stored::New)) {
-                        detect_batch(store.as_ref(), &mut logins, &p.sensor, &p.batch);
+                        let d = Detectors {
+                            logins: &mut logins,
+                            watchlist: &mut watchlist,
+                        };
+                        detect_batch(store.as_ref(), d, &p.sensor, &p.batch);
                     }
                     let _ = p.done.send(r);
                 }
@@ -85,13 +101,44 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
 
 /// Runs the detectors over a newly stored batch. A batch is stored before it is looked at, so a
 /// failure here loses no flow; it is logged with what it concerned.
-fn detect_batch(
-    store: &dyn Store,
-    logins: &mut crate::detect::LoginBruteForce,
-    sensor: &str,
-    batch: &ExportBatch,
-) {
+/// How often the writer reads the watchlist again (the CLI changes it in the store).
+const WATCHLIST_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The writer's detectors that keep state between batches.
+struct Detectors<'a> {
+    logins: &'a mut crate::detect::LoginBruteForce,
+    watchlist: &'a mut crate::detect::Watchlist,
+}
+
+fn detect_batch(store: &dyn Store, d: Detectors<'_>, sensor: &str, batch: &ExportBatch) {
     let mut updates = Vec::new();
+    if !d.watchlist.is_empty() {
+        let seen_by = format!("sensor:{sensor}");
+        for f in &batch.flows {
+            // Validated before storing: addresses are 4 or 16 bytes.
+            let ip = |b: &[u8]| -> Option<IpAddr> {
+                match b.len() {
+                    4 => Some(<[u8; 4]>::try_from(b).ok()?.into()),
+                    16 => Some(<[u8; 16]>::try_from(b).ok()?.into()),
+                    _ => None,
+                }
+            };
+            let (Some(src), Some(dst)) = (ip(&f.src_ip), ip(&f.dst_ip)) else {
+                continue;
+            };
+            let t = i64::try_from(f.end_unix_ns).unwrap_or(i64::MAX);
+            updates.extend(d.watchlist.observe(
+                src,
+                dst,
+                f.dst_port as u16,
+                f.protocol,
+                f.packets + f.reverse_packets,
+                f.bytes + f.reverse_bytes,
+                t,
+                &seen_by,
+            ));
+        }
+    }
     for e in &batch.scans {
         match crate::detect::scan_event_alerts(sensor, e) {
             Ok(u) => updates.extend(u),
@@ -101,7 +148,7 @@ fn detect_batch(
         }
     }
     for e in &batch.auth {
-        match logins.observe(sensor, e) {
+        match d.logins.observe(sensor, e) {
             Ok(u) => updates.extend(u),
             Err(err) => {
                 warn!(sensor, batch = batch.batch_id, error = %err, "login event not evaluated")

@@ -73,6 +73,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SensorsCmd,
     },
+    /// The watchlist: addresses and networks whose traffic raises a `watchlist_hit` alert
+    /// (sensor flows and cloud flow logs). A running `serve` picks changes up within 10 s.
+    Watchlist {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: WatchlistCmd,
+    },
     /// Import cloud flow logs into a data dir: AWS VPC / transit-gateway flow logs (default or
     /// custom format with its header line), GCP VPC Flow Logs (Cloud Logging entries as NDJSON
     /// or a JSON array), Azure NSG flow logs v1/v2 and VNet flow logs v4 (the storage account's
@@ -91,6 +99,31 @@ enum Cmd {
         /// that counts and detection thresholds can be scaled.
         #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
         sampling_rate: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum WatchlistCmd {
+    /// Add addresses or CIDR networks (a label says why they are listed).
+    Add {
+        #[arg(required = true, value_name = "ADDRESS_OR_CIDR")]
+        entries: Vec<String>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Add the entries of a feed file: one address or CIDR per line, optionally followed by a
+    /// label; `#` starts a comment. Lines that are not entries are reported with their number,
+    /// and the others are added.
+    Import {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// The entries, one per line: network, label.
+    List,
+    /// Remove an entry (as `list` shows it).
+    Remove {
+        #[arg(value_name = "ADDRESS_OR_CIDR")]
+        entry: String,
     },
 }
 
@@ -159,6 +192,7 @@ fn main() -> ExitCode {
             )
         }),
         Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
+        Cmd::Watchlist { data_dir, cmd } => watchlist(data_dir, cmd),
         Cmd::Import {
             provider,
             files,
@@ -243,6 +277,59 @@ fn import(
                 Provider::Azure => "Azure NSG or VNet",
             }
         );
+    }
+    Ok(())
+}
+
+fn watchlist(data_dir: PathBuf, cmd: WatchlistCmd) -> anyhow::Result<()> {
+    use controlplane::detect::watchlist_entry;
+    let store = SqliteStore::open(&data_dir)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    match cmd {
+        WatchlistCmd::Add { entries, label } => {
+            let parsed = entries
+                .iter()
+                .map(|e| Ok((watchlist_entry(e)?.to_string(), label.clone())))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let new = store.add_watchlist(&parsed, now)?;
+            println!("{new} added, {} updated", parsed.len() - new);
+        }
+        WatchlistCmd::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let (mut entries, mut bad) = (Vec::new(), 0);
+            for (i, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let (entry, label) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+                match watchlist_entry(entry) {
+                    Ok(net) => entries.push((net.to_string(), label.trim().to_string())),
+                    Err(e) => {
+                        bad += 1;
+                        eprintln!("{}:{}: {e}", file.display(), i + 1);
+                    }
+                }
+            }
+            let new = store.add_watchlist(&entries, now)?;
+            println!(
+                "{new} added, {} updated, {bad} line(s) not entries",
+                entries.len() - new
+            );
+        }
+        WatchlistCmd::List => {
+            for (cidr, label) in store.watchlist()? {
+                println!("{cidr}\t{label}");
+            }
+        }
+        WatchlistCmd::Remove { entry } => {
+            let cidr = watchlist_entry(&entry)?.to_string();
+            if !store.remove_watchlist(&cidr)? {
+                anyhow::bail!("{cidr} is not on the watchlist");
+            }
+            println!("removed {cidr}");
+        }
     }
     Ok(())
 }

@@ -183,6 +183,13 @@ pub trait Store: Send + Sync + 'static {
     /// Alerts matching `q`, the most recently active first.
     fn alerts(&self, q: &AlertQuery) -> anyhow::Result<Vec<Alert>>;
     fn alert(&self, id: i64) -> anyhow::Result<Option<Alert>>;
+    /// The watchlist: (network in CIDR form, label), by network.
+    fn watchlist(&self) -> anyhow::Result<Vec<(String, String)>>;
+    /// Adds or relabels watchlist entries (networks in canonical CIDR form); returns how many
+    /// were new.
+    fn add_watchlist(&self, entries: &[(String, String)], now_ns: i64) -> anyhow::Result<usize>;
+    /// Removes a watchlist entry; false if it was not there.
+    fn remove_watchlist(&self, cidr: &str) -> anyhow::Result<bool>;
     /// A detector's saved state: (key, state) pairs.
     fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>>;
     /// Saves (key, state, last data time) entries of a detector's state, replacing older ones;
@@ -434,6 +441,14 @@ CREATE TABLE detector_state (
     last_ns INTEGER NOT NULL,
     PRIMARY KEY (detector, key)
 ) WITHOUT ROWID;
+"#,
+    // 7: the watchlist: addresses and networks whose traffic is an alert.
+    r#"
+CREATE TABLE watchlist (
+    cidr TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    added_ns INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -729,6 +744,41 @@ impl Store for SqliteStore {
                 alert_row,
             )
             .optional()?)
+    }
+
+    fn watchlist(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached("SELECT cidr, label FROM watchlist ORDER BY cidr")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_watchlist(&self, entries: &[(String, String)], now_ns: i64) -> anyhow::Result<usize> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let mut new = 0;
+        {
+            let mut known = tx.prepare_cached("SELECT 1 FROM watchlist WHERE cidr = ?1")?;
+            let mut put = tx.prepare_cached(
+                "INSERT INTO watchlist (cidr, label, added_ns) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (cidr) DO UPDATE SET label = excluded.label",
+            )?;
+            for (cidr, label) in entries {
+                if !known.exists([cidr])? {
+                    new += 1;
+                }
+                put.execute(params![cidr, label, now_ns])?;
+            }
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
+    fn remove_watchlist(&self, cidr: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM watchlist WHERE cidr = ?1", [cidr])?
+            > 0)
     }
 
     fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>> {

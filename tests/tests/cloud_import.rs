@@ -597,6 +597,77 @@ fn a_slow_scan_spread_over_imports_adds_up() {
     );
 }
 
+fn watchlist(data: &Path, args: &[&str]) -> Output {
+    Command::new(tests::bin("picket-controlplane"))
+        .arg("watchlist")
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run picket-controlplane watchlist")
+}
+
+/// The watchlist from the command line (entries, a feed file with a bad line, list, remove),
+/// and an AWS record of an instance talking to a listed address: a `watchlist_hit` alert about
+/// the instance.
+#[test]
+fn watchlisted_addresses_in_flow_logs_raise_alerts() {
+    let dir = TempDir::new("watchlist");
+    let data = dir.0.join("data");
+    let o = watchlist(&data, &["add", "198.51.100.7", "--label", "known c2"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "1 added, 0 updated"
+    );
+    let feed = dir.0.join("feed.txt");
+    std::fs::write(
+        &feed,
+        "# a feed\n203.0.113.0/24 scanners\n\n2001:db8:bad::/48\n10.0.0.300 typo\n",
+    )
+    .expect("feed");
+    let o = watchlist(&data, &["import", feed.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "2 added, 0 updated, 1 line(s) not entries"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("feed.txt:5:"));
+    let o = watchlist(&data, &["add", "not-an-address"]);
+    assert!(!o.status.success());
+    let o = watchlist(&data, &["list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "198.51.100.7/32\tknown c2\n2001:db8:bad::/48\t\n203.0.113.0/24\tscanners\n"
+    );
+    let o = watchlist(&data, &["remove", "2001:db8:bad::/48"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        !watchlist(&data, &["remove", "2001:db8:bad::/48"])
+            .status
+            .success()
+    );
+
+    let log = "2 123456789010 eni-0a1 10.0.0.5 198.51.100.7 43000 443 6 20 9000 1795860000 1795860060 ACCEPT OK\n\
+               2 123456789010 eni-0a1 10.0.0.6 192.0.2.10 43001 443 6 20 9000 1795860000 1795860060 ACCEPT OK\n";
+    let out = summary(&import(&data, &["aws", "-"], Some(log)));
+    assert_eq!(
+        out.lines().nth(1),
+        Some("alert #1: medium watchlist_hit from 10.0.0.5 against 198.51.100.7"),
+        "{out}"
+    );
+    let body: String = db(&data)
+        .query_row("SELECT body FROM alerts WHERE id = 1", [], |r| r.get(0))
+        .expect("body");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let ob = &body["observations"][0];
+    assert_eq!(
+        (&ob["label"], &ob["entry"]),
+        (&"known c2".into(), &"198.51.100.7/32".into())
+    );
+    assert_eq!((&ob["port"], &ob["bytes"]), (&443.into(), &9000.into()));
+}
+
 /// An NSG flow log v2 blob as the documentation shows it (a denied inbound begin, allowed
 /// outbound begin and end tuples, one broken tuple) followed by a VNet flow log v4 blob.
 const AZURE_NSG_V2: &str = r#"{"records":[{"time":"2017-02-16T22:00:32.8950000Z","systemId":"2c002c16-72f3-4dc5-b391-3444c3527434","category":"NetworkSecurityGroupFlowEvent","resourceId":"/SUBSCRIPTIONS/00000000-0000-0000-0000-000000000000/RESOURCEGROUPS/FABRIKAMRG/PROVIDERS/MICROSOFT.NETWORK/NETWORKSECURITYGROUPS/FABRIAKMVM1-NSG","operationName":"NetworkSecurityGroupFlowEvents","properties":{"Version":2,"flows":[{"rule":"DefaultRule_DenyAllInBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D,B,,,,","1487282421,42.119.146.95,10.1.0.4,51529,5358,T,I,D"]}]},{"rule":"DefaultRule_AllowInternetOutBound","flows":[{"mac":"000D3AF87856","flowTuples":["1487282370,10.1.0.4,13.67.143.118,59831,443,T,O,A,B,,,,","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,66,1,66","1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,6x,1,66"]}]}]}}]}"#;

@@ -24,11 +24,29 @@ struct Setup {
 }
 
 fn setup(name: &str, extra: &[&str]) -> Setup {
+    setup_watching(name, extra, |_| Vec::new())
+}
+
+/// [`setup`], with watchlist entries (made from the lab's addresses) in the store before the
+/// control plane starts.
+fn setup_watching(name: &str, extra: &[&str], watch: impl Fn(&Lab) -> Vec<String>) -> Setup {
     let lab = Lab::new();
     let dir = TempDir::new(name);
     let data = dir.0.join("cp");
     let key = dir.0.join("sensor.key");
     std::fs::write(&key, ControlPlane::add_sensor(&data, "lab-b")).expect("key");
+    let entries = watch(&lab);
+    if !entries.is_empty() {
+        let o = std::process::Command::new(tests::bin("picket-controlplane"))
+            .args(["watchlist", "--data-dir"])
+            .arg(&data)
+            .arg("add")
+            .args(&entries)
+            .args(["--label", "lab"])
+            .output()
+            .expect("watchlist add");
+        assert!(o.status.success(), "{o:?}");
+    }
     let cp = ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
     let mut flags =
         tests::export_flags(&lab.vb, "http://127.0.0.1:7443", &key, &dir.0.join("spool"));
@@ -218,4 +236,54 @@ fn failed_logins_then_an_accepted_one_become_one_brute_force_alert() {
         a["first_seen"], "2026-11-29T10:00:09Z",
         "data time: the 10th failure"
     );
+}
+
+/// A host (b, with the sensor) exchanging UDP with a watchlisted address (a): one
+/// `watchlist_hit` alert about b, from the sensor's flows.
+#[test]
+fn traffic_with_a_watchlisted_address_is_an_alert_about_the_host() {
+    let Setup {
+        lab,
+        dir: _dir,
+        cp,
+        sensor,
+    } = setup_watching("detect-watch", &[], |lab| vec![lab.ip_a.clone()]);
+    let to: std::net::SocketAddr = format!("{}:5300", lab.ip_b).parse().expect("addr");
+    let server = tests::in_netns(&lab.b, move || {
+        let s = std::net::UdpSocket::bind(to).expect("bind");
+        let mut buf = [0u8; 64];
+        for _ in 0..5 {
+            let (_, from) = s.recv_from(&mut buf).expect("recv");
+            s.send_to(b"pong", from).expect("reply");
+        }
+    });
+    thread::sleep(Duration::from_millis(200));
+    tests::in_netns(&lab.a, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        for _ in 0..5 {
+            s.send_to(b"ping", to).expect("send");
+            s.recv_from(&mut buf).expect("reply");
+        }
+    })
+    .join()
+    .expect("client");
+    server.join().expect("server");
+    // Stopping flushes the conversation (it would otherwise wait for its idle timeout).
+    sensor.stop();
+    let alerts = wait_for_alerts(&lab.b);
+    cp.stop();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a["type"], "watchlist_hit");
+    assert_eq!(a["source"], lab.ip_b.as_str(), "the host that talked to it");
+    assert_eq!(a["targets"], serde_json::json!([lab.ip_a]));
+    assert_eq!(a["sources"], serde_json::json!(["sensor:lab-b"]));
+    let ob = &a["observations"][0];
+    assert_eq!(ob["label"], "lab");
+    assert_eq!(ob["direction"], "from");
+    assert_eq!(ob["protocol"], 17);
+    assert_eq!(ob["packets"], 10, "5 each way, one joined flow: {ob}");
 }
