@@ -44,6 +44,19 @@ fn sweep_severity(distinct_hosts: u32) -> Severity {
 pub fn scan_event_alerts(sensor: &str, e: &ScanEvent) -> anyhow::Result<Vec<AlertUpdate>> {
     let src = ip_text(&e.src_ip)?;
     let dst = ip_text(&e.last_dst_ip)?;
+    // Failures are the evidence: a fan-out whose contacts were mostly answered is a busy client
+    // (a metrics scraper, a crawler), not a scanner. Events without the agent's counts (older
+    // agents) are taken as they are.
+    if e.answered_contacts > e.unanswered_contacts {
+        info!(
+            sensor,
+            source = src,
+            answered = e.answered_contacts,
+            unanswered = e.unanswered_contacts,
+            "a fan-out whose contacts were mostly answered: not a scan"
+        );
+        return Ok(Vec::new());
+    }
     let probes: std::collections::BTreeMap<_, _> = e.probes.iter().collect();
     let time_ns = i64::try_from(e.end_unix_ns).unwrap_or(i64::MAX);
     let observation = json!({
@@ -980,6 +993,8 @@ mod tests {
             reason: reason.iter().map(|r| r.to_string()).collect(),
             start_unix_ns: 1_700_000_000_000_000_000,
             end_unix_ns: 1_700_000_001_000_000_000,
+            answered_contacts: 0,
+            unanswered_contacts: 0,
         }
     }
 
@@ -1461,6 +1476,22 @@ mod tests {
             "10.1.2.3/32"
         );
         assert!(watchlist_entry("10.1.2.3/33").is_err());
+    }
+
+    #[test]
+    fn a_fan_out_mostly_answered_is_not_a_scan() {
+        let answered = ScanEvent {
+            answered_contacts: 30,
+            unanswered_contacts: 2,
+            ..event(&["hosts"], 1, 30)
+        };
+        assert_eq!(scan_event_alerts("lab", &answered).expect("ok"), vec![]);
+        let refused = ScanEvent {
+            answered_contacts: 1,
+            unanswered_contacts: 199,
+            ..event(&["ports"], 200, 1)
+        };
+        assert_eq!(scan_event_alerts("lab", &refused).expect("ok").len(), 1);
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub fn scan(r: &ScanRecord) -> pb::ScanEvent {
         reason: r.reason.iter().map(|s| s.to_string()).collect(),
         start_unix_ns: r.start_unix_ns,
         end_unix_ns: r.end_unix_ns,
+        // Filled in from the flow cache when the event is exported.
+        answered_contacts: 0,
+        unanswered_contacts: 0,
     }
 }
 

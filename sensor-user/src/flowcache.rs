@@ -17,6 +17,18 @@ use sensor_common::{FlowKey, tcp};
 
 use crate::records::{Conversation, FlowMap, FlowTotals, pair_flows, partner_key};
 
+/// Whether the responder's direction answers: a SYN-ACK for TCP (a RST alone is a refusal), any
+/// packet for other protocols (an ICMP error travels in a flow of its own).
+fn answers(protocol: u8, rev: &FlowTotals) -> bool {
+    if rev.packets == 0 {
+        return false;
+    }
+    if protocol == 6 {
+        return rev.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK;
+    }
+    true
+}
+
 /// A conversation in the cache; its key is the initiator's direction (`Conversation::src_key`).
 /// Kept small: the cache holds every conversation until it goes idle.
 struct Entry {
@@ -27,6 +39,9 @@ struct Entry {
     slice_start_ns: u64,
     /// Kernel clock of the last packet of the conversation.
     last_ns: u64,
+    /// The responder answered at some point (a SYN-ACK for TCP, any packet otherwise); kept
+    /// across slices.
+    answered: bool,
 }
 
 pub struct FlowCache {
@@ -75,6 +90,7 @@ impl FlowCache {
             && let Some(e) = self.entries.get_mut(&pk)
         {
             e.rev.merge(d);
+            e.answered |= answers(k.protocol, &e.rev);
             if e.how == "one_way" {
                 // The other side answered after the first slice: src was first seen.
                 e.how = "first_seen";
@@ -103,9 +119,26 @@ impl FlowCache {
                     how: c.how,
                     slice_start_ns: first,
                     last_ns: last,
+                    answered: answers(c.src_key.protocol, &c.rev),
                 },
             );
         }
+    }
+
+    /// The conversations `src` (16 bytes, IPv4 mapped) opened that are still cached: how many
+    /// were answered and how many were not (see `answers`).
+    pub fn contacts_of(&self, src: &[u8; 16]) -> (u32, u32) {
+        let (mut yes, mut no) = (0u32, 0u32);
+        for (k, e) in &self.entries {
+            if &k.src_addr == src {
+                if e.answered {
+                    yes += 1;
+                } else {
+                    no += 1;
+                }
+            }
+        }
+        (yes, no)
     }
 
     fn touch(e: &mut Entry, d: &FlowTotals) {

@@ -403,6 +403,14 @@ fn export(
     let mut new = records::FlowMap::default();
     let d = sensor.drain(|k, t| cache.add_one(k, t, &mut new))?;
     cache.add_new(new);
+    // What the agent knows of each pending scan event's contacts, before any expire.
+    for ev in pending_scans.iter_mut() {
+        let src = match ev.src_ip.len() {
+            4 => sensor_common::v4_mapped(<[u8; 4]>::try_from(&ev.src_ip[..]).unwrap_or_default()),
+            _ => <[u8; 16]>::try_from(&ev.src_ip[..]).unwrap_or_default(),
+        };
+        (ev.answered_contacts, ev.unanswered_contacts) = cache.contacts_of(&src);
+    }
     let drain_time = t0.elapsed();
     let clock = Clock::now();
     let due = cache.expire(Clock::monotonic_ns(), flush_all);

@@ -243,7 +243,11 @@ fn main() {
         let (ok, detected, latency) = match (&case.expect, &found) {
             (Expect::Alert(kind), Some((a, t))) => (
                 a["type"] == *kind,
-                format!("{} ({})", a["type"].as_str().unwrap_or("?"), a["severity"]),
+                format!(
+                    "{} ({})",
+                    a["type"].as_str().unwrap_or("?"),
+                    a["severity"].as_str().unwrap_or("?")
+                ),
                 format!("{:.1} s", t.as_secs_f64()),
             ),
             (Expect::Alert(_), None) => (false, "nothing".into(), "-".into()),
