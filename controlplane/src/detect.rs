@@ -788,14 +788,90 @@ pub fn watchlist_entry(text: &str) -> anyhow::Result<ipnet::IpNet> {
     Ok(net.trunc())
 }
 
+/// Networks (CIDR, so any two nest or are disjoint) with a value each, flattened into disjoint
+/// segments that each name the most specific network holding them: a lookup is one binary
+/// search, however long a feed is.
+#[derive(Default)]
+pub struct NetSet<T> {
+    /// (first, last, entry index), disjoint, sorted.
+    segments: Vec<(u128, u128, usize)>,
+    entries: Vec<T>,
+}
+
+impl<T> NetSet<T> {
+    /// From (network, value) pairs; a network that does not parse is logged and skipped.
+    pub fn new(items: Vec<(String, T)>, what: &str) -> Self {
+        let mut ranges = Vec::with_capacity(items.len());
+        let mut entries = Vec::with_capacity(items.len());
+        for (cidr, v) in items {
+            match watchlist_entry(&cidr) {
+                Ok(net) => {
+                    ranges.push((
+                        ip_key(net.network()),
+                        ip_key(net.broadcast()),
+                        entries.len(),
+                    ));
+                    entries.push(v);
+                }
+                Err(e) => warn!(entry = cidr, error = %e, "{what} entry skipped"),
+            }
+        }
+        // Outer networks before the ones they hold; then a sweep with a stack of open ones.
+        ranges.sort_unstable_by_key(|&(a, b, i)| (a, std::cmp::Reverse(b), i));
+        let mut segments = Vec::new();
+        let mut open: Vec<(u128, usize)> = Vec::new();
+        // The first address not yet given a segment (None: past the last address).
+        let mut cursor = Some(0u128);
+        let mut emit = |cursor: Option<u128>, to: u128, i: usize| {
+            if let Some(from) = cursor
+                && from <= to
+            {
+                segments.push((from, to, i));
+            }
+        };
+        for (a, b, i) in ranges {
+            while let Some(&(end, j)) = open.last()
+                && end < a
+            {
+                emit(cursor, end, j);
+                cursor = end.checked_add(1);
+                open.pop();
+            }
+            if let Some(&(_, j)) = open.last()
+                && a > 0
+            {
+                emit(cursor, a - 1, j);
+            }
+            open.push((b, i));
+            cursor = Some(a);
+        }
+        while let Some((end, j)) = open.pop() {
+            emit(cursor, end, j);
+            cursor = end.checked_add(1);
+        }
+        NetSet { segments, entries }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// The value of the most specific network holding `ip`.
+    pub fn lookup(&self, ip: IpAddr) -> Option<&T> {
+        let k = ip_key(ip);
+        let n = self.segments.partition_point(|s| s.0 <= k);
+        let s = self.segments.get(n.checked_sub(1)?)?;
+        (s.1 >= k).then(|| &self.entries[s.2])
+    }
+}
+
 /// `watchlist_hit`: traffic to or from a listed address or network (`Store::watchlist`). The
 /// alert is about the other end, the entity that talked to the listed address; one observation
 /// per (entity, listed address) per 10 minutes of data time.
 #[derive(Default)]
 pub struct Watchlist {
-    /// (first, last, entry index), sorted by first.
-    ranges: Vec<(u128, u128, usize)>,
-    entries: Vec<(String, String)>,
+    /// (network, label) by network.
+    nets: NetSet<(String, String)>,
     last_hit: HashMap<(IpAddr, IpAddr), i64>,
 }
 
@@ -805,40 +881,22 @@ const WATCHLIST_HITS_KEPT: usize = 100_000;
 impl Watchlist {
     /// From stored (CIDR, label) entries; an entry that does not parse is logged and skipped.
     pub fn new(entries: Vec<(String, String)>) -> Self {
-        let mut ranges = Vec::with_capacity(entries.len());
-        for (i, (cidr, _)) in entries.iter().enumerate() {
-            match watchlist_entry(cidr) {
-                Ok(net) => {
-                    let (a, b) = (ip_key(net.network()), ip_key(net.broadcast()));
-                    ranges.push((a, b, i));
-                }
-                Err(e) => warn!(entry = cidr, error = %e, "watchlist entry skipped"),
-            }
-        }
-        ranges.sort_unstable();
         Watchlist {
-            ranges,
-            entries,
+            nets: NetSet::new(
+                entries.into_iter().map(|e| (e.0.clone(), e)).collect(),
+                "watchlist",
+            ),
             last_hit: HashMap::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
+        self.nets.is_empty()
     }
 
-    /// The most specific entry holding `ip`.
+    /// The most specific entry holding `ip`: (network, label).
     pub fn lookup(&self, ip: IpAddr) -> Option<&(String, String)> {
-        let k = ip_key(ip);
-        let end = self.ranges.partition_point(|r| r.0 <= k);
-        // Networks nest or are disjoint: among those starting at or before `ip` that hold it,
-        // the one starting last is the most specific.
-        self.ranges[..end]
-            .iter()
-            .rev()
-            .filter(|r| r.1 >= k)
-            .max_by_key(|r| (r.0, std::cmp::Reverse(r.1)))
-            .map(|r| &self.entries[r.2])
+        self.nets.lookup(ip)
     }
 
     /// Looks at one conversation: `src` talked to `dst` on `port`.
@@ -854,7 +912,7 @@ impl Watchlist {
         time_ns: i64,
         seen_by: &str,
     ) -> Option<AlertUpdate> {
-        if self.ranges.is_empty() {
+        if self.nets.is_empty() {
             return None;
         }
         let (listed, entity, direction, entry) = if let Some(e) = self.lookup(dst) {
@@ -896,7 +954,7 @@ impl Watchlist {
     }
 
     pub fn observe_flows(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
-        if self.ranges.is_empty() {
+        if self.nets.is_empty() {
             return Vec::new();
         }
         flows
@@ -1412,6 +1470,47 @@ mod tests {
             again.observe(&[probe(4)]).len(),
             1,
             "2 + 2 failures after a restart"
+        );
+    }
+
+    #[test]
+    fn net_sets_find_the_most_specific_network_with_one_search() {
+        let nets = [
+            ("::/0", "everything"),
+            ("10.0.0.0/8", "ten"),
+            ("10.1.0.0/16", "ten-one"),
+            ("10.1.2.3/32", "host"),
+            ("10.1.2.4/32", "next host"),
+            ("10.200.0.0/16", "ten-200"),
+            ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", "last"),
+        ];
+        let set = NetSet::new(
+            nets.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            "test",
+        );
+        let at = |ip: &str| {
+            *set.lookup(ip.parse().expect("ip"))
+                .expect("covered by ::/0")
+        };
+        assert_eq!(at("10.1.2.3"), "host");
+        assert_eq!(at("10.1.2.4"), "next host");
+        assert_eq!(at("10.1.2.5"), "ten-one");
+        assert_eq!(at("10.1.255.255"), "ten-one");
+        assert_eq!(at("10.2.0.0"), "ten");
+        assert_eq!(at("10.200.9.9"), "ten-200");
+        assert_eq!(at("10.201.0.0"), "ten");
+        assert_eq!(at("11.0.0.0"), "everything");
+        assert_eq!(at("2001:db8::1"), "everything");
+        assert_eq!(at("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), "last");
+        assert_eq!(at("::"), "everything");
+        let v4 = NetSet::new(vec![("192.0.2.0/24".to_string(), ())], "test");
+        assert!(v4.lookup("192.0.2.200".parse().expect("ip")).is_some());
+        assert!(v4.lookup("192.0.3.0".parse().expect("ip")).is_none());
+        assert!(v4.lookup("192.0.1.255".parse().expect("ip")).is_none());
+        assert!(
+            NetSet::<()>::default()
+                .lookup("192.0.2.1".parse().expect("ip"))
+                .is_none()
         );
     }
 
