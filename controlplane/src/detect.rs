@@ -720,48 +720,76 @@ impl SlowScan {
     }
 }
 
-/// `sensor_coverage_gap`: an internal address that cloud flow logs show and no sensor watches
-/// (`Store::coverage_gaps`). Reported when first listed and again when its flow count doubles.
+/// `sensor_coverage_gap`: internal addresses that cloud flow logs show and no sensor watches
+/// (`Store::coverage_gaps`), one alert per network (the VPC, else the cloud account): the
+/// network is the entity, its unwatched addresses the targets. Reported when a network first
+/// has gaps and again when its number of unwatched addresses doubles. Only once sensors are in
+/// use (`sensors_registered`): before any is, every address would be a gap.
 #[derive(Default)]
 pub struct CoverageGaps {
-    reported: HashMap<String, i64>,
+    reported: HashMap<String, usize>,
 }
 
-/// Gaps remembered at once; beyond it the memory starts again (gaps are then reported again).
-const COVERAGE_GAPS_KEPT: usize = 100_000;
-
 impl CoverageGaps {
-    pub fn observe(&mut self, gaps: &[crate::store::CoverageGap]) -> Vec<AlertUpdate> {
-        if self.reported.len() + gaps.len() > COVERAGE_GAPS_KEPT {
-            warn!(
-                remembered = self.reported.len(),
-                "coverage gap memory full: known gaps may be reported again"
-            );
-            self.reported.clear();
+    pub fn observe(
+        &mut self,
+        gaps: &[crate::store::CoverageGap],
+        sensors_registered: bool,
+    ) -> Vec<AlertUpdate> {
+        if !sensors_registered {
+            return Vec::new();
+        }
+        let mut by_net: std::collections::BTreeMap<String, Vec<&crate::store::CoverageGap>> =
+            std::collections::BTreeMap::new();
+        for g in gaps {
+            let net = g
+                .vpcs
+                .first()
+                .or(g.observers.first())
+                .cloned()
+                .unwrap_or_else(|| "cloud".into());
+            by_net.entry(net).or_default().push(g);
         }
         let mut out = Vec::new();
-        for g in gaps {
-            let last = self.reported.entry(g.ip.clone()).or_default();
-            if *last > 0 && g.flows < 2 * *last {
+        for (net, gaps) in by_net {
+            let last = self.reported.entry(net.clone()).or_default();
+            if *last > 0 && gaps.len() < 2 * *last {
                 continue;
             }
-            *last = g.flows;
+            *last = gaps.len();
+            let mut addrs: Vec<IpAddr> = gaps.iter().filter_map(|g| g.ip.parse().ok()).collect();
+            addrs.sort();
+            let observers: std::collections::BTreeSet<&str> = gaps
+                .iter()
+                .flat_map(|g| g.observers.iter().map(String::as_str))
+                .collect();
+            let last_seen = gaps.iter().map(|g| g.last_seen_ns).max().unwrap_or(0);
             out.push(AlertUpdate {
                 kind: "sensor_coverage_gap",
                 severity: Severity::Low,
-                source: g.ip.clone(),
-                targets: g.vpcs.clone(),
-                time_ns: g.last_seen_ns,
+                source: net,
+                targets: addrs
+                    .iter()
+                    .take(crate::alerts::MAX_TARGETS)
+                    .map(IpAddr::to_string)
+                    .collect(),
+                time_ns: last_seen,
                 observation: json!({
-                    "kind": "cloud_only_address",
-                    "flows": g.flows,
-                    "observers": g.observers,
-                    "vpcs": g.vpcs,
-                    "first_seen": rfc3339(g.first_seen_ns),
-                    "last_seen": rfc3339(g.last_seen_ns),
+                    "kind": "cloud_only_addresses",
+                    "addresses": addrs.len(),
+                    "flows": gaps.iter().map(|g| g.flows).sum::<i64>(),
+                    "observers": observers,
+                    "first_seen": rfc3339(gaps.iter().map(|g| g.first_seen_ns).min().unwrap_or(0)),
+                    "last_seen": rfc3339(last_seen),
                 }),
-                seen_by: format!("cloud:{}", g.observers.join(",")),
+                seen_by: format!(
+                    "cloud:{}",
+                    observers.into_iter().collect::<Vec<_>>().join(",")
+                ),
             });
+        }
+        if self.reported.len() > 100_000 {
+            self.reported.clear();
         }
         out
     }
@@ -1012,11 +1040,56 @@ impl FlowDetectors {
     }
 }
 
+/// The allowlist (`Store::allowlist`): sources whose alerts of a type, or of every type, are
+/// not raised, such as a sanctioned vulnerability scanner.
+#[derive(Default)]
+pub struct Allowlist {
+    /// By alert type (`*`: every type): label by network.
+    by_type: HashMap<String, NetSet<String>>,
+}
+
+impl Allowlist {
+    pub fn new(entries: Vec<(String, String, String)>) -> Self {
+        let mut grouped: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (cidr, kind, label) in entries {
+            grouped.entry(kind).or_default().push((cidr, label));
+        }
+        Allowlist {
+            by_type: grouped
+                .into_iter()
+                .map(|(k, v)| (k, NetSet::new(v, "allowlist")))
+                .collect(),
+        }
+    }
+
+    /// The label of the entry that allows `source`'s alerts of type `kind`, if one does.
+    pub fn allows(&self, kind: &str, source: &str) -> Option<&str> {
+        let ip: IpAddr = source.parse().ok()?;
+        [kind, "*"]
+            .iter()
+            .find_map(|k| self.by_type.get(*k)?.lookup(ip))
+            .map(String::as_str)
+    }
+}
+
 /// Records alert observations, each also a log line; returns the ids of the alerts they went to
 /// (an alert once, in order of first mention).
 pub fn record(store: &dyn Store, updates: &[AlertUpdate]) -> anyhow::Result<Vec<i64>> {
     let mut ids = Vec::new();
+    if updates.is_empty() {
+        return Ok(ids);
+    }
+    let allow = Allowlist::new(store.allowlist()?);
     for u in updates {
+        if let Some(label) = allow.allows(u.kind, &u.source) {
+            info!(
+                kind = u.kind,
+                source = u.source,
+                allowlisted = label,
+                "alert not raised: the source is allowlisted"
+            );
+            continue;
+        }
         let id = store.record_alert(u)?;
         info!(
             alert = id,
@@ -1512,6 +1585,23 @@ mod tests {
                 .lookup("192.0.2.1".parse().expect("ip"))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_allowlist_allows_per_alert_type_or_for_all() {
+        let a = Allowlist::new(vec![
+            (
+                "10.0.0.0/24".into(),
+                "port_scan".into(),
+                "vuln scanner".into(),
+            ),
+            ("10.9.9.9".into(), "*".into(), "pentest box".into()),
+        ]);
+        assert_eq!(a.allows("port_scan", "10.0.0.7"), Some("vuln scanner"));
+        assert_eq!(a.allows("brute_force", "10.0.0.7"), None);
+        assert_eq!(a.allows("brute_force", "10.9.9.9"), Some("pentest box"));
+        assert_eq!(a.allows("port_scan", "10.0.1.7"), None);
+        assert_eq!(a.allows("port_scan", "not an address"), None);
     }
 
     #[test]

@@ -81,6 +81,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: WatchlistCmd,
     },
+    /// The allowlist: sources whose alerts (of one type, or of every type) are not raised, such
+    /// as a sanctioned vulnerability scanner. Takes effect at the next alert.
+    Allowlist {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: AllowlistCmd,
+    },
     /// Import cloud flow logs into a data dir: AWS VPC / transit-gateway flow logs (default or
     /// custom format with its header line), GCP VPC Flow Logs (Cloud Logging entries as NDJSON
     /// or a JSON array), Azure NSG flow logs v1/v2 and VNet flow logs v4 (the storage account's
@@ -99,6 +107,30 @@ enum Cmd {
         /// that counts and detection thresholds can be scaled.
         #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
         sampling_rate: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AllowlistCmd {
+    /// Allow a source address or network.
+    Add {
+        #[arg(value_name = "ADDRESS_OR_CIDR")]
+        entry: String,
+        /// Only alerts of this type (port_scan, address_sweep, brute_force, ...); default all.
+        #[arg(long = "type", value_name = "TYPE", default_value = "*")]
+        alert_type: String,
+        /// Why it is allowed.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// The entries, one per line: network, alert type, label.
+    List,
+    /// Remove an entry.
+    Remove {
+        #[arg(value_name = "ADDRESS_OR_CIDR")]
+        entry: String,
+        #[arg(long = "type", value_name = "TYPE", default_value = "*")]
+        alert_type: String,
     },
 }
 
@@ -193,6 +225,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
         Cmd::Watchlist { data_dir, cmd } => watchlist(data_dir, cmd),
+        Cmd::Allowlist { data_dir, cmd } => allowlist(data_dir, cmd),
         Cmd::Import {
             provider,
             files,
@@ -252,7 +285,8 @@ fn import(
             .into_iter()
             .filter(|g| g.last_seen_ns >= a)
             .collect();
-        updates.extend(controlplane::detect::CoverageGaps::default().observe(&gaps));
+        let sensors = !store.sensors()?.is_empty();
+        updates.extend(controlplane::detect::CoverageGaps::default().observe(&gaps, sensors));
     }
     detector.save(store.as_ref())?;
     let alerts = controlplane::detect::record(store.as_ref(), &updates)?;
@@ -277,6 +311,52 @@ fn import(
                 Provider::Azure => "Azure NSG or VNet",
             }
         );
+    }
+    Ok(())
+}
+
+fn allowlist(data_dir: PathBuf, cmd: AllowlistCmd) -> anyhow::Result<()> {
+    use controlplane::detect::watchlist_entry;
+    let check_type = |t: &str| -> anyhow::Result<()> {
+        if t == "*" || (!t.is_empty() && t.chars().all(|c| c.is_ascii_lowercase() || c == '_')) {
+            Ok(())
+        } else {
+            anyhow::bail!("--type: `{t}` is not an alert type (snake_case, or * for all)")
+        }
+    };
+    let store = SqliteStore::open(&data_dir)?;
+    match cmd {
+        AllowlistCmd::Add {
+            entry,
+            alert_type,
+            label,
+        } => {
+            check_type(&alert_type)?;
+            let cidr = watchlist_entry(&entry)?.to_string();
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            let new = store.add_allowlist(&cidr, &alert_type, &label, now)?;
+            println!(
+                "{} {cidr} for {}",
+                if new { "allowed" } else { "relabelled" },
+                if alert_type == "*" {
+                    "every alert type"
+                } else {
+                    &alert_type
+                }
+            );
+        }
+        AllowlistCmd::List => {
+            for (cidr, t, label) in store.allowlist()? {
+                println!("{cidr}\t{t}\t{label}");
+            }
+        }
+        AllowlistCmd::Remove { entry, alert_type } => {
+            let cidr = watchlist_entry(&entry)?.to_string();
+            if !store.remove_allowlist(&cidr, &alert_type)? {
+                anyhow::bail!("{cidr} is not on the allowlist for {alert_type}");
+            }
+            println!("removed {cidr} ({alert_type})");
+        }
     }
     Ok(())
 }
@@ -468,7 +548,8 @@ fn serve(
                     }
                     match store.coverage_gaps(now - COVERAGE_GAP_WINDOW_NS) {
                         Ok(g) => {
-                            let updates = gaps.observe(&g);
+                            let sensors = store.sensors().is_ok_and(|s| !s.is_empty());
+                            let updates = gaps.observe(&g, sensors);
                             if let Err(e) = controlplane::detect::record(store.as_ref(), &updates) {
                                 warn!(error = %format!("{e:#}"), "coverage gap alerts failed");
                             }

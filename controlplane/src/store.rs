@@ -190,6 +190,18 @@ pub trait Store: Send + Sync + 'static {
     fn add_watchlist(&self, entries: &[(String, String)], now_ns: i64) -> anyhow::Result<usize>;
     /// Removes a watchlist entry; false if it was not there.
     fn remove_watchlist(&self, cidr: &str) -> anyhow::Result<bool>;
+    /// The allowlist: (network, alert type or `*`, label).
+    fn allowlist(&self) -> anyhow::Result<Vec<(String, String, String)>>;
+    /// Adds or relabels an allowlist entry; true if it was new.
+    fn add_allowlist(
+        &self,
+        cidr: &str,
+        alert_type: &str,
+        label: &str,
+        now_ns: i64,
+    ) -> anyhow::Result<bool>;
+    /// Removes an allowlist entry; false if it was not there.
+    fn remove_allowlist(&self, cidr: &str, alert_type: &str) -> anyhow::Result<bool>;
     /// A detector's saved state: (key, state) pairs.
     fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>>;
     /// Saves (key, state, last data time) entries of a detector's state, replacing older ones;
@@ -449,6 +461,16 @@ CREATE TABLE watchlist (
     label TEXT NOT NULL,
     added_ns INTEGER NOT NULL
 );
+"#,
+    // 8: the allowlist: sources whose alerts of a type (or of every type, `*`) are not raised.
+    r#"
+CREATE TABLE allowlist (
+    cidr TEXT NOT NULL,
+    alert_type TEXT NOT NULL,
+    label TEXT NOT NULL,
+    added_ns INTEGER NOT NULL,
+    PRIMARY KEY (cidr, alert_type)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -779,6 +801,43 @@ impl Store for SqliteStore {
             .conn()
             .execute("DELETE FROM watchlist WHERE cidr = ?1", [cidr])?
             > 0)
+    }
+
+    fn allowlist(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT cidr, alert_type, label FROM allowlist ORDER BY cidr, alert_type",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_allowlist(
+        &self,
+        cidr: &str,
+        alert_type: &str,
+        label: &str,
+        now_ns: i64,
+    ) -> anyhow::Result<bool> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let known = tx
+            .prepare_cached("SELECT 1 FROM allowlist WHERE cidr = ?1 AND alert_type = ?2")?
+            .exists([cidr, alert_type])?;
+        tx.execute(
+            "INSERT INTO allowlist (cidr, alert_type, label, added_ns) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (cidr, alert_type) DO UPDATE SET label = excluded.label",
+            params![cidr, alert_type, label, now_ns],
+        )?;
+        tx.commit()?;
+        Ok(!known)
+    }
+
+    fn remove_allowlist(&self, cidr: &str, alert_type: &str) -> anyhow::Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM allowlist WHERE cidr = ?1 AND alert_type = ?2",
+            [cidr, alert_type],
+        )? > 0)
     }
 
     fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>> {

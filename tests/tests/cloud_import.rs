@@ -391,6 +391,27 @@ fn gcp_pubsub_push_pull_and_gcloud_forms() {
     assert_eq!((n, bytes), (4, 2 * (3168 + 1500)));
 }
 
+/// AWS v2 records of 198.51.100.7 probing `ports` ports of 10.0.0.5 (one a second from `t0`),
+/// then port 3389 of `hosts` hosts of 10.0.1.0/24, every probe rejected.
+fn aws_scan(t0: u64, ports: u64, hosts: u64) -> String {
+    let mut log = String::new();
+    for p in 1..=ports {
+        log += &format!(
+            "2 123456789010 eni-0a1 198.51.100.7 10.0.0.5 61000 {p} 6 1 44 {} {} REJECT OK\n",
+            t0 + p,
+            t0 + p + 1
+        );
+    }
+    for h in 1..=hosts {
+        log += &format!(
+            "2 123456789010 eni-0a2 198.51.100.7 10.0.1.{h} 61001 3389 6 1 44 {} {} REJECT OK\n",
+            t0 + 100 + h,
+            t0 + 101 + h
+        );
+    }
+    log
+}
+
 /// Scans seen only in AWS flow logs: rejected probes from one source to 100 ports of one host
 /// (a port scan) and to port 3389 of 40 hosts (a sweep), among a busy web server's accepted
 /// connections from 300 clients (no alert). The import stores the flows and raises one alert of
@@ -403,20 +424,7 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
     let mut log = String::from(
         "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status\n",
     );
-    for p in 1..=100u64 {
-        log += &format!(
-            "2 123456789010 eni-0a1 198.51.100.7 10.0.0.5 61000 {p} 6 1 44 {} {} REJECT OK\n",
-            t0 + p,
-            t0 + p + 1
-        );
-    }
-    for h in 1..=40u64 {
-        log += &format!(
-            "2 123456789010 eni-0a2 198.51.100.7 10.0.1.{h} 61001 3389 6 1 44 {} {} REJECT OK\n",
-            t0 + 100 + h,
-            t0 + 101 + h
-        );
-    }
+    log += &aws_scan(t0, 100, 40);
     for c in 1..=300u64 {
         log += &format!(
             "2 123456789010 eni-0a3 203.0.113.{} 10.0.0.80 {} 443 6 12 4800 {t0} {} ACCEPT OK\n",
@@ -666,6 +674,59 @@ fn watchlisted_addresses_in_flow_logs_raise_alerts() {
         (&"known c2".into(), &"198.51.100.7/32".into())
     );
     assert_eq!((&ob["port"], &ob["bytes"]), (&443.into(), &9000.into()));
+}
+
+/// A sanctioned scanner on the allowlist for port scans: its port scan raises nothing, while the
+/// same source's sweep still does; entries are listed and removed from the command line.
+#[test]
+fn allowlisted_sources_raise_no_alert_of_their_type() {
+    let dir = TempDir::new("allowlist");
+    let data = dir.0.join("data");
+    let allow = |args: &[&str]| {
+        Command::new(tests::bin("picket-controlplane"))
+            .arg("allowlist")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .expect("run picket-controlplane allowlist")
+    };
+    let o = allow(&[
+        "add",
+        "198.51.100.0/24",
+        "--type",
+        "port_scan",
+        "--label",
+        "qualys",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "allowed 198.51.100.0/24 for port_scan"
+    );
+    assert!(
+        !allow(&["add", "198.51.100.0/24", "--type", "Port Scan"])
+            .status
+            .success()
+    );
+    let o = allow(&["add", "192.0.2.1", "--label", "lab"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&allow(&["list"]).stdout),
+        "192.0.2.1/32\t*\tlab\n198.51.100.0/24\tport_scan\tqualys\n"
+    );
+    assert!(allow(&["remove", "192.0.2.1"]).status.success());
+    assert!(!allow(&["remove", "192.0.2.1"]).status.success());
+
+    let t0 = 1_795_860_000u64;
+    let log = aws_scan(t0, 30, 30);
+    let out = summary(&import(&data, &["aws", "-"], Some(&log)));
+    let alerts: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(alerts.len(), 1, "{out}");
+    assert!(
+        alerts[0].starts_with("alert #1: low address_sweep from 198.51.100.7"),
+        "{out}"
+    );
 }
 
 /// An NSG flow log v2 blob as the documentation shows it (a denied inbound begin, allowed

@@ -120,19 +120,22 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
     want.sort();
     assert_eq!(gaps, want, "{v}");
     assert_eq!(v["gaps"][0]["observers"][0], "123456789010");
-    // Each gap is also an alert, raised by the import.
+    // The gaps are also an alert about their VPC, raised by the import.
     let v = get("/api/v1/alerts?type=sensor_coverage_gap");
-    let mut alerted: Vec<&str> = v["alerts"]
+    let alerts = v["alerts"].as_array().expect("alerts");
+    assert_eq!(alerts.len(), 1, "{v}");
+    let a = &alerts[0];
+    assert_eq!(a["source"], "vpc-0lab");
+    let mut targets: Vec<&str> = a["targets"]
         .as_array()
-        .expect("alerts")
+        .expect("targets")
         .iter()
-        .map(|a| a["source"].as_str().expect("source"))
+        .map(|t| t.as_str().expect("address"))
         .collect();
-    alerted.sort();
-    assert_eq!(alerted, want, "{v}");
-    let a = &v["alerts"][0];
-    assert_eq!(a["observations"][0]["kind"], "cloud_only_address");
+    targets.sort();
+    assert_eq!(targets, want, "{a}");
+    assert_eq!(a["observations"][0]["kind"], "cloud_only_addresses");
+    assert_eq!(a["observations"][0]["addresses"], 2);
     assert_eq!(a["sources"], serde_json::json!(["cloud:123456789010"]));
-    assert_eq!(a["targets"], serde_json::json!(["vpc-0lab"]));
     cp.stop();
 }

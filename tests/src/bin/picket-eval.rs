@@ -35,6 +35,8 @@ struct Case {
     snort: &'static str,
     /// Runs the traffic from `src` (an address of the lab's side a).
     run: fn(&Lab, &str),
+    /// `src` is on the allowlist (a sanctioned scanner).
+    allowlisted: bool,
 }
 
 fn nmap(lab: &Lab, src: &str, args: &[&str]) {
@@ -66,6 +68,7 @@ fn cases() -> Vec<Case> {
             zeek: "yes (SYN failures)",
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sS", "-p", "1-200", &lab.ip_b]),
+            allowlisted: false,
         },
         Case {
             name: "nmap FIN scan (-sF), 200 ports",
@@ -73,6 +76,7 @@ fn cases() -> Vec<Case> {
             zeek: "no (counts SYN only)",
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sF", "-p", "1-200", &lab.ip_b]),
+            allowlisted: false,
         },
         Case {
             name: "nmap NULL scan (-sN), 200 ports",
@@ -80,6 +84,7 @@ fn cases() -> Vec<Case> {
             zeek: "no",
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sN", "-p", "1-200", &lab.ip_b]),
+            allowlisted: false,
         },
         Case {
             name: "nmap Xmas scan (-sX), 200 ports",
@@ -87,6 +92,7 @@ fn cases() -> Vec<Case> {
             zeek: "no",
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sX", "-p", "1-200", &lab.ip_b]),
+            allowlisted: false,
         },
         Case {
             name: "nmap ACK scan (-sA), 200 ports",
@@ -94,6 +100,7 @@ fn cases() -> Vec<Case> {
             zeek: "no",
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sA", "-p", "1-200", &lab.ip_b]),
+            allowlisted: false,
         },
         Case {
             name: "nmap UDP scan (-sU), 100 ports",
@@ -107,6 +114,7 @@ fn cases() -> Vec<Case> {
                     &["-sU", "--max-retries", "0", "-p", "1-100", &lab.ip_b],
                 )
             },
+            allowlisted: false,
         },
         Case {
             name: "hping3 SYN probes, 60 incrementing ports",
@@ -122,6 +130,7 @@ fn cases() -> Vec<Case> {
                     ],
                 );
             },
+            allowlisted: false,
         },
         Case {
             name: "nmap SYN sweep of port 22 over 40 hosts",
@@ -129,6 +138,7 @@ fn cases() -> Vec<Case> {
             zeek: "yes (25 hosts in 5 min)",
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sS", "-p", "22", &sweep_targets(lab)]),
+            allowlisted: false,
         },
         Case {
             name: "benign: a client opening 200 connections to one web port",
@@ -147,6 +157,7 @@ fn cases() -> Vec<Case> {
                 .join()
                 .expect("client");
             },
+            allowlisted: false,
         },
         Case {
             name: "benign: a metrics scraper connecting to port 9100 of 40 hosts",
@@ -165,6 +176,15 @@ fn cases() -> Vec<Case> {
                 .join()
                 .expect("scraper");
             },
+            allowlisted: false,
+        },
+        Case {
+            name: "benign: the sanctioned vulnerability scanner (allowlisted), SYN scan",
+            expect: Expect::Nothing,
+            zeek: "alert (no allowlist in the scan policy)",
+            snort: "alert unless ignored by configuration",
+            run: |lab, src| nmap(lab, src, &["-sS", "-p", "1-200", &lab.ip_b]),
+            allowlisted: true,
         },
     ]
 }
@@ -196,13 +216,22 @@ fn main() {
     let prefix = lab.ip_b.rsplit_once('.').expect("v4").0.to_string();
     let cases = cases();
     // Scanner addresses on a, sweep targets on b, and a web port answering on all of b's.
-    for i in 0..cases.len() {
+    for (i, case) in cases.iter().enumerate() {
         let src = format!("{prefix}.{}", 11 + i);
         sh_in(
             &lab.a,
             "ip",
             &["addr", "add", &format!("{src}/24"), "dev", &lab.va],
         );
+        if case.allowlisted {
+            let o = std::process::Command::new(tests::bin("picket-controlplane"))
+                .args(["allowlist", "--data-dir"])
+                .arg(&data)
+                .args(["add", &src, "--label", "sanctioned scanner"])
+                .output()
+                .expect("allowlist add");
+            assert!(o.status.success(), "{o:?}");
+        }
     }
     for h in 100..140 {
         let ip = format!("{prefix}.{h}/24");
