@@ -19,7 +19,7 @@ use crate::{
     alerts::{AlertUpdate, Severity},
     api::rfc3339,
     model::{Action, Flow},
-    store::{Store, ip_text},
+    store::{Store, ip_addr, ip_text},
 };
 use tracing::{info, warn};
 
@@ -149,15 +149,15 @@ struct SourceState {
 /// past its SYN (no ACK, RST or FIN in its flags). Thresholds scale with the sampling rate
 /// (GCP samples; a sampled log shows about `rate` of the distinct targets), never below 3.
 /// Time is the flows' own, so a replayed log alerts as it would have live.
-#[derive(Default)]
 pub struct FanOutDetector {
     config: FanOutConfig,
-    sources: HashMap<IpAddr, SourceState>,
-    /// Latest data time seen, and when expired sources were last dropped.
-    now_ns: i64,
-    pruned_ns: i64,
-    /// Live sources dropped to stay within `max_sources` (their counts start again).
-    pub forgotten: u64,
+    sources: Bounded<IpAddr, SourceState>,
+}
+
+impl Default for FanOutDetector {
+    fn default() -> Self {
+        Self::new(FanOutConfig::default())
+    }
 }
 
 const TCP: u8 = 6;
@@ -199,8 +199,13 @@ impl FanOutDetector {
     pub fn new(config: FanOutConfig) -> Self {
         FanOutDetector {
             config,
-            ..Self::default()
+            sources: Bounded::new(config.max_sources, "fan-out"),
         }
+    }
+
+    /// Live sources dropped to stay within `max_sources` (their counts start again).
+    pub fn forgotten(&self) -> u64 {
+        self.sources.forgotten
     }
 
     /// Looks at a chunk of flows; returns the alert observations they complete.
@@ -214,24 +219,7 @@ impl FanOutDetector {
 
     fn observe_failure(&mut self, f: &Flow, out: &mut Vec<AlertUpdate>) {
         let cfg = self.config;
-        self.now_ns = self.now_ns.max(f.end_ns);
-        if !self.sources.contains_key(&f.src_ip) && self.sources.len() >= cfg.max_sources {
-            // Full: drop the sources whose window is over (at most every tenth of a window, so
-            // a storm of new sources does not rescan the map each time), then any one.
-            if self.now_ns - self.pruned_ns > cfg.window_ns / 10 {
-                let horizon = self.now_ns - cfg.window_ns;
-                self.sources.retain(|_, s| s.last_ns >= horizon);
-                self.pruned_ns = self.now_ns;
-            }
-            if self.sources.len() >= cfg.max_sources
-                && let Some(k) = self.sources.keys().next().copied()
-            {
-                self.sources.remove(&k);
-                self.forgotten += 1;
-                forgot("fan-out", self.forgotten);
-            }
-        }
-        let st = self.sources.entry(f.src_ip).or_default();
+        let st = self.sources.entry(f.src_ip, f.end_ns, cfg.window_ns);
         if st.ports_by_host.is_empty() && st.hosts_by_port.is_empty()
             || f.end_ns - st.window_start_ns > cfg.window_ns
             || f.end_ns < st.window_start_ns - cfg.window_ns
@@ -370,32 +358,47 @@ impl Attempts {
     }
 }
 
-/// A map of attempt counters bounded like [`FanOutDetector`]'s sources.
-struct Bounded<K> {
-    map: HashMap<K, Attempts>,
+/// Per-key detector state with the data time it was last touched.
+trait Stamped: Default {
+    fn last_ns(&self) -> i64;
+}
+
+/// Per-key detector state bounded to `max` keys. When full, the keys whose window is over go
+/// first (at most every tenth of a window, so a storm of new keys does not rescan the map each
+/// time), then any one, counted and logged as forgotten.
+struct Bounded<K, V> {
+    map: HashMap<K, V>,
     max: usize,
+    /// For the log line.
+    detector: &'static str,
     now_ns: i64,
     pruned_ns: i64,
     forgotten: u64,
 }
 
-impl<K: std::hash::Hash + Eq + Clone> Bounded<K> {
-    fn new(max: usize) -> Self {
+impl<K: std::hash::Hash + Eq + Clone, V: Stamped> Bounded<K, V> {
+    fn new(max: usize, detector: &'static str) -> Self {
         Bounded {
             map: HashMap::new(),
             max,
+            detector,
             now_ns: 0,
             pruned_ns: 0,
             forgotten: 0,
         }
     }
 
-    fn entry(&mut self, k: K, t: i64, window_ns: i64) -> &mut Attempts {
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn entry(&mut self, k: K, t: i64, window_ns: i64) -> &mut V {
         self.now_ns = self.now_ns.max(t);
         if !self.map.contains_key(&k) && self.map.len() >= self.max {
             if self.now_ns - self.pruned_ns > window_ns / 10 {
                 let horizon = self.now_ns - window_ns;
-                self.map.retain(|_, a| a.last_ns >= horizon);
+                self.map.retain(|_, v| v.last_ns() >= horizon);
                 self.pruned_ns = self.now_ns;
             }
             if self.map.len() >= self.max
@@ -403,10 +406,22 @@ impl<K: std::hash::Hash + Eq + Clone> Bounded<K> {
             {
                 self.map.remove(&old);
                 self.forgotten += 1;
-                forgot("brute-force", self.forgotten);
+                forgot(self.detector, self.forgotten);
             }
         }
         self.map.entry(k).or_default()
+    }
+}
+
+impl Stamped for Attempts {
+    fn last_ns(&self) -> i64 {
+        self.last_ns
+    }
+}
+
+impl Stamped for SourceState {
+    fn last_ns(&self) -> i64 {
+        self.last_ns
     }
 }
 
@@ -415,7 +430,7 @@ impl<K: std::hash::Hash + Eq + Clone> Bounded<K> {
 /// may have worked).
 pub struct LoginBruteForce {
     config: BruteForceConfig,
-    attempts: Bounded<(IpAddr, String)>,
+    attempts: Bounded<(IpAddr, String), Attempts>,
 }
 
 impl Default for LoginBruteForce {
@@ -428,7 +443,7 @@ impl LoginBruteForce {
     pub fn new(config: BruteForceConfig) -> Self {
         LoginBruteForce {
             config,
-            attempts: Bounded::new(config.max_keys),
+            attempts: Bounded::new(config.max_keys, "brute-force"),
         }
     }
 
@@ -443,11 +458,7 @@ impl LoginBruteForce {
         sensor: &str,
         e: &picket_proto::v1::AuthEvent,
     ) -> anyhow::Result<Option<AlertUpdate>> {
-        let src: IpAddr = match e.src_ip.len() {
-            4 => <[u8; 4]>::try_from(&e.src_ip[..])?.into(),
-            16 => <[u8; 16]>::try_from(&e.src_ip[..])?.into(),
-            n => anyhow::bail!("an IP address must be 4 or 16 bytes, got {n}"),
-        };
+        let src = ip_addr(&e.src_ip)?;
         let t = i64::try_from(e.time_unix_ns).unwrap_or(i64::MAX);
         let cfg = self.config;
         let a = self
@@ -500,7 +511,7 @@ impl LoginBruteForce {
 /// sampling rate.
 pub struct FlowBruteForce {
     config: BruteForceConfig,
-    attempts: Bounded<(IpAddr, IpAddr, u16)>,
+    attempts: Bounded<(IpAddr, IpAddr, u16), Attempts>,
 }
 
 impl Default for FlowBruteForce {
@@ -513,7 +524,7 @@ impl FlowBruteForce {
     pub fn new(config: BruteForceConfig) -> Self {
         FlowBruteForce {
             config,
-            attempts: Bounded::new(config.max_keys),
+            attempts: Bounded::new(config.max_keys, "brute-force"),
         }
     }
 
@@ -1335,7 +1346,7 @@ mod tests {
             .collect();
         d.observe(&flows);
         assert!(d.sources.len() <= 1000);
-        assert_eq!(d.forgotten, 4000);
+        assert_eq!(d.forgotten(), 4000);
     }
 
     fn login(t_s: u64, outcome: &str, user: &str) -> picket_proto::v1::AuthEvent {

@@ -5,7 +5,7 @@
 //! RESOURCE_EXHAUSTED (tonic's decoding limit), each with a log line naming the peer. A batch is
 //! acknowledged only after it is stored; a replay is acknowledged as a duplicate and not stored.
 
-use std::{net::IpAddr, pin::Pin, sync::Arc, time::SystemTime};
+use std::{pin::Pin, sync::Arc, time::SystemTime};
 
 use picket_proto::v1::{
     ExportAck, ExportBatch, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     keys,
-    store::{Store, Stored, ip_text},
+    store::{Store, Stored, ip_addr, ip_text},
 };
 
 /// Largest message accepted from a sensor (a batch of about 50,000 flow records).
@@ -116,14 +116,7 @@ fn detect_batch(store: &dyn Store, d: Detectors<'_>, sensor: &str, batch: &Expor
         let seen_by = format!("sensor:{sensor}");
         for f in &batch.flows {
             // Validated before storing: addresses are 4 or 16 bytes.
-            let ip = |b: &[u8]| -> Option<IpAddr> {
-                match b.len() {
-                    4 => Some(<[u8; 4]>::try_from(b).ok()?.into()),
-                    16 => Some(<[u8; 16]>::try_from(b).ok()?.into()),
-                    _ => None,
-                }
-            };
-            let (Some(src), Some(dst)) = (ip(&f.src_ip), ip(&f.dst_ip)) else {
+            let (Ok(src), Ok(dst)) = (ip_addr(&f.src_ip), ip_addr(&f.dst_ip)) else {
                 continue;
             };
             let t = i64::try_from(f.end_unix_ns).unwrap_or(i64::MAX);

@@ -517,13 +517,18 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Text form of an address carried as 4 or 16 bytes; anything else is a malformed record.
-pub fn ip_text(b: &[u8]) -> anyhow::Result<String> {
+/// An address carried as 4 or 16 bytes; anything else is a malformed record.
+pub fn ip_addr(b: &[u8]) -> anyhow::Result<IpAddr> {
     Ok(match b.len() {
-        4 => IpAddr::from(<[u8; 4]>::try_from(b).expect("4 bytes")).to_string(),
-        16 => IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes")).to_string(),
+        4 => IpAddr::from(<[u8; 4]>::try_from(b).expect("4 bytes")),
+        16 => IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes")),
         n => anyhow::bail!("an IP address must be 4 or 16 bytes, got {n}"),
     })
+}
+
+/// Text form of an address carried as 4 or 16 bytes (see [`ip_addr`]).
+pub fn ip_text(b: &[u8]) -> anyhow::Result<String> {
+    Ok(ip_addr(b)?.to_string())
 }
 
 fn i(v: u64) -> i64 {
