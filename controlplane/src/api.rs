@@ -116,12 +116,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
-async fn health(State(api): State<Api>) -> Json<Value> {
-    Json(json!({
+async fn health(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let store = api.store.clone();
+    let counts = blocking(move || store.notification_counts()).await?;
+    let mut total = crate::notify::Counts::default();
+    for (_, c) in &counts {
+        total.pending += c.pending;
+        total.delivered += c.delivered;
+        total.failed += c.failed;
+    }
+    Ok(Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": api.started.elapsed().as_secs(),
-    }))
+        "notifications": total,
+    })))
 }
 
 async fn sensors(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
@@ -307,16 +316,6 @@ async fn coverage(
     Ok(Json(json!({ "since": rfc3339(since), "gaps": gaps })))
 }
 
-/// An alert as the API shows it: times in RFC 3339.
-fn alert_json(a: &crate::alerts::Alert) -> Value {
-    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
-    if let Value::Object(m) = &mut v {
-        m.insert("first_seen".into(), rfc3339(a.first_seen));
-        m.insert("last_seen".into(), rfc3339(a.last_seen));
-    }
-    v
-}
-
 async fn alerts(
     State(api): State<Api>,
     Query(p): Query<HashMap<String, String>>,
@@ -351,7 +350,7 @@ async fn alerts(
     };
     let store = api.store.clone();
     let rows = blocking(move || store.alerts(&q)).await?;
-    let alerts: Vec<Value> = rows.iter().map(alert_json).collect();
+    let alerts: Vec<Value> = rows.iter().map(crate::notify::alert_json).collect();
     Ok(Json(json!({ "alerts": alerts })))
 }
 
@@ -364,7 +363,7 @@ async fn alert(
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not an alert id")))?;
     let store = api.store.clone();
     match blocking(move || store.alert(id)).await? {
-        Some(a) => Ok(Json(alert_json(&a))),
+        Some(a) => Ok(Json(crate::notify::alert_json(&a))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -7,5 +7,6 @@ pub mod import;
 pub mod ingest;
 pub mod keys;
 pub mod model;
+pub mod notify;
 pub mod store;
 pub mod watch;

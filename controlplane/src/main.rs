@@ -65,6 +65,17 @@ enum Cmd {
         /// Days the 1-hour rollups are kept.
         #[arg(long, value_name = "DAYS", default_value_t = 400)]
         retention_1h_days: u32,
+        /// The dashboard's URL as users reach it (e.g. https://picket.example.com): messages
+        /// link to their alert there.
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
+        /// Attempts per notification before it counts as failed.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        notify_max_attempts: u32,
+        /// Wait after a notification's first failed attempt, doubled after each further one (at
+        /// most 10 minutes).
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        notify_retry_ms: u64,
     },
     /// Sensor keys: add (prints the new key once), list, revoke.
     Sensors {
@@ -89,6 +100,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AllowlistCmd,
     },
+    /// Where alerts are sent: generic webhooks (JSON, HMAC-signed), Slack incoming webhooks,
+    /// Webex Teams rooms and syslog (RFC 5424, UDP or TCP, optionally CEF). One message per new
+    /// alert and per meaningful change (higher severity; targets reaching 100, 1,000, ...),
+    /// queued in the store and delivered by `serve` with retries.
+    Notifiers {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: NotifiersCmd,
+    },
     /// Import cloud flow logs into a data dir: AWS VPC / transit-gateway flow logs (default or
     /// custom format with its header line), GCP VPC Flow Logs (Cloud Logging entries as NDJSON
     /// or a JSON array), Azure NSG flow logs v1/v2 and VNet flow logs v4 (the storage account's
@@ -108,6 +129,81 @@ enum Cmd {
         #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
         sampling_rate: f64,
     },
+}
+
+#[derive(Subcommand)]
+enum NotifiersCmd {
+    /// Add a notifier (takes effect at the next alert, also in a running `serve`).
+    Add {
+        /// A name for it (letters, digits, `-`, `_`).
+        name: String,
+        /// Alerts below this severity are not sent: low, medium, high, critical.
+        #[arg(long, value_name = "SEVERITY", default_value = "low", value_parser = severity)]
+        min_severity: controlplane::alerts::Severity,
+        #[command(subcommand)]
+        target: TargetArgs,
+    },
+    /// The notifiers, with what was delivered, is pending and failed.
+    List,
+    /// Remove a notifier; its undelivered messages are dropped (and counted).
+    Remove { name: String },
+    /// Send a sample alert to a notifier now and say what happened.
+    Test { name: String },
+}
+
+#[derive(Subcommand)]
+enum TargetArgs {
+    /// A generic webhook: POSTs the alert as JSON. With a secret, the header
+    /// X-Picket-Signature-256 is `sha256=` and the hex HMAC-SHA256 of the body.
+    Webhook {
+        #[arg(long)]
+        url: String,
+        /// A file holding the signing secret (its first line).
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
+    },
+    /// A Slack incoming webhook (https://hooks.slack.com/services/...).
+    Slack {
+        #[arg(long)]
+        url: String,
+    },
+    /// A Webex Teams room: messages API with a bot token, markdown.
+    Webex {
+        /// The room's id.
+        #[arg(long, value_name = "ROOM_ID")]
+        room: String,
+        /// A file holding the bot's access token (its first line).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// The API's base URL.
+        #[arg(long, value_name = "URL", default_value = controlplane::notify::WEBEX_API)]
+        api_url: String,
+    },
+    /// A syslog receiver: RFC 5424, over UDP (default) or TCP (octet-counted frames).
+    Syslog {
+        /// HOST:PORT of the receiver.
+        #[arg(long, value_name = "HOST:PORT")]
+        address: String,
+        /// TCP instead of UDP.
+        #[arg(long)]
+        tcp: bool,
+        /// Facility: a name (auth, authpriv, local0..local7, ...) or 0-23.
+        #[arg(long, default_value = "auth", value_parser = facility)]
+        facility: u8,
+        /// The message in ArcSight CEF instead of plain text.
+        #[arg(long)]
+        cef: bool,
+    },
+}
+
+fn severity(s: &str) -> Result<controlplane::alerts::Severity, String> {
+    controlplane::alerts::Severity::parse(s)
+        .ok_or_else(|| format!("`{s}` is not one of low, medium, high, critical"))
+}
+
+fn facility(s: &str) -> Result<u8, String> {
+    controlplane::notify::facility(s)
+        .ok_or_else(|| format!("`{s}` is not a syslog facility (auth, local0..local7, or 0-23)"))
 }
 
 #[derive(Subcommand)]
@@ -199,6 +295,9 @@ fn main() -> ExitCode {
             retention_raw_days,
             retention_1m_days,
             retention_1h_days,
+            public_url,
+            notify_max_attempts,
+            notify_retry_ms,
         } => tls_config(tls_cert, tls_key, tls_client_ca).and_then(|tls| {
             const DAY: i64 = 86_400_000_000_000;
             for (flag, days) in [
@@ -221,11 +320,19 @@ fn main() -> ExitCode {
                     minute_ns: retention_1m_days as i64 * DAY,
                     hour_ns: retention_1h_days as i64 * DAY,
                 },
+                Notifying {
+                    public_url,
+                    retry: controlplane::notify::Retry {
+                        max_attempts: notify_max_attempts,
+                        base: std::time::Duration::from_millis(notify_retry_ms),
+                    },
+                },
             )
         }),
         Cmd::Sensors { data_dir, cmd } => sensors(data_dir, cmd),
         Cmd::Watchlist { data_dir, cmd } => watchlist(data_dir, cmd),
         Cmd::Allowlist { data_dir, cmd } => allowlist(data_dir, cmd),
+        Cmd::Notifiers { data_dir, cmd } => notifiers(data_dir, cmd),
         Cmd::Import {
             provider,
             files,
@@ -311,6 +418,122 @@ fn import(
                 Provider::Azure => "Azure NSG or VNet",
             }
         );
+    }
+    Ok(())
+}
+
+/// The first line of a secret file.
+fn secret(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    anyhow::ensure!(!line.is_empty(), "{} is empty", path.display());
+    Ok(line)
+}
+
+fn notifiers(data_dir: PathBuf, cmd: NotifiersCmd) -> anyhow::Result<()> {
+    use controlplane::notify::{self, Notifier, Target, Transport};
+    let store = SqliteStore::open(&data_dir)?;
+    match cmd {
+        NotifiersCmd::Add {
+            name,
+            min_severity,
+            target,
+        } => {
+            anyhow::ensure!(
+                !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "`{name}`: a notifier name is 1-64 letters, digits, `-` or `_`"
+            );
+            let target = match target {
+                TargetArgs::Webhook { url, secret_file } => Target::Webhook {
+                    url,
+                    secret: secret_file.as_deref().map(secret).transpose()?,
+                },
+                TargetArgs::Slack { url } => Target::Slack { url },
+                TargetArgs::Webex {
+                    room,
+                    token_file,
+                    api_url,
+                } => Target::Webex {
+                    token: secret(&token_file)?,
+                    room_id: room,
+                    api_url,
+                },
+                TargetArgs::Syslog {
+                    address,
+                    tcp,
+                    facility,
+                    cef,
+                } => Target::Syslog {
+                    address,
+                    transport: if tcp { Transport::Tcp } else { Transport::Udp },
+                    facility,
+                    cef,
+                },
+            };
+            target.validate()?;
+            let n = Notifier {
+                name,
+                target,
+                min_severity,
+            };
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            store.add_notifier(&n, now)?;
+            println!(
+                "added {} notifier `{}`: {}, alerts of severity {} and above",
+                n.target.kind(),
+                n.name,
+                n.target.describe(),
+                n.min_severity.as_str()
+            );
+        }
+        NotifiersCmd::List => {
+            let counts: std::collections::HashMap<_, _> =
+                store.notification_counts()?.into_iter().collect();
+            for n in store.notifiers()? {
+                let c = counts.get(&n.name).cloned().unwrap_or_default();
+                println!(
+                    "{}\t{}\t{}\tmin {}\tdelivered {}, pending {}, failed {}",
+                    n.name,
+                    n.target.kind(),
+                    n.target.describe(),
+                    n.min_severity.as_str(),
+                    c.delivered,
+                    c.pending,
+                    c.failed
+                );
+            }
+        }
+        NotifiersCmd::Remove { name } => match store.remove_notifier(&name)? {
+            None => anyhow::bail!("there is no notifier `{name}`"),
+            Some(dropped) => {
+                println!("removed `{name}`; {dropped} undelivered message(s) dropped with it")
+            }
+        },
+        NotifiersCmd::Test { name } => {
+            let n = store
+                .notifiers()?
+                .into_iter()
+                .find(|n| n.name == name)
+                .ok_or_else(|| anyhow::anyhow!("there is no notifier `{name}`"))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            let sender = notify::Sender::new(None)?;
+            rt.block_on(sender.send(
+                &n.target,
+                &notify::sample_alert(now),
+                notify::Event::Test,
+                0,
+            ))
+            .map_err(|f| anyhow::anyhow!("`{name}` ({}): {}", n.target.describe(), f.message))?;
+            println!("sent a test message to `{name}` ({})", n.target.describe());
+        }
     }
     Ok(())
 }
@@ -506,6 +729,12 @@ const COVERAGE_GAP_WINDOW_NS: i64 = 86_400_000_000_000;
 /// interval.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Notification settings of `serve`.
+struct Notifying {
+    public_url: Option<String>,
+    retry: controlplane::notify::Retry,
+}
+
 fn serve(
     data_dir: PathBuf,
     grpc: SocketAddr,
@@ -513,7 +742,18 @@ fn serve(
     tls: Option<ServerTlsConfig>,
     watch: Option<(PathBuf, f64)>,
     retention: controlplane::store::Retention,
+    notifying: Notifying,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=100).contains(&notifying.retry.max_attempts),
+        "--notify-max-attempts must be 1 to 100"
+    );
+    if let Some(u) = &notifying.public_url {
+        anyhow::ensure!(
+            u.starts_with("http://") || u.starts_with("https://"),
+            "--public-url: `{u}` must start with http:// or https://"
+        );
+    }
     let store: Arc<dyn Store> = SqliteStore::open(&data_dir)?;
     let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -590,6 +830,14 @@ fn serve(
             .map_err(|e| anyhow::anyhow!("cannot listen on {http} (--http-listen): {e}"))?;
         info!(http = %http_listener.local_addr()?, "REST API on /api/v1/");
         let (stop_http, mut http_stop) = tokio::sync::watch::channel(false);
+        let notifier = tokio::spawn(
+            controlplane::notify::Dispatcher {
+                store: store.clone(),
+                sender: controlplane::notify::Sender::new(notifying.public_url)?,
+                retry: notifying.retry,
+            }
+            .run(stop_http.subscribe()),
+        );
         let api = tokio::spawn(
             axum::serve(http_listener, controlplane::api::router(store.clone()))
                 .with_graceful_shutdown(async move {
@@ -632,6 +880,7 @@ fn serve(
             )
             .await?;
         let _ = stop_http.send(true);
+        let _ = notifier.await;
         // An import cut short rolls back whole: the file is imported at the next start.
         stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
         api.await??;

@@ -16,8 +16,9 @@ use picket_proto::v1::{ExportBatch, HeartbeatRequest, RegisterRequest};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::{
-    alerts::{Alert, AlertQuery, AlertUpdate, INCIDENT_GAP_NS},
+    alerts::{Alert, AlertQuery, AlertUpdate, INCIDENT_GAP_NS, Severity},
     model::{Flow, FlowSink, ImportedFile, Source},
+    notify::{self, Notifier, Pending},
 };
 
 /// A sensor as the registry knows it.
@@ -178,7 +179,9 @@ pub trait Store: Send + Sync + 'static {
     /// Flows matching `q`, newest first.
     fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>>;
     /// Merges a detector's observation into the open alert of its type and source last seen
-    /// within `alerts::INCIDENT_GAP_NS`, or opens one; returns the alert's id.
+    /// within `alerts::INCIDENT_GAP_NS`, or opens one; returns the alert's id. In the same
+    /// transaction, queues a message to each notifier the change concerns
+    /// ([`notify::event_for`]).
     fn record_alert(&self, u: &AlertUpdate) -> anyhow::Result<i64>;
     /// Alerts matching `q`, the most recently active first.
     fn alerts(&self, q: &AlertQuery) -> anyhow::Result<Vec<Alert>>;
@@ -202,6 +205,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> anyhow::Result<bool>;
     /// Removes an allowlist entry; false if it was not there.
     fn remove_allowlist(&self, cidr: &str, alert_type: &str) -> anyhow::Result<bool>;
+    /// The notifiers, by name.
+    fn notifiers(&self) -> anyhow::Result<Vec<Notifier>>;
+    /// Adds a notifier; fails if the name exists.
+    fn add_notifier(&self, n: &Notifier, now_ns: i64) -> anyhow::Result<()>;
+    /// Removes a notifier and its undelivered messages: None if there was no such notifier,
+    /// else how many queued messages were dropped with it.
+    fn remove_notifier(&self, name: &str) -> anyhow::Result<Option<u64>>;
+    /// Queue counts per notifier (also of removed notifiers' delivered and failed messages).
+    fn notification_counts(&self) -> anyhow::Result<Vec<(String, notify::Counts)>>;
+    /// Pending messages due at `now_ns`, oldest first.
+    fn due_notifications(&self, now_ns: i64, limit: usize) -> anyhow::Result<Vec<Pending>>;
+    fn notification_delivered(&self, id: i64, attempts: u32, now_ns: i64) -> anyhow::Result<()>;
+    /// A failed attempt: tried again at `next_ns`, or failed for good if None.
+    fn notification_failed(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_ns: Option<i64>,
+        error: &str,
+    ) -> anyhow::Result<()>;
     /// A detector's saved state: (key, state) pairs.
     fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>>;
     /// Saves (key, state, last data time) entries of a detector's state, replacing older ones;
@@ -472,6 +495,28 @@ CREATE TABLE allowlist (
     PRIMARY KEY (cidr, alert_type)
 ) WITHOUT ROWID;
 "#,
+    // 9: notifiers and the outbox of messages to them (see notify.rs).
+    r#"
+CREATE TABLE notifiers (
+    name TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    min_severity TEXT NOT NULL,
+    created_ns INTEGER NOT NULL
+);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    notifier TEXT NOT NULL,
+    alert_id INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ns INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    last_error TEXT,
+    done_ns INTEGER
+);
+CREATE INDEX outbox_due ON outbox (state, next_ns);
+"#,
 ];
 
 /// How long each level is kept.
@@ -529,6 +574,30 @@ pub fn ip_addr(b: &[u8]) -> anyhow::Result<IpAddr> {
 /// Text form of an address carried as 4 or 16 bytes (see [`ip_addr`]).
 pub fn ip_text(b: &[u8]) -> anyhow::Result<String> {
     Ok(ip_addr(b)?.to_string())
+}
+
+/// Queues one message per notifier that the change from `before` to `after` concerns.
+fn queue_notifications(
+    tx: &rusqlite::Transaction<'_>,
+    before: Option<&Alert>,
+    after: &Alert,
+) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    let mut st = tx.prepare_cached("SELECT name, min_severity FROM notifiers")?;
+    let notifiers = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut put = tx.prepare_cached(
+        "INSERT INTO outbox (notifier, alert_id, event, created_ns, next_ns, state) \
+         VALUES (?1, ?2, ?3, ?4, ?4, 'pending')",
+    )?;
+    for (name, min) in notifiers {
+        let min = Severity::parse(&min).unwrap_or(Severity::Low);
+        if let Some(ev) = notify::event_for(min, before, after) {
+            put.execute(params![name, after.id, ev.as_str(), now])?;
+        }
+    }
+    Ok(())
 }
 
 fn i(v: u64) -> i64 {
@@ -716,7 +785,8 @@ impl Store for SqliteStore {
                 alert_row,
             )
             .optional()?;
-        let id = match open {
+        let before = open.clone();
+        let a = match open {
             Some(mut a) => {
                 a.merge(u);
                 tx.execute(
@@ -724,10 +794,10 @@ impl Store for SqliteStore {
                      body = ?5 WHERE id = ?1",
                     params![a.id, a.severity, a.first_seen, a.last_seen, alert_body(&a)?],
                 )?;
-                a.id
+                a
             }
             None => {
-                let a = Alert::open(u);
+                let mut a = Alert::open(u);
                 tx.execute(
                     "INSERT INTO alerts (type, severity, status, source, first_seen_ns, \
                      last_seen_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -741,11 +811,13 @@ impl Store for SqliteStore {
                         alert_body(&a)?
                     ],
                 )?;
-                tx.last_insert_rowid()
+                a.id = tx.last_insert_rowid();
+                a
             }
         };
+        queue_notifications(&tx, before.as_ref(), &a)?;
         tx.commit()?;
-        Ok(id)
+        Ok(a.id)
     }
 
     fn alerts(&self, q: &AlertQuery) -> anyhow::Result<Vec<Alert>> {
@@ -843,6 +915,136 @@ impl Store for SqliteStore {
             "DELETE FROM allowlist WHERE cidr = ?1 AND alert_type = ?2",
             [cidr, alert_type],
         )? > 0)
+    }
+
+    fn notifiers(&self) -> anyhow::Result<Vec<Notifier>> {
+        let c = self.conn();
+        let mut st =
+            c.prepare_cached("SELECT name, target, min_severity FROM notifiers ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (name, target, min) = r?;
+            Ok(Notifier {
+                target: serde_json::from_str(&target)
+                    .with_context(|| format!("notifier `{name}`: unreadable target"))?,
+                min_severity: Severity::parse(&min).unwrap_or(Severity::Low),
+                name,
+            })
+        })
+        .collect()
+    }
+
+    fn add_notifier(&self, n: &Notifier, now_ns: i64) -> anyhow::Result<()> {
+        let c = self.conn();
+        let exists = c
+            .prepare_cached("SELECT 1 FROM notifiers WHERE name = ?1")?
+            .exists([&n.name])?;
+        anyhow::ensure!(!exists, "a notifier named `{}` exists already", n.name);
+        c.execute(
+            "INSERT INTO notifiers (name, target, min_severity, created_ns) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                n.name,
+                serde_json::to_string(&n.target)?,
+                n.min_severity.as_str(),
+                now_ns
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn remove_notifier(&self, name: &str) -> anyhow::Result<Option<u64>> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        if tx.execute("DELETE FROM notifiers WHERE name = ?1", [name])? == 0 {
+            return Ok(None);
+        }
+        let dropped = tx.execute(
+            "DELETE FROM outbox WHERE notifier = ?1 AND state = 'pending'",
+            [name],
+        )?;
+        tx.commit()?;
+        Ok(Some(dropped as u64))
+    }
+
+    fn notification_counts(&self) -> anyhow::Result<Vec<(String, notify::Counts)>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT notifier, \
+             SUM(state = 'pending'), SUM(state = 'delivered'), SUM(state = 'failed') \
+             FROM outbox GROUP BY notifier ORDER BY notifier",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                notify::Counts {
+                    pending: r.get::<_, i64>(1)? as u64,
+                    delivered: r.get::<_, i64>(2)? as u64,
+                    failed: r.get::<_, i64>(3)? as u64,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn due_notifications(&self, now_ns: i64, limit: usize) -> anyhow::Result<Vec<Pending>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT id, notifier, alert_id, event, attempts FROM outbox \
+             WHERE state = 'pending' AND next_ns <= ?1 ORDER BY next_ns, id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![now_ns, limit as i64], |r| {
+            Ok(Pending {
+                id: r.get(0)?,
+                notifier: r.get(1)?,
+                alert_id: r.get(2)?,
+                event: r.get(3)?,
+                attempts: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn notification_delivered(&self, id: i64, attempts: u32, now_ns: i64) -> anyhow::Result<()> {
+        self.conn().execute(
+            "UPDATE outbox SET state = 'delivered', attempts = ?2, done_ns = ?3, \
+             last_error = NULL WHERE id = ?1",
+            params![id, attempts, now_ns],
+        )?;
+        Ok(())
+    }
+
+    fn notification_failed(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_ns: Option<i64>,
+        error: &str,
+    ) -> anyhow::Result<()> {
+        let c = self.conn();
+        match next_ns {
+            Some(t) => c.execute(
+                "UPDATE outbox SET attempts = ?2, next_ns = ?3, last_error = ?4 WHERE id = ?1",
+                params![id, attempts, t, error],
+            )?,
+            None => c.execute(
+                "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3, \
+                 done_ns = ?4 WHERE id = ?1",
+                params![
+                    id,
+                    attempts,
+                    error,
+                    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
+                ],
+            )?,
+        };
+        Ok(())
     }
 
     fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -1552,6 +1754,103 @@ mod tests {
         // The bad batch was not marked stored: a corrected resend is taken.
         let fixed = batch(2, vec![flow(3)]);
         assert_eq!(s.store_batch("x", &fixed, 2).expect("resend"), Stored::New);
+    }
+
+    #[test]
+    fn alert_changes_queue_one_message_per_concerned_notifier() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        let hook = |name: &str, min| Notifier {
+            name: name.into(),
+            target: notify::Target::Slack {
+                url: "http://127.0.0.1:9/".into(),
+            },
+            min_severity: min,
+        };
+        s.add_notifier(&hook("all", Severity::Low), 1).expect("add");
+        s.add_notifier(&hook("pager", Severity::High), 1)
+            .expect("add");
+        let u = |t: i64, sev, target: &str| AlertUpdate {
+            kind: "port_scan",
+            severity: sev,
+            source: "10.0.0.9".into(),
+            targets: vec![target.into()],
+            time_ns: t,
+            observation: serde_json::json!({ "t": t }),
+            seen_by: "sensor:lab".into(),
+        };
+        let queued = || -> Vec<(String, String)> {
+            s.due_notifications(i64::MAX, 100)
+                .expect("due")
+                .into_iter()
+                .map(|p| (p.notifier, p.event))
+                .collect()
+        };
+        let id = s.record_alert(&u(1, Severity::Low, "a")).expect("new");
+        s.record_alert(&u(2, Severity::Low, "b")).expect("merge");
+        s.record_alert(&u(3, Severity::Low, "c")).expect("merge");
+        assert_eq!(queued(), [("all".to_string(), "alert.new".to_string())]);
+        s.record_alert(&u(4, Severity::High, "d"))
+            .expect("escalate");
+        assert_eq!(
+            queued()[1..],
+            [
+                ("all".to_string(), "alert.escalated".to_string()),
+                ("pager".to_string(), "alert.new".to_string())
+            ]
+        );
+        for p in s.due_notifications(i64::MAX, 100).expect("due") {
+            assert_eq!(p.alert_id, id);
+            s.notification_delivered(p.id, 1, 5).expect("done");
+        }
+        for t in 0..100 {
+            s.record_alert(&u(10 + t, Severity::High, &format!("x{t}")))
+                .expect("grow");
+        }
+        assert_eq!(
+            queued(),
+            [
+                ("all".to_string(), "alert.grew".to_string()),
+                ("pager".to_string(), "alert.grew".to_string())
+            ],
+            "at 100 targets, once"
+        );
+        let p = s.due_notifications(i64::MAX, 1).expect("due").remove(0);
+        s.notification_failed(p.id, 1, Some(1_000), "HTTP 500")
+            .expect("retry");
+        assert!(
+            s.due_notifications(999, 10)
+                .expect("due")
+                .iter()
+                .all(|q| q.id != p.id)
+        );
+        assert_eq!(s.due_notifications(1_000, 10).expect("due")[0].attempts, 1);
+        s.notification_failed(p.id, 2, None, "HTTP 404")
+            .expect("fail");
+        assert_eq!(s.remove_notifier("pager").expect("remove"), Some(1));
+        assert_eq!(s.remove_notifier("pager").expect("remove"), None);
+        let counts = s.notification_counts().expect("counts");
+        assert_eq!(
+            counts,
+            [
+                (
+                    "all".to_string(),
+                    notify::Counts {
+                        pending: 0,
+                        delivered: 2,
+                        failed: 1
+                    }
+                ),
+                (
+                    "pager".to_string(),
+                    notify::Counts {
+                        pending: 0,
+                        delivered: 1,
+                        failed: 0
+                    }
+                )
+            ]
+        );
     }
 
     #[test]

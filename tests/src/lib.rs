@@ -22,6 +22,7 @@ use std::{
 use serde_json::Value;
 
 pub mod pcap;
+pub mod receivers;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
