@@ -84,6 +84,35 @@ pub struct Alert {
     pub observations: Vec<Value>,
     pub observations_total: u64,
     pub sources: Vec<String>,
+    /// Triage: who looks after it.
+    pub assignee: Option<String>,
+    pub tags: Vec<String>,
+    /// Unix nanoseconds; while `status` is `snoozed`, no messages are sent about it.
+    pub snoozed_until: Option<i64>,
+}
+
+/// One step of an alert's triage, for its timeline.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// Unix nanoseconds (the API shows RFC 3339).
+    pub time: i64,
+    /// The user or API token that did it.
+    pub actor: String,
+    /// `status`, `snooze`, `assign`, `tags`, `comment`.
+    pub action: String,
+    pub detail: String,
+}
+
+/// A triage change (the API's PATCH and comments).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// `open` or `closed`.
+    Status(String),
+    /// Snoozed until this time (Unix ns).
+    Snooze(i64),
+    Assign(Option<String>),
+    Tags(Vec<String>),
+    Comment(String),
 }
 
 impl Alert {
@@ -102,6 +131,9 @@ impl Alert {
             observations: Vec::new(),
             observations_total: 0,
             sources: Vec::new(),
+            assignee: None,
+            tags: Vec::new(),
+            snoozed_until: None,
         };
         a.merge(u);
         a
@@ -138,6 +170,13 @@ pub struct AlertQuery {
     pub kind: Option<String>,
     pub status: Option<String>,
     pub source: Option<String>,
+    pub severity: Option<String>,
+    pub assignee: Option<String>,
+    /// Only alerts active (last seen) at or after this time.
+    pub since_ns: Option<i64>,
+    /// Keyset paging: only alerts after this (last seen, id) in the list's order (the previous
+    /// page's last alert).
+    pub after: Option<(i64, i64)>,
     pub limit: usize,
 }
 

@@ -5,9 +5,10 @@
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Instant};
 
 use axum::{
-    Json, Router,
-    extract::{Query, State},
-    http::StatusCode,
+    Extension, Json, Router,
+    extract::{Query, Request, State},
+    http::{HeaderMap, Method, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -29,32 +30,274 @@ pub const STALE_AFTER_NS: i64 = 180_000_000_000;
 struct Api {
     store: Arc<dyn Store>,
     started: Instant,
+    opts: Options,
+    /// Failed logins per user name: (count, last failure).
+    failures: Arc<std::sync::Mutex<HashMap<String, (u32, Instant)>>>,
 }
 
-/// Every path served (openapi.yaml documents exactly these; a test checks it).
-pub const ROUTES: [&str; 6] = [
-    "/api/v1/health",
-    "/api/v1/sensors",
-    "/api/v1/flows",
-    "/api/v1/coverage",
-    "/api/v1/alerts",
-    "/api/v1/alerts/{id}",
+/// How the API is served.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Session cookies only over HTTPS (`Secure`): when the dashboard is reached by https://.
+    pub secure_cookies: bool,
+}
+
+/// Every path served, with its methods (openapi.yaml documents exactly these; a test checks
+/// it).
+pub const ROUTES: [(&str, &[&str]); 8] = [
+    ("/api/v1/health", &["get"]),
+    ("/api/v1/session", &["get", "post", "delete"]),
+    ("/api/v1/sensors", &["get"]),
+    ("/api/v1/flows", &["get"]),
+    ("/api/v1/coverage", &["get"]),
+    ("/api/v1/alerts", &["get"]),
+    ("/api/v1/alerts/{id}", &["get", "patch"]),
+    ("/api/v1/alerts/{id}/comments", &["post"]),
 ];
 
+/// What answers without credentials.
+fn public(method: &Method, path: &str) -> bool {
+    (method == Method::GET && path == "/api/v1/health")
+        || (method == Method::POST && path == "/api/v1/session")
+}
+
 /// The API's routes; anything else under the router answers a JSON 404.
-pub fn router(store: Arc<dyn Store>) -> Router {
+pub fn router(store: Arc<dyn Store>, opts: Options) -> Router {
+    let api = Api {
+        store,
+        started: Instant::now(),
+        opts,
+        failures: Default::default(),
+    };
     Router::new()
-        .route(ROUTES[0], get(health))
-        .route(ROUTES[1], get(sensors))
-        .route(ROUTES[2], get(flows))
-        .route(ROUTES[3], get(coverage))
-        .route(ROUTES[4], get(alerts))
-        .route(ROUTES[5], get(alert))
+        .route(ROUTES[0].0, get(health))
+        .route(ROUTES[1].0, get(whoami).post(login).delete(logout))
+        .route(ROUTES[2].0, get(sensors))
+        .route(ROUTES[3].0, get(flows))
+        .route(ROUTES[4].0, get(coverage))
+        .route(ROUTES[5].0, get(alerts))
+        .route(ROUTES[6].0, get(alert).patch(patch_alert))
+        .route(ROUTES[7].0, axum::routing::post(comment))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
-        .with_state(Api {
-            store,
-            started: Instant::now(),
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .with_state(api)
+}
+
+/// Finds who is calling (API token or session cookie) and checks that they may: viewers only
+/// read, and a session's state-changing request carries its CSRF token.
+async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    if public(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let principal = match principal(&api, req.headers()).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "log in (POST /api/v1/session) or send an API token as `Authorization: Bearer`",
+            )
+            .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // Logging out is every user's right.
+    let logout = req.method() == Method::DELETE && req.uri().path() == "/api/v1/session";
+    if !reads && !logout && principal.role < crate::auth::Role::Admin {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "`{}` is a viewer: only admins change things",
+                principal.name
+            ),
+        )
+        .into_response();
+    }
+    if !reads && let Some(csrf) = &principal.csrf {
+        let sent = req
+            .headers()
+            .get(crate::auth::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(csrf.as_str()) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "a session's changes need its CSRF token in X-CSRF-Token (from GET /api/v1/session)",
+            )
+            .into_response();
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+async fn principal(
+    api: &Api,
+    headers: &HeaderMap,
+) -> Result<Option<crate::auth::Principal>, ApiError> {
+    use crate::auth::{Principal, SESSION_COOKIE, cookie, token_hash, token_well_formed};
+    let now = now_ns();
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let Some(t) = auth.strip_prefix("Bearer ").map(str::trim) else {
+            return Ok(None);
+        };
+        if !token_well_formed(t) {
+            return Ok(None);
+        }
+        let (store, h) = (api.store.clone(), token_hash(t));
+        return Ok(blocking(move || store.token(&h, now))
+            .await?
+            .map(|(name, role)| Principal {
+                name: format!("token:{name}"),
+                role,
+                csrf: None,
+            }));
+    }
+    let Some(sid) = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| cookie(c, SESSION_COOKIE))
+    else {
+        return Ok(None);
+    };
+    let (store, h) = (api.store.clone(), token_hash(sid));
+    Ok(blocking(move || store.session(&h, now))
+        .await?
+        .map(|s| Principal {
+            name: s.user,
+            role: s.role,
+            csrf: Some(s.csrf),
+        }))
+}
+
+/// Consecutive failed logins of one user name after which logins wait.
+pub const LOGIN_FAILURES: u32 = 10;
+pub const LOGIN_LOCKOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn login(
+    State(api): State<Api>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    use crate::auth::{SESSION_COOKIE, SESSION_NS, new_secret, token_hash, verify_password};
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (Some(user), Some(password)) = (body["username"].as_str(), body["password"].as_str())
+    else {
+        return Err(ApiError::bad_request(
+            "send {\"username\": ..., \"password\": ...}",
+        ));
+    };
+    let user = user.to_string();
+    if let Some((n, last)) = api.failures.lock().map_or(None, |f| f.get(&user).copied())
+        && n >= LOGIN_FAILURES
+        && last.elapsed() < LOGIN_LOCKOUT
+    {
+        let wait = (LOGIN_LOCKOUT - last.elapsed()).as_secs() + 1;
+        tracing::warn!(user, "login refused: too many failed attempts");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            format!("too many failed logins for `{user}`; try again in {wait} s"),
+        ));
+    }
+    let (store, u, pw) = (api.store.clone(), user.clone(), password.to_string());
+    let ok = blocking(move || {
+        Ok(match store.user_credentials(&u)? {
+            Some((hash, _)) => verify_password(&pw, &hash),
+            None => {
+                // As slow as a real check, so timing does not tell which names exist.
+                let _ = verify_password(&pw, DUMMY_HASH);
+                false
+            }
         })
+    })
+    .await?;
+    if !ok {
+        if let Ok(mut f) = api.failures.lock() {
+            let e = f.entry(user.clone()).or_insert((0, Instant::now()));
+            *e = (e.0 + 1, Instant::now());
+        }
+        tracing::warn!(user, "failed login");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong user name or password",
+        ));
+    }
+    if let Ok(mut f) = api.failures.lock() {
+        f.remove(&user);
+    }
+    let (sid, csrf) = (
+        new_secret().map_err(ApiError::internal)?,
+        new_secret().map_err(ApiError::internal)?,
+    );
+    let now = now_ns();
+    let (store, h, u, c) = (
+        api.store.clone(),
+        token_hash(&sid),
+        user.clone(),
+        csrf.clone(),
+    );
+    blocking(move || store.create_session(&h, &u, &c, now, now + SESSION_NS)).await?;
+    let (store, u) = (api.store.clone(), user.clone());
+    let role = blocking(move || store.user_credentials(&u))
+        .await?
+        .map(|(_, r)| r);
+    tracing::info!(user, "login");
+    let cookie = format!(
+        "{SESSION_COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_NS / 1_000_000_000,
+        if api.opts.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({ "user": user, "role": role, "csrf_token": csrf })),
+    )
+        .into_response())
+}
+
+/// An argon2 hash of a random password, checked against when the user does not exist.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0ZrX2MP1VeSUIeW4w1eC1xV3VSYmYNAuNdNpQ6WAL5A";
+
+async fn logout(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
+    use crate::auth::{SESSION_COOKIE, cookie, token_hash};
+    let Some(sid) = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| cookie(c, SESSION_COOKIE))
+    else {
+        return Err(ApiError::bad_request(
+            "no session to end (API tokens are revoked with `picket-controlplane tokens revoke`)",
+        ));
+    };
+    let (store, h) = (api.store.clone(), token_hash(sid));
+    blocking(move || store.delete_session(&h)).await?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        )],
+    )
+        .into_response())
+}
+
+async fn whoami(Extension(p): Extension<crate::auth::Principal>) -> Json<Value> {
+    Json(json!({
+        "user": p.name,
+        "role": p.role,
+        "csrf_token": p.csrf,
+    }))
 }
 
 pub struct ApiError {
@@ -64,7 +307,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -72,11 +315,11 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "API request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,18 +339,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub(crate) fn rfc3339(ns: i64) -> Value {
+pub fn rfc3339(ns: i64) -> Value {
     OffsetDateTime::from_unix_timestamp_nanos(ns.into())
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .map_or(Value::Null, Value::String)
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -320,7 +563,9 @@ async fn alerts(
     State(api): State<Api>,
     Query(p): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    const KNOWN: [&str; 4] = ["type", "status", "source", "limit"];
+    const KNOWN: [&str; 8] = [
+        "type", "status", "source", "severity", "assignee", "since", "limit", "cursor",
+    ];
     if let Some(k) = p.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
             "unknown parameter `{k}` (known: {})",
@@ -342,34 +587,245 @@ async fn alerts(
             "status: `{s}` is not one of open, snoozed, closed"
         )));
     }
+    if let Some(s) = p.get("severity")
+        && crate::alerts::Severity::parse(s).is_none()
+    {
+        return Err(ApiError::bad_request(format!(
+            "severity: `{s}` is not one of low, medium, high, critical"
+        )));
+    }
+    let after = p
+        .get("cursor")
+        .map(|c| {
+            c.split_once('.')
+                .and_then(|(t, id)| Some((t.parse().ok()?, id.parse().ok()?)))
+                .ok_or_else(|| ApiError::bad_request("cursor: not a cursor from a previous page"))
+        })
+        .transpose()?;
     let q = crate::alerts::AlertQuery {
         kind: p.get("type").cloned(),
         status: p.get("status").cloned(),
         source: p.get("source").cloned(),
+        severity: p.get("severity").cloned(),
+        assignee: p.get("assignee").cloned(),
+        since_ns: p.get("since").map(|v| parse_time("since", v)).transpose()?,
+        after,
         limit,
     };
     let store = api.store.clone();
     let rows = blocking(move || store.alerts(&q)).await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|a| format!("{}.{}", a.last_seen, a.id)))
+        .flatten();
     let alerts: Vec<Value> = rows.iter().map(crate::notify::alert_json).collect();
-    Ok(Json(json!({ "alerts": alerts })))
+    Ok(Json(json!({ "alerts": alerts, "next_cursor": next })))
+}
+
+fn alert_id(id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("`{id}` is not an alert id")))
+}
+
+fn no_alert(id: i64) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no alert {id}"))
+}
+
+/// An alert with its triage timeline.
+fn alert_detail(a: &crate::alerts::Alert, history: &[crate::alerts::HistoryEntry]) -> Value {
+    let mut v = crate::notify::alert_json(a);
+    v["history"] = history
+        .iter()
+        .map(|h| {
+            json!({
+                "time": rfc3339(h.time),
+                "actor": h.actor,
+                "action": h.action,
+                "detail": h.detail,
+            })
+        })
+        .collect();
+    v
 }
 
 async fn alert(
     State(api): State<Api>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("`{id}` is not an alert id")))?;
+    let id = alert_id(&id)?;
     let store = api.store.clone();
-    match blocking(move || store.alert(id)).await? {
-        Some(a) => Ok(Json(crate::notify::alert_json(&a))),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no alert {id}"),
-        )),
+    match blocking(move || Ok((store.alert(id)?, store.alert_history(id)?))).await? {
+        (Some(a), h) => Ok(Json(alert_detail(&a, &h))),
+        (None, _) => Err(no_alert(id)),
     }
+}
+
+/// The most tags an alert keeps, and the longest comment.
+pub const MAX_TAGS: usize = 20;
+pub const MAX_COMMENT: usize = 4000;
+
+/// The changes a PATCH body asks for, checked.
+fn triage_changes(body: &Value, now: i64) -> Result<Vec<crate::alerts::Change>, ApiError> {
+    use crate::alerts::Change;
+    const KNOWN: [&str; 5] = ["status", "snooze_until", "assignee", "tags", "comment"];
+    let Some(m) = body.as_object() else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    if let Some(k) = m.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{k}` (known: {})",
+            KNOWN.join(", ")
+        )));
+    }
+    let mut out = Vec::new();
+    match (m.get("status").map(|v| v.as_str()), m.get("snooze_until")) {
+        (Some(Some("snoozed")), Some(Value::String(t))) | (None, Some(Value::String(t))) => {
+            let until = parse_time("snooze_until", t)?;
+            if until <= now {
+                return Err(ApiError::bad_request("snooze_until must be in the future"));
+            }
+            out.push(Change::Snooze(until));
+        }
+        (Some(Some("snoozed")), _) => {
+            return Err(ApiError::bad_request(
+                "status snoozed needs snooze_until (RFC 3339 or Unix seconds)",
+            ));
+        }
+        (Some(Some(s @ ("open" | "closed"))), None) => out.push(Change::Status(s.to_string())),
+        (Some(_), None) => {
+            return Err(ApiError::bad_request(
+                "status: must be one of open, closed, snoozed",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "snooze_until: a time (RFC 3339 or Unix seconds), with status snoozed or alone",
+            ));
+        }
+        (None, None) => {}
+    }
+    match m.get("assignee") {
+        None => {}
+        Some(Value::Null) => out.push(Change::Assign(None)),
+        Some(Value::String(u)) => {
+            crate::auth::check_name("user", u).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            out.push(Change::Assign(Some(u.clone())));
+        }
+        Some(_) => return Err(ApiError::bad_request("assignee: a user name or null")),
+    }
+    if let Some(t) = m.get("tags") {
+        let tags = t
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| ApiError::bad_request("tags: a list of strings"))?;
+        if tags.len() > MAX_TAGS {
+            return Err(ApiError::bad_request(format!("tags: at most {MAX_TAGS}")));
+        }
+        if let Some(bad) = tags.iter().find(|t| {
+            t.is_empty()
+                || t.len() > 32
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'))
+        }) {
+            return Err(ApiError::bad_request(format!(
+                "tags: `{bad}` must be 1-32 letters, digits, `-`, `_`, `:` or `.`"
+            )));
+        }
+        out.push(Change::Tags(tags));
+    }
+    if let Some(c) = m.get("comment") {
+        out.push(Change::Comment(comment_text(c)?));
+    }
+    if out.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "nothing to change (fields: {})",
+            KNOWN.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+fn comment_text(v: &Value) -> Result<String, ApiError> {
+    match v.as_str().map(str::trim) {
+        Some(t) if !t.is_empty() && t.chars().count() <= MAX_COMMENT => Ok(t.to_string()),
+        _ => Err(ApiError::bad_request(format!(
+            "comment: text of 1 to {MAX_COMMENT} characters"
+        ))),
+    }
+}
+
+async fn change(
+    api: &Api,
+    id: i64,
+    changes: Vec<crate::alerts::Change>,
+    actor: String,
+) -> Result<Json<Value>, ApiError> {
+    let store = api.store.clone();
+    let now = now_ns();
+    // An assignee must be a user of this control plane.
+    let assignee = changes.iter().find_map(|c| match c {
+        crate::alerts::Change::Assign(Some(u)) => Some(u.clone()),
+        _ => None,
+    });
+    let r = blocking(move || {
+        if let Some(u) = &assignee
+            && store.user_credentials(u)?.is_none()
+        {
+            return Ok(Err(ApiError::bad_request(format!(
+                "assignee: there is no user `{u}`"
+            ))));
+        }
+        let Some(a) = store.change_alert(id, &changes, &actor, now)? else {
+            return Ok(Err(no_alert(id)));
+        };
+        Ok(Ok((a, store.alert_history(id)?)))
+    })
+    .await??;
+    tracing::info!(alert = id, "alert triaged");
+    Ok(Json(alert_detail(&r.0, &r.1)))
+}
+
+async fn patch_alert(
+    State(api): State<Api>,
+    Extension(who): Extension<crate::auth::Principal>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = alert_id(&id)?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let changes = triage_changes(&body, now_ns())?;
+    change(&api, id, changes, who.name).await
+}
+
+async fn comment(
+    State(api): State<Api>,
+    Extension(who): Extension<crate::auth::Principal>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = alert_id(&id)?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(k) = body
+        .as_object()
+        .and_then(|m| m.keys().find(|k| k.as_str() != "text"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{k}` (known: text)"
+        )));
+    }
+    let text = comment_text(&body["text"])?;
+    let r = change(
+        &api,
+        id,
+        vec![crate::alerts::Change::Comment(text)],
+        who.name,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, r))
 }
 
 #[cfg(test)]

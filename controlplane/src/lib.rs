@@ -1,6 +1,7 @@
 //! The control plane as a library: the binary and the tests call these.
 pub mod alerts;
 pub mod api;
+pub mod auth;
 pub mod cloud;
 pub mod detect;
 pub mod import;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use controlplane::{
     ingest::{self, Ingest},
     keys,
-    store::{SqliteStore, Store},
+    store::{Access as _, SqliteStore, Store},
 };
 use picket_proto::v1::sensor_ingest_server::SensorIngestServer;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -110,6 +110,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NotifiersCmd,
     },
+    /// Dashboard users (argon2-hashed passwords): add, list, passwd, remove. At its first start
+    /// `serve` creates `admin` and prints its password once.
+    Users {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
+    /// API tokens for scripts (`Authorization: Bearer TOKEN`): add (prints the token once),
+    /// list, revoke.
+    Tokens {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: TokensCmd,
+    },
     /// Import cloud flow logs into a data dir: AWS VPC / transit-gateway flow logs (default or
     /// custom format with its header line), GCP VPC Flow Logs (Cloud Logging entries as NDJSON
     /// or a JSON array), Azure NSG flow logs v1/v2 and VNet flow logs v4 (the storage account's
@@ -129,6 +145,48 @@ enum Cmd {
         #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
         sampling_rate: f64,
     },
+}
+
+#[derive(Subcommand)]
+enum UsersCmd {
+    /// Add a user; prints a generated password unless --password-file gives one.
+    Add {
+        name: String,
+        /// viewer (reads) or admin (also triages alerts and changes settings).
+        #[arg(long, default_value = "viewer", value_parser = role)]
+        role: controlplane::auth::Role,
+        /// A file holding the password (its first line; at least 10 characters).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Users with their role and last login.
+    List,
+    /// Set a new password (generated and printed unless --password-file); ends their sessions.
+    Passwd {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Remove a user and end their sessions.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create a token and print it (shown only now; only a hash is stored).
+    Add {
+        name: String,
+        #[arg(long, default_value = "viewer", value_parser = role)]
+        role: controlplane::auth::Role,
+    },
+    /// Tokens with their role and last use.
+    List,
+    /// Revoke a token: its next call is refused.
+    Revoke { name: String },
+}
+
+fn role(s: &str) -> Result<controlplane::auth::Role, String> {
+    controlplane::auth::Role::parse(s).ok_or_else(|| format!("`{s}` is not one of viewer, admin"))
 }
 
 #[derive(Subcommand)]
@@ -333,6 +391,8 @@ fn main() -> ExitCode {
         Cmd::Watchlist { data_dir, cmd } => watchlist(data_dir, cmd),
         Cmd::Allowlist { data_dir, cmd } => allowlist(data_dir, cmd),
         Cmd::Notifiers { data_dir, cmd } => notifiers(data_dir, cmd),
+        Cmd::Users { data_dir, cmd } => users(data_dir, cmd),
+        Cmd::Tokens { data_dir, cmd } => tokens(data_dir, cmd),
         Cmd::Import {
             provider,
             files,
@@ -418,6 +478,106 @@ fn import(
                 Provider::Azure => "Azure NSG or VNet",
             }
         );
+    }
+    Ok(())
+}
+
+fn when(ns: Option<i64>) -> String {
+    ns.and_then(|t| controlplane::api::rfc3339(t).as_str().map(str::to_string))
+        .unwrap_or_else(|| "never".into())
+}
+
+fn users(data_dir: PathBuf, cmd: UsersCmd) -> anyhow::Result<()> {
+    use controlplane::auth::{check_name, hash_password, new_password};
+    let store = SqliteStore::open(&data_dir)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    // The given password, or a generated one to print.
+    let password = |file: Option<PathBuf>| -> anyhow::Result<(String, bool)> {
+        Ok(match file {
+            Some(f) => (secret(&f)?, false),
+            None => (new_password()?, true),
+        })
+    };
+    match cmd {
+        UsersCmd::Add {
+            name,
+            role,
+            password_file,
+        } => {
+            check_name("user", &name)?;
+            let (pw, show) = password(password_file)?;
+            store.add_user(&name, &hash_password(&pw)?, role, now)?;
+            println!("added {} `{name}`", role.as_str());
+            if show {
+                println!("password: {pw}");
+            }
+        }
+        UsersCmd::List => {
+            for u in store.users()? {
+                println!(
+                    "{}\t{}\tlast login {}",
+                    u.name,
+                    u.role.as_str(),
+                    when(u.last_login_ns)
+                );
+            }
+        }
+        UsersCmd::Passwd {
+            name,
+            password_file,
+        } => {
+            let (pw, show) = password(password_file)?;
+            if !store.set_password(&name, &hash_password(&pw)?)? {
+                anyhow::bail!("there is no user `{name}`");
+            }
+            println!("new password set for `{name}`; their sessions are ended");
+            if show {
+                println!("password: {pw}");
+            }
+        }
+        UsersCmd::Remove { name } => {
+            if !store.remove_user(&name)? {
+                anyhow::bail!("there is no user `{name}`");
+            }
+            println!("removed `{name}`");
+        }
+    }
+    Ok(())
+}
+
+fn tokens(data_dir: PathBuf, cmd: TokensCmd) -> anyhow::Result<()> {
+    use controlplane::auth::{check_name, new_token, token_hash};
+    let store = SqliteStore::open(&data_dir)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    match cmd {
+        TokensCmd::Add { name, role } => {
+            check_name("token", &name)?;
+            let t = new_token()?;
+            store.add_token(&name, &token_hash(&t), role, now)?;
+            // Only the token on stdout, for scripts: `TOKEN=$(... tokens add ci)`.
+            println!("{t}");
+            eprintln!(
+                "created {} token `{name}`; it is shown only now",
+                role.as_str()
+            );
+        }
+        TokensCmd::List => {
+            for t in store.tokens()? {
+                println!(
+                    "{}\t{}\t{}\tlast used {}",
+                    t.name,
+                    t.role.as_str(),
+                    if t.revoked { "revoked" } else { "active" },
+                    when(t.last_used_ns)
+                );
+            }
+        }
+        TokensCmd::Revoke { name } => {
+            if !store.revoke_token(&name, now)? {
+                anyhow::bail!("there is no active token `{name}`");
+            }
+            println!("revoked `{name}`");
+        }
     }
     Ok(())
 }
@@ -729,6 +889,28 @@ const COVERAGE_GAP_WINDOW_NS: i64 = 86_400_000_000_000;
 /// interval.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// At the first start (no users yet), creates the dashboard user `admin` and prints its
+/// password once.
+fn first_admin(store: &dyn Store) -> anyhow::Result<()> {
+    if !store.users()?.is_empty() {
+        return Ok(());
+    }
+    let pw = controlplane::auth::new_password()?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    store.add_user(
+        "admin",
+        &controlplane::auth::hash_password(&pw)?,
+        controlplane::auth::Role::Admin,
+        now,
+    )?;
+    // Printed, not logged as a field, so it is plainly visible once; it is never shown again.
+    eprintln!(
+        "picket-controlplane: first start: created the dashboard user `admin` with password {pw}\n\
+         picket-controlplane: it is shown only now; change it with `picket-controlplane users --data-dir DIR passwd admin`"
+    );
+    Ok(())
+}
+
 /// Notification settings of `serve`.
 struct Notifying {
     public_url: Option<String>,
@@ -755,6 +937,13 @@ fn serve(
         );
     }
     let store: Arc<dyn Store> = SqliteStore::open(&data_dir)?;
+    first_admin(store.as_ref())?;
+    let api_opts = controlplane::api::Options {
+        secure_cookies: notifying
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://")),
+    };
     let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         // Sensor flows that arrive after the cloud's records of the same conversation; rollups
@@ -776,6 +965,11 @@ fn serve(
                         ),
                         Ok(m) => tracing::debug!(rolled_up = m.rolled_up, "rollups"),
                         Err(e) => warn!(error = %format!("{e:#}"), "rollups and retention failed"),
+                    }
+                    match store.wake_snoozed(now) {
+                        Ok(0) => {}
+                        Ok(n) => info!(alerts = n, "snoozed alerts are open again"),
+                        Err(e) => warn!(error = %format!("{e:#}"), "waking snoozed alerts failed"),
                     }
                     match store.correlate(
                         now - CORRELATE_WINDOW_NS,
@@ -839,11 +1033,14 @@ fn serve(
             .run(stop_http.subscribe()),
         );
         let api = tokio::spawn(
-            axum::serve(http_listener, controlplane::api::router(store.clone()))
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.changed().await;
-                })
-                .into_future(),
+            axum::serve(
+                http_listener,
+                controlplane::api::router(store.clone(), api_opts),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .into_future(),
         );
         info!(
             grpc = %listener.local_addr()?,

@@ -302,6 +302,10 @@ pub fn alert_json(a: &Alert) -> Value {
     if let Value::Object(m) = &mut v {
         m.insert("first_seen".into(), crate::api::rfc3339(a.first_seen));
         m.insert("last_seen".into(), crate::api::rfc3339(a.last_seen));
+        m.insert(
+            "snoozed_until".into(),
+            a.snoozed_until.map_or(Value::Null, crate::api::rfc3339),
+        );
     }
     v
 }
@@ -901,6 +905,9 @@ pub fn sample_alert(now_ns: i64) -> Alert {
         ],
         observations_total: 1,
         sources: vec!["test".into()],
+        assignee: None,
+        tags: vec![],
+        snoozed_until: None,
     }
 }
 
@@ -924,6 +931,9 @@ mod tests {
             observations: vec![],
             observations_total: 4,
             sources: vec!["sensor:lab".into()],
+            assignee: None,
+            tags: vec![],
+            snoozed_until: None,
         }
     }
 

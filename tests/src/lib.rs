@@ -728,6 +728,75 @@ pub fn strs(v: &[String]) -> Vec<&str> {
 pub struct ControlPlane {
     child: Option<Child>,
     pub log: PathBuf,
+    /// The namespace it runs in and its REST address there.
+    pub ns: String,
+    pub http: String,
+    /// An admin API token made for the test before the start.
+    pub token: String,
+}
+
+static NEXT_TOKEN: AtomicU32 = AtomicU32::new(0);
+
+/// An HTTP response: status, headers (lower-case names), body.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {} {}", self.status, self.body))
+    }
+}
+
+/// Sends one request from inside `ns`, with extra `headers` and a JSON body.
+pub fn http_request(
+    ns: &str,
+    method: &str,
+    url: String,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Reply {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let body = body.map(|b| b.to_string());
+    in_netns(ns, move || {
+        let mut r = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client")
+            .request(method, &url);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        if let Some(b) = body {
+            r = r.header("content-type", "application/json").body(b);
+        }
+        let r = r.send().unwrap_or_else(|e| panic!("{url}: {e}"));
+        let headers = r
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        Reply {
+            status: r.status().as_u16(),
+            headers,
+            body: r.text().expect("body"),
+        }
+    })
+    .join()
+    .expect("http thread")
 }
 
 impl ControlPlane {
@@ -785,6 +854,22 @@ impl ControlPlane {
         Self::start_with(ns, data_dir, listen, log, &[])
     }
 
+    /// Creates an API token of `role` in `data_dir` and returns it.
+    pub fn add_token(data_dir: &Path, name: &str, role: &str) -> String {
+        let o = Command::new(bin("picket-controlplane"))
+            .args(["tokens", "--data-dir"])
+            .arg(data_dir)
+            .args(["add", name, "--role", role])
+            .output()
+            .expect("run picket-controlplane tokens add");
+        assert!(
+            o.status.success(),
+            "tokens add: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
     /// [`ControlPlane::start`] with more `serve` arguments (TLS...).
     pub fn start_with(
         ns: &str,
@@ -793,6 +878,19 @@ impl ControlPlane {
         log: &Path,
         extra: &[&str],
     ) -> ControlPlane {
+        let token = Self::add_token(
+            data_dir,
+            &format!(
+                "tests-{}-{}",
+                std::process::id(),
+                NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+            ),
+            "admin",
+        );
+        let http = extra
+            .windows(2)
+            .find(|w| w[0] == "--http-listen")
+            .map_or("127.0.0.1:8080".to_string(), |w| w[1].to_string());
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(bin("picket-controlplane"))
@@ -808,6 +906,9 @@ impl ControlPlane {
         let cp = ControlPlane {
             child: Some(child),
             log: log.to_path_buf(),
+            ns: ns.to_string(),
+            http,
+            token,
         };
         let t0 = Instant::now();
         while !fs::read_to_string(log)
@@ -822,6 +923,34 @@ impl ControlPlane {
             thread::sleep(Duration::from_millis(50));
         }
         cp
+    }
+
+    /// A request to the REST API with the test's admin token.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        http_request(
+            &self.ns,
+            method,
+            format!("http://{}{path}", self.http),
+            &[("authorization", &auth)],
+            body,
+        )
+    }
+
+    /// GET `path` with the test's admin token: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let r = self.request("GET", path, None);
+        (r.status, r.body)
+    }
+
+    /// The first start's `admin` password, from the log.
+    pub fn admin_password(&self) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .find_map(|l| l.split("`admin` with password ").nth(1))
+            .unwrap_or_else(|| panic!("no admin password in the log:\n{log}"))
+            .trim()
+            .to_string()
     }
 
     /// Ends it abruptly (SIGKILL), as a crash or a lost machine would.

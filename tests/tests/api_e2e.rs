@@ -8,8 +8,8 @@ use tests::{ControlPlane, Lab, TempDir, http_get};
 
 const HTTP: &str = "127.0.0.1:8080";
 
-fn get(ns: &str, path: &str) -> (u16, Value) {
-    let (status, body) = http_get(ns, HTTP, path);
+fn get(cp: &ControlPlane, path: &str) -> (u16, Value) {
+    let (status, body) = cp.get(path);
     let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
     (status, v)
 }
@@ -51,22 +51,24 @@ fn flows_sensors_health_and_errors() {
     );
     let ns = &lab.a;
 
-    let (s, v) = get(ns, "/api/v1/health");
+    // Health answers without credentials.
+    let (s, body) = http_get(ns, HTTP, "/api/v1/health");
+    let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
 
-    let (s, v) = get(ns, "/api/v1/sensors");
+    let (s, v) = get(&cp, "/api/v1/sensors");
     assert_eq!(s, 200);
     assert_eq!(v["sensors"][0]["name"], "edge-1");
     assert_eq!(v["sensors"][0]["health"], "never_connected");
     assert_eq!(v["sensors"][0]["revoked"], false);
 
-    let (s, v) = get(ns, "/api/v1/flows");
+    let (s, v) = get(&cp, "/api/v1/flows");
     assert_eq!(s, 200);
     assert_eq!(v["flows"].as_array().map(Vec::len), Some(7));
     assert_eq!(v["next_cursor"], Value::Null);
 
     // Filters: one address, one port, one source, a time range.
-    let (_, v) = get(ns, "/api/v1/flows?ip=198.51.100.7&port=22&source=aws");
+    let (_, v) = get(&cp, "/api/v1/flows?ip=198.51.100.7&port=22&source=aws");
     let f = v["flows"].as_array().expect("flows");
     assert_eq!(f.len(), 5);
     assert!(
@@ -78,7 +80,7 @@ fn flows_sensors_health_and_errors() {
     assert_eq!(f[0]["observer"], "123456789010");
     assert_eq!(f[0]["interface"], "eni-0a1");
     let (_, v) = get(
-        ns,
+        &cp,
         "/api/v1/flows?ip=198.51.100.7&since=2026-11-28T10:02:30Z&until=1795860210",
     );
     let ports: Vec<u64> = v["flows"]
@@ -88,7 +90,7 @@ fn flows_sensors_health_and_errors() {
         .map(|f| f["src_port"].as_u64().expect("port"))
         .collect();
     assert_eq!(ports, [40004, 40003]);
-    let (_, v) = get(ns, "/api/v1/flows?source=gcp");
+    let (_, v) = get(&cp, "/api/v1/flows?source=gcp");
     let g = &v["flows"][0];
     assert_eq!(
         (
@@ -109,7 +111,7 @@ fn flows_sensors_health_and_errors() {
     let mut seen = Vec::new();
     let mut path = "/api/v1/flows?source=aws&ip=198.51.100.7&limit=2".to_string();
     loop {
-        let (s, v) = get(ns, &path);
+        let (s, v) = get(&cp, &path);
         assert_eq!(s, 200);
         for f in v["flows"].as_array().expect("flows") {
             seen.push(f["id"].as_i64().expect("id"));
@@ -126,12 +128,12 @@ fn flows_sensors_health_and_errors() {
     assert_eq!((seen.len(), unique.len()), (5, 5), "{seen:?}");
 
     // Errors are JSON with a code and a message that says what to fix.
-    let (s, v) = get(ns, "/api/v1/flows?port=99999");
+    let (s, v) = get(&cp, "/api/v1/flows?port=99999");
     assert_eq!((s, &v["error"]["code"]), (400, &Value::from("bad_request")));
     assert_eq!(v["error"]["message"], "port: 0 to 65535");
-    let (s, v) = get(ns, "/api/v1/flows?limit=0");
+    let (s, v) = get(&cp, "/api/v1/flows?limit=0");
     assert_eq!(s, 400, "{v}");
-    let (s, v) = get(ns, "/api/v1/nothing-here");
+    let (s, v) = get(&cp, "/api/v1/nothing-here");
     assert_eq!((s, &v["error"]["code"]), (404, &Value::from("not_found")));
     cp.stop();
 }
@@ -154,10 +156,22 @@ fn openapi_document_matches_the_routes() {
     documented.sort();
     let mut served: Vec<String> = controlplane::api::ROUTES
         .iter()
-        .map(|r| r.to_string())
+        .map(|r| r.0.to_string())
         .collect();
     served.sort();
     assert_eq!(documented, served);
+    for (path, methods) in controlplane::api::ROUTES {
+        let mut doc_methods: Vec<&str> = doc["paths"][path]
+            .as_hash()
+            .expect("methods")
+            .keys()
+            .filter_map(|k| k.as_str())
+            .collect();
+        doc_methods.sort();
+        let mut ours = methods.to_vec();
+        ours.sort();
+        assert_eq!(doc_methods, ours, "{path}");
+    }
     // Every response $ref points at a component that exists.
     for r in text
         .lines()
@@ -178,13 +192,284 @@ fn openapi_document_matches_the_routes() {
         "127.0.0.1:7443",
         &dir.0.join("cp.log"),
     );
-    // Each route answers; on an empty store, one with an id answers 404 for id 1.
-    for p in &served {
+    // Each GET answers; on an empty store, one with an id answers 404 for id 1. Without
+    // credentials, everything but the health check and the login answers 401.
+    for (p, methods) in controlplane::api::ROUTES {
         let (path, want) = match p.split_once("{id}") {
             Some((a, b)) => (format!("{a}1{b}"), 404),
-            None => (p.clone(), 200),
+            None => (p.to_string(), 200),
         };
-        assert_eq!(http_get(&lab.a, HTTP, &path).0, want, "{path}");
+        if methods.contains(&"get") {
+            assert_eq!(cp.get(&path).0, want, "{path}");
+        }
+        for m in methods {
+            let r = tests::http_request(
+                &lab.a,
+                &m.to_uppercase(),
+                format!("http://{HTTP}{path}"),
+                &[],
+                Some(&serde_json::json!({})),
+            );
+            let public = [("/api/v1/health", "get"), ("/api/v1/session", "post")].contains(&(p, m));
+            if public {
+                assert_ne!(r.status, 401, "{m} {path} is public");
+            } else {
+                assert_eq!(r.status, 401, "{m} {path} without credentials: {}", r.body);
+                assert_eq!(r.json()["error"]["code"], "unauthorized");
+            }
+        }
     }
+    cp.stop();
+}
+
+/// Access control and triage on a real `serve`: the first start's admin logs in with the
+/// printed password, changes need the session's CSRF token, viewers only read, revoked tokens
+/// and ended sessions are refused; an alert from an AWS import is assigned, tagged, commented,
+/// snoozed and closed, each step in its timeline.
+#[test]
+fn users_sessions_tokens_and_alert_triage() {
+    use tests::http_request;
+    let lab = Lab::new();
+    let dir = TempDir::new("api-auth");
+    let data = dir.0.join("data");
+    let mut log = String::new();
+    for p in 1..=20u64 {
+        log += &format!(
+            "2 123456789010 eni-0a1 198.51.100.7 10.0.0.5 61000 {p} 6 1 44 {} {} REJECT OK\n",
+            1_795_860_000 + p,
+            1_795_860_001 + p
+        );
+    }
+    import(&data, "aws", &log);
+    let viewer = ControlPlane::add_token(&data, "grafana", "viewer");
+    let revoked = ControlPlane::add_token(&data, "old-ci", "admin");
+    let o = std::process::Command::new(tests::bin("picket-controlplane"))
+        .args(["tokens", "--data-dir"])
+        .arg(&data)
+        .args(["revoke", "old-ci"])
+        .output()
+        .expect("revoke");
+    assert!(o.status.success());
+    let cp = ControlPlane::start_with(
+        &lab.a,
+        &data,
+        "127.0.0.1:7443",
+        &dir.0.join("cp.log"),
+        &["--retention-raw-days", "36500"],
+    );
+    let ns = &lab.a;
+    let url = |p: &str| format!("http://{HTTP}{p}");
+    let req = |m: &str, p: &str, h: &[(&str, &str)], b: Option<Value>| {
+        http_request(ns, m, url(p), h, b.as_ref())
+    };
+
+    // Logins: wrong password, unknown user, then the printed one.
+    let pw = cp.admin_password();
+    assert_eq!(pw.len(), 20);
+    for (u, p) in [
+        ("admin", "not the password"),
+        ("mallory", "whatever-password"),
+    ] {
+        let r = req(
+            "POST",
+            "/api/v1/session",
+            &[],
+            Some(serde_json::json!({"username": u, "password": p})),
+        );
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.json()["error"]["message"], "wrong user name or password");
+    }
+    let r = req(
+        "POST",
+        "/api/v1/session",
+        &[],
+        Some(serde_json::json!({"username": "admin", "password": pw})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let set_cookie = &r.headers["set-cookie"];
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().expect("cookie").to_string();
+    let csrf = r.json()["csrf_token"].as_str().expect("csrf").to_string();
+    assert_eq!(r.json()["role"], "admin");
+    let session = [("cookie", cookie.as_str())];
+    let with_csrf = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let r = req("GET", "/api/v1/session", &session, None);
+    assert_eq!(
+        (
+            r.status,
+            r.json()["user"].clone(),
+            r.json()["csrf_token"].clone()
+        ),
+        (200, Value::from("admin"), Value::from(csrf.clone()))
+    );
+
+    let r = req("GET", "/api/v1/alerts", &session, None);
+    assert_eq!(r.status, 200);
+    let alerts = r.json()["alerts"].as_array().expect("alerts").clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let id = alerts[0]["id"].as_i64().expect("id");
+    assert_eq!(alerts[0]["assignee"], Value::Null);
+    let path = format!("/api/v1/alerts/{id}");
+
+    // A session's change without its CSRF token is refused; with it, it is done.
+    let change = serde_json::json!({"assignee": "admin", "tags": ["scan", "external", "scan"]});
+    let r = req("PATCH", &path, &session, Some(change.clone()));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (403, Value::from("csrf"))
+    );
+    let r = req("PATCH", &path, &with_csrf, Some(change));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a = r.json();
+    assert_eq!(a["assignee"], "admin");
+    assert_eq!(a["tags"], serde_json::json!(["external", "scan"]));
+
+    // A viewer token reads but cannot change; a revoked token and no credentials get 401.
+    let bearer = format!("Bearer {viewer}");
+    let r = req("GET", &path, &[("authorization", &bearer)], None);
+    assert_eq!(r.status, 200);
+    let r = req(
+        "PATCH",
+        &path,
+        &[("authorization", &bearer)],
+        Some(serde_json::json!({"status": "closed"})),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (403, Value::from("forbidden"))
+    );
+    let old = format!("Bearer {revoked}");
+    assert_eq!(
+        req("GET", &path, &[("authorization", &old)], None).status,
+        401
+    );
+    assert_eq!(req("GET", &path, &[], None).status, 401);
+
+    // Triage through the admin token too: comments, bad input, snooze, close.
+    let r = cp.request(
+        "POST",
+        &format!("{path}/comments"),
+        Some(&serde_json::json!({"text": "  external scanner, blocked at the edge  "})),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    for (body, msg) in [
+        (
+            serde_json::json!({"status": "gone"}),
+            "status: must be one of open, closed, snoozed",
+        ),
+        (
+            serde_json::json!({"status": "snoozed"}),
+            "status snoozed needs snooze_until (RFC 3339 or Unix seconds)",
+        ),
+        (
+            serde_json::json!({"snooze_until": "2000-01-01T00:00:00Z"}),
+            "snooze_until must be in the future",
+        ),
+        (
+            serde_json::json!({"assignee": "nobody"}),
+            "assignee: there is no user `nobody`",
+        ),
+        (
+            serde_json::json!({"tags": ["a b"]}),
+            "tags: `a b` must be 1-32 letters, digits, `-`, `_`, `:` or `.`",
+        ),
+        (
+            serde_json::json!({"colour": "red"}),
+            "unknown field `colour` (known: status, snooze_until, assignee, tags, comment)",
+        ),
+        (
+            serde_json::json!({}),
+            "nothing to change (fields: status, snooze_until, assignee, tags, comment)",
+        ),
+    ] {
+        let r = cp.request("PATCH", &path, Some(&body));
+        assert_eq!(
+            (r.status, r.json()["error"]["message"].clone()),
+            (400, Value::from(msg)),
+            "{body}"
+        );
+    }
+    let r = cp.request(
+        "PATCH",
+        &path,
+        Some(&serde_json::json!({"status": "snoozed", "snooze_until": "2099-01-01T00:00:00Z"})),
+    );
+    assert_eq!(r.json()["status"], "snoozed");
+    assert_eq!(r.json()["snoozed_until"], "2099-01-01T00:00:00Z");
+    let r = cp.request(
+        "PATCH",
+        &path,
+        Some(&serde_json::json!({"status": "closed", "comment": "done"})),
+    );
+    let a = r.json();
+    assert_eq!(
+        (a["status"].clone(), a["snoozed_until"].clone()),
+        (Value::from("closed"), Value::Null)
+    );
+    let steps: Vec<(String, String, String)> = a["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| {
+            (
+                h["actor"].as_str().expect("actor").to_string(),
+                h["action"].as_str().expect("action").to_string(),
+                h["detail"].as_str().expect("detail").to_string(),
+            )
+        })
+        .collect();
+    let token_name = format!("token:{}", {
+        let r = cp.request("GET", "/api/v1/session", None);
+        r.json()["user"]
+            .as_str()
+            .expect("user")
+            .trim_start_matches("token:")
+            .to_string()
+    });
+    let s = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        steps,
+        [
+            s("admin", "assign", "admin"),
+            s("admin", "tags", "external, scan"),
+            s(
+                &token_name,
+                "comment",
+                "external scanner, blocked at the edge"
+            ),
+            s(&token_name, "snooze", "2099-01-01T00:00:00Z"),
+            s(&token_name, "status", "closed"),
+            s(&token_name, "comment", "done"),
+        ]
+    );
+    let r = cp.request("GET", "/api/v1/alerts?status=closed&assignee=admin", None);
+    assert_eq!(r.json()["alerts"].as_array().map(Vec::len), Some(1));
+    let r = cp.request("GET", "/api/v1/alerts?status=open", None);
+    assert_eq!(r.json()["alerts"].as_array().map(Vec::len), Some(0));
+
+    // Logging out ends the session.
+    let r = req("DELETE", "/api/v1/session", &with_csrf, None);
+    assert_eq!(r.status, 204);
+    assert_eq!(req("GET", "/api/v1/alerts", &session, None).status, 401);
+    // Ten failures lock the name out for a while, even with the right password after them.
+    for _ in 0..10 {
+        let r = req(
+            "POST",
+            "/api/v1/session",
+            &[],
+            Some(serde_json::json!({"username": "admin", "password": "guess-guess"})),
+        );
+        assert_eq!(r.status, 401);
+    }
+    let r = req(
+        "POST",
+        "/api/v1/session",
+        &[],
+        Some(serde_json::json!({"username": "admin", "password": pw})),
+    );
+    assert_eq!(r.status, 429, "{}", r.body);
     cp.stop();
 }

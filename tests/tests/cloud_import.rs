@@ -816,8 +816,8 @@ fn watched_directory_imports_each_file_once_across_restarts() {
     let data = dir.0.join("data");
     let incoming = dir.0.join("incoming");
     let args = ["--watch-dir", incoming.to_str().expect("utf8")];
-    let count = |ns: &str| -> usize {
-        let (status, body) = tests::http_get(ns, "127.0.0.1:8080", "/api/v1/flows?source=aws");
+    let count = |cp: &tests::ControlPlane| -> usize {
+        let (status, body) = cp.get("/api/v1/flows?source=aws");
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         v["flows"].as_array().map_or(0, Vec::len)
@@ -859,7 +859,7 @@ fn watched_directory_imports_each_file_once_across_restarts() {
     std::fs::write(&staged, gzip(&records)).expect("write");
     std::fs::rename(&staged, incoming.join("aws/flows.log.gz")).expect("rename");
     wait_for(&incoming.join("aws/imported/flows.log.gz"));
-    assert_eq!(count(&lab.a), 3);
+    assert_eq!(count(&cp), 3);
     cp.stop();
 
     let cp = tests::ControlPlane::start_with(
@@ -871,7 +871,7 @@ fn watched_directory_imports_each_file_once_across_restarts() {
     );
     std::fs::write(incoming.join("aws/redelivered.gz"), gzip(&records)).expect("write");
     wait_for(&incoming.join("aws/imported/redelivered.gz"));
-    assert_eq!(count(&lab.a), 3, "the same content is not imported twice");
+    assert_eq!(count(&cp), 3, "the same content is not imported twice");
     let log = std::fs::read_to_string(dir.0.join("cp2.log")).expect("log");
     assert!(log.contains("already imported"), "{log}");
     cp.stop();

@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{ControlPlane, Lab, Sensor, TempDir, bin, http_get};
+use tests::{ControlPlane, Lab, Sensor, TempDir, bin};
 
 #[test]
 fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
@@ -82,7 +82,7 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
     assert!(stderr.contains("links=1"), "{stderr}");
 
     let get = |path: &str| -> Value {
-        let (s, body) = http_get(&lab.b, "127.0.0.1:8080", path);
+        let (s, body) = cp.get(path);
         assert_eq!(s, 200, "{path}: {body}");
         serde_json::from_str(&body).expect("json")
     };

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{ControlPlane, Lab, Sensor, TempDir, http_get, sh_in};
+use tests::{ControlPlane, Lab, Sensor, TempDir, sh_in};
 
 fn main() {
     let lab = Lab::new();
@@ -210,7 +210,7 @@ fn main() {
 
     println!("\n== REST API (http://127.0.0.1:8080 in {}) ==", lab.b);
     let api = |path: &str| -> Value {
-        let (_, body) = http_get(&lab.b, "127.0.0.1:8080", path);
+        let (_, body) = cp.get(path);
         serde_json::from_str(&body).unwrap_or(Value::Null)
     };
     for s in api("/api/v1/sensors")["sensors"]

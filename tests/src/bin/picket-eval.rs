@@ -16,9 +16,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{ControlPlane, Lab, Sensor, TempDir, export_flags, http_get, sh_in, strs};
-
-const HTTP: &str = "127.0.0.1:8080";
+use tests::{ControlPlane, Lab, Sensor, TempDir, export_flags, sh_in, strs};
 
 /// What a case expects.
 #[derive(Clone, Copy, PartialEq)]
@@ -199,8 +197,8 @@ fn socket2_connect(from: SocketAddr, to: SocketAddr) -> TcpStream {
     s.into()
 }
 
-fn alerts(ns: &str) -> Vec<Value> {
-    let (status, body) = http_get(ns, HTTP, "/api/v1/alerts?limit=1000");
+fn alerts(cp: &ControlPlane) -> Vec<Value> {
+    let (status, body) = cp.get("/api/v1/alerts?limit=1000");
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("json");
     v["alerts"].as_array().cloned().unwrap_or_default()
@@ -260,7 +258,7 @@ fn main() {
         // Wait for an alert about this source (5 s past the end of the traffic at most).
         let mut found: Option<(Value, Duration)> = None;
         while found.is_none() && t0.elapsed() < ran + Duration::from_secs(5) {
-            if let Some(a) = alerts(&lab.b)
+            if let Some(a) = alerts(&cp)
                 .into_iter()
                 .find(|a| a["source"] == src.as_str())
             {

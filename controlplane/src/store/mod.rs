@@ -122,7 +122,13 @@ pub struct CoverageGap {
     pub vpcs: Vec<String>,
 }
 
-pub trait Store: Send + Sync + 'static {
+pub mod access;
+pub mod triage;
+
+pub use access::Access;
+pub use triage::Triage;
+
+pub trait Store: Access + Triage + Send + Sync + 'static {
     /// Creates a sensor with the hash of its key; fails if the name exists.
     fn add_sensor(&self, name: &str, key_hash: &str, now_ns: i64) -> anyhow::Result<()>;
     /// Marks a sensor's key revoked; false if there is no such sensor.
@@ -244,9 +250,12 @@ struct AlertBody {
     observations: Vec<serde_json::Value>,
     observations_total: u64,
     sources: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
-const ALERT_COLUMNS: &str = "id, type, severity, status, source, first_seen_ns, last_seen_ns, body";
+const ALERT_COLUMNS: &str = "id, type, severity, status, source, first_seen_ns, last_seen_ns, \
+                             body, assignee, snoozed_until_ns";
 
 fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
     let body: String = r.get(7)?;
@@ -266,6 +275,9 @@ fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
         observations: b.observations,
         observations_total: b.observations_total,
         sources: b.sources,
+        tags: b.tags,
+        assignee: r.get(8)?,
+        snoozed_until: r.get(9)?,
     })
 }
 
@@ -276,6 +288,7 @@ fn alert_body(a: &Alert) -> anyhow::Result<String> {
         observations: a.observations.clone(),
         observations_total: a.observations_total,
         sources: a.sources.clone(),
+        tags: a.tags.clone(),
     })?)
 }
 
@@ -517,6 +530,45 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due ON outbox (state, next_ns);
 "#,
+    // 10: alert triage: assignee, snooze, and the timeline of who did what (comments too).
+    r#"
+ALTER TABLE alerts ADD COLUMN assignee TEXT;
+ALTER TABLE alerts ADD COLUMN snoozed_until_ns INTEGER;
+CREATE TABLE alert_history (
+    id INTEGER PRIMARY KEY,
+    alert_id INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX alert_history_by_alert ON alert_history (alert_id, id);
+"#,
+    // 11: dashboard users, their sessions, and API tokens (see auth.rs).
+    r#"
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    last_login_ns INTEGER
+);
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    expires_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE api_tokens (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    last_used_ns INTEGER,
+    revoked_ns INTEGER
+);
+"#,
 ];
 
 /// How long each level is kept.
@@ -583,6 +635,9 @@ fn queue_notifications(
     after: &Alert,
 ) -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    if after.status == "snoozed" && after.snoozed_until.is_some_and(|t| t > now) {
+        return Ok(());
+    }
     let mut st = tx.prepare_cached("SELECT name, min_severity FROM notifiers")?;
     let notifiers = st
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
@@ -825,10 +880,23 @@ impl Store for SqliteStore {
         let mut st = c.prepare_cached(&format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE (?1 IS NULL OR type = ?1) \
              AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR source = ?3) \
+             AND (?5 IS NULL OR severity = ?5) AND (?6 IS NULL OR assignee = ?6) \
+             AND (?7 IS NULL OR last_seen_ns >= ?7) \
+             AND (?8 IS NULL OR last_seen_ns < ?8 OR (last_seen_ns = ?8 AND id < ?9)) \
              ORDER BY last_seen_ns DESC, id DESC LIMIT ?4"
         ))?;
         let rows = st.query_map(
-            params![q.kind, q.status, q.source, q.limit as i64],
+            params![
+                q.kind,
+                q.status,
+                q.source,
+                q.limit as i64,
+                q.severity,
+                q.assignee,
+                q.since_ns,
+                q.after.map(|a| a.0),
+                q.after.map(|a| a.1)
+            ],
             alert_row,
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
