@@ -109,7 +109,29 @@ if ! command -v qemu-system-x86_64 >/dev/null && [[ ! -x "$qemu_root/usr/bin/qem
   rm -rf "$debs" "$qemu_root"; mv "$qemu_root.tmp" "$qemu_root"
 fi
 
-# 6. Host components for formatting and linting.
+# 6. The web dashboard: Node.js builds it (vite, from controlplane/build.rs) into the control plane's
+#    binary, and its browser test drives Debian's chromium with playwright-core. chromium is installed
+#    with its recommended packages (fonts), so pages render as users see them.
+missing=$(missing_pkgs nodejs chromium)
+if [[ -n "$missing" ]]; then
+  [[ $CHECK_ONLY == 1 ]] && die "missing Debian packages: $missing  (run scripts/setup.sh as root)"
+  [[ $(id -u) == 0 ]] || die "missing Debian packages: $missing; run scripts/setup.sh as root"
+  if [[ $need_apt_update == 1 ]]; then apt-get update -qq; need_apt_update=0; fi
+  log "installing: $missing"
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null || die "apt-get install $missing failed"
+fi
+command -v npm >/dev/null || die "npm not found (it comes with the machine's Node.js)"
+web_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/controlplane/web"
+lock_sum=$(sha256sum "$web_dir/package-lock.json" | cut -d' ' -f1)
+if [[ "$(cat "$web_dir/node_modules/.picket-lock" 2>/dev/null)" != "$lock_sum" ]]; then
+  [[ $CHECK_ONLY == 1 ]] && die "the dashboard's npm packages are missing or stale (run scripts/setup.sh)"
+  log "npm ci in controlplane/web (the dashboard's packages)"
+  (cd "$web_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || die "npm ci in $web_dir failed"
+  echo "$lock_sum" > "$web_dir/node_modules/.picket-lock"
+fi
+
+# 7. Host components for formatting and linting.
 for comp in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^${comp}" || log "warning: rustup component ${comp} missing"
 done

@@ -44,7 +44,7 @@ pub struct Options {
 
 /// Every path served, with its methods (openapi.yaml documents exactly these; a test checks
 /// it).
-pub const ROUTES: [(&str, &[&str]); 8] = [
+pub const ROUTES: [(&str, &[&str]); 9] = [
     ("/api/v1/health", &["get"]),
     ("/api/v1/session", &["get", "post", "delete"]),
     ("/api/v1/sensors", &["get"]),
@@ -53,6 +53,7 @@ pub const ROUTES: [(&str, &[&str]); 8] = [
     ("/api/v1/alerts", &["get"]),
     ("/api/v1/alerts/{id}", &["get", "patch"]),
     ("/api/v1/alerts/{id}/comments", &["post"]),
+    ("/api/v1/top", &["get"]),
 ];
 
 /// What answers without credentials.
@@ -78,8 +79,16 @@ pub fn router(store: Arc<dyn Store>, opts: Options) -> Router {
         .route(ROUTES[5].0, get(alerts))
         .route(ROUTES[6].0, get(alert).patch(patch_alert))
         .route(ROUTES[7].0, axum::routing::post(comment))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
-        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .route(ROUTES[8].0, get(top))
+        // Only matched routes need credentials: the dashboard's files are public.
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .route(
+            "/api/{*rest}",
+            axum::routing::any(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path")
+            }),
+        )
+        .fallback(crate::web::serve)
         .with_state(api)
 }
 
@@ -523,6 +532,80 @@ async fn flows(
         })
         .collect();
     Ok(Json(json!({ "flows": flows, "next_cursor": next })))
+}
+
+/// Default window of `/api/v1/top`.
+pub const TOP_DEFAULT_NS: i64 = 3_600_000_000_000;
+
+async fn top(
+    State(api): State<Api>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::store::{TopBy, TopGroup, TopQuery};
+    const KNOWN: [&str; 6] = ["by", "group", "since", "until", "source", "limit"];
+    if let Some(k) = p.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter `{k}` (known: {})",
+            KNOWN.join(", ")
+        )));
+    }
+    let by = match p.get("by").map_or("bytes", String::as_str) {
+        "bytes" => TopBy::Bytes,
+        "packets" => TopBy::Packets,
+        "flows" => TopBy::Flows,
+        v => {
+            return Err(ApiError::bad_request(format!(
+                "by: `{v}` is not one of bytes, packets, flows"
+            )));
+        }
+    };
+    let group = match p.get("group").map_or("src_ip", String::as_str) {
+        "src_ip" => TopGroup::SrcIp,
+        "dst_ip" => TopGroup::DstIp,
+        "pair" => TopGroup::Pair,
+        "dst_port" => TopGroup::DstPort,
+        v => {
+            return Err(ApiError::bad_request(format!(
+                "group: `{v}` is not one of src_ip, dst_ip, pair, dst_port"
+            )));
+        }
+    };
+    let limit = match p.get("limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::bad_request("limit: must be 1 to 100"))?,
+        None => 10,
+    };
+    let until = p.get("until").map(|v| parse_time("until", v)).transpose()?;
+    let since = match p.get("since") {
+        Some(v) => parse_time("since", v)?,
+        None => until.unwrap_or_else(now_ns) - TOP_DEFAULT_NS,
+    };
+    let source = match p.get("source") {
+        Some(v) => Some(Source::parse(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "source: `{v}` is not one of sensor, aws, gcp, azure"
+            ))
+        })?),
+        None => None,
+    };
+    let q = TopQuery {
+        by,
+        group,
+        since_ns: since,
+        until_ns: until,
+        source,
+        limit,
+    };
+    let store = api.store.clone();
+    let rows = blocking(move || store.top(&q)).await?;
+    Ok(Json(json!({
+        "since": rfc3339(since),
+        "until": until.map(rfc3339),
+        "top": rows,
+    })))
 }
 
 /// Default window of `/api/v1/coverage`.

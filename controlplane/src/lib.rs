@@ -11,3 +11,4 @@ pub mod model;
 pub mod notify;
 pub mod store;
 pub mod watch;
+pub mod web;

@@ -20,6 +20,16 @@ impl Source {
             Source::Azure => "azure",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sensor" => Source::Sensor,
+            "aws" => Source::Aws,
+            "gcp" => Source::Gcp,
+            "azure" => Source::Azure,
+            _ => return None,
+        })
+    }
 }
 
 /// What the network did with the flow (cloud logs say; a sensor sees what got through).

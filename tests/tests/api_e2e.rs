@@ -127,6 +127,31 @@ fn flows_sensors_health_and_errors() {
     unique.dedup();
     assert_eq!((seen.len(), unique.len()), (5, 5), "{seen:?}");
 
+    // Top-N over both directions: by flows per source, by packets per port.
+    let (s, v) = get(&cp, "/api/v1/top?source=aws&by=flows&since=1795850000");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["top"],
+        serde_json::json!([
+            {"key": "198.51.100.7", "flows": 5, "packets": 15, "bytes": 900},
+            {"key": "203.0.113.20", "flows": 1, "packets": 12, "bytes": 4800},
+        ])
+    );
+    let (_, v) = get(
+        &cp,
+        "/api/v1/top?source=aws&group=dst_port&by=packets&since=1795850000&limit=1",
+    );
+    assert_eq!(
+        v["top"],
+        serde_json::json!([{"key": "22/tcp", "flows": 5, "packets": 15, "bytes": 900}])
+    );
+    let (s, v) = get(&cp, "/api/v1/top?group=country");
+    assert_eq!(s, 400);
+    assert_eq!(
+        v["error"]["message"],
+        "group: `country` is not one of src_ip, dst_ip, pair, dst_port"
+    );
+
     // Errors are JSON with a code and a message that says what to fix.
     let (s, v) = get(&cp, "/api/v1/flows?port=99999");
     assert_eq!((s, &v["error"]["code"]), (400, &Value::from("bad_request")));

@@ -109,6 +109,47 @@ pub struct FlowRow {
     pub correlated: i64,
 }
 
+/// What `/api/v1/top` ranks by: both directions' bytes or packets, or flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopBy {
+    Bytes,
+    Packets,
+    Flows,
+}
+
+/// What `/api/v1/top` groups by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopGroup {
+    SrcIp,
+    DstIp,
+    /// Source and destination address.
+    Pair,
+    /// Destination port and protocol.
+    DstPort,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopQuery {
+    pub by: TopBy,
+    pub group: TopGroup,
+    /// Flows that end at or after this time.
+    pub since_ns: i64,
+    /// Flows that start before this time.
+    pub until_ns: Option<i64>,
+    pub source: Option<Source>,
+    pub limit: usize,
+}
+
+/// One row of a top-N: the group's key and its totals over both directions.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TopRow {
+    /// An address, `src -> dst`, or `port/protocol`.
+    pub key: String,
+    pub flows: i64,
+    pub packets: i64,
+    pub bytes: i64,
+}
+
 /// An internal address seen in cloud flow logs but on no sensor's interface.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CoverageGap {
@@ -182,6 +223,8 @@ pub trait Store: Access + Triage + Send + Sync + 'static {
     fn maintain(&self, now_ns: i64, retention: &Retention) -> anyhow::Result<Maintenance>;
     /// Totals of one rollup level ("1m" or "1h") for one source.
     fn rollup_totals(&self, level: &str, source: Source) -> anyhow::Result<FlowTotals>;
+    /// The top talkers (or destinations, pairs, ports) of a time range.
+    fn top(&self, q: &TopQuery) -> anyhow::Result<Vec<TopRow>>;
     /// Flows matching `q`, newest first.
     fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>>;
     /// Merges a detector's observation into the open alert of its type and source last seen
@@ -1164,6 +1207,50 @@ impl Store for SqliteStore {
             [source.as_str()],
             totals_row,
         )?)
+    }
+
+    fn top(&self, q: &TopQuery) -> anyhow::Result<Vec<TopRow>> {
+        let key = match q.group {
+            TopGroup::SrcIp => "src_ip",
+            TopGroup::DstIp => "dst_ip",
+            TopGroup::Pair => "src_ip || ' -> ' || dst_ip",
+            TopGroup::DstPort => {
+                "dst_port || '/' || CASE protocol WHEN 6 THEN 'tcp' \
+                                  WHEN 17 THEN 'udp' WHEN 1 THEN 'icmp' WHEN 58 THEN 'icmpv6' \
+                                  ELSE protocol END"
+            }
+        };
+        let order = match q.by {
+            TopBy::Bytes => "bytes",
+            TopBy::Packets => "packets",
+            TopBy::Flows => "flows",
+        };
+        let sql = format!(
+            "SELECT {key} AS k, COUNT(*) AS flows, SUM(packets + reverse_packets) AS packets, \
+             SUM(bytes + reverse_bytes) AS bytes FROM flows \
+             WHERE end_ns >= ?1 AND (?2 IS NULL OR start_ns < ?2) \
+             AND (?3 IS NULL OR source = ?3) \
+             GROUP BY k ORDER BY {order} DESC, k LIMIT ?4"
+        );
+        let c = self.conn();
+        let mut st = c.prepare_cached(&sql)?;
+        let rows = st.query_map(
+            params![
+                q.since_ns,
+                q.until_ns,
+                q.source.map(Source::as_str),
+                q.limit as i64
+            ],
+            |r| {
+                Ok(TopRow {
+                    key: r.get(0)?,
+                    flows: r.get(1)?,
+                    packets: r.get(2)?,
+                    bytes: r.get(3)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>> {

@@ -1,0 +1,260 @@
+// Alerts: the list with filters, and one alert with its evidence, timeline, raw flows and the
+// triage actions (close, snooze, assign, tag, comment).
+import { html } from "htm/preact";
+import { useEffect, useState } from "preact/hooks";
+import { api, get, query } from "./api.js";
+import { PROTOCOLS, SEVERITIES, ago, bytes, count, when } from "./format.js";
+
+export function AlertList() {
+  const [f, setF] = useState({ status: "open", severity: "", type: "" });
+  const [pages, setPages] = useState([]);
+  const [next, setNext] = useState(null);
+  const [error, setError] = useState(null);
+  function load(cursor) {
+    get(`/api/v1/alerts${query({ ...f, limit: 50, cursor })}`)
+      .then((v) => {
+        setPages((p) => (cursor ? [...p, ...v.alerts] : v.alerts));
+        setNext(v.next_cursor);
+        setError(null);
+      })
+      .catch((e) => setError(e.message));
+  }
+  useEffect(() => load(null), [f.status, f.severity, f.type]);
+  const set = (k) => (e) => setF({ ...f, [k]: e.target.value });
+  return html`<section>
+    <h1>Alerts</h1>
+    <form class="filters" onSubmit=${(e) => e.preventDefault()}>
+      <label
+        >Status
+        <select name="status" value=${f.status} onChange=${set("status")}>
+          <option value="">any</option>
+          <option value="open">open</option>
+          <option value="snoozed">snoozed</option>
+          <option value="closed">closed</option>
+        </select></label
+      >
+      <label
+        >Severity
+        <select name="severity" value=${f.severity} onChange=${set("severity")}>
+          <option value="">any</option>
+          ${SEVERITIES.map((s) => html`<option value=${s}>${s}</option>`)}
+        </select></label
+      >
+      <label
+        >Type
+        <input name="type" placeholder="port_scan" value=${f.type} onChange=${set("type")}
+      /></label>
+    </form>
+    ${error && html`<p class="error" role="alert">${error}</p>`}
+    <table class="alerts">
+      <thead>
+        <tr>
+          <th>#</th><th>Severity</th><th>Type</th><th>Source</th><th>Targets</th>
+          <th>Last seen</th><th>Status</th><th>Assignee</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${pages.map(
+          (a) => html`<tr data-alert=${a.id}>
+            <td><a href=${`#/alerts/${a.id}`}>${a.id}</a></td>
+            <td><span class=${`sev sev-${a.severity}`}>${a.severity}</span></td>
+            <td><a href=${`#/alerts/${a.id}`}>${a.type}</a></td>
+            <td><code>${a.source}</code></td>
+            <td>${count(a.targets_total)}</td>
+            <td title=${when(a.last_seen)}>${ago(a.last_seen)}</td>
+            <td>${a.status}</td>
+            <td>${a.assignee || ""}</td>
+          </tr>`,
+        )}
+      </tbody>
+    </table>
+    ${pages.length === 0 && !error && html`<p class="empty">No alerts match.</p>`}
+    ${next && html`<button onClick=${() => load(next)}>More</button>`}
+  </section>`;
+}
+
+const SNOOZES = [
+  ["1 hour", 3600e3],
+  ["1 day", 86400e3],
+  ["1 week", 7 * 86400e3],
+];
+
+function isIp(s) {
+  return /^[0-9.]+$/.test(s) || s.includes(":");
+}
+
+function Observation({ o }) {
+  const { kind, ...rest } = o;
+  const brief = Object.entries(rest)
+    .filter(([, v]) => typeof v !== "object" || v === null)
+    .slice(0, 6)
+    .map(([k, v]) => `${k}: ${v}`)
+    .join(" · ");
+  return html`<li>
+    <details>
+      <summary><strong>${kind || "observation"}</strong> ${brief}</summary>
+      <pre>${JSON.stringify(o, null, 2)}</pre>
+    </details>
+  </li>`;
+}
+
+export function AlertDetail({ id, session }) {
+  const [a, setA] = useState(null);
+  const [flows, setFlows] = useState(null);
+  const [error, setError] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const admin = session.role === "admin";
+  useEffect(() => {
+    setA(null);
+    get(`/api/v1/alerts/${id}`)
+      .then((v) => {
+        setA(v);
+        if (isIp(v.source)) {
+          const since = new Date(new Date(v.first_seen).getTime() - 300e3).toISOString();
+          const until = new Date(new Date(v.last_seen).getTime() + 300e3).toISOString();
+          get(`/api/v1/flows${query({ ip: v.source, since, until, limit: 50 })}`)
+            .then((f) => setFlows(f.flows))
+            .catch(() => setFlows([]));
+        }
+      })
+      .catch((e) => setError(e.message));
+  }, [id]);
+  async function change(body, comment) {
+    setBusy(true);
+    setError(null);
+    try {
+      setA(
+        comment
+          ? await api("POST", `/api/v1/alerts/${id}/comments`, { text: comment })
+          : await api("PATCH", `/api/v1/alerts/${id}`, body),
+      );
+    } catch (e) {
+      setError(e.message);
+    } finally {
+      setBusy(false);
+    }
+  }
+  if (error && !a) return html`<p class="error" role="alert">${error}</p>`;
+  if (!a) return html`<p class="loading">Loading…</p>`;
+  const timeline = [
+    { time: a.first_seen, actor: "picket", action: "first seen", detail: "" },
+    { time: a.last_seen, actor: "picket", action: "last seen", detail: `${count(a.observations_total)} observations` },
+    ...a.history,
+  ].sort((x, y) => new Date(x.time) - new Date(y.time));
+  return html`<section class="alert-detail">
+    <p><a href="#/alerts">← Alerts</a></p>
+    <h1>
+      <span class=${`sev sev-${a.severity}`}>${a.severity}</span> ${a.type} from${" "}
+      <code class="source">${a.source}</code>
+    </h1>
+    <dl class="facts">
+      <dt>Status</dt><dd class="status">${a.status}${a.snoozed_until ? ` until ${when(a.snoozed_until)}` : ""}</dd>
+      <dt>Assignee</dt><dd>${a.assignee || "nobody"}</dd>
+      <dt>Tags</dt><dd>${a.tags.length ? a.tags.join(", ") : "none"}</dd>
+      <dt>First seen</dt><dd>${when(a.first_seen)}</dd>
+      <dt>Last seen</dt><dd>${when(a.last_seen)} (${ago(a.last_seen)})</dd>
+      <dt>Seen by</dt><dd>${a.sources.join(", ")}</dd>
+    </dl>
+    ${error && html`<p class="error" role="alert">${error}</p>`}
+    <div class="actions" aria-label="Actions">
+      ${!admin && html`<p class="hint">Viewers can read; an admin triages.</p>`}
+      ${a.status === "closed"
+        ? html`<button disabled=${!admin || busy} onClick=${() => change({ status: "open" })}>Reopen</button>`
+        : html`<button disabled=${!admin || busy} onClick=${() => change({ status: "closed" })}>Close</button>`}
+      <select
+        aria-label="Snooze"
+        disabled=${!admin || busy}
+        onChange=${(e) => {
+          const ms = Number(e.target.value);
+          e.target.value = "";
+          if (ms) change({ snooze_until: new Date(Date.now() + ms).toISOString() });
+        }}
+      >
+        <option value="">Snooze…</option>
+        ${SNOOZES.map(([l, ms]) => html`<option value=${ms}>${l}</option>`)}
+      </select>
+      ${a.assignee === session.user
+        ? html`<button disabled=${!admin || busy} onClick=${() => change({ assignee: null })}>Unassign</button>`
+        : html`<button disabled=${!admin || busy} onClick=${() => change({ assignee: session.user })}>Assign to me</button>`}
+      <form
+        class="inline"
+        onSubmit=${(e) => {
+          e.preventDefault();
+          const tags = e.target.tags.value.split(",").map((t) => t.trim()).filter(Boolean);
+          change({ tags });
+        }}
+      >
+        <input name="tags" aria-label="Tags" placeholder="tag, tag" value=${a.tags.join(", ")} disabled=${!admin} />
+        <button disabled=${!admin || busy}>Set tags</button>
+      </form>
+    </div>
+    <div class="two">
+      <div class="panel">
+        <h2>Targets (${count(a.targets_total)})</h2>
+        <ul class="targets">${a.targets.map((t) => html`<li><code>${t}</code></li>`)}</ul>
+        ${a.targets_total > a.targets.length && html`<p class="hint">and ${count(a.targets_total - a.targets.length)} more</p>`}
+        <h2>Observations (${count(a.observations_total)})</h2>
+        <ul class="observations">${a.observations.map((o) => html`<${Observation} o=${o} />`)}</ul>
+      </div>
+      <div class="panel">
+        <h2>Timeline</h2>
+        <ol class="timeline">
+          ${timeline.map(
+            (h) => html`<li>
+              <time>${when(h.time)}</time> <strong>${h.action}</strong> ${h.detail}
+              <span class="actor">${h.actor}</span>
+            </li>`,
+          )}
+        </ol>
+        <form
+          class="comment"
+          onSubmit=${(e) => {
+            e.preventDefault();
+            const t = e.target.text.value.trim();
+            if (t) change(null, t).then(() => (e.target.text.value = ""));
+          }}
+        >
+          <textarea name="text" aria-label="Comment" placeholder="Comment" rows="3" disabled=${!admin}></textarea>
+          <button disabled=${!admin || busy}>Comment</button>
+        </form>
+      </div>
+    </div>
+    <div class="panel">
+      <h2>
+        Flows of ${a.source} around the alert (newest 50,${" "}
+        <a href=${`#/flows/${encodeURIComponent(a.source)}`}>all in Flows</a>)
+      </h2>
+      ${flows === null
+        ? html`<p class="hint">${isIp(a.source) ? "Loading…" : "The source is not an address."}</p>`
+        : flows.length === 0
+          ? html`<p class="empty">No stored flows (they may be past raw retention).</p>`
+          : html`<${FlowTable} flows=${flows} />`}
+    </div>
+  </section>`;
+}
+
+export function FlowTable({ flows }) {
+  return html`<table class="flows">
+    <thead>
+      <tr>
+        <th>End</th><th>Source</th><th>Observer</th><th>From</th><th>To</th><th>Proto</th>
+        <th>Packets</th><th>Bytes</th><th>Action</th>
+      </tr>
+    </thead>
+    <tbody>
+      ${flows.map(
+        (f) => html`<tr>
+          <td>${when(f.end)}</td>
+          <td>${f.source}</td>
+          <td>${f.observer}/${f.interface}</td>
+          <td><code>${f.src_ip}:${f.src_port}</code></td>
+          <td><code>${f.dst_ip}:${f.dst_port}</code></td>
+          <td>${PROTOCOLS[f.protocol] || f.protocol}</td>
+          <td>${count(f.packets)} / ${count(f.reverse_packets)}</td>
+          <td>${bytes(f.bytes)} / ${bytes(f.reverse_bytes)}</td>
+          <td>${f.action}</td>
+        </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}

@@ -1,0 +1,116 @@
+//! The web dashboard in a real headless Chromium: a real nmap scan in the lab, seen by a real
+//! sensor streaming to a real control plane, becomes an alert that the browser test
+//! (controlplane/web/e2e/dashboard.mjs, playwright-core driving Debian's chromium) finds after
+//! logging in with the first start's admin password, opens, comments on and closes. The
+//! screenshots are kept in target/browser-e2e/.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use serde_json::Value;
+use tests::{ControlPlane, Lab, Sensor, TempDir, receivers::wait};
+
+#[test]
+fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../controlplane/web");
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-e2e");
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is missing: scripts/setup.sh installs it"
+    );
+    assert!(
+        web.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: scripts/setup.sh runs npm ci in controlplane/web"
+    );
+    let lab = Lab::new();
+    let dir = TempDir::new("dashboard");
+    let data = dir.0.join("cp");
+    let key = dir.0.join("sensor.key");
+    std::fs::write(&key, ControlPlane::add_sensor(&data, "lab-b")).expect("key");
+    let cp = ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
+    let flags = tests::export_flags(&lab.vb, "http://127.0.0.1:7443", &key, &dir.0.join("spool"));
+    let mut sensor = Sensor::start(&lab.b, &tests::strs(&flags));
+    sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
+    tests::nmap_syn_scan(&lab.a, &lab.ip_b, &["-p", "1-200"]);
+    let alert = wait(Duration::from_secs(15), || {
+        let (_, body) = cp.get("/api/v1/alerts?type=port_scan");
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["alerts"].as_array()?.first().cloned()
+    })
+    .expect("a port_scan alert");
+    assert_eq!(alert["source"], lab.ip_a.as_str());
+
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lab.b, "node", "e2e/dashboard.mjs"])
+        .args([
+            &format!("http://{}/", cp.http),
+            "admin",
+            &cp.admin_password(),
+            &lab.ip_a,
+            &lab.ip_b,
+        ])
+        .arg(&shots)
+        .current_dir(&web)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.trim()).expect("the script's JSON line");
+    assert_eq!(result["alert"], alert["id"]);
+    assert!(
+        result["status"]
+            .as_str()
+            .expect("status")
+            .starts_with("closed"),
+        "{result}"
+    );
+    for shot in [
+        "1-overview",
+        "2-alerts",
+        "3-alert",
+        "4-closed",
+        "5-flows",
+        "6-sensors",
+    ] {
+        let p = shots.join(format!("{shot}.png"));
+        assert!(
+            std::fs::metadata(&p).is_ok_and(|m| m.len() > 10_000),
+            "{} missing or empty",
+            p.display()
+        );
+    }
+
+    // What the browser did is what the store says: closed by admin, with the comment.
+    let (_, body) = cp.get(&format!("/api/v1/alerts/{}", alert["id"]));
+    let a: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(a["status"], "closed");
+    let steps: Vec<(&str, &str, &str)> = a["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| {
+            (
+                h["actor"].as_str().expect("actor"),
+                h["action"].as_str().expect("action"),
+                h["detail"].as_str().expect("detail"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("admin", "comment", "lab scanner, seen in the browser test"),
+            ("admin", "status", "closed")
+        ]
+    );
+    let log = std::fs::read_to_string(&cp.log).expect("log");
+    assert!(
+        log.contains("failed login"),
+        "the wrong password was logged"
+    );
+    drop(sensor);
+    cp.stop();
+}
