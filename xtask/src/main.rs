@@ -37,9 +37,14 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build, make a lab of namespaces, run the sensor, send benign traffic and an nmap scan,
-    /// show the flows and the scan event, tear down.
-    Demo,
+    /// Build, make a lab of namespaces, run the sensor and the control plane, send benign
+    /// traffic and an nmap scan, show the flows, the scan event, the alert (also at a local
+    /// webhook) and the dashboard's address and credentials, tear down.
+    Demo {
+        /// Keep the lab up until Enter, with the dashboard forwarded to 127.0.0.1:8080 here.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Detection against real scanners in the namespace lab (nmap SYN/FIN/NULL/Xmas/ACK/UDP,
     /// hping3, a sweep, benign controls): the matrix of case x detected x latency beside Zeek
     /// and Snort, in target/eval/report.md. Fails if a case fails.
@@ -177,11 +182,12 @@ fn main() -> anyhow::Result<()> {
             run(Command::new(root().join("target/release/picket-eval"))
                 .env("PICKET_BIN_DIR", root().join("target/release")))
         }
-        Cmd::Demo => {
+        Cmd::Demo { keep } => {
             setup()?;
             require_root("the demo")?;
             run(cargo().args(["build", "--release", "--bins"]))?;
             run(Command::new(root().join("target/release/picket-demo"))
+                .args(keep.then_some("--keep"))
                 .env("PICKET_BIN_DIR", root().join("target/release")))
         }
         Cmd::KernelMatrix { kernels, timeout } => {

@@ -2,7 +2,9 @@
 //! joined by a veth, runs the control plane on its embedded store and the real sensor on the
 //! server side, sends benign traffic and then a real nmap SYN scan from the client side, shows
 //! the flows and the scan event, imports sample AWS, GCP and Azure flow logs, shows what the
-//! REST API answers, and tears everything down.
+//! REST API answers, shows the scan's alert delivered to a local webhook receiver, prints the
+//! dashboard's address and credentials, and tears everything down. With `--keep` it stays up
+//! until Enter, with the dashboard forwarded to 127.0.0.1:8080 on this machine.
 
 use std::{
     io::{Read, Write},
@@ -12,9 +14,42 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{ControlPlane, Lab, Sensor, TempDir, sh_in};
+use tests::{ControlPlane, Lab, Sensor, TempDir, receivers::HttpReceiver, sh_in};
+
+/// Forwards connections to `listen` on this machine to `to` inside namespace `ns` (the
+/// dashboard, for a browser here). Loopback at both ends.
+fn forward(listen: &str, ns: &str, to: &str) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind(listen)?;
+    let addr = l.local_addr()?;
+    let (ns, to) = (ns.to_string(), to.to_string());
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(down) = c else { return };
+            let (ns, to) = (ns.clone(), to.clone());
+            thread::spawn(move || {
+                let Ok(Ok(up)) = tests::in_netns(&ns, move || TcpStream::connect(to)).join() else {
+                    return;
+                };
+                let (mut d2, mut u2) = (
+                    down.try_clone().expect("clone"),
+                    up.try_clone().expect("clone"),
+                );
+                let (mut down, mut up) = (down, up);
+                let t = thread::spawn(move || {
+                    let _ = std::io::copy(&mut d2, &mut u2);
+                    let _ = u2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut up, &mut down);
+                let _ = down.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    Ok(addr)
+}
 
 fn main() {
+    let keep = std::env::args().any(|a| a == "--keep");
     let lab = Lab::new();
     println!("== Picket demo ==");
     println!(
@@ -25,6 +60,26 @@ fn main() {
     let data = dir.0.join("controlplane");
     let key = dir.0.join("sensor.key");
     std::fs::write(&key, ControlPlane::add_sensor(&data, "demo-b")).expect("key");
+    // A webhook receiver in the lab, and a notifier that signs what it sends there.
+    let hook = HttpReceiver::start(&lab.b, &[]);
+    let secret = dir.0.join("webhook.secret");
+    std::fs::write(&secret, "demo-secret\n").expect("secret");
+    let o = std::process::Command::new(tests::bin("picket-controlplane"))
+        .args(["notifiers", "--data-dir"])
+        .arg(&data)
+        .args([
+            "add",
+            "demo-webhook",
+            "webhook",
+            "--url",
+            &hook.url("/hooks/picket"),
+        ])
+        .arg("--secret-file")
+        .arg(&secret)
+        .output()
+        .expect("notifiers add");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    println!("notifier: {}", String::from_utf8_lossy(&o.stdout).trim());
     // The sample cloud logs are years old: keep them (retention counts from a flow's own time).
     let cp = ControlPlane::start_with(
         &lab.b,
@@ -258,16 +313,67 @@ fn main() {
             a["sources"]
         );
     }
+
+    println!("\n== notifications ==");
+    let delivered = tests::receivers::wait(Duration::from_secs(15), || {
+        hook.requests()
+            .into_iter()
+            .find(|r| r.json()["alert"]["type"] == "port_scan")
+    });
+    match &delivered {
+        Some(r) => {
+            let v = r.json();
+            let signed = r.header("x-picket-signature-256")
+                == controlplane::notify::signature("demo-secret", &r.body);
+            println!(
+                "webhook receiver: {} {} {} #{} {} from {} (signature {})",
+                r.method,
+                r.path,
+                v["event"].as_str().unwrap_or("?"),
+                v["alert"]["id"],
+                v["alert"]["type"].as_str().unwrap_or("?"),
+                v["alert"]["source"].as_str().unwrap_or("?"),
+                if signed { "verified" } else { "WRONG" }
+            );
+        }
+        None => println!("webhook receiver: nothing arrived (unexpected)"),
+    }
+    println!(
+        "({} messages in all: one per new alert, not one per observation)",
+        hook.requests().len()
+    );
+
+    println!("\n== dashboard ==");
+    let password = cp.admin_password();
+    if keep {
+        match forward("127.0.0.1:8080", &lab.b, "127.0.0.1:8080")
+            .or_else(|_| forward("127.0.0.1:0", &lab.b, "127.0.0.1:8080"))
+        {
+            Ok(addr) => println!("open http://{addr}/ and log in as admin, password {password}"),
+            Err(e) => println!("cannot forward the dashboard to this machine: {e}"),
+        }
+        println!("press Enter to tear the lab down");
+        let _ = std::io::stdin().read_line(&mut String::new());
+    } else {
+        println!(
+            "http://127.0.0.1:8080/ in {}: user admin, password {password} (printed once by the \
+             first start). `cargo xtask demo --keep` keeps the lab up and forwards the dashboard \
+             to 127.0.0.1:8080 on this machine.",
+            lab.b
+        );
+    }
     cp.stop();
     drop(lab);
     println!("\nlab torn down; the sensor detached on SIGINT and the control plane stopped.");
     // The scan is one port_scan alert; the samples' internal addresses that no sensor watches
     // are sensor_coverage_gap alerts beside it.
     let scans = alerts.iter().filter(|a| a["type"] == "port_scan").count();
-    if out.scans.len() != 1 || scans != 1 {
+    if out.scans.len() != 1 || scans != 1 || delivered.is_none() {
         eprintln!(
-            "expected one scan event and one port_scan alert, got {} and {scans}",
-            out.scans.len()
+            "expected one scan event, one port_scan alert and its webhook message, got {}, \
+             {scans} and {}",
+            out.scans.len(),
+            if delivered.is_some() { "one" } else { "none" }
         );
         std::process::exit(1);
     }
