@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod cloud;
 pub mod detect;
+pub mod entities;
 pub mod import;
 pub mod ingest;
 pub mod keys;

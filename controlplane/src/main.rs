@@ -69,6 +69,10 @@ enum Cmd {
         /// link to their alert there.
         #[arg(long, value_name = "URL")]
         public_url: Option<String>,
+        /// Seconds between maintenance passes: rollups (which the entity views read), retention,
+        /// correlation, coverage gaps, snoozes that end.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        maintenance_interval: u64,
         /// Attempts per notification before it counts as failed.
         #[arg(long, value_name = "N", default_value_t = 10)]
         notify_max_attempts: u32,
@@ -354,6 +358,7 @@ fn main() -> ExitCode {
             retention_1m_days,
             retention_1h_days,
             public_url,
+            maintenance_interval,
             notify_max_attempts,
             notify_retry_ms,
         } => tls_config(tls_cert, tls_key, tls_client_ca).and_then(|tls| {
@@ -378,6 +383,7 @@ fn main() -> ExitCode {
                     minute_ns: retention_1m_days as i64 * DAY,
                     hour_ns: retention_1h_days as i64 * DAY,
                 },
+                std::time::Duration::from_secs(maintenance_interval),
                 Notifying {
                     public_url,
                     retry: controlplane::notify::Retry {
@@ -880,7 +886,6 @@ fn tls_config(
 
 /// Rollups, retention and correlation of recent flows: every 30 s (correlation over cloud
 /// records that ended in the last 2 hours).
-const CORRELATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 const CORRELATE_WINDOW_NS: i64 = 7_200_000_000_000;
 /// Cloud flows of the last day are searched for addresses no sensor watches.
 const COVERAGE_GAP_WINDOW_NS: i64 = 86_400_000_000_000;
@@ -924,11 +929,16 @@ fn serve(
     tls: Option<ServerTlsConfig>,
     watch: Option<(PathBuf, f64)>,
     retention: controlplane::store::Retention,
+    maintenance_interval: std::time::Duration,
     notifying: Notifying,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         (1..=100).contains(&notifying.retry.max_attempts),
         "--notify-max-attempts must be 1 to 100"
+    );
+    anyhow::ensure!(
+        (1..=3600).contains(&maintenance_interval.as_secs()),
+        "--maintenance-interval must be 1 to 3600 seconds"
     );
     if let Some(u) = &notifying.public_url {
         anyhow::ensure!(
@@ -990,7 +1000,13 @@ fn serve(
                         }
                         Err(e) => warn!(error = %format!("{e:#}"), "coverage gaps failed"),
                     }
-                    std::thread::sleep(CORRELATE_INTERVAL);
+                    // Sleeps in short steps, so that a stop does not wait a whole interval.
+                    let t0 = std::time::Instant::now();
+                    while t0.elapsed() < maintenance_interval
+                        && !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
                 }
             })?;
     }

@@ -1,7 +1,7 @@
 //! The REST API of a real `picket-controlplane serve`, on flows imported from AWS and GCP
 //! records: filters, paging, errors, and the OpenAPI document against the routes.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use tests::{ControlPlane, Lab, TempDir, http_get};
@@ -220,9 +220,12 @@ fn openapi_document_matches_the_routes() {
     // Each GET answers; on an empty store, one with an id answers 404 for id 1. Without
     // credentials, everything but the health check and the login answers 401.
     for (p, methods) in controlplane::api::ROUTES {
-        let (path, want) = match p.split_once("{id}") {
-            Some((a, b)) => (format!("{a}1{b}"), 404),
-            None => (p.to_string(), 200),
+        let (path, want) = if let Some((a, b)) = p.split_once("{id}") {
+            (format!("{a}1{b}"), 404)
+        } else if let Some((a, b)) = p.split_once("{ip}") {
+            (format!("{a}10.0.0.1{b}"), 404)
+        } else {
+            (p.to_string(), 200)
         };
         if methods.contains(&"get") {
             assert_eq!(cp.get(&path).0, want, "{path}");
@@ -496,5 +499,96 @@ fn users_sessions_tokens_and_alert_triage() {
         Some(serde_json::json!({"username": "admin", "password": pw})),
     );
     assert_eq!(r.status, 429, "{}", r.body);
+    cp.stop();
+}
+
+/// Entities from AWS records: a web server with 5 clients, a DNS resolver with 3, the clients;
+/// each with the role its served ports show, peers, and activity per hour of the week.
+#[test]
+fn entities_get_roles_from_what_they_serve() {
+    let lab = Lab::new();
+    let dir = TempDir::new("api-entities");
+    let data = dir.0.join("data");
+    // Monday 2026-11-23 10:00 UTC: hour 10 of the week.
+    let t = 1_795_428_000u64;
+    let mut log = String::new();
+    for c in 1..=5 {
+        log += &format!(
+            "2 123456789010 eni-0a1 10.0.1.{c} 10.0.0.80 5{c}000 443 6 10 2000 {t} {} ACCEPT OK\n",
+            t + 60
+        );
+    }
+    for c in 1..=3 {
+        log += &format!(
+            "2 123456789010 eni-0a2 10.0.1.{c} 10.0.0.53 4{c}000 53 17 1 70 {t} {} ACCEPT OK\n",
+            t + 60
+        );
+    }
+    import(&data, "aws", &log);
+    let cp = ControlPlane::start_with(
+        &lab.a,
+        &data,
+        "127.0.0.1:7443",
+        &dir.0.join("cp.log"),
+        &["--retention-raw-days", "36500"],
+    );
+    let q = format!("since={}&until={}", t - 3600, t + 7200);
+    // The rollups are filled by the first maintenance pass at start.
+    let v = tests::receivers::wait(Duration::from_secs(10), || {
+        let (s, v) = get(&cp, &format!("/api/v1/entities?{q}"));
+        assert_eq!(s, 200, "{v}");
+        (v["total"] == 7).then_some(v)
+    })
+    .expect("7 entities");
+    let e = v["entities"].as_array().expect("entities");
+    let role = |ip: &str| -> (String, f64) {
+        let x = e
+            .iter()
+            .find(|x| x["ip"] == ip)
+            .unwrap_or_else(|| panic!("{ip}"));
+        (
+            x["role"].as_str().expect("role").to_string(),
+            x["role_confidence"].as_f64().expect("confidence"),
+        )
+    };
+    assert_eq!(e[0]["ip"], "10.0.0.80", "the busiest first");
+    assert_eq!(role("10.0.0.80").0, "web");
+    assert!(
+        role("10.0.0.80").1 > role("10.0.0.53").1,
+        "more peers, more confidence"
+    );
+    assert_eq!(role("10.0.0.53").0, "dns");
+    assert_eq!(role("10.0.1.1").0, "client");
+    assert_eq!(e[0]["serves"][0]["port"], "443/tcp");
+    assert_eq!(e[0]["serves"][0]["peers"], 5);
+    assert_eq!(e[0]["bytes_in"], 10_000);
+    let (_, v) = get(&cp, &format!("/api/v1/entities?{q}&role=dns"));
+    assert_eq!(v["entities"].as_array().map(Vec::len), Some(1));
+
+    let (s, d) = get(&cp, &format!("/api/v1/entities/10.0.1.1?{q}"));
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["peers"], 2);
+    let mut uses: Vec<&str> = d["uses"]
+        .as_array()
+        .expect("uses")
+        .iter()
+        .map(|u| u["port"].as_str().expect("port"))
+        .collect();
+    uses.sort();
+    assert_eq!(uses, ["443/tcp", "53/udp"]);
+    let how = d["hour_of_week"].as_array().expect("hours");
+    assert_eq!(how.len(), 168);
+    assert_eq!(how[10], 2, "two flows on Monday 10:00 UTC");
+    assert_eq!(how.iter().filter_map(Value::as_u64).sum::<u64>(), 2);
+    let (s, d) = get(&cp, "/api/v1/entities/198.51.100.7");
+    assert_eq!(s, 404);
+    assert!(
+        d["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("not an internal address")
+    );
+    let (s, _) = get(&cp, "/api/v1/entities/not-an-ip");
+    assert_eq!(s, 400);
     cp.stop();
 }

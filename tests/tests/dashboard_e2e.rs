@@ -26,11 +26,25 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
     let data = dir.0.join("cp");
     let key = dir.0.join("sensor.key");
     std::fs::write(&key, ControlPlane::add_sensor(&data, "lab-b")).expect("key");
-    let cp = ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
+    // Rollups (which the entity pages read) every 2 s instead of 30.
+    let cp = ControlPlane::start_with(
+        &lab.b,
+        &data,
+        "127.0.0.1:7443",
+        &dir.0.join("cp.log"),
+        &["--maintenance-interval", "2"],
+    );
     let flags = tests::export_flags(&lab.vb, "http://127.0.0.1:7443", &key, &dir.0.join("spool"));
     let mut sensor = Sensor::start(&lab.b, &tests::strs(&flags));
     sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
-    tests::nmap_syn_scan(&lab.a, &lab.ip_b, &["-p", "1-200"]);
+    // One open port among the 201 scanned: the scanned host serves exactly that one.
+    let open = format!("{}:8080", lab.ip_b);
+    let _listener = tests::in_netns(&lab.b, move || {
+        std::net::TcpListener::bind(&open).expect("bind")
+    })
+    .join()
+    .expect("listener");
+    tests::nmap_syn_scan(&lab.a, &lab.ip_b, &["-p", "1-200,8080"]);
     let alert = wait(Duration::from_secs(15), || {
         let (_, body) = cp.get("/api/v1/alerts?type=port_scan");
         let v: Value = serde_json::from_str(&body).ok()?;
@@ -72,8 +86,9 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
         "2-alerts",
         "3-alert",
         "4-closed",
-        "5-flows",
-        "6-sensors",
+        "5-entity",
+        "6-flows",
+        "7-sensors",
     ] {
         let p = shots.join(format!("{shot}.png"));
         assert!(
@@ -82,6 +97,24 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
             p.display()
         );
     }
+
+    // The entity view counts only answered handshakes as served: the RSTs of 200 closed ports
+    // are not services.
+    let (_, body) = cp.get(&format!("/api/v1/entities/{}", lab.ip_b));
+    let e: Value = serde_json::from_str(&body).expect("json");
+    let serves: Vec<&str> = e["serves"]
+        .as_array()
+        .expect("serves")
+        .iter()
+        .map(|p| p["port"].as_str().expect("port"))
+        .collect();
+    assert_eq!(serves, ["8080/tcp"], "{e}");
+    assert!(
+        result["target_role"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{result}"
+    );
 
     // What the browser did is what the store says: closed by admin, with the comment.
     let (_, body) = cp.get(&format!("/api/v1/alerts/{}", alert["id"]));

@@ -164,12 +164,14 @@ pub struct CoverageGap {
 }
 
 pub mod access;
+pub mod entities;
 pub mod triage;
 
 pub use access::Access;
+pub use entities::EntityData;
 pub use triage::Triage;
 
-pub trait Store: Access + Triage + Send + Sync + 'static {
+pub trait Store: Access + EntityData + Triage + Send + Sync + 'static {
     /// Creates a sensor with the hash of its key; fails if the name exists.
     fn add_sensor(&self, name: &str, key_hash: &str, now_ns: i64) -> anyhow::Result<()>;
     /// Marks a sensor's key revoked; false if there is no such sensor.
@@ -612,6 +614,14 @@ CREATE TABLE api_tokens (
     revoked_ns INTEGER
 );
 "#,
+    // 12: rollups count the flows whose destination answered (entity roles: what a host
+    // serves). Older rows: return traffic or an accept, the best they can tell.
+    r#"
+ALTER TABLE flows_1m ADD COLUMN answered INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flows_1h ADD COLUMN answered INTEGER NOT NULL DEFAULT 0;
+UPDATE flows_1m SET answered = flows WHERE reverse_packets > 0 OR action = 'accept';
+UPDATE flows_1h SET answered = flows WHERE reverse_packets > 0 OR action = 'accept';
+"#,
 ];
 
 /// How long each level is kept.
@@ -670,6 +680,13 @@ pub fn ip_addr(b: &[u8]) -> anyhow::Result<IpAddr> {
 pub fn ip_text(b: &[u8]) -> anyhow::Result<String> {
     Ok(ip_addr(b)?.to_string())
 }
+
+/// Whether a flow's destination really answered (SQL over a `flows` row): a TCP handshake it
+/// completed (SYN-ACK back; a RST is a closed port), any return traffic of other protocols, or,
+/// in a one-way cloud record, the cloud's accept.
+const ANSWERED: &str = "CASE WHEN source = 'sensor' THEN \
+     CASE WHEN protocol = 6 THEN (reverse_tcp_flags & 18) = 18 ELSE reverse_packets > 0 END \
+     ELSE action = 'accept' OR reverse_packets > 0 END";
 
 /// Queues one message per notifier that the change from `before` to `after` concerns.
 fn queue_notifications(
@@ -1378,16 +1395,17 @@ impl Store for SqliteStore {
                     &format!(
                         "INSERT INTO {table} (bucket_ns, source, observer, src_ip, dst_ip, \
                          dst_port, protocol, action, flows, packets, bytes, reverse_packets, \
-                         reverse_bytes) \
+                         reverse_bytes, answered) \
                          SELECT end_ns - (end_ns % {width}), source, sensor, src_ip, dst_ip, \
                          dst_port, protocol, action, COUNT(*), SUM(packets), SUM(bytes), \
-                         SUM(reverse_packets), SUM(reverse_bytes) FROM flows \
+                         SUM(reverse_packets), SUM(reverse_bytes), SUM({ANSWERED}) FROM flows \
                          WHERE id > ?1 AND id <= ?2 \
                          GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 \
                          ON CONFLICT DO UPDATE SET flows = flows + excluded.flows, \
                          packets = packets + excluded.packets, bytes = bytes + excluded.bytes, \
                          reverse_packets = reverse_packets + excluded.reverse_packets, \
-                         reverse_bytes = reverse_bytes + excluded.reverse_bytes"
+                         reverse_bytes = reverse_bytes + excluded.reverse_bytes, \
+                         answered = answered + excluded.answered"
                     ),
                     params![last, max],
                 )?;

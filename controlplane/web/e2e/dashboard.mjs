@@ -81,21 +81,29 @@ try {
   await page.screenshot({ path: `${shots}/4-closed.png`, fullPage: true });
   const status = await page.locator("dd.status").innerText();
 
+  step = "entities";
+  await page.getByRole("link", { name: "Entities", exact: true }).click();
+  await page.locator("table.entities").getByText(target, { exact: true }).click();
+  await page.locator("dd.role").waitFor();
+  await page.locator(".how .how-c").nth(167).waitFor();
+  await page.screenshot({ path: `${shots}/5-entity.png`, fullPage: true });
+  const role = await page.locator("dd.role").innerText();
+
   step = "flows and sensors";
   await page.getByRole("link", { name: "Flows", exact: true }).click();
   await page.getByRole("heading", { name: "Flows", exact: true }).waitFor();
   await page.locator("table.flows").waitFor();
-  await page.screenshot({ path: `${shots}/5-flows.png`, fullPage: true });
+  await page.screenshot({ path: `${shots}/6-flows.png`, fullPage: true });
   await page.getByRole("link", { name: "Sensors", exact: true }).click();
   await page.locator("table.sensors .health-ok").first().waitFor();
-  await page.screenshot({ path: `${shots}/6-sensors.png`, fullPage: true });
+  await page.screenshot({ path: `${shots}/7-sensors.png`, fullPage: true });
 
   step = "logout";
   await page.getByRole("button", { name: "Log out" }).click();
   await page.getByRole("button", { name: "Log in" }).waitFor();
 
   if (errors.length) throw new Error(errors.join("\n"));
-  console.log(JSON.stringify({ alert: Number(id), status }));
+  console.log(JSON.stringify({ alert: Number(id), status, target_role: role }));
 } catch (e) {
   console.error(`dashboard test failed at "${step}": ${e.message}\n${errors.join("\n")}`);
   process.exitCode = 1;

@@ -1,11 +1,13 @@
 // Picket's dashboard: a single page with hash routes (#/overview, #/alerts, #/alerts/7,
-// #/flows, #/sensors), talking to /api/v1/ with the session cookie.
+// #/entities, #/entities/10.0.0.5, #/flows, #/sensors), talking to /api/v1/ with the session
+// cookie.
 import { html, render } from "htm/preact";
 import { useEffect, useState } from "preact/hooks";
 import { api, get, setCsrf } from "./api.js";
 import { Overview } from "./overview.js";
 import { AlertList, AlertDetail } from "./alerts.js";
 import { Flows } from "./flows.js";
+import { EntityDetail, EntityList } from "./entities.js";
 import { Sensors } from "./sensors.js";
 import "./style.css";
 
@@ -57,6 +59,7 @@ function Login({ onLogin }) {
 const NAV = [
   ["#/overview", "Overview"],
   ["#/alerts", "Alerts"],
+  ["#/entities", "Entities"],
   ["#/flows", "Flows"],
   ["#/sensors", "Sensors"],
 ];
@@ -89,6 +92,8 @@ function App() {
   let page;
   if (route === "alerts" && arg) page = html`<${AlertDetail} id=${arg} session=${session} />`;
   else if (route === "alerts") page = html`<${AlertList} />`;
+  else if (route === "entities" && arg) page = html`<${EntityDetail} ip=${decodeURIComponent(arg)} />`;
+  else if (route === "entities") page = html`<${EntityList} />`;
   else if (route === "flows") page = html`<${Flows} />`;
   else if (route === "sensors") page = html`<${Sensors} />`;
   else page = html`<${Overview} />`;
