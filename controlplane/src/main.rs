@@ -383,8 +383,8 @@ fn main() -> ExitCode {
                     minute_ns: retention_1m_days as i64 * DAY,
                     hour_ns: retention_1h_days as i64 * DAY,
                 },
-                std::time::Duration::from_secs(maintenance_interval),
                 Notifying {
+                    maintenance_interval: std::time::Duration::from_secs(maintenance_interval),
                     public_url,
                     retry: controlplane::notify::Retry {
                         max_attempts: notify_max_attempts,
@@ -916,8 +916,9 @@ fn first_admin(store: &dyn Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Notification settings of `serve`.
+/// Notification and maintenance settings of `serve`.
 struct Notifying {
+    maintenance_interval: std::time::Duration,
     public_url: Option<String>,
     retry: controlplane::notify::Retry,
 }
@@ -929,9 +930,9 @@ fn serve(
     tls: Option<ServerTlsConfig>,
     watch: Option<(PathBuf, f64)>,
     retention: controlplane::store::Retention,
-    maintenance_interval: std::time::Duration,
     notifying: Notifying,
 ) -> anyhow::Result<()> {
+    let maintenance_interval = notifying.maintenance_interval;
     anyhow::ensure!(
         (1..=100).contains(&notifying.retry.max_attempts),
         "--notify-max-attempts must be 1 to 100"
