@@ -15,6 +15,8 @@ use axum::{
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
+mod settings;
+
 use crate::{
     model::Source,
     store::{FlowQuery, Store},
@@ -44,7 +46,7 @@ pub struct Options {
 
 /// Every path served, with its methods (openapi.yaml documents exactly these; a test checks
 /// it).
-pub const ROUTES: [(&str, &[&str]); 11] = [
+pub const ROUTES: [(&str, &[&str]); 16] = [
     ("/api/v1/health", &["get"]),
     ("/api/v1/session", &["get", "post", "delete"]),
     ("/api/v1/sensors", &["get"]),
@@ -56,6 +58,11 @@ pub const ROUTES: [(&str, &[&str]); 11] = [
     ("/api/v1/top", &["get"]),
     ("/api/v1/entities", &["get"]),
     ("/api/v1/entities/{ip}", &["get"]),
+    ("/api/v1/notifiers", &["get", "post"]),
+    ("/api/v1/notifiers/{name}", &["delete"]),
+    ("/api/v1/notifiers/{name}/test", &["post"]),
+    ("/api/v1/allowlist", &["get", "post", "delete"]),
+    ("/api/v1/watchlist", &["get", "post", "delete"]),
 ];
 
 /// What answers without credentials.
@@ -84,6 +91,27 @@ pub fn router(store: Arc<dyn Store>, opts: Options) -> Router {
         .route(ROUTES[8].0, get(top))
         .route(ROUTES[9].0, get(entities))
         .route(ROUTES[10].0, get(entity))
+        .route(
+            ROUTES[11].0,
+            get(settings::notifiers).post(settings::add_notifier),
+        )
+        .route(
+            ROUTES[12].0,
+            axum::routing::delete(settings::remove_notifier),
+        )
+        .route(ROUTES[13].0, axum::routing::post(settings::test_notifier))
+        .route(
+            ROUTES[14].0,
+            get(settings::allowlist)
+                .post(settings::add_allowlist)
+                .delete(settings::remove_allowlist),
+        )
+        .route(
+            ROUTES[15].0,
+            get(settings::watchlist)
+                .post(settings::add_watchlist)
+                .delete(settings::remove_watchlist),
+        )
         // Only matched routes need credentials: the dashboard's files are public.
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .route(

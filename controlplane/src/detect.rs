@@ -816,6 +816,15 @@ fn ip_key(ip: IpAddr) -> u128 {
 
 /// Parses a watchlist entry: an address or a network in CIDR form, returned canonical
 /// (`10.1.2.3/32`, `10.1.0.0/16` for `10.1.2.3/16`).
+/// An allowlist's alert type: snake_case, or `*` for every type.
+pub fn check_alert_type(t: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        t == "*" || (!t.is_empty() && t.chars().all(|c| c.is_ascii_lowercase() || c == '_')),
+        "`{t}` is not an alert type (snake_case, or * for all)"
+    );
+    Ok(())
+}
+
 pub fn watchlist_entry(text: &str) -> anyhow::Result<ipnet::IpNet> {
     let t = text.trim();
     let net: ipnet::IpNet = match t.parse::<IpAddr>() {

@@ -606,14 +606,7 @@ fn notifiers(data_dir: PathBuf, cmd: NotifiersCmd) -> anyhow::Result<()> {
             min_severity,
             target,
         } => {
-            anyhow::ensure!(
-                !name.is_empty()
-                    && name.len() <= 64
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-                "`{name}`: a notifier name is 1-64 letters, digits, `-` or `_`"
-            );
+            notify::check_name(&name)?;
             let target = match target {
                 TargetArgs::Webhook { url, secret_file } => Target::Webhook {
                     url,
@@ -707,11 +700,7 @@ fn notifiers(data_dir: PathBuf, cmd: NotifiersCmd) -> anyhow::Result<()> {
 fn allowlist(data_dir: PathBuf, cmd: AllowlistCmd) -> anyhow::Result<()> {
     use controlplane::detect::watchlist_entry;
     let check_type = |t: &str| -> anyhow::Result<()> {
-        if t == "*" || (!t.is_empty() && t.chars().all(|c| c.is_ascii_lowercase() || c == '_')) {
-            Ok(())
-        } else {
-            anyhow::bail!("--type: `{t}` is not an alert type (snake_case, or * for all)")
-        }
+        controlplane::detect::check_alert_type(t).map_err(|e| anyhow::anyhow!("--type: {e}"))
     };
     let store = SqliteStore::open(&data_dir)?;
     match cmd {

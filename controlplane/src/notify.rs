@@ -171,6 +171,19 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// A notifier's name: 1-64 letters, digits, `-` or `_`.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "`{name}`: a notifier name is 1-64 letters, digits, `-` or `_`"
+    );
+    Ok(())
+}
+
 /// Syslog facility names (RFC 5424 table 1) and their numbers.
 pub const FACILITIES: [(&str, u8); 24] = [
     ("kern", 0),

@@ -592,3 +592,149 @@ fn entities_get_roles_from_what_they_serve() {
     assert_eq!(s, 400);
     cp.stop();
 }
+
+/// Settings over the API: notifiers (secrets never shown, a test message really sent), the
+/// allowlist and the watchlist; viewers read, admins change, bad input is refused with a reason.
+#[test]
+fn settings_notifiers_allowlist_and_watchlist() {
+    use serde_json::json;
+    let lab = Lab::new();
+    let dir = TempDir::new("api-settings");
+    let data = dir.0.join("data");
+    let viewer = ControlPlane::add_token(&data, "viewer", "viewer");
+    let cp = ControlPlane::start(&lab.a, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
+    let hook = tests::receivers::HttpReceiver::start(&lab.a, &[]);
+    let as_viewer = |m: &str, p: &str, b: Option<&Value>| {
+        tests::http_request(
+            &lab.a,
+            m,
+            format!("http://{HTTP}{p}"),
+            &[("authorization", &format!("Bearer {viewer}"))],
+            b,
+        )
+    };
+
+    let add = json!({
+        "name": "soc",
+        "min_severity": "medium",
+        "target": {"kind": "webhook", "url": hook.url("/in"), "secret": "topsecret"},
+    });
+    assert_eq!(
+        as_viewer("POST", "/api/v1/notifiers", Some(&add)).status,
+        403
+    );
+    let r = cp.request("POST", "/api/v1/notifiers", Some(&add));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = as_viewer("GET", "/api/v1/notifiers", None);
+    assert_eq!(r.status, 200);
+    assert!(!r.body.contains("topsecret"), "{}", r.body);
+    assert_eq!(
+        r.json()["notifiers"],
+        json!([{
+            "name": "soc", "kind": "webhook", "min_severity": "medium",
+            "destination": format!("http://127.0.0.1:{}/… (signed)", hook.port),
+            "delivered": 0, "pending": 0, "failed": 0,
+        }])
+    );
+    let r = cp.request("POST", "/api/v1/notifiers/soc/test", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = hook.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got[0].header("x-picket-event"), "alert.test");
+    assert_eq!(
+        got[0].header("x-picket-signature-256"),
+        controlplane::notify::signature("topsecret", &got[0].body)
+    );
+    for (b, msg) in [
+        (
+            json!({"name": "x", "target": {"kind": "pager"}}),
+            "target: unknown variant `pager`",
+        ),
+        (
+            json!({"name": "x y", "target": {"kind": "slack", "url": "http://x/"}}),
+            "a notifier name is 1-64",
+        ),
+        (
+            json!({"name": "x", "target": {"kind": "slack", "url": "nope"}}),
+            "--url: `nope` is not a URL",
+        ),
+        (
+            json!({"name": "soc", "target": {"kind": "slack", "url": "http://x/"}}),
+            "a notifier named `soc` exists already",
+        ),
+        (
+            json!({"name": "x", "min_severity": "urgent", "target": {"kind": "slack", "url": "http://x/"}}),
+            "min_severity: one of low",
+        ),
+    ] {
+        let r = cp.request("POST", "/api/v1/notifiers", Some(&b));
+        assert_eq!(r.status, 400, "{b}: {}", r.body);
+        let m = r.json()["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .to_string();
+        assert!(m.contains(msg), "{b}: {m}");
+    }
+    // A receiver that is not there: the test says so, with the reason.
+    let dead = json!({"name": "dead", "target": {"kind": "syslog", "address": "127.0.0.1:1", "transport": "tcp", "facility": 4}});
+    assert_eq!(
+        cp.request("POST", "/api/v1/notifiers", Some(&dead)).status,
+        201
+    );
+    let r = cp.request("POST", "/api/v1/notifiers/dead/test", None);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (502, Value::from("delivery_failed"))
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("refused"),
+        "{}",
+        r.body
+    );
+    let r = cp.request("DELETE", "/api/v1/notifiers/dead", None);
+    assert_eq!(r.json(), json!({"removed": "dead", "dropped_messages": 0}));
+    assert_eq!(
+        cp.request("DELETE", "/api/v1/notifiers/dead", None).status,
+        404
+    );
+
+    // Allowlist and watchlist: add (201), again (200), list, remove, remove again (404).
+    for (path, extra) in [
+        ("/api/v1/allowlist", json!({"type": "port_scan"})),
+        ("/api/v1/watchlist", json!({})),
+    ] {
+        let mut b = json!({"entry": "10.0.5.20", "label": "qualys"});
+        for (k, v) in extra.as_object().expect("object") {
+            b[k] = v.clone();
+        }
+        assert_eq!(as_viewer("POST", path, Some(&b)).status, 403);
+        assert_eq!(cp.request("POST", path, Some(&b)).status, 201, "{path}");
+        let r = cp.request("POST", path, Some(&b));
+        assert_eq!(
+            (r.status, r.json()["new"].clone()),
+            (200, Value::from(false))
+        );
+        let list = as_viewer("GET", path, None).json();
+        let key = path.rsplit('/').next().expect("key");
+        assert_eq!(list[key][0]["entry"], "10.0.5.20/32", "{list}");
+        assert_eq!(list[key][0]["label"], "qualys");
+        let bad = cp.request("POST", path, Some(&json!({"entry": "10.0.5.300"})));
+        assert_eq!(bad.status, 400);
+        assert_eq!(
+            bad.json()["error"]["message"],
+            "`10.0.5.300` is neither an address nor a CIDR network"
+        );
+        let del = format!("{path}?entry=10.0.5.20/32&type=port_scan");
+        assert_eq!(cp.request("DELETE", &del, None).status, 200, "{path}");
+        assert_eq!(cp.request("DELETE", &del, None).status, 404, "{path}");
+    }
+    let r = cp.request(
+        "POST",
+        "/api/v1/allowlist",
+        Some(&json!({"entry": "10.0.0.0/8", "type": "Port Scan"})),
+    );
+    assert_eq!(r.status, 400);
+    cp.stop();
+}
