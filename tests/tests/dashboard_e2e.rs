@@ -53,6 +53,7 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
     .expect("a port_scan alert");
     assert_eq!(alert["source"], lab.ip_a.as_str());
 
+    let hook = tests::receivers::HttpReceiver::start(&lab.b, &[]);
     let o = Command::new("ip")
         .args(["netns", "exec", &lab.b, "node", "e2e/dashboard.mjs"])
         .args([
@@ -63,6 +64,7 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
             &lab.ip_b,
         ])
         .arg(&shots)
+        .arg(hook.url("/browser"))
         .current_dir(&web)
         .output()
         .expect("run node");
@@ -89,6 +91,7 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
         "5-entity",
         "6-flows",
         "7-sensors",
+        "8-settings",
     ] {
         let p = shots.join(format!("{shot}.png"));
         assert!(
@@ -115,6 +118,17 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
             .is_some_and(|r| !r.is_empty()),
         "{result}"
     );
+
+    // The notifier added in the browser signs with its secret, and its test message arrived.
+    let got = hook.requests();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].header("x-picket-event"), "alert.test");
+    assert_eq!(
+        got[0].header("x-picket-signature-256"),
+        controlplane::notify::signature("browser-secret", &got[0].body)
+    );
+    let (_, body) = cp.get("/api/v1/allowlist");
+    assert!(body.contains("10.99.0.0/16") && body.contains("sanctioned scanner"), "{body}");
 
     // What the browser did is what the store says: closed by admin, with the comment.
     let (_, body) = cp.get(&format!("/api/v1/alerts/{}", alert["id"]));

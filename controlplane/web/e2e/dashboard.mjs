@@ -2,15 +2,15 @@
 // find the alert a real scan raised, open it, check its evidence, close it. Run by the Rust
 // test tests/tests/dashboard_e2e.rs inside the lab's namespace:
 //
-//   node e2e/dashboard.mjs URL USER PASSWORD SCANNER TARGET SCREENSHOT_DIR
+//   node e2e/dashboard.mjs URL USER PASSWORD SCANNER TARGET SCREENSHOT_DIR WEBHOOK_URL
 //
 // Prints one JSON line ({"alert": ID, "status": ...}) and exits 0, or prints why and exits 1.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [url, user, password, scanner, target, shots] = process.argv.slice(2);
-if (!shots) {
-  console.error("usage: dashboard.mjs URL USER PASSWORD SCANNER TARGET SCREENSHOT_DIR");
+const [url, user, password, scanner, target, shots, hook] = process.argv.slice(2);
+if (!hook) {
+  console.error("usage: dashboard.mjs URL USER PASSWORD SCANNER TARGET SCREENSHOT_DIR WEBHOOK_URL");
   process.exit(2);
 }
 mkdirSync(shots, { recursive: true });
@@ -97,6 +97,25 @@ try {
   await page.getByRole("link", { name: "Sensors", exact: true }).click();
   await page.locator("table.sensors .health-ok").first().waitFor();
   await page.screenshot({ path: `${shots}/7-sensors.png`, fullPage: true });
+
+  step = "settings";
+  await page.getByRole("link", { name: "Settings", exact: true }).click();
+  const form = page.getByRole("form", { name: "Add a notifier" });
+  await form.getByLabel("Name").fill("browser-hook");
+  await form.getByLabel("URL").fill(hook);
+  await form.getByLabel("Secret (HMAC)").fill("browser-secret");
+  await form.getByRole("button", { name: "Add notifier" }).click();
+  const hookRow = page.locator("tr[data-notifier=browser-hook]");
+  await hookRow.waitFor();
+  await hookRow.getByRole("button", { name: "Test" }).click();
+  await page.getByRole("status").filter({ hasText: "test message sent" }).waitFor();
+  const allow = page.getByRole("form", { name: "Add to the allowlist" });
+  await allow.getByLabel("Address or CIDR").fill("10.99.0.0/16");
+  await allow.getByLabel("Alert type").fill("port_scan");
+  await allow.getByLabel("Label").fill("sanctioned scanner");
+  await allow.getByRole("button", { name: "Add" }).click();
+  await page.getByText("10.99.0.0/16").waitFor();
+  await page.screenshot({ path: `${shots}/8-settings.png`, fullPage: true });
 
   step = "logout";
   await page.getByRole("button", { name: "Log out" }).click();

@@ -9,6 +9,7 @@ import { AlertList, AlertDetail } from "./alerts.js";
 import { Flows } from "./flows.js";
 import { EntityDetail, EntityList } from "./entities.js";
 import { Sensors } from "./sensors.js";
+import { Settings } from "./settings.js";
 import "./style.css";
 
 function useHash() {
@@ -62,6 +63,7 @@ const NAV = [
   ["#/entities", "Entities"],
   ["#/flows", "Flows"],
   ["#/sensors", "Sensors"],
+  ["#/settings", "Settings"],
 ];
 
 function App() {
@@ -96,6 +98,7 @@ function App() {
   else if (route === "entities") page = html`<${EntityList} />`;
   else if (route === "flows") page = html`<${Flows} />`;
   else if (route === "sensors") page = html`<${Sensors} />`;
+  else if (route === "settings") page = html`<${Settings} session=${session} />`;
   else page = html`<${Overview} />`;
   return html`<div class="shell">
     <header>
