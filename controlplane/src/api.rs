@@ -433,11 +433,26 @@ async fn sensors(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
                     Some(_) => "ok",
                 }
             };
-            let counters: Value = s
-                .kernel_counters
-                .as_deref()
-                .and_then(|c| serde_json::from_str(c).ok())
-                .unwrap_or(Value::Null);
+            let parse = |c: &Option<String>| -> Value {
+                c.as_deref()
+                    .and_then(|c| serde_json::from_str(c).ok())
+                    .unwrap_or(Value::Null)
+            };
+            let counters = parse(&s.kernel_counters);
+            let host = parse(&s.host);
+            let interfaces: Vec<Value> = host["interfaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    json!({
+                        "name": i["name"],
+                        "addresses": i["addresses"],
+                        "xdp_mode": i["xdp_mode"],
+                        "tc_mode": i["tc_mode"],
+                    })
+                })
+                .collect();
             json!({
                 "name": s.name,
                 "health": health,
@@ -450,6 +465,9 @@ async fn sensors(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
                 "first_seen": s.first_seen_unix_ns.map(rfc3339),
                 "last_heartbeat": s.last_heartbeat_unix_ns.map(rfc3339),
                 "kernel_counters": counters,
+                "agent_counters": parse(&s.agent_counters),
+                "interfaces": interfaces,
+                "k8s_node": host["k8s_node"],
             })
         })
         .collect();

@@ -119,6 +119,19 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
         "{result}"
     );
 
+    // The sensor's interface and attach modes, as the registration gave them.
+    let (_, body) = cp.get("/api/v1/sensors");
+    let s: Value = serde_json::from_str(&body).expect("json");
+    let i = &s["sensors"][0]["interfaces"][0];
+    assert_eq!(i["name"], lab.vb.as_str(), "{s}");
+    assert_eq!(i["xdp_mode"], "native", "{s}");
+    assert!(
+        i["tc_mode"]
+            .as_str()
+            .is_some_and(|m| m == "tcx" || m == "clsact"),
+        "{s}"
+    );
+
     // The notifier added in the browser signs with its secret, and its test message arrived.
     let got = hook.requests();
     assert_eq!(got.len(), 1, "{got:?}");
@@ -128,7 +141,10 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
         controlplane::notify::signature("browser-secret", &got[0].body)
     );
     let (_, body) = cp.get("/api/v1/allowlist");
-    assert!(body.contains("10.99.0.0/16") && body.contains("sanctioned scanner"), "{body}");
+    assert!(
+        body.contains("10.99.0.0/16") && body.contains("sanctioned scanner"),
+        "{body}"
+    );
 
     // What the browser did is what the store says: closed by admin, with the comment.
     let (_, body) = cp.get(&format!("/api/v1/alerts/{}", alert["id"]));

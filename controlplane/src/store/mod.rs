@@ -35,6 +35,11 @@ pub struct SensorRow {
     pub last_heartbeat_unix_ns: Option<i64>,
     /// The last heartbeat's kernel counters, as JSON.
     pub kernel_counters: Option<String>,
+    /// The registration's host: interfaces (addresses, XDP and tc attach modes), Kubernetes
+    /// node, as JSON.
+    pub host: Option<String>,
+    /// The last heartbeat's agent counters (drops included), as JSON.
+    pub agent_counters: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -782,7 +787,8 @@ impl Store for SqliteStore {
         let c = self.conn();
         let mut st = c.prepare(
             "SELECT name, created_ns, revoked_ns, instance_id, version, kernel, hostname, \
-             first_seen_ns, last_heartbeat_ns, kernel_counters FROM sensors ORDER BY name",
+             first_seen_ns, last_heartbeat_ns, kernel_counters, host_json, agent_counters \
+             FROM sensors ORDER BY name",
         )?;
         let rows = st.query_map([], |r| {
             Ok(SensorRow {
@@ -796,6 +802,8 @@ impl Store for SqliteStore {
                 first_seen_unix_ns: r.get(7)?,
                 last_heartbeat_unix_ns: r.get(8)?,
                 kernel_counters: r.get(9)?,
+                host: r.get(10)?,
+                agent_counters: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -96,6 +96,7 @@ try {
   await page.screenshot({ path: `${shots}/6-flows.png`, fullPage: true });
   await page.getByRole("link", { name: "Sensors", exact: true }).click();
   await page.locator("table.sensors .health-ok").first().waitFor();
+  await page.locator("table.sensors td.ifaces", { hasText: "XDP native" }).waitFor();
   await page.screenshot({ path: `${shots}/7-sensors.png`, fullPage: true });
 
   step = "settings";

@@ -1,4 +1,5 @@
-// Sensors: status, version, kernel, attach mode and the kernel's drop counters.
+// Sensors: status, version, kernel, interfaces with their attach modes, and the kernel's and
+// the agent's counters (drops first).
 import { html } from "htm/preact";
 import { useEffect, useState } from "preact/hooks";
 import { get } from "./api.js";
@@ -22,14 +23,22 @@ export function Sensors() {
     </p>`}
     <table class="sensors">
       <thead>
-        <tr><th>Sensor</th><th>Health</th><th>Host</th><th>Version</th><th>Kernel</th><th>Last heartbeat</th><th>Counters</th></tr>
+        <tr><th>Sensor</th><th>Health</th><th>Host</th><th>Interfaces (attach mode)</th><th>Version</th><th>Kernel</th><th>Last heartbeat</th><th>Counters</th></tr>
       </thead>
       <tbody>
         ${s.map(
           (x) => html`<tr>
             <td>${x.name}</td>
             <td><span class=${`health health-${x.health}`}>${x.health}</span></td>
-            <td>${x.hostname || ""}</td>
+            <td>${x.hostname || ""}${x.k8s_node ? html` <small class="hint">node ${x.k8s_node}</small>` : ""}</td>
+            <td class="ifaces">
+              ${(x.interfaces || []).map(
+                (i) => html`<div>
+                  <code>${i.name}</code> XDP ${i.xdp_mode || "?"}, tc ${i.tc_mode || "?"}
+                  <small class="hint">${(i.addresses || []).join(", ")}</small>
+                </div>`,
+              )}
+            </td>
             <td>${x.version || ""}</td>
             <td>${x.kernel || ""}</td>
             <td title=${when(x.last_heartbeat)}>${ago(x.last_heartbeat)}</td>
@@ -37,14 +46,17 @@ export function Sensors() {
               ${x.kernel_counters
                 ? html`<details>
                     <summary>
-                      ${Object.entries(x.kernel_counters)
-                        .filter(([k, v]) => /drop|fail|evict/.test(k) && v > 0)
+                      ${Object.entries({ ...x.kernel_counters, ...(x.agent_counters || {}) })
+                        .filter(([k, v]) => /drop|fail|evict|lost/.test(k) && v > 0)
                         .map(([k, v]) => `${k} ${count(v)}`)
                         .join(", ") || "no drops"}
                     </summary>
                     <table>
                       ${Object.entries(x.kernel_counters).map(
-                        ([k, v]) => html`<tr><td>${k}</td><td>${count(v)}</td></tr>`,
+                        ([k, v]) => html`<tr><td>kernel</td><td>${k}</td><td>${count(v)}</td></tr>`,
+                      )}
+                      ${Object.entries(x.agent_counters || {}).map(
+                        ([k, v]) => html`<tr><td>agent</td><td>${k}</td><td>${count(v)}</td></tr>`,
                       )}
                     </table>
                   </details>`
