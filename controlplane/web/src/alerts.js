@@ -83,6 +83,15 @@ function isIp(s) {
   return /^[0-9.]+$/.test(s) || s.includes(":");
 }
 
+/// The address of a target (`10.0.0.5`, `10.0.0.5:22`, `[fd00::5]:22`, `fd00::5`), if any.
+function targetIp(t) {
+  const v6 = /^\[([0-9a-fA-F:.]+)\](?::\d+)?$/.exec(t);
+  if (v6) return v6[1];
+  const v4 = /^(\d+\.\d+\.\d+\.\d+)(?::\d+)?$/.exec(t);
+  if (v4) return v4[1];
+  return /^[0-9a-fA-F:]+$/.test(t) && t.includes(":") ? t : null;
+}
+
 function Observation({ o }) {
   const { kind, ...rest } = o;
   const brief = Object.entries(rest)
@@ -145,7 +154,9 @@ export function AlertDetail({ id, session }) {
     <p><a href="#/alerts">← Alerts</a></p>
     <h1>
       <span class=${`sev sev-${a.severity}`}>${a.severity}</span> ${a.type} from${" "}
-      <code class="source">${a.source}</code>
+      ${isIp(a.source)
+        ? html`<a href=${`#/entities/${encodeURIComponent(a.source)}`}><code class="source">${a.source}</code></a>`
+        : html`<code class="source">${a.source}</code>`}
     </h1>
     <dl class="facts">
       <dt>Status</dt><dd class="status">${a.status}${a.snoozed_until ? ` until ${when(a.snoozed_until)}` : ""}</dd>
@@ -191,7 +202,14 @@ export function AlertDetail({ id, session }) {
     <div class="two">
       <div class="panel">
         <h2>Targets (${count(a.targets_total)})</h2>
-        <ul class="targets">${a.targets.map((t) => html`<li><code>${t}</code></li>`)}</ul>
+        <ul class="targets">
+          ${a.targets.map((t) => {
+            const ip = targetIp(t);
+            return html`<li>
+              ${ip ? html`<a href=${`#/entities/${encodeURIComponent(ip)}`}><code>${t}</code></a>` : html`<code>${t}</code>`}
+            </li>`;
+          })}
+        </ul>
         ${a.targets_total > a.targets.length && html`<p class="hint">and ${count(a.targets_total - a.targets.length)} more</p>`}
         <h2>Observations (${count(a.observations_total)})</h2>
         <ul class="observations">${a.observations.map((o) => html`<${Observation} o=${o} />`)}</ul>
