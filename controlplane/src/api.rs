@@ -414,6 +414,8 @@ async fn health(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": api.started.elapsed().as_secs(),
         "notifications": total,
+        "https_handshakes_failed": crate::https::FAILED_HANDSHAKES
+            .load(std::sync::atomic::Ordering::Relaxed),
     })))
 }
 

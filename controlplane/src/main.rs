@@ -1,6 +1,7 @@
-//! picket-controlplane: the central service. This version serves the sensor ingest (gRPC) on the
-//! embedded store and manages sensor keys; cloud flow log import, detection, the REST API and the
-//! dashboard come with the control-plane issues.
+//! picket-controlplane: the central service. `serve` takes the sensors' streams (gRPC), imports
+//! cloud flow logs from a watched directory, detects, keeps alerts, delivers notifications and
+//! serves the REST API and the web dashboard, all on the embedded store; the other commands
+//! manage sensors, users, tokens, notifiers and lists, and import flow logs.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -18,7 +19,8 @@ use tracing::{info, warn};
 #[command(
     name = "picket-controlplane",
     version,
-    about = "Picket's control plane: sensor ingest on an embedded store, sensor keys"
+    about = "Picket's control plane: sensor ingest, cloud flow logs, detection, alerts, \
+             notifications, REST API and web dashboard, on an embedded store"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,7 +29,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve the sensor ingest (gRPC) on the embedded store in --data-dir.
+    /// Serve the sensor ingest (gRPC), the REST API and the web dashboard (HTTP), and deliver
+    /// notifications, on the embedded store in --data-dir. The first start creates the
+    /// dashboard user `admin` and prints its password.
     Serve {
         /// Where the embedded store (SQLite, WAL) lives; created if missing.
         #[arg(long, value_name = "DIR")]
@@ -35,9 +39,17 @@ enum Cmd {
         /// Address for sensors (gRPC).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
         grpc_listen: SocketAddr,
-        /// Address for the REST API (/api/v1/, see controlplane/openapi.yaml).
+        /// Address for the web dashboard (/) and the REST API (/api/v1/, see
+        /// controlplane/openapi.yaml).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         http_listen: SocketAddr,
+        /// Certificate chain (PEM) for --http-listen: the dashboard and the API over HTTPS (and
+        /// session cookies marked Secure).
+        #[arg(long, value_name = "FILE", requires = "http_tls_key")]
+        http_tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --http-tls-cert.
+        #[arg(long, value_name = "FILE", requires = "http_tls_cert")]
+        http_tls_key: Option<PathBuf>,
         /// Certificate chain (PEM) for the gRPC listener; with --tls-key, sensors connect with
         /// https://. Without it the ingest is plain text.
         #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -349,6 +361,8 @@ fn main() -> ExitCode {
             data_dir,
             grpc_listen,
             http_listen,
+            http_tls_cert,
+            http_tls_key,
             tls_cert,
             tls_key,
             tls_client_ca,
@@ -384,6 +398,10 @@ fn main() -> ExitCode {
                     hour_ns: retention_1h_days as i64 * DAY,
                 },
                 Notifying {
+                    https: match (&http_tls_cert, &http_tls_key) {
+                        (Some(c), Some(k)) => Some(controlplane::https::server_config(c, k)?),
+                        _ => None,
+                    },
                     maintenance_interval: std::time::Duration::from_secs(maintenance_interval),
                     public_url,
                     retry: controlplane::notify::Retry {
@@ -905,8 +923,9 @@ fn first_admin(store: &dyn Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Notification and maintenance settings of `serve`.
+/// Notification, maintenance and HTTPS settings of `serve`.
 struct Notifying {
+    https: Option<Arc<rustls::ServerConfig>>,
     maintenance_interval: std::time::Duration,
     public_url: Option<String>,
     retry: controlplane::notify::Retry,
@@ -939,10 +958,11 @@ fn serve(
     let store: Arc<dyn Store> = SqliteStore::open(&data_dir)?;
     first_admin(store.as_ref())?;
     let api_opts = controlplane::api::Options {
-        secure_cookies: notifying
-            .public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://")),
+        secure_cookies: notifying.https.is_some()
+            || notifying
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://")),
     };
     let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -1028,7 +1048,18 @@ fn serve(
         let http_listener = tokio::net::TcpListener::bind(http)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {http} (--http-listen): {e}"))?;
-        info!(http = %http_listener.local_addr()?, "REST API on /api/v1/");
+        info!(
+            http = %http_listener.local_addr()?,
+            https = notifying.https.is_some(),
+            "web dashboard on /, REST API on /api/v1/"
+        );
+        if notifying.https.is_none() && !http.ip().is_loopback() {
+            warn!(
+                "the dashboard and the API are plain HTTP on a non-loopback address (no \
+                 --http-tls-cert): passwords and sessions travel in clear unless a TLS proxy \
+                 is in front"
+            );
+        }
         let (stop_http, mut http_stop) = tokio::sync::watch::channel(false);
         let notifier = tokio::spawn(
             controlplane::notify::Dispatcher {
@@ -1038,16 +1069,25 @@ fn serve(
             }
             .run(stop_http.subscribe()),
         );
-        let api = tokio::spawn(
-            axum::serve(
-                http_listener,
-                controlplane::api::router(store.clone(), api_opts),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .into_future(),
-        );
+        let router = controlplane::api::router(store.clone(), api_opts);
+        let shutdown_http = async move {
+            let _ = http_stop.changed().await;
+        };
+        let api = match notifying.https.clone() {
+            Some(cfg) => tokio::spawn(
+                axum::serve(
+                    controlplane::https::TlsListener::new(http_listener, cfg)?,
+                    router,
+                )
+                .with_graceful_shutdown(shutdown_http)
+                .into_future(),
+            ),
+            None => tokio::spawn(
+                axum::serve(http_listener, router)
+                    .with_graceful_shutdown(shutdown_http)
+                    .into_future(),
+            ),
+        };
         info!(
             grpc = %listener.local_addr()?,
             tls = tls.is_some(),
