@@ -65,6 +65,54 @@ pub struct AlertUpdate {
     pub observation: Value,
     /// Who saw it: `sensor:NAME`, `aws:ACCOUNT`, ...
     pub seen_by: String,
+    /// How far past its detector's threshold the evidence is: 1 at the threshold, 2 at twice
+    /// it, 0.5 at half (only the fan-out detector reports that early); infinite for detectors
+    /// without a threshold (watchlist, coverage gaps). Sensitivity settings compare it with their
+    /// factor ([`Sensitivity`]).
+    pub strength: f64,
+}
+
+/// How readily alerts of a type are raised for sources in a network: `off` never, `low` at
+/// twice the detectors' thresholds, `medium` (the default) at them, `high` at half (where the
+/// detector reports that early: the flow-log fan-out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sensitivity {
+    Off,
+    Low,
+    Medium,
+    High,
+}
+
+impl Sensitivity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sensitivity::Off => "off",
+            Sensitivity::Low => "low",
+            Sensitivity::Medium => "medium",
+            Sensitivity::High => "high",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "off" => Sensitivity::Off,
+            "low" => Sensitivity::Low,
+            "medium" => Sensitivity::Medium,
+            "high" => Sensitivity::High,
+            _ => return None,
+        })
+    }
+
+    /// Whether evidence of `strength` raises an alert at this sensitivity.
+    pub fn raises(self, strength: f64) -> bool {
+        match self {
+            Sensitivity::Off => false,
+            Sensitivity::Low => strength >= 2.0,
+            Sensitivity::Medium => strength >= 1.0,
+            Sensitivity::High => strength >= 0.5,
+        }
+    }
 }
 
 /// A stored alert, as the API returns it.
@@ -193,6 +241,7 @@ mod tests {
             time_ns: t,
             observation: serde_json::json!({ "t": t }),
             seen_by: by.into(),
+            strength: 1.0,
         }
     }
 

@@ -46,7 +46,7 @@ pub struct Options {
 
 /// Every path served, with its methods (openapi.yaml documents exactly these; a test checks
 /// it).
-pub const ROUTES: [(&str, &[&str]); 16] = [
+pub const ROUTES: [(&str, &[&str]); 17] = [
     ("/api/v1/health", &["get"]),
     ("/api/v1/session", &["get", "post", "delete"]),
     ("/api/v1/sensors", &["get"]),
@@ -63,6 +63,7 @@ pub const ROUTES: [(&str, &[&str]); 16] = [
     ("/api/v1/notifiers/{name}/test", &["post"]),
     ("/api/v1/allowlist", &["get", "post", "delete"]),
     ("/api/v1/watchlist", &["get", "post", "delete"]),
+    ("/api/v1/sensitivity", &["get", "post", "delete"]),
 ];
 
 /// What answers without credentials.
@@ -111,6 +112,12 @@ pub fn router(store: Arc<dyn Store>, opts: Options) -> Router {
             get(settings::watchlist)
                 .post(settings::add_watchlist)
                 .delete(settings::remove_watchlist),
+        )
+        .route(
+            ROUTES[16].0,
+            get(settings::sensitivity)
+                .post(settings::set_sensitivity)
+                .delete(settings::remove_sensitivity),
         )
         // Only matched routes need credentials: the dashboard's files are public.
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))

@@ -16,7 +16,7 @@ use picket_proto::v1::ScanEvent;
 use serde_json::json;
 
 use crate::{
-    alerts::{AlertUpdate, Severity},
+    alerts::{AlertUpdate, Sensitivity, Severity},
     api::rfc3339,
     model::{Action, Flow},
     store::{Store, ip_addr, ip_text},
@@ -82,6 +82,8 @@ pub fn scan_event_alerts(sensor: &str, e: &ScanEvent) -> anyhow::Result<Vec<Aler
             time_ns,
             observation: observation.clone(),
             seen_by: format!("sensor:{sensor}"),
+            // The kernel reports at its threshold.
+            strength: 1.0,
         });
     };
     if e.reason.iter().any(|r| r == "ports") {
@@ -139,9 +141,33 @@ struct SourceState {
     last_ns: i64,
     ports_by_host: HashMap<IpAddr, HashSet<u16>>,
     hosts_by_port: HashMap<(u8, u16), HashSet<IpAddr>>,
-    /// Distinct counts already reported (an alert again at each doubling).
-    reported_ports: HashMap<IpAddr, usize>,
-    reported_hosts: HashMap<(u8, u16), usize>,
+    /// What was already reported (an alert again at each doubling).
+    reported_ports: HashMap<IpAddr, Reported>,
+    reported_hosts: HashMap<(u8, u16), Reported>,
+}
+
+/// Reports of one (source, host) or (source, port): once at half the threshold (for high
+/// sensitivity), then at the threshold and at each doubling.
+#[derive(Default)]
+struct Reported {
+    early: bool,
+    count: usize,
+}
+
+impl Reported {
+    /// Whether `n` distinct failures are worth a report against `threshold`.
+    fn due(&mut self, n: usize, threshold: usize) -> bool {
+        if n >= threshold && n >= 2 * self.count {
+            self.count = n;
+            self.early = true;
+            return true;
+        }
+        if !self.early && self.count == 0 && n >= threshold.div_ceil(2) {
+            self.early = true;
+            return true;
+        }
+        false
+    }
 }
 
 /// Port scans and address sweeps found in flow records, for sources that leave no kernel
@@ -253,9 +279,13 @@ impl FanOutDetector {
             ports.insert(f.dst_port);
         }
         let n = ports.len();
-        let reported = st.reported_ports.entry(f.dst_ip).or_default();
-        if n >= scaled(cfg.port_threshold, f.sampling_rate) && n >= 2 * *reported {
-            *reported = n;
+        let threshold = scaled(cfg.port_threshold, f.sampling_rate);
+        if st
+            .reported_ports
+            .entry(f.dst_ip)
+            .or_default()
+            .due(n, threshold)
+        {
             out.push(AlertUpdate {
                 kind: "port_scan",
                 severity: port_scan_severity(estimate(n)),
@@ -264,6 +294,7 @@ impl FanOutDetector {
                 time_ns: f.end_ns,
                 observation: observation("distinct_ports", f.dst_ip.to_string(), n),
                 seen_by: seen_by.clone(),
+                strength: n as f64 / threshold as f64,
             });
         }
 
@@ -273,9 +304,8 @@ impl FanOutDetector {
             hosts.insert(f.dst_ip);
         }
         let n = hosts.len();
-        let reported = st.reported_hosts.entry(port).or_default();
-        if n >= scaled(cfg.host_threshold, f.sampling_rate) && n >= 2 * *reported {
-            *reported = n;
+        let threshold = scaled(cfg.host_threshold, f.sampling_rate);
+        if st.reported_hosts.entry(port).or_default().due(n, threshold) {
             let mut sorted: Vec<IpAddr> = hosts.iter().copied().collect();
             sorted.sort();
             sorted.truncate(crate::alerts::MAX_TARGETS);
@@ -288,6 +318,7 @@ impl FanOutDetector {
                 time_ns: f.end_ns,
                 observation: observation("distinct_hosts", format!("port {}", f.dst_port), n),
                 seen_by,
+                strength: n as f64 / threshold as f64,
             });
         }
     }
@@ -502,6 +533,7 @@ impl LoginBruteForce {
                 "last_attempt": rfc3339(t),
             }),
             seen_by: format!("sensor:{sensor}"),
+            strength: a.count as f64 / cfg.failed_logins as f64,
         }))
     }
 }
@@ -565,6 +597,7 @@ impl FlowBruteForce {
                     "last_attempt": rfc3339(f.end_ns),
                 }),
                 seen_by: format!("{}:{}", f.source.as_str(), f.observer),
+                strength: a.count as f64 / threshold as f64,
             });
         }
         out
@@ -724,6 +757,8 @@ impl SlowScan {
                         "observer": f.observer,
                     }),
                     seen_by: format!("{}:{}", f.source.as_str(), f.observer),
+                    // The walk reports once, at its decision.
+                    strength: 1.0,
                 });
             }
         }
@@ -797,6 +832,8 @@ impl CoverageGaps {
                     "cloud:{}",
                     observers.into_iter().collect::<Vec<_>>().join(",")
                 ),
+                // No threshold: only `off` silences it.
+                strength: f64::INFINITY,
             });
         }
         if self.reported.len() > 100_000 {
@@ -998,6 +1035,7 @@ impl Watchlist {
                 "seen_by": seen_by,
             }),
             seen_by: seen_by.to_string(),
+            strength: f64::INFINITY,
         })
     }
 
@@ -1092,15 +1130,84 @@ impl Allowlist {
     }
 }
 
+/// A sensitivity setting's network: `*` or a canonical CIDR.
+pub fn sensitivity_scope(text: &str) -> anyhow::Result<String> {
+    if text.trim() == "*" {
+        return Ok("*".into());
+    }
+    Ok(watchlist_entry(text)?.to_string())
+}
+
+/// Sensitivity settings: (network or `*`, alert type or `*`, level). For an alert, the most
+/// specific network holding its source wins, and within it an entry for the alert's type over
+/// `*`; `*` as the network covers every source (also those that are not addresses, such as a
+/// VPC). Without a match: medium.
+pub struct Sensitivities {
+    /// (network, or None for `*`; alert type; level), most specific first.
+    entries: Vec<(Option<ipnet::IpNet>, String, Sensitivity)>,
+}
+
+impl Sensitivities {
+    pub fn new(rows: Vec<(String, String, String)>) -> Self {
+        let mut entries: Vec<_> = rows
+            .into_iter()
+            .filter_map(|(cidr, kind, level)| {
+                let net = if cidr == "*" {
+                    None
+                } else {
+                    Some(cidr.parse::<ipnet::IpNet>().ok()?)
+                };
+                Some((net, kind, Sensitivity::parse(&level)?))
+            })
+            .collect();
+        // Longer prefixes first; a type before `*`.
+        entries.sort_by_key(|(net, kind, _)| {
+            (
+                std::cmp::Reverse(net.map_or(-1, |n| i32::from(n.prefix_len()))),
+                kind == "*",
+            )
+        });
+        Sensitivities { entries }
+    }
+
+    pub fn level(&self, kind: &str, source: &str) -> Sensitivity {
+        let ip: Option<IpAddr> = source.parse().ok();
+        self.entries
+            .iter()
+            .find(|(net, k, _)| {
+                (k == kind || k == "*")
+                    && match net {
+                        None => true,
+                        Some(n) => ip.is_some_and(|ip| n.contains(&ip)),
+                    }
+            })
+            .map_or(Sensitivity::Medium, |e| e.2)
+    }
+}
+
 /// Records alert observations, each also a log line; returns the ids of the alerts they went to
-/// (an alert once, in order of first mention).
+/// (an alert once, in order of first mention). The allowlist and the sensitivity settings
+/// decide first; what they hold back is logged (at debug level for evidence below the
+/// sensitivity's threshold, which is routine).
 pub fn record(store: &dyn Store, updates: &[AlertUpdate]) -> anyhow::Result<Vec<i64>> {
     let mut ids = Vec::new();
     if updates.is_empty() {
         return Ok(ids);
     }
     let allow = Allowlist::new(store.allowlist()?);
+    let sensitivity = Sensitivities::new(store.sensitivities()?);
     for u in updates {
+        let level = sensitivity.level(u.kind, &u.source);
+        if !level.raises(u.strength) {
+            tracing::debug!(
+                kind = u.kind,
+                source = u.source,
+                strength = u.strength,
+                sensitivity = level.as_str(),
+                "observation below the sensitivity's threshold"
+            );
+            continue;
+        }
         if let Some(label) = allow.allows(u.kind, &u.source) {
             info!(
                 kind = u.kind,
@@ -1129,6 +1236,13 @@ pub fn record(store: &dyn Store, updates: &[AlertUpdate]) -> anyhow::Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the default (medium) sensitivity raises of a detector's reports.
+    fn medium(u: Vec<AlertUpdate>) -> Vec<AlertUpdate> {
+        u.into_iter()
+            .filter(|u| Sensitivity::Medium.raises(u.strength))
+            .collect()
+    }
 
     fn event(reason: &[&str], ports: u32, hosts: u32) -> ScanEvent {
         ScanEvent {
@@ -1222,7 +1336,7 @@ mod tests {
                 )
             })
             .collect();
-        let u = d.observe(&flows);
+        let u = medium(d.observe(&flows));
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(
             (
@@ -1249,7 +1363,7 @@ mod tests {
         let more: Vec<Flow> = (21..=40)
             .map(|p| cloud("198.51.100.7", "10.0.0.5", p, 1040, Action::Reject, 0))
             .collect();
-        let u = d.observe(&more);
+        let u = medium(d.observe(&more));
         assert_eq!(u.len(), 1);
         assert_eq!(u[0].observation["distinct_ports"], 30);
     }
@@ -1269,7 +1383,7 @@ mod tests {
                 )
             })
             .collect();
-        let u = d.observe(&flows);
+        let u = medium(d.observe(&flows));
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(
             (u[0].kind, &u[0].source[..]),
@@ -1302,7 +1416,7 @@ mod tests {
         // Ten rejected ports, then ten more after the 5-minute window.
         flows.extend((1..=10).map(|p| cloud("10.0.0.66", "10.0.0.5", p, 4000, Action::Reject, 0)));
         flows.extend((11..=20).map(|p| cloud("10.0.0.66", "10.0.0.5", p, 4400, Action::Reject, 0)));
-        assert_eq!(d.observe(&flows), vec![]);
+        assert_eq!(medium(d.observe(&flows)), vec![]);
     }
 
     #[test]
@@ -1318,10 +1432,10 @@ mod tests {
             .map(|p| flow(p, 4, 200))
             .chain((31..=60).map(|p| flow(p, 2, 1500)))
             .collect();
-        assert_eq!(d.observe(&benign), vec![]);
+        assert_eq!(medium(d.observe(&benign)), vec![]);
         // SYNs answered by nothing or a RST.
         let probes: Vec<Flow> = (61..=80).map(|p| flow(p, 1, 44)).collect();
-        let u = d.observe(&probes);
+        let u = medium(d.observe(&probes));
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(u[0].kind, "port_scan");
     }
@@ -1336,9 +1450,68 @@ mod tests {
                 ..cloud("198.51.100.7", "10.0.0.5", p, 1000, Action::Reject, 0)
             })
             .collect();
-        let u = d.observe(&flows);
+        let u = medium(d.observe(&flows));
         assert_eq!(u.len(), 1, "15 x 0.5 rounds up to 8 sampled ports");
         assert_eq!(u[0].seen_by, "gcp:123456789010");
+    }
+
+    #[test]
+    fn fanout_reports_at_half_the_threshold_then_at_it_and_each_doubling() {
+        let mut d = FanOutDetector::default();
+        let flows: Vec<Flow> = (1..=70)
+            .map(|p| {
+                cloud(
+                    "198.51.100.7",
+                    "10.0.0.5",
+                    p,
+                    1000 + p as i64,
+                    Action::Reject,
+                    0,
+                )
+            })
+            .collect();
+        let counts: Vec<(u64, f64)> = d
+            .observe(&flows)
+            .iter()
+            .map(|u| {
+                (
+                    u.observation["distinct_ports"].as_u64().expect("n"),
+                    u.strength,
+                )
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            [(8, 8.0 / 15.0), (15, 1.0), (30, 2.0), (60, 4.0)],
+            "high sensitivity sees 8, medium 15, low 30"
+        );
+    }
+
+    #[test]
+    fn sensitivity_takes_the_most_specific_network_then_the_type() {
+        let s = Sensitivities::new(vec![
+            ("*".into(), "*".into(), "low".into()),
+            ("10.0.0.0/8".into(), "port_scan".into(), "high".into()),
+            ("10.1.0.0/16".into(), "*".into(), "off".into()),
+            ("10.1.0.0/16".into(), "brute_force".into(), "medium".into()),
+            ("bad".into(), "*".into(), "high".into()),
+        ]);
+        assert_eq!(s.level("port_scan", "10.2.0.1"), Sensitivity::High);
+        assert_eq!(s.level("address_sweep", "10.2.0.1"), Sensitivity::Low);
+        assert_eq!(s.level("port_scan", "10.1.0.1"), Sensitivity::Off);
+        assert_eq!(s.level("brute_force", "10.1.0.1"), Sensitivity::Medium);
+        assert_eq!(s.level("sensor_coverage_gap", "vpc-1"), Sensitivity::Low);
+        assert_eq!(
+            Sensitivities::new(vec![]).level("port_scan", "10.0.0.1"),
+            Sensitivity::Medium
+        );
+        assert!(!Sensitivity::Low.raises(1.0) && Sensitivity::Low.raises(2.0));
+        assert!(Sensitivity::High.raises(0.5) && !Sensitivity::Medium.raises(0.5));
+        assert!(!Sensitivity::Off.raises(f64::INFINITY));
+        assert!(
+            Sensitivity::Low.raises(f64::INFINITY),
+            "watchlist hits stay on"
+        );
     }
 
     #[test]

@@ -116,6 +116,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AllowlistCmd,
     },
+    /// How readily alerts are raised, per alert type and per network of their source: off, low
+    /// (at twice the detectors' thresholds), medium (the default), high (at half, where the
+    /// detector reports that early: the flow-log fan-out). The most specific network wins.
+    Sensitivity {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: SensitivityCmd,
+    },
     /// Where alerts are sent: generic webhooks (JSON, HMAC-signed), Slack incoming webhooks,
     /// Webex Teams rooms and syslog (RFC 5424, UDP or TCP, optionally CEF). One message per new
     /// alert and per meaningful change (higher severity; targets reaching 100, 1,000, ...),
@@ -160,6 +169,30 @@ enum Cmd {
         /// that counts and detection thresholds can be scaled.
         #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
         sampling_rate: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SensitivityCmd {
+    /// Set the level for a network (or all) and an alert type (or all).
+    Set {
+        /// off, low, medium or high.
+        level: String,
+        /// An address or CIDR network of the alerts' sources; `*` for every source.
+        #[arg(long, default_value = "*")]
+        network: String,
+        /// An alert type (port_scan, address_sweep, brute_force, ...); `*` for every type.
+        #[arg(long = "type", value_name = "TYPE", default_value = "*")]
+        alert_type: String,
+    },
+    /// The settings, one per line: network, alert type, level.
+    List,
+    /// Remove a setting (back to medium, or to a less specific setting).
+    Remove {
+        #[arg(long, default_value = "*")]
+        network: String,
+        #[arg(long = "type", value_name = "TYPE", default_value = "*")]
+        alert_type: String,
     },
 }
 
@@ -416,6 +449,7 @@ fn main() -> ExitCode {
         Cmd::Allowlist { data_dir, cmd } => allowlist(data_dir, cmd),
         Cmd::Notifiers { data_dir, cmd } => notifiers(data_dir, cmd),
         Cmd::Users { data_dir, cmd } => users(data_dir, cmd),
+        Cmd::Sensitivity { data_dir, cmd } => sensitivity(data_dir, cmd),
         Cmd::Tokens { data_dir, cmd } => tokens(data_dir, cmd),
         Cmd::Import {
             provider,
@@ -502,6 +536,42 @@ fn import(
                 Provider::Azure => "Azure NSG or VNet",
             }
         );
+    }
+    Ok(())
+}
+
+fn sensitivity(data_dir: PathBuf, cmd: SensitivityCmd) -> anyhow::Result<()> {
+    use controlplane::detect::{check_alert_type, sensitivity_scope};
+    let store = SqliteStore::open(&data_dir)?;
+    match cmd {
+        SensitivityCmd::Set {
+            level,
+            network,
+            alert_type,
+        } => {
+            let l = controlplane::alerts::Sensitivity::parse(&level)
+                .ok_or_else(|| anyhow::anyhow!("`{level}` is not one of off, low, medium, high"))?;
+            let net = sensitivity_scope(&network).map_err(|e| anyhow::anyhow!("--network: {e}"))?;
+            check_alert_type(&alert_type).map_err(|e| anyhow::anyhow!("--type: {e}"))?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            store.set_sensitivity(&net, &alert_type, l.as_str(), now)?;
+            println!("{net} {alert_type}: {}", l.as_str());
+        }
+        SensitivityCmd::List => {
+            for (net, t, level) in store.sensitivities()? {
+                println!("{net}\t{t}\t{level}");
+            }
+        }
+        SensitivityCmd::Remove {
+            network,
+            alert_type,
+        } => {
+            let net = sensitivity_scope(&network).map_err(|e| anyhow::anyhow!("--network: {e}"))?;
+            if !store.remove_sensitivity(&net, &alert_type)? {
+                anyhow::bail!("no sensitivity setting for {net} {alert_type}");
+            }
+            println!("removed {net} {alert_type}");
+        }
     }
     Ok(())
 }

@@ -735,7 +735,30 @@ fn settings_notifiers_allowlist_and_watchlist() {
         "/api/v1/allowlist",
         Some(&json!({"entry": "10.0.0.0/8", "type": "Port Scan"})),
     );
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let b = json!({"network": "10.1.2.3/8", "type": "port_scan", "level": "high"});
+    assert_eq!(
+        as_viewer("POST", "/api/v1/sensitivity", Some(&b)).status,
+        403
+    );
+    let r = cp.request("POST", "/api/v1/sensitivity", Some(&b));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        as_viewer("GET", "/api/v1/sensitivity", None).json()["sensitivity"],
+        json!([{"network": "10.0.0.0/8", "type": "port_scan", "level": "high"}])
+    );
+    let r = cp.request(
+        "POST",
+        "/api/v1/sensitivity",
+        Some(&json!({"level": "loud"})),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["message"].clone()),
+        (400, Value::from("level: one of off, low, medium, high"))
+    );
+    let del = "/api/v1/sensitivity?network=10.0.0.0/8&type=port_scan";
+    assert_eq!(cp.request("DELETE", del, None).status, 200);
+    assert_eq!(cp.request("DELETE", del, None).status, 404);
     cp.stop();
 }
 

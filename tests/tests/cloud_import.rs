@@ -891,3 +891,87 @@ fn gzip(text: &str) -> Vec<u8> {
     w.join().expect("writer");
     out.stdout
 }
+
+/// Sensitivity per type and network, set with the CLI: the same 40-port scan in AWS records
+/// gives a port_scan alert whose evidence starts at half the fan-out threshold (high), at the
+/// sequential test and the threshold (medium, the default), at twice the threshold (low), or no
+/// alert at all (off), while the sweep beside it stays at medium.
+#[test]
+fn sensitivity_per_type_and_network_moves_the_thresholds() {
+    let t0 = 1_795_860_000u64;
+    let log = aws_scan(t0, 40, 30);
+    let dir = TempDir::new("sensitivity");
+    let f = dir.0.join("scan.log");
+    std::fs::write(&f, &log).expect("write");
+    let mut seen = Vec::new();
+    for level in ["high", "medium", "low", "off"] {
+        let data = dir.0.join(level);
+        let o = Command::new(tests::bin("picket-controlplane"))
+            .args(["sensitivity", "--data-dir"])
+            .arg(&data)
+            .args([
+                "set",
+                level,
+                "--network",
+                "198.51.100.0/24",
+                "--type",
+                "port_scan",
+            ])
+            .output()
+            .expect("sensitivity set");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        summary(&import(&data, &["aws", f.to_str().expect("utf8")], None));
+        let c = db(&data);
+        let bodies: Vec<(String, String)> = c
+            .prepare("SELECT type, body FROM alerts ORDER BY id")
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("alerts");
+        let mut scan: Vec<String> = Vec::new();
+        let mut sweep = 0;
+        for (t, body) in bodies {
+            let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+            for o in b["observations"].as_array().expect("observations") {
+                if t == "port_scan" {
+                    scan.push(match o["distinct_ports"].as_u64() {
+                        Some(n) => format!("fanout {n}"),
+                        None => o["kind"].as_str().expect("kind").to_string(),
+                    });
+                } else if t == "address_sweep" && o["kind"] == "flow_log_fanout" {
+                    sweep += 1;
+                }
+            }
+        }
+        seen.push((level, scan, sweep));
+    }
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        seen,
+        [
+            (
+                "high",
+                v(&["sequential_test", "fanout 8", "fanout 15", "fanout 30"]),
+                1
+            ),
+            (
+                "medium",
+                v(&["sequential_test", "fanout 15", "fanout 30"]),
+                1
+            ),
+            ("low", v(&["fanout 30"]), 1),
+            ("off", v(&[]), 1),
+        ]
+    );
+    let o = Command::new(tests::bin("picket-controlplane"))
+        .args(["sensitivity", "--data-dir"])
+        .arg(dir.0.join("off"))
+        .args(["set", "loud", "--network", "10.0.0.0/8"])
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("`loud` is not one of off, low, medium, high")
+    );
+}

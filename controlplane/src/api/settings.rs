@@ -279,3 +279,76 @@ pub(super) async fn remove_watchlist(
     tracing::info!(entry = cidr, by = who.name, "watchlist entry removed");
     Ok(Json(json!({"removed": cidr})))
 }
+
+pub(super) async fn sensitivity(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let store = api.store.clone();
+    let rows = blocking(move || store.sensitivities()).await?;
+    let v: Vec<Value> = rows
+        .into_iter()
+        .map(|(net, t, level)| json!({"network": net, "type": t, "level": level}))
+        .collect();
+    Ok(Json(json!({ "sensitivity": v })))
+}
+
+fn scope(v: Option<&str>, what: &str) -> Result<String, ApiError> {
+    crate::detect::sensitivity_scope(v.unwrap_or("*"))
+        .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+}
+
+pub(super) async fn set_sensitivity(
+    State(api): State<Api>,
+    Extension(who): Extension<Principal>,
+    b: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let b = body(b)?;
+    let net = scope(b["network"].as_str(), "network")?;
+    let t = b["type"].as_str().unwrap_or("*").to_string();
+    crate::detect::check_alert_type(&t).map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
+    let level = b["level"]
+        .as_str()
+        .and_then(crate::alerts::Sensitivity::parse)
+        .ok_or_else(|| ApiError::bad_request("level: one of off, low, medium, high"))?;
+    let store = api.store.clone();
+    let (n2, t2) = (net.clone(), t.clone());
+    let new = blocking(move || store.set_sensitivity(&n2, &t2, level.as_str(), now_ns())).await?;
+    tracing::info!(
+        network = net,
+        alert_type = t,
+        level = level.as_str(),
+        by = who.name,
+        "sensitivity set"
+    );
+    Ok((
+        if new {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(json!({"network": net, "type": t, "level": level.as_str(), "new": new})),
+    ))
+}
+
+pub(super) async fn remove_sensitivity(
+    State(api): State<Api>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let net = scope(q.get("network").map(String::as_str), "network")?;
+    let t = q.get("type").cloned().unwrap_or_else(|| "*".into());
+    let store = api.store.clone();
+    let (n2, t2) = (net.clone(), t.clone());
+    if !blocking(move || store.remove_sensitivity(&n2, &t2)).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no sensitivity setting for {net} {t}"),
+        ));
+    }
+    tracing::info!(
+        network = net,
+        alert_type = t,
+        by = who.name,
+        "sensitivity removed"
+    );
+    Ok(Json(json!({"removed": net, "type": t})))
+}

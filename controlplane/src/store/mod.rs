@@ -281,6 +281,18 @@ pub trait Store: Access + EntityData + Triage + Send + Sync + 'static {
         next_ns: Option<i64>,
         error: &str,
     ) -> anyhow::Result<()>;
+    /// Sensitivity settings: (network or `*`, alert type or `*`, level).
+    fn sensitivities(&self) -> anyhow::Result<Vec<(String, String, String)>>;
+    /// Sets the level of (network, alert type); true if the pair was new.
+    fn set_sensitivity(
+        &self,
+        cidr: &str,
+        alert_type: &str,
+        level: &str,
+        now_ns: i64,
+    ) -> anyhow::Result<bool>;
+    /// Removes a setting (back to medium); false if it was not there.
+    fn remove_sensitivity(&self, cidr: &str, alert_type: &str) -> anyhow::Result<bool>;
     /// A detector's saved state: (key, state) pairs.
     fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>>;
     /// Saves (key, state, last data time) entries of a detector's state, replacing older ones;
@@ -626,6 +638,16 @@ ALTER TABLE flows_1m ADD COLUMN answered INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE flows_1h ADD COLUMN answered INTEGER NOT NULL DEFAULT 0;
 UPDATE flows_1m SET answered = flows WHERE reverse_packets > 0 OR action = 'accept';
 UPDATE flows_1h SET answered = flows WHERE reverse_packets > 0 OR action = 'accept';
+"#,
+    // 13: sensitivity per alert type (or `*`) and network (or `*`): off, low, medium, high.
+    r#"
+CREATE TABLE sensitivity (
+    cidr TEXT NOT NULL,
+    alert_type TEXT NOT NULL,
+    level TEXT NOT NULL,
+    added_ns INTEGER NOT NULL,
+    PRIMARY KEY (cidr, alert_type)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -1181,6 +1203,43 @@ impl Store for SqliteStore {
             )?,
         };
         Ok(())
+    }
+
+    fn sensitivities(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let c = self.conn();
+        let mut st = c.prepare_cached(
+            "SELECT cidr, alert_type, level FROM sensitivity ORDER BY cidr, alert_type",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn set_sensitivity(
+        &self,
+        cidr: &str,
+        alert_type: &str,
+        level: &str,
+        now_ns: i64,
+    ) -> anyhow::Result<bool> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let known = tx
+            .prepare_cached("SELECT 1 FROM sensitivity WHERE cidr = ?1 AND alert_type = ?2")?
+            .exists([cidr, alert_type])?;
+        tx.execute(
+            "INSERT INTO sensitivity (cidr, alert_type, level, added_ns) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (cidr, alert_type) DO UPDATE SET level = excluded.level",
+            params![cidr, alert_type, level, now_ns],
+        )?;
+        tx.commit()?;
+        Ok(!known)
+    }
+
+    fn remove_sensitivity(&self, cidr: &str, alert_type: &str) -> anyhow::Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM sensitivity WHERE cidr = ?1 AND alert_type = ?2",
+            [cidr, alert_type],
+        )? > 0)
     }
 
     fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -1959,6 +2018,7 @@ mod tests {
             time_ns: t,
             observation: serde_json::json!({ "t": t }),
             seen_by: "sensor:lab".into(),
+            strength: 1.0,
         };
         let queued = || -> Vec<(String, String)> {
             s.due_notifications(i64::MAX, 100)
@@ -2047,6 +2107,7 @@ mod tests {
             time_ns: t,
             observation: serde_json::json!({ "t": t }),
             seen_by: "sensor:lab".into(),
+            strength: 1.0,
         };
         let a = s
             .record_alert(&u("port_scan", "10.0.0.9", 1_000, Severity::Low))

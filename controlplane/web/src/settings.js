@@ -185,6 +185,67 @@ function NetList({ title, path, field, admin, withType, help }) {
   </div>`;
 }
 
+function SensitivityList({ admin }) {
+  const [v, error, reload, setError] = useList("/api/v1/sensitivity");
+  async function set(e) {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    try {
+      await api("POST", "/api/v1/sensitivity", {
+        network: f.get("network") || "*",
+        type: f.get("type") || "*",
+        level: f.get("level"),
+      });
+      e.target.reset();
+      reload();
+    } catch (err) {
+      setError(err.message);
+    }
+  }
+  async function remove(r) {
+    try {
+      await api("DELETE", `/api/v1/sensitivity?${new URLSearchParams({ network: r.network, type: r.type })}`);
+      reload();
+    } catch (err) {
+      setError(err.message);
+    }
+  }
+  const rows = v ? v.sensitivity : [];
+  return html`<div class="panel">
+    <h2>Sensitivity</h2>
+    <p class="hint">
+      Per alert type and network of the alerts' source: off, low (twice the thresholds), medium
+      (the default), high (half, for flow-log scans). The most specific network wins.
+    </p>
+    ${error && html`<p class="error" role="alert">${error}</p>`}
+    ${rows.length === 0
+      ? html`<p class="empty">Everything at medium.</p>`
+      : html`<table>
+          <thead><tr><th>Network</th><th>Alert type</th><th>Level</th><th></th></tr></thead>
+          <tbody>
+            ${rows.map(
+              (r) => html`<tr>
+                <td><code>${r.network}</code></td><td>${r.type}</td><td>${r.level}</td>
+                <td><button class="danger" disabled=${!admin} onClick=${() => remove(r)}>Remove</button></td>
+              </tr>`,
+            )}
+          </tbody>
+        </table>`}
+    ${admin &&
+    html`<form class="add" onSubmit=${set} aria-label="Set a sensitivity">
+      <label>Network <input name="network" placeholder="* (all)" /></label>
+      <label>Alert type <input name="type" placeholder="* (all)" /></label>
+      <label
+        >Level
+        <select name="level">
+          <option>off</option><option>low</option><option selected>medium</option><option>high</option>
+        </select></label
+      >
+      <button type="submit">Set</button>
+    </form>`}
+  </div>`;
+}
+
 export function Settings({ session }) {
   const admin = session.role === "admin";
   return html`<section class="settings">
@@ -209,5 +270,6 @@ export function Settings({ session }) {
         help="Traffic to or from these raises a watchlist_hit alert (sensor flows and cloud logs)."
       />
     </div>
+    <${SensitivityList} admin=${admin} />
   </section>`;
 }
