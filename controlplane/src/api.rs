@@ -771,6 +771,7 @@ async fn entity(
     v["roles"] = serde_json::to_value(&d.roles).unwrap_or(Value::Null);
     v["uses"] = serde_json::to_value(&d.uses).unwrap_or(Value::Null);
     v["peers_top"] = serde_json::to_value(&d.peers_top).unwrap_or(Value::Null);
+    v["countries"] = serde_json::to_value(&d.countries).unwrap_or(Value::Null);
     v["hour_of_week"] = serde_json::to_value(&d.hour_of_week).unwrap_or(Value::Null);
     v["since"] = rfc3339(since);
     v["until"] = rfc3339(until);

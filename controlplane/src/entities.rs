@@ -89,6 +89,17 @@ pub struct Entity {
     pub open_alerts: u64,
 }
 
+/// External peers of one country (the RIR's assignment of their address block, from the
+/// embedded iptocc data: no network lookup).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Country {
+    /// ISO 3166-1 alpha-2, or `unknown` (unassigned or reserved blocks).
+    pub country: String,
+    pub peers: u64,
+    pub flows: u64,
+    pub bytes: u64,
+}
+
 /// An entity in detail.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EntityDetail {
@@ -97,6 +108,8 @@ pub struct EntityDetail {
     pub roles: Vec<Role>,
     pub uses: Vec<PortUse>,
     pub peers_top: Vec<Peer>,
+    /// Its external peers by country, the most bytes first.
+    pub countries: Vec<Country>,
     /// Flows per hour of the week (UTC), Monday 00:00 first: 168 values.
     pub hour_of_week: Vec<u64>,
 }
@@ -321,6 +334,24 @@ pub fn detail(
     let m = accumulate(conversations);
     let a = m.get(&ip)?;
     let (entity, roles) = entity(ip, a, ctx);
+    let mut by_country: BTreeMap<&str, Country> = BTreeMap::new();
+    for (p, (flows, bytes, ..)) in &a.peers {
+        if crate::store::internal(p) || p.is_loopback() {
+            continue;
+        }
+        let cc = iptocc::country_code(*p).unwrap_or("unknown");
+        let c = by_country.entry(cc).or_insert_with(|| Country {
+            country: cc.to_string(),
+            peers: 0,
+            flows: 0,
+            bytes: 0,
+        });
+        c.peers += 1;
+        c.flows += flows;
+        c.bytes += bytes;
+    }
+    let mut countries: Vec<Country> = by_country.into_values().collect();
+    countries.sort_by(|x, y| (y.bytes, &x.country).cmp(&(x.bytes, &y.country)));
     let mut peers: Vec<Peer> = a
         .peers
         .iter()
@@ -353,6 +384,7 @@ pub fn detail(
         roles,
         uses,
         peers_top: peers,
+        countries,
         hour_of_week: how,
     })
 }
@@ -396,6 +428,10 @@ mod tests {
         for i in 1..=4 {
             c.push(conv("10.0.0.22", &format!("10.0.4.{i}"), 22, 6, true));
         }
+        // External clients of the web server: two in the US, one in Japan, one reserved.
+        for ext in ["8.8.8.8", "8.8.4.4", "1.0.16.1", "192.0.2.1"] {
+            c.push(conv(ext, "10.0.0.80", 443, 6, true));
+        }
         let mut ctx = Context::default();
         ctx.alerts.insert("10.0.2.1".into(), (1, true));
         ctx.hosts
@@ -427,10 +463,16 @@ mod tests {
         assert_eq!(d.hour_of_week[0], 3);
         assert_eq!(d.hour_of_week[3 * 24 + 1], 4);
         assert_eq!(d.hour_of_week.iter().sum::<u64>(), 7);
-        assert_eq!(d.entity.peers, 13);
+        assert_eq!(d.entity.peers, 17);
+        let cc: Vec<(&str, u64)> = d
+            .countries
+            .iter()
+            .map(|c| (c.country.as_str(), c.peers))
+            .collect();
+        assert_eq!(cc, [("US", 2), ("JP", 1), ("unknown", 1)]);
         assert_eq!(d.peers_top[0].direction, "in");
-        assert_eq!(d.entity.bytes_in, 8 * 1000 + 5 * 1000);
-        assert_eq!(d.entity.bytes_out, 8 * 5000);
+        assert_eq!(d.entity.bytes_in, 12 * 1000 + 5 * 1000);
+        assert_eq!(d.entity.bytes_out, 12 * 5000);
         assert!(
             detail("192.0.2.1".parse().expect("ip"), &c, &[], &ctx).is_none(),
             "not internal"

@@ -524,6 +524,11 @@ fn entities_get_roles_from_what_they_serve() {
             t + 60
         );
     }
+    // And one external client (a record, not traffic): its country comes from the RIR data.
+    log += &format!(
+        "2 123456789010 eni-0a1 8.8.8.8 10.0.0.80 50000 443 6 5 600 {t} {} ACCEPT OK\n",
+        t + 60
+    );
     import(&data, "aws", &log);
     let cp = ControlPlane::start_with(
         &lab.a,
@@ -539,7 +544,7 @@ fn entities_get_roles_from_what_they_serve() {
         assert_eq!(s, 200, "{v}");
         (v["total"] == 7).then_some(v)
     })
-    .expect("7 entities");
+    .expect("7 entities (8.8.8.8 is not internal)");
     let e = v["entities"].as_array().expect("entities");
     let role = |ip: &str| -> (String, f64) {
         let x = e
@@ -560,8 +565,8 @@ fn entities_get_roles_from_what_they_serve() {
     assert_eq!(role("10.0.0.53").0, "dns");
     assert_eq!(role("10.0.1.1").0, "client");
     assert_eq!(e[0]["serves"][0]["port"], "443/tcp");
-    assert_eq!(e[0]["serves"][0]["peers"], 5);
-    assert_eq!(e[0]["bytes_in"], 10_000);
+    assert_eq!(e[0]["serves"][0]["peers"], 6);
+    assert_eq!(e[0]["bytes_in"], 10_600);
     let (_, v) = get(&cp, &format!("/api/v1/entities?{q}&role=dns"));
     assert_eq!(v["entities"].as_array().map(Vec::len), Some(1));
 
@@ -580,6 +585,12 @@ fn entities_get_roles_from_what_they_serve() {
     assert_eq!(how.len(), 168);
     assert_eq!(how[10], 2, "two flows on Monday 10:00 UTC");
     assert_eq!(how.iter().filter_map(Value::as_u64).sum::<u64>(), 2);
+    let (_, d) = get(&cp, &format!("/api/v1/entities/10.0.0.80?{q}"));
+    assert_eq!(
+        d["countries"],
+        serde_json::json!([{"country": "US", "peers": 1, "flows": 1, "bytes": 600}]),
+        "{d}"
+    );
     let (s, d) = get(&cp, "/api/v1/entities/198.51.100.7");
     assert_eq!(s, 404);
     assert!(

@@ -169,6 +169,25 @@ export function EntityDetail({ ip }) {
           <${Ports} title="Serves" ports=${e.serves} />
           <${Ports} title="Uses" ports=${e.uses} />
         </div>
+      </div>
+      <div class="panel countries">
+        <h2>Countries of its external peers</h2>
+        ${e.countries.length === 0
+          ? html`<p class="empty">No external peers in this range.</p>`
+          : html`<${BarChart}
+                label="External peers by country (bytes)"
+                labels=${e.countries.map((c) => c.country)}
+                datasets=${[{ label: "bytes", data: e.countries.map((c) => c.bytes), backgroundColor: "#7c3aed" }]}
+              />
+              <table>
+                <thead><tr><th>Country</th><th>Peers</th><th>Flows</th><th>Bytes</th></tr></thead>
+                <tbody>
+                  ${e.countries.map(
+                    (c) => html`<tr><td>${c.country}</td><td>${count(c.peers)}</td><td>${count(c.flows)}</td><td>${bytes(c.bytes)}</td></tr>`,
+                  )}
+                </tbody>
+              </table>
+              <p class="hint">From the registries' assignment of address blocks, embedded in Picket: no lookup leaves the machine.</p>`}
       </div>`}
   </section>`;
 }
