@@ -1068,24 +1068,31 @@ pub struct FlowDetectors {
     pub brute_force: FlowBruteForce,
     pub slow_scan: SlowScan,
     pub watchlist: Watchlist,
+    pub geo: crate::geo::GeoAccess,
 }
 
 /// Name of the slow-scan state in the store.
 pub const SLOW_SCAN_STATE: &str = "slow_scan";
 
 impl FlowDetectors {
-    /// The detectors, with the slow-scan walks saved in `store`.
-    pub fn load(store: &dyn Store) -> anyhow::Result<Self> {
+    /// The detectors, with the slow-scan walks and the countries each entity was reached from
+    /// saved in `store`; `learning_ns` is the geo detector's learning period.
+    pub fn load(store: &dyn Store, learning_ns: i64) -> anyhow::Result<Self> {
         Ok(FlowDetectors {
             slow_scan: SlowScan::load(&store.detector_state(SLOW_SCAN_STATE)?),
             watchlist: Watchlist::new(store.watchlist()?),
+            geo: crate::geo::GeoAccess::load(
+                &store.detector_state(crate::geo::GEO_STATE)?,
+                learning_ns,
+            ),
             ..FlowDetectors::default()
         })
     }
 
-    /// Saves what changed in the walks.
+    /// Saves what changed in the walks and the countries.
     pub fn save(&mut self, store: &dyn Store) -> anyhow::Result<()> {
-        store.save_detector_state(SLOW_SCAN_STATE, &self.slow_scan.dirty())
+        store.save_detector_state(SLOW_SCAN_STATE, &self.slow_scan.dirty())?;
+        store.save_detector_state(crate::geo::GEO_STATE, &self.geo.dirty())
     }
 
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
@@ -1093,6 +1100,7 @@ impl FlowDetectors {
         out.extend(self.brute_force.observe(flows));
         out.extend(self.slow_scan.observe(flows));
         out.extend(self.watchlist.observe_flows(flows));
+        out.extend(self.geo.observe(flows));
         out.sort_by_key(|u| u.time_ns);
         out
     }

@@ -81,6 +81,10 @@ enum Cmd {
         /// link to their alert there.
         #[arg(long, value_name = "URL")]
         public_url: Option<String>,
+        /// Days (data time) an entity's inbound sessions are learned before a new country is a
+        /// `geo_unusual_access` alert (for cloud flow logs of the watched directory).
+        #[arg(long, value_name = "DAYS", default_value_t = 36)]
+        learning_days: u32,
         /// Seconds between maintenance passes: rollups (which the entity views read), retention,
         /// correlation, coverage gaps, snoozes that end.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -169,6 +173,10 @@ enum Cmd {
         /// that counts and detection thresholds can be scaled.
         #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
         sampling_rate: f64,
+        /// Days (data time) an entity's inbound sessions are learned before a new country is a
+        /// `geo_unusual_access` alert.
+        #[arg(long, value_name = "DAYS", default_value_t = 36)]
+        learning_days: u32,
     },
 }
 
@@ -405,6 +413,7 @@ fn main() -> ExitCode {
             retention_1m_days,
             retention_1h_days,
             public_url,
+            learning_days,
             maintenance_interval,
             notify_max_attempts,
             notify_retry_ms,
@@ -424,7 +433,13 @@ fn main() -> ExitCode {
                 grpc_listen,
                 http_listen,
                 tls,
-                watch_dir.map(|d| (d, gcp_sampling_rate)),
+                watch_dir.map(|d| {
+                    (
+                        d,
+                        gcp_sampling_rate,
+                        learning_days as i64 * 86_400_000_000_000,
+                    )
+                }),
                 controlplane::store::Retention {
                     raw_ns: retention_raw_days as i64 * DAY,
                     minute_ns: retention_1m_days as i64 * DAY,
@@ -456,7 +471,14 @@ fn main() -> ExitCode {
             files,
             data_dir,
             sampling_rate,
-        } => import(provider, &data_dir, &files, sampling_rate),
+            learning_days,
+        } => import(
+            provider,
+            &data_dir,
+            &files,
+            sampling_rate,
+            learning_days as i64 * 86_400_000_000_000,
+        ),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -472,6 +494,7 @@ fn import(
     data_dir: &std::path::Path,
     files: &[PathBuf],
     sampling_rate: f64,
+    learning_ns: i64,
 ) -> anyhow::Result<()> {
     use controlplane::import;
     if !(sampling_rate > 0.0 && sampling_rate <= 1.0) {
@@ -485,7 +508,7 @@ fn import(
         Provider::Azure => controlplane::model::Source::Azure,
     };
     let mut range = None;
-    let mut detector = controlplane::detect::FlowDetectors::load(store.as_ref())?;
+    let mut detector = controlplane::detect::FlowDetectors::load(store.as_ref(), learning_ns)?;
     let mut updates = Vec::new();
     for f in files {
         let input = import::open_input(f)?;
@@ -1006,7 +1029,7 @@ fn serve(
     grpc: SocketAddr,
     http: SocketAddr,
     tls: Option<ServerTlsConfig>,
-    watch: Option<(PathBuf, f64)>,
+    watch: Option<(PathBuf, f64, i64)>,
     retention: controlplane::store::Retention,
     notifying: Notifying,
 ) -> anyhow::Result<()> {
@@ -1090,11 +1113,12 @@ fn serve(
                 }
             })?;
     }
-    if let Some((dir, rate)) = watch {
+    if let Some((dir, rate, learning_ns)) = watch {
         if !(rate > 0.0 && rate <= 1.0) {
             anyhow::bail!("--gcp-sampling-rate must be in (0, 1], got {rate}");
         }
         let mut w = controlplane::watch::Watcher::new(&dir, rate)?;
+        w.learning_ns = learning_ns;
         info!(dir = %dir.display(), "watching for cloud flow log files in aws/, gcp/ and azure/");
         let (store, stop) = (store.clone(), stop_watch.clone());
         std::thread::Builder::new()

@@ -49,6 +49,8 @@ pub struct Watcher {
     /// Scans and sweeps across the files, in data time (loaded from the store at the first
     /// scan: the slow-scan walks persist).
     detector: Option<FlowDetectors>,
+    /// The geo detector's learning period.
+    pub learning_ns: i64,
 }
 
 fn being_written(name: &str) -> bool {
@@ -100,6 +102,7 @@ impl Watcher {
             sampling_rate,
             seen: HashMap::new(),
             detector: None,
+            learning_ns: crate::geo::LEARNING_NS,
         })
     }
 
@@ -169,7 +172,7 @@ impl Watcher {
         let mut updates = Vec::new();
         let label = path.display().to_string();
         if self.detector.is_none() {
-            self.detector = Some(FlowDetectors::load(store)?);
+            self.detector = Some(FlowDetectors::load(store, self.learning_ns)?);
         }
         let rate = self.sampling_rate;
         let detector = self.detector.as_mut().expect("loaded above");

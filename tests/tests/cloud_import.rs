@@ -975,3 +975,57 @@ fn sensitivity_per_type_and_network_moves_the_thresholds() {
         String::from_utf8_lossy(&o.stderr).contains("`loud` is not one of off, low, medium, high")
     );
 }
+
+/// geo_unusual_access from AWS records over two separate imports (the learned countries are
+/// saved): SSH sessions to a bastion from the US and, during the 30-day learning period, from
+/// Australia; 40 days later a session from Japan is an alert naming the bastion and the remote,
+/// one from Australia is not, and a rejected attempt from Brazil is not a session.
+#[test]
+fn a_session_from_a_new_country_after_learning_is_an_alert() {
+    let dir = TempDir::new("geo");
+    let data = dir.0.join("data");
+    let day = 86_400u64;
+    let t0 = 1_795_860_000u64 - 41 * day;
+    let rec = |src: &str, t: u64, action: &str| {
+        format!(
+            "2 123456789010 eni-0b1 {src} 10.0.0.22 50000 22 6 20 4000 {t} {} {action} OK\n",
+            t + 60
+        )
+    };
+    let first = rec("8.8.8.8", t0, "ACCEPT") + &rec("1.1.1.1", t0 + 10 * day, "ACCEPT");
+    let later = rec("1.0.16.1", t0 + 40 * day, "ACCEPT")
+        + &rec("1.1.1.1", t0 + 40 * day, "ACCEPT")
+        + &rec("200.160.2.3", t0 + 40 * day, "REJECT");
+    for (name, text) in [("first.log", first), ("later.log", later)] {
+        let f = dir.0.join(name);
+        std::fs::write(&f, text).expect("write");
+        let out = summary(&import(
+            &data,
+            &["aws", f.to_str().expect("utf8"), "--learning-days", "30"],
+            None,
+        ));
+        if name == "first.log" {
+            assert!(!out.contains("alert #"), "{out}");
+        } else {
+            assert!(
+                out.contains(
+                    "alert #1: medium geo_unusual_access from 10.0.0.22 against 1.0.16.1 (JP)"
+                ),
+                "{out}"
+            );
+        }
+    }
+    let body: String = db(&data)
+        .query_row(
+            "SELECT body FROM alerts WHERE type = 'geo_unusual_access'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("one alert");
+    let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        b["observations"][0]["known_countries"],
+        serde_json::json!(["AU", "US"])
+    );
+    assert_eq!(b["observations"].as_array().map(Vec::len), Some(1));
+}
