@@ -199,7 +199,7 @@ const HEADER_ONLY_BYTES: u64 = 64;
 /// v3+), a flow that never got past its SYN is failed. Without them (AWS v2, GCP), a TCP flow
 /// of at most 2 packets carrying no payload either way is probe-like: a SYN or two, answered
 /// by at most a RST. A completed handshake takes at least 3 packets from the client.
-fn failed(f: &Flow) -> bool {
+pub(crate) fn failed(f: &Flow) -> bool {
     if f.action == Action::Reject {
         return true;
     }
@@ -1068,7 +1068,8 @@ pub struct FlowDetectors {
     pub brute_force: FlowBruteForce,
     pub slow_scan: SlowScan,
     pub watchlist: Watchlist,
-    pub geo: crate::geo::GeoAccess,
+    pub geo: crate::geo::Novelty,
+    pub new_service: crate::geo::Novelty,
 }
 
 /// Name of the slow-scan state in the store.
@@ -1081,8 +1082,14 @@ impl FlowDetectors {
         Ok(FlowDetectors {
             slow_scan: SlowScan::load(&store.detector_state(SLOW_SCAN_STATE)?),
             watchlist: Watchlist::new(store.watchlist()?),
-            geo: crate::geo::GeoAccess::load(
-                &store.detector_state(crate::geo::GEO_STATE)?,
+            geo: crate::geo::Novelty::load(
+                crate::geo::Facet::Country,
+                &store.detector_state(crate::geo::Facet::Country.state_name())?,
+                learning_ns,
+            ),
+            new_service: crate::geo::Novelty::load(
+                crate::geo::Facet::Service,
+                &store.detector_state(crate::geo::Facet::Service.state_name())?,
                 learning_ns,
             ),
             ..FlowDetectors::default()
@@ -1092,7 +1099,11 @@ impl FlowDetectors {
     /// Saves what changed in the walks and the countries.
     pub fn save(&mut self, store: &dyn Store) -> anyhow::Result<()> {
         store.save_detector_state(SLOW_SCAN_STATE, &self.slow_scan.dirty())?;
-        store.save_detector_state(crate::geo::GEO_STATE, &self.geo.dirty())
+        store.save_detector_state(crate::geo::Facet::Country.state_name(), &self.geo.dirty())?;
+        store.save_detector_state(
+            crate::geo::Facet::Service.state_name(),
+            &self.new_service.dirty(),
+        )
     }
 
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
@@ -1101,6 +1112,7 @@ impl FlowDetectors {
         out.extend(self.slow_scan.observe(flows));
         out.extend(self.watchlist.observe_flows(flows));
         out.extend(self.geo.observe(flows));
+        out.extend(self.new_service.observe(flows));
         out.sort_by_key(|u| u.time_ns);
         out
     }

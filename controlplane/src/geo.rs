@@ -1,7 +1,11 @@
-//! `geo_unusual_access`: an accepted inbound session to an internal entity from a country never
-//! seen for that entity, once the entity's learning period is over (36 days by default, in data
-//! time from its first inbound session). Countries come from the RIR assignment of address
-//! blocks, embedded by the `iptocc` crate: no lookup leaves the machine.
+//! Novelty after a learning period, per internal entity (36 days by default, in data time from
+//! the entity's first session of the kind):
+//! - `geo_unusual_access`: an accepted inbound session from a country never seen for the
+//!   entity. Countries come from the RIR assignment of address blocks, embedded by the
+//!   `iptocc` crate: no lookup leaves the machine.
+//! - `new_service`: the entity serves a TCP port it never served: an accepted session with a
+//!   completed exchange (at least 3 packets from the client, not probe-like), so probes of
+//!   closed ports are not services.
 //!
 //! What each entity has seen is saved in the store (`detector_state`), so the learning spans
 //! restarts and separate imports.
@@ -20,8 +24,48 @@ use crate::{
     model::{Action, Flow},
 };
 
-/// Name of the detector's state in the store.
-pub const GEO_STATE: &str = "geo_access";
+/// What is learned per entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Facet {
+    /// Countries of accepted inbound sessions.
+    Country,
+    /// TCP ports served.
+    Service,
+}
+
+impl Facet {
+    /// The name of its state in the store.
+    pub fn state_name(self) -> &'static str {
+        match self {
+            Facet::Country => "geo_access",
+            Facet::Service => "new_service",
+        }
+    }
+
+    fn alert(self) -> &'static str {
+        match self {
+            Facet::Country => "geo_unusual_access",
+            Facet::Service => "new_service",
+        }
+    }
+
+    /// The entity and what it learns from `f`, if `f` teaches this facet anything.
+    fn key(self, f: &Flow) -> Option<(IpAddr, String)> {
+        if f.action != Action::Accept || !crate::store::internal(&f.dst_ip) {
+            return None;
+        }
+        match self {
+            Facet::Country => {
+                if crate::store::internal(&f.src_ip) || f.src_ip.is_loopback() {
+                    return None;
+                }
+                Some((f.dst_ip, iptocc::country_code(f.src_ip)?.to_string()))
+            }
+            Facet::Service => (f.protocol == 6 && f.packets >= 3 && !crate::detect::failed(f))
+                .then(|| (f.dst_ip, crate::entities::port_name(f.dst_port, f.protocol))),
+        }
+    }
+}
 
 /// The default learning period: 36 days.
 pub const LEARNING_NS: i64 = 36 * 86_400_000_000_000;
@@ -31,33 +75,36 @@ pub const MAX_ENTITIES: usize = 100_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Seen {
-    /// The first accepted inbound session (data time).
+    /// The first session of the facet (data time).
     first_ns: i64,
-    /// Country -> first session from it.
-    countries: BTreeMap<String, i64>,
+    /// Country or service -> first session with it.
+    #[serde(alias = "countries")]
+    keys: BTreeMap<String, i64>,
 }
 
-pub struct GeoAccess {
+pub struct Novelty {
+    facet: Facet,
     learning_ns: i64,
     entities: HashMap<IpAddr, Seen>,
     dirty: HashSet<IpAddr>,
     forgotten: u64,
 }
 
-impl Default for GeoAccess {
+impl Default for Novelty {
     fn default() -> Self {
-        GeoAccess::load(&[], LEARNING_NS)
+        Novelty::load(Facet::Country, &[], LEARNING_NS)
     }
 }
 
-impl GeoAccess {
+impl Novelty {
     /// From the saved (entity, state) pairs.
-    pub fn load(saved: &[(String, String)], learning_ns: i64) -> Self {
+    pub fn load(facet: Facet, saved: &[(String, String)], learning_ns: i64) -> Self {
         let entities = saved
             .iter()
             .filter_map(|(k, v)| Some((k.parse().ok()?, serde_json::from_str(v).ok()?)))
             .collect();
-        GeoAccess {
+        Novelty {
+            facet,
             learning_ns,
             entities,
             dirty: HashSet::new(),
@@ -72,7 +119,7 @@ impl GeoAccess {
             .drain()
             .filter_map(|ip| {
                 let s = entities.get(&ip)?;
-                let last = s.countries.values().copied().max().unwrap_or(s.first_ns);
+                let last = s.keys.values().copied().max().unwrap_or(s.first_ns);
                 Some((ip.to_string(), serde_json::to_string(s).ok(), last))
             })
             .collect()
@@ -85,61 +132,75 @@ impl GeoAccess {
 
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
         let mut out = Vec::new();
+        let kind = self.facet.alert();
         for f in flows {
-            // An accepted inbound session from outside.
-            if f.action != Action::Accept
-                || !crate::store::internal(&f.dst_ip)
-                || crate::store::internal(&f.src_ip)
-                || f.src_ip.is_loopback()
-            {
-                continue;
-            }
-            let Some(cc) = iptocc::country_code(f.src_ip) else {
+            let Some((entity, key)) = self.facet.key(f) else {
                 continue;
             };
-            if !self.entities.contains_key(&f.dst_ip) && self.entities.len() >= MAX_ENTITIES {
+            if !self.entities.contains_key(&entity) && self.entities.len() >= MAX_ENTITIES {
                 self.forgotten += 1;
                 if self.forgotten.is_power_of_two() {
                     tracing::warn!(
+                        detector = kind,
                         forgotten = self.forgotten,
-                        "geo_unusual_access: entity table full; new entities are not learned"
+                        "entity table full; new entities are not learned"
                     );
                 }
                 continue;
             }
-            let s = self.entities.entry(f.dst_ip).or_insert_with(|| Seen {
+            let s = self.entities.entry(entity).or_insert_with(|| Seen {
                 first_ns: f.start_ns,
-                countries: BTreeMap::new(),
+                keys: BTreeMap::new(),
             });
             s.first_ns = s.first_ns.min(f.start_ns);
-            if s.countries.contains_key(cc) {
+            if s.keys.contains_key(&key) {
                 continue;
             }
             let learned = f.start_ns - s.first_ns >= self.learning_ns;
-            let known: Vec<String> = s.countries.keys().cloned().collect();
-            s.countries.insert(cc.to_string(), f.start_ns);
-            self.dirty.insert(f.dst_ip);
+            let known: Vec<String> = s.keys.keys().cloned().collect();
+            s.keys.insert(key.clone(), f.start_ns);
+            self.dirty.insert(entity);
             if !learned {
                 continue;
             }
+            let (severity, target, observation) = match self.facet {
+                Facet::Country => (
+                    Severity::Medium,
+                    format!("{} ({key})", f.src_ip),
+                    json!({
+                        "kind": "new_country",
+                        "country": key,
+                        "remote": f.src_ip.to_string(),
+                        "port": f.dst_port,
+                        "protocol": f.protocol,
+                        "known_countries": known,
+                    }),
+                ),
+                Facet::Service => (
+                    Severity::Low,
+                    key.clone(),
+                    json!({
+                        "kind": "new_port_served",
+                        "service": key,
+                        "client": f.src_ip.to_string(),
+                        "packets": f.packets,
+                        "bytes": f.bytes,
+                        "known_services": known,
+                    }),
+                ),
+            };
+            let mut observation = observation;
+            observation["learning_since"] = json!(rfc3339(s.first_ns));
+            observation["provider"] = json!(f.source.as_str());
+            observation["observer"] = json!(f.observer);
+            observation["time"] = json!(rfc3339(f.start_ns));
             out.push(AlertUpdate {
-                kind: "geo_unusual_access",
-                severity: Severity::Medium,
-                source: f.dst_ip.to_string(),
-                targets: vec![format!("{} ({cc})", f.src_ip)],
+                kind,
+                severity,
+                source: entity.to_string(),
+                targets: vec![target],
                 time_ns: f.start_ns,
-                observation: json!({
-                    "kind": "new_country",
-                    "country": cc,
-                    "remote": f.src_ip.to_string(),
-                    "port": f.dst_port,
-                    "protocol": f.protocol,
-                    "known_countries": known,
-                    "learning_since": rfc3339(s.first_ns),
-                    "provider": f.source.as_str(),
-                    "observer": f.observer,
-                    "time": rfc3339(f.start_ns),
-                }),
+                observation,
                 seen_by: format!("{}:{}", f.source.as_str(), f.observer),
                 // No threshold: only `off` silences it.
                 strength: f64::INFINITY,
@@ -181,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_new_country_after_the_learning_period_is_an_alert_and_before_it_is_learned() {
-        let mut g = GeoAccess::load(&[], LEARNING_NS);
+        let mut g = Novelty::load(Facet::Country, &[], LEARNING_NS);
         // Day 0: US; day 10: Japan (still learning); day 40: another US address, then Japan
         // again (both known), then Australia (new) and a rejected attempt from Brazil.
         let u = g.observe(&[
@@ -206,11 +267,41 @@ mod tests {
             .into_iter()
             .map(|(k, v, _)| (k, v.expect("state")))
             .collect();
-        let mut again = GeoAccess::load(&saved, LEARNING_NS);
+        let mut again = Novelty::load(Facet::Country, &saved, LEARNING_NS);
         assert!(
             again
                 .observe(&[session("1.1.1.1", 50 * DAY, Action::Accept)])
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_new_served_port_after_the_learning_period_is_a_new_service_and_probes_are_not() {
+        let at = |port: u16, packets: u64, t: i64| {
+            let mut f = session("10.0.5.1", t, Action::Accept);
+            f.dst_port = port;
+            f.packets = packets;
+            f.bytes = packets * 500;
+            f
+        };
+        let mut n = Novelty::load(Facet::Service, &[], LEARNING_NS);
+        let u = n.observe(&[
+            at(22, 20, 0),
+            at(443, 20, 5 * DAY),
+            at(22, 20, 40 * DAY),
+            at(9999, 1, 40 * DAY),
+            at(8080, 12, 41 * DAY),
+        ]);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(
+            (u[0].kind, &u[0].targets[..]),
+            ("new_service", &["8080/tcp".to_string()][..])
+        );
+        assert_eq!(u[0].source, "10.0.0.22");
+        assert_eq!(
+            u[0].observation["known_services"],
+            json!(["22/tcp", "443/tcp"])
+        );
+        assert_eq!(u[0].observation["client"], "10.0.5.1");
     }
 }

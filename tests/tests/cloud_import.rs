@@ -979,7 +979,8 @@ fn sensitivity_per_type_and_network_moves_the_thresholds() {
 /// geo_unusual_access from AWS records over two separate imports (the learned countries are
 /// saved): SSH sessions to a bastion from the US and, during the 30-day learning period, from
 /// Australia; 40 days later a session from Japan is an alert naming the bastion and the remote,
-/// one from Australia is not, and a rejected attempt from Brazil is not a session.
+/// one from Australia is not, and a rejected attempt from Brazil is not a session. A port the
+/// bastion starts serving then is a new_service alert; a single-packet probe of another is not.
 #[test]
 fn a_session_from_a_new_country_after_learning_is_an_alert() {
     let dir = TempDir::new("geo");
@@ -995,7 +996,10 @@ fn a_session_from_a_new_country_after_learning_is_an_alert() {
     let first = rec("8.8.8.8", t0, "ACCEPT") + &rec("1.1.1.1", t0 + 10 * day, "ACCEPT");
     let later = rec("1.0.16.1", t0 + 40 * day, "ACCEPT")
         + &rec("1.1.1.1", t0 + 40 * day, "ACCEPT")
-        + &rec("200.160.2.3", t0 + 40 * day, "REJECT");
+        + &rec("200.160.2.3", t0 + 40 * day, "REJECT")
+        // A port the bastion never served before: a new service. A probe of another is not.
+        + &rec("8.8.8.8", t0 + 41 * day, "ACCEPT").replace(" 22 6 20 ", " 8080 6 20 ")
+        + &rec("8.8.8.8", t0 + 41 * day, "ACCEPT").replace(" 22 6 20 4000 ", " 9999 6 1 44 ");
     for (name, text) in [("first.log", first), ("later.log", later)] {
         let f = dir.0.join(name);
         std::fs::write(&f, text).expect("write");
@@ -1013,6 +1017,11 @@ fn a_session_from_a_new_country_after_learning_is_an_alert() {
                 ),
                 "{out}"
             );
+            assert!(
+                out.contains("alert #2: low new_service from 10.0.0.22 against 8080/tcp"),
+                "{out}"
+            );
+            assert_eq!(out.matches("alert #").count(), 2, "{out}");
         }
     }
     let body: String = db(&data)
