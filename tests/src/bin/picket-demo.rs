@@ -339,7 +339,7 @@ fn main() {
         None => println!("webhook receiver: nothing arrived (unexpected)"),
     }
     println!(
-        "({} messages in all: one per new alert, not one per observation)",
+        "({} messages so far: one per new alert, not one per observation)",
         hook.requests().len()
     );
 
