@@ -181,11 +181,20 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
     next.run(req).await
 }
 
+/// The session cookie's value, from any of the Cookie headers.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| crate::auth::cookie(c, crate::auth::SESSION_COOKIE))
+}
+
 async fn principal(
     api: &Api,
     headers: &HeaderMap,
 ) -> Result<Option<crate::auth::Principal>, ApiError> {
-    use crate::auth::{Principal, SESSION_COOKIE, cookie, token_hash, token_well_formed};
+    use crate::auth::{Principal, token_hash, token_well_formed};
     let now = now_ns();
     if let Some(auth) = headers
         .get(header::AUTHORIZATION)
@@ -206,12 +215,7 @@ async fn principal(
                 csrf: None,
             }));
     }
-    let Some(sid) = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|c| cookie(c, SESSION_COOKIE))
-    else {
+    let Some(sid) = session_cookie(headers) else {
         return Ok(None);
     };
     let (store, h) = (api.store.clone(), token_hash(sid));
@@ -317,13 +321,8 @@ async fn login(
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0ZrX2MP1VeSUIeW4w1eC1xV3VSYmYNAuNdNpQ6WAL5A";
 
 async fn logout(State(api): State<Api>, headers: HeaderMap) -> Result<Response, ApiError> {
-    use crate::auth::{SESSION_COOKIE, cookie, token_hash};
-    let Some(sid) = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|c| cookie(c, SESSION_COOKIE))
-    else {
+    use crate::auth::{SESSION_COOKIE, token_hash};
+    let Some(sid) = session_cookie(&headers) else {
         return Err(ApiError::bad_request(
             "no session to end (API tokens are revoked with `picket-controlplane tokens revoke`)",
         ));

@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     alerts::{Alert, Severity},
+    api::now_ns,
     store::Store,
 };
 
@@ -895,10 +896,6 @@ impl Dispatcher {
         }
         Ok(tried)
     }
-}
-
-fn now_ns() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
 }
 
 /// A sample alert for `notifiers test`.

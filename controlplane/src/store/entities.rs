@@ -102,19 +102,9 @@ impl EntityData for SqliteStore {
             let (name, hostname, json) = r?;
             let h: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
             let k8s = h["k8s_node"].as_str().is_some_and(|n| !n.is_empty());
-            for i in h["interfaces"].as_array().into_iter().flatten() {
-                for a in i["addresses"].as_array().into_iter().flatten() {
-                    if let Some(ip) = a
-                        .as_str()
-                        .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok())
-                    {
-                        let label = hostname
-                            .clone()
-                            .filter(|h| !h.is_empty())
-                            .unwrap_or_else(|| name.clone());
-                        ctx.hosts.insert(ip, (label, k8s));
-                    }
-                }
+            let label = hostname.filter(|h| !h.is_empty()).unwrap_or(name);
+            for ip in super::interface_addresses(&h) {
+                ctx.hosts.insert(ip, (label.clone(), k8s));
             }
         }
         let mut st = c.prepare_cached(

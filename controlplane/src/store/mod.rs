@@ -1599,16 +1599,7 @@ impl Store for SqliteStore {
         let mut st = c.prepare("SELECT host_json FROM sensors WHERE host_json IS NOT NULL")?;
         for h in st.query_map([], |r| r.get::<_, String>(0))? {
             let h: serde_json::Value = serde_json::from_str(&h?).unwrap_or_default();
-            for i in h["interfaces"].as_array().into_iter().flatten() {
-                for a in i["addresses"].as_array().into_iter().flatten() {
-                    if let Some(ip) = a
-                        .as_str()
-                        .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok())
-                    {
-                        covered.insert(ip);
-                    }
-                }
-            }
+            covered.extend(interface_addresses(&h));
         }
         let mut st = c.prepare(
             "SELECT ip, MIN(start_ns), MAX(end_ns), COUNT(*), GROUP_CONCAT(DISTINCT sensor), \
@@ -1688,6 +1679,16 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(Some(summary))
     }
+}
+
+/// The addresses of a sensor registration's interfaces (`host_json`: "10.0.0.5/24" each).
+pub(crate) fn interface_addresses(host: &serde_json::Value) -> impl Iterator<Item = IpAddr> + '_ {
+    host["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a.as_str()?.split('/').next()?.parse().ok())
 }
 
 /// Addresses of an organisation's own networks: RFC 1918, CGNAT (RFC 6598), IPv6 ULA.
