@@ -61,20 +61,61 @@ pub fn detecting<'a>(
 }
 
 /// Imports one input of `provider`'s format (`sampling_rate`: GCP only).
+///
+/// Reading and parsing run on a thread of their own while `sink` (the store, and the
+/// detectors) takes the previous chunk on this one: the two stages overlap on two cores. At
+/// most two chunks are in memory, the one being filled and the one being stored.
 pub fn import_input(
     provider: Source,
-    input: impl BufRead,
+    input: impl BufRead + Send,
     file: &str,
     sampling_rate: f64,
     sink: &mut Sink<'_>,
     sum: &mut Summary,
 ) -> anyhow::Result<()> {
-    match provider {
-        Source::Aws => import_aws(sink, input, file, sum),
-        Source::Gcp => import_gcp(sink, input, file, sampling_rate, sum),
-        Source::Azure => import_azure(sink, input, file, sum),
-        Source::Sensor => anyhow::bail!("sensor flows arrive over gRPC, not as files"),
+    if provider == Source::Sensor {
+        anyhow::bail!("sensor flows arrive over gRPC, not as files");
     }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Flow>>(0);
+    let mut local = std::mem::take(sum);
+    let (parsed, stored) = std::thread::scope(|s| {
+        let parser = std::thread::Builder::new()
+            .name("import-parse".into())
+            .spawn_scoped(s, move || {
+                let mut send = |flows: &[Flow]| {
+                    tx.send(flows.to_vec())
+                        .map_err(|_| anyhow::anyhow!("the store stopped taking flows"))
+                };
+                let r = match provider {
+                    Source::Aws => import_aws(&mut send, input, file, &mut local),
+                    Source::Gcp => import_gcp(&mut send, input, file, sampling_rate, &mut local),
+                    Source::Azure => import_azure(&mut send, input, file, &mut local),
+                    Source::Sensor => unreachable!("refused above"),
+                };
+                (r, local)
+            });
+        let parser = match parser {
+            Ok(p) => p,
+            Err(e) => return (Err(e), Ok(())),
+        };
+        let mut stored = Ok(());
+        for flows in rx.iter() {
+            if let Err(e) = sink(&flows) {
+                stored = Err(e);
+                break;
+            }
+        }
+        // The parser's next send fails and it stops.
+        drop(rx);
+        let parsed = parser
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (Ok(parsed), stored)
+    });
+    let (parsed, back) = parsed.context("starting the parse thread")?;
+    *sum = back;
+    stored?;
+    parsed
 }
 
 /// Flows written to the store per transaction (10,000: 20k records/s into the indexed table;
@@ -175,8 +216,8 @@ impl fmt::Display for Summary {
 }
 
 /// Opens `path` (`-`: standard input), decompressing gzip when its magic bytes say so.
-pub fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
-    let raw: Box<dyn Read> = if path.as_os_str() == "-" {
+pub fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
+    let raw: Box<dyn Read + Send> = if path.as_os_str() == "-" {
         Box::new(io::stdin())
     } else {
         Box::new(
@@ -268,7 +309,6 @@ pub fn aws_flow(r: &aws::Record<'_>) -> Flow {
             extra.insert(k.into(), v.into());
         }
     };
-    put("account_id", r.account_id);
     put("type", r.traffic_type);
     put("pkt_src_aws_service", r.pkt_src_aws_service);
     put("pkt_dst_aws_service", r.pkt_dst_aws_service);
