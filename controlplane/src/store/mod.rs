@@ -655,8 +655,8 @@ CREATE TABLE sensitivity (
 ) WITHOUT ROWID;
 "#,
     // 14: addresses are found through chunks (store/chunks.rs), not per-flow B-tree indexes;
-    // sensor flows keep a 5-tuple index for correlation. Flows stored before have one chunk
-    // of unknown addresses, scanned when asked.
+    // sensor flows keep an integer key of their conversation ([`tuple_key`]) for correlation.
+    // Flows stored before have one chunk of unknown addresses, scanned when asked.
     r#"
 DROP INDEX IF EXISTS flows_by_src;
 DROP INDEX IF EXISTS flows_by_dst;
@@ -671,8 +671,10 @@ CREATE TABLE flow_chunks (
 CREATE INDEX flow_chunks_by_end ON flow_chunks (max_end_ns);
 INSERT INTO flow_chunks SELECT MIN(id), MAX(id), MIN(end_ns), MAX(end_ns), NULL FROM flows
 HAVING COUNT(*) > 0;
-CREATE INDEX flows_sensor_tuple ON flows (src_ip, dst_ip, src_port, dst_port, protocol)
+ALTER TABLE flows ADD COLUMN tuple_key INTEGER;
+UPDATE flows SET tuple_key = picket_tuple_key(src_ip, src_port, dst_ip, dst_port, protocol)
 WHERE source = 'sensor';
+CREATE INDEX flows_sensor_tuple ON flows (tuple_key) WHERE tuple_key IS NOT NULL;
 "#,
 ];
 
@@ -704,6 +706,53 @@ pub struct Maintenance {
     pub deleted_raw: u64,
     pub deleted_minutes: u64,
     pub deleted_hours: u64,
+}
+
+/// The key of a conversation, the same either way round: FNV-1a over its two ends (address
+/// text and port, the smaller end first) and protocol. Sensor flows store it (`tuple_key`,
+/// indexed); correlation computes it from a cloud record with the SQL function
+/// `picket_tuple_key(a_ip, a_port, b_ip, b_port, protocol)`. A collision only costs a
+/// comparison: the query then checks the whole 5-tuple.
+pub fn tuple_key(a_ip: &str, a_port: u16, b_ip: &str, b_port: u16, protocol: u8) -> i64 {
+    let (lo, hi) = if (a_ip, a_port) <= (b_ip, b_port) {
+        ((a_ip, a_port), (b_ip, b_port))
+    } else {
+        ((b_ip, b_port), (a_ip, a_port))
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (ip, port) in [lo, hi] {
+        eat(ip.as_bytes());
+        eat(&[0xff]);
+        eat(&port.to_le_bytes());
+    }
+    eat(&[protocol]);
+    h as i64
+}
+
+/// SQL functions the schema and queries use; every connection that writes flows has them.
+fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "picket_tuple_key",
+        5,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let (Some(a), Some(b)) = (ctx.get::<Option<String>>(0)?, ctx.get::<Option<String>>(2)?)
+            else {
+                return Ok(None);
+            };
+            let port =
+                |i| -> rusqlite::Result<u16> { Ok(u16::try_from(ctx.get::<i64>(i)?).unwrap_or(0)) };
+            let proto = u8::try_from(ctx.get::<i64>(4)?).unwrap_or(0);
+            Ok(Some(tuple_key(&a, port(1)?, &b, port(3)?, proto)))
+        },
+    )
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -791,6 +840,7 @@ impl SqliteStore {
         conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        register_functions(&conn)?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
         let mut conn = conn;
         migrate(&mut conn)?;
@@ -1729,11 +1779,16 @@ fn store_batch_tx(
         let mut st = tx.prepare_cached(
             "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
              packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
-             start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-             ?17, ?18, ?19, ?20, ?21)",
+             start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod, \
+             tuple_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+             ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
         )?;
         let mut chunk = chunks::Chunk::default();
+        let (mut src_text, mut dst_text) = (IpText::default(), IpText::default());
+        // Bindings stay from one flow to the next (see `insert_flows_tx`): only what changed
+        // is bound again.
+        st.raw_bind_parameter(1, sensor)?;
+        let mut prev: Option<&picket_proto::v1::FlowRecord> = None;
         for f in &b.flows {
             let pod = |p: &Option<picket_proto::v1::PodContext>| {
                 p.as_ref().map(|p| {
@@ -1743,29 +1798,45 @@ fn store_batch_tx(
                 })
             };
             let (src, dst) = (ip_addr(&f.src_ip)?, ip_addr(&f.dst_ip)?);
-            st.execute(params![
-                sensor,
-                f.iface,
-                src.to_string(),
-                dst.to_string(),
-                f.src_port,
-                f.dst_port,
-                f.protocol,
-                i(f.packets),
-                i(f.bytes),
-                i(f.reverse_packets),
-                i(f.reverse_bytes),
-                f.tcp_flags,
-                f.reverse_tcp_flags,
-                i(f.start_unix_ns),
-                i(f.end_unix_ns),
-                f.observed,
-                f.initiator_by,
-                f.partial,
-                f.end_reason,
-                pod(&f.src_pod),
-                pod(&f.dst_pod),
-            ])?;
+            let (s_ip, d_ip) = (src_text.of(src), dst_text.of(dst));
+            let port = |p: u32| u16::try_from(p).unwrap_or(0);
+            let proto = u8::try_from(f.protocol).unwrap_or(0);
+            let key = tuple_key(s_ip, port(f.src_port), d_ip, port(f.dst_port), proto);
+            if prev.is_none_or(|p| p.iface != f.iface) {
+                st.raw_bind_parameter(2, &f.iface)?;
+            }
+            st.raw_bind_parameter(3, s_ip)?;
+            st.raw_bind_parameter(4, d_ip)?;
+            st.raw_bind_parameter(5, f.src_port)?;
+            st.raw_bind_parameter(6, f.dst_port)?;
+            st.raw_bind_parameter(7, f.protocol)?;
+            st.raw_bind_parameter(8, i(f.packets))?;
+            st.raw_bind_parameter(9, i(f.bytes))?;
+            st.raw_bind_parameter(10, i(f.reverse_packets))?;
+            st.raw_bind_parameter(11, i(f.reverse_bytes))?;
+            st.raw_bind_parameter(12, f.tcp_flags)?;
+            st.raw_bind_parameter(13, f.reverse_tcp_flags)?;
+            st.raw_bind_parameter(14, i(f.start_unix_ns))?;
+            st.raw_bind_parameter(15, i(f.end_unix_ns))?;
+            for (n, now, before) in [
+                (16, &f.observed, prev.map(|p| &p.observed)),
+                (17, &f.initiator_by, prev.map(|p| &p.initiator_by)),
+                (18, &f.partial, prev.map(|p| &p.partial)),
+                (19, &f.end_reason, prev.map(|p| &p.end_reason)),
+            ] {
+                if before != Some(now) {
+                    st.raw_bind_parameter(n, now)?;
+                }
+            }
+            if prev.is_none_or(|p| p.src_pod != f.src_pod) {
+                st.raw_bind_parameter(20, pod(&f.src_pod))?;
+            }
+            if prev.is_none_or(|p| p.dst_pod != f.dst_pod) {
+                st.raw_bind_parameter(21, pod(&f.dst_pod))?;
+            }
+            st.raw_bind_parameter(22, key)?;
+            st.raw_execute()?;
+            prev = Some(f);
             chunk.add(tx.last_insert_rowid(), i(f.end_unix_ns), [src, dst]);
         }
         chunk.write(tx)?;
@@ -1844,7 +1915,9 @@ fn correlation_sql() -> String {
         .map(|(sa, da, sp, dp)| {
             format!(
                 "SELECT s.id, c.id, c.vpc, c.subnet, c.instance, c.region, c.zone, c.action \
-                 FROM flows c JOIN flows s ON s.src_ip = {sa} AND s.dst_ip = {da} \
+                 FROM flows c JOIN flows s \
+                 ON s.tuple_key = picket_tuple_key({sa}, {sp}, {da}, {dp}, c.protocol) \
+                 AND s.src_ip = {sa} AND s.dst_ip = {da} \
                  AND s.src_port = {sp} AND s.dst_port = {dp} AND s.protocol = c.protocol \
                  WHERE c.source != 'sensor' AND s.source = 'sensor' \
                  AND c.end_ns BETWEEN ?1 AND ?2 \
@@ -2375,6 +2448,15 @@ mod tests {
                 [],
             )
             .expect("old flow");
+            c.execute(
+                "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
+                 packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
+                 start_ns, end_ns, observed, initiator_by, partial, end_reason) VALUES \
+                 ('web-1', 'eth0', '10.0.0.5', '192.0.2.7', 22, 50000, 6, 1, 1, 0, 0, 0, 0, 0, \
+                 900000000000, '', '', '', '')",
+                [],
+            )
+            .expect("old sensor flow");
         }
         let s = SqliteStore::open(dir.path()).expect("open");
         let idx: Vec<String> = s
@@ -2386,6 +2468,16 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("q");
         assert_eq!(idx, ["flows_by_time", "flows_sensor_tuple"]);
+        // The old sensor flow got its conversation key.
+        let key: Option<i64> = s
+            .conn()
+            .query_row(
+                "SELECT tuple_key FROM flows WHERE sensor = 'web-1'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("q");
+        assert_eq!(key, Some(tuple_key("192.0.2.7", 50000, "10.0.0.5", 22, 6)));
         // Three writes: 192.0.2.7 is in the first and third, 2001:db8::7 only in the second.
         s.insert_flows(&[
             cloud_flow("192.0.2.7", 80, 2_000, 1),
@@ -2407,14 +2499,14 @@ mod tests {
             .expect("q")
             .collect::<Result<_, _>>()
             .expect("q");
-        // The old flow's chunk, then 3 addresses x 16 bytes, 2 x 16, 3 x 16.
+        // The old flows' chunk, then 3 addresses x 16 bytes, 2 x 16, 3 x 16.
         assert_eq!(
             chunks,
             [
-                (1, 1, None),
-                (2, 3, Some(48)),
-                (4, 4, Some(32)),
-                (5, 9, Some(48))
+                (1, 2, None),
+                (3, 4, Some(48)),
+                (5, 5, Some(32)),
+                (6, 10, Some(48))
             ]
         );
         let ids = |q: FlowQuery| -> Vec<i64> {
@@ -2429,9 +2521,9 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        assert_eq!(ids(q("192.0.2.7")), [8, 2, 1]);
-        assert_eq!(ids(q("2001:db8::7")), [4]);
-        assert_eq!(ids(q("10.0.0.5")), [9, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(ids(q("192.0.2.7")), [9, 3, 2, 1]);
+        assert_eq!(ids(q("2001:db8::7")), [5]);
+        assert_eq!(ids(q("10.0.0.5")), [10, 8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(ids(q("203.0.113.9")), Vec::<i64>::new());
         // Pages of two, across chunks.
         let page = |before: Option<i64>| FlowQuery {
@@ -2439,29 +2531,30 @@ mod tests {
             before_id: before,
             ..q("10.0.0.5")
         };
-        assert_eq!(ids(page(None)), [9, 7]);
-        assert_eq!(ids(page(Some(7))), [6, 5]);
-        assert_eq!(ids(page(Some(5))), [4, 3]);
-        assert_eq!(ids(page(Some(3))), [2, 1]);
+        assert_eq!(ids(page(None)), [10, 8]);
+        assert_eq!(ids(page(Some(8))), [7, 6]);
+        assert_eq!(ids(page(Some(6))), [5, 4]);
+        assert_eq!(ids(page(Some(4))), [3, 2]);
+        assert_eq!(ids(page(Some(2))), [1]);
         assert_eq!(ids(page(Some(1))), Vec::<i64>::new());
         // Time and other filters still apply.
         let recent = FlowQuery {
             since_ns: Some(2_500 * 1_000_000_000),
             ..q("192.0.2.7")
         };
-        assert_eq!(ids(recent), [8]);
+        assert_eq!(ids(recent), [9]);
         let port = FlowQuery {
             port: Some(80),
             ..q("192.0.2.7")
         };
-        assert_eq!(ids(port), [2]);
+        assert_eq!(ids(port), [3]);
         // Retention drops the chunks whose flows are all gone.
         let r = Retention {
             raw_ns: 1_000 * 1_000_000_000,
             ..Retention::default()
         };
         s.maintain(3_500 * 1_000_000_000, &r).expect("maintain");
-        assert_eq!(ids(q("192.0.2.7")), [8]);
+        assert_eq!(ids(q("192.0.2.7")), [9]);
         let left: i64 = s
             .conn()
             .query_row("SELECT COUNT(*) FROM flow_chunks", [], |r| r.get(0))
@@ -2488,6 +2581,30 @@ mod tests {
             .count();
         // One per way of the UNION; no full scan of the sensor side.
         assert_eq!(by_tuple, 4, "{plan:#?}");
+    }
+
+    #[test]
+    fn a_conversation_has_one_key_either_way_round_in_rust_and_sql() {
+        let k = tuple_key("10.0.0.1", 40000, "10.0.0.2", 443, 6);
+        assert_eq!(k, tuple_key("10.0.0.2", 443, "10.0.0.1", 40000, 6));
+        assert_ne!(k, tuple_key("10.0.0.1", 40000, "10.0.0.2", 443, 17));
+        assert_ne!(k, tuple_key("10.0.0.1", 40001, "10.0.0.2", 443, 6));
+        // Address and port do not run into each other.
+        assert_ne!(
+            tuple_key("10.0.0.1", 1, "10.0.0.2", 2, 6),
+            tuple_key("10.0.0.11", 1, "10.0.0.2", 2, 6)
+        );
+        let c = Connection::open_in_memory().expect("db");
+        register_functions(&c).expect("functions");
+        let sql: (i64, Option<i64>) = c
+            .query_row(
+                "SELECT picket_tuple_key('10.0.0.2', 443, '10.0.0.1', 40000, 6), \
+                 picket_tuple_key(NULL, 443, '10.0.0.1', 40000, 6)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("sql");
+        assert_eq!(sql, (k, None));
     }
 
     #[test]
