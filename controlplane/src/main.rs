@@ -510,6 +510,7 @@ fn import(
     let mut range = None;
     let mut detector = controlplane::detect::FlowDetectors::load(store.as_ref(), learning_ns)?;
     let mut updates = Vec::new();
+    let started = std::time::Instant::now();
     for f in files {
         let input = import::open_input(f)?;
         let name = f.display().to_string();
@@ -524,9 +525,22 @@ fn import(
             &mut sum,
         )?;
     }
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        stored = sum.stored,
+        seconds = format!("{secs:.1}"),
+        per_second = (sum.stored as f64 / secs.max(1e-9)) as u64,
+        "records parsed, checked by the detectors and stored"
+    );
     if let Some((a, b)) = range {
+        let t = std::time::Instant::now();
         let links = store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;
-        info!(links, "linked sensor flows to the imported records");
+        info!(
+            links,
+            seconds = format!("{:.1}", t.elapsed().as_secs_f64()),
+            "linked sensor flows to the imported records"
+        );
+        let t = std::time::Instant::now();
         // Internal addresses of these records that no sensor watches.
         let gaps: Vec<_> = store
             .coverage_gaps(a - import::CORRELATION_TOLERANCE_NS)?
@@ -535,6 +549,11 @@ fn import(
             .collect();
         let sensors = !store.sensors()?.is_empty();
         updates.extend(controlplane::detect::CoverageGaps::default().observe(&gaps, sensors));
+        info!(
+            gaps = gaps.len(),
+            seconds = format!("{:.1}", t.elapsed().as_secs_f64()),
+            "internal addresses no sensor watches"
+        );
     }
     detector.save(store.as_ref())?;
     let alerts = controlplane::detect::record(store.as_ref(), &updates)?;
