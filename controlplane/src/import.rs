@@ -17,9 +17,7 @@ use anyhow::Context as _;
 use tracing::warn;
 
 use crate::{
-    alerts::AlertUpdate,
     cloud::{aws, azure, gcp},
-    detect::FlowDetectors,
     model::{Action, CloudMeta, Flow, Source},
 };
 
@@ -47,29 +45,30 @@ pub fn tracking<'a>(
     }
 }
 
-/// Wraps `sink`, running `detector` over the flows on their way and keeping what it finds in
-/// `updates`, to be recorded once the flows are stored (see [`record_alerts`]).
-pub fn detecting<'a>(
-    sink: &'a mut Sink<'_>,
-    detector: &'a mut FlowDetectors,
-    updates: &'a mut Vec<AlertUpdate>,
-) -> impl FnMut(&[Flow]) -> anyhow::Result<()> + 'a {
-    move |flows| {
-        updates.extend(detector.observe(flows));
-        sink(flows)
-    }
-}
-
 /// Imports one input of `provider`'s format (`sampling_rate`: GCP only).
-///
-/// Reading and parsing run on a thread of their own while `sink` (the store, and the
-/// detectors) takes the previous chunk on this one: the two stages overlap on two cores. At
-/// most two chunks are in memory, the one being filled and the one being stored.
 pub fn import_input(
     provider: Source,
     input: impl BufRead + Send,
     file: &str,
     sampling_rate: f64,
+    sink: &mut Sink<'_>,
+    sum: &mut Summary,
+) -> anyhow::Result<()> {
+    import_inspecting(provider, input, file, sampling_rate, &mut |_| {}, sink, sum)
+}
+
+/// As [`import_input`], with `inspect` (the detectors) run over each chunk before it goes to
+/// `sink`.
+///
+/// Reading, parsing and `inspect` run on a thread of their own while `sink` (the store) takes
+/// the previous chunk on this one: the stages overlap on two cores. At most two chunks are in
+/// memory, the one being filled and the one being stored.
+pub fn import_inspecting(
+    provider: Source,
+    input: impl BufRead + Send,
+    file: &str,
+    sampling_rate: f64,
+    inspect: &mut (dyn FnMut(&[Flow]) + Send),
     sink: &mut Sink<'_>,
     sum: &mut Summary,
 ) -> anyhow::Result<()> {
@@ -83,6 +82,7 @@ pub fn import_input(
             .name("import-parse".into())
             .spawn_scoped(s, move || {
                 let mut send = |flows: &[Flow]| {
+                    inspect(flows);
                     tx.send(flows.to_vec())
                         .map_err(|_| anyhow::anyhow!("the store stopped taking flows"))
                 };

@@ -515,13 +515,14 @@ fn import(
         let input = import::open_input(f)?;
         let name = f.display().to_string();
         let mut put = |flows: &[controlplane::model::Flow]| store.insert_flows(flows);
-        let mut detect = import::detecting(&mut put, &mut detector, &mut updates);
-        import::import_input(
+        // The detectors run on the parse thread, beside the store's.
+        import::import_inspecting(
             source,
             input,
             &name,
             sampling_rate,
-            &mut import::tracking(&mut detect, &mut range),
+            &mut |flows| updates.extend(detector.observe(flows)),
+            &mut import::tracking(&mut put, &mut range),
             &mut sum,
         )?;
     }

@@ -180,13 +180,13 @@ impl Watcher {
             sum = Summary::default();
             range = None;
             let input = import::open_input(path)?;
-            let mut detect = import::detecting(sink, detector, &mut updates);
-            import::import_input(
+            import::import_inspecting(
                 provider,
                 input,
                 &label,
                 rate,
-                &mut import::tracking(&mut detect, &mut range),
+                &mut |flows| updates.extend(detector.observe(flows)),
+                &mut import::tracking(sink, &mut range),
                 &mut sum,
             )?;
             Ok(serde_json::json!({

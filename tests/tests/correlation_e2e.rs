@@ -116,8 +116,9 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
         .iter()
         .map(|g| g["ip"].as_str().expect("ip"))
         .collect();
+    // By address, not as text: 10.99.0.7 before 10.222.0.1.
     let mut want = vec![lab.ip_a.as_str(), "10.99.0.7"];
-    want.sort();
+    want.sort_by_key(|a| a.parse::<std::net::IpAddr>().expect("ip"));
     assert_eq!(gaps, want, "{v}");
     assert_eq!(v["gaps"][0]["observers"][0], "123456789010");
     // The gaps are also an alert about their VPC, raised by the import.
@@ -132,7 +133,7 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
         .iter()
         .map(|t| t.as_str().expect("address"))
         .collect();
-    targets.sort();
+    targets.sort_by_key(|a| a.parse::<std::net::IpAddr>().expect("ip"));
     assert_eq!(targets, want, "{a}");
     assert_eq!(a["observations"][0]["kind"], "cloud_only_addresses");
     assert_eq!(a["observations"][0]["addresses"], 2);

@@ -1670,8 +1670,9 @@ impl Store for SqliteStore {
             first: i64,
             last: i64,
             flows: i64,
-            observers: std::collections::BTreeSet<String>,
-            vpcs: std::collections::BTreeSet<String>,
+            // Usually one or two each: a list beats a set.
+            observers: Vec<String>,
+            vpcs: Vec<String>,
         }
         let mut seen: std::collections::HashMap<IpAddr, Seen> = Default::default();
         let mut st = c.prepare(
@@ -1697,13 +1698,13 @@ impl Store for SqliteStore {
                 e.last = e.last.max(end);
                 e.flows += 1;
                 let observer = r.get_ref(4)?.as_str()?;
-                if !e.observers.contains(observer) {
-                    e.observers.insert(observer.to_string());
+                if !e.observers.iter().any(|o| o == observer) {
+                    e.observers.push(observer.to_string());
                 }
                 if let Some(vpc) = r.get_ref(5)?.as_str_or_null()?
-                    && !e.vpcs.contains(vpc)
+                    && !e.vpcs.iter().any(|v| v == vpc)
                 {
-                    e.vpcs.insert(vpc.to_string());
+                    e.vpcs.push(vpc.to_string());
                 }
             }
         }
@@ -1711,13 +1712,17 @@ impl Store for SqliteStore {
         seen.sort_unstable_by_key(|(ip, _)| *ip);
         let gaps = seen
             .into_iter()
-            .map(|(ip, s)| CoverageGap {
-                ip: ip.to_string(),
-                first_seen_ns: s.first,
-                last_seen_ns: s.last,
-                flows: s.flows,
-                observers: s.observers.into_iter().collect(),
-                vpcs: s.vpcs.into_iter().collect(),
+            .map(|(ip, mut s)| {
+                s.observers.sort_unstable();
+                s.vpcs.sort_unstable();
+                CoverageGap {
+                    ip: ip.to_string(),
+                    first_seen_ns: s.first,
+                    last_seen_ns: s.last,
+                    flows: s.flows,
+                    observers: s.observers,
+                    vpcs: s.vpcs,
+                }
             })
             .collect();
         Ok(gaps)
