@@ -980,6 +980,21 @@ impl Store for SqliteStore {
         now_ns: i64,
     ) -> anyhow::Result<Vec<anyhow::Result<Stored>>> {
         let mut c = self.conn();
+        // All batches in one transaction. A savepoint per batch would journal every page a
+        // batch touches first (the conversation index's pages are at random positions: that
+        // halved the rate), so savepoints are only the way back when a batch fails.
+        {
+            let tx = c.transaction()?;
+            let all: anyhow::Result<Vec<Stored>> = batches
+                .iter()
+                .map(|(sensor, b)| store_batch_tx(&tx, sensor, b, now_ns))
+                .collect();
+            if let Ok(all) = all {
+                tx.commit()?;
+                return Ok(all.into_iter().map(Ok).collect());
+            }
+            // Dropping the transaction rolls it back.
+        }
         let mut tx = c.transaction()?;
         let mut out = Vec::with_capacity(batches.len());
         for (sensor, b) in batches {
