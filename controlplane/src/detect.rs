@@ -1062,7 +1062,6 @@ impl Watchlist {
 }
 
 /// Every detector that works on flows (what an import runs).
-#[derive(Default)]
 pub struct FlowDetectors {
     pub fanout: FanOutDetector,
     pub brute_force: FlowBruteForce,
@@ -1070,6 +1069,23 @@ pub struct FlowDetectors {
     pub watchlist: Watchlist,
     pub geo: crate::geo::Novelty,
     pub new_service: crate::geo::Novelty,
+    pub new_device: crate::geo::Novelty,
+}
+
+impl Default for FlowDetectors {
+    /// Nothing learned yet, the default learning period.
+    fn default() -> Self {
+        use crate::geo::{Facet, LEARNING_NS, Novelty};
+        FlowDetectors {
+            fanout: FanOutDetector::default(),
+            brute_force: FlowBruteForce::default(),
+            slow_scan: SlowScan::default(),
+            watchlist: Watchlist::default(),
+            geo: Novelty::load(Facet::Country, &[], LEARNING_NS),
+            new_service: Novelty::load(Facet::Service, &[], LEARNING_NS),
+            new_device: Novelty::load(Facet::Device, &[], LEARNING_NS),
+        }
+    }
 }
 
 /// Name of the slow-scan state in the store.
@@ -1092,6 +1108,11 @@ impl FlowDetectors {
                 &store.detector_state(crate::geo::Facet::Service.state_name())?,
                 learning_ns,
             ),
+            new_device: crate::geo::Novelty::load(
+                crate::geo::Facet::Device,
+                &store.detector_state(crate::geo::Facet::Device.state_name())?,
+                learning_ns,
+            ),
             ..FlowDetectors::default()
         })
     }
@@ -1103,6 +1124,10 @@ impl FlowDetectors {
         store.save_detector_state(
             crate::geo::Facet::Service.state_name(),
             &self.new_service.dirty(),
+        )?;
+        store.save_detector_state(
+            crate::geo::Facet::Device.state_name(),
+            &self.new_device.dirty(),
         )
     }
 
@@ -1113,6 +1138,7 @@ impl FlowDetectors {
         out.extend(self.watchlist.observe_flows(flows));
         out.extend(self.geo.observe(flows));
         out.extend(self.new_service.observe(flows));
+        out.extend(self.new_device.observe(flows));
         out.sort_by_key(|u| u.time_ns);
         out
     }

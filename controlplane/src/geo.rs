@@ -6,6 +6,9 @@
 //! - `new_service`: the entity serves a TCP port it never served: an accepted session with a
 //!   completed exchange (at least 3 packets from the client, not probe-like), so probes of
 //!   closed ports are not services.
+//! - `new_internal_device`: an internal address starts accepted sessions in a network (IPv4
+//!   /16, IPv6 /56: a VPC's usual size) whose learning period is over. The entity is the
+//!   network, the address the target.
 //!
 //! What each entity has seen is saved in the store (`detector_state`), so the learning spans
 //! restarts and separate imports.
@@ -31,6 +34,33 @@ pub enum Facet {
     Country,
     /// TCP ports served.
     Service,
+    /// Internal addresses starting accepted sessions, per network.
+    Device,
+}
+
+/// Addresses remembered per network (a full IPv4 /16); past that, new ones are not learned.
+pub const MAX_DEVICES: usize = 65_536;
+
+/// The network a device is learned in.
+fn device_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let [x, y, _, _] = a.octets();
+            IpAddr::from([x, y, 0, 0])
+        }
+        IpAddr::V6(a) => {
+            let mut o = a.octets();
+            o[7..].fill(0);
+            IpAddr::from(o)
+        }
+    }
+}
+
+fn network_text(net: IpAddr) -> String {
+    match net {
+        IpAddr::V4(_) => format!("{net}/16"),
+        IpAddr::V6(_) => format!("{net}/56"),
+    }
 }
 
 impl Facet {
@@ -39,6 +69,7 @@ impl Facet {
         match self {
             Facet::Country => "geo_access",
             Facet::Service => "new_service",
+            Facet::Device => "new_internal_device",
         }
     }
 
@@ -46,11 +77,16 @@ impl Facet {
         match self {
             Facet::Country => "geo_unusual_access",
             Facet::Service => "new_service",
+            Facet::Device => "new_internal_device",
         }
     }
 
     /// The entity and what it learns from `f`, if `f` teaches this facet anything.
     fn key(self, f: &Flow) -> Option<(IpAddr, String)> {
+        if self == Facet::Device {
+            return (f.action == Action::Accept && crate::store::internal(&f.src_ip))
+                .then(|| (device_network(f.src_ip), f.src_ip.to_string()));
+        }
         if f.action != Action::Accept || !crate::store::internal(&f.dst_ip) {
             return None;
         }
@@ -61,6 +97,7 @@ impl Facet {
                 }
                 Some((f.dst_ip, iptocc::country_code(f.src_ip)?.to_string()))
             }
+            Facet::Device => unreachable!("above"),
             Facet::Service => (f.protocol == 6 && f.packets >= 3 && !crate::detect::failed(f))
                 .then(|| (f.dst_ip, crate::entities::port_name(f.dst_port, f.protocol))),
         }
@@ -125,7 +162,7 @@ impl Novelty {
             .collect()
     }
 
-    /// Entities not learned because the table was full.
+    /// Entities, or keys of an entity, not learned because a table was full.
     pub fn forgotten(&self) -> u64 {
         self.forgotten
     }
@@ -137,15 +174,17 @@ impl Novelty {
             let Some((entity, key)) = self.facet.key(f) else {
                 continue;
             };
-            if !self.entities.contains_key(&entity) && self.entities.len() >= MAX_ENTITIES {
-                self.forgotten += 1;
-                if self.forgotten.is_power_of_two() {
-                    tracing::warn!(
-                        detector = kind,
-                        forgotten = self.forgotten,
-                        "entity table full; new entities are not learned"
-                    );
+            let full = |n: &mut u64, what: &str| {
+                *n += 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(detector = kind, forgotten = *n, "{what}");
                 }
+            };
+            if !self.entities.contains_key(&entity) && self.entities.len() >= MAX_ENTITIES {
+                full(
+                    &mut self.forgotten,
+                    "entity table full; new entities are not learned",
+                );
                 continue;
             }
             let s = self.entities.entry(entity).or_insert_with(|| Seen {
@@ -156,8 +195,21 @@ impl Novelty {
             if s.keys.contains_key(&key) {
                 continue;
             }
+            if s.keys.len() >= MAX_DEVICES {
+                full(
+                    &mut self.forgotten,
+                    "an entity's table is full; what is new to it is not learned",
+                );
+                continue;
+            }
             let learned = f.start_ns - s.first_ns >= self.learning_ns;
-            let known: Vec<String> = s.keys.keys().cloned().collect();
+            // A network's devices are too many to list in each alert: counted instead.
+            let known: Vec<String> = if learned && self.facet != Facet::Device {
+                s.keys.keys().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            let known_devices = s.keys.len();
             s.keys.insert(key.clone(), f.start_ns);
             self.dirty.insert(entity);
             if !learned {
@@ -188,6 +240,19 @@ impl Novelty {
                         "known_services": known,
                     }),
                 ),
+                Facet::Device => (
+                    Severity::Low,
+                    key.clone(),
+                    json!({
+                        "kind": "new_device",
+                        "address": key,
+                        "network": network_text(entity),
+                        "peer": f.dst_ip.to_string(),
+                        "port": f.dst_port,
+                        "protocol": f.protocol,
+                        "known_devices": known_devices,
+                    }),
+                ),
             };
             let mut observation = observation;
             observation["learning_since"] = json!(rfc3339(s.first_ns));
@@ -197,7 +262,10 @@ impl Novelty {
             out.push(AlertUpdate {
                 kind,
                 severity,
-                source: entity.to_string(),
+                source: match self.facet {
+                    Facet::Device => network_text(entity),
+                    _ => entity.to_string(),
+                },
                 targets: vec![target],
                 time_ns: f.start_ns,
                 observation,
@@ -272,6 +340,54 @@ mod tests {
             again
                 .observe(&[session("1.1.1.1", 50 * DAY, Action::Accept)])
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_new_address_in_a_learned_network_is_a_new_internal_device() {
+        let from = |src: &str, t: i64, action: Action| {
+            let mut f = session(src, t, action);
+            f.dst_ip = "10.0.0.53".parse().expect("ip");
+            f.dst_port = 53;
+            f.protocol = 17;
+            f
+        };
+        let mut n = Novelty::load(Facet::Device, &[], LEARNING_NS);
+        let u = n.observe(&[
+            // Learning 10.0.0.0/16 from day 0; a device first seen on day 20 is learned too.
+            from("10.0.1.5", 0, Action::Accept),
+            from("10.0.2.9", 20 * DAY, Action::Accept),
+            // After 36 days: a known one, a rejected newcomer (no session), an external
+            // address, then a new device.
+            from("10.0.1.5", 40 * DAY, Action::Accept),
+            from("10.0.7.7", 40 * DAY, Action::Reject),
+            from("8.8.8.8", 40 * DAY, Action::Accept),
+            from("10.0.9.9", 41 * DAY, Action::Accept),
+            // Another /16 seen first now: still learning.
+            from("10.1.0.1", 41 * DAY, Action::Accept),
+        ]);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].kind, "new_internal_device");
+        assert_eq!(u[0].source, "10.0.0.0/16");
+        assert_eq!(u[0].targets, ["10.0.9.9"]);
+        assert_eq!(u[0].observation["known_devices"], 2);
+        assert_eq!(u[0].observation["peer"], "10.0.0.53");
+        assert_eq!(u[0].observation["port"], 53);
+        // Saved and resumed: known now.
+        let saved: Vec<(String, String)> = n
+            .dirty()
+            .into_iter()
+            .map(|(k, v, _)| (k, v.expect("state")))
+            .collect();
+        let mut again = Novelty::load(Facet::Device, &saved, LEARNING_NS);
+        assert!(
+            again
+                .observe(&[from("10.0.9.9", 50 * DAY, Action::Accept)])
+                .is_empty()
+        );
+        assert_eq!(
+            network_text(device_network("2001:db8:1:2ff::1".parse().expect("ip"))),
+            "2001:db8:1:200::/56"
         );
     }
 

@@ -981,6 +981,7 @@ fn sensitivity_per_type_and_network_moves_the_thresholds() {
 /// Australia; 40 days later a session from Japan is an alert naming the bastion and the remote,
 /// one from Australia is not, and a rejected attempt from Brazil is not a session. A port the
 /// bastion starts serving then is a new_service alert; a single-packet probe of another is not.
+/// An internal address that starts sessions in the learned 10.0.0.0/16 is a new_internal_device.
 #[test]
 fn a_session_from_a_new_country_after_learning_is_an_alert() {
     let dir = TempDir::new("geo");
@@ -993,13 +994,18 @@ fn a_session_from_a_new_country_after_learning_is_an_alert() {
             t + 60
         )
     };
-    let first = rec("8.8.8.8", t0, "ACCEPT") + &rec("1.1.1.1", t0 + 10 * day, "ACCEPT");
+    let first = rec("8.8.8.8", t0, "ACCEPT")
+        + &rec("1.1.1.1", t0 + 10 * day, "ACCEPT")
+        + &rec("10.0.1.1", t0, "ACCEPT");
     let later = rec("1.0.16.1", t0 + 40 * day, "ACCEPT")
         + &rec("1.1.1.1", t0 + 40 * day, "ACCEPT")
         + &rec("200.160.2.3", t0 + 40 * day, "REJECT")
         // A port the bastion never served before: a new service. A probe of another is not.
         + &rec("8.8.8.8", t0 + 41 * day, "ACCEPT").replace(" 22 6 20 ", " 8080 6 20 ")
-        + &rec("8.8.8.8", t0 + 41 * day, "ACCEPT").replace(" 22 6 20 4000 ", " 9999 6 1 44 ");
+        + &rec("8.8.8.8", t0 + 41 * day, "ACCEPT").replace(" 22 6 20 4000 ", " 9999 6 1 44 ")
+        // A device known from the first file, then one never seen in the network.
+        + &rec("10.0.1.1", t0 + 41 * day, "ACCEPT")
+        + &rec("10.0.3.3", t0 + 41 * day + 3600, "ACCEPT");
     for (name, text) in [("first.log", first), ("later.log", later)] {
         let f = dir.0.join(name);
         std::fs::write(&f, text).expect("write");
@@ -1021,7 +1027,11 @@ fn a_session_from_a_new_country_after_learning_is_an_alert() {
                 out.contains("alert #2: low new_service from 10.0.0.22 against 8080/tcp"),
                 "{out}"
             );
-            assert_eq!(out.matches("alert #").count(), 2, "{out}");
+            assert!(
+                out.contains("alert #3: low new_internal_device from 10.0.0.0/16 against 10.0.3.3"),
+                "{out}"
+            );
+            assert_eq!(out.matches("alert #").count(), 3, "{out}");
         }
     }
     let body: String = db(&data)

@@ -80,7 +80,8 @@ const SNOOZES = [
 ];
 
 function isIp(s) {
-  return /^[0-9.]+$/.test(s) || s.includes(":");
+  // Not a network (new_internal_device names one, e.g. 2001:db8::/56) nor a VPC id.
+  return !s.includes("/") && (/^[0-9.]+$/.test(s) || s.includes(":"));
 }
 
 /// The address of a target (`10.0.0.5`, `10.0.0.5:22`, `[fd00::5]:22`, `fd00::5`), if any.
