@@ -308,6 +308,16 @@ mod tests {
         }
     }
 
+    /// What `n` learned, saved and loaded again.
+    fn resumed(n: &mut Novelty, facet: Facet) -> Novelty {
+        let saved: Vec<(String, String)> = n
+            .dirty()
+            .into_iter()
+            .map(|(k, v, _)| (k, v.expect("state")))
+            .collect();
+        Novelty::load(facet, &saved, LEARNING_NS)
+    }
+
     #[test]
     fn a_new_country_after_the_learning_period_is_an_alert_and_before_it_is_learned() {
         let mut g = Novelty::load(Facet::Country, &[], LEARNING_NS);
@@ -330,12 +340,7 @@ mod tests {
         assert_eq!(u[0].targets, ["1.1.1.1 (AU)"]);
         assert_eq!(u[0].observation["known_countries"], json!(["JP", "US"]));
         // Saved and resumed: Australia is known now.
-        let saved: Vec<(String, String)> = g
-            .dirty()
-            .into_iter()
-            .map(|(k, v, _)| (k, v.expect("state")))
-            .collect();
-        let mut again = Novelty::load(Facet::Country, &saved, LEARNING_NS);
+        let mut again = resumed(&mut g, Facet::Country);
         assert!(
             again
                 .observe(&[session("1.1.1.1", 50 * DAY, Action::Accept)])
@@ -374,12 +379,7 @@ mod tests {
         assert_eq!(u[0].observation["peer"], "10.0.0.53");
         assert_eq!(u[0].observation["port"], 53);
         // Saved and resumed: known now.
-        let saved: Vec<(String, String)> = n
-            .dirty()
-            .into_iter()
-            .map(|(k, v, _)| (k, v.expect("state")))
-            .collect();
-        let mut again = Novelty::load(Facet::Device, &saved, LEARNING_NS);
+        let mut again = resumed(&mut n, Facet::Device);
         assert!(
             again
                 .observe(&[from("10.0.9.9", 50 * DAY, Action::Accept)])
