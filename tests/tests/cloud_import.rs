@@ -1048,3 +1048,61 @@ fn a_session_from_a_new_country_after_learning_is_an_alert() {
     );
     assert_eq!(b["observations"].as_array().map(Vec::len), Some(1));
 }
+
+/// 240 AWS v2 records the security group rejected toward one instance, from 12 sources on two
+/// ports within four minutes: one reject_storm alert about the instance, naming the sources;
+/// no source alone crosses a port-scan or sweep threshold. The same count from one source is
+/// not a storm.
+#[test]
+fn rejects_from_many_sources_at_one_address_are_a_reject_storm() {
+    use std::fmt::Write as _;
+    let dir = TempDir::new("storm");
+    let data = dir.0.join("data");
+    let t0 = 1_795_860_000u64;
+    let mut text = String::new();
+    for i in 0..240u64 {
+        let t = t0 + i;
+        writeln!(
+            text,
+            "2 123456789010 eni-0b1 198.51.100.{} 10.0.0.9 {} {} 6 1 44 {t} {} REJECT OK",
+            i % 12,
+            40000 + i,
+            [8443, 9200][i as usize % 2],
+            t + 10
+        )
+        .expect("write");
+    }
+    for i in 0..240u64 {
+        let t = t0 + i;
+        writeln!(
+            text,
+            "2 123456789010 eni-0b2 203.0.113.5 10.0.0.10 {} 8443 6 1 44 {t} {} REJECT OK",
+            40000 + i,
+            t + 10
+        )
+        .expect("write");
+    }
+    let f = dir.0.join("storm.log");
+    std::fs::write(&f, text).expect("write");
+    let out = summary(&import(&data, &["aws", f.to_str().expect("utf8")], None));
+    assert_eq!(out.matches("alert #").count(), 1, "{out}");
+    assert!(
+        out.contains(
+            "alert #1: low reject_storm from 10.0.0.9 against 198.51.100.0, 198.51.100.1,"
+        ),
+        "{out}"
+    );
+    let body: String = db(&data)
+        .query_row(
+            "SELECT body FROM alerts WHERE type = 'reject_storm'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("one alert");
+    let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(b["targets_total"], 12, "{b}");
+    let last = &b["observations"][b["observations"].as_array().expect("list").len() - 1];
+    assert_eq!(last["rejected_flows"], 200, "{b}");
+    assert_eq!(last["distinct_sources"], 12, "{b}");
+    assert_eq!(last["ports"], serde_json::json!([8443, 9200]), "{b}");
+}
