@@ -83,21 +83,21 @@ impl Facet {
 
     /// The entity and what it learns from `f`, if `f` teaches this facet anything.
     fn key(self, f: &Flow) -> Option<(IpAddr, String)> {
-        if self == Facet::Device {
-            return (f.action == Action::Accept && crate::store::internal(&f.src_ip))
-                .then(|| (device_network(f.src_ip), f.src_ip.to_string()));
-        }
-        if f.action != Action::Accept || !crate::store::internal(&f.dst_ip) {
+        if f.action != Action::Accept {
             return None;
         }
+        // Devices are learned from the side that starts sessions; countries and services
+        // about the internal side that answers.
         match self {
+            Facet::Device => crate::store::internal(&f.src_ip)
+                .then(|| (device_network(f.src_ip), f.src_ip.to_string())),
+            _ if !crate::store::internal(&f.dst_ip) => None,
             Facet::Country => {
                 if crate::store::internal(&f.src_ip) || f.src_ip.is_loopback() {
                     return None;
                 }
                 Some((f.dst_ip, iptocc::country_code(f.src_ip)?.to_string()))
             }
-            Facet::Device => unreachable!("above"),
             Facet::Service => (f.protocol == 6 && f.packets >= 3 && !crate::detect::failed(f))
                 .then(|| (f.dst_ip, crate::entities::port_name(f.dst_port, f.protocol))),
         }

@@ -2105,22 +2105,15 @@ fn insert_flows_tx(tx: &rusqlite::Transaction<'_>, flows: &[Flow]) -> anyhow::Re
             if prev.is_none_or(|p| p.sampling_rate != f.sampling_rate) {
                 st.raw_bind_parameter(18, f.sampling_rate)?;
             }
-            for (n, v) in [
-                (19, &m.vpc),
-                (20, &m.subnet),
-                (21, &m.instance),
-                (22, &m.region),
-                (23, &m.zone),
+            for (n, now, before) in [
+                (19, &m.vpc, pc.map(|p| &p.vpc)),
+                (20, &m.subnet, pc.map(|p| &p.subnet)),
+                (21, &m.instance, pc.map(|p| &p.instance)),
+                (22, &m.region, pc.map(|p| &p.region)),
+                (23, &m.zone, pc.map(|p| &p.zone)),
             ] {
-                let before = pc.map(|p| match n {
-                    19 => &p.vpc,
-                    20 => &p.subnet,
-                    21 => &p.instance,
-                    22 => &p.region,
-                    _ => &p.zone,
-                });
-                if before != Some(v) {
-                    st.raw_bind_parameter(n, v)?;
+                if before != Some(now) {
+                    st.raw_bind_parameter(n, now)?;
                 }
             }
             st.raw_bind_parameter(24, m.pkt_src_ip.map(|a| a.to_string()))?;
