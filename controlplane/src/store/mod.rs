@@ -171,6 +171,7 @@ pub struct CoverageGap {
 pub mod access;
 pub mod checkpoint;
 pub mod chunks;
+mod correlate;
 pub mod entities;
 pub mod triage;
 
@@ -654,9 +655,10 @@ CREATE TABLE sensitivity (
     PRIMARY KEY (cidr, alert_type)
 ) WITHOUT ROWID;
 "#,
-    // 14: addresses are found through chunks (store/chunks.rs), not per-flow B-tree indexes;
-    // sensor flows keep an integer key of their conversation ([`tuple_key`]) for correlation.
-    // Flows stored before have one chunk of unknown addresses, scanned when asked.
+    // 14: addresses are found through chunks (store/chunks.rs), not per-flow B-tree indexes.
+    // Flows stored before have one chunk of unknown addresses, scanned when asked. (This
+    // version also indexed sensor flows by a `tuple_key`, which 15 replaces: the column stays,
+    // unused.)
     r#"
 DROP INDEX IF EXISTS flows_by_src;
 DROP INDEX IF EXISTS flows_by_dst;
@@ -672,9 +674,17 @@ CREATE INDEX flow_chunks_by_end ON flow_chunks (max_end_ns);
 INSERT INTO flow_chunks SELECT MIN(id), MAX(id), MIN(end_ns), MAX(end_ns), NULL FROM flows
 HAVING COUNT(*) > 0;
 ALTER TABLE flows ADD COLUMN tuple_key INTEGER;
-UPDATE flows SET tuple_key = picket_tuple_key(src_ip, src_port, dst_ip, dst_port, protocol)
-WHERE source = 'sensor';
-CREATE INDEX flows_sensor_tuple ON flows (tuple_key) WHERE tuple_key IS NOT NULL;
+"#,
+    // 15: correlation finds sensor flows through their chunk's list of conversations
+    // (store/correlate.rs), not an index that took an insert at a random place per sensor flow.
+    // Chunks without sensor flows get an empty list; a chunk whose list is unknown (NULL) has
+    // its rows read instead.
+    r#"
+ALTER TABLE flow_chunks ADD COLUMN min_start_ns INTEGER;
+ALTER TABLE flow_chunks ADD COLUMN tuples BLOB;
+UPDATE flow_chunks SET tuples = X'' WHERE NOT EXISTS
+    (SELECT 1 FROM flows WHERE id BETWEEN first_id AND last_id AND source = 'sensor');
+DROP INDEX IF EXISTS flows_sensor_tuple;
 "#,
 ];
 
@@ -706,53 +716,6 @@ pub struct Maintenance {
     pub deleted_raw: u64,
     pub deleted_minutes: u64,
     pub deleted_hours: u64,
-}
-
-/// The key of a conversation, the same either way round: FNV-1a over its two ends (address
-/// text and port, the smaller end first) and protocol. Sensor flows store it (`tuple_key`,
-/// indexed); correlation computes it from a cloud record with the SQL function
-/// `picket_tuple_key(a_ip, a_port, b_ip, b_port, protocol)`. A collision only costs a
-/// comparison: the query then checks the whole 5-tuple.
-pub fn tuple_key(a_ip: &str, a_port: u16, b_ip: &str, b_port: u16, protocol: u8) -> i64 {
-    let (lo, hi) = if (a_ip, a_port) <= (b_ip, b_port) {
-        ((a_ip, a_port), (b_ip, b_port))
-    } else {
-        ((b_ip, b_port), (a_ip, a_port))
-    };
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    for (ip, port) in [lo, hi] {
-        eat(ip.as_bytes());
-        eat(&[0xff]);
-        eat(&port.to_le_bytes());
-    }
-    eat(&[protocol]);
-    h as i64
-}
-
-/// SQL functions the schema and queries use; every connection that writes flows has them.
-fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
-    use rusqlite::functions::FunctionFlags;
-    conn.create_scalar_function(
-        "picket_tuple_key",
-        5,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| {
-            let (Some(a), Some(b)) = (ctx.get::<Option<String>>(0)?, ctx.get::<Option<String>>(2)?)
-            else {
-                return Ok(None);
-            };
-            let port =
-                |i| -> rusqlite::Result<u16> { Ok(u16::try_from(ctx.get::<i64>(i)?).unwrap_or(0)) };
-            let proto = u8::try_from(ctx.get::<i64>(4)?).unwrap_or(0);
-            Ok(Some(tuple_key(&a, port(1)?, &b, port(3)?, proto)))
-        },
-    )
 }
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -840,7 +803,6 @@ impl SqliteStore {
         conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        register_functions(&conn)?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
         let mut conn = conn;
         migrate(&mut conn)?;
@@ -1616,54 +1578,8 @@ impl Store for SqliteStore {
 
     fn correlate(&self, since_ns: i64, until_ns: i64, tolerance_ns: i64) -> anyhow::Result<u64> {
         let mut c = self.conn();
-        // No sensor flow at all (a cloud-only store): nothing to look up for each record.
-        let sensor_flows: bool = c.query_row(
-            "SELECT EXISTS (SELECT 1 FROM flows WHERE tuple_key IS NOT NULL)",
-            [],
-            |r| r.get(0),
-        )?;
-        if !sensor_flows {
-            return Ok(0);
-        }
         let tx = c.transaction()?;
-        let pairs: Vec<(i64, i64, [Option<String>; 5], String)> = {
-            let mut st = tx.prepare(&correlation_sql())?;
-            st.query_map(params![since_ns, until_ns, tolerance_ns], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
-                    r.get(7)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?
-        };
-        let mut new = 0;
-        {
-            let mut link = tx.prepare_cached(
-                "INSERT OR IGNORE INTO flow_links (sensor_flow, cloud_flow) VALUES (?1, ?2)",
-            )?;
-            let mut enrich = tx.prepare_cached(
-                "UPDATE flows SET vpc = COALESCE(vpc, ?2), subnet = COALESCE(subnet, ?3), \
-                 instance = COALESCE(instance, ?4), region = COALESCE(region, ?5), \
-                 zone = COALESCE(zone, ?6), action = CASE WHEN action = '' THEN ?7 ELSE action END \
-                 WHERE id = ?1",
-            )?;
-            for (sensor_flow, cloud_flow, [vpc, subnet, instance, region, zone], action) in pairs {
-                if link.execute(params![sensor_flow, cloud_flow])? == 1 {
-                    new += 1;
-                    enrich.execute(params![
-                        sensor_flow,
-                        vpc,
-                        subnet,
-                        instance,
-                        region,
-                        zone,
-                        action
-                    ])?;
-                }
-            }
-        }
+        let new = correlate::correlate(&tx, since_ns, until_ns, tolerance_ns)?;
         tx.commit()?;
         Ok(new)
     }
@@ -1825,9 +1741,9 @@ fn store_batch_tx(
         let mut st = tx.prepare_cached(
             "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
              packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
-             start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod, \
-             tuple_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-             ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+             start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+             ?18, ?19, ?20, ?21)",
         )?;
         let mut chunk = chunks::Chunk::default();
         let (mut src_text, mut dst_text) = (IpText::default(), IpText::default());
@@ -1847,7 +1763,7 @@ fn store_batch_tx(
             let (s_ip, d_ip) = (src_text.of(src), dst_text.of(dst));
             let port = |p: u32| u16::try_from(p).unwrap_or(0);
             let proto = u8::try_from(f.protocol).unwrap_or(0);
-            let key = tuple_key(s_ip, port(f.src_port), d_ip, port(f.dst_port), proto);
+            let key = chunks::conversation_key(src, port(f.src_port), dst, port(f.dst_port), proto);
             if prev.is_none_or(|p| p.iface != f.iface) {
                 st.raw_bind_parameter(2, &f.iface)?;
             }
@@ -1880,10 +1796,11 @@ fn store_batch_tx(
             if prev.is_none_or(|p| p.dst_pod != f.dst_pod) {
                 st.raw_bind_parameter(21, pod(&f.dst_pod))?;
             }
-            st.raw_bind_parameter(22, key)?;
             st.raw_execute()?;
             prev = Some(f);
-            chunk.add(tx.last_insert_rowid(), i(f.end_unix_ns), [src, dst]);
+            let id = tx.last_insert_rowid();
+            chunk.add(id, i(f.start_unix_ns), i(f.end_unix_ns), [src, dst]);
+            chunk.conversation(id, key);
         }
         chunk.write(tx)?;
         let mut st = tx.prepare_cached(
@@ -1943,35 +1860,6 @@ fn store_batch_tx(
         }
     }
     Ok(Stored::New)
-}
-
-/// Pairs of (sensor flow, cloud flow) of one conversation, with what the cloud adds; the
-/// sensor side is found through the `flows_sensor_tuple` index.
-fn correlation_sql() -> String {
-    // Four ways the same conversation shows: as the sensor's initiator saw it or the other
-    // way round, each with the cloud's own addresses or its packet addresses (NAT).
-    const WAYS: [(&str, &str, &str, &str); 4] = [
-        ("c.src_ip", "c.dst_ip", "c.src_port", "c.dst_port"),
-        ("c.dst_ip", "c.src_ip", "c.dst_port", "c.src_port"),
-        ("c.pkt_src_ip", "c.pkt_dst_ip", "c.src_port", "c.dst_port"),
-        ("c.pkt_dst_ip", "c.pkt_src_ip", "c.dst_port", "c.src_port"),
-    ];
-    let selects: Vec<String> = WAYS
-        .iter()
-        .map(|(sa, da, sp, dp)| {
-            format!(
-                "SELECT s.id, c.id, c.vpc, c.subnet, c.instance, c.region, c.zone, c.action \
-                 FROM flows c JOIN flows s \
-                 ON s.tuple_key = picket_tuple_key({sa}, {sp}, {da}, {dp}, c.protocol) \
-                 AND s.src_ip = {sa} AND s.dst_ip = {da} \
-                 AND s.src_port = {sp} AND s.dst_port = {dp} AND s.protocol = c.protocol \
-                 WHERE c.source != 'sensor' AND s.source = 'sensor' \
-                 AND c.end_ns BETWEEN ?1 AND ?2 \
-                 AND s.start_ns <= c.end_ns + ?3 AND s.end_ns >= c.start_ns - ?3"
-            )
-        })
-        .collect();
-    selects.join(" UNION ")
 }
 
 /// A `flows` row as `query_flows` selects it.
@@ -2056,9 +1944,9 @@ fn insert_flows_tx(tx: &rusqlite::Transaction<'_>, flows: &[Flow]) -> anyhow::Re
              packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
              start_ns, end_ns, observed, initiator_by, partial, end_reason, source, action, \
              sampling_rate, vpc, subnet, instance, region, zone, pkt_src_ip, pkt_dst_ip, \
-             cloud_json, tuple_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+             cloud_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
              0, ?13, ?14, ?15, '', '', '', ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, \
-             ?26, ?27)",
+             ?26)",
         )?;
         let mut chunk = chunks::Chunk::default();
         let (mut text, mut dst_text) = (IpText::default(), IpText::default());
@@ -2076,12 +1964,6 @@ fn insert_flows_tx(tx: &rusqlite::Transaction<'_>, flows: &[Flow]) -> anyhow::Re
             let (s_ip, d_ip) = (text.of(f.src_ip), dst_text.of(f.dst_ip));
             st.raw_bind_parameter(3, s_ip)?;
             st.raw_bind_parameter(4, d_ip)?;
-            // Sensor flows (normally stored by `store_batch`) keep their conversation key.
-            st.raw_bind_parameter(
-                27,
-                (f.source == Source::Sensor)
-                    .then(|| tuple_key(s_ip, f.src_port, d_ip, f.dst_port, f.protocol)),
-            )?;
             st.raw_bind_parameter(5, f.src_port)?;
             st.raw_bind_parameter(6, f.dst_port)?;
             st.raw_bind_parameter(7, f.protocol)?;
@@ -2130,13 +2012,22 @@ fn insert_flows_tx(tx: &rusqlite::Transaction<'_>, flows: &[Flow]) -> anyhow::Re
             }
             st.raw_execute()?;
             prev = Some(f);
+            let id = tx.last_insert_rowid();
             chunk.add(
-                tx.last_insert_rowid(),
+                id,
+                f.start_ns,
                 f.end_ns,
                 [Some(f.src_ip), Some(f.dst_ip), m.pkt_src_ip, m.pkt_dst_ip]
                     .into_iter()
                     .flatten(),
             );
+            // Sensor flows (normally stored by `store_batch`) are listed for correlation.
+            if f.source == Source::Sensor {
+                let key = chunks::conversation_key(
+                    f.src_ip, f.src_port, f.dst_ip, f.dst_port, f.protocol,
+                );
+                chunk.conversation(id, key);
+            }
         }
         chunk.write(tx)?;
     }
@@ -2514,17 +2405,7 @@ mod tests {
             .expect("q")
             .collect::<Result<_, _>>()
             .expect("q");
-        assert_eq!(idx, ["flows_by_time", "flows_sensor_tuple"]);
-        // The old sensor flow got its conversation key.
-        let key: Option<i64> = s
-            .conn()
-            .query_row(
-                "SELECT tuple_key FROM flows WHERE sensor = 'web-1'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("q");
-        assert_eq!(key, Some(tuple_key("192.0.2.7", 50000, "10.0.0.5", 22, 6)));
+        assert_eq!(idx, ["flows_by_time"]);
         // Three writes: 192.0.2.7 is in the first and third, 2001:db8::7 only in the second.
         s.insert_flows(&[
             cloud_flow("192.0.2.7", 80, 2_000, 1),
@@ -2538,22 +2419,26 @@ mod tests {
             .collect();
         third[3].dst_ip = "192.0.2.7".parse().expect("ip");
         s.insert_flows(&third).expect("insert");
-        let chunks: Vec<(i64, i64, Option<usize>)> = s
+        let chunks: Vec<(i64, i64, Option<usize>, Option<usize>)> = s
             .conn()
-            .prepare("SELECT first_id, last_id, length(addrs) FROM flow_chunks ORDER BY first_id")
+            .prepare(
+                "SELECT first_id, last_id, length(addrs), length(tuples) FROM flow_chunks \
+                 ORDER BY first_id",
+            )
             .expect("q")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .expect("q")
             .collect::<Result<_, _>>()
             .expect("q");
-        // The old flows' chunk, then 3 addresses x 16 bytes, 2 x 16, 3 x 16.
+        // The old flows' chunk (with a sensor flow: conversations unknown), then 3 addresses
+        // x 16 bytes, 2 x 16, 3 x 16, and no sensor flow.
         assert_eq!(
             chunks,
             [
-                (1, 2, None),
-                (3, 4, Some(48)),
-                (5, 5, Some(32)),
-                (6, 10, Some(48))
+                (1, 2, None, None),
+                (3, 4, Some(48), Some(0)),
+                (5, 5, Some(32), Some(0)),
+                (6, 10, Some(48), Some(0))
             ]
         );
         let ids = |q: FlowQuery| -> Vec<i64> {
@@ -2610,48 +2495,109 @@ mod tests {
     }
 
     #[test]
-    fn correlation_finds_sensor_flows_through_their_tuple_index() {
+    fn correlation_reads_conversation_lists_and_the_rows_of_older_chunks() {
         let dir = tempfile::tempdir().expect("tmp");
-        let s = SqliteStore::open(dir.path()).expect("open");
-        let c = s.conn();
-        let mut st = c
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", correlation_sql()))
-            .expect("plan");
-        let plan: Vec<String> = st
-            .query_map(params![0, 1, 2], |r| r.get(3))
-            .expect("plan")
-            .collect::<Result<_, _>>()
-            .expect("plan");
-        let by_tuple = plan
-            .iter()
-            .filter(|l| l.contains("USING INDEX flows_sensor_tuple"))
-            .count();
-        // One per way of the UNION; no full scan of the sensor side.
-        assert_eq!(by_tuple, 4, "{plan:#?}");
-    }
-
-    #[test]
-    fn a_conversation_has_one_key_either_way_round_in_rust_and_sql() {
-        let k = tuple_key("10.0.0.1", 40000, "10.0.0.2", 443, 6);
-        assert_eq!(k, tuple_key("10.0.0.2", 443, "10.0.0.1", 40000, 6));
-        assert_ne!(k, tuple_key("10.0.0.1", 40000, "10.0.0.2", 443, 17));
-        assert_ne!(k, tuple_key("10.0.0.1", 40001, "10.0.0.2", 443, 6));
-        // Address and port do not run into each other.
-        assert_ne!(
-            tuple_key("10.0.0.1", 1, "10.0.0.2", 2, 6),
-            tuple_key("10.0.0.11", 1, "10.0.0.2", 2, 6)
-        );
-        let c = Connection::open_in_memory().expect("db");
-        register_functions(&c).expect("functions");
-        let sql: (i64, Option<i64>) = c
-            .query_row(
-                "SELECT picket_tuple_key('10.0.0.2', 443, '10.0.0.1', 40000, 6), \
-                 picket_tuple_key(NULL, 443, '10.0.0.1', 40000, 6)",
+        let s_ = 1_000_000_000i64;
+        // A version-13 store with a sensor flow: after migrating, its chunk's list is unknown.
+        {
+            let mut c = Connection::open(dir.path().join("picket.db")).expect("open");
+            c.execute_batch(SCHEMA).expect("schema");
+            for (i, m) in MIGRATIONS.iter().enumerate().take(13) {
+                let tx = c.transaction().expect("tx");
+                tx.execute_batch(m).expect("migrate");
+                tx.pragma_update(None, "user_version", (i + 1) as i64)
+                    .expect("v");
+                tx.commit().expect("commit");
+            }
+            c.execute(
+                "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
+                 packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
+                 start_ns, end_ns, observed, initiator_by, partial, end_reason) VALUES \
+                 ('web-1', 'eth0', '10.0.0.5', '192.0.2.7', 22, 50000, 6, 1, 1, 0, 0, 0, 0, \
+                 850000000000, 900000000000, '', '', '', '')",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .expect("sql");
-        assert_eq!(sql, (k, None));
+            .expect("old sensor flow");
+        }
+        let s = SqliteStore::open(dir.path()).expect("open");
+        // A sensor batch now: its chunk lists each flow's conversation (12 bytes each).
+        let mut nat = flow(1);
+        nat.src_ip = vec![10, 0, 0, 9];
+        nat.dst_ip = vec![198, 51, 100, 4];
+        nat.src_port = 41000;
+        nat.start_unix_ns = 1_000 * s_ as u64;
+        nat.end_unix_ns = 1_030 * s_ as u64;
+        let mut late = nat.clone();
+        late.src_port = 41001;
+        late.start_unix_ns = 5_000 * s_ as u64;
+        late.end_unix_ns = 5_030 * s_ as u64;
+        let b = ExportBatch {
+            instance_id: "i1".into(),
+            batch_id: 1,
+            flows: vec![nat, late],
+            ..Default::default()
+        };
+        assert_eq!(s.store_batch("web-2", &b, 1).expect("store"), Stored::New);
+        let lists: Vec<Option<usize>> = s
+            .conn()
+            .prepare("SELECT length(tuples) FROM flow_chunks ORDER BY first_id")
+            .expect("q")
+            .query_map([], |r| r.get(0))
+            .expect("q")
+            .collect::<Result<_, _>>()
+            .expect("q");
+        assert_eq!(lists, [None, Some(24)]);
+        // Cloud records: the old flow seen the other way round; the new one behind NAT (the
+        // log's own addresses are the gateway's, its packet addresses the sensor's); the late
+        // one's conversation over an hour before it happened; and a stranger.
+        let mut back = cloud_flow("192.0.2.7", 22, 910, 1);
+        back.src_port = 50000;
+        back.cloud.vpc = Some("vpc-1".into());
+        let mut behind_nat = cloud_flow("10.0.0.200", 443, 1_040, 1);
+        behind_nat.src_port = 41000;
+        behind_nat.dst_ip = "198.51.100.4".parse().expect("ip");
+        behind_nat.cloud.pkt_src_ip = Some("10.0.0.9".parse().expect("ip"));
+        behind_nat.cloud.pkt_dst_ip = Some("198.51.100.4".parse().expect("ip"));
+        behind_nat.cloud.subnet = Some("subnet-2".into());
+        let mut early = behind_nat.clone();
+        early.src_port = 41001;
+        early.start_ns = 800 * s_;
+        early.end_ns = 860 * s_;
+        let stranger = cloud_flow("203.0.113.1", 22, 1_000, 1);
+        s.insert_flows(&[back, behind_nat, early, stranger])
+            .expect("cloud");
+        let tol = 60 * s_;
+        assert_eq!(s.correlate(0, 10_000 * s_, tol).expect("correlate"), 2);
+        assert_eq!(s.correlate(0, 10_000 * s_, tol).expect("again"), 0);
+        type Link = (i64, i64, Option<String>, Option<String>, String);
+        let linked: Vec<Link> = s
+            .conn()
+            .prepare(
+                "SELECT l.sensor_flow, l.cloud_flow, f.vpc, f.subnet, f.action \
+                 FROM flow_links l JOIN flows f ON f.id = l.sensor_flow ORDER BY 1",
+            )
+            .expect("q")
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .expect("q")
+            .collect::<Result<_, _>>()
+            .expect("q");
+        assert_eq!(
+            linked,
+            [
+                (1, 4, Some("vpc-1".into()), None, "accept".into()),
+                (2, 5, None, Some("subnet-2".into()), "accept".into()),
+            ]
+        );
+        // Cloud records outside the range link nothing; a store of cloud records only has
+        // no conversation list to read.
+        assert_eq!(s.correlate(0, 100 * s_, tol).expect("none"), 0);
+        let cloud_only = tempfile::tempdir().expect("tmp");
+        let c = SqliteStore::open(cloud_only.path()).expect("open");
+        c.insert_flows(&[cloud_flow("203.0.113.1", 22, 1_000, 1)])
+            .expect("cloud");
+        assert_eq!(c.correlate(0, 10_000 * s_, tol).expect("none"), 0);
     }
 
     #[test]

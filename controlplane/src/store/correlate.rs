@@ -1,0 +1,208 @@
+//! Correlation: the sensor flows and cloud flow-log records of one conversation.
+//!
+//! Sensor flows are found through their chunks' conversation lists (chunks.rs), not a per-flow
+//! index: the cloud records of the range are keyed in memory, and only the lists of the sensor
+//! chunks that overlap them in time are read. Each key match is then checked on the rows: the
+//! whole 5-tuple one of four ways (as the sensor's initiator saw it or the other way round,
+//! with the cloud's own addresses or its packet addresses for NAT) and the times.
+
+use std::net::IpAddr;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::chunks::{self, conversation_key};
+
+/// A cloud record of the range: what the key match is checked against.
+struct Cloud {
+    id: i64,
+    start_ns: i64,
+    end_ns: i64,
+}
+
+/// A sensor flow's source and destination addresses (text), ports and protocol.
+type Tuple = (String, String, u16, u16, u8);
+
+/// Links sensor flows to the cloud flows ending in [since_ns, until_ns] (see
+/// `Store::correlate`); returns the new links.
+pub fn correlate(
+    tx: &Transaction<'_>,
+    since_ns: i64,
+    until_ns: i64,
+    tolerance_ns: i64,
+) -> anyhow::Result<u64> {
+    // A store without sensor flows (cloud logs only) has nothing to match.
+    let sensor_chunks: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM flow_chunks WHERE tuples IS NULL OR length(tuples) > 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    if !sensor_chunks {
+        return Ok(0);
+    }
+    // The cloud records, and their keys sorted: (key, index into `cloud`).
+    let mut cloud = Vec::new();
+    let mut keys: Vec<(u64, u32)> = Vec::new();
+    {
+        let mut st = tx.prepare(
+            "SELECT id, start_ns, end_ns, src_ip, src_port, dst_ip, dst_port, protocol, \
+             pkt_src_ip, pkt_dst_ip FROM flows \
+             WHERE end_ns BETWEEN ?1 AND ?2 AND source != 'sensor'",
+        )?;
+        let mut rows = st.query(params![since_ns, until_ns])?;
+        while let Some(r) = rows.next()? {
+            let ip = |i: usize| -> rusqlite::Result<Option<IpAddr>> {
+                Ok(r.get_ref(i)?.as_str_or_null()?.and_then(|t| t.parse().ok()))
+            };
+            let (Some(src), Some(dst)) = (ip(3)?, ip(5)?) else {
+                continue;
+            };
+            let (sp, dp): (u16, u16) = (r.get(4)?, r.get(6)?);
+            let proto: u8 = r.get(7)?;
+            let at = u32::try_from(cloud.len())?;
+            let own = conversation_key(src, sp, dst, dp, proto);
+            keys.push((own, at));
+            if let (Some(ps), Some(pd)) = (ip(8)?, ip(9)?) {
+                let nat = conversation_key(ps, sp, pd, dp, proto);
+                if nat != own {
+                    keys.push((nat, at));
+                }
+            }
+            cloud.push(Cloud {
+                id: r.get(0)?,
+                start_ns: r.get(1)?,
+                end_ns: r.get(2)?,
+            });
+        }
+    }
+    let (Some(lo), Some(hi)) = (
+        cloud.iter().map(|c| c.start_ns).min(),
+        cloud.iter().map(|c| c.end_ns).max(),
+    ) else {
+        return Ok(0);
+    };
+    keys.sort_unstable();
+    // Sensor flows whose key some cloud record has: (sensor flow, cloud record).
+    let mut candidates: Vec<(i64, u32)> = Vec::new();
+    let mut probe = |id: i64, key: u64| {
+        let from = keys.partition_point(|(k, _)| *k < key);
+        candidates.extend(
+            keys[from..]
+                .iter()
+                .take_while(|(k, _)| *k == key)
+                .map(|(_, at)| (id, *at)),
+        );
+    };
+    {
+        let mut st = tx.prepare(
+            "SELECT first_id, last_id, tuples FROM flow_chunks \
+             WHERE max_end_ns >= ?1 AND (min_start_ns IS NULL OR min_start_ns <= ?2) \
+             AND (tuples IS NULL OR length(tuples) > 0)",
+        )?;
+        let mut legacy = tx.prepare(
+            "SELECT id, src_ip, src_port, dst_ip, dst_port, protocol FROM flows \
+             WHERE id BETWEEN ?1 AND ?2 AND source = 'sensor'",
+        )?;
+        let mut rows = st.query(params![lo - tolerance_ns, hi + tolerance_ns])?;
+        while let Some(r) = rows.next()? {
+            let first: i64 = r.get(0)?;
+            match r.get_ref(2)?.as_blob_or_null()? {
+                Some(list) => {
+                    for (id, key) in chunks::conversations(first, list) {
+                        probe(id, key);
+                    }
+                }
+                // Flows stored before the lists existed: their rows are read.
+                None => {
+                    let mut rows = legacy.query(params![first, r.get::<_, i64>(1)?])?;
+                    while let Some(f) = rows.next()? {
+                        let ip = |i: usize| -> rusqlite::Result<Option<IpAddr>> {
+                            Ok(f.get_ref(i)?.as_str_or_null()?.and_then(|t| t.parse().ok()))
+                        };
+                        if let (Some(src), Some(dst)) = (ip(1)?, ip(3)?) {
+                            probe(
+                                f.get(0)?,
+                                conversation_key(src, f.get(2)?, dst, f.get(4)?, f.get(5)?),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut sensor_row = tx.prepare(
+        "SELECT src_ip, dst_ip, src_port, dst_port, protocol, start_ns, end_ns FROM flows \
+         WHERE id = ?1 AND source = 'sensor'",
+    )?;
+    let mut cloud_row = tx.prepare(
+        "SELECT src_ip, dst_ip, src_port, dst_port, protocol, pkt_src_ip, pkt_dst_ip, \
+         vpc, subnet, instance, region, zone, action FROM flows WHERE id = ?1",
+    )?;
+    let mut link =
+        tx.prepare("INSERT OR IGNORE INTO flow_links (sensor_flow, cloud_flow) VALUES (?1, ?2)")?;
+    let mut enrich = tx.prepare(
+        "UPDATE flows SET vpc = COALESCE(vpc, ?2), subnet = COALESCE(subnet, ?3), \
+         instance = COALESCE(instance, ?4), region = COALESCE(region, ?5), \
+         zone = COALESCE(zone, ?6), action = CASE WHEN action = '' THEN ?7 ELSE action END \
+         WHERE id = ?1",
+    )?;
+    let mut new = 0;
+    for (sensor_flow, at) in candidates {
+        let c = &cloud[at as usize];
+        let Some((s, s_start, s_end)) = sensor_row
+            .query_row([sensor_flow], |r| {
+                let tuple: Tuple = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                Ok((tuple, r.get::<_, i64>(5)?, r.get::<_, i64>(6)?))
+            })
+            .optional()?
+        else {
+            continue;
+        };
+        if s_start > c.end_ns + tolerance_ns || s_end < c.start_ns - tolerance_ns {
+            continue;
+        }
+        let (ours, meta) = cloud_row.query_row([c.id], |r| {
+            let ends: [Option<String>; 4] = [r.get(0)?, r.get(1)?, r.get(5)?, r.get(6)?];
+            let ports: (u16, u16, u8) = (r.get(2)?, r.get(3)?, r.get(4)?);
+            let meta: [Option<String>; 6] = [
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+            ];
+            Ok(((ends, ports), meta))
+        })?;
+        let ([src, dst, pkt_src, pkt_dst], (sp, dp, proto)) = ours;
+        let ways = [
+            (&src, &dst, sp, dp),
+            (&dst, &src, dp, sp),
+            (&pkt_src, &pkt_dst, sp, dp),
+            (&pkt_dst, &pkt_src, dp, sp),
+        ];
+        let same = s.4 == proto
+            && ways.iter().any(|(a, b, pa, pb)| {
+                a.as_deref() == Some(s.0.as_str())
+                    && b.as_deref() == Some(s.1.as_str())
+                    && *pa == s.2
+                    && *pb == s.3
+            });
+        if !same {
+            continue;
+        }
+        if link.execute(params![sensor_flow, c.id])? == 1 {
+            new += 1;
+            let [vpc, subnet, instance, region, zone, action] = meta;
+            enrich.execute(params![
+                sensor_flow,
+                vpc,
+                subnet,
+                instance,
+                region,
+                zone,
+                action.unwrap_or_default()
+            ])?;
+        }
+    }
+    Ok(new)
+}
