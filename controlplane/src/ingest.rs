@@ -34,7 +34,9 @@ pub struct Ingest {
 struct Pending {
     sensor: String,
     batch: ExportBatch,
-    done: oneshot::Sender<anyhow::Result<Stored>>,
+    /// The outcome, and the batch back: freeing its thousands of strings is the sensor's
+    /// task's work, not the one writer's.
+    done: oneshot::Sender<(anyhow::Result<Stored>, ExportBatch)>,
 }
 
 /// Flows the writer puts in one transaction at most.
@@ -87,12 +89,12 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
                         };
                         detect_batch(store.as_ref(), d, &p.sensor, &p.batch);
                     }
-                    let _ = p.done.send(r);
+                    let _ = p.done.send((r, p.batch));
                 }
             }
             Err(e) => {
                 for p in group {
-                    let _ = p.done.send(Err(anyhow::anyhow!("{e:#}")));
+                    let _ = p.done.send((Err(anyhow::anyhow!("{e:#}")), p.batch));
                 }
             }
         }
@@ -347,7 +349,10 @@ impl SensorIngest for Ingest {
                     done,
                 };
                 let stored = match writer.send(pending).await {
-                    Ok(()) => outcome.await.map_err(|_| "the batch writer stopped"),
+                    Ok(()) => outcome
+                        .await
+                        .map(|(stored, _batch)| stored)
+                        .map_err(|_| "the batch writer stopped"),
                     Err(_) => Err("the batch writer stopped"),
                 };
                 let ack = match stored {
