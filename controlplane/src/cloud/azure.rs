@@ -19,13 +19,33 @@ pub struct Blob<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct Record<'a> {
-    #[serde(rename = "resourceId", borrow)]
+    #[serde(
+        rename = "resourceId",
+        borrow,
+        default,
+        deserialize_with = "super::borrowed"
+    )]
     pub resource_id: Option<Cow<'a, str>>,
-    #[serde(rename = "flowLogResourceID", borrow)]
+    #[serde(
+        rename = "flowLogResourceID",
+        borrow,
+        default,
+        deserialize_with = "super::borrowed"
+    )]
     pub flow_log_resource_id: Option<Cow<'a, str>>,
-    #[serde(rename = "targetResourceID", borrow)]
+    #[serde(
+        rename = "targetResourceID",
+        borrow,
+        default,
+        deserialize_with = "super::borrowed"
+    )]
     pub target_resource_id: Option<Cow<'a, str>>,
-    #[serde(rename = "macAddress", borrow)]
+    #[serde(
+        rename = "macAddress",
+        borrow,
+        default,
+        deserialize_with = "super::borrowed"
+    )]
     pub mac_address: Option<Cow<'a, str>>,
     #[serde(rename = "flowLogVersion")]
     pub flow_log_version: Option<u32>,
@@ -45,7 +65,7 @@ pub struct NsgProperties<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct NsgRule<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub rule: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub flows: Vec<NsgMacFlows<'a>>,
@@ -53,7 +73,7 @@ pub struct NsgRule<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct NsgMacFlows<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub mac: Option<Cow<'a, str>>,
     #[serde(rename = "flowTuples", borrow, default)]
     pub flow_tuples: Vec<Cow<'a, str>>,
@@ -67,7 +87,12 @@ pub struct VnetFlows<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct VnetAcl<'a> {
-    #[serde(rename = "aclID", borrow)]
+    #[serde(
+        rename = "aclID",
+        borrow,
+        default,
+        deserialize_with = "super::borrowed"
+    )]
     pub acl_id: Option<Cow<'a, str>>,
     #[serde(rename = "flowGroups", borrow, default)]
     pub flow_groups: Vec<VnetGroup<'a>>,
@@ -75,7 +100,7 @@ pub struct VnetAcl<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct VnetGroup<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub rule: Option<Cow<'a, str>>,
     #[serde(rename = "flowTuples", borrow, default)]
     pub flow_tuples: Vec<Cow<'a, str>>,

@@ -49,7 +49,12 @@ pub struct Entry<'a> {
     pub payload: Option<Payload<'a>>,
     #[serde(borrow)]
     pub resource: Option<Resource<'a>>,
-    #[serde(rename = "logName", borrow)]
+    #[serde(
+        rename = "logName",
+        borrow,
+        default,
+        deserialize_with = "super::borrowed"
+    )]
     pub log_name: Option<Cow<'a, str>>,
 }
 
@@ -61,11 +66,11 @@ pub struct Resource<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct Labels<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub project_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub subnetwork_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub location: Option<Cow<'a, str>>,
 }
 
@@ -73,15 +78,15 @@ pub struct Labels<'a> {
 pub struct Payload<'a> {
     #[serde(borrow)]
     pub connection: Option<Connection<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub reporter: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "int")]
     pub bytes_sent: Option<u64>,
     #[serde(default, deserialize_with = "int")]
     pub packets_sent: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub start_time: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub end_time: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "int")]
     pub rtt_msec: Option<u64>,
@@ -101,9 +106,9 @@ pub struct Payload<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct Connection<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub src_ip: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub dest_ip: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "int")]
     pub src_port: Option<u64>,
@@ -115,34 +120,34 @@ pub struct Connection<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct Instance<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub project_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub vm_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub region: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub zone: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Vpc<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub project_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub vpc_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub subnetwork_name: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Location<'a> {
     /// ISO 3166-1 alpha-3, lower case ("usa").
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub country: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub continent: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub city: Option<Cow<'a, str>>,
 }
 
@@ -258,7 +263,7 @@ struct Received<'a> {
 
 #[derive(Deserialize)]
 struct Message<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     data: Option<Cow<'a, str>>,
 }
 
