@@ -913,20 +913,69 @@ fn ingest_section(report: &mut String, quick: bool) {
     .join()
     .expect("ingest");
     cp.stop();
-    let stored = {
-        use controlplane::store::Store as _;
-        controlplane::store::SqliteStore::open(&data)
-            .expect("store")
-            .flow_totals(None)
-            .expect("totals")
-            .records
-    };
+    use controlplane::store::Store as _;
+    let store = controlplane::store::SqliteStore::open(&data).expect("store");
+    let stored = store.flow_totals(None).expect("totals").records;
     let want = (sensors * batches as usize * per) as u64;
     assert_eq!(stored, want, "every acknowledged record is stored once");
     writeln!(
         report,
         "{sensors} simulated sensors on their own connections, {batches} batches of {per} flow records each: {stored} records stored and acknowledged in {secs:.1} s, {:.0} k records/s.\n",
         stored as f64 / secs / 1e3
+    )
+    .ok();
+    // Correlation on that store: cloud records of the same time, every other one a sensor
+    // flow's conversation seen the other way round, the rest strangers.
+    let cloud: Vec<controlplane::model::Flow> = (0..sensors)
+        .flat_map(|sensor| (1..=batches).map(move |id| (sensor, id)))
+        .flat_map(|(sensor, id)| (0..per / 10).map(move |k| (sensor, id, k * 10)))
+        .map(|(sensor, id, k)| {
+            let seen = k % 20 == 0;
+            let start = 1_795_860_000_000_000_000 + id as i64 * 1_000_000_000;
+            controlplane::model::Flow {
+                source: controlplane::model::Source::Aws,
+                observer: "123456789012".into(),
+                interface: "eni-1".into(),
+                start_ns: start,
+                end_ns: start + 60_000_000_000,
+                src_ip: std::net::Ipv4Addr::new(172, 16, (id % 250) as u8, (k % 250) as u8).into(),
+                dst_ip: std::net::Ipv4Addr::new(
+                    if seen { 10 } else { 11 },
+                    (sensor % 250) as u8,
+                    (k >> 8) as u8,
+                    k as u8,
+                )
+                .into(),
+                src_port: [22, 80, 443, 5432][k % 4],
+                dst_port: 40000 + (k as u16 % 20000),
+                protocol: 6,
+                packets: 8,
+                bytes: 4000,
+                reverse_packets: 10,
+                reverse_bytes: 1000,
+                tcp_flags: 0x1b,
+                action: controlplane::model::Action::Accept,
+                sampling_rate: 1.0,
+                cloud: Default::default(),
+            }
+        })
+        .collect();
+    store.insert_flows(&cloud).expect("cloud records");
+    let t0 = Instant::now();
+    let links = store
+        .correlate(0, i64::MAX, controlplane::import::CORRELATION_TOLERANCE_NS)
+        .expect("correlate");
+    let took = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        links as usize,
+        cloud.len() / 2,
+        "every seen conversation is linked"
+    );
+    writeln!(
+        report,
+        "Correlation on that store: {} AWS records of the same minutes, half of them conversations the sensors saw: {links} links in {took:.2} s, {:.0} k records/s.\n",
+        cloud.len(),
+        cloud.len() as f64 / took / 1e3
     )
     .ok();
 }
