@@ -1203,6 +1203,7 @@ pub struct FlowDetectors {
     pub new_service: crate::geo::Novelty,
     pub new_device: crate::geo::Novelty,
     pub reject_storm: RejectStorm,
+    pub exfiltration: crate::exfil::Exfiltration,
 }
 
 impl Default for FlowDetectors {
@@ -1218,6 +1219,7 @@ impl Default for FlowDetectors {
             new_service: Novelty::load(Facet::Service, &[], LEARNING_NS),
             new_device: Novelty::load(Facet::Device, &[], LEARNING_NS),
             reject_storm: RejectStorm::default(),
+            exfiltration: crate::exfil::Exfiltration::default(),
         }
     }
 }
@@ -1247,11 +1249,15 @@ impl FlowDetectors {
                 &store.detector_state(crate::geo::Facet::Device.state_name())?,
                 learning_ns,
             ),
+            exfiltration: crate::exfil::Exfiltration::load(
+                &store.detector_state(crate::exfil::KIND)?,
+                learning_ns,
+            ),
             ..FlowDetectors::default()
         })
     }
 
-    /// Saves what changed in the walks and the countries.
+    /// Saves what changed in the walks, the novelty facets and the outbound baselines.
     pub fn save(&mut self, store: &dyn Store) -> anyhow::Result<()> {
         store.save_detector_state(SLOW_SCAN_STATE, &self.slow_scan.dirty())?;
         store.save_detector_state(crate::geo::Facet::Country.state_name(), &self.geo.dirty())?;
@@ -1262,7 +1268,8 @@ impl FlowDetectors {
         store.save_detector_state(
             crate::geo::Facet::Device.state_name(),
             &self.new_device.dirty(),
-        )
+        )?;
+        store.save_detector_state(crate::exfil::KIND, &self.exfiltration.dirty())
     }
 
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
@@ -1274,6 +1281,7 @@ impl FlowDetectors {
         out.extend(self.new_service.observe(flows));
         out.extend(self.new_device.observe(flows));
         out.extend(self.reject_storm.observe(flows));
+        out.extend(self.exfiltration.observe(flows));
         out.sort_by_key(|u| u.time_ns);
         out
     }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cloud;
 pub mod detect;
 pub mod entities;
+pub mod exfil;
 pub mod geo;
 pub mod https;
 pub mod import;

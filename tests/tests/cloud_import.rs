@@ -1106,3 +1106,68 @@ fn rejects_from_many_sources_at_one_address_are_a_reject_storm() {
     assert_eq!(last["distinct_sources"], 12, "{b}");
     assert_eq!(last["ports"], serde_json::json!([8443, 9200]), "{b}");
 }
+
+/// A host's usual uploads (about 1 MB an hour for 30 hours), then an hour of 300 MB to a new
+/// address: one data_exfiltration alert about the host, naming where the bytes went, once
+/// the learning period (`--learning-days 1` here) is over. The same upload during learning
+/// raises nothing.
+#[test]
+fn an_upload_far_above_the_hosts_baseline_is_data_exfiltration() {
+    use std::fmt::Write as _;
+    let dir = TempDir::new("exfil");
+    let t0 = 1_795_860_000u64;
+    let rec = |text: &mut String, dst: &str, t: u64, bytes: u64| {
+        writeln!(
+            text,
+            "2 123456789010 eni-0b1 10.0.0.5 {dst} 50000 443 6 {} {bytes} {t} {} ACCEPT OK",
+            bytes / 1000,
+            t + 60
+        )
+        .expect("write");
+    };
+    let mut usual = String::new();
+    for h in 0..30 {
+        rec(
+            &mut usual,
+            "203.0.113.9",
+            t0 + h * 3600,
+            900_000 + (h % 3) * 100_000,
+        );
+    }
+    let mut spike = usual.clone();
+    rec(&mut spike, "198.51.100.7", t0 + 30 * 3600, 300_000_000);
+    // During learning (a 2-day period), nothing.
+    let early = dir.0.join("early");
+    let f = dir.0.join("spike.log");
+    std::fs::write(&f, &spike).expect("write");
+    let out = summary(&import(
+        &early,
+        &["aws", f.to_str().expect("utf8"), "--learning-days", "2"],
+        None,
+    ));
+    assert!(!out.contains("alert #"), "{out}");
+    let data = dir.0.join("data");
+    let out = summary(&import(
+        &data,
+        &["aws", f.to_str().expect("utf8"), "--learning-days", "1"],
+        None,
+    ));
+    assert_eq!(out.matches("alert #").count(), 1, "{out}");
+    assert!(
+        out.contains("alert #1: medium data_exfiltration from 10.0.0.5 against 198.51.100.7"),
+        "{out}"
+    );
+    let body: String = db(&data)
+        .query_row(
+            "SELECT body FROM alerts WHERE type = 'data_exfiltration'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("one alert");
+    let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let o = &b["observations"][0];
+    assert_eq!(o["bytes"], 300e6, "{b}");
+    assert_eq!(o["baseline_median_bytes"], 1e6, "{b}");
+    assert_eq!(o["threshold_bytes"], 100e6, "{b}");
+    assert_eq!(o["baseline_hours"], 30, "{b}");
+}
