@@ -1287,6 +1287,110 @@ impl FlowDetectors {
     }
 }
 
+/// The baseline detectors over sensor flows: the novelty facets and the outbound baselines of
+/// `FlowDetectors`, learned from what sensors see. Their state names start with
+/// [`SENSOR_STATE_PREFIX`], so an import's detectors and the ingest's never overwrite each
+/// other's state. (Scans in sensor traffic are the kernel's to report; the watchlist is checked
+/// on the writer thread.)
+pub struct SensorBaselines {
+    pub geo: crate::geo::Novelty,
+    pub new_service: crate::geo::Novelty,
+    pub new_device: crate::geo::Novelty,
+    pub exfiltration: crate::exfil::Exfiltration,
+}
+
+/// Prefix of the sensor baselines' state names in the store.
+pub const SENSOR_STATE_PREFIX: &str = "sensor/";
+
+impl SensorBaselines {
+    /// Nothing learned yet.
+    pub fn new(learning_ns: i64) -> Self {
+        use crate::geo::{Facet, Novelty};
+        SensorBaselines {
+            geo: Novelty::load(Facet::Country, &[], learning_ns),
+            new_service: Novelty::load(Facet::Service, &[], learning_ns),
+            new_device: Novelty::load(Facet::Device, &[], learning_ns),
+            exfiltration: crate::exfil::Exfiltration::load(&[], learning_ns),
+        }
+    }
+
+    /// What was learned before, from `store`.
+    pub fn load(store: &dyn Store, learning_ns: i64) -> anyhow::Result<Self> {
+        use crate::geo::{Facet, Novelty};
+        let state = |name: &str| store.detector_state(&format!("{SENSOR_STATE_PREFIX}{name}"));
+        let facet = |f: Facet| -> anyhow::Result<Novelty> {
+            Ok(Novelty::load(f, &state(f.state_name())?, learning_ns))
+        };
+        Ok(SensorBaselines {
+            geo: facet(Facet::Country)?,
+            new_service: facet(Facet::Service)?,
+            new_device: facet(Facet::Device)?,
+            exfiltration: crate::exfil::Exfiltration::load(
+                &state(crate::exfil::KIND)?,
+                learning_ns,
+            ),
+        })
+    }
+
+    /// Saves what changed since the last save.
+    pub fn save(&mut self, store: &dyn Store) -> anyhow::Result<()> {
+        use crate::geo::Facet;
+        for (name, dirty) in [
+            (Facet::Country.state_name(), self.geo.dirty()),
+            (Facet::Service.state_name(), self.new_service.dirty()),
+            (Facet::Device.state_name(), self.new_device.dirty()),
+            (crate::exfil::KIND, self.exfiltration.dirty()),
+        ] {
+            store.save_detector_state(&format!("{SENSOR_STATE_PREFIX}{name}"), &dirty)?;
+        }
+        Ok(())
+    }
+
+    pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
+        let mut out = self.geo.observe(flows);
+        out.extend(self.new_service.observe(flows));
+        out.extend(self.new_device.observe(flows));
+        out.extend(self.exfiltration.observe(flows));
+        out.sort_by_key(|u| u.time_ns);
+        out
+    }
+}
+
+/// A sensor's flow record in the common model, as the baseline detectors read it. A sensor sees
+/// no firewall verdict: a conversation whose other end answered (for TCP, an ACK without a
+/// RST) counts as accepted; one that was not answered is unknown.
+pub fn sensor_flow(sensor: &str, f: &picket_proto::v1::FlowRecord) -> Option<Flow> {
+    const ACK: u32 = 0x10;
+    let (src_ip, dst_ip) = (ip_addr(&f.src_ip).ok()?, ip_addr(&f.dst_ip).ok()?);
+    let answered = f.reverse_packets > 0
+        && (f.protocol != u32::from(TCP)
+            || (f.reverse_tcp_flags & ACK != 0 && f.reverse_tcp_flags & u32::from(RST) == 0));
+    Some(Flow {
+        source: crate::model::Source::Sensor,
+        observer: sensor.to_string(),
+        interface: f.iface.clone(),
+        start_ns: i64::try_from(f.start_unix_ns).ok()?,
+        end_ns: i64::try_from(f.end_unix_ns).ok()?,
+        src_ip,
+        dst_ip,
+        src_port: u16::try_from(f.src_port).ok()?,
+        dst_port: u16::try_from(f.dst_port).ok()?,
+        protocol: u8::try_from(f.protocol).ok()?,
+        packets: f.packets,
+        bytes: f.bytes,
+        reverse_packets: f.reverse_packets,
+        reverse_bytes: f.reverse_bytes,
+        tcp_flags: u8::try_from(f.tcp_flags & 0xff).unwrap_or(0),
+        action: if answered {
+            Action::Accept
+        } else {
+            Action::Unknown
+        },
+        sampling_rate: 1.0,
+        cloud: Default::default(),
+    })
+}
+
 /// The allowlist (`Store::allowlist`): sources whose alerts of a type, or of every type, are
 /// not raised, such as a sanctioned vulnerability scanner.
 #[derive(Default)]

@@ -34,9 +34,63 @@ pub struct Ingest {
 struct Pending {
     sensor: String,
     batch: ExportBatch,
-    /// The outcome, and the batch back: freeing its thousands of strings is the sensor's
-    /// task's work, not the one writer's.
-    done: oneshot::Sender<(anyhow::Result<Stored>, ExportBatch)>,
+    done: oneshot::Sender<anyhow::Result<Stored>>,
+}
+
+/// Batches waiting for the baseline detectors; the writer waits when it is full, so nothing is
+/// skipped (the bench measures what that costs the ingest).
+const DETECT_QUEUE: usize = 64;
+/// How often the baseline detectors save what they learned.
+const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The thread of the baseline detectors over sensor flows (`detect::SensorBaselines`). It also
+/// frees each batch: its thousands of strings are not the one writer's work. A batch that was
+/// not newly stored (a replay, or one that failed) is only freed.
+fn baselines(
+    store: Arc<dyn Store>,
+    learning_ns: i64,
+    rx: std::sync::mpsc::Receiver<(String, ExportBatch, bool)>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut d =
+        crate::detect::SensorBaselines::load(store.as_ref(), learning_ns).unwrap_or_else(|e| {
+            warn!(error = %format!("{e:#}"), "reading the sensor baselines failed; learning anew");
+            crate::detect::SensorBaselines::new(learning_ns)
+        });
+    let mut saved = std::time::Instant::now();
+    let mut flows = Vec::new();
+    loop {
+        let stop = match rx.recv_timeout(SAVE_INTERVAL) {
+            Ok((sensor, batch, new)) => {
+                if new {
+                    flows.clear();
+                    flows.extend(
+                        batch
+                            .flows
+                            .iter()
+                            .filter_map(|f| crate::detect::sensor_flow(&sensor, f)),
+                    );
+                    drop(batch);
+                    let updates = d.observe(&flows);
+                    if let Err(e) = crate::detect::record(store.as_ref(), &updates) {
+                        warn!(sensor, error = %format!("{e:#}"), "baseline alerts could not be recorded");
+                    }
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if stop || saved.elapsed() >= SAVE_INTERVAL {
+            if let Err(e) = d.save(store.as_ref()) {
+                warn!(error = %format!("{e:#}"), "saving the sensor baselines failed (retried)");
+            }
+            saved = std::time::Instant::now();
+        }
+        if stop {
+            break;
+        }
+    }
 }
 
 /// Flows the writer puts in one transaction at most.
@@ -46,7 +100,11 @@ const GROUP_FLOWS: usize = 50_000;
 /// transaction was being written goes into the next one (group commit): a transaction's cost
 /// is mostly the index pages it dirties, so one transaction of 50 batches costs far less than
 /// 50 of one batch each. Each batch is acknowledged only after its transaction commits.
-fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
+fn writer(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Pending>,
+    to_baselines: std::sync::mpsc::SyncSender<(String, ExportBatch, bool)>,
+) {
     // Detector state lives with the one thread that sees every batch.
     let mut logins = crate::detect::LoginBruteForce::default();
     let load_watchlist = || {
@@ -82,19 +140,22 @@ fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Pending>) {
         match results {
             Ok(results) => {
                 for (p, r) in group.into_iter().zip(results) {
-                    if matches!(r, Ok(Stored::New)) {
+                    let new = matches!(r, Ok(Stored::New));
+                    if new {
                         let d = Detectors {
                             logins: &mut logins,
                             watchlist: &mut watchlist,
                         };
                         detect_batch(store.as_ref(), d, &p.sensor, &p.batch);
                     }
-                    let _ = p.done.send((r, p.batch));
+                    let _ = p.done.send(r);
+                    let _ = to_baselines.send((p.sensor, p.batch, new));
                 }
             }
             Err(e) => {
                 for p in group {
-                    let _ = p.done.send((Err(anyhow::anyhow!("{e:#}")), p.batch));
+                    let _ = p.done.send(Err(anyhow::anyhow!("{e:#}")));
+                    let _ = to_baselines.send((p.sensor, p.batch, false));
                 }
             }
         }
@@ -156,12 +217,20 @@ fn detect_batch(store: &dyn Store, d: Detectors<'_>, sensor: &str, batch: &Expor
 }
 
 impl Ingest {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// The ingest service, its writer thread and the baseline detectors' thread;
+    /// `learning_ns` is the baseline detectors' learning period.
+    pub fn new(store: Arc<dyn Store>, learning_ns: i64) -> Self {
         let (writer, rx) = mpsc::channel(1024);
+        let (to_baselines, baselines_rx) = std::sync::mpsc::sync_channel(DETECT_QUEUE);
+        let s = store.clone();
+        std::thread::Builder::new()
+            .name("sensor-baselines".into())
+            .spawn(move || self::baselines(s, learning_ns, baselines_rx))
+            .expect("spawning the baseline detectors' thread");
         let s = store.clone();
         std::thread::Builder::new()
             .name("batch-writer".into())
-            .spawn(move || self::writer(s, rx))
+            .spawn(move || self::writer(s, rx, to_baselines))
             .expect("spawning the batch writer thread");
         Ingest { store, writer }
     }
@@ -349,10 +418,7 @@ impl SensorIngest for Ingest {
                     done,
                 };
                 let stored = match writer.send(pending).await {
-                    Ok(()) => outcome
-                        .await
-                        .map(|(stored, _batch)| stored)
-                        .map_err(|_| "the batch writer stopped"),
+                    Ok(()) => outcome.await.map_err(|_| "the batch writer stopped"),
                     Err(_) => Err("the batch writer stopped"),
                 };
                 let ack = match stored {

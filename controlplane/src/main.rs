@@ -433,13 +433,7 @@ fn main() -> ExitCode {
                 grpc_listen,
                 http_listen,
                 tls,
-                watch_dir.map(|d| {
-                    (
-                        d,
-                        gcp_sampling_rate,
-                        learning_days as i64 * 86_400_000_000_000,
-                    )
-                }),
+                watch_dir.map(|d| (d, gcp_sampling_rate)),
                 controlplane::store::Retention {
                     raw_ns: retention_raw_days as i64 * DAY,
                     minute_ns: retention_1m_days as i64 * DAY,
@@ -451,6 +445,7 @@ fn main() -> ExitCode {
                         _ => None,
                     },
                     maintenance_interval: std::time::Duration::from_secs(maintenance_interval),
+                    learning_ns: learning_days as i64 * DAY,
                     public_url,
                     retry: controlplane::notify::Retry {
                         max_attempts: notify_max_attempts,
@@ -1040,6 +1035,8 @@ fn first_admin(store: &dyn Store) -> anyhow::Result<()> {
 struct Notifying {
     https: Option<Arc<rustls::ServerConfig>>,
     maintenance_interval: std::time::Duration,
+    /// The baseline detectors' learning period (imports of the watched directory, sensor flows).
+    learning_ns: i64,
     public_url: Option<String>,
     retry: controlplane::notify::Retry,
 }
@@ -1049,7 +1046,7 @@ fn serve(
     grpc: SocketAddr,
     http: SocketAddr,
     tls: Option<ServerTlsConfig>,
-    watch: Option<(PathBuf, f64, i64)>,
+    watch: Option<(PathBuf, f64)>,
     retention: controlplane::store::Retention,
     notifying: Notifying,
 ) -> anyhow::Result<()> {
@@ -1133,7 +1130,8 @@ fn serve(
                 }
             })?;
     }
-    if let Some((dir, rate, learning_ns)) = watch {
+    let learning_ns = notifying.learning_ns;
+    if let Some((dir, rate)) = watch {
         if !(rate > 0.0 && rate <= 1.0) {
             anyhow::bail!("--gcp-sampling-rate must be in (0, 1], got {rate}");
         }
@@ -1211,7 +1209,7 @@ fn serve(
         if tls.is_none() {
             warn!("the sensor ingest is plain text (no --tls-cert): sensor keys travel in clear");
         }
-        let svc = SensorIngestServer::new(Ingest::new(store))
+        let svc = SensorIngestServer::new(Ingest::new(store, learning_ns))
             .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
         let shutdown = async {
             let mut term =

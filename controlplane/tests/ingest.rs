@@ -22,13 +22,18 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_learning(controlplane::geo::LEARNING_NS).await
+}
+
+/// A server whose baseline detectors learn for `learning_ns`.
+async fn server_learning(learning_ns: i64) -> Server {
     let dir = tempfile::tempdir().expect("tmp");
     let store = SqliteStore::open(dir.path()).expect("store");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
-    let svc = SensorIngestServer::new(Ingest::new(store.clone() as Arc<dyn Store>))
+    let svc = SensorIngestServer::new(Ingest::new(store.clone() as Arc<dyn Store>, learning_ns))
         .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -256,4 +261,107 @@ async fn malformed_and_oversized_batches_are_refused_and_store_nothing() {
         .await
         .expect("good batch");
     assert_eq!(acks, vec![(1, false)]);
+}
+
+/// Sensor flows feed the baseline detectors on their own thread. After a day of learning, a
+/// session from a country new to the server, a port it serves for the first time and a device
+/// new to its network are alerts. Only answered sessions teach or alert: a SYN nobody answered
+/// is nothing. What was learned is saved when the ingest stops.
+#[tokio::test]
+async fn sensor_flows_feed_the_baseline_detectors() {
+    const DAY: u64 = 86_400_000_000_000;
+    let s = server_learning(DAY as i64).await;
+    let key = add(&s.store, "web-1");
+    let mut c = client(s.addr).await;
+    let t0 = 1_795_860_000_000_000_000u64;
+    let session = |src: [u8; 4], dport: u32, t: u64, answered: bool| FlowRecord {
+        iface: "eth0".into(),
+        src_ip: src.to_vec(),
+        dst_ip: vec![10, 0, 0, 22],
+        src_port: 50000,
+        dst_port: dport,
+        protocol: 6,
+        packets: 10,
+        bytes: 2000,
+        reverse_packets: if answered { 8 } else { 0 },
+        reverse_bytes: if answered { 4000 } else { 0 },
+        tcp_flags: if answered { 0x1b } else { 0x02 },
+        reverse_tcp_flags: if answered { 0x1b } else { 0 },
+        start_unix_ns: t,
+        end_unix_ns: t + 1_000_000_000,
+        ..Default::default()
+    };
+    let learning = vec![
+        session([8, 8, 8, 8], 22, t0, true),
+        session([10, 0, 0, 5], 22, t0, true),
+    ];
+    let later = vec![
+        session([1, 0, 16, 1], 22, t0 + 2 * DAY, true),
+        session([8, 8, 8, 8], 8080, t0 + 2 * DAY, true),
+        session([8, 8, 8, 8], 9999, t0 + 2 * DAY, false),
+        session([10, 0, 7, 7], 22, t0 + 2 * DAY, true),
+        session([10, 0, 8, 8], 22, t0 + 2 * DAY, false),
+    ];
+    let acks = export(&mut c, &key, vec![batch(1, learning), batch(2, later)])
+        .await
+        .expect("export");
+    assert_eq!(acks, vec![(1, false), (2, false)]);
+    let alerts = || -> Vec<(String, String, Vec<String>)> {
+        let q = controlplane::alerts::AlertQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        let mut a: Vec<_> = s
+            .store
+            .alerts(&q)
+            .expect("alerts")
+            .into_iter()
+            .map(|a| (a.kind, a.source, a.targets))
+            .collect();
+        a.sort();
+        a
+    };
+    // The detectors run beside the writer: their alerts come shortly after the ack.
+    let t = std::time::Instant::now();
+    while alerts().len() < 3 && t.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let s_ = |v: &str| v.to_string();
+    assert_eq!(
+        alerts(),
+        [
+            (
+                s_("geo_unusual_access"),
+                s_("10.0.0.22"),
+                vec![s_("1.0.16.1 (JP)")]
+            ),
+            (
+                s_("new_internal_device"),
+                s_("10.0.0.0/16"),
+                vec![s_("10.0.7.7")]
+            ),
+            (s_("new_service"), s_("10.0.0.22"), vec![s_("8080/tcp")]),
+        ]
+    );
+    // Stopping the ingest saves what the detectors learned, under the sensor prefix.
+    drop(c);
+    s._task.abort();
+    let saved = || s.store.detector_state("sensor/geo_access").expect("state");
+    let t = std::time::Instant::now();
+    while saved().is_empty() && t.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let saved = saved();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert_eq!(saved[0].0, "10.0.0.22");
+    assert!(
+        saved[0].1.contains("\"JP\"") && saved[0].1.contains("\"US\""),
+        "{saved:?}"
+    );
+    assert!(
+        s.store
+            .detector_state("geo_access")
+            .expect("state")
+            .is_empty()
+    );
 }
