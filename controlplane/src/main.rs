@@ -81,8 +81,9 @@ enum Cmd {
         /// link to their alert there.
         #[arg(long, value_name = "URL")]
         public_url: Option<String>,
-        /// Days (data time) an entity's inbound sessions are learned before a new country is a
-        /// `geo_unusual_access` alert (for cloud flow logs of the watched directory).
+        /// Days (data time) the baseline detectors learn an entity before what is new to it is an
+        /// alert: geo_unusual_access, new_service, new_internal_device, data_exfiltration
+        /// (for sensor flows and the watched directory's cloud flow logs).
         #[arg(long, value_name = "DAYS", default_value_t = 36)]
         learning_days: u32,
         /// Seconds between maintenance passes: rollups (which the entity views read), retention,
@@ -173,8 +174,8 @@ enum Cmd {
         /// that counts and detection thresholds can be scaled.
         #[arg(long, value_name = "RATE", default_value_t = controlplane::import::GCP_DEFAULT_SAMPLING)]
         sampling_rate: f64,
-        /// Days (data time) an entity's inbound sessions are learned before a new country is a
-        /// `geo_unusual_access` alert.
+        /// Days (data time) the baseline detectors learn an entity before what is new to it is an
+        /// alert: geo_unusual_access, new_service, new_internal_device, data_exfiltration.
         #[arg(long, value_name = "DAYS", default_value_t = 36)]
         learning_days: u32,
     },

@@ -164,7 +164,7 @@ fn main() -> anyhow::Result<()> {
             if !args.is_empty() {
                 return Ok(());
             }
-            // Detection against real scanners (about 30 s).
+            // Detection against real scanners, and the same traffic as cloud flow logs (about 60 s).
             run(&mut Command::new(root().join("target/debug/picket-eval")))?;
             if no_kernel_matrix {
                 return Ok(());

@@ -35,6 +35,9 @@ struct Case {
     run: fn(&Lab, &str),
     /// `src` is on the allowlist (a sanctioned scanner).
     allowlisted: bool,
+    /// Whether cloud flow logs alone can show it: their records are one direction each, so an
+    /// unanswered UDP probe looks like any UDP request whose answer is another record.
+    logs: bool,
 }
 
 fn nmap(lab: &Lab, src: &str, args: &[&str]) {
@@ -67,6 +70,7 @@ fn cases() -> Vec<Case> {
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sS", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "nmap FIN scan (-sF), 200 ports",
@@ -75,6 +79,7 @@ fn cases() -> Vec<Case> {
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sF", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "nmap NULL scan (-sN), 200 ports",
@@ -83,6 +88,7 @@ fn cases() -> Vec<Case> {
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sN", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "nmap Xmas scan (-sX), 200 ports",
@@ -91,6 +97,7 @@ fn cases() -> Vec<Case> {
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sX", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "nmap ACK scan (-sA), 200 ports",
@@ -99,6 +106,7 @@ fn cases() -> Vec<Case> {
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sA", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "nmap UDP scan (-sU), 100 ports",
@@ -113,6 +121,7 @@ fn cases() -> Vec<Case> {
                 )
             },
             allowlisted: false,
+            logs: false,
         },
         Case {
             name: "hping3 SYN probes, 60 incrementing ports",
@@ -129,6 +138,7 @@ fn cases() -> Vec<Case> {
                 );
             },
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "nmap SYN sweep of port 22 over 40 hosts",
@@ -137,6 +147,7 @@ fn cases() -> Vec<Case> {
             snort: "yes",
             run: |lab, src| nmap(lab, src, &["-sS", "-p", "22", &sweep_targets(lab)]),
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "benign: a client opening 200 connections to one web port",
@@ -156,6 +167,7 @@ fn cases() -> Vec<Case> {
                 .expect("client");
             },
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "benign: a metrics scraper connecting to port 9100 of 40 hosts",
@@ -175,6 +187,7 @@ fn cases() -> Vec<Case> {
                 .expect("scraper");
             },
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "benign: a DNS resolver querying port 53 of 40 hosts (UDP, answered)",
@@ -200,6 +213,7 @@ fn cases() -> Vec<Case> {
                 .expect("resolver");
             },
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "benign: a NAT gateway's connections to 4 ports of 40 hosts (answered)",
@@ -222,6 +236,7 @@ fn cases() -> Vec<Case> {
                 .expect("gateway");
             },
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "benign: load-balancer health checks, 10 backends every 100 ms for 3 s",
@@ -246,6 +261,7 @@ fn cases() -> Vec<Case> {
                 .expect("health checks");
             },
             allowlisted: false,
+            logs: true,
         },
         Case {
             name: "benign: the sanctioned vulnerability scanner (allowlisted), SYN scan",
@@ -254,6 +270,7 @@ fn cases() -> Vec<Case> {
             snort: "alert unless ignored by configuration",
             run: |lab, src| nmap(lab, src, &["-sS", "-p", "1-200", &lab.ip_b]),
             allowlisted: true,
+            logs: true,
         },
     ]
 }
@@ -281,6 +298,130 @@ fn socket2_connect(from: SocketAddr, to: SocketAddr) -> TcpStream {
     s.connect_timeout(&to.into(), Duration::from_secs(5))
         .expect("connect");
     s.into()
+}
+
+/// Every flow the control plane stored, oldest first, through the REST API's pages.
+fn stored_flows(cp: &ControlPlane) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut path = "/api/v1/flows?limit=1000".to_string();
+    loop {
+        let (status, body) = cp.get(&path);
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        out.extend(v["flows"].as_array().cloned().unwrap_or_default());
+        match v["next_cursor"].as_str() {
+            Some(c) => path = format!("/api/v1/flows?limit=1000&cursor={c}"),
+            None => break,
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// The sensor's flows as the clouds would log them: one record per direction that carried
+/// packets (a cloud log has no joined conversation), every record accepted, as by a security
+/// group or firewall rule that lets the lab's traffic in. AWS VPC Flow Logs v2 lines and GCP
+/// VPC Flow Logs entries (Cloud Logging NDJSON, unsampled).
+fn cloud_logs(flows: &[Value]) -> (String, String) {
+    let (mut aws, mut gcp) = (String::new(), String::new());
+    for (i, f) in flows.iter().enumerate() {
+        let n = |k: &str| f[k].as_u64().unwrap_or(0);
+        let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
+        let (start_ns, end_ns) = (n("start_ns"), n("end_ns"));
+        let forward = (
+            s("src_ip"),
+            s("dst_ip"),
+            n("src_port"),
+            n("dst_port"),
+            n("packets"),
+            n("bytes"),
+        );
+        let reverse = (
+            s("dst_ip"),
+            s("src_ip"),
+            n("dst_port"),
+            n("src_port"),
+            n("reverse_packets"),
+            n("reverse_bytes"),
+        );
+        for (d, (src, dst, sport, dport, packets, bytes)) in
+            [forward, reverse].into_iter().enumerate()
+        {
+            if packets == 0 {
+                continue;
+            }
+            let proto = n("protocol");
+            writeln!(
+                aws,
+                "2 123456789012 eni-0a1b2c3d4e5f60718 {src} {dst} {sport} {dport} {proto} {packets} {bytes} {} {} ACCEPT OK",
+                start_ns / 1_000_000_000,
+                end_ns.div_ceil(1_000_000_000).max(start_ns / 1_000_000_000),
+            )
+            .ok();
+            let entry = serde_json::json!({
+                "insertId": format!("{i}-{d}"),
+                "jsonPayload": {
+                    "connection": {
+                        "src_ip": src, "dest_ip": dst, "src_port": sport, "dest_port": dport,
+                        "protocol": proto,
+                    },
+                    "bytes_sent": bytes.to_string(),
+                    "packets_sent": packets.to_string(),
+                    "start_time": f["start"],
+                    "end_time": f["end"],
+                    "reporter": "DEST",
+                },
+                "logName": "projects/picket-eval/logs/compute.googleapis.com%2Fvpc_flows",
+                "resource": {"type": "gce_subnetwork", "labels": {
+                    "project_id": "picket-eval", "subnetwork_name": "lab",
+                    "location": "us-central1-a"}},
+                "timestamp": f["end"],
+            });
+            writeln!(gcp, "{entry}").ok();
+        }
+    }
+    (aws, gcp)
+}
+
+/// Imports `text` as `provider`'s flow logs into a new store (the sanctioned scanner on its
+/// allowlist) and returns its alerts: source -> (type, severity).
+fn import_logs(
+    dir: &std::path::Path,
+    provider: &str,
+    text: &str,
+    allowlisted: &[String],
+) -> std::collections::HashMap<String, (String, String)> {
+    let data = dir.join(format!("logs-{provider}"));
+    for src in allowlisted {
+        let o = std::process::Command::new(tests::bin("picket-controlplane"))
+            .args(["allowlist", "--data-dir"])
+            .arg(&data)
+            .args(["add", src, "--label", "sanctioned scanner"])
+            .output()
+            .expect("allowlist add");
+        assert!(o.status.success(), "{o:?}");
+    }
+    let file = dir.join(format!("{provider}.log"));
+    std::fs::write(&file, text).expect("write the log");
+    let o = std::process::Command::new(tests::bin("picket-controlplane"))
+        .args(["import", provider, "--data-dir"])
+        .arg(&data)
+        .args(["--sampling-rate", "1"])
+        .arg(&file)
+        .output()
+        .expect("import");
+    assert!(o.status.success(), "{o:?}");
+    use controlplane::store::Store as _;
+    let store = controlplane::store::SqliteStore::open(&data).expect("store");
+    store
+        .alerts(&controlplane::alerts::AlertQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .expect("alerts")
+        .into_iter()
+        .map(|a| (a.source, (a.kind, a.severity)))
+        .collect()
 }
 
 fn alerts(cp: &ControlPlane) -> Vec<Value> {
@@ -419,22 +560,69 @@ fn main() {
         );
         rows.push((case, ok, detected, latency));
     }
+    // The sensor flushes its flows as it stops; then the same traffic goes through each
+    // cloud's flow logs alone, into stores of their own.
     sensor.stop();
+    let flows = stored_flows(&cp);
     cp.stop();
+    let (aws, gcp) = cloud_logs(&flows);
+    let allowlisted: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.allowlisted)
+        .map(|(i, _)| format!("{prefix}.{}", 11 + i))
+        .collect();
+    let from_logs = [
+        import_logs(&dir.0, "aws", &aws, &allowlisted),
+        import_logs(&dir.0, "gcp", &gcp, &allowlisted),
+    ];
+    println!(
+        "\nthe same traffic as {} AWS and {} GCP flow log records:",
+        aws.lines().count(),
+        gcp.lines().count()
+    );
+    let mut logs_columns = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let src = format!("{prefix}.{}", 11 + i);
+        let mut cols = Vec::new();
+        for (provider, alerts) in ["AWS", "GCP"].iter().zip(&from_logs) {
+            let got = alerts.get(&src);
+            let right = match (case.expect, got) {
+                (Expect::Alert(k), Some((kind, _))) => kind == k,
+                (Expect::Nothing, None) => true,
+                _ => false,
+            };
+            let text = match got {
+                Some((kind, severity)) if right => format!("{kind} ({severity})"),
+                Some((kind, _)) => format!("FAIL: {kind}"),
+                None if right => "nothing (right)".into(),
+                None if !case.logs => "nothing (one-way records)".into(),
+                None => "FAIL: nothing".into(),
+            };
+            if !right && case.logs {
+                failed += 1;
+            }
+            println!("  {provider} {:<74} {text}", case.name);
+            cols.push(text);
+        }
+        logs_columns.push(cols);
+    }
 
     let mut report = String::from(
-        "| case | expected | Picket | alert after | Zeek (published) | Snort 3 (published) |\n|---|---|---|---|---|---|\n",
+        "| case | expected | Picket (sensor) | alert after | Picket (AWS logs alone) | Picket (GCP logs alone) | Zeek (published) | Snort 3 (published) |\n|---|---|---|---|---|---|---|---|\n",
     );
-    for (case, ok, detected, latency) in &rows {
+    for ((case, ok, detected, latency), logs) in rows.iter().zip(&logs_columns) {
         let expected = match case.expect {
             Expect::Alert(k) => k,
             Expect::Nothing => "no alert",
         };
         writeln!(
             report,
-            "| {} | {expected} | {}{detected} | {latency} | {} | {} |",
+            "| {} | {expected} | {}{detected} | {latency} | {} | {} | {} | {} |",
             case.name,
             if *ok { "" } else { "FAIL: " },
+            logs[0],
+            logs[1],
             case.zeek,
             case.snort
         )
