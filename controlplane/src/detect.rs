@@ -1359,7 +1359,7 @@ impl SensorBaselines {
 /// A sensor's flow record in the common model, as the baseline detectors read it. A sensor sees
 /// no firewall verdict: a conversation whose other end answered (for TCP, an ACK without a
 /// RST) counts as accepted; one that was not answered is unknown.
-pub fn sensor_flow(sensor: &str, f: &picket_proto::v1::FlowRecord) -> Option<Flow> {
+pub fn sensor_flow(sensor: &str, f: picket_proto::v1::FlowRecord) -> Option<Flow> {
     const ACK: u32 = 0x10;
     let (src_ip, dst_ip) = (ip_addr(&f.src_ip).ok()?, ip_addr(&f.dst_ip).ok()?);
     let answered = f.reverse_packets > 0
@@ -1368,7 +1368,7 @@ pub fn sensor_flow(sensor: &str, f: &picket_proto::v1::FlowRecord) -> Option<Flo
     Some(Flow {
         source: crate::model::Source::Sensor,
         observer: sensor.to_string(),
-        interface: f.iface.clone(),
+        interface: f.iface,
         start_ns: i64::try_from(f.start_unix_ns).ok()?,
         end_ns: i64::try_from(f.end_unix_ns).ok()?,
         src_ip,

@@ -81,25 +81,42 @@ impl Facet {
         }
     }
 
-    /// The entity and what it learns from `f`, if `f` teaches this facet anything.
-    fn key(self, f: &Flow) -> Option<(IpAddr, String)> {
+    /// The entity and what it learns from `f`, if `f` teaches this facet anything, with the
+    /// key unformatted: the address (device), the port (service), the country code's letters.
+    fn raw(self, f: &Flow) -> Option<(IpAddr, u128)> {
         if f.action != Action::Accept {
             return None;
         }
         // Devices are learned from the side that starts sessions; countries and services
         // about the internal side that answers.
         match self {
-            Facet::Device => crate::store::internal(&f.src_ip)
-                .then(|| (device_network(f.src_ip), f.src_ip.to_string())),
+            Facet::Device => crate::store::internal(&f.src_ip).then(|| {
+                let key = u128::from_be_bytes(crate::store::chunks::key(f.src_ip));
+                (device_network(f.src_ip), key)
+            }),
             _ if !crate::store::internal(&f.dst_ip) => None,
             Facet::Country => {
                 if crate::store::internal(&f.src_ip) || f.src_ip.is_loopback() {
                     return None;
                 }
-                Some((f.dst_ip, iptocc::country_code(f.src_ip)?.to_string()))
+                let cc = iptocc::country_code(f.src_ip)?.as_bytes();
+                let mut key = [0u8; 16];
+                key[..cc.len().min(16)].copy_from_slice(&cc[..cc.len().min(16)]);
+                Some((f.dst_ip, u128::from_be_bytes(key)))
             }
             Facet::Service => (f.protocol == 6 && f.packets >= 3 && !crate::detect::failed(f))
-                .then(|| (f.dst_ip, crate::entities::port_name(f.dst_port, f.protocol))),
+                .then(|| (f.dst_ip, u128::from(f.dst_port))),
+        }
+    }
+
+    /// The key as it is stored and shown ("10.0.3.3", "22/tcp", "JP") for `f`'s raw key.
+    fn text(self, f: &Flow) -> String {
+        match self {
+            Facet::Device => f.src_ip.to_string(),
+            Facet::Country => iptocc::country_code(f.src_ip)
+                .unwrap_or_default()
+                .to_string(),
+            Facet::Service => crate::entities::port_name(f.dst_port, f.protocol),
         }
     }
 }
@@ -123,6 +140,9 @@ pub struct Novelty {
     facet: Facet,
     learning_ns: i64,
     entities: HashMap<IpAddr, Seen>,
+    /// (entity, raw key) of what is known: most flows repeat what an entity knows, and this
+    /// answers them without formatting the key (the sensor baselines run at ingest rates).
+    known: HashSet<(IpAddr, u128), foldhash::fast::RandomState>,
     dirty: HashSet<IpAddr>,
     forgotten: u64,
 }
@@ -144,6 +164,7 @@ impl Novelty {
             facet,
             learning_ns,
             entities,
+            known: HashSet::default(),
             dirty: HashSet::new(),
             forgotten: 0,
         }
@@ -171,9 +192,15 @@ impl Novelty {
         let mut out = Vec::new();
         let kind = self.facet.alert();
         for f in flows {
-            let Some((entity, key)) = self.facet.key(f) else {
+            let Some((entity, raw)) = self.facet.raw(f) else {
                 continue;
             };
+            // Known already. (An earlier session of a known key would move the entity's
+            // learning start back by what it shows; the known keys' entities are learned.)
+            if self.known.contains(&(entity, raw)) {
+                continue;
+            }
+            let key = self.facet.text(f);
             let full = |n: &mut u64, what: &str| {
                 *n += 1;
                 if n.is_power_of_two() {
@@ -193,6 +220,7 @@ impl Novelty {
             });
             s.first_ns = s.first_ns.min(f.start_ns);
             if s.keys.contains_key(&key) {
+                self.known.insert((entity, raw));
                 continue;
             }
             if s.keys.len() >= MAX_DEVICES {
@@ -211,6 +239,7 @@ impl Novelty {
             };
             let known_devices = s.keys.len();
             s.keys.insert(key.clone(), f.start_ns);
+            self.known.insert((entity, raw));
             self.dirty.insert(entity);
             if !learned {
                 continue;

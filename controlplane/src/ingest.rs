@@ -67,10 +67,9 @@ fn baselines(
                     flows.extend(
                         batch
                             .flows
-                            .iter()
+                            .into_iter()
                             .filter_map(|f| crate::detect::sensor_flow(&sensor, f)),
                     );
-                    drop(batch);
                     let updates = d.observe(&flows);
                     if let Err(e) = crate::detect::record(store.as_ref(), &updates) {
                         warn!(sensor, error = %format!("{e:#}"), "baseline alerts could not be recorded");
