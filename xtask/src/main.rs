@@ -46,8 +46,9 @@ enum Cmd {
         keep: bool,
     },
     /// Detection against real scanners in the namespace lab (nmap SYN/FIN/NULL/Xmas/ACK/UDP,
-    /// hping3, a sweep, benign controls): the matrix of case x detected x latency beside Zeek
-    /// and Snort, in target/eval/report.md. Fails if a case fails.
+    /// hping3, masscan, sweeps, benign controls), then the same traffic as AWS and GCP flow
+    /// logs: the matrix of case x detected x latency beside Zeek and Snort, in
+    /// target/eval/report.md. Fails if a case fails.
     Eval,
     /// Boot Debian's kernels under qemu and check the real sensor in each: load (verifier), attach
     /// XDP and tc egress to a veth, exact counts, a scan event, the BPF_PROG_TEST_RUN corpus,

@@ -16,7 +16,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{ControlPlane, Lab, Sensor, TempDir, export_flags, sh_in, strs};
+use tests::{ControlPlane, Lab, Sensor, TempDir, export_flags, sh, sh_in, strs};
 
 /// What a case expects.
 #[derive(Clone, Copy, PartialEq)]
@@ -54,6 +54,27 @@ fn nmap(lab: &Lab, src: &str, args: &[&str]) {
     ];
     a.extend_from_slice(args);
     sh_in(&lab.a, "nmap", &a);
+}
+
+/// masscan from `src` on the lab's side a. It has its own TCP/IP stack: it sends straight to b's
+/// MAC (the "router" of a one-link lab) and waits 1 s for answers.
+fn masscan(lab: &Lab, src: &str, args: &[&str]) {
+    let link: Value =
+        serde_json::from_str(&sh("ip", &["-n", &lab.b, "-j", "link", "show", &lab.vb]))
+            .expect("ip -j link");
+    let mac = link[0]["address"].as_str().expect("b's MAC").to_string();
+    let mut a = vec![
+        "--source-ip",
+        src,
+        "--adapter",
+        &lab.va,
+        "--router-mac",
+        &mac,
+        "--wait",
+        "1",
+    ];
+    a.extend_from_slice(args);
+    sh_in(&lab.a, "masscan", &a);
 }
 
 fn sweep_targets(lab: &Lab) -> String {
@@ -136,6 +157,28 @@ fn cases() -> Vec<Case> {
                         "-S", "-q", "-a", src, "-p", "++1", "-c", "60", "-i", "u2000", &lab.ip_b,
                     ],
                 );
+            },
+            allowlisted: false,
+            logs: true,
+        },
+        Case {
+            name: "masscan SYN scan, 200 ports at 2,000 packets/s",
+            expect: Expect::Alert("port_scan"),
+            zeek: "yes (SYN failures)",
+            snort: "yes",
+            run: |lab, src| masscan(lab, src, &["-p1-200", "--rate", "2000", &lab.ip_b]),
+            allowlisted: false,
+            logs: true,
+        },
+        Case {
+            name: "masscan SYN sweep of port 443 over 40 hosts at 10,000 packets/s",
+            expect: Expect::Alert("address_sweep"),
+            zeek: "yes (25 hosts in 5 min)",
+            snort: "yes",
+            run: |lab, src| {
+                let prefix = lab.ip_b.rsplit_once('.').expect("v4").0;
+                let range = format!("{prefix}.100-{prefix}.139");
+                masscan(lab, src, &["-p443", "--rate", "10000", &range])
             },
             allowlisted: false,
             logs: true,
