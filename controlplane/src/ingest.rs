@@ -28,6 +28,8 @@ pub const HEARTBEAT_INTERVAL_S: u32 = 10;
 pub struct Ingest {
     store: Arc<dyn Store>,
     writer: mpsc::Sender<Pending>,
+    /// Told once the baseline detectors saved their state at the end (see `Ingest::finished`).
+    finished: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 /// A batch waiting for the writer, and where its outcome goes.
@@ -50,6 +52,7 @@ fn baselines(
     store: Arc<dyn Store>,
     learning_ns: i64,
     rx: std::sync::mpsc::Receiver<(String, ExportBatch, bool)>,
+    finished: std::sync::mpsc::Sender<()>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut d =
@@ -87,6 +90,7 @@ fn baselines(
             saved = std::time::Instant::now();
         }
         if stop {
+            let _ = finished.send(());
             break;
         }
     }
@@ -221,17 +225,29 @@ impl Ingest {
     pub fn new(store: Arc<dyn Store>, learning_ns: i64) -> Self {
         let (writer, rx) = mpsc::channel(1024);
         let (to_baselines, baselines_rx) = std::sync::mpsc::sync_channel(DETECT_QUEUE);
+        let (finished, finished_rx) = std::sync::mpsc::channel();
         let s = store.clone();
         std::thread::Builder::new()
             .name("sensor-baselines".into())
-            .spawn(move || self::baselines(s, learning_ns, baselines_rx))
+            .spawn(move || self::baselines(s, learning_ns, baselines_rx, finished))
             .expect("spawning the baseline detectors' thread");
         let s = store.clone();
         std::thread::Builder::new()
             .name("batch-writer".into())
             .spawn(move || self::writer(s, rx, to_baselines))
             .expect("spawning the batch writer thread");
-        Ingest { store, writer }
+        Ingest {
+            store,
+            writer,
+            finished: std::sync::Mutex::new(Some(finished_rx)),
+        }
+    }
+
+    /// Receives once the ingest has stopped (this service and its streams are gone) and the
+    /// baseline detectors have saved what they learned since their last save. For the caller
+    /// to wait on before the process exits; taken once.
+    pub fn finished(&self) -> Option<std::sync::mpsc::Receiver<()>> {
+        self.finished.lock().ok()?.take()
     }
 
     /// The sensor name behind the request's key.

@@ -1210,7 +1210,9 @@ fn serve(
         if tls.is_none() {
             warn!("the sensor ingest is plain text (no --tls-cert): sensor keys travel in clear");
         }
-        let svc = SensorIngestServer::new(Ingest::new(store, learning_ns))
+        let sensor_ingest = Ingest::new(store, learning_ns);
+        let baselines_saved = sensor_ingest.finished();
+        let svc = SensorIngestServer::new(sensor_ingest)
             .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
         let shutdown = async {
             let mut term =
@@ -1240,6 +1242,16 @@ fn serve(
         // An import cut short rolls back whole: the file is imported at the next start.
         stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
         api.await??;
+        // What the sensor baselines learned since their last save is saved as the ingest ends.
+        if let Some(saved) = baselines_saved {
+            let waited = tokio::task::spawn_blocking(move || {
+                saved.recv_timeout(std::time::Duration::from_secs(10))
+            })
+            .await;
+            if !matches!(waited, Ok(Ok(()))) {
+                warn!("the sensor baselines were not saved at the stop; the last 30 s of learning may be relearned");
+            }
+        }
         Ok(())
     })
 }

@@ -139,4 +139,18 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
     assert_eq!(a["observations"][0]["addresses"], 2);
     assert_eq!(a["sources"], serde_json::json!(["cloud:123456789010"]));
     cp.stop();
+    // The sensor baselines learned the client as a device of its network from the sensor's
+    // flow, and saved it as the control plane stopped.
+    use controlplane::store::Store as _;
+    let store = controlplane::store::SqliteStore::open(&data).expect("store");
+    let devices = store
+        .detector_state("sensor/new_internal_device")
+        .expect("state");
+    let [x, y, _, _] = lab.ip_a.parse::<std::net::Ipv4Addr>().expect("v4").octets();
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    assert_eq!(devices[0].0, format!("{x}.{y}.0.0"));
+    assert!(
+        devices[0].1.contains(&format!("\"{}\"", lab.ip_a)),
+        "{devices:?}"
+    );
 }
