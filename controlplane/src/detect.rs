@@ -216,6 +216,45 @@ pub(crate) fn failed(f: &Flow) -> bool {
         && header_only(f.reverse_packets, f.reverse_bytes)
 }
 
+/// UDP in one-way records (AWS, GCP, Azure: a record per direction): a probe is a record of at
+/// most 2 small packets whose answer, a record the other way for the same ports, is not in the
+/// same chunk of the log. Only for unsampled logs: a sampled log drops answers as well, and a
+/// busy resolver would look like a sweep. A record with return counts of its own (a sensor's)
+/// is judged by those.
+struct UdpAnswers {
+    /// (src, src port, dst, dst port) of the UDP records that carried packets.
+    seen: HashSet<(IpAddr, u16, IpAddr, u16)>,
+}
+
+impl UdpAnswers {
+    fn of(flows: &[Flow]) -> Self {
+        UdpAnswers {
+            seen: flows
+                .iter()
+                .filter(|f| f.protocol == UDP && f.packets > 0)
+                .map(|f| (f.src_ip, f.src_port, f.dst_ip, f.dst_port))
+                .collect(),
+        }
+    }
+
+    fn unanswered(&self, f: &Flow) -> bool {
+        f.protocol == UDP
+            && f.sampling_rate >= 1.0
+            && f.source != crate::model::Source::Sensor
+            && f.action != Action::Reject
+            && (1..=2).contains(&f.packets)
+            && f.bytes <= 2 * UDP_PROBE_BYTES
+            && f.reverse_packets == 0
+            && !self
+                .seen
+                .contains(&(f.dst_ip, f.dst_port, f.src_ip, f.src_port))
+    }
+}
+
+const UDP: u8 = 17;
+/// The largest UDP probe counted, per packet (IP and UDP headers and a small payload).
+const UDP_PROBE_BYTES: u64 = 128;
+
 fn scaled(threshold: u32, rate: f64) -> usize {
     let rate = if rate > 0.0 && rate <= 1.0 { rate } else { 1.0 };
     ((threshold as f64 * rate).ceil() as usize).max(3)
@@ -237,7 +276,8 @@ impl FanOutDetector {
     /// Looks at a chunk of flows; returns the alert observations they complete.
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
         let mut out = Vec::new();
-        for f in flows.iter().filter(|f| failed(f)) {
+        let answers = UdpAnswers::of(flows);
+        for f in flows.iter().filter(|f| failed(f) || answers.unanswered(f)) {
             self.observe_failure(f, &mut out);
         }
         out
@@ -1612,6 +1652,54 @@ mod tests {
             sampling_rate: 1.0,
             cloud: Default::default(),
         }
+    }
+
+    #[test]
+    fn unanswered_udp_in_one_way_records_is_a_scan_and_answered_udp_is_not() {
+        let udp = |src: &str, sport: u16, dst: &str, dport: u16, t: i64| Flow {
+            protocol: UDP,
+            src_port: sport,
+            bytes: 70,
+            ..cloud(src, dst, dport, t, Action::Accept, 0)
+        };
+        // 20 ports of one host, no record comes back: a port scan (early at 8, then at 15).
+        let probes: Vec<Flow> = (0..20)
+            .map(|i| udp("198.51.100.7", 50000, "10.0.0.5", 100 + i, 1000 + i as i64))
+            .collect();
+        let u = FanOutDetector::default().observe(&probes);
+        let got: Vec<_> = u.iter().map(|u| (u.kind, u.strength)).collect();
+        assert_eq!(got, [("port_scan", 8.0 / 15.0), ("port_scan", 1.0)]);
+        assert_eq!(u[1].source, "198.51.100.7");
+        // A resolver asking port 53 of 30 hosts, each answer a record the other way: nothing.
+        let mut resolver = Vec::new();
+        for h in 0..30 {
+            let dst = format!("10.0.1.{h}");
+            resolver.push(udp("10.0.0.53", 40000 + h, &dst, 53, 1000 + i64::from(h)));
+            resolver.push(udp(&dst, 53, "10.0.0.53", 40000 + h, 1000 + i64::from(h)));
+        }
+        assert!(FanOutDetector::default().observe(&resolver).is_empty());
+        // Without its answers, the same resolver is a sweep.
+        let asks: Vec<Flow> = resolver.iter().step_by(2).cloned().collect();
+        let u = FanOutDetector::default().observe(&asks);
+        assert_eq!(u.last().map(|u| u.kind), Some("address_sweep"));
+        // In a sampled log an answer may be sampled out: unanswered UDP is not evidence there.
+        let sampled: Vec<Flow> = probes
+            .iter()
+            .map(|f| Flow {
+                sampling_rate: 0.5,
+                ..f.clone()
+            })
+            .collect();
+        assert!(FanOutDetector::default().observe(&sampled).is_empty());
+        // Larger datagrams are traffic, not probes.
+        let big: Vec<Flow> = probes
+            .iter()
+            .map(|f| Flow {
+                bytes: 1400,
+                ..f.clone()
+            })
+            .collect();
+        assert!(FanOutDetector::default().observe(&big).is_empty());
     }
 
     #[test]

@@ -35,8 +35,8 @@ struct Case {
     run: fn(&Lab, &str),
     /// `src` is on the allowlist (a sanctioned scanner).
     allowlisted: bool,
-    /// Whether cloud flow logs alone can show it: their records are one direction each, so an
-    /// unanswered UDP probe looks like any UDP request whose answer is another record.
+    /// Whether cloud flow logs alone are expected to show it (a failure there fails the
+    /// evaluation; otherwise it is only reported).
     logs: bool,
 }
 
@@ -142,7 +142,7 @@ fn cases() -> Vec<Case> {
                 )
             },
             allowlisted: false,
-            logs: false,
+            logs: true,
         },
         Case {
             name: "hping3 SYN probes, 60 incrementing ports",
