@@ -1239,27 +1239,20 @@ pub struct FlowDetectors {
     pub brute_force: FlowBruteForce,
     pub slow_scan: SlowScan,
     pub watchlist: Watchlist,
-    pub geo: crate::geo::Novelty,
-    pub new_service: crate::geo::Novelty,
-    pub new_device: crate::geo::Novelty,
+    pub baselines: Baselines,
     pub reject_storm: RejectStorm,
-    pub exfiltration: crate::exfil::Exfiltration,
 }
 
 impl Default for FlowDetectors {
     /// Nothing learned yet, the default learning period.
     fn default() -> Self {
-        use crate::geo::{Facet, LEARNING_NS, Novelty};
         FlowDetectors {
             fanout: FanOutDetector::default(),
             brute_force: FlowBruteForce::default(),
             slow_scan: SlowScan::default(),
             watchlist: Watchlist::default(),
-            geo: Novelty::load(Facet::Country, &[], LEARNING_NS),
-            new_service: Novelty::load(Facet::Service, &[], LEARNING_NS),
-            new_device: Novelty::load(Facet::Device, &[], LEARNING_NS),
+            baselines: Baselines::new(crate::geo::LEARNING_NS, IMPORT_STATE_PREFIX),
             reject_storm: RejectStorm::default(),
-            exfiltration: crate::exfil::Exfiltration::default(),
         }
     }
 }
@@ -1268,31 +1261,13 @@ impl Default for FlowDetectors {
 pub const SLOW_SCAN_STATE: &str = "slow_scan";
 
 impl FlowDetectors {
-    /// The detectors, with the slow-scan walks and the countries each entity was reached from
-    /// saved in `store`; `learning_ns` is the geo detector's learning period.
+    /// The detectors, with the slow-scan walks and the baselines saved in `store`;
+    /// `learning_ns` is the baseline detectors' learning period.
     pub fn load(store: &dyn Store, learning_ns: i64) -> anyhow::Result<Self> {
         Ok(FlowDetectors {
             slow_scan: SlowScan::load(&store.detector_state(SLOW_SCAN_STATE)?),
             watchlist: Watchlist::new(store.watchlist()?),
-            geo: crate::geo::Novelty::load(
-                crate::geo::Facet::Country,
-                &store.detector_state(crate::geo::Facet::Country.state_name())?,
-                learning_ns,
-            ),
-            new_service: crate::geo::Novelty::load(
-                crate::geo::Facet::Service,
-                &store.detector_state(crate::geo::Facet::Service.state_name())?,
-                learning_ns,
-            ),
-            new_device: crate::geo::Novelty::load(
-                crate::geo::Facet::Device,
-                &store.detector_state(crate::geo::Facet::Device.state_name())?,
-                learning_ns,
-            ),
-            exfiltration: crate::exfil::Exfiltration::load(
-                &store.detector_state(crate::exfil::KIND)?,
-                learning_ns,
-            ),
+            baselines: Baselines::load(store, learning_ns, IMPORT_STATE_PREFIX)?,
             ..FlowDetectors::default()
         })
     }
@@ -1300,16 +1275,7 @@ impl FlowDetectors {
     /// Saves what changed in the walks, the novelty facets and the outbound baselines.
     pub fn save(&mut self, store: &dyn Store) -> anyhow::Result<()> {
         store.save_detector_state(SLOW_SCAN_STATE, &self.slow_scan.dirty())?;
-        store.save_detector_state(crate::geo::Facet::Country.state_name(), &self.geo.dirty())?;
-        store.save_detector_state(
-            crate::geo::Facet::Service.state_name(),
-            &self.new_service.dirty(),
-        )?;
-        store.save_detector_state(
-            crate::geo::Facet::Device.state_name(),
-            &self.new_device.dirty(),
-        )?;
-        store.save_detector_state(crate::exfil::KIND, &self.exfiltration.dirty())
+        self.baselines.save(store)
     }
 
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
@@ -1317,51 +1283,54 @@ impl FlowDetectors {
         out.extend(self.brute_force.observe(flows));
         out.extend(self.slow_scan.observe(flows));
         out.extend(self.watchlist.observe_flows(flows));
-        out.extend(self.geo.observe(flows));
-        out.extend(self.new_service.observe(flows));
-        out.extend(self.new_device.observe(flows));
+        out.extend(self.baselines.observe(flows));
         out.extend(self.reject_storm.observe(flows));
-        out.extend(self.exfiltration.observe(flows));
         out.sort_by_key(|u| u.time_ns);
         out
     }
 }
 
-/// The baseline detectors over sensor flows: the novelty facets and the outbound baselines of
-/// `FlowDetectors`, learned from what sensors see. Their state names start with
-/// [`SENSOR_STATE_PREFIX`], so an import's detectors and the ingest's never overwrite each
+/// The baseline detectors: the novelty facets (`geo_unusual_access`, `new_service`,
+/// `new_internal_device`) and the outbound baselines (`data_exfiltration`). An import runs them
+/// in `FlowDetectors`; the ingest runs them over sensor flows on a thread of their own, with
+/// their state names prefixed by [`SENSOR_STATE_PREFIX`], so the two never overwrite each
 /// other's state. (Scans in sensor traffic are the kernel's to report; the watchlist is checked
 /// on the writer thread.)
-pub struct SensorBaselines {
+pub struct Baselines {
     pub geo: crate::geo::Novelty,
     pub new_service: crate::geo::Novelty,
     pub new_device: crate::geo::Novelty,
     pub exfiltration: crate::exfil::Exfiltration,
+    /// Prefix of their state names in the store.
+    prefix: &'static str,
 }
 
+/// The state names of an import's baselines have no prefix.
+pub const IMPORT_STATE_PREFIX: &str = "";
 /// Prefix of the sensor baselines' state names in the store.
 pub const SENSOR_STATE_PREFIX: &str = "sensor/";
 
-impl SensorBaselines {
+impl Baselines {
     /// Nothing learned yet.
-    pub fn new(learning_ns: i64) -> Self {
+    pub fn new(learning_ns: i64, prefix: &'static str) -> Self {
         use crate::geo::{Facet, Novelty};
-        SensorBaselines {
+        Baselines {
             geo: Novelty::load(Facet::Country, &[], learning_ns),
             new_service: Novelty::load(Facet::Service, &[], learning_ns),
             new_device: Novelty::load(Facet::Device, &[], learning_ns),
             exfiltration: crate::exfil::Exfiltration::load(&[], learning_ns),
+            prefix,
         }
     }
 
     /// What was learned before, from `store`.
-    pub fn load(store: &dyn Store, learning_ns: i64) -> anyhow::Result<Self> {
+    pub fn load(store: &dyn Store, learning_ns: i64, prefix: &'static str) -> anyhow::Result<Self> {
         use crate::geo::{Facet, Novelty};
-        let state = |name: &str| store.detector_state(&format!("{SENSOR_STATE_PREFIX}{name}"));
+        let state = |name: &str| store.detector_state(&format!("{prefix}{name}"));
         let facet = |f: Facet| -> anyhow::Result<Novelty> {
             Ok(Novelty::load(f, &state(f.state_name())?, learning_ns))
         };
-        Ok(SensorBaselines {
+        Ok(Baselines {
             geo: facet(Facet::Country)?,
             new_service: facet(Facet::Service)?,
             new_device: facet(Facet::Device)?,
@@ -1369,6 +1338,7 @@ impl SensorBaselines {
                 &state(crate::exfil::KIND)?,
                 learning_ns,
             ),
+            prefix,
         })
     }
 
@@ -1381,7 +1351,7 @@ impl SensorBaselines {
             (Facet::Device.state_name(), self.new_device.dirty()),
             (crate::exfil::KIND, self.exfiltration.dirty()),
         ] {
-            store.save_detector_state(&format!("{SENSOR_STATE_PREFIX}{name}"), &dirty)?;
+            store.save_detector_state(&format!("{}{name}", self.prefix), &dirty)?;
         }
         Ok(())
     }

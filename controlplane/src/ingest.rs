@@ -45,7 +45,7 @@ const DETECT_QUEUE: usize = 64;
 /// How often the baseline detectors save what they learned.
 const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The thread of the baseline detectors over sensor flows (`detect::SensorBaselines`). It also
+/// The thread of the baseline detectors over sensor flows (`detect::Baselines`). It also
 /// frees each batch: its thousands of strings are not the one writer's work. A batch that was
 /// not newly stored (a replay, or one that failed) is only freed.
 fn baselines(
@@ -54,11 +54,12 @@ fn baselines(
     rx: std::sync::mpsc::Receiver<(String, ExportBatch, bool)>,
     finished: std::sync::mpsc::Sender<()>,
 ) {
+    use crate::detect::SENSOR_STATE_PREFIX;
     use std::sync::mpsc::RecvTimeoutError;
-    let mut d =
-        crate::detect::SensorBaselines::load(store.as_ref(), learning_ns).unwrap_or_else(|e| {
+    let mut d = crate::detect::Baselines::load(store.as_ref(), learning_ns, SENSOR_STATE_PREFIX)
+        .unwrap_or_else(|e| {
             warn!(error = %format!("{e:#}"), "reading the sensor baselines failed; learning anew");
-            crate::detect::SensorBaselines::new(learning_ns)
+            crate::detect::Baselines::new(learning_ns, SENSOR_STATE_PREFIX)
         });
     let mut saved = std::time::Instant::now();
     let mut flows = Vec::new();

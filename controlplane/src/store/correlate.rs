@@ -22,6 +22,11 @@ struct Cloud {
 /// A sensor flow's source and destination addresses (text), ports and protocol.
 type Tuple = (String, String, u16, u16, u8);
 
+/// The address in column `i` of `r` (None if NULL or not an address).
+fn ip_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<IpAddr>> {
+    Ok(r.get_ref(i)?.as_str_or_null()?.and_then(|t| t.parse().ok()))
+}
+
 /// Links sensor flows to the cloud flows ending in [since_ns, until_ns] (see
 /// `Store::correlate`); returns the new links.
 pub fn correlate(
@@ -50,9 +55,7 @@ pub fn correlate(
         )?;
         let mut rows = st.query(params![since_ns, until_ns])?;
         while let Some(r) = rows.next()? {
-            let ip = |i: usize| -> rusqlite::Result<Option<IpAddr>> {
-                Ok(r.get_ref(i)?.as_str_or_null()?.and_then(|t| t.parse().ok()))
-            };
+            let ip = |i| ip_at(r, i);
             let (Some(src), Some(dst)) = (ip(3)?, ip(5)?) else {
                 continue;
             };
@@ -115,9 +118,7 @@ pub fn correlate(
                 None => {
                     let mut rows = legacy.query(params![first, r.get::<_, i64>(1)?])?;
                     while let Some(f) = rows.next()? {
-                        let ip = |i: usize| -> rusqlite::Result<Option<IpAddr>> {
-                            Ok(f.get_ref(i)?.as_str_or_null()?.and_then(|t| t.parse().ok()))
-                        };
+                        let ip = |i| ip_at(f, i);
                         if let (Some(src), Some(dst)) = (ip(1)?, ip(3)?) {
                             probe(
                                 f.get(0)?,
