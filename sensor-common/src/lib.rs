@@ -33,10 +33,15 @@ pub const DEFAULT_ESTABLISHED_SIZE: u32 = 262_144;
 /// Ring-buffer size for scan events (bytes, power of two).
 pub const SCAN_EVENT_RING_BYTES: u32 = 256 * 1024;
 
-/// Bits in the per-source destination-port bitmap (hashed ports, linear counting).
-pub const PORT_BITMAP_WORDS: usize = 16; // 1024 bits
-/// Bits in the per-source destination-host bitmap.
-pub const HOST_BITMAP_WORDS: usize = 8; // 512 bits
+/// Words of the per-source destination-port bitmap (hashed ports, linear counting): 128 bits.
+pub const PORT_BITMAP_WORDS: usize = 2;
+/// Words of the per-source destination-host bitmap: 128 bits.
+pub const HOST_BITMAP_WORDS: usize = 2;
+/// Bits in each of those bitmaps.
+pub const SCAN_BITMAP_BITS: u32 = 128;
+/// The scan state keeps its window start as kernel time shifted right by this (units of
+/// 2^20 ns, about 1.05 ms), in 32 bits: it wraps after about 52 days.
+pub const SCAN_TIME_SHIFT: u32 = 20;
 
 /// Direction bits stored in [`FlowValue::directions`].
 pub const DIR_INGRESS: u8 = 1;
@@ -201,10 +206,11 @@ pub struct SensorConfig {
     /// once made a packet see a live slot of the old table as free and wipe its counts). Never
     /// 0, the generation of a slot never used.
     pub epoch: u32,
-    /// A source touching this many distinct destination ports in a window is reported.
-    pub port_threshold: u32,
-    /// A source touching this many distinct destination hosts in a window is reported.
-    pub host_threshold: u32,
+    /// A source is reported once this many bits of its port bitmap are set in a window (the agent
+    /// turns a threshold of distinct ports into bits: see `ScanState`). 0 disables.
+    pub port_bits_threshold: u32,
+    /// The same for its host bitmap.
+    pub host_bits_threshold: u32,
     /// `CLOCK_CONFIG`: "now" is `now_ns`, kept fresh by the agent (every few ms) or set by a
     /// test; `CLOCK_KERNEL`: the programs read the kernel clock for every packet. A helper call
     /// per packet costs as much as the whole flow update on some machines, and flow timestamps
@@ -287,50 +293,31 @@ pub mod probe {
     ];
 }
 
-/// Compact fan-out state of one source within the current window.
+/// Fan-out state of one source within the current window: 48 bytes, 64 with its key, so a storm
+/// of spoofed sources costs at most `DEFAULT_SCAN_SOURCES` x 64 bytes of map values (the map is
+/// an LRU: the storm evicts, it never grows the map).
 ///
-/// Distinct ports and hosts are counted by linear counting over hashed bitmaps: a bit set for the
-/// first time increments the count, so the count is exact until two values share a bit and an
-/// underestimate after that (with 1024 port bits, 100 random ports collide about 5 times).
+/// Distinct ports and hosts are counted by linear counting over hashed 128-bit bitmaps: a bit set
+/// for the first time increments `*_set`. Values that share a bit count once, so `*_set` is the
+/// exact count until the first collision and an underestimate after it. After n distinct values
+/// the expected number of set bits is m(1 - (1 - 1/m)^n) with m = 128; the agent converts its
+/// thresholds of distinct values into thresholds of set bits with that formula, and set bits back
+/// into an estimate of distinct values (-ln(1 - k/m) / -ln(1 - 1/m)) for the event.
+/// Probe counts saturate at 255: they are evidence of the kinds used, not totals (the flow
+/// records have those).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ScanState {
-    pub window_start_ns: u64,
-    pub last_seen_ns: u64,
-    pub port_bits: [u64; PORT_BITMAP_WORDS],
-    pub host_bits: [u64; HOST_BITMAP_WORDS],
-    pub distinct_ports: u32,
-    pub distinct_hosts: u32,
-    pub probes: [u32; probe::COUNT],
-    /// Packets and IP bytes of the probes (they are also in the flow table; this is evidence).
-    pub probe_bytes: u64,
-    /// Last destination probed, for the event.
-    pub last_dst: [u8; 16],
-    pub last_dst_port: u16,
-    pub ip_version: u8,
+    /// Start of the window, as kernel time >> `SCAN_TIME_SHIFT` (wrapping).
+    pub window_start: u32,
+    pub ports_set: u8,
+    pub hosts_set: u8,
     /// 1 once an event was emitted for this window.
     pub reported: u8,
-    pub ifindex: u32,
-}
-
-impl Default for ScanState {
-    fn default() -> Self {
-        Self {
-            window_start_ns: 0,
-            last_seen_ns: 0,
-            port_bits: [0; PORT_BITMAP_WORDS],
-            host_bits: [0; HOST_BITMAP_WORDS],
-            distinct_ports: 0,
-            distinct_hosts: 0,
-            probes: [0; probe::COUNT],
-            probe_bytes: 0,
-            last_dst: [0; 16],
-            last_dst_port: 0,
-            ip_version: 0,
-            reported: 0,
-            ifindex: 0,
-        }
-    }
+    pub _pad: u8,
+    pub port_bits: [u64; PORT_BITMAP_WORDS],
+    pub host_bits: [u64; HOST_BITMAP_WORDS],
+    pub probes: [u8; probe::COUNT],
 }
 
 /// One ring-buffer record: a source crossed a fan-out threshold in a window. At most one per source
@@ -340,11 +327,13 @@ impl Default for ScanState {
 pub struct ScanEvent {
     pub src_addr: [u8; 16],
     pub last_dst: [u8; 16],
+    /// The window's start, to the scan state's unit (`SCAN_TIME_SHIFT`).
     pub window_start_ns: u64,
     pub last_seen_ns: u64,
-    pub probe_bytes: u64,
-    pub distinct_ports: u32,
-    pub distinct_hosts: u32,
+    /// Bits set in the source's port and host bitmaps (see `ScanState`).
+    pub port_bits_set: u32,
+    pub host_bits_set: u32,
+    /// Probes of each kind in the window (each saturates at 255).
     pub probes: [u32; probe::COUNT],
     pub ifindex: u32,
     pub last_dst_port: u16,
@@ -467,13 +456,12 @@ mod tests {
         assert_eq!(size_of::<ProbeAggregate>(), 16 + 4 + 4 + 8 * 4 + 1 + 1 + 6);
         assert_eq!(size_of::<SourceKey>(), 16);
         assert_eq!(size_of::<Counters>(), 8 * counter::COUNT as usize);
-        assert_eq!(
-            size_of::<ScanState>(),
-            8 + 8 + 128 + 64 + 4 + 4 + 32 + 8 + 16 + 2 + 1 + 1 + 4
-        );
+        assert_eq!(size_of::<ScanState>(), 4 + 1 + 1 + 1 + 1 + 16 + 16 + 8);
+        // Per-source kernel state, key included, is at most 64 bytes.
+        assert!(size_of::<SourceKey>() + size_of::<ScanState>() <= 64);
         assert_eq!(
             size_of::<ScanEvent>(),
-            16 + 16 + 8 + 8 + 8 + 4 + 4 + 32 + 4 + 2 + 1 + 1
+            16 + 16 + 8 + 8 + 4 + 4 + 32 + 4 + 2 + 1 + 1
         );
     }
 

@@ -11,8 +11,8 @@ use sensor_common::{
     CLOCK_CONFIG, Counters, DEFAULT_ESTABLISHED_SIZE, DEFAULT_FLOW_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
     DEFAULT_SCAN_SOURCES, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowSlot, FlowValue, HOST_BITMAP_WORDS,
     KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, PORT_BITMAP_WORDS, PROBE_AGGREGATES, ProbeAggregate,
-    REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES, ScanEvent, ScanState, SensorConfig,
-    SourceKey, counter, epoch_table, probe, tcp,
+    REASON_HOSTS, REASON_PORTS, SCAN_EVENT_RING_BYTES, SCAN_TIME_SHIFT, ScanEvent, ScanState,
+    SensorConfig, SourceKey, counter, epoch_table, probe, tcp,
 };
 
 #[unsafe(link_section = "license")]
@@ -56,7 +56,8 @@ static SCAN_STATE: LruHashMap<SourceKey, ScanState> =
 #[map]
 static ESTABLISHED: LruHashMap<FlowKey, u64> =
     LruHashMap::with_max_entries(DEFAULT_ESTABLISHED_SIZE, 0);
-/// Per-CPU scratch space for building a fresh `ScanState` (too big for the 512-byte BPF stack).
+/// Per-CPU scratch space for building a fresh `ScanState`: the programs' stack is nearly full
+/// (Linux 6.1 refuses a combined stack over 512 bytes).
 #[map]
 static SCRATCH: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -238,7 +239,7 @@ fn handle(start: usize, end: usize, ifindex: u32, dir: u8, segs: u32, skb_len: u
                 } else {
                     reverse_exists(&FLOWS_1, &pkt)
                 };
-        first_packet(cfg, &pkt, reverse_seen, now, bytes);
+        first_packet(cfg, &pkt, reverse_seen, now);
     }
 }
 
@@ -505,7 +506,7 @@ fn probe_kind(pkt: &Packet) -> Option<usize> {
 
 /// Scan accounting for the first packet of a flow in this interval.
 #[inline(always)]
-fn first_packet(cfg: &SensorConfig, pkt: &Packet, reverse_seen: bool, now: u64, bytes: u64) {
+fn first_packet(cfg: &SensorConfig, pkt: &Packet, reverse_seen: bool, now: u64) {
     if pkt.key.flags & KEY_FLAG_FRAGMENT != 0 {
         return;
     }
@@ -525,7 +526,7 @@ fn first_packet(cfg: &SensorConfig, pkt: &Packet, reverse_seen: bool, now: u64, 
         return;
     }
     count(counter::PROBES, 1);
-    scan_update(cfg, pkt, kind, now, bytes);
+    scan_update(cfg, pkt, kind, now);
 }
 
 #[inline(always)]
@@ -540,34 +541,23 @@ fn fold_addr(a: &[u8; 16]) -> u32 {
 }
 
 #[inline(always)]
-fn reset_window(st: &mut ScanState, now: u64) {
-    st.window_start_ns = now;
-    let mut i = 0;
-    while i < PORT_BITMAP_WORDS {
-        st.port_bits[i] = 0;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < HOST_BITMAP_WORDS {
-        st.host_bits[i] = 0;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < probe::COUNT {
-        st.probes[i] = 0;
-        i += 1;
-    }
-    st.distinct_ports = 0;
-    st.distinct_hosts = 0;
-    st.probe_bytes = 0;
+fn reset_window(st: &mut ScanState, now_units: u32) {
+    // Field by field, in place: a whole ScanState built on the stack would not fit it.
+    st.window_start = now_units;
+    st.ports_set = 0;
+    st.hosts_set = 0;
     st.reported = 0;
+    st.port_bits = [0; PORT_BITMAP_WORDS];
+    st.host_bits = [0; HOST_BITMAP_WORDS];
+    st.probes = [0; probe::COUNT];
 }
 
 #[inline(always)]
-fn scan_update(cfg: &SensorConfig, pkt: &Packet, kind: usize, now: u64, bytes: u64) {
+fn scan_update(cfg: &SensorConfig, pkt: &Packet, kind: usize, now: u64) {
     let src = SourceKey {
         addr: pkt.key.src_addr,
     };
+    let now_units = (now >> SCAN_TIME_SHIFT) as u32;
     let mut st = SCAN_STATE.get_ptr_mut(&src);
     if st.is_none() {
         let Some(fresh) = SCRATCH.get_ptr_mut(0) else {
@@ -575,7 +565,7 @@ fn scan_update(cfg: &SensorConfig, pkt: &Packet, kind: usize, now: u64, bytes: u
         };
         // SAFETY: this CPU's scratch slot.
         let fresh = unsafe { &mut *fresh };
-        reset_window(fresh, now);
+        reset_window(fresh, now_units);
         // EEXIST (another CPU raced us) is fine: the lookup below finds its entry. Other failures
         // leave `st` empty and are counted below.
         let _ = SCAN_STATE.insert(&src, &*fresh, BPF_NOEXIST);
@@ -588,41 +578,37 @@ fn scan_update(cfg: &SensorConfig, pkt: &Packet, kind: usize, now: u64, bytes: u
     // SAFETY: map value pointer; concurrent CPUs may race on it, which can lose an increment
     // (an undercount of fan-out) but never corrupt memory.
     let st = unsafe { &mut *st };
-    if now.wrapping_sub(st.window_start_ns) >= cfg.window_ns {
-        reset_window(st, now);
+    let mut age_units = now_units.wrapping_sub(st.window_start) as u64;
+    if age_units << SCAN_TIME_SHIFT >= cfg.window_ns {
+        reset_window(st, now_units);
+        age_units = 0;
     }
-    let ph = hash_u32(pkt.key.dst_port as u32 + 1) >> 22; // 10 bits
+    let ph = hash_u32(pkt.key.dst_port as u32 + 1) >> 25; // 7 bits
     let pw = (ph >> 6) as usize & (PORT_BITMAP_WORDS - 1);
     let pm = 1u64 << (ph & 63);
     if st.port_bits[pw] & pm == 0 {
         st.port_bits[pw] |= pm;
-        st.distinct_ports += 1;
+        st.ports_set += 1;
     }
-    let hh = hash_u32(fold_addr(&pkt.key.dst_addr)) >> 23; // 9 bits
+    let hh = hash_u32(fold_addr(&pkt.key.dst_addr)) >> 25; // 7 bits
     let hw = (hh >> 6) as usize & (HOST_BITMAP_WORDS - 1);
     let hm = 1u64 << (hh & 63);
     if st.host_bits[hw] & hm == 0 {
         st.host_bits[hw] |= hm;
-        st.distinct_hosts += 1;
+        st.hosts_set += 1;
     }
-    if kind < probe::COUNT {
+    if kind < probe::COUNT && st.probes[kind] != u8::MAX {
         st.probes[kind] += 1;
     }
-    st.probe_bytes += bytes;
-    st.last_seen_ns = now;
-    st.last_dst = pkt.key.dst_addr;
-    st.last_dst_port = pkt.key.dst_port;
-    st.ip_version = pkt.key.ip_version;
-    st.ifindex = pkt.key.ifindex;
 
     if st.reported != 0 {
         return;
     }
     let mut reason = 0u8;
-    if cfg.port_threshold != 0 && st.distinct_ports >= cfg.port_threshold {
+    if cfg.port_bits_threshold != 0 && st.ports_set as u32 >= cfg.port_bits_threshold {
         reason |= REASON_PORTS;
     }
-    if cfg.host_threshold != 0 && st.distinct_hosts >= cfg.host_threshold {
+    if cfg.host_bits_threshold != 0 && st.hosts_set as u32 >= cfg.host_bits_threshold {
         reason |= REASON_HOSTS;
     }
     if reason == 0 {
@@ -631,21 +617,25 @@ fn scan_update(cfg: &SensorConfig, pkt: &Packet, kind: usize, now: u64, bytes: u
     st.reported = 1;
     match SCAN_EVENTS.reserve::<ScanEvent>(0) {
         Some(mut entry) => {
-            // Field by field, straight into the ring: a whole ScanEvent would not fit the stack.
+            // Field by field, straight into the ring.
             let ev = entry.as_mut_ptr();
             // SAFETY: `ev` points at a reserved, writable ScanEvent-sized record.
             unsafe {
                 (*ev).src_addr = pkt.key.src_addr;
-                (*ev).last_dst = st.last_dst;
-                (*ev).window_start_ns = st.window_start_ns;
+                (*ev).last_dst = pkt.key.dst_addr;
+                (*ev).window_start_ns =
+                    ((now >> SCAN_TIME_SHIFT).saturating_sub(age_units)) << SCAN_TIME_SHIFT;
                 (*ev).last_seen_ns = now;
-                (*ev).probe_bytes = st.probe_bytes;
-                (*ev).distinct_ports = st.distinct_ports;
-                (*ev).distinct_hosts = st.distinct_hosts;
-                (*ev).probes = st.probes;
-                (*ev).ifindex = st.ifindex;
-                (*ev).last_dst_port = st.last_dst_port;
-                (*ev).ip_version = st.ip_version;
+                (*ev).port_bits_set = st.ports_set as u32;
+                (*ev).host_bits_set = st.hosts_set as u32;
+                let mut i = 0;
+                while i < probe::COUNT {
+                    (*ev).probes[i] = st.probes[i] as u32;
+                    i += 1;
+                }
+                (*ev).ifindex = pkt.key.ifindex;
+                (*ev).last_dst_port = pkt.key.dst_port;
+                (*ev).ip_version = pkt.key.ip_version;
                 (*ev).reason = reason;
             }
             entry.submit(0);

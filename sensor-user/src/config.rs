@@ -109,11 +109,13 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     pub scan_window: Option<u64>,
 
-    /// Distinct destination ports by one source in a window that raise a scan event (default 20).
+    /// Distinct destination ports by one source in a window that raise a scan event (default 20;
+    /// 0 turns it off; at most 256).
     #[arg(long, value_name = "N")]
     pub scan_port_threshold: Option<u32>,
 
-    /// Distinct destination hosts by one source in a window that raise a scan event (default 25).
+    /// Distinct destination hosts by one source in a window that raise a scan event (default 25;
+    /// 0 turns it off; at most 256).
     #[arg(long, value_name = "N")]
     pub scan_host_threshold: Option<u32>,
 
@@ -262,6 +264,30 @@ impl Args {
         if window == 0 {
             anyhow::bail!("--scan-window must be at least 1 second");
         }
+        if window > 86_400 {
+            anyhow::bail!("--scan-window must be at most 86400 seconds (one day), got {window}");
+        }
+        let port_threshold = self
+            .scan_port_threshold
+            .or(file.scan_port_threshold)
+            .unwrap_or(DEFAULT_PORT_THRESHOLD);
+        let host_threshold = self
+            .scan_host_threshold
+            .or(file.scan_host_threshold)
+            .unwrap_or(DEFAULT_HOST_THRESHOLD);
+        for (name, n) in [
+            ("--scan-port-threshold", port_threshold),
+            ("--scan-host-threshold", host_threshold),
+        ] {
+            if n > crate::sensor::MAX_SCAN_THRESHOLD {
+                anyhow::bail!(
+                    "{name} must be 0 (off) to {} (got {n}): the kernel keeps 64 bytes per \
+                     source and counts distinct values in 128 bits, which cannot tell more apart; \
+                     the control plane judges larger fan-outs from the flow records",
+                    crate::sensor::MAX_SCAN_THRESHOLD
+                );
+            }
+        }
         let flow_table_size = self
             .flow_table_size
             .or(file.flow_table_size)
@@ -356,16 +382,10 @@ impl Args {
                 tc_mode: self.tc_mode.or(file.tc_mode).unwrap_or(TcModeChoice::Auto),
                 flow_table_size,
                 scan_window: Duration::from_secs(window),
-                port_threshold: self
-                    .scan_port_threshold
-                    .or(file.scan_port_threshold)
-                    .unwrap_or(DEFAULT_PORT_THRESHOLD),
+                port_threshold,
                 precise_timestamps: self.precise_timestamps
                     || file.precise_timestamps.unwrap_or(false),
-                host_threshold: self
-                    .scan_host_threshold
-                    .or(file.scan_host_threshold)
-                    .unwrap_or(DEFAULT_HOST_THRESHOLD),
+                host_threshold,
             },
             export_interval: Duration::from_secs(export),
             active_timeout: Duration::from_secs(active),
@@ -447,6 +467,23 @@ mod tests {
         assert!(e.contains("at least 1 second"), "{e}");
         let e = args(&["--iface", "x"]).settings().unwrap_err().to_string();
         assert!(e.contains("--stdout"), "{e}");
+        let e = args(&["--iface", "x", "--stdout", "--scan-port-threshold", "257"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--scan-port-threshold must be 0 (off) to 256 (got 257)"),
+            "{e}"
+        );
+        let s = args(&["--iface", "x", "--stdout", "--scan-host-threshold", "256"])
+            .settings()
+            .expect("256 is allowed");
+        assert_eq!(s.sensor.host_threshold, 256);
+        let e = args(&["--iface", "x", "--stdout", "--scan-window", "90000"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 86400"), "{e}");
     }
 
     #[test]

@@ -117,7 +117,8 @@ pub fn scan(r: &ScanRecord) -> pb::ScanEvent {
         distinct_hosts: r.distinct_hosts,
         probe: r.probe.into(),
         probes: r.probes.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        probe_bytes: r.probe_bytes,
+        // Filled with the contacts, from the flow cache (below).
+        probe_bytes: 0,
         last_dst_ip: ip_bytes(r.last_dst_ip),
         last_dst_port: r.last_dst_port.into(),
         reason: r.reason.iter().map(|s| s.to_string()).collect(),

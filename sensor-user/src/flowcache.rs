@@ -44,6 +44,14 @@ struct Entry {
     answered: bool,
 }
 
+/// What [`FlowCache::contacts_of`] knows of one source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Contacts {
+    pub answered: u32,
+    pub unanswered: u32,
+    pub unanswered_bytes: u64,
+}
+
 pub struct FlowCache {
     active_ns: u64,
     idle_ns: u64,
@@ -126,19 +134,21 @@ impl FlowCache {
     }
 
     /// The conversations `src` (16 bytes, IPv4 mapped) opened that are still cached: how many
-    /// were answered and how many were not (see `answers`).
-    pub fn contacts_of(&self, src: &[u8; 16]) -> (u32, u32) {
-        let (mut yes, mut no) = (0u32, 0u32);
+    /// were answered and how many were not (see `answers`), and the bytes `src` sent in those
+    /// that were not.
+    pub fn contacts_of(&self, src: &[u8; 16]) -> Contacts {
+        let mut c = Contacts::default();
         for (k, e) in &self.entries {
             if &k.src_addr == src {
                 if e.answered {
-                    yes += 1;
+                    c.answered += 1;
                 } else {
-                    no += 1;
+                    c.unanswered += 1;
+                    c.unanswered_bytes += e.fwd.bytes;
                 }
             }
         }
-        (yes, no)
+        c
     }
 
     fn touch(e: &mut Entry, d: &FlowTotals) {

@@ -53,8 +53,8 @@ impl Harness {
             events,
             cfg: SensorConfig {
                 window_ns: 60_000_000_000,
-                port_threshold: 20,
-                host_threshold: 25,
+                port_bits_threshold: 19,
+                host_bits_threshold: 23,
                 clock: sensor_common::CLOCK_CONFIG,
                 now_ns: 1_000_000_000,
                 epoch: sensor_common::FIRST_EPOCH,
@@ -202,6 +202,23 @@ impl Harness {
             m.insert(counter::NAMES[i as usize], self.counter(i)?);
         }
         Ok(m)
+    }
+
+    /// The per-source scan state map: (entries now, most entries, bytes of key + value).
+    pub fn scan_state_usage(&self) -> anyhow::Result<(usize, u32, u32)> {
+        let map = self.bpf.map(names::SCAN_STATE).expect("SCAN_STATE");
+        let m: aya::maps::HashMap<_, sensor_common::SourceKey, sensor_common::ScanState> =
+            aya::maps::HashMap::try_from(map)?;
+        let entries = m.keys().filter(|k| k.is_ok()).count();
+        let info = match map {
+            aya::maps::Map::LruHashMap(d) => d.info()?,
+            other => anyhow::bail!("SCAN_STATE: unexpected map type {other:?}"),
+        };
+        Ok((
+            entries,
+            info.max_entries(),
+            info.key_size() + info.value_size(),
+        ))
     }
 
     pub fn scan_events(&mut self) -> Vec<ScanEvent> {

@@ -409,7 +409,9 @@ fn export(
             4 => sensor_common::v4_mapped(<[u8; 4]>::try_from(&ev.src_ip[..]).unwrap_or_default()),
             _ => <[u8; 16]>::try_from(&ev.src_ip[..]).unwrap_or_default(),
         };
-        (ev.answered_contacts, ev.unanswered_contacts) = cache.contacts_of(&src);
+        let c = cache.contacts_of(&src);
+        (ev.answered_contacts, ev.unanswered_contacts, ev.probe_bytes) =
+            (c.answered, c.unanswered, c.unanswered_bytes);
     }
     let drain_time = t0.elapsed();
     let clock = Clock::now();

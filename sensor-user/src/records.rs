@@ -221,7 +221,6 @@ pub struct ScanRecord {
     /// The dominant probe kind.
     pub probe: &'static str,
     pub probes: HashMap<&'static str, u32>,
-    pub probe_bytes: u64,
     pub last_dst_ip: IpAddr,
     pub last_dst_port: u16,
     /// Which thresholds were crossed: "ports", "hosts".
@@ -462,11 +461,10 @@ pub fn scan_record(ev: &ScanEvent, clock: Clock, iface: String) -> ScanRecord {
         kind: "scan",
         iface,
         src_ip: addr(ev.src_addr, ev.ip_version),
-        distinct_ports: ev.distinct_ports,
-        distinct_hosts: ev.distinct_hosts,
+        distinct_ports: crate::sensor::estimate_distinct(ev.port_bits_set),
+        distinct_hosts: crate::sensor::estimate_distinct(ev.host_bits_set),
         probe: best.1,
         probes,
-        probe_bytes: ev.probe_bytes,
         last_dst_ip: addr(ev.last_dst, ev.ip_version),
         last_dst_port: ev.last_dst_port,
         reason,

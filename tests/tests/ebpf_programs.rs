@@ -261,7 +261,7 @@ fn egress_program_counts_the_same_way() {
 #[test]
 fn port_scan_emits_one_event_per_window_with_probe_kinds() {
     let mut h = harness();
-    h.cfg.port_threshold = 10;
+    h.cfg.port_bits_threshold = 10;
     h.cfg.window_ns = 60_000_000_000;
     h.set_now(1_000_000_000).expect("now");
     // 9 distinct ports: below the threshold.
@@ -279,7 +279,7 @@ fn port_scan_emits_one_event_per_window_with_probe_kinds() {
     let ev = h.scan_events();
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].src_addr, v4("10.4.0.66"));
-    assert_eq!(ev[0].distinct_ports, 10);
+    assert_eq!(ev[0].port_bits_set, 10, "10 ports, 10 bits: no collision");
     assert_eq!(ev[0].reason, REASON_PORTS);
     assert_eq!(ev[0].probes[probe::SYN], 9);
     assert_eq!(ev[0].probes[probe::FIN], 1);
@@ -305,15 +305,16 @@ fn port_scan_emits_one_event_per_window_with_probe_kinds() {
     }
     let ev = h.scan_events();
     assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0].window_start_ns, 62_000_000_000);
+    // The window starts at the probe, to the state's unit of 2^20 ns.
+    assert_eq!(ev[0].window_start_ns, 62_000_000_000 >> 20 << 20);
     assert_eq!(ev[0].probes[probe::XMAS], 10);
 }
 
 #[test]
 fn address_sweep_by_udp_and_ack_probes() {
     let mut h = harness();
-    h.cfg.host_threshold = 8;
-    h.cfg.port_threshold = 0; // disabled
+    h.cfg.host_bits_threshold = 8;
+    h.cfg.port_bits_threshold = 0; // disabled
     h.apply().expect("cfg");
     for i in 1..=4u8 {
         h.run_xdp(
@@ -332,7 +333,7 @@ fn address_sweep_by_udp_and_ack_probes() {
     let ev = h.scan_events();
     assert_eq!(ev.len(), 1);
     assert_eq!(
-        (ev[0].distinct_hosts, ev[0].distinct_ports, ev[0].reason),
+        (ev[0].host_bits_set, ev[0].port_bits_set, ev[0].reason),
         (8, 2, REASON_HOSTS)
     );
     assert_eq!((ev[0].probes[probe::UDP], ev[0].probes[probe::ACK]), (4, 4));
@@ -341,7 +342,7 @@ fn address_sweep_by_udp_and_ack_probes() {
 #[test]
 fn answered_conversations_are_not_probes() {
     let mut h = harness();
-    h.cfg.port_threshold = 3;
+    h.cfg.port_bits_threshold = 3;
     h.apply().expect("cfg");
     // A DNS server answering many clients on many ephemeral ports: replies are not probes.
     for p in 0..10u16 {
@@ -394,7 +395,7 @@ fn bare_syns_go_to_flow_slots_and_merge_with_their_flow() {
     use sensor_common::counter;
     let mut h = harness();
     // One port is enough to flag a source here: flagged scanners get their colliding SYNs summed.
-    h.cfg.port_threshold = 1;
+    h.cfg.port_bits_threshold = 1;
     h.apply().expect("config");
     let syn = frame::ip("10.7.0.1", "10.7.0.2", 6, 41000, 80, SYN, 0);
     h.run_xdp(&syn, 2).expect("SYN and its retransmission");
@@ -545,5 +546,64 @@ fn known_flows_move_to_their_slot_and_stay_exact() {
         (t.packets, t.bytes, t.bare_syn),
         (10, 1280, false),
         "table part + slot part"
+    );
+}
+
+#[test]
+fn a_storm_of_spoofed_sources_stays_bounded_and_the_real_scanner_is_still_flagged() {
+    let mut h = harness();
+    h.cfg.port_bits_threshold = sensor_user::sensor::bits_threshold(20);
+    h.apply().expect("cfg");
+    let (_, max, bytes) = h.scan_state_usage().expect("scan state");
+    assert!(
+        bytes <= 64,
+        "per-source state is {bytes} bytes with its key"
+    );
+    // 100,000 SYNs from 100,000 forged sources (one probe each), and among them a real scanner
+    // probing 30 ports of one host, one probe every 3,000 forged packets.
+    let storm = 100_000u32;
+    let mut port = 0u16;
+    for i in 0..storm {
+        let src = format!("10.{}.{}.{}", 64 + (i >> 16), (i >> 8) & 255, i & 255);
+        h.run_xdp(&frame::ip(&src, "10.9.0.1", 6, 40000, 80, SYN, 0), 1)
+            .expect("forged syn");
+        if i % 3_000 == 0 && port < 30 {
+            port += 1;
+            h.run_xdp(
+                &frame::ip("10.9.0.66", "10.9.0.1", 6, 50000, port, SYN, 0),
+                1,
+            )
+            .expect("scanner syn");
+        }
+    }
+    assert_eq!(port, 30);
+    let (entries, _, _) = h.scan_state_usage().expect("scan state");
+    eprintln!("storm: {entries} of {max} sources tracked, {bytes} bytes each with the key");
+    assert!(
+        entries <= max as usize,
+        "{entries} sources tracked, at most {max}"
+    );
+    assert!(
+        entries as u32 >= max / 2,
+        "the storm filled the map ({entries} of {max}): the test did storm it"
+    );
+    let ev = h.scan_events();
+    assert_eq!(ev.len(), 1, "only the scanner crossed a threshold");
+    assert_eq!(ev[0].src_addr, v4("10.9.0.66"));
+    assert!(
+        (19..=30).contains(&ev[0].probes[probe::SYN]),
+        "the scanner's SYNs up to the event all counted: {}",
+        ev[0].probes[probe::SYN]
+    );
+    assert!(
+        sensor_user::sensor::estimate_distinct(ev[0].port_bits_set) >= 20,
+        "{} bits",
+        ev[0].port_bits_set
+    );
+    assert_eq!(
+        h.counter(sensor_common::counter::SCAN_STATE_INSERT_FAILED)
+            .expect("counter"),
+        0,
+        "a full LRU evicts; inserts never fail"
     );
 }
