@@ -42,6 +42,17 @@ fn sweep_severity(distinct_hosts: u32) -> Severity {
 /// The alert observations of one kernel scan event from `sensor`: a `port_scan` if it crossed
 /// the port threshold, an `address_sweep` if it crossed the host threshold (both if both).
 pub fn scan_event_alerts(sensor: &str, e: &ScanEvent) -> anyhow::Result<Vec<AlertUpdate>> {
+    Ok(scan_event_findings(sensor, e)?
+        .into_iter()
+        .map(|f| f.update)
+        .collect())
+}
+
+/// [`scan_event_alerts`] as findings for decoy grouping (`scangroup::DecoyGroups`).
+pub fn scan_event_findings(
+    sensor: &str,
+    e: &ScanEvent,
+) -> anyhow::Result<Vec<crate::scangroup::Finding>> {
     let src = ip_text(&e.src_ip)?;
     let dst = ip_text(&e.last_dst_ip)?;
     // Failures are the evidence: a fan-out whose contacts were mostly answered is a busy client
@@ -68,29 +79,53 @@ pub fn scan_event_alerts(sensor: &str, e: &ScanEvent) -> anyhow::Result<Vec<Aler
         "distinct_ports": e.distinct_ports,
         "distinct_hosts": e.distinct_hosts,
         "probe_bytes": e.probe_bytes,
+        "answered_contacts": e.answered_contacts,
+        "unanswered_contacts": e.unanswered_contacts,
+        "replied_contacts": e.replied_contacts,
         "last_target": format!("{dst}:{}", e.last_dst_port),
         "start": rfc3339(i64::try_from(e.start_unix_ns).unwrap_or(i64::MAX)),
         "end": rfc3339(time_ns),
     });
     let mut out = Vec::new();
-    let mut push = |kind, severity| {
-        out.push(AlertUpdate {
-            kind,
-            severity,
-            source: src.clone(),
-            targets: vec![dst.clone()],
-            time_ns,
-            observation: observation.clone(),
-            seen_by: format!("sensor:{sensor}"),
-            // The kernel reports at its threshold.
-            strength: 1.0,
+    let mut push = |kind, severity, target| {
+        out.push(crate::scangroup::Finding {
+            update: AlertUpdate {
+                kind,
+                severity,
+                source: src.clone(),
+                targets: vec![dst.clone()],
+                time_ns,
+                observation: observation.clone(),
+                seen_by: format!("sensor:{sensor}"),
+                // The kernel reports at its threshold.
+                strength: 1.0,
+            },
+            target,
+            replied: e.replied_contacts,
         });
     };
     if e.reason.iter().any(|r| r == "ports") {
-        push("port_scan", port_scan_severity(e.distinct_ports));
+        push(
+            "port_scan",
+            port_scan_severity(e.distinct_ports),
+            // Decoys send the same probes: a SYN scan and a UDP scan of one host are two scans.
+            format!("port_scan {dst} {}", e.probe),
+        );
     }
     if e.reason.iter().any(|r| r == "hosts") {
-        push("address_sweep", sweep_severity(e.distinct_hosts));
+        push(
+            "address_sweep",
+            sweep_severity(e.distinct_hosts),
+            format!(
+                "address_sweep {}/{}",
+                match e.probe.as_str() {
+                    "udp" => UDP,
+                    "icmp_echo" => 1,
+                    _ => TCP,
+                },
+                e.last_dst_port
+            ),
+        );
     }
     Ok(out)
 }
@@ -144,6 +179,9 @@ struct SourceState {
     /// What was already reported (an alert again at each doubling).
     reported_ports: HashMap<IpAddr, Reported>,
     reported_hosts: HashMap<(u8, u16), Reported>,
+    /// Failures the target answered with something (a RST, a reply record): decoy evidence.
+    replied_by_host: HashMap<IpAddr, u32>,
+    replied_by_port: HashMap<(u8, u16), u32>,
 }
 
 /// Reports of one (source, host) or (source, port): once at half the threshold (for high
@@ -178,6 +216,7 @@ impl Reported {
 pub struct FanOutDetector {
     config: FanOutConfig,
     sources: Bounded<IpAddr, SourceState>,
+    decoys: crate::scangroup::DecoyGroups,
 }
 
 impl Default for FanOutDetector {
@@ -214,6 +253,16 @@ pub(crate) fn failed(f: &Flow) -> bool {
         && header_only(f.packets, f.bytes)
         && f.reverse_packets <= 2
         && header_only(f.reverse_packets, f.reverse_bytes)
+}
+
+/// (from, to) of the records of a chunk that carried packets: a failure whose target sent
+/// anything back to its source was answered (a RST; in a one-way log, a record the other way).
+fn talked(flows: &[Flow]) -> HashSet<(IpAddr, IpAddr)> {
+    flows
+        .iter()
+        .filter(|f| f.packets > 0)
+        .map(|f| (f.src_ip, f.dst_ip))
+        .collect()
 }
 
 /// UDP in one-way records (AWS, GCP, Azure: a record per direction): a probe is a record of at
@@ -265,6 +314,7 @@ impl FanOutDetector {
         FanOutDetector {
             config,
             sources: Bounded::new(config.max_sources, "fan-out"),
+            decoys: crate::scangroup::DecoyGroups::default(),
         }
     }
 
@@ -273,17 +323,44 @@ impl FanOutDetector {
         self.sources.forgotten
     }
 
-    /// Looks at a chunk of flows; returns the alert observations they complete.
+    /// Looks at a chunk of flows; returns the alert observations they complete, decoys
+    /// grouped (`scangroup`).
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
+        let findings = self.findings(flows);
+        self.decoys.group(findings)
+    }
+
+    /// [`Self::observe`] before decoy grouping.
+    pub fn findings(&mut self, flows: &[Flow]) -> Vec<crate::scangroup::Finding> {
         let mut out = Vec::new();
         let answers = UdpAnswers::of(flows);
+        let talked = talked(flows);
         for f in flows.iter().filter(|f| failed(f) || answers.unanswered(f)) {
-            self.observe_failure(f, &mut out);
+            let replied = f.reverse_packets > 0 || talked.contains(&(f.dst_ip, f.src_ip));
+            self.observe_failure(f, replied, &mut out);
         }
         out
     }
 
-    fn observe_failure(&mut self, f: &Flow, out: &mut Vec<AlertUpdate>) {
+    /// Scan findings of other sources folded into a real scanner's alert as its decoys.
+    pub fn decoys_folded(&self) -> u64 {
+        self.decoys.decoys_folded
+    }
+
+    /// The failures in a chunk of flows, as this detector judges them.
+    pub fn failures(flows: &[Flow]) -> impl Iterator<Item = &Flow> {
+        let answers = UdpAnswers::of(flows);
+        flows
+            .iter()
+            .filter(move |f| failed(f) || answers.unanswered(f))
+    }
+
+    fn observe_failure(
+        &mut self,
+        f: &Flow,
+        replied: bool,
+        out: &mut Vec<crate::scangroup::Finding>,
+    ) {
         let cfg = self.config;
         let st = self.sources.entry(f.src_ip, f.end_ns, cfg.window_ns);
         if st.ports_by_host.is_empty() && st.hosts_by_port.is_empty()
@@ -314,6 +391,12 @@ impl FanOutDetector {
         // Severity from the estimated real count (sampled logs show a fraction of it).
         let estimate = |n: usize| (n as f64 / f.sampling_rate.clamp(0.01, 1.0)) as u32;
 
+        if replied {
+            *st.replied_by_host.entry(f.dst_ip).or_default() += 1;
+            *st.replied_by_port
+                .entry((f.protocol, f.dst_port))
+                .or_default() += 1;
+        }
         let ports = st.ports_by_host.entry(f.dst_ip).or_default();
         if ports.len() < MAX_DISTINCT {
             ports.insert(f.dst_port);
@@ -326,15 +409,19 @@ impl FanOutDetector {
             .or_default()
             .due(n, threshold)
         {
-            out.push(AlertUpdate {
-                kind: "port_scan",
-                severity: port_scan_severity(estimate(n)),
-                source: f.src_ip.to_string(),
-                targets: vec![f.dst_ip.to_string()],
-                time_ns: f.end_ns,
-                observation: observation("distinct_ports", f.dst_ip.to_string(), n),
-                seen_by: seen_by.clone(),
-                strength: n as f64 / threshold as f64,
+            out.push(crate::scangroup::Finding {
+                update: AlertUpdate {
+                    kind: "port_scan",
+                    severity: port_scan_severity(estimate(n)),
+                    source: f.src_ip.to_string(),
+                    targets: vec![f.dst_ip.to_string()],
+                    time_ns: f.end_ns,
+                    observation: observation("distinct_ports", f.dst_ip.to_string(), n),
+                    seen_by: seen_by.clone(),
+                    strength: n as f64 / threshold as f64,
+                },
+                target: format!("port_scan {}", f.dst_ip),
+                replied: st.replied_by_host.get(&f.dst_ip).copied().unwrap_or(0),
             });
         }
 
@@ -350,15 +437,19 @@ impl FanOutDetector {
             sorted.sort();
             sorted.truncate(crate::alerts::MAX_TARGETS);
             let targets = sorted.iter().map(IpAddr::to_string).collect();
-            out.push(AlertUpdate {
-                kind: "address_sweep",
-                severity: sweep_severity(estimate(n)),
-                source: f.src_ip.to_string(),
-                targets,
-                time_ns: f.end_ns,
-                observation: observation("distinct_hosts", format!("port {}", f.dst_port), n),
-                seen_by,
-                strength: n as f64 / threshold as f64,
+            out.push(crate::scangroup::Finding {
+                update: AlertUpdate {
+                    kind: "address_sweep",
+                    severity: sweep_severity(estimate(n)),
+                    source: f.src_ip.to_string(),
+                    targets,
+                    time_ns: f.end_ns,
+                    observation: observation("distinct_hosts", format!("port {}", f.dst_port), n),
+                    seen_by,
+                    strength: n as f64 / threshold as f64,
+                },
+                target: format!("address_sweep {}/{}", f.protocol, f.dst_port),
+                replied: st.replied_by_port.get(&port).copied().unwrap_or(0),
             });
         }
     }
@@ -863,6 +954,14 @@ impl SlowScan {
     }
 
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
+        self.findings(flows).into_iter().map(|f| f.update).collect()
+    }
+
+    /// [`Self::observe`] as findings for decoy grouping: the target is the walk's one host
+    /// (`port_scan`) or its one port (`address_sweep`), and its replies are those of its
+    /// failures whose target sent anything back within the chunk.
+    pub fn findings(&mut self, flows: &[Flow]) -> Vec<crate::scangroup::Finding> {
+        let talked = talked(flows);
         let mut out = Vec::new();
         for f in flows {
             if f.protocol != TCP && f.action != Action::Reject {
@@ -909,7 +1008,20 @@ impl SlowScan {
                 let mut targets: Vec<IpAddr> = hosts.into_iter().collect();
                 targets.sort();
                 let first = w.failures.first().map_or(f.end_ns, |x| x.2);
-                out.push(AlertUpdate {
+                let ports: HashSet<u16> = w.failures.iter().map(|x| x.1).collect();
+                let group = if kind == "port_scan" {
+                    format!("port_scan {}", targets[0])
+                } else if ports.len() == 1 {
+                    format!("address_sweep {TCP}/{}", f.dst_port)
+                } else {
+                    format!("address_sweep {TCP}/*")
+                };
+                let replied = w
+                    .failures
+                    .iter()
+                    .filter(|x| talked.contains(&(x.0, f.src_ip)))
+                    .count() as u32;
+                let update = AlertUpdate {
                     kind,
                     // The earliest, weakest evidence: fan-out counts raise it as they grow.
                     severity: Severity::Low,
@@ -931,6 +1043,11 @@ impl SlowScan {
                     seen_by: format!("{}:{}", f.source.as_str(), f.observer),
                     // The walk reports once, at its decision.
                     strength: 1.0,
+                };
+                out.push(crate::scangroup::Finding {
+                    update,
+                    target: group,
+                    replied,
                 });
             }
         }
@@ -1241,6 +1358,8 @@ pub struct FlowDetectors {
     pub watchlist: Watchlist,
     pub baselines: Baselines,
     pub reject_storm: RejectStorm,
+    pub distributed: crate::scangroup::DistributedScan,
+    pub decoys: crate::scangroup::DecoyGroups,
 }
 
 impl Default for FlowDetectors {
@@ -1253,6 +1372,8 @@ impl Default for FlowDetectors {
             watchlist: Watchlist::default(),
             baselines: Baselines::new(crate::geo::LEARNING_NS, IMPORT_STATE_PREFIX),
             reject_storm: RejectStorm::default(),
+            distributed: crate::scangroup::DistributedScan::default(),
+            decoys: crate::scangroup::DecoyGroups::default(),
         }
     }
 }
@@ -1279,9 +1400,12 @@ impl FlowDetectors {
     }
 
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
-        let mut out = self.fanout.observe(flows);
+        // Scan findings of the fan-out and of the walks, with decoys grouped together.
+        let mut findings = self.fanout.findings(flows);
+        findings.extend(self.slow_scan.findings(flows));
+        let mut out = self.decoys.group(findings);
+        out.extend(self.distributed.observe(flows));
         out.extend(self.brute_force.observe(flows));
-        out.extend(self.slow_scan.observe(flows));
         out.extend(self.watchlist.observe_flows(flows));
         out.extend(self.baselines.observe(flows));
         out.extend(self.reject_storm.observe(flows));
@@ -1563,6 +1687,7 @@ mod tests {
             end_unix_ns: 1_700_000_001_000_000_000,
             answered_contacts: 0,
             unanswered_contacts: 0,
+            replied_contacts: 0,
         }
     }
 

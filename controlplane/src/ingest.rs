@@ -61,6 +61,9 @@ fn baselines(
             warn!(error = %format!("{e:#}"), "reading the sensor baselines failed; learning anew");
             crate::detect::Baselines::new(learning_ns, SENSOR_STATE_PREFIX)
         });
+    // Distributed scans: sources each below the kernel's per-source thresholds leave no scan
+    // event, so their failures are judged from the flows.
+    let mut distributed = crate::scangroup::DistributedScan::default();
     let mut saved = std::time::Instant::now();
     let mut flows = Vec::new();
     loop {
@@ -74,7 +77,8 @@ fn baselines(
                             .into_iter()
                             .filter_map(|f| crate::detect::sensor_flow(&sensor, f)),
                     );
-                    let updates = d.observe(&flows);
+                    let mut updates = d.observe(&flows);
+                    updates.extend(distributed.observe(&flows));
                     if let Err(e) = crate::detect::record(store.as_ref(), &updates) {
                         warn!(sensor, error = %format!("{e:#}"), "baseline alerts could not be recorded");
                     }
@@ -118,6 +122,7 @@ fn writer(
         }))
     };
     let mut watchlist = load_watchlist();
+    let mut decoys = crate::scangroup::DecoyGroups::default();
     let mut loaded = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
         if loaded.elapsed() > WATCHLIST_RELOAD {
@@ -149,6 +154,7 @@ fn writer(
                         let d = Detectors {
                             logins: &mut logins,
                             watchlist: &mut watchlist,
+                            decoys: &mut decoys,
                         };
                         detect_batch(store.as_ref(), d, &p.sensor, &p.batch);
                     }
@@ -175,6 +181,7 @@ const WATCHLIST_RELOAD: std::time::Duration = std::time::Duration::from_secs(10)
 struct Detectors<'a> {
     logins: &'a mut crate::detect::LoginBruteForce,
     watchlist: &'a mut crate::detect::Watchlist,
+    decoys: &'a mut crate::scangroup::DecoyGroups,
 }
 
 fn detect_batch(store: &dyn Store, d: Detectors<'_>, sensor: &str, batch: &ExportBatch) {
@@ -199,14 +206,16 @@ fn detect_batch(store: &dyn Store, d: Detectors<'_>, sensor: &str, batch: &Expor
             ));
         }
     }
+    let mut findings = Vec::new();
     for e in &batch.scans {
-        match crate::detect::scan_event_alerts(sensor, e) {
-            Ok(u) => updates.extend(u),
+        match crate::detect::scan_event_findings(sensor, e) {
+            Ok(f) => findings.extend(f),
             Err(err) => {
                 warn!(sensor, batch = batch.batch_id, error = %err, "scan event not evaluated")
             }
         }
     }
+    updates.extend(d.decoys.group(findings));
     for e in &batch.auth {
         match d.logins.observe(sensor, e) {
             Ok(u) => updates.extend(u),

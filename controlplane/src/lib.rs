@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod keys;
 pub mod model;
 pub mod notify;
+pub mod scangroup;
 pub mod store;
 pub mod watch;
 pub mod web;

@@ -127,6 +127,7 @@ pub fn scan(r: &ScanRecord) -> pb::ScanEvent {
         // Filled in from the flow cache when the event is exported.
         answered_contacts: 0,
         unanswered_contacts: 0,
+        replied_contacts: 0,
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Contacts {
     pub answered: u32,
     pub unanswered: u32,
     pub unanswered_bytes: u64,
+    /// Conversations in which the other end sent anything at all (a RST too).
+    pub replied: u32,
 }
 
 pub struct FlowCache {
@@ -140,6 +142,9 @@ impl FlowCache {
         let mut c = Contacts::default();
         for (k, e) in &self.entries {
             if &k.src_addr == src {
+                if e.rev.packets > 0 {
+                    c.replied += 1;
+                }
                 if e.answered {
                     c.answered += 1;
                 } else {

@@ -412,6 +412,7 @@ fn export(
         let c = cache.contacts_of(&src);
         (ev.answered_contacts, ev.unanswered_contacts, ev.probe_bytes) =
             (c.answered, c.unanswered, c.unanswered_bytes);
+        ev.replied_contacts = c.replied;
     }
     let drain_time = t0.elapsed();
     let clock = Clock::now();

@@ -38,6 +38,19 @@ struct Case {
     /// Whether cloud flow logs alone are expected to show it (a failure there fails the
     /// evaluation; otherwise it is only reported).
     logs: bool,
+    /// Addresses (hosts of the lab's /24) that `run` forges as decoys: none may get an alert.
+    decoys: &'static [u8],
+    /// The alert is about the target (`distributed_scan`), not about `src`.
+    about_target: bool,
+}
+
+/// Decoy addresses: nobody's, so the target's replies to them go nowhere.
+const DECOY_HOSTS: [u8; 3] = [201, 202, 203];
+/// The sources of the distributed scan, on the scanner's side.
+const DISTRIBUTED_HOSTS: [u8; 6] = [211, 212, 213, 214, 215, 216];
+
+fn lab_addr(lab: &Lab, host: u8) -> String {
+    format!("{}.{host}", lab.ip_b.rsplit_once('.').expect("v4").0)
 }
 
 fn nmap(lab: &Lab, src: &str, args: &[&str]) {
@@ -92,6 +105,8 @@ fn cases() -> Vec<Case> {
             run: |lab, src| nmap(lab, src, &["-sS", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "nmap FIN scan (-sF), 200 ports",
@@ -101,6 +116,8 @@ fn cases() -> Vec<Case> {
             run: |lab, src| nmap(lab, src, &["-sF", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "nmap NULL scan (-sN), 200 ports",
@@ -110,6 +127,8 @@ fn cases() -> Vec<Case> {
             run: |lab, src| nmap(lab, src, &["-sN", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "nmap Xmas scan (-sX), 200 ports",
@@ -119,6 +138,8 @@ fn cases() -> Vec<Case> {
             run: |lab, src| nmap(lab, src, &["-sX", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "nmap ACK scan (-sA), 200 ports",
@@ -128,6 +149,8 @@ fn cases() -> Vec<Case> {
             run: |lab, src| nmap(lab, src, &["-sA", "-p", "1-200", &lab.ip_b]),
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "nmap UDP scan (-sU), 100 ports",
@@ -143,6 +166,8 @@ fn cases() -> Vec<Case> {
             },
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "hping3 SYN probes, 60 incrementing ports",
@@ -160,6 +185,8 @@ fn cases() -> Vec<Case> {
             },
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "masscan SYN scan, 200 ports at 2,000 packets/s",
@@ -169,6 +196,8 @@ fn cases() -> Vec<Case> {
             run: |lab, src| masscan(lab, src, &["-p1-200", "--rate", "2000", &lab.ip_b]),
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "masscan SYN sweep of port 443 over 40 hosts at 10,000 packets/s",
@@ -182,6 +211,8 @@ fn cases() -> Vec<Case> {
             },
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "nmap SYN sweep of port 22 over 40 hosts",
@@ -191,6 +222,55 @@ fn cases() -> Vec<Case> {
             run: |lab, src| nmap(lab, src, &["-sS", "-p", "22", &sweep_targets(lab)]),
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
+        },
+        Case {
+            name: "nmap SYN scan with 3 decoys (-D), 200 ports",
+            expect: Expect::Alert("port_scan"),
+            zeek: "blames all 4 sources",
+            snort: "yes (decoy portscan), source not singled out",
+            run: |lab, src| {
+                let decoys: Vec<String> = DECOY_HOSTS.iter().map(|h| lab_addr(lab, *h)).collect();
+                let list = format!("{},ME", decoys.join(","));
+                nmap(lab, src, &["-sS", "-D", &list, "-p", "1-200", &lab.ip_b])
+            },
+            allowlisted: false,
+            logs: true,
+            decoys: &DECOY_HOSTS,
+            about_target: false,
+        },
+        Case {
+            name: "distributed SYN scan: 6 sources, 10 ports each, one host",
+            expect: Expect::Alert("distributed_scan"),
+            zeek: "no (each source under 15 ports)",
+            snort: "yes (distributed portscan)",
+            run: |lab, _| {
+                for (i, h) in DISTRIBUTED_HOSTS.iter().enumerate() {
+                    let from = lab_addr(lab, *h);
+                    let first = 2000 + i * 10;
+                    let ports = format!("{first}-{}", first + 9);
+                    nmap(lab, &from, &["-sS", "-p", &ports, &lab.ip_b]);
+                }
+            },
+            allowlisted: false,
+            logs: true,
+            decoys: &[],
+            about_target: true,
+        },
+        Case {
+            name: "nmap SYN scan at -T2 (0.4 s between probes), 25 ports",
+            expect: Expect::Alert("port_scan"),
+            zeek: "yes (SYN failures within 5 min)",
+            snort: "yes (60 s window at medium sensitivity)",
+            run: |lab, src| {
+                // After nmap()'s -T4: the last timing flag wins.
+                nmap(lab, src, &["-T2", "-sS", "-p", "3001-3025", &lab.ip_b])
+            },
+            allowlisted: false,
+            logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "benign: a client opening 200 connections to one web port",
@@ -211,6 +291,8 @@ fn cases() -> Vec<Case> {
             },
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "benign: a metrics scraper connecting to port 9100 of 40 hosts",
@@ -231,6 +313,8 @@ fn cases() -> Vec<Case> {
             },
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "benign: a DNS resolver querying port 53 of 40 hosts (UDP, answered)",
@@ -257,6 +341,8 @@ fn cases() -> Vec<Case> {
             },
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "benign: a NAT gateway's connections to 4 ports of 40 hosts (answered)",
@@ -280,6 +366,8 @@ fn cases() -> Vec<Case> {
             },
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "benign: load-balancer health checks, 10 backends every 100 ms for 3 s",
@@ -305,6 +393,8 @@ fn cases() -> Vec<Case> {
             },
             allowlisted: false,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
         Case {
             name: "benign: the sanctioned vulnerability scanner (allowlisted), SYN scan",
@@ -314,6 +404,8 @@ fn cases() -> Vec<Case> {
             run: |lab, src| nmap(lab, src, &["-sS", "-p", "1-200", &lab.ip_b]),
             allowlisted: true,
             logs: true,
+            decoys: &[],
+            about_target: false,
         },
     ]
 }
@@ -427,13 +519,13 @@ fn cloud_logs(flows: &[Value]) -> (String, String) {
 }
 
 /// Imports `text` as `provider`'s flow logs into a new store (the sanctioned scanner on its
-/// allowlist) and returns its alerts: source -> (type, severity).
+/// allowlist) and returns its alerts: source -> [(type, severity)].
 fn import_logs(
     dir: &std::path::Path,
     provider: &str,
     text: &str,
     allowlisted: &[String],
-) -> std::collections::HashMap<String, (String, String)> {
+) -> std::collections::HashMap<String, Vec<(String, String)>> {
     let data = dir.join(format!("logs-{provider}"));
     for src in allowlisted {
         let o = std::process::Command::new(tests::bin("picket-controlplane"))
@@ -463,8 +555,12 @@ fn import_logs(
         })
         .expect("alerts")
         .into_iter()
-        .map(|a| (a.source, (a.kind, a.severity)))
-        .collect()
+        .fold(std::collections::HashMap::new(), |mut m, a| {
+            m.entry(a.source)
+                .or_insert_with(Vec::new)
+                .push((a.kind, a.severity));
+            m
+        })
 }
 
 fn alerts(cp: &ControlPlane) -> Vec<Value> {
@@ -504,6 +600,10 @@ fn main() {
     for h in 100..140 {
         let ip = format!("{prefix}.{h}/24");
         sh_in(&lab.b, "ip", &["addr", "add", &ip, "dev", &lab.vb]);
+    }
+    for h in DISTRIBUTED_HOSTS {
+        let ip = format!("{prefix}.{h}/24");
+        sh_in(&lab.a, "ip", &["addr", "add", &ip, "dev", &lab.va]);
     }
     for port in SERVICE_PORTS {
         let web = tests::in_netns(&lab.b, move || {
@@ -548,9 +648,10 @@ fn main() {
         // Wait for an alert about this source (5 s past the end of the traffic at most).
         let mut found: Option<(Value, Duration)> = None;
         while found.is_none() && t0.elapsed() < ran + Duration::from_secs(5) {
+            let about = if case.about_target { &lab.ip_b } else { &src };
             if let Some(a) = alerts(&cp)
                 .into_iter()
-                .find(|a| a["source"] == src.as_str())
+                .find(|a| a["source"] == about.as_str())
             {
                 found = Some((a, t0.elapsed()));
             } else {
@@ -592,6 +693,21 @@ fn main() {
                 "-".into(),
             ),
         };
+        // Decoys must not be blamed.
+        let blamed: Vec<String> = alerts(&cp)
+            .iter()
+            .filter_map(|a| a["source"].as_str())
+            .filter(|s| case.decoys.iter().any(|h| *s == lab_addr(&lab, *h)))
+            .map(str::to_string)
+            .collect();
+        let (ok, detected) = if blamed.is_empty() {
+            (ok, detected)
+        } else {
+            (
+                false,
+                format!("{detected}; decoys blamed: {}", blamed.join(", ")),
+            )
+        };
         if !ok {
             failed += 1;
         }
@@ -609,6 +725,10 @@ fn main() {
     let flows = stored_flows(&cp);
     cp.stop();
     let (aws, gcp) = cloud_logs(&flows);
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/eval");
+    std::fs::create_dir_all(&out).expect("target/eval");
+    std::fs::write(out.join("aws.log"), &aws).expect("aws.log");
+    std::fs::write(out.join("gcp.ndjson"), &gcp).expect("gcp.ndjson");
     let allowlisted: Vec<String> = cases
         .iter()
         .enumerate()
@@ -626,16 +746,37 @@ fn main() {
     );
     let mut logs_columns = Vec::new();
     for (i, case) in cases.iter().enumerate() {
-        let src = format!("{prefix}.{}", 11 + i);
+        let src = if case.about_target {
+            lab.ip_b.clone()
+        } else {
+            format!("{prefix}.{}", 11 + i)
+        };
         let mut cols = Vec::new();
         for (provider, alerts) in ["AWS", "GCP"].iter().zip(&from_logs) {
-            let got = alerts.get(&src);
-            let right = match (case.expect, got) {
-                (Expect::Alert(k), Some((kind, _))) => kind == k,
-                (Expect::Nothing, None) => true,
-                _ => false,
-            };
+            // The expected kind if it is among the alerts about `src`, else the first.
+            let got = alerts.get(&src).and_then(|v| {
+                v.iter()
+                    .find(|(k, _)| matches!(case.expect, Expect::Alert(e) if e == k))
+                    .or(v.first())
+            });
+            let decoy_blamed = case
+                .decoys
+                .iter()
+                .any(|h| alerts.contains_key(&lab_addr(&lab, *h)));
+            let right = !decoy_blamed
+                && match (case.expect, got) {
+                    (Expect::Alert(k), Some((kind, _))) => kind == k,
+                    (Expect::Nothing, None) => true,
+                    _ => false,
+                };
             let text = match got {
+                _ if decoy_blamed => format!(
+                    "FAIL: a decoy blamed ({:?})",
+                    case.decoys
+                        .iter()
+                        .filter_map(|h| alerts.get(&lab_addr(&lab, *h)))
+                        .collect::<Vec<_>>()
+                ),
                 Some((kind, severity)) if right => format!("{kind} ({severity})"),
                 Some((kind, _)) => format!("FAIL: {kind}"),
                 None if right => "nothing (right)".into(),
@@ -671,8 +812,6 @@ fn main() {
         )
         .ok();
     }
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/eval");
-    std::fs::create_dir_all(&out).expect("target/eval");
     std::fs::write(out.join("report.md"), &report).expect("report");
     println!("\n{report}\nreport written to target/eval/report.md");
     drop(lab);

@@ -1,0 +1,631 @@
+//! Scans that involve several sources.
+//!
+//! - **Decoys** (nmap `-D`): one scanner sends every probe also from forged addresses, so that
+//!   several sources scan the same target at the same moment and the real one hides among them.
+//!   [`DecoyGroups`] takes the per-source findings of a batch (kernel scan events, or the flow-log
+//!   fan-out), groups those against the same target, and names the one source the target
+//!   answered: replies go to the address they answer, so a forged address that is nobody's (or
+//!   somebody's far away) receives none that the sensor or the flow log sees, while the real
+//!   scanner receives its SYN-ACKs and RSTs. One alert names that source, with the decoys in its
+//!   observation; the decoys get none. When the replies do not single out one source (decoys
+//!   that are live hosts, or a scan whose replies were not seen), each source keeps its alert,
+//!   and each alert names the others as the same scan.
+//! - **Distributed scans**: several sources, each below the per-source threshold, failing
+//!   against many ports of one host within a short window. [`DistributedScan`] raises one
+//!   `distributed_scan` alert about the target, naming the sources.
+//!
+//! Time comes from the data, as everywhere in detection.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use serde_json::{Value, json};
+use tracing::info;
+
+use crate::{
+    alerts::{AlertUpdate, Severity},
+    api::rfc3339,
+    model::Flow,
+};
+
+/// Findings of different sources against the same target within this much data time of the
+/// group's first are one scan: nmap sends each probe from every decoy in turn, so they cross
+/// thresholds within microseconds of each other (and a flow log gives them the same second).
+/// Independent scans of one host seconds apart stay apart.
+pub const GROUP_WINDOW_NS: i64 = 1_000_000_000;
+
+/// Groups remembered at once; the stalest go first.
+const MAX_GROUPS: usize = 10_000;
+
+/// One source's scan finding, before grouping.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    pub update: AlertUpdate,
+    /// What the source scanned: `port_scan <host>` or `address_sweep <protocol>/<port>`.
+    pub target: String,
+    /// The source's conversations (or failed contacts) with that target that the target
+    /// answered with anything at all (a SYN-ACK, a RST, a datagram): seen only by the real
+    /// scanner when the others are forged.
+    pub replied: u32,
+}
+
+struct Group {
+    first_ns: i64,
+    last_ns: i64,
+    /// Every source seen in the group, with the replies it got.
+    sources: BTreeMap<String, u32>,
+    /// The source named the real scanner, once decided.
+    real: Option<String>,
+}
+
+/// Groups the findings of decoy scans (see the module's documentation).
+#[derive(Default)]
+pub struct DecoyGroups {
+    /// By target, the groups of the last `GROUP_KEEP_NS`.
+    groups: HashMap<String, Vec<Group>>,
+    /// Findings folded into another source's alert as decoys.
+    pub decoys_folded: u64,
+}
+
+/// A group's members keep being judged with it while they report within this much data time
+/// (the flow-log fan-out reports a source again as its count doubles).
+pub const GROUP_KEEP_NS: i64 = 60_000_000_000;
+
+impl DecoyGroups {
+    /// The alert updates of a batch of findings.
+    pub fn group(&mut self, mut findings: Vec<Finding>) -> Vec<AlertUpdate> {
+        if findings.is_empty() {
+            return Vec::new();
+        }
+        findings.sort_by_key(|f| f.update.time_ns);
+        // Each finding to its group: the live group it is a member of, else one it can join
+        // (within the window of the group's first finding), else a new one.
+        let mut assigned: Vec<((String, usize), Vec<Finding>)> = Vec::new();
+        for f in findings {
+            let t = f.update.time_ns;
+            let gs = self.groups.entry(f.target.clone()).or_default();
+            let live = |g: &Group| t - g.last_ns <= GROUP_KEEP_NS;
+            let idx = gs
+                .iter()
+                .position(|g| live(g) && g.sources.contains_key(&f.update.source))
+                .or_else(|| {
+                    gs.iter()
+                        .position(|g| (t - g.first_ns).abs() <= GROUP_WINDOW_NS)
+                })
+                .unwrap_or_else(|| {
+                    gs.push(Group {
+                        first_ns: t,
+                        last_ns: t,
+                        sources: BTreeMap::new(),
+                        real: None,
+                    });
+                    gs.len() - 1
+                });
+            let g = &mut gs[idx];
+            g.last_ns = g.last_ns.max(t);
+            let r = g.sources.entry(f.update.source.clone()).or_default();
+            *r = (*r).max(f.replied);
+            let key = (f.target.clone(), idx);
+            match assigned.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(f),
+                None => assigned.push((key, vec![f])),
+            }
+        }
+        let mut out = Vec::new();
+        for ((target, idx), batch) in assigned {
+            let g = &mut self.groups.get_mut(&target).expect("assigned")[idx];
+            if g.sources.len() < 2 {
+                out.extend(batch.into_iter().map(|f| f.update));
+                continue;
+            }
+            if g.real.is_none() {
+                let answered: Vec<&String> = g
+                    .sources
+                    .iter()
+                    .filter(|(_, r)| **r > 0)
+                    .map(|(s, _)| s)
+                    .collect();
+                if answered.len() == 1 {
+                    g.real = Some(answered[0].clone());
+                }
+            }
+            let all: Vec<String> = g.sources.keys().cloned().collect();
+            match g.real.clone() {
+                Some(real) => {
+                    let decoys: Vec<&String> = all.iter().filter(|s| **s != real).collect();
+                    let evidence = format!(
+                        "the target answered {real} only ({} replies); the {} other sources got \
+                         none: their addresses were forged",
+                        g.sources[&real],
+                        decoys.len()
+                    );
+                    let mut real_seen = batch.iter().any(|f| f.update.source == real);
+                    for mut f in batch {
+                        if f.update.source == real {
+                            annotate(&mut f.update.observation, "decoys", json!(decoys));
+                            annotate(&mut f.update.observation, "decoy_evidence", json!(evidence));
+                            out.push(f.update);
+                            continue;
+                        }
+                        self.decoys_folded += 1;
+                        info!(
+                            target = target.as_str(),
+                            decoy = f.update.source.as_str(),
+                            real = real.as_str(),
+                            "a decoy's scan finding folded into the real scanner's alert"
+                        );
+                        if !real_seen {
+                            // The real source's own finding came earlier: say in its alert
+                            // that this decoy joined.
+                            let mut u = f.update;
+                            u.source = real.clone();
+                            u.observation = json!({
+                                "kind": "decoys",
+                                "decoys": decoys,
+                                "decoy_evidence": evidence,
+                                "time": rfc3339(u.time_ns),
+                            });
+                            out.push(u);
+                            real_seen = true;
+                        }
+                    }
+                }
+                None => {
+                    for mut f in batch {
+                        let others: Vec<&String> =
+                            all.iter().filter(|s| **s != f.update.source).collect();
+                        annotate(&mut f.update.observation, "same_scan_from", json!(others));
+                        out.push(f.update);
+                    }
+                }
+            }
+        }
+        // Forget the groups no member reported to for `GROUP_KEEP_NS` (data time), and keep
+        // at most `MAX_GROUPS`.
+        let newest = self
+            .groups
+            .values()
+            .flatten()
+            .map(|g| g.last_ns)
+            .max()
+            .unwrap_or(0);
+        for gs in self.groups.values_mut() {
+            gs.retain(|g| newest - g.last_ns <= GROUP_KEEP_NS);
+        }
+        self.groups.retain(|_, gs| !gs.is_empty());
+        if self.groups.len() > MAX_GROUPS {
+            let mut ages: Vec<i64> = self
+                .groups
+                .values()
+                .filter_map(|gs| gs.iter().map(|g| g.last_ns).max())
+                .collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() - MAX_GROUPS];
+            self.groups
+                .retain(|_, gs| gs.iter().any(|g| g.last_ns >= cut));
+        }
+        out.sort_by_key(|u| u.time_ns);
+        out
+    }
+}
+
+fn annotate(observation: &mut Value, key: &str, value: Value) {
+    if let Value::Object(m) = observation {
+        m.insert(key.to_string(), value);
+    }
+}
+
+/// Settings of [`DistributedScan`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DistributedConfig {
+    /// Failures against one host count together within this much data time.
+    pub window_ns: i64,
+    /// Distinct ports of the host that the sources failed on together.
+    pub ports: u32,
+    /// Sources, each below `per_source` ports of the host.
+    pub sources: u32,
+    /// A source with this many failed ports of the host is a port scanner of its own (its own
+    /// alert), not a part of a distributed scan.
+    pub per_source: u32,
+    /// Targets followed at once; beyond it the stalest is forgotten.
+    pub max_targets: usize,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        DistributedConfig {
+            window_ns: 60_000_000_000,
+            ports: 40,
+            sources: 4,
+            per_source: 15,
+            max_targets: 50_000,
+        }
+    }
+}
+
+/// Distinct ports kept per (target, source).
+const MAX_PORTS: usize = 1024;
+/// Sources kept per target.
+const MAX_SOURCES: usize = 1024;
+
+#[derive(Default)]
+struct TargetState {
+    window_start_ns: i64,
+    last_ns: i64,
+    ports_by_source: HashMap<IpAddr, HashSet<u16>>,
+    reported: usize,
+}
+
+/// `distributed_scan`: sources that each stay below the per-source port-scan threshold, failing
+/// together against many ports of one host (see the module's documentation). Failures are
+/// judged as the fan-out detector judges them (`detect::failed`).
+pub struct DistributedScan {
+    config: DistributedConfig,
+    targets: HashMap<IpAddr, TargetState>,
+    /// Live targets dropped to stay within `max_targets`.
+    pub forgotten: u64,
+}
+
+impl Default for DistributedScan {
+    fn default() -> Self {
+        Self::new(DistributedConfig::default())
+    }
+}
+
+impl DistributedScan {
+    pub fn new(config: DistributedConfig) -> Self {
+        DistributedScan {
+            config,
+            targets: HashMap::new(),
+            forgotten: 0,
+        }
+    }
+
+    /// Looks at a chunk of flows.
+    ///
+    /// In one-way records without TCP flags (AWS v2, GCP), both records of a conversation whose
+    /// answer was a RST look like probes, and so do a server's short replies. Of such a pair in
+    /// the chunk, the record from the lower port to the higher (a service's to a client's
+    /// ephemeral port) is taken for the reply and not counted: otherwise the clients of a NAT
+    /// gateway or a load balancer's backends would be "many sources failing on many ports" of
+    /// it.
+    pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
+        let cfg = self.config;
+        let mut out = Vec::new();
+        let records: HashSet<(IpAddr, u16, IpAddr, u16)> = flows
+            .iter()
+            .filter(|f| f.packets > 0)
+            .map(|f| (f.src_ip, f.src_port, f.dst_ip, f.dst_port))
+            .collect();
+        let reply = |f: &Flow| {
+            f.tcp_flags == 0
+                && f.source != crate::model::Source::Sensor
+                && f.src_port < f.dst_port
+                && records.contains(&(f.dst_ip, f.dst_port, f.src_ip, f.src_port))
+        };
+        for f in crate::detect::FanOutDetector::failures(flows).filter(|f| !reply(f)) {
+            if !self.targets.contains_key(&f.dst_ip) && self.targets.len() >= cfg.max_targets {
+                let stalest = self
+                    .targets
+                    .iter()
+                    .min_by_key(|(_, t)| t.last_ns)
+                    .map(|(k, _)| *k);
+                if let Some(k) = stalest {
+                    self.targets.remove(&k);
+                    self.forgotten += 1;
+                }
+            }
+            let st = self.targets.entry(f.dst_ip).or_default();
+            if st.ports_by_source.is_empty()
+                || f.end_ns - st.window_start_ns > cfg.window_ns
+                || f.end_ns < st.window_start_ns - cfg.window_ns
+            {
+                *st = TargetState {
+                    window_start_ns: f.end_ns,
+                    ..TargetState::default()
+                };
+            }
+            st.last_ns = st.last_ns.max(f.end_ns);
+            if !st.ports_by_source.contains_key(&f.src_ip)
+                && st.ports_by_source.len() >= MAX_SOURCES
+            {
+                continue;
+            }
+            let ports = st.ports_by_source.entry(f.src_ip).or_default();
+            if ports.len() < MAX_PORTS {
+                ports.insert(f.dst_port);
+            }
+            // Only sources below the per-source threshold take part.
+            let part: Vec<(&IpAddr, &HashSet<u16>)> = st
+                .ports_by_source
+                .iter()
+                .filter(|(_, p)| p.len() < cfg.per_source as usize)
+                .collect();
+            if part.len() < cfg.sources as usize {
+                continue;
+            }
+            let union: BTreeSet<u16> = part.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+            let n = union.len();
+            let threshold = cfg.ports as usize;
+            if n < threshold || n < 2 * st.reported {
+                continue;
+            }
+            st.reported = n;
+            let mut sources: Vec<(IpAddr, usize)> =
+                part.iter().map(|(ip, p)| (**ip, p.len())).collect();
+            sources.sort();
+            out.push(AlertUpdate {
+                kind: "distributed_scan",
+                severity: if n >= 1000 {
+                    Severity::High
+                } else if n >= 200 {
+                    Severity::Medium
+                } else {
+                    Severity::Low
+                },
+                source: f.dst_ip.to_string(),
+                targets: sources
+                    .iter()
+                    .take(crate::alerts::MAX_TARGETS)
+                    .map(|(ip, _)| ip.to_string())
+                    .collect(),
+                time_ns: f.end_ns,
+                observation: json!({
+                    "kind": "distributed_failures",
+                    "provider": f.source.as_str(),
+                    "observer": f.observer,
+                    "distinct_ports": n,
+                    "distinct_sources": sources.len(),
+                    "ports_by_source": sources
+                        .iter()
+                        .take(50)
+                        .map(|(ip, k)| (ip.to_string(), *k))
+                        .collect::<BTreeMap<_, _>>(),
+                    "per_source_threshold": cfg.per_source,
+                    "window_start": rfc3339(st.window_start_ns),
+                    "last_failure": rfc3339(f.end_ns),
+                }),
+                seen_by: format!("{}:{}", f.source.as_str(), f.observer),
+                strength: n as f64 / threshold as f64,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        detect::FanOutDetector,
+        model::{Action, Source},
+    };
+
+    /// An AWS v2 record (one direction, no TCP flags) of one SYN-sized packet.
+    fn record(src: &str, sport: u16, dst: &str, dport: u16, t_s: i64) -> Flow {
+        Flow {
+            source: Source::Aws,
+            observer: "123456789010".into(),
+            interface: "eni-1".into(),
+            start_ns: t_s * 1_000_000_000,
+            end_ns: t_s * 1_000_000_000,
+            src_ip: src.parse().expect("src"),
+            dst_ip: dst.parse().expect("dst"),
+            src_port: sport,
+            dst_port: dport,
+            protocol: 6,
+            packets: 1,
+            bytes: 40,
+            reverse_packets: 0,
+            reverse_bytes: 0,
+            tcp_flags: 0,
+            action: Action::Accept,
+            sampling_rate: 1.0,
+            cloud: Default::default(),
+        }
+    }
+
+    fn finding(source: &str, target: &str, t_s: i64, replied: u32) -> Finding {
+        Finding {
+            update: AlertUpdate {
+                kind: "port_scan",
+                severity: Severity::Low,
+                source: source.into(),
+                targets: vec![target.into()],
+                time_ns: t_s * 1_000_000_000,
+                observation: json!({"kind": "kernel_scan_event"}),
+                seen_by: "sensor:lab".into(),
+                strength: 1.0,
+            },
+            target: format!("port_scan {target}"),
+            replied,
+        }
+    }
+
+    #[test]
+    fn decoys_fold_into_the_one_source_the_target_answered() {
+        let mut g = DecoyGroups::default();
+        let u = g.group(vec![
+            finding("10.0.0.51", "10.0.1.1", 100, 0),
+            finding("10.0.0.9", "10.0.1.1", 100, 180),
+            finding("10.0.0.52", "10.0.1.1", 100, 0),
+            // Another scan of another host, by a decoy's address: its own alert.
+            finding("10.0.0.51", "10.0.1.2", 100, 0),
+        ]);
+        assert_eq!(u.len(), 2, "{u:?}");
+        let real = u.iter().find(|u| u.targets == ["10.0.1.1"]).expect("real");
+        assert_eq!(real.source, "10.0.0.9");
+        assert_eq!(
+            real.observation["decoys"],
+            json!(["10.0.0.51", "10.0.0.52"])
+        );
+        assert!(
+            real.observation["decoy_evidence"]
+                .as_str()
+                .expect("evidence")
+                .contains("180 replies"),
+            "{}",
+            real.observation
+        );
+        let other = u.iter().find(|u| u.targets == ["10.0.1.2"]).expect("other");
+        assert_eq!(other.source, "10.0.0.51");
+        assert!(other.observation.get("decoys").is_none());
+        assert_eq!(g.decoys_folded, 2);
+
+        // A decoy whose finding comes in a later batch joins the real scanner's alert.
+        let u = g.group(vec![finding("10.0.0.53", "10.0.1.1", 101, 0)]);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].source, "10.0.0.9");
+        assert_eq!(u[0].observation["kind"], "decoys");
+        assert_eq!(
+            u[0].observation["decoys"],
+            json!(["10.0.0.51", "10.0.0.52", "10.0.0.53"])
+        );
+        assert_eq!(g.decoys_folded, 3);
+        // A decoy reporting again 10 s on (a flow-log fan-out at twice its count) is still one.
+        let u = g.group(vec![finding("10.0.0.51", "10.0.1.1", 110, 0)]);
+        assert_eq!((u.len(), &u[0].source[..]), (1, "10.0.0.9"));
+        assert_eq!(g.decoys_folded, 4);
+        // Much later, the same address scanning the same host is a new scan of its own.
+        let u = g.group(vec![finding("10.0.0.53", "10.0.1.1", 400, 0)]);
+        assert_eq!((u.len(), &u[0].source[..]), (1, "10.0.0.53"));
+        assert!(u[0].observation.get("decoys").is_none());
+    }
+
+    #[test]
+    fn when_replies_do_not_single_out_a_source_each_keeps_its_alert() {
+        let mut g = DecoyGroups::default();
+        // Nobody answered (or everybody did): no source is blamed for the others.
+        for replied in [0, 5] {
+            let u = g.group(vec![
+                finding("10.0.0.51", "10.0.1.1", 100 * replied as i64, replied),
+                finding("10.0.0.9", "10.0.1.1", 100 * replied as i64, replied),
+            ]);
+            assert_eq!(u.len(), 2, "{u:?}");
+            assert_eq!(u[0].observation["same_scan_from"], json!(["10.0.0.9"]));
+            assert_eq!(u[1].observation["same_scan_from"], json!(["10.0.0.51"]));
+        }
+        assert_eq!(g.decoys_folded, 0);
+        // Two scans of one host 3 s apart are two scans, not decoys of one.
+        let u = g.group(vec![finding("10.0.0.61", "10.0.1.9", 1000, 7)]);
+        assert_eq!(u[0].observation, json!({"kind": "kernel_scan_event"}));
+        let u = g.group(vec![finding("10.0.0.62", "10.0.1.9", 1003, 0)]);
+        assert_eq!(
+            (&u[0].source[..], &u[0].observation),
+            ("10.0.0.62", &json!({"kind": "kernel_scan_event"}))
+        );
+    }
+
+    #[test]
+    fn decoys_in_one_way_flow_logs_are_told_from_the_scanner_by_the_targets_replies() {
+        // nmap -D: every port probed from 10.0.0.9 (real) and from 10.0.0.51 and 10.0.0.52
+        // (forged). The target's RSTs go to the real scanner only: a record the other way.
+        let mut flows = Vec::new();
+        for p in 1..=30u16 {
+            for src in ["10.0.0.51", "10.0.0.9", "10.0.0.52"] {
+                flows.push(record(src, 40000, "10.0.1.1", p, 1000));
+            }
+            flows.push(record("10.0.1.1", p, "10.0.0.9", 40000, 1000));
+        }
+        let mut d = FanOutDetector::default();
+        let u = d.observe(&flows);
+        let scans: Vec<_> = u.iter().filter(|u| u.kind == "port_scan").collect();
+        assert!(!scans.is_empty());
+        assert!(
+            scans.iter().all(|u| u.source == "10.0.0.9"),
+            "only the real scanner is blamed: {scans:?}"
+        );
+        assert_eq!(
+            scans[0].observation["decoys"],
+            json!(["10.0.0.51", "10.0.0.52"])
+        );
+        assert!(d.decoys_folded() >= 2);
+        // With every flow detector (the sequential test decides after a few failures, before
+        // the fan-out): still no alert of any kind about a decoy.
+        let mut all = crate::detect::FlowDetectors::default();
+        let u = all.observe(&flows);
+        assert!(
+            u.iter().any(|u| u.source == "10.0.0.9"),
+            "the scanner is alerted: {u:?}"
+        );
+        assert!(
+            u.iter()
+                .all(|u| u.source != "10.0.0.51" && u.source != "10.0.0.52"),
+            "{u:?}"
+        );
+    }
+
+    #[test]
+    fn many_sources_each_under_the_threshold_against_one_host_are_a_distributed_scan() {
+        let mut d = DistributedScan::default();
+        // 5 sources, 10 distinct ports each, within 30 s: the 4th source's 10th port makes 40.
+        let mut flows = Vec::new();
+        for (i, src) in [
+            "10.0.0.21",
+            "10.0.0.22",
+            "10.0.0.23",
+            "10.0.0.24",
+            "10.0.0.25",
+        ]
+        .iter()
+        .enumerate()
+        {
+            for p in 0..10u16 {
+                let port = 1000 + i as u16 * 10 + p;
+                flows.push(record(src, 40000, "10.0.1.1", port, 1000 + i as i64 * 6));
+            }
+        }
+        // A port scanner of its own against the same host: its alert is the fan-out's, and it
+        // takes no part here.
+        for p in 0..30u16 {
+            flows.push(record("10.0.0.99", 40000, "10.0.1.1", 5000 + p, 1000));
+        }
+        let u = d.observe(&flows);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(
+            (u[0].kind, &u[0].source[..], u[0].severity),
+            ("distributed_scan", "10.0.1.1", Severity::Low)
+        );
+        assert_eq!(
+            u[0].targets,
+            ["10.0.0.21", "10.0.0.22", "10.0.0.23", "10.0.0.24"]
+        );
+        assert_eq!(u[0].observation["distinct_ports"], 40);
+        assert_eq!(u[0].observation["ports_by_source"]["10.0.0.24"], 10);
+
+        // Three sources are not enough, however many ports; the same failures spread over more
+        // than the window are not together.
+        let mut d = DistributedScan::default();
+        let few: Vec<Flow> = (0..42u16)
+            .map(|p| {
+                let src = ["10.0.0.31", "10.0.0.32", "10.0.0.33"][p as usize % 3];
+                record(src, 40000, "10.0.1.1", p + 1, 2000)
+            })
+            .collect();
+        assert!(d.observe(&few).is_empty());
+        let mut d = DistributedScan::default();
+        let slow: Vec<Flow> = (0..50u16)
+            .map(|p| {
+                let src = format!("10.0.0.{}", 40 + p % 5);
+                record(&src, 40000, "10.0.1.1", p + 1, 3000 + i64::from(p) * 20)
+            })
+            .collect();
+        assert!(d.observe(&slow).is_empty());
+
+        // A NAT gateway's connections, as one-way records: its requests were answered, and the
+        // servers' short replies to its many ephemeral ports are not failures of theirs.
+        let mut d = DistributedScan::default();
+        let mut nat = Vec::new();
+        for h in 0..40u16 {
+            let server = format!("10.0.2.{}", 100 + h);
+            for k in 0..2u16 {
+                let eph = 40000 + h * 2 + k;
+                nat.push(record("10.0.0.7", eph, &server, 9100, 4000));
+                nat.push(record(&server, 9100, "10.0.0.7", eph, 4000));
+            }
+        }
+        assert!(d.observe(&nat).is_empty());
+    }
+}
