@@ -89,8 +89,9 @@ pub struct Entity {
     pub open_alerts: u64,
 }
 
-/// External peers of one country (the RIR's assignment of their address block, from the
-/// embedded iptocc data: no network lookup).
+/// External peers of one country (`geo::country_code`: the user's MaxMind database if given,
+/// else the RIR's assignment of their address block from the embedded iptocc data; no network
+/// lookup).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Country {
     /// ISO 3166-1 alpha-2, or `unknown` (unassigned or reserved blocks).
@@ -339,7 +340,7 @@ pub fn detail(
         if crate::store::internal(p) || p.is_loopback() {
             continue;
         }
-        let cc = iptocc::country_code(*p).unwrap_or("unknown");
+        let cc = crate::geo::country_code(*p).unwrap_or("unknown");
         let c = by_country.entry(cc).or_insert_with(|| Country {
             country: cc.to_string(),
             peers: 0,

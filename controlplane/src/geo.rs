@@ -2,7 +2,8 @@
 //! the entity's first session of the kind):
 //! - `geo_unusual_access`: an accepted inbound session from a country never seen for the
 //!   entity. Countries come from the RIR assignment of address blocks, embedded by the
-//!   `iptocc` crate: no lookup leaves the machine.
+//!   `iptocc` crate, or first from a MaxMind GeoIP2/GeoLite2 Country or City database the user
+//!   gives (`--geo-db`; [`use_country_db`]): no lookup leaves the machine.
 //! - `new_service`: the entity serves a TCP port it never served: an accepted session with a
 //!   completed exchange (at least 3 packets from the client, not probe-like), so probes of
 //!   closed ports are not services.
@@ -26,6 +27,47 @@ use crate::{
     api::rfc3339,
     model::{Action, Flow},
 };
+
+/// The user's MaxMind database, once `use_country_db` opened it.
+static COUNTRY_DB: std::sync::OnceLock<maxminddb::Reader<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// Opens a MaxMind DB (GeoIP2/GeoLite2 Country or City, or any database whose records carry
+/// `country.iso_code`) as the first source of countries for the whole process; addresses it
+/// does not cover fall back to the embedded registry data. Returns its type and build time.
+pub fn use_country_db(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let reader = maxminddb::Reader::open_readfile(path).with_context(|| {
+        format!(
+            "{}: not a readable MaxMind DB (a GeoIP2 or GeoLite2 Country or City .mmdb file)",
+            path.display()
+        )
+    })?;
+    let m = reader.metadata();
+    let about = format!(
+        "{} (IPv{}, built {}, {} nodes)",
+        m.database_type,
+        m.ip_version,
+        rfc3339(m.build_epoch as i64 * 1_000_000_000),
+        m.node_count
+    );
+    COUNTRY_DB
+        .set(reader)
+        .map_err(|_| anyhow::anyhow!("a country database is already in use"))?;
+    Ok(about)
+}
+
+/// The country (ISO 3166 alpha-2) of `ip`: the user's MaxMind database first (its country, else
+/// its registered country), then the registries' data embedded by `iptocc`.
+pub fn country_code(ip: IpAddr) -> Option<&'static str> {
+    if let Some(db) = COUNTRY_DB.get()
+        && let Ok(found) = db.lookup(ip)
+        && let Ok(Some(c)) = found.decode::<maxminddb::geoip2::Country<'static>>()
+        && let Some(cc) = c.country.iso_code.or(c.registered_country.iso_code)
+    {
+        return Some(cc);
+    }
+    iptocc::country_code(ip)
+}
 
 /// What is learned per entity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +141,7 @@ impl Facet {
                 if crate::store::internal(&f.src_ip) || f.src_ip.is_loopback() {
                     return None;
                 }
-                let cc = iptocc::country_code(f.src_ip)?.as_bytes();
+                let cc = country_code(f.src_ip)?.as_bytes();
                 let mut key = [0u8; 16];
                 key[..cc.len().min(16)].copy_from_slice(&cc[..cc.len().min(16)]);
                 Some((f.dst_ip, u128::from_be_bytes(key)))
@@ -113,9 +155,7 @@ impl Facet {
     fn text(self, f: &Flow) -> String {
         match self {
             Facet::Device => f.src_ip.to_string(),
-            Facet::Country => iptocc::country_code(f.src_ip)
-                .unwrap_or_default()
-                .to_string(),
+            Facet::Country => country_code(f.src_ip).unwrap_or_default().to_string(),
             Facet::Service => crate::entities::port_name(f.dst_port, f.protocol),
         }
     }

@@ -86,6 +86,11 @@ enum Cmd {
         /// (for sensor flows and the watched directory's cloud flow logs).
         #[arg(long, value_name = "DAYS", default_value_t = 36)]
         learning_days: u32,
+        /// A MaxMind GeoIP2 or GeoLite2 Country or City database (.mmdb) to take countries from
+        /// first (geo_unusual_access, entity pages); addresses it does not cover, and every
+        /// address without it, get the registries' country data built into Picket.
+        #[arg(long, value_name = "FILE")]
+        geo_db: Option<std::path::PathBuf>,
         /// Seconds between maintenance passes: rollups (which the entity views read), retention,
         /// correlation, coverage gaps, snoozes that end.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -178,6 +183,11 @@ enum Cmd {
         /// alert: geo_unusual_access, new_service, new_internal_device, data_exfiltration.
         #[arg(long, value_name = "DAYS", default_value_t = 36)]
         learning_days: u32,
+        /// A MaxMind GeoIP2 or GeoLite2 Country or City database (.mmdb) to take countries from
+        /// first (geo_unusual_access, entity pages); addresses it does not cover, and every
+        /// address without it, get the registries' country data built into Picket.
+        #[arg(long, value_name = "FILE")]
+        geo_db: Option<std::path::PathBuf>,
     },
 }
 
@@ -415,11 +425,13 @@ fn main() -> ExitCode {
             retention_1h_days,
             public_url,
             learning_days,
+            geo_db,
             maintenance_interval,
             notify_max_attempts,
             notify_retry_ms,
         } => tls_config(tls_cert, tls_key, tls_client_ca).and_then(|tls| {
             const DAY: i64 = 86_400_000_000_000;
+            use_geo_db(geo_db.as_deref())?;
             for (flag, days) in [
                 ("--retention-raw-days", retention_raw_days),
                 ("--retention-1m-days", retention_1m_days),
@@ -468,13 +480,16 @@ fn main() -> ExitCode {
             data_dir,
             sampling_rate,
             learning_days,
-        } => import(
-            provider,
-            &data_dir,
-            &files,
-            sampling_rate,
-            learning_days as i64 * 86_400_000_000_000,
-        ),
+            geo_db,
+        } => use_geo_db(geo_db.as_deref()).and_then(|()| {
+            import(
+                provider,
+                &data_dir,
+                &files,
+                sampling_rate,
+                learning_days as i64 * 86_400_000_000_000,
+            )
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -972,6 +987,15 @@ fn sensors(data_dir: PathBuf, cmd: SensorsCmd) -> anyhow::Result<()> {
             }
             eprintln!("sensor `{name}` revoked: its key is refused from now on");
         }
+    }
+    Ok(())
+}
+
+/// Opens `--geo-db` (if given) for the whole process, and says so.
+fn use_geo_db(path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        let about = controlplane::geo::use_country_db(p)?;
+        info!(file = %p.display(), database = about, "countries come from this MaxMind database first");
     }
     Ok(())
 }

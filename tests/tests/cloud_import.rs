@@ -1049,6 +1049,86 @@ fn a_session_from_a_new_country_after_learning_is_an_alert() {
     assert_eq!(b["observations"].as_array().map(Vec::len), Some(1));
 }
 
+/// `--geo-db`: countries come from the user's MaxMind database first (here 1.0.16.0/24 is NZ,
+/// where the embedded registry data says JP, and TEST-NET-2, which the registries leave
+/// unassigned, is IS), and from the embedded data for what it does not cover (8.8.8.8, US). A
+/// file that is not a MaxMind DB is refused with a sentence.
+#[test]
+fn a_maxmind_database_names_countries_before_the_registries() {
+    let dir = TempDir::new("geodb");
+    let data = dir.0.join("data");
+    let mmdb = dir.0.join("countries.mmdb");
+    std::fs::write(
+        &mmdb,
+        tests::mmdb::country_db(&[("1.0.16.0/24", "NZ"), ("198.51.100.0/24", "IS")]),
+    )
+    .expect("write the database");
+    let day = 86_400u64;
+    let t0 = 1_795_860_000u64 - 41 * day;
+    let rec = |src: &str, t: u64| {
+        format!(
+            "2 123456789010 eni-0b1 {src} 10.0.0.22 50000 22 6 20 4000 {t} {} ACCEPT OK\n",
+            t + 60
+        )
+    };
+    let geo = mmdb.to_str().expect("utf8");
+    let first = rec("8.8.8.8", t0) + &rec("198.51.100.7", t0 + 10 * day);
+    let later = rec("1.0.16.1", t0 + 40 * day) + &rec("198.51.100.9", t0 + 40 * day);
+    for (name, text) in [("first.log", first), ("later.log", later)] {
+        let f = dir.0.join(name);
+        std::fs::write(&f, text).expect("write");
+        let args = [
+            "aws",
+            f.to_str().expect("utf8"),
+            "--learning-days",
+            "30",
+            "--geo-db",
+            geo,
+        ];
+        let out = summary(&import(&data, &args, None));
+        if name == "later.log" {
+            assert!(
+                out.contains(
+                    "alert #1: medium geo_unusual_access from 10.0.0.22 against 1.0.16.1 (NZ)"
+                ),
+                "{out}"
+            );
+            assert_eq!(out.matches("alert #").count(), 1, "{out}");
+        } else {
+            assert!(!out.contains("alert #"), "{out}");
+        }
+    }
+    let body: String = db(&data)
+        .query_row(
+            "SELECT body FROM alerts WHERE type = 'geo_unusual_access'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("one alert");
+    let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        b["observations"][0]["known_countries"],
+        serde_json::json!(["IS", "US"])
+    );
+
+    let bad = dir.0.join("not.mmdb");
+    std::fs::write(&bad, "GeoIP2 country database\n").expect("write");
+    let f = dir.0.join("first.log");
+    let o = import(
+        &data,
+        &[
+            "aws",
+            f.to_str().expect("utf8"),
+            "--geo-db",
+            bad.to_str().expect("utf8"),
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not a readable MaxMind DB"), "{err}");
+}
+
 /// 240 AWS v2 records the security group rejected toward one instance, from 12 sources on two
 /// ports within four minutes: one reject_storm alert about the instance, naming the sources;
 /// no source alone crosses a port-scan or sweep threshold. The same count from one source is
