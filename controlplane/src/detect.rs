@@ -1373,7 +1373,7 @@ impl Default for FlowDetectors {
             baselines: Baselines::new(crate::geo::LEARNING_NS, IMPORT_STATE_PREFIX),
             reject_storm: RejectStorm::default(),
             distributed: crate::scangroup::DistributedScan::default(),
-            decoys: crate::scangroup::DecoyGroups::default(),
+            decoys: crate::scangroup::DecoyGroups::holding(),
         }
     }
 }
@@ -1391,6 +1391,12 @@ impl FlowDetectors {
             baselines: Baselines::load(store, learning_ns, IMPORT_STATE_PREFIX)?,
             ..FlowDetectors::default()
         })
+    }
+
+    /// What the detectors held back at the end of a file: scan findings of a lone source
+    /// waiting for its decoys (`scangroup::DecoyGroups::holding`).
+    pub fn flush(&mut self) -> Vec<AlertUpdate> {
+        self.decoys.flush()
     }
 
     /// Saves what changed in the walks, the novelty facets and the outbound baselines.

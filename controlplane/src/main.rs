@@ -536,6 +536,7 @@ fn import(
             &mut import::tracking(&mut put, &mut range),
             &mut sum,
         )?;
+        updates.extend(detector.flush());
     }
     let secs = started.elapsed().as_secs_f64();
     info!(

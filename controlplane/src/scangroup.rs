@@ -67,19 +67,55 @@ pub struct DecoyGroups {
     groups: HashMap<String, Vec<Group>>,
     /// Findings folded into another source's alert as decoys.
     pub decoys_folded: u64,
+    /// Hold a lone source's findings (see [`DecoyGroups::holding`]).
+    hold: bool,
+    held: Vec<Finding>,
+    newest_ns: i64,
 }
+
+/// A lone source's findings wait at most this much data time for others to join its group
+/// (when holding).
+pub const HOLD_NS: i64 = 60_000_000_000;
 
 /// A group's members keep being judged with it while they report within this much data time
 /// (the flow-log fan-out reports a source again as its count doubles).
 pub const GROUP_KEEP_NS: i64 = 60_000_000_000;
 
 impl DecoyGroups {
+    /// Groups that hold a lone source's findings until others join its group, data time moves
+    /// `HOLD_NS` past it, or [`Self::flush`]: for flow logs, read a chunk at a time, where the
+    /// decoys' records and the scanner's may fall on either side of a chunk's end. (Kernel
+    /// scan events of one scan come in one batch; they are not held.)
+    pub fn holding() -> Self {
+        DecoyGroups {
+            hold: true,
+            ..DecoyGroups::default()
+        }
+    }
+
+    /// The held findings, as they are (at the end of a file).
+    pub fn flush(&mut self) -> Vec<AlertUpdate> {
+        std::mem::take(&mut self.held)
+            .into_iter()
+            .map(|f| f.update)
+            .collect()
+    }
+
     /// The alert updates of a batch of findings.
-    pub fn group(&mut self, mut findings: Vec<Finding>) -> Vec<AlertUpdate> {
-        if findings.is_empty() {
+    pub fn group(&mut self, new: Vec<Finding>) -> Vec<AlertUpdate> {
+        if new.is_empty() {
             return Vec::new();
         }
+        // Held findings are judged again with the new ones (they were not emitted).
+        let mut findings = std::mem::take(&mut self.held);
+        findings.extend(new);
         findings.sort_by_key(|f| f.update.time_ns);
+        self.newest_ns = findings
+            .iter()
+            .map(|f| f.update.time_ns)
+            .max()
+            .unwrap_or(0)
+            .max(self.newest_ns);
         // Each finding to its group: the live group it is a member of, else one it can join
         // (within the window of the group's first finding), else a new one.
         let mut assigned: Vec<((String, usize), Vec<Finding>)> = Vec::new();
@@ -117,7 +153,11 @@ impl DecoyGroups {
         for ((target, idx), batch) in assigned {
             let g = &mut self.groups.get_mut(&target).expect("assigned")[idx];
             if g.sources.len() < 2 {
-                out.extend(batch.into_iter().map(|f| f.update));
+                if self.hold && self.newest_ns - g.first_ns <= HOLD_NS {
+                    self.held.extend(batch);
+                } else {
+                    out.extend(batch.into_iter().map(|f| f.update));
+                }
                 continue;
             }
             if g.real.is_none() {
@@ -184,13 +224,7 @@ impl DecoyGroups {
         }
         // Forget the groups no member reported to for `GROUP_KEEP_NS` (data time), and keep
         // at most `MAX_GROUPS`.
-        let newest = self
-            .groups
-            .values()
-            .flatten()
-            .map(|g| g.last_ns)
-            .max()
-            .unwrap_or(0);
+        let newest = self.newest_ns;
         for gs in self.groups.values_mut() {
             gs.retain(|g| newest - g.last_ns <= GROUP_KEEP_NS);
         }
@@ -492,6 +526,36 @@ mod tests {
         let u = g.group(vec![finding("10.0.0.53", "10.0.1.1", 400, 0)]);
         assert_eq!((u.len(), &u[0].source[..]), (1, "10.0.0.53"));
         assert!(u[0].observation.get("decoys").is_none());
+    }
+
+    #[test]
+    fn holding_waits_for_the_rest_of_the_group_across_chunks() {
+        let mut g = DecoyGroups::holding();
+        // A decoy's finding ends one chunk; the scanner's and another decoy's open the next.
+        assert!(
+            g.group(vec![finding("10.0.0.51", "10.0.1.1", 100, 0)])
+                .is_empty()
+        );
+        let u = g.group(vec![
+            finding("10.0.0.9", "10.0.1.1", 100, 40),
+            finding("10.0.0.52", "10.0.1.1", 101, 0),
+        ]);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].source, "10.0.0.9");
+        assert_eq!(
+            u[0].observation["decoys"],
+            json!(["10.0.0.51", "10.0.0.52"])
+        );
+        assert!(g.flush().is_empty());
+        // A lone scanner is held until data time moves on, or until the file ends.
+        assert!(
+            g.group(vec![finding("10.0.0.70", "10.0.1.7", 500, 9)])
+                .is_empty()
+        );
+        let u = g.group(vec![finding("10.0.0.71", "10.0.1.8", 600, 9)]);
+        assert_eq!((u.len(), &u[0].source[..]), (1, "10.0.0.70"));
+        let u = g.flush();
+        assert_eq!((u.len(), &u[0].source[..]), (1, "10.0.0.71"));
     }
 
     #[test]

@@ -198,6 +198,7 @@ impl Watcher {
             })
             .to_string())
         });
+        updates.extend(detector.flush());
         // What the detector found is evidence even when the file fails midway and is retried:
         // the detector remembers what it reported, so a retry would not report it again.
         crate::detect::record(store, &updates)?;
