@@ -44,6 +44,11 @@ struct Entry {
     answered: bool,
 }
 
+/// ICMP or ICMPv6 destination unreachable (the type is in the source port).
+fn icmp_error(k: &FlowKey) -> bool {
+    (k.protocol == 1 && k.src_port == 3) || (k.protocol == 58 && k.src_port == 1)
+}
+
 /// What [`FlowCache::contacts_of`] knows of one source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Contacts {
@@ -151,6 +156,10 @@ impl FlowCache {
                     c.unanswered += 1;
                     c.unanswered_bytes += e.fwd.bytes;
                 }
+            } else if &k.dst_addr == src && icmp_error(k) {
+                // A destination unreachable to `src` answers its probes too (a closed UDP port's
+                // answer), in a flow of its own.
+                c.replied += 1;
             }
         }
         c
@@ -331,6 +340,55 @@ mod tests {
         assert_eq!((conv.fwd.packets, conv.rev.packets), (3, 2));
         assert_eq!(conv.how, "first_seen");
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn contacts_count_what_was_answered_and_what_got_anything_back() {
+        let mut c = cache();
+        let src = sensor_common::v4_mapped([10, 0, 0, 1]);
+        // Two UDP probes: one answered, one met by a port unreachable (an ICMP flow of its own,
+        // from the target); and a third to another host that got nothing.
+        let answered = key(40010, 161);
+        let closed = key(40011, 162);
+        let mut silent = key(40012, 163);
+        silent.dst_addr = sensor_common::v4_mapped([10, 0, 0, 3]);
+        let unreachable = FlowKey {
+            src_addr: sensor_common::v4_mapped([10, 0, 0, 2]),
+            dst_addr: src,
+            src_port: 3,
+            dst_port: 3,
+            protocol: 1,
+            ..key(0, 0)
+        };
+        // A forged source probing the same closed port: the unreachable is not to it.
+        let mut decoy = closed;
+        decoy.src_addr = sensor_common::v4_mapped([10, 0, 0, 9]);
+        c.add(&FlowMap::from_iter([
+            (answered, t(1, S, S)),
+            (rev(&answered), t(1, S, S)),
+            (closed, t(1, S, S)),
+            (silent, t(1, S, S)),
+            (unreachable, t(1, S, S)),
+            (decoy, t(1, S, S)),
+        ]));
+        assert_eq!(
+            c.contacts_of(&src),
+            Contacts {
+                answered: 1,
+                unanswered: 2,
+                unanswered_bytes: 200,
+                replied: 2,
+            }
+        );
+        assert_eq!(
+            c.contacts_of(&decoy.src_addr),
+            Contacts {
+                answered: 0,
+                unanswered: 1,
+                unanswered_bytes: 100,
+                replied: 0,
+            }
+        );
     }
 
     #[test]
