@@ -280,7 +280,10 @@ impl UdpAnswers {
         UdpAnswers {
             seen: flows
                 .iter()
-                .filter(|f| f.protocol == UDP && f.packets > 0)
+                // Sensor records carry their answers themselves.
+                .filter(|f| {
+                    f.protocol == UDP && f.packets > 0 && f.source != crate::model::Source::Sensor
+                })
                 .map(|f| (f.src_ip, f.src_port, f.dst_ip, f.dst_port))
                 .collect(),
         }

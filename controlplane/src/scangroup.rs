@@ -17,7 +17,7 @@
 //! Time comes from the data, as everywhere in detection.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -289,6 +289,11 @@ struct TargetState {
     window_start_ns: i64,
     last_ns: i64,
     ports_by_source: HashMap<IpAddr, HashSet<u16>>,
+    /// Of the sources below the per-source threshold (the participants): how many failed on
+    /// each port. Its length is the ports they failed on together, kept as failures come, so a
+    /// failure costs the same however many sources hit the host.
+    port_sources: HashMap<u16, u32>,
+    participants: usize,
     reported: usize,
 }
 
@@ -328,14 +333,14 @@ impl DistributedScan {
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
         let cfg = self.config;
         let mut out = Vec::new();
+        let flagless = |f: &Flow| f.tcp_flags == 0 && f.source != crate::model::Source::Sensor;
         let records: HashSet<(IpAddr, u16, IpAddr, u16)> = flows
             .iter()
-            .filter(|f| f.packets > 0)
+            .filter(|f| f.packets > 0 && flagless(f))
             .map(|f| (f.src_ip, f.src_port, f.dst_ip, f.dst_port))
             .collect();
         let reply = |f: &Flow| {
-            f.tcp_flags == 0
-                && f.source != crate::model::Source::Sensor
+            flagless(f)
                 && f.src_port < f.dst_port
                 && records.contains(&(f.dst_ip, f.dst_port, f.src_ip, f.src_port))
         };
@@ -367,26 +372,50 @@ impl DistributedScan {
             {
                 continue;
             }
+            let per_source = cfg.per_source.max(2) as usize;
             let ports = st.ports_by_source.entry(f.src_ip).or_default();
-            if ports.len() < MAX_PORTS {
-                ports.insert(f.dst_port);
-            }
-            // Only sources below the per-source threshold take part.
-            let part: Vec<(&IpAddr, &HashSet<u16>)> = st
-                .ports_by_source
-                .iter()
-                .filter(|(_, p)| p.len() < cfg.per_source as usize)
-                .collect();
-            if part.len() < cfg.sources as usize {
+            let first = ports.is_empty();
+            if ports.len() >= per_source {
+                // A port scanner of its own: not a participant.
+                if ports.len() < MAX_PORTS {
+                    ports.insert(f.dst_port);
+                }
                 continue;
             }
-            let union: BTreeSet<u16> = part.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-            let n = union.len();
+            if !ports.insert(f.dst_port) {
+                continue;
+            }
+            if ports.len() == per_source {
+                // It just became a port scanner of its own: it leaves.
+                for p in ports.iter().filter(|p| **p != f.dst_port) {
+                    if let Some(n) = st.port_sources.get_mut(p) {
+                        *n -= 1;
+                        if *n == 0 {
+                            st.port_sources.remove(p);
+                        }
+                    }
+                }
+                st.participants -= 1;
+                continue;
+            }
+            *st.port_sources.entry(f.dst_port).or_default() += 1;
+            if first {
+                st.participants += 1;
+            }
+            if st.participants < cfg.sources as usize {
+                continue;
+            }
+            let n = st.port_sources.len();
             let threshold = cfg.ports as usize;
             if n < threshold || n < 2 * st.reported {
                 continue;
             }
             st.reported = n;
+            let part: Vec<(&IpAddr, &HashSet<u16>)> = st
+                .ports_by_source
+                .iter()
+                .filter(|(_, p)| p.len() < per_source)
+                .collect();
             let mut sources: Vec<(IpAddr, usize)> =
                 part.iter().map(|(ip, p)| (**ip, p.len())).collect();
             sources.sort();
@@ -658,6 +687,35 @@ mod tests {
         );
         assert_eq!(u[0].observation["distinct_ports"], 40);
         assert_eq!(u[0].observation["ports_by_source"]["10.0.0.24"], 10);
+
+        // A port scanner's failures do not count, from the moment it becomes one: three sources
+        // of 10 ports, a scanner of 30 ports (a participant until its 15th), and a fourth source
+        // of 9 are 39 ports of participants.
+        let mut d = DistributedScan::default();
+        let mut mixed = Vec::new();
+        for p in 0..30u16 {
+            mixed.push(record("10.0.0.99", 40000, "10.0.1.2", 5000 + p, 1500));
+        }
+        for (i, src) in ["10.0.0.61", "10.0.0.62", "10.0.0.63"].iter().enumerate() {
+            for p in 0..10u16 {
+                mixed.push(record(
+                    src,
+                    40000,
+                    "10.0.1.2",
+                    1000 + i as u16 * 10 + p,
+                    1501,
+                ));
+            }
+        }
+        for p in 0..9u16 {
+            mixed.push(record("10.0.0.64", 40000, "10.0.1.2", 2000 + p, 1502));
+        }
+        assert!(d.observe(&mixed).is_empty());
+        // One more port of the fourth source makes 40.
+        let u = d.observe(&[record("10.0.0.64", 40000, "10.0.1.2", 2009, 1503)]);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].observation["distinct_ports"], 40);
+        assert_eq!(u[0].targets.len(), 4, "the scanner is not a participant");
 
         // Three sources are not enough, however many ports; the same failures spread over more
         // than the window are not together.
