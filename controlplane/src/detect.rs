@@ -656,14 +656,14 @@ impl Attempts {
 }
 
 /// Per-key detector state with the data time it was last touched.
-trait Stamped: Default {
+pub(crate) trait Stamped: Default {
     fn last_ns(&self) -> i64;
 }
 
 /// Per-key detector state bounded to `max` keys. When full, the keys whose window is over go
 /// first (at most every tenth of a window, so a storm of new keys does not rescan the map each
 /// time), then any one, counted and logged as forgotten.
-struct Bounded<K, V> {
+pub(crate) struct Bounded<K, V> {
     map: HashMap<K, V>,
     max: usize,
     /// For the log line.
@@ -674,7 +674,7 @@ struct Bounded<K, V> {
 }
 
 impl<K: std::hash::Hash + Eq + Clone, V: Stamped> Bounded<K, V> {
-    fn new(max: usize, detector: &'static str) -> Self {
+    pub(crate) fn new(max: usize, detector: &'static str) -> Self {
         Bounded {
             map: HashMap::new(),
             max,
@@ -690,7 +690,12 @@ impl<K: std::hash::Hash + Eq + Clone, V: Stamped> Bounded<K, V> {
         self.map.len()
     }
 
-    fn entry(&mut self, k: K, t: i64, window_ns: i64) -> &mut V {
+    /// Live keys dropped to stay within `max`.
+    pub(crate) fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    pub(crate) fn entry(&mut self, k: K, t: i64, window_ns: i64) -> &mut V {
         self.now_ns = self.now_ns.max(t);
         if !self.map.contains_key(&k) && self.map.len() >= self.max {
             if self.now_ns - self.pruned_ns > window_ns / 10 {

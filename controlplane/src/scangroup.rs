@@ -302,9 +302,13 @@ struct TargetState {
 /// judged as the fan-out detector judges them (`detect::failed`).
 pub struct DistributedScan {
     config: DistributedConfig,
-    targets: HashMap<IpAddr, TargetState>,
-    /// Live targets dropped to stay within `max_targets`.
-    pub forgotten: u64,
+    targets: crate::detect::Bounded<IpAddr, TargetState>,
+}
+
+impl crate::detect::Stamped for TargetState {
+    fn last_ns(&self) -> i64 {
+        self.last_ns
+    }
 }
 
 impl Default for DistributedScan {
@@ -317,9 +321,13 @@ impl DistributedScan {
     pub fn new(config: DistributedConfig) -> Self {
         DistributedScan {
             config,
-            targets: HashMap::new(),
-            forgotten: 0,
+            targets: crate::detect::Bounded::new(config.max_targets, "distributed-scan"),
         }
+    }
+
+    /// Live targets dropped to stay within `max_targets` (their counts start again).
+    pub fn forgotten(&self) -> u64 {
+        self.targets.forgotten()
     }
 
     /// Looks at a chunk of flows.
@@ -345,18 +353,7 @@ impl DistributedScan {
                 && records.contains(&(f.dst_ip, f.dst_port, f.src_ip, f.src_port))
         };
         for f in crate::detect::FanOutDetector::failures(flows).filter(|f| !reply(f)) {
-            if !self.targets.contains_key(&f.dst_ip) && self.targets.len() >= cfg.max_targets {
-                let stalest = self
-                    .targets
-                    .iter()
-                    .min_by_key(|(_, t)| t.last_ns)
-                    .map(|(k, _)| *k);
-                if let Some(k) = stalest {
-                    self.targets.remove(&k);
-                    self.forgotten += 1;
-                }
-            }
-            let st = self.targets.entry(f.dst_ip).or_default();
+            let st = self.targets.entry(f.dst_ip, f.end_ns, cfg.window_ns);
             if st.ports_by_source.is_empty()
                 || f.end_ns - st.window_start_ns > cfg.window_ns
                 || f.end_ns < st.window_start_ns - cfg.window_ns

@@ -28,6 +28,18 @@ fn db(data: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(data.join("picket.db")).expect("open the store")
 }
 
+/// The one geo_unusual_access alert of the store, as the API shows its body.
+fn geo_alert(data: &Path) -> serde_json::Value {
+    let body: String = db(data)
+        .query_row(
+            "SELECT body FROM alerts WHERE type = 'geo_unusual_access'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("one alert");
+    serde_json::from_str(&body).expect("json")
+}
+
 /// The user guide's default-format examples, an IPv6 flow, NODATA and SKIPDATA records, a
 /// blank line and two bad lines, gzip-compressed as S3 delivers them.
 const DEFAULT_V2: &str = "\
@@ -1034,14 +1046,7 @@ fn a_session_from_a_new_country_after_learning_is_an_alert() {
             assert_eq!(out.matches("alert #").count(), 3, "{out}");
         }
     }
-    let body: String = db(&data)
-        .query_row(
-            "SELECT body FROM alerts WHERE type = 'geo_unusual_access'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("one alert");
-    let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let b = geo_alert(&data);
     assert_eq!(
         b["observations"][0]["known_countries"],
         serde_json::json!(["AU", "US"])
@@ -1098,14 +1103,7 @@ fn a_maxmind_database_names_countries_before_the_registries() {
             assert!(!out.contains("alert #"), "{out}");
         }
     }
-    let body: String = db(&data)
-        .query_row(
-            "SELECT body FROM alerts WHERE type = 'geo_unusual_access'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("one alert");
-    let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let b = geo_alert(&data);
     assert_eq!(
         b["observations"][0]["known_countries"],
         serde_json::json!(["IS", "US"])

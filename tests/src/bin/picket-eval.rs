@@ -44,6 +44,36 @@ struct Case {
     about_target: bool,
 }
 
+/// A slow scan replayed from real probes: nmap's pace (`gap_s` between probes) and the source
+/// it is given.
+struct SlowReplay {
+    name: &'static str,
+    gap_s: i64,
+    host: u8,
+    zeek: &'static str,
+    snort: &'static str,
+}
+
+/// Probes of the replayed slow scans.
+const SLOW_PROBES: usize = 30;
+
+const SLOW_REPLAYS: [SlowReplay; 2] = [
+    SlowReplay {
+        name: "nmap -T1 pace (15 s between probes), 30 ports, replayed in the logs",
+        gap_s: 15,
+        host: 221,
+        zeek: "yes (20 probes in its 5 min)",
+        snort: "no (6 probes in its 90 s window)",
+    },
+    SlowReplay {
+        name: "nmap -T0 pace (5 min between probes), 30 ports, replayed in the logs",
+        gap_s: 300,
+        host: 222,
+        zeek: "no (1 probe in its 5 min)",
+        snort: "no",
+    },
+];
+
 /// Decoy addresses: nobody's, so the target's replies to them go nowhere.
 const DECOY_HOSTS: [u8; 3] = [201, 202, 203];
 /// The sources of the distributed scan, on the scanner's side.
@@ -724,7 +754,31 @@ fn main() {
     sensor.stop();
     let flows = stored_flows(&cp);
     cp.stop();
-    let (aws, gcp) = cloud_logs(&flows);
+    // Slow scans through replayed time: the first case's real nmap probes, re-timed to nmap's
+    // T1 and T0 paces and given sources of their own, join the logs.
+    let scanner = format!("{prefix}.11");
+    let probes: Vec<&Value> = flows
+        .iter()
+        .filter(|f| f["src_ip"] == scanner.as_str() && f["protocol"] == 6)
+        .take(SLOW_PROBES)
+        .collect();
+    assert_eq!(probes.len(), SLOW_PROBES, "the SYN scan's probes to replay");
+    let mut replayed = flows.clone();
+    for replay in SLOW_REPLAYS {
+        let from = format!("{prefix}.{}", replay.host);
+        let t0 = probes[0]["start_ns"].as_i64().expect("start_ns") + 3_600_000_000_000;
+        for (k, p) in probes.iter().enumerate() {
+            let t = t0 + k as i64 * replay.gap_s * 1_000_000_000;
+            let mut f = (*p).clone();
+            f["src_ip"] = Value::from(from.clone());
+            f["start_ns"] = Value::from(t);
+            f["end_ns"] = Value::from(t + 1_000_000);
+            f["start"] = controlplane::api::rfc3339(t);
+            f["end"] = controlplane::api::rfc3339(t + 1_000_000);
+            replayed.push(f);
+        }
+    }
+    let (aws, gcp) = cloud_logs(&replayed);
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/eval");
     std::fs::create_dir_all(&out).expect("target/eval");
     std::fs::write(out.join("aws.log"), &aws).expect("aws.log");
@@ -809,6 +863,30 @@ fn main() {
             logs[1],
             case.zeek,
             case.snort
+        )
+        .ok();
+    }
+    for replay in SLOW_REPLAYS {
+        let from = format!("{prefix}.{}", replay.host);
+        let mut cols = Vec::new();
+        for (provider, alerts) in ["AWS", "GCP"].iter().zip(&from_logs) {
+            let got = alerts
+                .get(&from)
+                .and_then(|v| v.iter().find(|(k, _)| k == "port_scan"));
+            let text = match got {
+                Some((kind, severity)) => format!("{kind} ({severity})"),
+                None => {
+                    failed += 1;
+                    "FAIL: nothing".to_string()
+                }
+            };
+            println!("  {provider} {:<74} {text}", replay.name);
+            cols.push(text);
+        }
+        writeln!(
+            report,
+            "| {} | port_scan | (time replayed: logs only) | - | {} | {} | {} | {} |",
+            replay.name, cols[0], cols[1], replay.zeek, replay.snort
         )
         .ok();
     }
