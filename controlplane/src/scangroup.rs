@@ -160,24 +160,30 @@ impl DecoyGroups {
                 }
                 continue;
             }
-            if g.real.is_none() {
-                let answered: Vec<&String> = g
+            // The members that got no reply at all are forged when others, probing the same
+            // target at the same moment, got theirs: the scanner is the answered member with the
+            // most replies (another answered member is a scan of its own that came at the same
+            // moment). Decided once, when the group first holds both kinds.
+            if g.real.is_none() && g.sources.values().any(|r| *r == 0) {
+                g.real = g
                     .sources
                     .iter()
                     .filter(|(_, r)| **r > 0)
-                    .map(|(s, _)| s)
-                    .collect();
-                if answered.len() == 1 {
-                    g.real = Some(answered[0].clone());
-                }
+                    .max_by_key(|(_, r)| **r)
+                    .map(|(s, _)| s.clone());
             }
             let all: Vec<String> = g.sources.keys().cloned().collect();
             match g.real.clone() {
                 Some(real) => {
-                    let decoys: Vec<&String> = all.iter().filter(|s| **s != real).collect();
+                    let decoys: Vec<&String> = g
+                        .sources
+                        .iter()
+                        .filter(|(_, r)| **r == 0)
+                        .map(|(s, _)| s)
+                        .collect();
                     let evidence = format!(
-                        "the target answered {real} only ({} replies); the {} other sources got \
-                         none: their addresses were forged",
+                        "the target answered {real} ({} replies); the {} sources that scanned it \
+                         at the same moment got none: their addresses were forged",
                         g.sources[&real],
                         decoys.len()
                     );
@@ -186,6 +192,11 @@ impl DecoyGroups {
                         if f.update.source == real {
                             annotate(&mut f.update.observation, "decoys", json!(decoys));
                             annotate(&mut f.update.observation, "decoy_evidence", json!(evidence));
+                            out.push(f.update);
+                            continue;
+                        }
+                        if g.sources[&f.update.source] > 0 {
+                            // Answered: not forged; its own scan.
                             out.push(f.update);
                             continue;
                         }
@@ -552,6 +563,34 @@ mod tests {
         let u = g.group(vec![finding("10.0.0.53", "10.0.1.1", 400, 0)]);
         assert_eq!((u.len(), &u[0].source[..]), (1, "10.0.0.53"));
         assert!(u[0].observation.get("decoys").is_none());
+    }
+
+    #[test]
+    fn decoys_fold_into_the_most_answered_source_and_another_answered_scan_stays_its_own() {
+        let mut g = DecoyGroups::default();
+        // In a log of 1-second times, another scanner's first probes of the same host fall in
+        // the decoys' second: its replies are few (its scan has just begun).
+        let u = g.group(vec![
+            finding("10.0.0.51", "10.0.1.1", 100, 0),
+            finding("10.0.0.9", "10.0.1.1", 100, 200),
+            finding("10.0.0.52", "10.0.1.1", 100, 0),
+            finding("10.0.0.77", "10.0.1.1", 101, 8),
+        ]);
+        assert_eq!(u.len(), 2, "{u:?}");
+        let real = u
+            .iter()
+            .find(|u| u.source == "10.0.0.9")
+            .expect("the scanner");
+        assert_eq!(
+            real.observation["decoys"],
+            json!(["10.0.0.51", "10.0.0.52"])
+        );
+        let other = u
+            .iter()
+            .find(|u| u.source == "10.0.0.77")
+            .expect("the other scan");
+        assert_eq!(other.observation, json!({"kind": "kernel_scan_event"}));
+        assert_eq!(g.decoys_folded, 2);
     }
 
     #[test]
