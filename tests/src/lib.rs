@@ -962,6 +962,42 @@ impl ControlPlane {
         }
     }
 
+    /// CPU seconds (user + system) its thread named `name` has used so far, once that thread
+    /// is idle: the figure stops moving for 300 ms (work queued for it is done).
+    pub fn thread_cpu_secs(&self, name: &str) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|t| {
+                // The kernel keeps 15 bytes of a thread's name.
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim_end() == &name[..name.len().min(15)])
+            })?
+            .file_name();
+        let tid = tid.to_str()?;
+        let ticks = || -> Option<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            // Fields after the command's closing parenthesis: utime and stime are the 12th
+            // and 13th.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        };
+        let mut last = ticks()?;
+        loop {
+            thread::sleep(Duration::from_millis(300));
+            let now = ticks()?;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some(last as f64 / hz)
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(mut self) {
         let mut c = self.child.take().expect("running");
