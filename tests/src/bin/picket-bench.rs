@@ -146,10 +146,12 @@ fn new_flow_section(report: &mut String, n: u32) {
     added_cost_header(report);
     let established = frame::ip("10.0.0.1", "10.0.0.2", 6, 40000, 443, ACK | PSH, 100);
     for fill in [16_384u32, 262_144] {
-        for (name, syn_every) in [
-            ("established flow, run once each", 0u32),
-            ("SYN, each a new flow", 1),
-            ("50% SYN scan mix", 2),
+        for (name, syn_every, forged) in [
+            ("established flow, run once each", 0u32, false),
+            ("SYN, each a new flow", 1, false),
+            ("50% SYN scan mix", 2, false),
+            // A storm of spoofed sources: every SYN claims scan state for a new source.
+            ("SYN, each from a new forged source", 1, true),
         ] {
             let mut h = Harness::load(262_144).expect("load sensor programs");
             h.cfg.clock = sensor_common::CLOCK_CONFIG;
@@ -162,8 +164,18 @@ fn new_flow_section(report: &mut String, n: u32) {
             let mut sums = [0u64; 3];
             for i in 0..n {
                 let f = if syn_every != 0 && i % syn_every == 0 {
-                    // Scanner 10.9.x.y probing ever new ports of 10.0.0.2.
-                    let src = format!("10.9.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff);
+                    // Scanner 10.9.x.y probing ever new ports of 10.0.0.2 (or a forged
+                    // source per SYN).
+                    let src = if forged {
+                        format!(
+                            "10.{}.{}.{}",
+                            64 + ((i >> 16) & 0x3f),
+                            (i >> 8) & 0xff,
+                            i & 0xff
+                        )
+                    } else {
+                        format!("10.9.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff)
+                    };
                     frame::ip(
                         &src,
                         "10.0.0.2",
@@ -1008,6 +1020,15 @@ fn main() {
     .ok();
     // `--only test-run` / `--only veth`: one section (a quicker loop while tuning).
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    if only.as_deref() == Some("new-flow") {
+        report = thread::spawn(move || {
+            sensor_user::harness::pin_to_current_cpu().expect("pin");
+            new_flow_section(&mut report, if quick { 20_000 } else { 100_000 });
+            report
+        })
+        .join()
+        .expect("new-flow thread");
+    }
     if only.as_deref().is_none_or(|o| o == "test-run") {
         // On one pinned thread: successive test runs must meet the same CPU's flow slots (as
         // the packets of one flow do on a real NIC queue). The veth section stays unpinned.
