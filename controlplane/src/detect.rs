@@ -255,41 +255,55 @@ pub(crate) fn failed(f: &Flow) -> bool {
         && header_only(f.reverse_packets, f.reverse_bytes)
 }
 
-/// (from, to) of the records of a chunk that carried packets: a failure whose target sent
-/// anything back to its source was answered (a RST; in a one-way log, a record the other way).
-fn talked(flows: &[Flow]) -> HashSet<(IpAddr, IpAddr)> {
-    flows
-        .iter()
-        .filter(|f| f.packets > 0)
-        .map(|f| (f.src_ip, f.dst_ip))
-        .collect()
+/// What the detectors of one chunk look up about its other records, built once per chunk and
+/// shared by the fan-out, the walks and the distributed-scan detector.
+pub struct ChunkView {
+    /// (from, to) of the records that carried packets: a failure whose target sent anything back
+    /// to its source was answered (a RST; in a one-way log, a record the other way). Built on
+    /// first use: the sensor flows' detectors never ask.
+    talked: std::cell::OnceCell<HashSet<(IpAddr, IpAddr)>>,
+    /// (protocol, src, src port, dst, dst port) of the one-way (cloud) records that carried
+    /// packets. Sensor records carry their answers themselves.
+    one_way: HashSet<(u8, IpAddr, u16, IpAddr, u16)>,
 }
 
-/// UDP in one-way records (AWS, GCP, Azure: a record per direction): a probe is a record of at
-/// most 2 small packets whose answer, a record the other way for the same ports, is not in the
-/// same chunk of the log. Only for unsampled logs: a sampled log drops answers as well, and a
-/// busy resolver would look like a sweep. A record with return counts of its own (a sensor's)
-/// is judged by those.
-struct UdpAnswers {
-    /// (src, src port, dst, dst port) of the UDP records that carried packets.
-    seen: HashSet<(IpAddr, u16, IpAddr, u16)>,
-}
-
-impl UdpAnswers {
-    fn of(flows: &[Flow]) -> Self {
-        UdpAnswers {
-            seen: flows
+impl ChunkView {
+    pub fn of(flows: &[Flow]) -> Self {
+        ChunkView {
+            talked: std::cell::OnceCell::new(),
+            one_way: flows
                 .iter()
-                // Sensor records carry their answers themselves.
-                .filter(|f| {
-                    f.protocol == UDP && f.packets > 0 && f.source != crate::model::Source::Sensor
-                })
-                .map(|f| (f.src_ip, f.src_port, f.dst_ip, f.dst_port))
+                .filter(|f| f.packets > 0 && f.source != crate::model::Source::Sensor)
+                .map(|f| (f.protocol, f.src_ip, f.src_port, f.dst_ip, f.dst_port))
                 .collect(),
         }
     }
 
-    fn unanswered(&self, f: &Flow) -> bool {
+    /// Whether `from` sent `to` anything in the chunk.
+    fn talked(&self, flows: &[Flow], from: IpAddr, to: IpAddr) -> bool {
+        self.talked
+            .get_or_init(|| {
+                flows
+                    .iter()
+                    .filter(|f| f.packets > 0)
+                    .map(|f| (f.src_ip, f.dst_ip))
+                    .collect()
+            })
+            .contains(&(from, to))
+    }
+
+    /// Whether the chunk holds the one-way record the other way of `f` (same ports).
+    pub(crate) fn has_reverse(&self, f: &Flow) -> bool {
+        self.one_way
+            .contains(&(f.protocol, f.dst_ip, f.dst_port, f.src_ip, f.src_port))
+    }
+
+    /// UDP in one-way records (AWS, GCP, Azure: a record per direction): a probe is a record of
+    /// at most 2 small packets whose answer, a record the other way for the same ports, is not
+    /// in the same chunk of the log. Only for unsampled logs: a sampled log drops answers as
+    /// well, and a busy resolver would look like a sweep. A record with return counts of its
+    /// own (a sensor's) is judged by those.
+    fn udp_unanswered(&self, f: &Flow) -> bool {
         f.protocol == UDP
             && f.sampling_rate >= 1.0
             && f.source != crate::model::Source::Sensor
@@ -297,9 +311,12 @@ impl UdpAnswers {
             && (1..=2).contains(&f.packets)
             && f.bytes <= 2 * UDP_PROBE_BYTES
             && f.reverse_packets == 0
-            && !self
-                .seen
-                .contains(&(f.dst_ip, f.dst_port, f.src_ip, f.src_port))
+            && !self.has_reverse(f)
+    }
+
+    /// A failed attempt, as the scan detectors judge it: [`failed`], or unanswered UDP.
+    pub fn failed(&self, f: &Flow) -> bool {
+        failed(f) || self.udp_unanswered(f)
     }
 }
 
@@ -329,17 +346,15 @@ impl FanOutDetector {
     /// Looks at a chunk of flows; returns the alert observations they complete, decoys
     /// grouped (`scangroup`).
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
-        let findings = self.findings(flows);
+        let findings = self.findings(flows, &ChunkView::of(flows));
         self.decoys.group(findings)
     }
 
     /// [`Self::observe`] before decoy grouping.
-    pub fn findings(&mut self, flows: &[Flow]) -> Vec<crate::scangroup::Finding> {
+    pub fn findings(&mut self, flows: &[Flow], view: &ChunkView) -> Vec<crate::scangroup::Finding> {
         let mut out = Vec::new();
-        let answers = UdpAnswers::of(flows);
-        let talked = talked(flows);
-        for f in flows.iter().filter(|f| failed(f) || answers.unanswered(f)) {
-            let replied = f.reverse_packets > 0 || talked.contains(&(f.dst_ip, f.src_ip));
+        for f in flows.iter().filter(|f| view.failed(f)) {
+            let replied = f.reverse_packets > 0 || view.talked(flows, f.dst_ip, f.src_ip);
             self.observe_failure(f, replied, &mut out);
         }
         out
@@ -348,14 +363,6 @@ impl FanOutDetector {
     /// Scan findings of other sources folded into a real scanner's alert as its decoys.
     pub fn decoys_folded(&self) -> u64 {
         self.decoys.decoys_folded
-    }
-
-    /// The failures in a chunk of flows, as this detector judges them.
-    pub fn failures(flows: &[Flow]) -> impl Iterator<Item = &Flow> {
-        let answers = UdpAnswers::of(flows);
-        flows
-            .iter()
-            .filter(move |f| failed(f) || answers.unanswered(f))
     }
 
     fn observe_failure(
@@ -962,14 +969,16 @@ impl SlowScan {
     }
 
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
-        self.findings(flows).into_iter().map(|f| f.update).collect()
+        self.findings(flows, &ChunkView::of(flows))
+            .into_iter()
+            .map(|f| f.update)
+            .collect()
     }
 
     /// [`Self::observe`] as findings for decoy grouping: the target is the walk's one host
     /// (`port_scan`) or its one port (`address_sweep`), and its replies are those of its
     /// failures whose target sent anything back within the chunk.
-    pub fn findings(&mut self, flows: &[Flow]) -> Vec<crate::scangroup::Finding> {
-        let talked = talked(flows);
+    pub fn findings(&mut self, flows: &[Flow], view: &ChunkView) -> Vec<crate::scangroup::Finding> {
         let mut out = Vec::new();
         for f in flows {
             if f.protocol != TCP && f.action != Action::Reject {
@@ -1027,7 +1036,7 @@ impl SlowScan {
                 let replied = w
                     .failures
                     .iter()
-                    .filter(|x| talked.contains(&(x.0, f.src_ip)))
+                    .filter(|x| view.talked(flows, x.0, f.src_ip))
                     .count() as u32;
                 let update = AlertUpdate {
                     kind,
@@ -1415,10 +1424,11 @@ impl FlowDetectors {
 
     pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
         // Scan findings of the fan-out and of the walks, with decoys grouped together.
-        let mut findings = self.fanout.findings(flows);
-        findings.extend(self.slow_scan.findings(flows));
+        let view = ChunkView::of(flows);
+        let mut findings = self.fanout.findings(flows, &view);
+        findings.extend(self.slow_scan.findings(flows, &view));
         let mut out = self.decoys.group(findings);
-        out.extend(self.distributed.observe(flows));
+        out.extend(self.distributed.observe(flows, &view));
         out.extend(self.brute_force.observe(flows));
         out.extend(self.watchlist.observe_flows(flows));
         out.extend(self.baselines.observe(flows));

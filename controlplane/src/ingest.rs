@@ -78,7 +78,8 @@ fn baselines(
                             .filter_map(|f| crate::detect::sensor_flow(&sensor, f)),
                     );
                     let mut updates = d.observe(&flows);
-                    updates.extend(distributed.observe(&flows));
+                    updates
+                        .extend(distributed.observe(&flows, &crate::detect::ChunkView::of(&flows)));
                     if let Err(e) = crate::detect::record(store.as_ref(), &updates) {
                         warn!(sensor, error = %format!("{e:#}"), "baseline alerts could not be recorded");
                     }

@@ -349,21 +349,16 @@ impl DistributedScan {
     /// ephemeral port) is taken for the reply and not counted: otherwise the clients of a NAT
     /// gateway or a load balancer's backends would be "many sources failing on many ports" of
     /// it.
-    pub fn observe(&mut self, flows: &[Flow]) -> Vec<AlertUpdate> {
+    pub fn observe(&mut self, flows: &[Flow], view: &crate::detect::ChunkView) -> Vec<AlertUpdate> {
         let cfg = self.config;
         let mut out = Vec::new();
-        let flagless = |f: &Flow| f.tcp_flags == 0 && f.source != crate::model::Source::Sensor;
-        let records: HashSet<(IpAddr, u16, IpAddr, u16)> = flows
-            .iter()
-            .filter(|f| f.packets > 0 && flagless(f))
-            .map(|f| (f.src_ip, f.src_port, f.dst_ip, f.dst_port))
-            .collect();
         let reply = |f: &Flow| {
-            flagless(f)
+            f.tcp_flags == 0
+                && f.source != crate::model::Source::Sensor
                 && f.src_port < f.dst_port
-                && records.contains(&(f.dst_ip, f.dst_port, f.src_ip, f.src_port))
+                && view.has_reverse(f)
         };
-        for f in crate::detect::FanOutDetector::failures(flows).filter(|f| !reply(f)) {
+        for f in flows.iter().filter(|f| view.failed(f) && !reply(f)) {
             let st = self.targets.entry(f.dst_ip, f.end_ns, cfg.window_ns);
             if st.ports_by_source.is_empty()
                 || f.end_ns - st.window_start_ns > cfg.window_ns
@@ -470,7 +465,7 @@ impl DistributedScan {
 mod tests {
     use super::*;
     use crate::{
-        detect::FanOutDetector,
+        detect::{ChunkView, FanOutDetector},
         model::{Action, Source},
     };
 
@@ -711,7 +706,7 @@ mod tests {
         for p in 0..30u16 {
             flows.push(record("10.0.0.99", 40000, "10.0.1.1", 5000 + p, 1000));
         }
-        let u = d.observe(&flows);
+        let u = d.observe(&flows, &ChunkView::of(&flows));
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(
             (u[0].kind, &u[0].source[..], u[0].severity),
@@ -746,9 +741,10 @@ mod tests {
         for p in 0..9u16 {
             mixed.push(record("10.0.0.64", 40000, "10.0.1.2", 2000 + p, 1502));
         }
-        assert!(d.observe(&mixed).is_empty());
+        assert!(d.observe(&mixed, &ChunkView::of(&mixed)).is_empty());
         // One more port of the fourth source makes 40.
-        let u = d.observe(&[record("10.0.0.64", 40000, "10.0.1.2", 2009, 1503)]);
+        let last = [record("10.0.0.64", 40000, "10.0.1.2", 2009, 1503)];
+        let u = d.observe(&last, &ChunkView::of(&last));
         assert_eq!(u.len(), 1);
         assert_eq!(u[0].observation["distinct_ports"], 40);
         assert_eq!(u[0].targets.len(), 4, "the scanner is not a participant");
@@ -762,7 +758,7 @@ mod tests {
                 record(src, 40000, "10.0.1.1", p + 1, 2000)
             })
             .collect();
-        assert!(d.observe(&few).is_empty());
+        assert!(d.observe(&few, &ChunkView::of(&few)).is_empty());
         let mut d = DistributedScan::default();
         let slow: Vec<Flow> = (0..50u16)
             .map(|p| {
@@ -770,7 +766,7 @@ mod tests {
                 record(&src, 40000, "10.0.1.1", p + 1, 3000 + i64::from(p) * 20)
             })
             .collect();
-        assert!(d.observe(&slow).is_empty());
+        assert!(d.observe(&slow, &ChunkView::of(&slow)).is_empty());
 
         // A NAT gateway's connections, as one-way records: its requests were answered, and the
         // servers' short replies to its many ephemeral ports are not failures of theirs.
@@ -784,6 +780,6 @@ mod tests {
                 nat.push(record(&server, 9100, "10.0.0.7", eph, 4000));
             }
         }
-        assert!(d.observe(&nat).is_empty());
+        assert!(d.observe(&nat, &ChunkView::of(&nat)).is_empty());
     }
 }
