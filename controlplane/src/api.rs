@@ -13,10 +13,10 @@ use axum::{
     routing::get,
 };
 use serde_json::{Value, json};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 mod settings;
 
+pub(crate) use crate::util::time::{now_ns, rfc3339};
 use crate::{
     model::Source,
     store::{FlowQuery, Store},
@@ -152,7 +152,7 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
     let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     // Logging out is every user's right.
     let logout = req.method() == Method::DELETE && req.uri().path() == "/api/v1/session";
-    if !reads && !logout && principal.role < crate::auth::Role::Admin {
+    if !reads && !logout && principal.role < crate::model::Role::Admin {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -386,17 +386,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn rfc3339(ns: i64) -> Value {
-    OffsetDateTime::from_unix_timestamp_nanos(ns.into())
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .map_or(Value::Null, Value::String)
-}
-
-pub(crate) fn now_ns() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
-}
-
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -484,18 +473,7 @@ async fn sensors(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
 
 /// RFC 3339, or Unix seconds.
 fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
-    if let Ok(secs) = v.parse::<i64>() {
-        return secs
-            .checked_mul(1_000_000_000)
-            .ok_or_else(|| ApiError::bad_request(format!("{name}: out of range")));
-    }
-    OffsetDateTime::parse(v, &Rfc3339)
-        .map(|t| t.unix_timestamp_nanos() as i64)
-        .map_err(|_| {
-            ApiError::bad_request(format!(
-                "{name}: `{v}` is neither RFC 3339 (2026-11-28T10:00:00Z) nor Unix seconds"
-            ))
-        })
+    crate::util::time::parse_time(v).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
 }
 
 fn flow_query(p: &HashMap<String, String>) -> Result<FlowQuery, ApiError> {
@@ -759,7 +737,7 @@ async fn entity(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            if crate::store::internal(&addr) {
+            if crate::util::net::internal(&addr) {
                 format!("{addr} has no flows in this time range")
             } else {
                 format!("{addr} is not an internal address (RFC 1918, CGNAT, ULA): not an entity")
@@ -840,7 +818,7 @@ async fn alerts(
         )));
     }
     if let Some(s) = p.get("severity")
-        && crate::alerts::Severity::parse(s).is_none()
+        && crate::model::Severity::parse(s).is_none()
     {
         return Err(ApiError::bad_request(format!(
             "severity: `{s}` is not one of low, medium, high, critical"
@@ -854,7 +832,7 @@ async fn alerts(
                 .ok_or_else(|| ApiError::bad_request("cursor: not a cursor from a previous page"))
         })
         .transpose()?;
-    let q = crate::alerts::AlertQuery {
+    let q = crate::model::AlertQuery {
         kind: p.get("type").cloned(),
         status: p.get("status").cloned(),
         source: p.get("source").cloned(),
@@ -883,7 +861,7 @@ fn no_alert(id: i64) -> ApiError {
 }
 
 /// An alert with its triage timeline.
-fn alert_detail(a: &crate::alerts::Alert, history: &[crate::alerts::HistoryEntry]) -> Value {
+fn alert_detail(a: &crate::model::Alert, history: &[crate::model::HistoryEntry]) -> Value {
     let mut v = crate::notify::alert_json(a);
     v["history"] = history
         .iter()
@@ -916,8 +894,8 @@ pub const MAX_TAGS: usize = 20;
 pub const MAX_COMMENT: usize = 4000;
 
 /// The changes a PATCH body asks for, checked.
-fn triage_changes(body: &Value, now: i64) -> Result<Vec<crate::alerts::Change>, ApiError> {
-    use crate::alerts::Change;
+fn triage_changes(body: &Value, now: i64) -> Result<Vec<crate::model::Change>, ApiError> {
+    use crate::model::Change;
     const KNOWN: [&str; 5] = ["status", "snooze_until", "assignee", "tags", "comment"];
     let Some(m) = body.as_object() else {
         return Err(ApiError::bad_request("the body must be a JSON object"));
@@ -1013,14 +991,14 @@ fn comment_text(v: &Value) -> Result<String, ApiError> {
 async fn change(
     api: &Api,
     id: i64,
-    changes: Vec<crate::alerts::Change>,
+    changes: Vec<crate::model::Change>,
     actor: String,
 ) -> Result<Json<Value>, ApiError> {
     let store = api.store.clone();
     let now = now_ns();
     // An assignee must be a user of this control plane.
     let assignee = changes.iter().find_map(|c| match c {
-        crate::alerts::Change::Assign(Some(u)) => Some(u.clone()),
+        crate::model::Change::Assign(Some(u)) => Some(u.clone()),
         _ => None,
     });
     let r = blocking(move || {
@@ -1073,7 +1051,7 @@ async fn comment(
     let r = change(
         &api,
         id,
-        vec![crate::alerts::Change::Comment(text)],
+        vec![crate::model::Change::Comment(text)],
         who.name,
     )
     .await?;

@@ -16,10 +16,11 @@ use picket_proto::v1::ScanEvent;
 use serde_json::json;
 
 use crate::{
-    alerts::{AlertUpdate, Sensitivity, Severity},
-    api::rfc3339,
     model::{Action, Flow},
-    store::{Store, ip_addr, ip_text},
+    model::{AlertUpdate, Sensitivity, Severity},
+    store::Store,
+    util::net::{NetSet, ip_addr, ip_text},
+    util::time::rfc3339,
 };
 use tracing::{info, warn};
 
@@ -445,7 +446,7 @@ impl FanOutDetector {
         if st.reported_hosts.entry(port).or_default().due(n, threshold) {
             let mut sorted: Vec<IpAddr> = hosts.iter().copied().collect();
             sorted.sort();
-            sorted.truncate(crate::alerts::MAX_TARGETS);
+            sorted.truncate(crate::model::MAX_TARGETS);
             let targets = sorted.iter().map(IpAddr::to_string).collect();
             out.push(crate::scangroup::Finding {
                 update: AlertUpdate {
@@ -533,7 +534,7 @@ impl RejectStorm {
         for f in flows.iter().filter(|f| {
             f.action == Action::Reject
                 && f.source != crate::model::Source::Sensor
-                && crate::store::internal(&f.dst_ip)
+                && crate::util::net::internal(&f.dst_ip)
         }) {
             let st = self.targets.entry(f.dst_ip, f.end_ns, cfg.window_ns);
             if st.flows == 0
@@ -572,7 +573,7 @@ impl RejectStorm {
                 source: f.dst_ip.to_string(),
                 targets: sources
                     .iter()
-                    .take(crate::alerts::MAX_TARGETS)
+                    .take(crate::model::MAX_TARGETS)
                     .map(IpAddr::to_string)
                     .collect(),
                 time_ns: f.end_ns,
@@ -1122,7 +1123,7 @@ impl CoverageGaps {
                 source: net,
                 targets: addrs
                     .iter()
-                    .take(crate::alerts::MAX_TARGETS)
+                    .take(crate::model::MAX_TARGETS)
                     .map(IpAddr::to_string)
                     .collect(),
                 time_ns: last_seen,
@@ -1146,113 +1147,6 @@ impl CoverageGaps {
             self.reported.clear();
         }
         out
-    }
-}
-
-/// An address as a number in the IPv6 space (IPv4 mapped), so one sorted list holds both.
-fn ip_key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-/// Parses a watchlist entry: an address or a network in CIDR form, returned canonical
-/// (`10.1.2.3/32`, `10.1.0.0/16` for `10.1.2.3/16`).
-/// An allowlist's alert type: snake_case, or `*` for every type.
-pub fn check_alert_type(t: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        t == "*" || (!t.is_empty() && t.chars().all(|c| c.is_ascii_lowercase() || c == '_')),
-        "`{t}` is not an alert type (snake_case, or * for all)"
-    );
-    Ok(())
-}
-
-pub fn watchlist_entry(text: &str) -> anyhow::Result<ipnet::IpNet> {
-    let t = text.trim();
-    let net: ipnet::IpNet = match t.parse::<IpAddr>() {
-        Ok(ip) => ip.into(),
-        Err(_) => t
-            .parse()
-            .map_err(|_| anyhow::anyhow!("`{t}` is neither an address nor a CIDR network"))?,
-    };
-    Ok(net.trunc())
-}
-
-/// Networks (CIDR, so any two nest or are disjoint) with a value each, flattened into disjoint
-/// segments that each name the most specific network holding them: a lookup is one binary
-/// search, however long a feed is.
-#[derive(Default)]
-pub struct NetSet<T> {
-    /// (first, last, entry index), disjoint, sorted.
-    segments: Vec<(u128, u128, usize)>,
-    entries: Vec<T>,
-}
-
-impl<T> NetSet<T> {
-    /// From (network, value) pairs; a network that does not parse is logged and skipped.
-    pub fn new(items: Vec<(String, T)>, what: &str) -> Self {
-        let mut ranges = Vec::with_capacity(items.len());
-        let mut entries = Vec::with_capacity(items.len());
-        for (cidr, v) in items {
-            match watchlist_entry(&cidr) {
-                Ok(net) => {
-                    ranges.push((
-                        ip_key(net.network()),
-                        ip_key(net.broadcast()),
-                        entries.len(),
-                    ));
-                    entries.push(v);
-                }
-                Err(e) => warn!(entry = cidr, error = %e, "{what} entry skipped"),
-            }
-        }
-        // Outer networks before the ones they hold; then a sweep with a stack of open ones.
-        ranges.sort_unstable_by_key(|&(a, b, i)| (a, std::cmp::Reverse(b), i));
-        let mut segments = Vec::new();
-        let mut open: Vec<(u128, usize)> = Vec::new();
-        // The first address not yet given a segment (None: past the last address).
-        let mut cursor = Some(0u128);
-        let mut emit = |cursor: Option<u128>, to: u128, i: usize| {
-            if let Some(from) = cursor
-                && from <= to
-            {
-                segments.push((from, to, i));
-            }
-        };
-        for (a, b, i) in ranges {
-            while let Some(&(end, j)) = open.last()
-                && end < a
-            {
-                emit(cursor, end, j);
-                cursor = end.checked_add(1);
-                open.pop();
-            }
-            if let Some(&(_, j)) = open.last()
-                && a > 0
-            {
-                emit(cursor, a - 1, j);
-            }
-            open.push((b, i));
-            cursor = Some(a);
-        }
-        while let Some((end, j)) = open.pop() {
-            emit(cursor, end, j);
-            cursor = end.checked_add(1);
-        }
-        NetSet { segments, entries }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
-    }
-
-    /// The value of the most specific network holding `ip`.
-    pub fn lookup(&self, ip: IpAddr) -> Option<&T> {
-        let k = ip_key(ip);
-        let n = self.segments.partition_point(|s| s.0 <= k);
-        let s = self.segments.get(n.checked_sub(1)?)?;
-        (s.1 >= k).then(|| &self.entries[s.2])
     }
 }
 
@@ -1579,14 +1473,6 @@ impl Allowlist {
             .find_map(|k| self.by_type.get(*k)?.lookup(ip))
             .map(String::as_str)
     }
-}
-
-/// A sensitivity setting's network: `*` or a canonical CIDR.
-pub fn sensitivity_scope(text: &str) -> anyhow::Result<String> {
-    if text.trim() == "*" {
-        return Ok("*".into());
-    }
-    Ok(watchlist_entry(text)?.to_string())
 }
 
 /// Sensitivity settings: (network or `*`, alert type or `*`, level). For an alert, the most
@@ -2327,47 +2213,6 @@ mod tests {
     }
 
     #[test]
-    fn net_sets_find_the_most_specific_network_with_one_search() {
-        let nets = [
-            ("::/0", "everything"),
-            ("10.0.0.0/8", "ten"),
-            ("10.1.0.0/16", "ten-one"),
-            ("10.1.2.3/32", "host"),
-            ("10.1.2.4/32", "next host"),
-            ("10.200.0.0/16", "ten-200"),
-            ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", "last"),
-        ];
-        let set = NetSet::new(
-            nets.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
-            "test",
-        );
-        let at = |ip: &str| {
-            *set.lookup(ip.parse().expect("ip"))
-                .expect("covered by ::/0")
-        };
-        assert_eq!(at("10.1.2.3"), "host");
-        assert_eq!(at("10.1.2.4"), "next host");
-        assert_eq!(at("10.1.2.5"), "ten-one");
-        assert_eq!(at("10.1.255.255"), "ten-one");
-        assert_eq!(at("10.2.0.0"), "ten");
-        assert_eq!(at("10.200.9.9"), "ten-200");
-        assert_eq!(at("10.201.0.0"), "ten");
-        assert_eq!(at("11.0.0.0"), "everything");
-        assert_eq!(at("2001:db8::1"), "everything");
-        assert_eq!(at("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), "last");
-        assert_eq!(at("::"), "everything");
-        let v4 = NetSet::new(vec![("192.0.2.0/24".to_string(), ())], "test");
-        assert!(v4.lookup("192.0.2.200".parse().expect("ip")).is_some());
-        assert!(v4.lookup("192.0.3.0".parse().expect("ip")).is_none());
-        assert!(v4.lookup("192.0.1.255".parse().expect("ip")).is_none());
-        assert!(
-            NetSet::<()>::default()
-                .lookup("192.0.2.1".parse().expect("ip"))
-                .is_none()
-        );
-    }
-
-    #[test]
     fn the_allowlist_allows_per_alert_type_or_for_all() {
         let a = Allowlist::new(vec![
             (
@@ -2437,14 +2282,18 @@ mod tests {
         assert_eq!(inbound.source, "10.0.0.5");
         assert!(hit(&mut w, "10.0.0.5", "10.0.0.6", 100).is_none());
         assert_eq!(
-            watchlist_entry("10.1.2.3/16").expect("cidr").to_string(),
+            crate::util::net::parse_network("10.1.2.3/16")
+                .expect("cidr")
+                .to_string(),
             "10.1.0.0/16"
         );
         assert_eq!(
-            watchlist_entry(" 10.1.2.3 ").expect("ip").to_string(),
+            crate::util::net::parse_network(" 10.1.2.3 ")
+                .expect("ip")
+                .to_string(),
             "10.1.2.3/32"
         );
-        assert!(watchlist_entry("10.1.2.3/33").is_err());
+        assert!(crate::util::net::parse_network("10.1.2.3/33").is_err());
     }
 
     #[test]

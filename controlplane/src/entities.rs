@@ -246,7 +246,7 @@ fn accumulate(conversations: &[Conversation]) -> HashMap<IpAddr, Acc> {
     for c in conversations {
         let port = port_name(c.dst_port, c.protocol);
         for (me, peer, out) in [(c.src, c.dst, true), (c.dst, c.src, false)] {
-            if !crate::store::internal(&me) {
+            if !crate::util::net::internal(&me) {
                 continue;
             }
             let a = m.entry(me).or_insert_with(|| Acc {
@@ -337,10 +337,10 @@ pub fn detail(
     let (entity, roles) = entity(ip, a, ctx);
     let mut by_country: BTreeMap<&str, Country> = BTreeMap::new();
     for (p, (flows, bytes, ..)) in &a.peers {
-        if crate::store::internal(p) || p.is_loopback() {
+        if crate::util::net::internal(p) || p.is_loopback() {
             continue;
         }
-        let cc = crate::geo::country_code(*p).unwrap_or("unknown");
+        let cc = crate::util::country::country_code(*p).unwrap_or("unknown");
         let c = by_country.entry(cc).or_insert_with(|| Country {
             country: cc.to_string(),
             peers: 0,

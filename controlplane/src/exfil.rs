@@ -26,10 +26,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
-    alerts::{AlertUpdate, Severity},
-    api::rfc3339,
     model::{Action, Flow},
-    store::internal,
+    model::{AlertUpdate, Severity},
+    util::net::internal,
+    util::time::rfc3339,
 };
 
 /// Name of the state in the store, and the alert's type.
@@ -208,7 +208,7 @@ impl Exfiltration {
                 targets: e
                     .peers
                     .iter()
-                    .take(crate::alerts::MAX_TARGETS)
+                    .take(crate::model::MAX_TARGETS)
                     .map(|(p, _)| p.to_string())
                     .collect(),
                 time_ns: f.end_ns,

@@ -23,51 +23,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
-    alerts::{AlertUpdate, Severity},
-    api::rfc3339,
     model::{Action, Flow},
+    model::{AlertUpdate, Severity},
+    util::{country::country_code, time::rfc3339},
 };
-
-/// The user's MaxMind database, once `use_country_db` opened it.
-static COUNTRY_DB: std::sync::OnceLock<maxminddb::Reader<Vec<u8>>> = std::sync::OnceLock::new();
-
-/// Opens a MaxMind DB (GeoIP2/GeoLite2 Country or City, or any database whose records carry
-/// `country.iso_code`) as the first source of countries for the whole process; addresses it
-/// does not cover fall back to the embedded registry data. Returns its type and build time.
-pub fn use_country_db(path: &std::path::Path) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    let reader = maxminddb::Reader::open_readfile(path).with_context(|| {
-        format!(
-            "{}: not a readable MaxMind DB (a GeoIP2 or GeoLite2 Country or City .mmdb file)",
-            path.display()
-        )
-    })?;
-    let m = reader.metadata();
-    let about = format!(
-        "{} (IPv{}, built {}, {} nodes)",
-        m.database_type,
-        m.ip_version,
-        rfc3339(m.build_epoch as i64 * 1_000_000_000),
-        m.node_count
-    );
-    COUNTRY_DB
-        .set(reader)
-        .map_err(|_| anyhow::anyhow!("a country database is already in use"))?;
-    Ok(about)
-}
-
-/// The country (ISO 3166 alpha-2) of `ip`: the user's MaxMind database first (its country, else
-/// its registered country), then the registries' data embedded by `iptocc`.
-pub fn country_code(ip: IpAddr) -> Option<&'static str> {
-    if let Some(db) = COUNTRY_DB.get()
-        && let Ok(found) = db.lookup(ip)
-        && let Ok(Some(c)) = found.decode::<maxminddb::geoip2::Country<'static>>()
-        && let Some(cc) = c.country.iso_code.or(c.registered_country.iso_code)
-    {
-        return Some(cc);
-    }
-    iptocc::country_code(ip)
-}
 
 /// What is learned per entity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,13 +91,13 @@ impl Facet {
         // Devices are learned from the side that starts sessions; countries and services
         // about the internal side that answers.
         match self {
-            Facet::Device => crate::store::internal(&f.src_ip).then(|| {
-                let key = u128::from_be_bytes(crate::store::chunks::key(f.src_ip));
+            Facet::Device => crate::util::net::internal(&f.src_ip).then(|| {
+                let key = crate::util::net::ip_key(f.src_ip);
                 (device_network(f.src_ip), key)
             }),
-            _ if !crate::store::internal(&f.dst_ip) => None,
+            _ if !crate::util::net::internal(&f.dst_ip) => None,
             Facet::Country => {
-                if crate::store::internal(&f.src_ip) || f.src_ip.is_loopback() {
+                if crate::util::net::internal(&f.src_ip) || f.src_ip.is_loopback() {
                     return None;
                 }
                 let cc = country_code(f.src_ip)?.as_bytes();
@@ -156,7 +115,7 @@ impl Facet {
         match self {
             Facet::Device => f.src_ip.to_string(),
             Facet::Country => country_code(f.src_ip).unwrap_or_default().to_string(),
-            Facet::Service => crate::entities::port_name(f.dst_port, f.protocol),
+            Facet::Service => crate::util::net::port_name(f.dst_port, f.protocol),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! RESOURCE_EXHAUSTED (tonic's decoding limit), each with a log line naming the peer. A batch is
 //! acknowledged only after it is stored; a replay is acknowledged as a duplicate and not stored.
 
-use std::{pin::Pin, sync::Arc, time::SystemTime};
+use std::{pin::Pin, sync::Arc};
 
 use picket_proto::v1::{
     ExportAck, ExportBatch, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
@@ -18,7 +18,11 @@ use tracing::{debug, info, warn};
 
 use crate::{
     keys,
-    store::{Store, Stored, ip_addr, ip_text},
+    store::{Store, Stored},
+    util::{
+        net::{ip_addr, ip_text},
+        time::now_ns,
+    },
 };
 
 /// Largest message accepted from a sensor (a batch of about 50,000 flow records).
@@ -302,13 +306,6 @@ impl Ingest {
 fn internal(e: anyhow::Error) -> Status {
     warn!(error = %format!("{e:#}"), "storage error");
     Status::internal("storage error (see the control plane's log)")
-}
-
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// Checks what the store cannot: ids, and every address's length.

@@ -1,5 +1,4 @@
 //! The control plane as a library: the binary and the tests call these.
-pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod cloud;
@@ -15,5 +14,6 @@ pub mod model;
 pub mod notify;
 pub mod scangroup;
 pub mod store;
+pub mod util;
 pub mod watch;
 pub mod web;

@@ -222,7 +222,7 @@ enum UsersCmd {
         name: String,
         /// viewer (reads) or admin (also triages alerts and changes settings).
         #[arg(long, default_value = "viewer", value_parser = role)]
-        role: controlplane::auth::Role,
+        role: controlplane::model::Role,
         /// A file holding the password (its first line; at least 10 characters).
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
@@ -245,7 +245,7 @@ enum TokensCmd {
     Add {
         name: String,
         #[arg(long, default_value = "viewer", value_parser = role)]
-        role: controlplane::auth::Role,
+        role: controlplane::model::Role,
     },
     /// Tokens with their role and last use.
     List,
@@ -253,8 +253,8 @@ enum TokensCmd {
     Revoke { name: String },
 }
 
-fn role(s: &str) -> Result<controlplane::auth::Role, String> {
-    controlplane::auth::Role::parse(s).ok_or_else(|| format!("`{s}` is not one of viewer, admin"))
+fn role(s: &str) -> Result<controlplane::model::Role, String> {
+    controlplane::model::Role::parse(s).ok_or_else(|| format!("`{s}` is not one of viewer, admin"))
 }
 
 #[derive(Subcommand)]
@@ -265,7 +265,7 @@ enum NotifiersCmd {
         name: String,
         /// Alerts below this severity are not sent: low, medium, high, critical.
         #[arg(long, value_name = "SEVERITY", default_value = "low", value_parser = severity)]
-        min_severity: controlplane::alerts::Severity,
+        min_severity: controlplane::model::Severity,
         #[command(subcommand)]
         target: TargetArgs,
     },
@@ -322,8 +322,8 @@ enum TargetArgs {
     },
 }
 
-fn severity(s: &str) -> Result<controlplane::alerts::Severity, String> {
-    controlplane::alerts::Severity::parse(s)
+fn severity(s: &str) -> Result<controlplane::model::Severity, String> {
+    controlplane::model::Severity::parse(s)
         .ok_or_else(|| format!("`{s}` is not one of low, medium, high, critical"))
 }
 
@@ -596,7 +596,7 @@ fn import(
 }
 
 fn sensitivity(data_dir: PathBuf, cmd: SensitivityCmd) -> anyhow::Result<()> {
-    use controlplane::detect::{check_alert_type, sensitivity_scope};
+    use controlplane::model::{check_alert_type, sensitivity_scope};
     let store = SqliteStore::open(&data_dir)?;
     match cmd {
         SensitivityCmd::Set {
@@ -604,11 +604,11 @@ fn sensitivity(data_dir: PathBuf, cmd: SensitivityCmd) -> anyhow::Result<()> {
             network,
             alert_type,
         } => {
-            let l = controlplane::alerts::Sensitivity::parse(&level)
+            let l = controlplane::model::Sensitivity::parse(&level)
                 .ok_or_else(|| anyhow::anyhow!("`{level}` is not one of off, low, medium, high"))?;
             let net = sensitivity_scope(&network).map_err(|e| anyhow::anyhow!("--network: {e}"))?;
             check_alert_type(&alert_type).map_err(|e| anyhow::anyhow!("--type: {e}"))?;
-            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            let now = controlplane::util::time::now_ns();
             store.set_sensitivity(&net, &alert_type, l.as_str(), now)?;
             println!("{net} {alert_type}: {}", l.as_str());
         }
@@ -632,14 +632,18 @@ fn sensitivity(data_dir: PathBuf, cmd: SensitivityCmd) -> anyhow::Result<()> {
 }
 
 fn when(ns: Option<i64>) -> String {
-    ns.and_then(|t| controlplane::api::rfc3339(t).as_str().map(str::to_string))
-        .unwrap_or_else(|| "never".into())
+    ns.and_then(|t| {
+        controlplane::util::time::rfc3339(t)
+            .as_str()
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| "never".into())
 }
 
 fn users(data_dir: PathBuf, cmd: UsersCmd) -> anyhow::Result<()> {
     use controlplane::auth::{check_name, hash_password, new_password};
     let store = SqliteStore::open(&data_dir)?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    let now = controlplane::util::time::now_ns();
     // The given password, or a generated one to print.
     let password = |file: Option<PathBuf>| -> anyhow::Result<(String, bool)> {
         Ok(match file {
@@ -697,7 +701,7 @@ fn users(data_dir: PathBuf, cmd: UsersCmd) -> anyhow::Result<()> {
 fn tokens(data_dir: PathBuf, cmd: TokensCmd) -> anyhow::Result<()> {
     use controlplane::auth::{check_name, new_token, token_hash};
     let store = SqliteStore::open(&data_dir)?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    let now = controlplane::util::time::now_ns();
     match cmd {
         TokensCmd::Add { name, role } => {
             check_name("token", &name)?;
@@ -783,7 +787,7 @@ fn notifiers(data_dir: PathBuf, cmd: NotifiersCmd) -> anyhow::Result<()> {
                 target,
                 min_severity,
             };
-            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            let now = controlplane::util::time::now_ns();
             store.add_notifier(&n, now)?;
             println!(
                 "added {} notifier `{}`: {}, alerts of severity {} and above",
@@ -825,12 +829,12 @@ fn notifiers(data_dir: PathBuf, cmd: NotifiersCmd) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            let now = controlplane::util::time::now_ns();
             let sender = notify::Sender::new(None)?;
             rt.block_on(sender.send(
                 &n.target,
                 &notify::sample_alert(now),
-                notify::Event::Test,
+                controlplane::model::Event::Test,
                 0,
             ))
             .map_err(|f| anyhow::anyhow!("`{name}` ({}): {}", n.target.describe(), f.message))?;
@@ -841,9 +845,9 @@ fn notifiers(data_dir: PathBuf, cmd: NotifiersCmd) -> anyhow::Result<()> {
 }
 
 fn allowlist(data_dir: PathBuf, cmd: AllowlistCmd) -> anyhow::Result<()> {
-    use controlplane::detect::watchlist_entry;
+    use controlplane::util::net::parse_network as watchlist_entry;
     let check_type = |t: &str| -> anyhow::Result<()> {
-        controlplane::detect::check_alert_type(t).map_err(|e| anyhow::anyhow!("--type: {e}"))
+        controlplane::model::check_alert_type(t).map_err(|e| anyhow::anyhow!("--type: {e}"))
     };
     let store = SqliteStore::open(&data_dir)?;
     match cmd {
@@ -854,7 +858,7 @@ fn allowlist(data_dir: PathBuf, cmd: AllowlistCmd) -> anyhow::Result<()> {
         } => {
             check_type(&alert_type)?;
             let cidr = watchlist_entry(&entry)?.to_string();
-            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            let now = controlplane::util::time::now_ns();
             let new = store.add_allowlist(&cidr, &alert_type, &label, now)?;
             println!(
                 "{} {cidr} for {}",
@@ -883,9 +887,9 @@ fn allowlist(data_dir: PathBuf, cmd: AllowlistCmd) -> anyhow::Result<()> {
 }
 
 fn watchlist(data_dir: PathBuf, cmd: WatchlistCmd) -> anyhow::Result<()> {
-    use controlplane::detect::watchlist_entry;
+    use controlplane::util::net::parse_network as watchlist_entry;
     let store = SqliteStore::open(&data_dir)?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    let now = controlplane::util::time::now_ns();
     match cmd {
         WatchlistCmd::Add { entries, label } => {
             let parsed = entries
@@ -950,7 +954,7 @@ fn sensors(data_dir: PathBuf, cmd: SensorsCmd) -> anyhow::Result<()> {
                 );
             }
             let key = keys::new_key()?;
-            store.add_sensor(&name, &keys::hash(&key), ingest::now_ns())?;
+            store.add_sensor(&name, &keys::hash(&key), controlplane::util::time::now_ns())?;
             eprintln!(
                 "sensor `{name}` created. Its key follows; it is shown only now. Give it to the \
                  sensor with --sensor-key-file."
@@ -983,7 +987,7 @@ fn sensors(data_dir: PathBuf, cmd: SensorsCmd) -> anyhow::Result<()> {
             }
         }
         SensorsCmd::Revoke { name } => {
-            if !store.revoke_sensor(&name, ingest::now_ns())? {
+            if !store.revoke_sensor(&name, controlplane::util::time::now_ns())? {
                 anyhow::bail!("no active sensor named `{name}`");
             }
             eprintln!("sensor `{name}` revoked: its key is refused from now on");
@@ -995,7 +999,7 @@ fn sensors(data_dir: PathBuf, cmd: SensorsCmd) -> anyhow::Result<()> {
 /// Opens `--geo-db` (if given) for the whole process, and says so.
 fn use_geo_db(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     if let Some(p) = path {
-        let about = controlplane::geo::use_country_db(p)?;
+        let about = controlplane::util::country::use_country_db(p)?;
         info!(file = %p.display(), database = about, "countries come from this MaxMind database first");
     }
     Ok(())
@@ -1042,11 +1046,11 @@ fn first_admin(store: &dyn Store) -> anyhow::Result<()> {
         return Ok(());
     }
     let pw = controlplane::auth::new_password()?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    let now = controlplane::util::time::now_ns();
     store.add_user(
         "admin",
         &controlplane::auth::hash_password(&pw)?,
-        controlplane::auth::Role::Admin,
+        controlplane::model::Role::Admin,
         now,
     )?;
     // Printed, not logged as a field, so it is plainly visible once; it is never shown again.
@@ -1110,7 +1114,7 @@ fn serve(
             .spawn(move || {
                 let mut gaps = controlplane::detect::CoverageGaps::default();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+                    let now = controlplane::util::time::now_ns();
                     match store.maintain(now, &retention) {
                         Ok(m) if m.deleted_raw + m.deleted_minutes + m.deleted_hours > 0 => info!(
                             rolled_up = m.rolled_up,
@@ -1169,7 +1173,7 @@ fn serve(
             .name("watch-dir".into())
             .spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+                    let now = controlplane::util::time::now_ns();
                     w.scan(store.as_ref(), now);
                     std::thread::sleep(WATCH_INTERVAL);
                 }

@@ -23,9 +23,9 @@ use sha2::Sha256;
 use tracing::{error, info, warn};
 
 use crate::{
-    alerts::{Alert, Severity},
-    api::now_ns,
+    model::{Alert, Event, Severity},
     store::Store,
+    util::time::{now_ns, rfc3339, rfc3339_text},
 };
 
 /// Where a notifier delivers.
@@ -230,68 +230,6 @@ pub struct Notifier {
     pub min_severity: Severity,
 }
 
-/// Why a message is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// The notifier hears of the alert for the first time (new, or newly above its minimum).
-    New,
-    /// Its severity rose.
-    Escalated,
-    /// Its targets reached the next power of ten (100, 1,000, ...).
-    Grew,
-    /// `notifiers test`: a sample alert.
-    Test,
-}
-
-impl Event {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::New => "alert.new",
-            Event::Escalated => "alert.escalated",
-            Event::Grew => "alert.grew",
-            Event::Test => "alert.test",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "alert.new" => Event::New,
-            "alert.escalated" => Event::Escalated,
-            "alert.grew" => Event::Grew,
-            "alert.test" => Event::Test,
-            _ => return None,
-        })
-    }
-
-    fn verb(self) -> &'static str {
-        match self {
-            Event::New => "new",
-            Event::Escalated => "escalated",
-            Event::Grew => "growing",
-            Event::Test => "test",
-        }
-    }
-}
-
-/// What a notifier is told about a change of an alert from `before` (None: new) to `after`.
-pub fn event_for(min: Severity, before: Option<&Alert>, after: &Alert) -> Option<Event> {
-    let sev = |a: &Alert| Severity::parse(&a.severity).unwrap_or(Severity::Low);
-    if sev(after) < min {
-        return None;
-    }
-    let Some(b) = before else {
-        return Some(Event::New);
-    };
-    if sev(b) < min {
-        return Some(Event::New);
-    }
-    if sev(after) > sev(b) {
-        return Some(Event::Escalated);
-    }
-    let decade = |n: u64| if n < 100 { 0 } else { n.ilog10() };
-    (decade(after.targets_total) > decade(b.targets_total)).then_some(Event::Grew)
-}
-
 /// A queued message, as the dispatcher takes it from the store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pending {
@@ -314,18 +252,15 @@ pub struct Counts {
 pub fn alert_json(a: &Alert) -> Value {
     let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
-        m.insert("first_seen".into(), crate::api::rfc3339(a.first_seen));
-        m.insert("last_seen".into(), crate::api::rfc3339(a.last_seen));
+        m.insert("first_seen".into(), rfc3339(a.first_seen));
+        m.insert("last_seen".into(), rfc3339(a.last_seen));
         m.insert(
             "snoozed_until".into(),
-            a.snoozed_until.map_or(Value::Null, crate::api::rfc3339),
+            a.snoozed_until
+                .map_or(Value::Null, crate::util::time::rfc3339),
         );
     }
     v
-}
-
-fn rfc3339_text(ns: i64) -> String {
-    crate::api::rfc3339(ns).as_str().unwrap_or("?").to_string()
 }
 
 /// "10.0.0.1:22, 10.0.0.1:23 and 14 more"
@@ -652,7 +587,7 @@ impl Sender {
                 facility,
                 cef,
             } => {
-                let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+                let now = crate::util::time::now_ns();
                 let msg = syslog_message(a, ev, *facility, *cef, &self.host, now);
                 send_syslog(address, *transport, msg)
                     .await
@@ -945,43 +880,6 @@ mod tests {
             tags: vec![],
             snoozed_until: None,
         }
-    }
-
-    #[test]
-    fn events_are_new_escalated_or_grown_and_respect_the_minimum() {
-        let low = alert("low", 16);
-        let high = alert("high", 16);
-        assert_eq!(event_for(Severity::Low, None, &low), Some(Event::New));
-        assert_eq!(event_for(Severity::High, None, &low), None);
-        assert_eq!(
-            event_for(Severity::High, Some(&low), &high),
-            Some(Event::New),
-            "first heard of"
-        );
-        assert_eq!(
-            event_for(Severity::Low, Some(&low), &high),
-            Some(Event::Escalated)
-        );
-        assert_eq!(
-            event_for(Severity::Low, Some(&low), &alert("low", 17)),
-            None
-        );
-        assert_eq!(
-            event_for(Severity::Low, Some(&low), &alert("low", 99)),
-            None
-        );
-        assert_eq!(
-            event_for(Severity::Low, Some(&alert("low", 99)), &alert("low", 100)),
-            Some(Event::Grew)
-        );
-        assert_eq!(
-            event_for(Severity::Low, Some(&alert("low", 100)), &alert("low", 999)),
-            None
-        );
-        assert_eq!(
-            event_for(Severity::Low, Some(&alert("low", 999)), &alert("low", 1000)),
-            Some(Event::Grew)
-        );
     }
 
     #[test]

@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use crate::{
-    alerts::{AlertUpdate, Severity},
-    api::rfc3339,
     model::Flow,
+    model::{AlertUpdate, Severity},
+    util::time::rfc3339,
 };
 
 /// Findings of different sources against the same target within this much data time of the
@@ -434,7 +434,7 @@ impl DistributedScan {
                 source: f.dst_ip.to_string(),
                 targets: sources
                     .iter()
-                    .take(crate::alerts::MAX_TARGETS)
+                    .take(crate::model::MAX_TARGETS)
                     .map(|(ip, _)| ip.to_string())
                     .collect(),
                 time_ns: f.end_ns,

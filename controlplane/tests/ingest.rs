@@ -307,7 +307,7 @@ async fn sensor_flows_feed_the_baseline_detectors() {
         .expect("export");
     assert_eq!(acks, vec![(1, false), (2, false)]);
     let alerts = || -> Vec<(String, String, Vec<String>)> {
-        let q = controlplane::alerts::AlertQuery {
+        let q = controlplane::model::AlertQuery {
             limit: 10,
             ..Default::default()
         };

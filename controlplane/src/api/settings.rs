@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::{Api, ApiError, blocking, now_ns};
 use crate::{
-    alerts::Severity,
     auth::Principal,
+    model::Severity,
     notify::{self, Notifier, Target},
 };
 
@@ -142,7 +142,7 @@ pub(super) async fn test_notifier(
         .send(
             &n.target,
             &notify::sample_alert(now_ns()),
-            notify::Event::Test,
+            crate::model::Event::Test,
             0,
         )
         .await
@@ -162,7 +162,7 @@ fn entry(b: &Value, key: &str) -> Result<String, ApiError> {
     let t = b[key]
         .as_str()
         .ok_or_else(|| ApiError::bad_request(format!("{key}: required (an address or CIDR)")))?;
-    Ok(crate::detect::watchlist_entry(t).map_err(bad)?.to_string())
+    Ok(crate::util::net::parse_network(t).map_err(bad)?.to_string())
 }
 
 pub(super) async fn allowlist(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
@@ -183,7 +183,7 @@ pub(super) async fn add_allowlist(
     let b = body(b)?;
     let cidr = entry(&b, "entry")?;
     let t = b["type"].as_str().unwrap_or("*").to_string();
-    crate::detect::check_alert_type(&t).map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
+    crate::model::check_alert_type(&t).map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
     let label = b["label"].as_str().unwrap_or("").to_string();
     let store = api.store.clone();
     let (c2, t2, l2) = (cidr.clone(), t.clone(), label.clone());
@@ -291,7 +291,7 @@ pub(super) async fn sensitivity(State(api): State<Api>) -> Result<Json<Value>, A
 }
 
 fn scope(v: Option<&str>, what: &str) -> Result<String, ApiError> {
-    crate::detect::sensitivity_scope(v.unwrap_or("*"))
+    crate::model::sensitivity_scope(v.unwrap_or("*"))
         .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
 }
 
@@ -303,10 +303,10 @@ pub(super) async fn set_sensitivity(
     let b = body(b)?;
     let net = scope(b["network"].as_str(), "network")?;
     let t = b["type"].as_str().unwrap_or("*").to_string();
-    crate::detect::check_alert_type(&t).map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
+    crate::model::check_alert_type(&t).map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
     let level = b["level"]
         .as_str()
-        .and_then(crate::alerts::Sensitivity::parse)
+        .and_then(crate::model::Sensitivity::parse)
         .ok_or_else(|| ApiError::bad_request("level: one of off, low, medium, high"))?;
     let store = api.store.clone();
     let (n2, t2) = (net.clone(), t.clone());

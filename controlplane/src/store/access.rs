@@ -4,7 +4,7 @@
 use rusqlite::{OptionalExtension as _, params};
 
 use super::SqliteStore;
-use crate::auth::Role;
+use crate::model::Role;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserRow {

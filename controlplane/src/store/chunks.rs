@@ -13,23 +13,19 @@ use std::net::IpAddr;
 
 use rusqlite::{Connection, params};
 
-/// Bytes per address in a chunk's list: IPv4 as its IPv4-mapped IPv6 form. (A real
-/// `::ffff:a.b.c.d` address shares that key: a false match, which the scan filters out.)
-const KEY: usize = 16;
+use crate::util::net::{ip_bytes, ip_key};
 
-pub fn key(ip: IpAddr) -> [u8; KEY] {
-    match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
+/// Bytes per address in a chunk's list: IPv4 as its IPv4-mapped IPv6 form
+/// ([`ip_bytes`]). (A real `::ffff:a.b.c.d` address shares that key: a false match, which the
+/// scan filters out.)
+const KEY: usize = 16;
 
 /// The conversation key of a flow, the same either way round (see [`Chunk::conversation`]):
 /// both ends (address key and port, the smaller first) and the protocol, mixed a word at a
 /// time. It is stored, so it must never change. A collision only costs a comparison:
 /// correlation then checks the whole 5-tuple.
 pub fn conversation_key(a: IpAddr, a_port: u16, b: IpAddr, b_port: u16, protocol: u8) -> u64 {
-    let (a, b) = (u128::from_be_bytes(key(a)), u128::from_be_bytes(key(b)));
+    let (a, b) = (ip_key(a), ip_key(b));
     let ((lo, lo_port), (hi, hi_port)) = if (a, a_port) <= (b, b_port) {
         ((a, a_port), (b, b_port))
     } else {
@@ -90,8 +86,7 @@ impl Chunk {
         self.min_start_ns = self.min_start_ns.min(start_ns);
         self.min_end_ns = self.min_end_ns.min(end_ns);
         self.max_end_ns = self.max_end_ns.max(end_ns);
-        self.addrs
-            .extend(addrs.into_iter().map(|a| u128::from_be_bytes(key(a))));
+        self.addrs.extend(addrs.into_iter().map(ip_key));
     }
 
     /// The conversation key of the sensor flow just added (`id`, after [`Chunk::add`]).
@@ -140,7 +135,7 @@ pub fn may_hold(addrs: Option<&[u8]>, ip: IpAddr) -> bool {
         return true;
     };
     let (list, rest) = addrs.as_chunks::<KEY>();
-    !rest.is_empty() || list.binary_search(&key(ip)).is_ok()
+    !rest.is_empty() || list.binary_search(&ip_bytes(ip)).is_ok()
 }
 
 /// The id ranges (newest first) of the chunks that may hold `ip` among flows ending at or
@@ -234,7 +229,7 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "2001:db8::1".parse().unwrap();
         let c: IpAddr = "10.0.0.2".parse().unwrap();
-        let mut list = [key(b), key(a)];
+        let mut list = [ip_bytes(b), ip_bytes(a)];
         list.sort_unstable();
         let blob = list.as_flattened();
         assert!(may_hold(Some(blob), a));

@@ -16,9 +16,10 @@ use picket_proto::v1::{ExportBatch, HeartbeatRequest, RegisterRequest};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::{
-    alerts::{Alert, AlertQuery, AlertUpdate, INCIDENT_GAP_NS, Severity},
+    model::{Alert, AlertQuery, AlertUpdate, INCIDENT_GAP_NS, Severity},
     model::{Flow, FlowSink, ImportedFile, Source},
     notify::{self, Notifier, Pending},
+    util::net::{internal, ip_addr, ip_text},
 };
 
 /// A sensor as the registry knows it.
@@ -238,9 +239,9 @@ pub trait Store: Access + EntityData + Triage + Send + Sync + 'static {
     /// Flows matching `q`, newest first.
     fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>>;
     /// Merges a detector's observation into the open alert of its type and source last seen
-    /// within `alerts::INCIDENT_GAP_NS`, or opens one; returns the alert's id. In the same
+    /// within `model::INCIDENT_GAP_NS`, or opens one; returns the alert's id. In the same
     /// transaction, queues a message to each notifier the change concerns
-    /// ([`notify::event_for`]).
+    /// ([`crate::model::event_for`]).
     fn record_alert(&self, u: &AlertUpdate) -> anyhow::Result<i64>;
     /// Alerts matching `q`, the most recently active first.
     fn alerts(&self, q: &AlertQuery) -> anyhow::Result<Vec<Alert>>;
@@ -731,20 +732,6 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An address carried as 4 or 16 bytes; anything else is a malformed record.
-pub fn ip_addr(b: &[u8]) -> anyhow::Result<IpAddr> {
-    Ok(match b.len() {
-        4 => IpAddr::from(<[u8; 4]>::try_from(b).expect("4 bytes")),
-        16 => IpAddr::from(<[u8; 16]>::try_from(b).expect("16 bytes")),
-        n => anyhow::bail!("an IP address must be 4 or 16 bytes, got {n}"),
-    })
-}
-
-/// Text form of an address carried as 4 or 16 bytes (see [`ip_addr`]).
-pub fn ip_text(b: &[u8]) -> anyhow::Result<String> {
-    Ok(ip_addr(b)?.to_string())
-}
-
 /// Whether a flow's destination really answered (SQL over a `flows` row): a TCP handshake it
 /// completed (SYN-ACK back; a RST is a closed port), any return traffic of other protocols, or,
 /// in a one-way cloud record, the cloud's accept.
@@ -758,7 +745,7 @@ fn queue_notifications(
     before: Option<&Alert>,
     after: &Alert,
 ) -> anyhow::Result<()> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    let now = crate::util::time::now_ns();
     if after.status == "snoozed" && after.snoozed_until.is_some_and(|t| t > now) {
         return Ok(());
     }
@@ -772,7 +759,7 @@ fn queue_notifications(
     )?;
     for (name, min) in notifiers {
         let min = Severity::parse(&min).unwrap_or(Severity::Low);
-        if let Some(ev) = notify::event_for(min, before, after) {
+        if let Some(ev) = crate::model::event_for(min, before, after) {
             put.execute(params![name, after.id, ev.as_str(), now])?;
         }
     }
@@ -1255,12 +1242,7 @@ impl Store for SqliteStore {
             None => c.execute(
                 "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3, \
                  done_ns = ?4 WHERE id = ?1",
-                params![
-                    id,
-                    attempts,
-                    error,
-                    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
-                ],
+                params![id, attempts, error, crate::util::time::now_ns()],
             )?,
         };
         Ok(())
@@ -1706,17 +1688,6 @@ pub(crate) fn interface_addresses(host: &serde_json::Value) -> impl Iterator<Ite
         .flatten()
         .flat_map(|i| i["addresses"].as_array().into_iter().flatten())
         .filter_map(|a| a.as_str()?.split('/').next()?.parse().ok())
-}
-
-/// Addresses of an organisation's own networks: RFC 1918, CGNAT (RFC 6598), IPv6 ULA.
-pub fn internal(a: &IpAddr) -> bool {
-    match a {
-        IpAddr::V4(v) => {
-            let o = v.octets();
-            v.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v) => (v.segments()[0] & 0xfe00) == 0xfc00,
-    }
 }
 
 /// Stores one batch inside the caller's transaction or savepoint (see `store_batches`).
@@ -2266,7 +2237,7 @@ mod tests {
 
     #[test]
     fn alert_updates_join_their_incident_until_the_gap() {
-        use crate::alerts::Severity;
+        use crate::model::Severity;
         let dir = tempfile::tempdir().expect("tmp");
         let s = SqliteStore::open(dir.path()).expect("open");
         let u = |kind: &'static str, src: &str, t: i64, sev| AlertUpdate {

@@ -4,7 +4,7 @@
 use rusqlite::{OptionalExtension as _, params};
 
 use super::{ALERT_COLUMNS, SqliteStore, alert_body, alert_row};
-use crate::alerts::{Alert, Change, HistoryEntry};
+use crate::model::{Alert, Change, HistoryEntry};
 
 pub trait Triage {
     /// Applies `changes` to alert `id` in one transaction, each recorded in its timeline as done
@@ -60,7 +60,7 @@ impl Triage for SqliteStore {
                     a.snoozed_until = Some(*until);
                     (
                         "snooze",
-                        crate::api::rfc3339(*until)
+                        crate::util::time::rfc3339(*until)
                             .as_str()
                             .unwrap_or_default()
                             .to_string(),

@@ -579,7 +579,7 @@ fn import_logs(
     use controlplane::store::Store as _;
     let store = controlplane::store::SqliteStore::open(&data).expect("store");
     store
-        .alerts(&controlplane::alerts::AlertQuery {
+        .alerts(&controlplane::model::AlertQuery {
             limit: 1000,
             ..Default::default()
         })
@@ -773,8 +773,8 @@ fn main() {
             f["src_ip"] = Value::from(from.clone());
             f["start_ns"] = Value::from(t);
             f["end_ns"] = Value::from(t + 1_000_000);
-            f["start"] = controlplane::api::rfc3339(t);
-            f["end"] = controlplane::api::rfc3339(t + 1_000_000);
+            f["start"] = controlplane::util::time::rfc3339(t);
+            f["end"] = controlplane::util::time::rfc3339(t + 1_000_000);
             replayed.push(f);
         }
     }

@@ -1,9 +1,9 @@
 //! Alerts: one per incident (an alert type and the entity behind it), updated while the incident
 //! goes on, with the observations that support it.
 //!
-//! Detectors emit [`AlertUpdate`]s; the store merges each into the open alert of the same type
-//! and source whose last observation is at most [`INCIDENT_GAP_NS`] older (data time), or opens
-//! a new one. Time always comes from the data, so replayed logs alert at the moments they
+//! Detectors emit [`AlertUpdate`]s; the alerts service merges each into the open alert of the
+//! same type and source whose last observation is at most [`INCIDENT_GAP_NS`] older (data
+//! time), or opens a new one. Time always comes from the data, so replayed logs alert at the moments they
 //! describe.
 
 use serde::Serialize;
@@ -113,6 +113,23 @@ impl Sensitivity {
             Sensitivity::High => strength >= 0.5,
         }
     }
+}
+
+/// An allowlist's alert type: snake_case, or `*` for every type.
+pub fn check_alert_type(t: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        t == "*" || (!t.is_empty() && t.chars().all(|c| c.is_ascii_lowercase() || c == '_')),
+        "`{t}` is not an alert type (snake_case, or * for all)"
+    );
+    Ok(())
+}
+
+/// A sensitivity setting's network: `*` or a canonical CIDR.
+pub fn sensitivity_scope(text: &str) -> anyhow::Result<String> {
+    if text.trim() == "*" {
+        return Ok("*".into());
+    }
+    Ok(crate::util::net::parse_network(text)?.to_string())
 }
 
 /// A stored alert, as the API returns it.

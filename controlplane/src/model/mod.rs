@@ -1,0 +1,16 @@
+//! The domain's types, the same for every source and every backend: flows, sensor batches,
+//! alerts and the updates detectors make to them, notification events, roles. No storage, no
+//! wire format, no HTTP.
+
+mod access;
+mod alert;
+mod flow;
+mod notification;
+
+pub use access::Role;
+pub use alert::{
+    Alert, AlertQuery, AlertUpdate, Change, HistoryEntry, INCIDENT_GAP_NS, MAX_OBSERVATIONS,
+    MAX_TARGETS, Sensitivity, Severity, check_alert_type, sensitivity_scope,
+};
+pub use flow::{Action, CloudMeta, Flow, FlowSink, ImportedFile, Source};
+pub use notification::{Event, event_for};
