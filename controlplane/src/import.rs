@@ -377,6 +377,7 @@ pub fn aws_flow(r: &aws::Record<'_>) -> Flow {
             direction: r.flow_direction.map(str::to_string),
             extra,
         },
+        sensor: None,
     }
 }
 
@@ -586,6 +587,7 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
             direction: Some(if dest_side { "ingress" } else { "egress" }.into()),
             extra,
         },
+        sensor: None,
     }
 }
 
@@ -715,6 +717,7 @@ fn import_azure(
                                     extra,
                                     ..CloudMeta::default()
                                 },
+                                sensor: None,
                             };
                             chunk.push(flow, sum)?;
                         }

@@ -1,18 +1,17 @@
 //! The control plane as a library: the binary and the tests call these.
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod cloud;
 pub mod detect;
 pub mod entities;
-pub mod exfil;
-pub mod geo;
+pub mod grpc;
 pub mod https;
 pub mod import;
 pub mod ingest;
 pub mod keys;
 pub mod model;
 pub mod notify;
-pub mod scangroup;
 pub mod store;
 pub mod util;
 pub mod watch;

@@ -519,7 +519,8 @@ fn import(
         Provider::Azure => controlplane::model::Source::Azure,
     };
     let mut range = None;
-    let mut detector = controlplane::detect::FlowDetectors::load(store.as_ref(), learning_ns)?;
+    use controlplane::detect::{Config, Detectors, Feed, Input};
+    let mut detector = Detectors::load(Feed::Import, &Config { learning_ns }, store.as_ref())?;
     let mut updates = Vec::new();
     let started = std::time::Instant::now();
     for f in files {
@@ -532,7 +533,7 @@ fn import(
             input,
             &name,
             sampling_rate,
-            &mut |flows| updates.extend(detector.observe(flows)),
+            &mut |flows| updates.extend(detector.observe(&Input::flows(flows))),
             &mut import::tracking(&mut put, &mut range),
             &mut sum,
         )?;
@@ -561,7 +562,7 @@ fn import(
             .filter(|g| g.last_seen_ns >= a)
             .collect();
         let sensors = !store.sensors()?.is_empty();
-        updates.extend(controlplane::detect::CoverageGaps::default().observe(&gaps, sensors));
+        updates.extend(detector.observe(&Input::coverage(&gaps, sensors)));
         info!(
             gaps = gaps.len(),
             seconds = format!("{:.1}", t.elapsed().as_secs_f64()),
@@ -569,7 +570,7 @@ fn import(
         );
     }
     detector.save(store.as_ref())?;
-    let alerts = controlplane::detect::record(store.as_ref(), &updates)?;
+    let alerts = controlplane::alerts::record(store.as_ref(), &updates)?;
     println!("{}: {sum}", sum.provider);
     for id in alerts {
         if let Some(a) = store.alert(id)? {
@@ -1112,7 +1113,10 @@ fn serve(
         std::thread::Builder::new()
             .name("maintenance".into())
             .spawn(move || {
-                let mut gaps = controlplane::detect::CoverageGaps::default();
+                let mut gaps = controlplane::detect::Detectors::new(
+                    controlplane::detect::Feed::Coverage,
+                    &controlplane::detect::Config::default(),
+                );
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let now = controlplane::util::time::now_ns();
                     match store.maintain(now, &retention) {
@@ -1143,8 +1147,9 @@ fn serve(
                     match store.coverage_gaps(now - COVERAGE_GAP_WINDOW_NS) {
                         Ok(g) => {
                             let sensors = store.sensors().is_ok_and(|s| !s.is_empty());
-                            let updates = gaps.observe(&g, sensors);
-                            if let Err(e) = controlplane::detect::record(store.as_ref(), &updates) {
+                            let updates =
+                                gaps.observe(&controlplane::detect::Input::coverage(&g, sensors));
+                            if let Err(e) = controlplane::alerts::record(store.as_ref(), &updates) {
                                 warn!(error = %format!("{e:#}"), "coverage gap alerts failed");
                             }
                         }

@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use crate::{
-    detect::FlowDetectors,
+    detect::{Config, Detectors, Feed, Input},
     import::{self, Summary},
     model::{ImportedFile, Source},
     store::Store,
@@ -48,7 +48,7 @@ pub struct Watcher {
     seen: HashMap<PathBuf, (u64, SystemTime)>,
     /// Scans and sweeps across the files, in data time (loaded from the store at the first
     /// scan: the slow-scan walks persist).
-    detector: Option<FlowDetectors>,
+    detector: Option<Detectors>,
     /// The geo detector's learning period.
     pub learning_ns: i64,
 }
@@ -102,7 +102,7 @@ impl Watcher {
             sampling_rate,
             seen: HashMap::new(),
             detector: None,
-            learning_ns: crate::geo::LEARNING_NS,
+            learning_ns: crate::detect::novelty::LEARNING_NS,
         })
     }
 
@@ -172,7 +172,10 @@ impl Watcher {
         let mut updates = Vec::new();
         let label = path.display().to_string();
         if self.detector.is_none() {
-            self.detector = Some(FlowDetectors::load(store, self.learning_ns)?);
+            let config = Config {
+                learning_ns: self.learning_ns,
+            };
+            self.detector = Some(Detectors::load(Feed::Import, &config, store)?);
         }
         let rate = self.sampling_rate;
         let detector = self.detector.as_mut().expect("loaded above");
@@ -185,7 +188,7 @@ impl Watcher {
                 input,
                 &label,
                 rate,
-                &mut |flows| updates.extend(detector.observe(flows)),
+                &mut |flows| updates.extend(detector.observe(&Input::flows(flows))),
                 &mut import::tracking(sink, &mut range),
                 &mut sum,
             )?;
@@ -201,7 +204,7 @@ impl Watcher {
         updates.extend(detector.flush());
         // What the detector found is evidence even when the file fails midway and is retried:
         // the detector remembers what it reported, so a retry would not report it again.
-        crate::detect::record(store, &updates)?;
+        crate::alerts::record(store, &updates)?;
         detector.save(store)?;
         let stored = stored?;
         if let (Some(_), Some((a, b))) = (&stored, range) {

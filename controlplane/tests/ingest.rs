@@ -22,7 +22,7 @@ struct Server {
 }
 
 async fn server() -> Server {
-    server_learning(controlplane::geo::LEARNING_NS).await
+    server_learning(controlplane::detect::novelty::LEARNING_NS).await
 }
 
 /// A server whose baseline detectors learn for `learning_ns`.

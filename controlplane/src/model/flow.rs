@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use super::SensorMeta;
+
 /// Who saw a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -93,6 +95,27 @@ pub struct Flow {
     /// Fraction of the traffic the record stands for (GCP samples; 1.0 elsewhere).
     pub sampling_rate: f64,
     pub cloud: CloudMeta,
+    /// What a sensor adds (None for cloud flows); boxed, as most flows of an import are not a
+    /// sensor's.
+    pub sensor: Option<Box<SensorMeta>>,
+}
+
+impl Flow {
+    /// Whether the other end took the conversation: the cloud's accept, or, for a sensor flow
+    /// (a sensor sees no firewall verdict), an answer: return traffic, and for TCP an ACK
+    /// without a RST.
+    pub fn accepted(&self) -> bool {
+        const ACK: u8 = 0x10;
+        const RST: u8 = 0x04;
+        match &self.sensor {
+            Some(s) => {
+                self.reverse_packets > 0
+                    && (self.protocol != 6
+                        || (s.reverse_tcp_flags & ACK != 0 && s.reverse_tcp_flags & RST == 0))
+            }
+            None => self.action == Action::Accept,
+        }
+    }
 }
 
 /// Where flows go a chunk at a time (the store, or a transaction the store holds open).

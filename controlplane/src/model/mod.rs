@@ -6,6 +6,7 @@ mod access;
 mod alert;
 mod flow;
 mod notification;
+mod sensor;
 
 pub use access::Role;
 pub use alert::{
@@ -14,3 +15,7 @@ pub use alert::{
 };
 pub use flow::{Action, CloudMeta, Flow, FlowSink, ImportedFile, Source};
 pub use notification::{Event, event_for};
+pub use sensor::{
+    Heartbeat, Interface, LoginEvent, PodContext, ProbeRecord, Registration, ScanEvent,
+    SensorBatch, SensorMeta,
+};

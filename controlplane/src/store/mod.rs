@@ -12,14 +12,16 @@ use std::{
 };
 
 use anyhow::Context as _;
-use picket_proto::v1::{ExportBatch, HeartbeatRequest, RegisterRequest};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::{
     model::{Alert, AlertQuery, AlertUpdate, INCIDENT_GAP_NS, Severity},
-    model::{Flow, FlowSink, ImportedFile, Source},
+    model::{
+        Flow, FlowSink, Heartbeat, ImportedFile, PodContext, Registration, SensorBatch, SensorMeta,
+        Source,
+    },
     notify::{self, Notifier, Pending},
-    util::net::{internal, ip_addr, ip_text},
+    util::net::internal,
 };
 
 /// A sensor as the registry knows it.
@@ -189,11 +191,11 @@ pub trait Store: Access + EntityData + Triage + Send + Sync + 'static {
     /// The sensor a key hash belongs to, unless revoked.
     fn sensor_for_key(&self, key_hash: &str) -> anyhow::Result<Option<String>>;
     /// Records a registration; returns the highest batch id stored for this instance.
-    fn register(&self, sensor: &str, req: &RegisterRequest, now_ns: i64) -> anyhow::Result<u64>;
-    fn heartbeat(&self, sensor: &str, req: &HeartbeatRequest, now_ns: i64) -> anyhow::Result<()>;
+    fn register(&self, sensor: &str, req: &Registration, now_ns: i64) -> anyhow::Result<u64>;
+    fn heartbeat(&self, sensor: &str, req: &Heartbeat, now_ns: i64) -> anyhow::Result<()>;
     /// Stores a batch once: a batch already stored is reported as a duplicate.
-    fn store_batch(&self, sensor: &str, b: &ExportBatch, now_ns: i64) -> anyhow::Result<Stored> {
-        self.store_batches(&[(sensor, b)], now_ns)?
+    fn store_batch(&self, b: &SensorBatch, now_ns: i64) -> anyhow::Result<Stored> {
+        self.store_batches(&[b], now_ns)?
             .pop()
             .expect("one result per batch")
     }
@@ -202,7 +204,7 @@ pub trait Store: Access + EntityData + Triage + Send + Sync + 'static {
     /// stored.
     fn store_batches(
         &self,
-        batches: &[(&str, &ExportBatch)],
+        batches: &[&SensorBatch],
         now_ns: i64,
     ) -> anyhow::Result<Vec<anyhow::Result<Stored>>>;
     /// Totals over the flows of one sensor (all sensors if None).
@@ -875,14 +877,13 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn register(&self, sensor: &str, req: &RegisterRequest, now_ns: i64) -> anyhow::Result<u64> {
+    fn register(&self, sensor: &str, req: &Registration, now_ns: i64) -> anyhow::Result<u64> {
         let c = self.conn();
-        let host = req.host.clone().unwrap_or_default();
         let host_json = serde_json::json!({
-            "hostname": host.hostname,
-            "machine_id": host.machine_id,
-            "k8s_node": host.k8s_node,
-            "interfaces": host.interfaces.iter().map(|i| serde_json::json!({
+            "hostname": req.hostname,
+            "machine_id": req.machine_id,
+            "k8s_node": req.k8s_node,
+            "interfaces": req.interfaces.iter().map(|i| serde_json::json!({
                 "name": i.name, "index": i.index, "mac": i.mac, "addresses": i.addresses,
                 "xdp_mode": i.xdp_mode, "tc_mode": i.tc_mode,
             })).collect::<Vec<_>>(),
@@ -896,8 +897,8 @@ impl Store for SqliteStore {
                 req.instance_id,
                 req.version,
                 req.kernel,
-                host.hostname,
-                host.machine_id,
+                req.hostname,
+                req.machine_id,
                 host_json.to_string(),
                 now_ns
             ],
@@ -910,17 +911,15 @@ impl Store for SqliteStore {
         Ok(last.unwrap_or(0) as u64)
     }
 
-    fn heartbeat(&self, sensor: &str, req: &HeartbeatRequest, now_ns: i64) -> anyhow::Result<()> {
-        let kernel: std::collections::BTreeMap<_, _> = req.kernel_counters.iter().collect();
-        let agent: std::collections::BTreeMap<_, _> = req.agent_counters.iter().collect();
+    fn heartbeat(&self, sensor: &str, req: &Heartbeat, now_ns: i64) -> anyhow::Result<()> {
         self.conn().execute(
             "UPDATE sensors SET last_heartbeat_ns = ?2, kernel_counters = ?3, agent_counters = ?4, \
              first_seen_ns = COALESCE(first_seen_ns, ?2) WHERE name = ?1",
             params![
                 sensor,
                 now_ns,
-                serde_json::to_string(&kernel)?,
-                serde_json::to_string(&agent)?
+                serde_json::to_string(&req.kernel_counters)?,
+                serde_json::to_string(&req.agent_counters)?
             ],
         )?;
         Ok(())
@@ -928,7 +927,7 @@ impl Store for SqliteStore {
 
     fn store_batches(
         &self,
-        batches: &[(&str, &ExportBatch)],
+        batches: &[&SensorBatch],
         now_ns: i64,
     ) -> anyhow::Result<Vec<anyhow::Result<Stored>>> {
         let mut c = self.conn();
@@ -939,7 +938,7 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let all: anyhow::Result<Vec<Stored>> = batches
                 .iter()
-                .map(|(sensor, b)| store_batch_tx(&tx, sensor, b, now_ns))
+                .map(|b| store_batch_tx(&tx, b, now_ns))
                 .collect();
             if let Ok(all) = all {
                 tx.commit()?;
@@ -949,10 +948,10 @@ impl Store for SqliteStore {
         }
         let mut tx = c.transaction()?;
         let mut out = Vec::with_capacity(batches.len());
-        for (sensor, b) in batches {
+        for b in batches {
             // A savepoint per batch: a bad batch is undone alone (dropping it rolls back).
             let sp = tx.savepoint()?;
-            match store_batch_tx(&sp, sensor, b, now_ns) {
+            match store_batch_tx(&sp, b, now_ns) {
                 Ok(stored) => {
                     sp.commit()?;
                     out.push(Ok(stored));
@@ -1691,19 +1690,14 @@ pub(crate) fn interface_addresses(host: &serde_json::Value) -> impl Iterator<Ite
 }
 
 /// Stores one batch inside the caller's transaction or savepoint (see `store_batches`).
-fn store_batch_tx(
-    tx: &Connection,
-    sensor: &str,
-    b: &ExportBatch,
-    now_ns: i64,
-) -> anyhow::Result<Stored> {
+fn store_batch_tx(tx: &Connection, b: &SensorBatch, now_ns: i64) -> anyhow::Result<Stored> {
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO batches (instance_id, batch_id, sensor, stored_ns, flows) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             b.instance_id,
             i(b.batch_id),
-            sensor,
+            b.sensor,
             now_ns,
             b.flows.len() as i64
         ],
@@ -1711,127 +1705,60 @@ fn store_batch_tx(
     if inserted == 0 {
         return Ok(Stored::Duplicate);
     }
-    {
-        let mut st = tx.prepare_cached(
-            "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
-             packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
-             start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-             ?18, ?19, ?20, ?21)",
-        )?;
-        let mut chunk = chunks::Chunk::default();
-        let (mut src_text, mut dst_text) = (IpText::default(), IpText::default());
-        // Bindings stay from one flow to the next (see `insert_flows_tx`): only what changed
-        // is bound again.
-        st.raw_bind_parameter(1, sensor)?;
-        let mut prev: Option<&picket_proto::v1::FlowRecord> = None;
-        for f in &b.flows {
-            let pod = |p: &Option<picket_proto::v1::PodContext>| {
-                p.as_ref().map(|p| {
-                    serde_json::json!({"namespace": p.namespace, "pod": p.pod,
-                        "labels": p.labels, "node": p.node})
-                    .to_string()
-                })
-            };
-            let (src, dst) = (ip_addr(&f.src_ip)?, ip_addr(&f.dst_ip)?);
-            let (s_ip, d_ip) = (src_text.of(src), dst_text.of(dst));
-            let port = |p: u32| u16::try_from(p).unwrap_or(0);
-            let proto = u8::try_from(f.protocol).unwrap_or(0);
-            let key = chunks::conversation_key(src, port(f.src_port), dst, port(f.dst_port), proto);
-            if prev.is_none_or(|p| p.iface != f.iface) {
-                st.raw_bind_parameter(2, &f.iface)?;
-            }
-            st.raw_bind_parameter(3, s_ip)?;
-            st.raw_bind_parameter(4, d_ip)?;
-            st.raw_bind_parameter(5, f.src_port)?;
-            st.raw_bind_parameter(6, f.dst_port)?;
-            st.raw_bind_parameter(7, f.protocol)?;
-            st.raw_bind_parameter(8, i(f.packets))?;
-            st.raw_bind_parameter(9, i(f.bytes))?;
-            st.raw_bind_parameter(10, i(f.reverse_packets))?;
-            st.raw_bind_parameter(11, i(f.reverse_bytes))?;
-            st.raw_bind_parameter(12, f.tcp_flags)?;
-            st.raw_bind_parameter(13, f.reverse_tcp_flags)?;
-            st.raw_bind_parameter(14, i(f.start_unix_ns))?;
-            st.raw_bind_parameter(15, i(f.end_unix_ns))?;
-            for (n, now, before) in [
-                (16, &f.observed, prev.map(|p| &p.observed)),
-                (17, &f.initiator_by, prev.map(|p| &p.initiator_by)),
-                (18, &f.partial, prev.map(|p| &p.partial)),
-                (19, &f.end_reason, prev.map(|p| &p.end_reason)),
-            ] {
-                if before != Some(now) {
-                    st.raw_bind_parameter(n, now)?;
-                }
-            }
-            if prev.is_none_or(|p| p.src_pod != f.src_pod) {
-                st.raw_bind_parameter(20, pod(&f.src_pod))?;
-            }
-            if prev.is_none_or(|p| p.dst_pod != f.dst_pod) {
-                st.raw_bind_parameter(21, pod(&f.dst_pod))?;
-            }
-            st.raw_execute()?;
-            prev = Some(f);
-            let id = tx.last_insert_rowid();
-            chunk.add(id, i(f.start_unix_ns), i(f.end_unix_ns), [src, dst]);
-            chunk.conversation(id, key);
-        }
-        chunk.write(tx)?;
-        let mut st = tx.prepare_cached(
-            "INSERT INTO scan_events (sensor, iface, src_ip, distinct_ports, distinct_hosts, \
-             probe, probes_json, probe_bytes, last_dst_ip, last_dst_port, reason, start_ns, \
-             end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?;
-        for s in &b.scans {
-            let probes: std::collections::BTreeMap<_, _> = s.probes.iter().collect();
-            st.execute(params![
-                sensor,
-                s.iface,
-                ip_text(&s.src_ip)?,
-                s.distinct_ports,
-                s.distinct_hosts,
-                s.probe,
-                serde_json::to_string(&probes)?,
-                i(s.probe_bytes),
-                ip_text(&s.last_dst_ip)?,
-                s.last_dst_port,
-                s.reason.join(","),
-                i(s.start_unix_ns),
-                i(s.end_unix_ns),
-            ])?;
-        }
-        let mut st = tx.prepare_cached(
-            "INSERT INTO probe_records (sensor, iface, src_ip, protocol, probe, packets, \
-             bytes, start_ns, end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
-        for p in &b.probes {
-            st.execute(params![
-                sensor,
-                p.iface,
-                ip_text(&p.src_ip)?,
-                p.protocol,
-                p.probe,
-                i(p.packets),
-                i(p.bytes),
-                i(p.start_unix_ns),
-                i(p.end_unix_ns),
-            ])?;
-        }
-        let mut st = tx.prepare_cached(
-            "INSERT INTO auth_events (sensor, time_ns, service, outcome, user, src_ip, \
-             src_port) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for a in &b.auth {
-            st.execute(params![
-                sensor,
-                i(a.time_unix_ns),
-                a.service,
-                a.outcome,
-                a.user,
-                ip_text(&a.src_ip)?,
-                a.src_port,
-            ])?;
-        }
+    insert_flows_tx(tx, &b.flows)?;
+    let mut st = tx.prepare_cached(
+        "INSERT INTO scan_events (sensor, iface, src_ip, distinct_ports, distinct_hosts, \
+         probe, probes_json, probe_bytes, last_dst_ip, last_dst_port, reason, start_ns, \
+         end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    for s in &b.scans {
+        st.execute(params![
+            b.sensor,
+            s.iface,
+            s.src_ip.to_string(),
+            s.distinct_ports,
+            s.distinct_hosts,
+            s.probe,
+            serde_json::to_string(&s.probes)?,
+            i(s.probe_bytes),
+            s.last_dst_ip.to_string(),
+            s.last_dst_port,
+            s.reason.join(","),
+            s.start_ns,
+            s.end_ns,
+        ])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO probe_records (sensor, iface, src_ip, protocol, probe, packets, \
+         bytes, start_ns, end_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for p in &b.probes {
+        st.execute(params![
+            b.sensor,
+            p.iface,
+            p.src_ip.to_string(),
+            p.protocol,
+            p.probe,
+            i(p.packets),
+            i(p.bytes),
+            p.start_ns,
+            p.end_ns,
+        ])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO auth_events (sensor, time_ns, service, outcome, user, src_ip, \
+         src_port) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for a in &b.logins {
+        st.execute(params![
+            b.sensor,
+            a.time_ns,
+            a.service,
+            a.outcome,
+            a.user,
+            a.src_ip.to_string(),
+            a.src_port,
+        ])?;
     }
     Ok(Stored::New)
 }
@@ -1911,100 +1838,138 @@ impl IpText {
     }
 }
 
-fn insert_flows_tx(tx: &rusqlite::Transaction<'_>, flows: &[Flow]) -> anyhow::Result<()> {
-    {
-        let mut st = tx.prepare_cached(
-            "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
-             packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
-             start_ns, end_ns, observed, initiator_by, partial, end_reason, source, action, \
-             sampling_rate, vpc, subnet, instance, region, zone, pkt_src_ip, pkt_dst_ip, \
-             cloud_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-             0, ?13, ?14, ?15, '', '', '', ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, \
-             ?26)",
-        )?;
-        let mut chunk = chunks::Chunk::default();
-        let (mut text, mut dst_text) = (IpText::default(), IpText::default());
-        // What a flow shares with the one before (observer, cloud metadata: most of a file's
-        // records) keeps its binding: SQLite holds bindings from one execution to the next.
-        let mut prev: Option<&Flow> = None;
-        for f in flows {
-            let m = &f.cloud;
-            if prev.is_none_or(|p| p.observer != f.observer) {
-                st.raw_bind_parameter(1, &f.observer)?;
-            }
-            if prev.is_none_or(|p| p.interface != f.interface) {
-                st.raw_bind_parameter(2, &f.interface)?;
-            }
-            let (s_ip, d_ip) = (text.of(f.src_ip), dst_text.of(f.dst_ip));
-            st.raw_bind_parameter(3, s_ip)?;
-            st.raw_bind_parameter(4, d_ip)?;
-            st.raw_bind_parameter(5, f.src_port)?;
-            st.raw_bind_parameter(6, f.dst_port)?;
-            st.raw_bind_parameter(7, f.protocol)?;
-            st.raw_bind_parameter(8, i(f.packets))?;
-            st.raw_bind_parameter(9, i(f.bytes))?;
-            st.raw_bind_parameter(10, i(f.reverse_packets))?;
-            st.raw_bind_parameter(11, i(f.reverse_bytes))?;
-            st.raw_bind_parameter(12, f.tcp_flags)?;
-            st.raw_bind_parameter(13, f.start_ns)?;
-            st.raw_bind_parameter(14, f.end_ns)?;
-            let pc = prev.map(|p| &p.cloud);
-            if pc.is_none_or(|p| p.direction != m.direction) {
-                st.raw_bind_parameter(15, m.direction.as_deref().unwrap_or(""))?;
-            }
-            if prev.is_none_or(|p| p.source != f.source) {
-                st.raw_bind_parameter(16, f.source.as_str())?;
-            }
-            if prev.is_none_or(|p| p.action != f.action) {
-                st.raw_bind_parameter(17, f.action.as_str())?;
-            }
-            if prev.is_none_or(|p| p.sampling_rate != f.sampling_rate) {
-                st.raw_bind_parameter(18, f.sampling_rate)?;
-            }
-            for (n, now, before) in [
-                (19, &m.vpc, pc.map(|p| &p.vpc)),
-                (20, &m.subnet, pc.map(|p| &p.subnet)),
-                (21, &m.instance, pc.map(|p| &p.instance)),
-                (22, &m.region, pc.map(|p| &p.region)),
-                (23, &m.zone, pc.map(|p| &p.zone)),
-            ] {
-                if before != Some(now) {
-                    st.raw_bind_parameter(n, now)?;
-                }
-            }
-            st.raw_bind_parameter(24, m.pkt_src_ip.map(|a| a.to_string()))?;
-            st.raw_bind_parameter(25, m.pkt_dst_ip.map(|a| a.to_string()))?;
-            if pc.is_none_or(|p| p.extra != m.extra) {
-                st.raw_bind_parameter(
-                    26,
-                    if m.extra.is_empty() {
-                        None
-                    } else {
-                        Some(serde_json::to_string(&m.extra)?)
-                    },
-                )?;
-            }
-            st.raw_execute()?;
-            prev = Some(f);
-            let id = tx.last_insert_rowid();
-            chunk.add(
-                id,
-                f.start_ns,
-                f.end_ns,
-                [Some(f.src_ip), Some(f.dst_ip), m.pkt_src_ip, m.pkt_dst_ip]
-                    .into_iter()
-                    .flatten(),
-            );
-            // Sensor flows (normally stored by `store_batch`) are listed for correlation.
-            if f.source == Source::Sensor {
-                let key = chunks::conversation_key(
-                    f.src_ip, f.src_port, f.dst_ip, f.dst_port, f.protocol,
-                );
-                chunk.conversation(id, key);
+/// A pod's identity as the `src_pod` / `dst_pod` columns keep it (JSON).
+fn pod_json(p: &Option<PodContext>) -> Option<String> {
+    p.as_ref().map(|p| {
+        serde_json::json!({"namespace": p.namespace, "pod": p.pod, "labels": p.labels,
+            "node": p.node})
+        .to_string()
+    })
+}
+
+/// Where a flow was seen, as the `observed` column keeps it: the sensor's side, or the cloud's
+/// direction.
+fn observed(f: &Flow) -> &str {
+    match &f.sensor {
+        Some(s) => s.observed.as_str(),
+        None => f.cloud.direction.as_deref().unwrap_or(""),
+    }
+}
+
+/// Inserts flows of any source, with their chunk (addresses, and the conversations of sensor
+/// flows for correlation).
+fn insert_flows_tx(tx: &Connection, flows: &[Flow]) -> anyhow::Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
+         packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
+         start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod, \
+         source, action, sampling_rate, vpc, subnet, instance, region, zone, pkt_src_ip, \
+         pkt_dst_ip, cloud_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, \
+         ?30, ?31, ?32)",
+    )?;
+    let mut chunk = chunks::Chunk::default();
+    let (mut text, mut dst_text) = (IpText::default(), IpText::default());
+    // What a flow shares with the one before (observer, interface, cloud metadata, a sensor's
+    // labels: most of a file's or a batch's records) keeps its binding: SQLite holds bindings
+    // from one execution to the next.
+    let mut prev: Option<&Flow> = None;
+    let none = SensorMeta::default();
+    for f in flows {
+        let m = &f.cloud;
+        let sm = f.sensor.as_deref().unwrap_or(&none);
+        let (pc, ps) = (
+            prev.map(|p| &p.cloud),
+            prev.map(|p| p.sensor.as_deref().unwrap_or(&none)),
+        );
+        if prev.is_none_or(|p| p.observer != f.observer) {
+            st.raw_bind_parameter(1, &f.observer)?;
+        }
+        if prev.is_none_or(|p| p.interface != f.interface) {
+            st.raw_bind_parameter(2, &f.interface)?;
+        }
+        st.raw_bind_parameter(3, text.of(f.src_ip))?;
+        st.raw_bind_parameter(4, dst_text.of(f.dst_ip))?;
+        st.raw_bind_parameter(5, f.src_port)?;
+        st.raw_bind_parameter(6, f.dst_port)?;
+        st.raw_bind_parameter(7, f.protocol)?;
+        st.raw_bind_parameter(8, i(f.packets))?;
+        st.raw_bind_parameter(9, i(f.bytes))?;
+        st.raw_bind_parameter(10, i(f.reverse_packets))?;
+        st.raw_bind_parameter(11, i(f.reverse_bytes))?;
+        st.raw_bind_parameter(12, f.tcp_flags)?;
+        st.raw_bind_parameter(13, sm.reverse_tcp_flags)?;
+        st.raw_bind_parameter(14, f.start_ns)?;
+        st.raw_bind_parameter(15, f.end_ns)?;
+        if prev.is_none_or(|p| observed(p) != observed(f)) {
+            st.raw_bind_parameter(16, observed(f))?;
+        }
+        for (n, now, before) in [
+            (17, &sm.initiator_by, ps.map(|p| &p.initiator_by)),
+            (18, &sm.partial, ps.map(|p| &p.partial)),
+            (19, &sm.end_reason, ps.map(|p| &p.end_reason)),
+        ] {
+            if before != Some(now) {
+                st.raw_bind_parameter(n, now)?;
             }
         }
-        chunk.write(tx)?;
+        if ps.is_none_or(|p| p.src_pod != sm.src_pod) {
+            st.raw_bind_parameter(20, pod_json(&sm.src_pod))?;
+        }
+        if ps.is_none_or(|p| p.dst_pod != sm.dst_pod) {
+            st.raw_bind_parameter(21, pod_json(&sm.dst_pod))?;
+        }
+        if prev.is_none_or(|p| p.source != f.source) {
+            st.raw_bind_parameter(22, f.source.as_str())?;
+        }
+        if prev.is_none_or(|p| p.action != f.action) {
+            st.raw_bind_parameter(23, f.action.as_str())?;
+        }
+        if prev.is_none_or(|p| p.sampling_rate != f.sampling_rate) {
+            st.raw_bind_parameter(24, f.sampling_rate)?;
+        }
+        for (n, now, before) in [
+            (25, &m.vpc, pc.map(|p| &p.vpc)),
+            (26, &m.subnet, pc.map(|p| &p.subnet)),
+            (27, &m.instance, pc.map(|p| &p.instance)),
+            (28, &m.region, pc.map(|p| &p.region)),
+            (29, &m.zone, pc.map(|p| &p.zone)),
+        ] {
+            if before != Some(now) {
+                st.raw_bind_parameter(n, now)?;
+            }
+        }
+        st.raw_bind_parameter(30, m.pkt_src_ip.map(|a| a.to_string()))?;
+        st.raw_bind_parameter(31, m.pkt_dst_ip.map(|a| a.to_string()))?;
+        if pc.is_none_or(|p| p.extra != m.extra) {
+            st.raw_bind_parameter(
+                32,
+                if m.extra.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::to_string(&m.extra)?)
+                },
+            )?;
+        }
+        st.raw_execute()?;
+        prev = Some(f);
+        let id = tx.last_insert_rowid();
+        chunk.add(
+            id,
+            f.start_ns,
+            f.end_ns,
+            [Some(f.src_ip), Some(f.dst_ip), m.pkt_src_ip, m.pkt_dst_ip]
+                .into_iter()
+                .flatten(),
+        );
+        // Sensor flows are listed for correlation.
+        if f.source == Source::Sensor {
+            let key =
+                chunks::conversation_key(f.src_ip, f.src_port, f.dst_ip, f.dst_port, f.protocol);
+            chunk.conversation(id, key);
+        }
     }
+    chunk.write(tx)?;
     Ok(())
 }
 
@@ -2023,22 +1988,57 @@ fn totals_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowTotals> {
 
 #[cfg(test)]
 mod tests {
-    use picket_proto::v1::FlowRecord;
-
     use super::*;
 
-    fn flow(packets: u64) -> FlowRecord {
-        FlowRecord {
-            iface: "eth0".into(),
-            src_ip: vec![10, 0, 0, 1],
-            dst_ip: vec![10, 0, 0, 2],
+    /// A sensor's flow (its observer is set by [`batch`]).
+    fn flow(packets: u64) -> Flow {
+        Flow {
+            source: Source::Sensor,
+            observer: String::new(),
+            interface: "eth0".into(),
+            start_ns: 0,
+            end_ns: 0,
+            src_ip: [10, 0, 0, 1].into(),
+            dst_ip: [10, 0, 0, 2].into(),
             src_port: 40000,
             dst_port: 443,
             protocol: 6,
             packets,
             bytes: packets * 100,
+            reverse_packets: 0,
+            reverse_bytes: 0,
+            tcp_flags: 0,
+            action: crate::model::Action::Unknown,
+            sampling_rate: 1.0,
+            cloud: Default::default(),
+            sensor: Some(Box::default()),
+        }
+    }
+
+    fn batch(sensor: &str, instance: &str, id: u64, flows: Vec<Flow>) -> SensorBatch {
+        SensorBatch {
+            sensor: sensor.into(),
+            instance_id: instance.into(),
+            batch_id: id,
+            flows: flows
+                .into_iter()
+                .map(|f| Flow {
+                    observer: sensor.into(),
+                    ..f
+                })
+                .collect(),
             ..Default::default()
         }
+    }
+
+    /// Makes the insert of any flow of `packets` packets fail, as a full disk would.
+    fn fail_flows_of(s: &SqliteStore, packets: u64) {
+        s.conn()
+            .execute_batch(&format!(
+                "CREATE TEMP TRIGGER fail BEFORE INSERT ON flows WHEN NEW.packets = {packets} \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+            ))
+            .expect("trigger");
     }
 
     #[test]
@@ -2046,29 +2046,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let s = SqliteStore::open(dir.path()).expect("open");
         s.add_sensor("web-1", "h", 1).expect("add");
-        let b = ExportBatch {
-            instance_id: "i1".into(),
-            batch_id: 7,
-            flows: vec![flow(3), flow(4)],
-            ..Default::default()
-        };
-        assert_eq!(s.store_batch("web-1", &b, 2).expect("store"), Stored::New);
-        assert_eq!(
-            s.store_batch("web-1", &b, 3).expect("store"),
-            Stored::Duplicate
-        );
+        let b = batch("web-1", "i1", 7, vec![flow(3), flow(4)]);
+        assert_eq!(s.store_batch(&b, 2).expect("store"), Stored::New);
+        assert_eq!(s.store_batch(&b, 3).expect("store"), Stored::Duplicate);
         let t = s.flow_totals(Some("web-1")).expect("totals");
         assert_eq!((t.records, t.packets, t.bytes), (2, 7, 700));
         // Another instance may reuse the id.
-        let other = ExportBatch {
+        let other = SensorBatch {
             instance_id: "i2".into(),
             ..b.clone()
         };
-        assert_eq!(
-            s.store_batch("web-1", &other, 4).expect("store"),
-            Stored::New
-        );
-        let req = RegisterRequest {
+        assert_eq!(s.store_batch(&other, 4).expect("store"), Stored::New);
+        let req = Registration {
             instance_id: "i1".into(),
             ..Default::default()
         };
@@ -2076,50 +2065,35 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_address_rejects_the_whole_batch() {
+    fn a_batch_that_fails_stores_nothing_and_is_not_marked_stored() {
         let dir = tempfile::tempdir().expect("tmp");
         let s = SqliteStore::open(dir.path()).expect("open");
-        let mut bad = flow(1);
-        bad.src_ip = vec![1, 2, 3];
-        let b = ExportBatch {
-            instance_id: "i1".into(),
-            batch_id: 1,
-            flows: vec![flow(1), bad],
-            ..Default::default()
-        };
-        assert!(s.store_batch("x", &b, 1).is_err());
+        fail_flows_of(&s, 666);
+        let b = batch("x", "i1", 1, vec![flow(1), flow(666)]);
+        assert!(s.store_batch(&b, 1).is_err());
         assert_eq!(s.flow_totals(None).expect("totals").records, 0);
         // Nothing was marked stored: a corrected resend is accepted.
-        let good = ExportBatch {
+        let good = SensorBatch {
             flows: vec![flow(1)],
             ..b
         };
-        assert_eq!(s.store_batch("x", &good, 2).expect("store"), Stored::New);
+        assert_eq!(s.store_batch(&good, 2).expect("store"), Stored::New);
     }
 
     #[test]
     fn a_group_of_batches_commits_together_and_a_bad_one_fails_alone() {
         let dir = tempfile::tempdir().expect("tmp");
         let s = SqliteStore::open(dir.path()).expect("open");
-        let batch = |id: u64, flows: Vec<FlowRecord>| ExportBatch {
-            instance_id: "i1".into(),
-            batch_id: id,
-            flows,
-            ..Default::default()
-        };
-        let mut bad_flow = flow(1);
-        bad_flow.dst_ip = vec![9; 5];
+        fail_flows_of(&s, 666);
         let (a, bad, b) = (
-            batch(1, vec![flow(1), flow(2)]),
-            batch(2, vec![flow(3), bad_flow]),
-            batch(3, vec![flow(4)]),
+            batch("x", "i1", 1, vec![flow(1), flow(2)]),
+            batch("x", "i1", 2, vec![flow(3), flow(666)]),
+            batch("y", "i1", 3, vec![flow(4)]),
         );
-        let r = s
-            .store_batches(&[("x", &a), ("x", &bad), ("y", &b), ("x", &a)], 1)
-            .expect("the group");
+        let r = s.store_batches(&[&a, &bad, &b, &a], 1).expect("the group");
         assert_eq!(r.len(), 4);
         assert_eq!(r[0].as_ref().expect("a"), &Stored::New);
-        assert!(r[1].is_err(), "the bad address fails its batch");
+        assert!(r[1].is_err(), "the failing flow fails its batch");
         assert_eq!(r[2].as_ref().expect("b"), &Stored::New);
         assert_eq!(
             r[3].as_ref().expect("a again"),
@@ -2133,8 +2107,8 @@ mod tests {
         );
         assert_eq!(s.flow_totals(Some("y")).expect("y").records, 1);
         // The bad batch was not marked stored: a corrected resend is taken.
-        let fixed = batch(2, vec![flow(3)]);
-        assert_eq!(s.store_batch("x", &fixed, 2).expect("resend"), Stored::New);
+        let fixed = batch("x", "i1", 2, vec![flow(3)]);
+        assert_eq!(s.store_batch(&fixed, 2).expect("resend"), Stored::New);
     }
 
     #[test]
@@ -2329,6 +2303,7 @@ mod tests {
             action: crate::model::Action::Accept,
             sampling_rate: 1.0,
             cloud: Default::default(),
+            sensor: None,
         }
     }
 
@@ -2496,22 +2471,17 @@ mod tests {
         let s = SqliteStore::open(dir.path()).expect("open");
         // A sensor batch now: its chunk lists each flow's conversation (12 bytes each).
         let mut nat = flow(1);
-        nat.src_ip = vec![10, 0, 0, 9];
-        nat.dst_ip = vec![198, 51, 100, 4];
+        nat.src_ip = [10, 0, 0, 9].into();
+        nat.dst_ip = [198, 51, 100, 4].into();
         nat.src_port = 41000;
-        nat.start_unix_ns = 1_000 * s_ as u64;
-        nat.end_unix_ns = 1_030 * s_ as u64;
+        nat.start_ns = 1_000 * s_;
+        nat.end_ns = 1_030 * s_;
         let mut late = nat.clone();
         late.src_port = 41001;
-        late.start_unix_ns = 5_000 * s_ as u64;
-        late.end_unix_ns = 5_030 * s_ as u64;
-        let b = ExportBatch {
-            instance_id: "i1".into(),
-            batch_id: 1,
-            flows: vec![nat, late],
-            ..Default::default()
-        };
-        assert_eq!(s.store_batch("web-2", &b, 1).expect("store"), Stored::New);
+        late.start_ns = 5_000 * s_;
+        late.end_ns = 5_030 * s_;
+        let b = batch("web-2", "i1", 1, vec![nat, late]);
+        assert_eq!(s.store_batch(&b, 1).expect("store"), Stored::New);
         let lists: Vec<Option<usize>> = s
             .conn()
             .prepare("SELECT length(tuples) FROM flow_chunks ORDER BY first_id")

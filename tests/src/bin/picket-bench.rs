@@ -980,6 +980,7 @@ fn ingest_section(report: &mut String, quick: bool) {
                 action: controlplane::model::Action::Accept,
                 sampling_rate: 1.0,
                 cloud: Default::default(),
+                sensor: None,
             }
         })
         .collect();

@@ -25,11 +25,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::{Detector, Input, Output, State};
 use crate::{
-    model::{Action, Flow},
-    model::{AlertUpdate, Severity},
-    util::net::internal,
-    util::time::rfc3339,
+    model::{Action, AlertUpdate, Flow, Severity},
+    util::{net::internal, time::rfc3339},
 };
 
 /// Name of the state in the store, and the alert's type.
@@ -94,13 +93,18 @@ pub struct Exfiltration {
 
 impl Default for Exfiltration {
     fn default() -> Self {
-        Exfiltration::load(&[], crate::geo::LEARNING_NS)
+        Exfiltration::new(super::novelty::LEARNING_NS)
     }
 }
 
 impl Exfiltration {
+    /// Nothing learned yet.
+    pub fn new(learning_ns: i64) -> Self {
+        Exfiltration::restore(&[], learning_ns)
+    }
+
     /// From the saved (entity, state) pairs.
-    pub fn load(saved: &[(String, String)], learning_ns: i64) -> Self {
+    pub fn restore(saved: &[(String, String)], learning_ns: i64) -> Self {
         Exfiltration {
             learning_ns,
             entities: saved
@@ -237,6 +241,29 @@ impl Exfiltration {
     }
 }
 
+impl Detector for Exfiltration {
+    fn name(&self) -> &'static str {
+        KIND
+    }
+
+    fn observe(&mut self, input: &Input<'_>, out: &mut Output) {
+        out.updates.extend(Exfiltration::observe(self, input.flows));
+    }
+
+    fn load(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        *self = Exfiltration::restore(&state.read(KIND)?, self.learning_ns);
+        Ok(())
+    }
+
+    fn save(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        state.write(KIND, &self.dirty())
+    }
+
+    fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +293,7 @@ mod tests {
             action: Action::Accept,
             sampling_rate: 1.0,
             cloud: Default::default(),
+            sensor: None,
         }
     }
 
@@ -317,7 +345,7 @@ mod tests {
             .into_iter()
             .map(|(k, v, _)| (k, v.expect("state")))
             .collect();
-        let mut resumed = Exfiltration::load(&saved, crate::geo::LEARNING_NS);
+        let mut resumed = Exfiltration::restore(&saved, crate::detect::novelty::LEARNING_NS);
         let again = resumed.observe(&big(41 * DAY + H));
         assert_eq!(again.len(), 4, "{again:?}");
         assert_eq!(again[3].observation["baseline_median_bytes"], 1e6);
@@ -353,7 +381,7 @@ mod tests {
         // A GCP record sampled at 10%: 12 MB stands for 120 MB.
         let mut sampled = upload("10.0.0.6", "198.51.100.8", 0, 1);
         sampled.sampling_rate = 0.1;
-        let mut y = Exfiltration::load(&[], DAY);
+        let mut y = Exfiltration::restore(&[], DAY);
         for h in 0..30 {
             sampled.end_ns = h * H + 1;
             sampled.bytes = 100_000;
@@ -373,7 +401,7 @@ mod tests {
     fn a_busy_host_is_judged_against_its_own_swings() {
         // 0.5 to 1.5 GB an hour for 40 days: the threshold is 5x the median (1 GB). 2 GB is
         // not even half of it; 6 GB is over it.
-        let mut x = Exfiltration::load(&[], DAY);
+        let mut x = Exfiltration::restore(&[], DAY);
         let hour = |h: i64, bytes: u64| upload("10.0.0.7", "192.0.2.1", h * H + 1, bytes);
         for h in 0..40 * 24 {
             let b = 500 * MB + (h as u64 % 11) * 100 * MB;

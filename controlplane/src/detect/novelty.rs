@@ -22,10 +22,14 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::{Detector, Input, Output, State};
 use crate::{
-    model::{Action, Flow},
-    model::{AlertUpdate, Severity},
-    util::{country::country_code, time::rfc3339},
+    model::{AlertUpdate, Flow, Severity},
+    util::{
+        country::country_code,
+        net::{internal, ip_key, port_name},
+        time::rfc3339,
+    },
 };
 
 /// What is learned per entity.
@@ -74,7 +78,8 @@ impl Facet {
         }
     }
 
-    fn alert(self) -> &'static str {
+    /// The alert type it raises (also the detector's name).
+    pub fn alert(self) -> &'static str {
         match self {
             Facet::Country => "geo_unusual_access",
             Facet::Service => "new_service",
@@ -85,19 +90,19 @@ impl Facet {
     /// The entity and what it learns from `f`, if `f` teaches this facet anything, with the
     /// key unformatted: the address (device), the port (service), the country code's letters.
     fn raw(self, f: &Flow) -> Option<(IpAddr, u128)> {
-        if f.action != Action::Accept {
+        if !f.accepted() {
             return None;
         }
         // Devices are learned from the side that starts sessions; countries and services
         // about the internal side that answers.
         match self {
-            Facet::Device => crate::util::net::internal(&f.src_ip).then(|| {
-                let key = crate::util::net::ip_key(f.src_ip);
+            Facet::Device => internal(&f.src_ip).then(|| {
+                let key = ip_key(f.src_ip);
                 (device_network(f.src_ip), key)
             }),
-            _ if !crate::util::net::internal(&f.dst_ip) => None,
+            _ if !internal(&f.dst_ip) => None,
             Facet::Country => {
-                if crate::util::net::internal(&f.src_ip) || f.src_ip.is_loopback() {
+                if internal(&f.src_ip) || f.src_ip.is_loopback() {
                     return None;
                 }
                 let cc = country_code(f.src_ip)?.as_bytes();
@@ -105,7 +110,7 @@ impl Facet {
                 key[..cc.len().min(16)].copy_from_slice(&cc[..cc.len().min(16)]);
                 Some((f.dst_ip, u128::from_be_bytes(key)))
             }
-            Facet::Service => (f.protocol == 6 && f.packets >= 3 && !crate::detect::failed(f))
+            Facet::Service => (f.protocol == 6 && f.packets >= 3 && !super::failed(f))
                 .then(|| (f.dst_ip, u128::from(f.dst_port))),
         }
     }
@@ -115,7 +120,7 @@ impl Facet {
         match self {
             Facet::Device => f.src_ip.to_string(),
             Facet::Country => country_code(f.src_ip).unwrap_or_default().to_string(),
-            Facet::Service => crate::util::net::port_name(f.dst_port, f.protocol),
+            Facet::Service => port_name(f.dst_port, f.protocol),
         }
     }
 }
@@ -148,13 +153,18 @@ pub struct Novelty {
 
 impl Default for Novelty {
     fn default() -> Self {
-        Novelty::load(Facet::Country, &[], LEARNING_NS)
+        Novelty::restore(Facet::Country, &[], LEARNING_NS)
     }
 }
 
 impl Novelty {
+    /// Nothing learned yet.
+    pub fn new(facet: Facet, learning_ns: i64) -> Self {
+        Novelty::restore(facet, &[], learning_ns)
+    }
+
     /// From the saved (entity, state) pairs.
-    pub fn load(facet: Facet, saved: &[(String, String)], learning_ns: i64) -> Self {
+    pub fn restore(facet: Facet, saved: &[(String, String)], learning_ns: i64) -> Self {
         let entities = saved
             .iter()
             .filter_map(|(k, v)| Some((k.parse().ok()?, serde_json::from_str(v).ok()?)))
@@ -306,9 +316,34 @@ impl Novelty {
     }
 }
 
+impl Detector for Novelty {
+    fn name(&self) -> &'static str {
+        self.facet.alert()
+    }
+
+    fn observe(&mut self, input: &Input<'_>, out: &mut Output) {
+        out.updates.extend(Novelty::observe(self, input.flows));
+    }
+
+    fn load(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        let saved = state.read(self.facet.state_name())?;
+        *self = Novelty::restore(self.facet, &saved, self.learning_ns);
+        Ok(())
+    }
+
+    fn save(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        state.write(self.facet.state_name(), &self.dirty())
+    }
+
+    fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Action;
     use crate::model::Source;
 
     const DAY: i64 = 86_400_000_000_000;
@@ -333,6 +368,7 @@ mod tests {
             action,
             sampling_rate: 1.0,
             cloud: Default::default(),
+            sensor: None,
         }
     }
 
@@ -343,12 +379,12 @@ mod tests {
             .into_iter()
             .map(|(k, v, _)| (k, v.expect("state")))
             .collect();
-        Novelty::load(facet, &saved, LEARNING_NS)
+        Novelty::restore(facet, &saved, LEARNING_NS)
     }
 
     #[test]
     fn a_new_country_after_the_learning_period_is_an_alert_and_before_it_is_learned() {
-        let mut g = Novelty::load(Facet::Country, &[], LEARNING_NS);
+        let mut g = Novelty::restore(Facet::Country, &[], LEARNING_NS);
         // Day 0: US; day 10: Japan (still learning); day 40: another US address, then Japan
         // again (both known), then Australia (new) and a rejected attempt from Brazil.
         let u = g.observe(&[
@@ -385,7 +421,7 @@ mod tests {
             f.protocol = 17;
             f
         };
-        let mut n = Novelty::load(Facet::Device, &[], LEARNING_NS);
+        let mut n = Novelty::restore(Facet::Device, &[], LEARNING_NS);
         let u = n.observe(&[
             // Learning 10.0.0.0/16 from day 0; a device first seen on day 20 is learned too.
             from("10.0.1.5", 0, Action::Accept),
@@ -428,7 +464,7 @@ mod tests {
             f.bytes = packets * 500;
             f
         };
-        let mut n = Novelty::load(Facet::Service, &[], LEARNING_NS);
+        let mut n = Novelty::restore(Facet::Service, &[], LEARNING_NS);
         let u = n.observe(&[
             at(22, 20, 0),
             at(443, 20, 5 * DAY),

@@ -1,0 +1,276 @@
+//! What several detectors share: severities by extent, what counts as a failed attempt, the
+//! view of a chunk's other records, per-key state bounded in size, and reports at thresholds
+//! and their doublings.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use tracing::warn;
+
+use crate::model::{Action, Flow, Severity, Source};
+
+pub(crate) fn port_scan_severity(distinct_ports: u32) -> Severity {
+    match distinct_ports {
+        1000.. => Severity::High,
+        100.. => Severity::Medium,
+        _ => Severity::Low,
+    }
+}
+
+pub(crate) fn sweep_severity(distinct_hosts: u32) -> Severity {
+    match distinct_hosts {
+        256.. => Severity::High,
+        64.. => Severity::Medium,
+        _ => Severity::Low,
+    }
+}
+
+/// Says that a detector dropped live state to stay bounded: at the 1st, 2nd, 4th, 8th... time,
+/// so a storm of spoofed sources is heard without flooding the log.
+pub(crate) fn forgot(detector: &str, total: u64) {
+    if total.is_power_of_two() {
+        warn!(
+            detector,
+            dropped_live_sources = total,
+            "detector state is full: a live source was dropped and its counts start again"
+        );
+    }
+}
+
+/// Distinct targets kept per (source, host) or (source, port): enough for any severity.
+pub(crate) const MAX_DISTINCT: usize = 4096;
+
+/// Reports of one (source, host) or (source, port): once at half the threshold (for high
+/// sensitivity), then at the threshold and at each doubling.
+#[derive(Default)]
+pub(crate) struct Reported {
+    early: bool,
+    count: usize,
+}
+
+impl Reported {
+    /// Whether `n` distinct failures are worth a report against `threshold`.
+    pub(crate) fn due(&mut self, n: usize, threshold: usize) -> bool {
+        if n >= threshold && n >= 2 * self.count {
+            self.count = n;
+            self.early = true;
+            return true;
+        }
+        if !self.early && self.count == 0 && n >= threshold.div_ceil(2) {
+            self.early = true;
+            return true;
+        }
+        false
+    }
+}
+
+pub(crate) const TCP: u8 = 6;
+pub(crate) const SYN: u8 = 0x02;
+pub(crate) const RST: u8 = 0x04;
+pub(crate) const FIN: u8 = 0x01;
+pub(crate) const ACK: u8 = 0x10;
+
+/// Largest packet of a probe: IP and TCP headers with options, no payload.
+pub(crate) const HEADER_ONLY_BYTES: u64 = 64;
+
+/// Whether a flow record is a failed attempt. Rejected is failed. With TCP flags (sensors, AWS
+/// v3+), a flow that never got past its SYN is failed. Without them (AWS v2, GCP), a TCP flow
+/// of at most 2 packets carrying no payload either way is probe-like: a SYN or two, answered
+/// by at most a RST. A completed handshake takes at least 3 packets from the client.
+pub fn failed(f: &Flow) -> bool {
+    if f.action == Action::Reject {
+        return true;
+    }
+    if f.protocol != TCP {
+        return false;
+    }
+    if f.tcp_flags != 0 {
+        return f.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
+    }
+    let header_only = |packets: u64, bytes: u64| bytes <= HEADER_ONLY_BYTES * packets;
+    (1..=2).contains(&f.packets)
+        && header_only(f.packets, f.bytes)
+        && f.reverse_packets <= 2
+        && header_only(f.reverse_packets, f.reverse_bytes)
+}
+
+/// What the detectors of one chunk look up about its other records, built once per chunk and
+/// shared by the fan-out, the walks and the distributed-scan detector.
+pub struct ChunkView {
+    /// (from, to) of the records that carried packets: a failure whose target sent anything back
+    /// to its source was answered (a RST; in a one-way log, a record the other way). Built on
+    /// first use: the sensor flows' detectors never ask.
+    talked: std::cell::OnceCell<HashSet<(IpAddr, IpAddr)>>,
+    /// (protocol, src, src port, dst, dst port) of the one-way (cloud) records that carried
+    /// packets. Sensor records carry their answers themselves.
+    one_way: HashSet<(u8, IpAddr, u16, IpAddr, u16)>,
+}
+
+impl ChunkView {
+    pub fn of(flows: &[Flow]) -> Self {
+        ChunkView {
+            talked: std::cell::OnceCell::new(),
+            one_way: flows
+                .iter()
+                .filter(|f| f.packets > 0 && f.source != Source::Sensor)
+                .map(|f| (f.protocol, f.src_ip, f.src_port, f.dst_ip, f.dst_port))
+                .collect(),
+        }
+    }
+
+    /// Whether `from` sent `to` anything in the chunk.
+    pub(crate) fn talked(&self, flows: &[Flow], from: IpAddr, to: IpAddr) -> bool {
+        self.talked
+            .get_or_init(|| {
+                flows
+                    .iter()
+                    .filter(|f| f.packets > 0)
+                    .map(|f| (f.src_ip, f.dst_ip))
+                    .collect()
+            })
+            .contains(&(from, to))
+    }
+
+    /// Whether the chunk holds the one-way record the other way of `f` (same ports).
+    pub(crate) fn has_reverse(&self, f: &Flow) -> bool {
+        self.one_way
+            .contains(&(f.protocol, f.dst_ip, f.dst_port, f.src_ip, f.src_port))
+    }
+
+    /// UDP in one-way records (AWS, GCP, Azure: a record per direction): a probe is a record of
+    /// at most 2 small packets whose answer, a record the other way for the same ports, is not
+    /// in the same chunk of the log. Only for unsampled logs: a sampled log drops answers as
+    /// well, and a busy resolver would look like a sweep. A record with return counts of its
+    /// own (a sensor's) is judged by those.
+    pub(crate) fn udp_unanswered(&self, f: &Flow) -> bool {
+        f.protocol == UDP
+            && f.sampling_rate >= 1.0
+            && f.source != Source::Sensor
+            && f.action != Action::Reject
+            && (1..=2).contains(&f.packets)
+            && f.bytes <= 2 * UDP_PROBE_BYTES
+            && f.reverse_packets == 0
+            && !self.has_reverse(f)
+    }
+
+    /// A failed attempt, as the scan detectors judge it: [`failed`], or unanswered UDP.
+    pub fn failed(&self, f: &Flow) -> bool {
+        failed(f) || self.udp_unanswered(f)
+    }
+}
+
+pub(crate) const UDP: u8 = 17;
+/// The largest UDP probe counted, per packet (IP and UDP headers and a small payload).
+pub(crate) const UDP_PROBE_BYTES: u64 = 128;
+
+pub(crate) fn scaled(threshold: u32, rate: f64) -> usize {
+    let rate = if rate > 0.0 && rate <= 1.0 { rate } else { 1.0 };
+    ((threshold as f64 * rate).ceil() as usize).max(3)
+}
+
+/// Per-key detector state with the data time it was last touched.
+pub(crate) trait Stamped: Default {
+    fn last_ns(&self) -> i64;
+}
+
+/// Per-key detector state bounded to `max` keys. When full, the keys whose window is over go
+/// first (at most every tenth of a window, so a storm of new keys does not rescan the map each
+/// time), then any one, counted and logged as forgotten.
+pub(crate) struct Bounded<K, V> {
+    map: HashMap<K, V>,
+    max: usize,
+    /// For the log line.
+    detector: &'static str,
+    now_ns: i64,
+    pruned_ns: i64,
+    forgotten: u64,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Stamped> Bounded<K, V> {
+    pub(crate) fn new(max: usize, detector: &'static str) -> Self {
+        Bounded {
+            map: HashMap::new(),
+            max,
+            detector,
+            now_ns: 0,
+            pruned_ns: 0,
+            forgotten: 0,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Live keys dropped to stay within `max`.
+    pub(crate) fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    pub(crate) fn entry(&mut self, k: K, t: i64, window_ns: i64) -> &mut V {
+        self.now_ns = self.now_ns.max(t);
+        if !self.map.contains_key(&k) && self.map.len() >= self.max {
+            if self.now_ns - self.pruned_ns > window_ns / 10 {
+                let horizon = self.now_ns - window_ns;
+                self.map.retain(|_, v| v.last_ns() >= horizon);
+                self.pruned_ns = self.now_ns;
+            }
+            if self.map.len() >= self.max
+                && let Some(old) = self.map.keys().next().cloned()
+            {
+                self.map.remove(&old);
+                self.forgotten += 1;
+                forgot(self.detector, self.forgotten);
+            }
+        }
+        self.map.entry(k).or_default()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Helpers of the detectors' tests.
+    use super::*;
+    use crate::model::{AlertUpdate, Sensitivity};
+
+    /// What the default (medium) sensitivity raises of a detector's reports.
+    pub(crate) fn medium(u: Vec<AlertUpdate>) -> Vec<AlertUpdate> {
+        u.into_iter()
+            .filter(|u| Sensitivity::Medium.raises(u.strength))
+            .collect()
+    }
+
+    pub(crate) fn cloud(
+        src: &str,
+        dst: &str,
+        port: u16,
+        t_s: i64,
+        action: Action,
+        flags: u8,
+    ) -> Flow {
+        Flow {
+            source: Source::Aws,
+            observer: "123456789010".into(),
+            interface: "eni-1".into(),
+            start_ns: t_s * 1_000_000_000,
+            end_ns: t_s * 1_000_000_000,
+            src_ip: src.parse().expect("src"),
+            dst_ip: dst.parse().expect("dst"),
+            src_port: 40000,
+            dst_port: port,
+            protocol: TCP,
+            packets: 1,
+            bytes: 44,
+            reverse_packets: 0,
+            reverse_bytes: 0,
+            tcp_flags: flags,
+            action,
+            sampling_rate: 1.0,
+            cloud: Default::default(),
+            sensor: None,
+        }
+    }
+}
