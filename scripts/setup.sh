@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything Picket needs to build and test on a Debian 12 machine (see ../shared/TOOLCHAIN.md
+# Installs everything Picket needs to build and test on a Debian 12 machine (see docs/toolchain.md
 # for why this route: Debian's rustc-web ships core prebuilt for bpfel-unknown-none, so no nightly and
 # no build-std). Idempotent: when everything is present it only checks and returns in about a second.
 #
@@ -92,7 +92,7 @@ missing=$(missing_pkgs "${TEST_PKGS[@]}")
 [[ -z "$missing" ]] || apt_install $missing
 
 # 5. qemu for the kernel matrix (cargo xtask kernel-matrix). Debian's qemu-system-x86 package would
-#    replace a newer qemu-utils already on the machine (../shared/TOOLCHAIN.md), so unless qemu is
+#    replace a newer qemu-utils already on the machine (docs/toolchain.md), so unless qemu is
 #    installed, exactly the packages apt would add are unpacked into a private directory instead.
 qemu_root="${PICKET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/picket}/qemu/root"
 if ! command -v qemu-system-x86_64 >/dev/null && [[ ! -x "$qemu_root/usr/bin/qemu-system-x86_64" ]]; then

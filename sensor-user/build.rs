@@ -1,5 +1,5 @@
 //! Builds the eBPF object (sensor-ebpf) with Debian's `debian` toolchain and embeds it.
-//! See ../shared/TOOLCHAIN.md: core for bpfel-unknown-none comes prebuilt with Debian's rustc-web,
+//! See docs/toolchain.md: core for bpfel-unknown-none comes prebuilt with Debian's rustc-web,
 //! so no nightly and no build-std; aya-ebpf's `asm_experimental_arch` is unlocked for exactly the two
 //! crates that need it through RUSTC_BOOTSTRAP (never `1`, which aya-build reads as "use build-std").
 use std::process::Command;

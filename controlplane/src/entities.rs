@@ -12,35 +12,10 @@ use std::{
 
 use serde::Serialize;
 
-/// One conversation of the rollups, summed over a time range.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Conversation {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub dst_port: u16,
-    pub protocol: u8,
-    pub flows: u64,
-    pub packets: u64,
-    pub bytes: u64,
-    pub reverse_packets: u64,
-    pub reverse_bytes: u64,
-    /// Flows whose destination answered: a completed TCP handshake (not a RST), return
-    /// traffic of other protocols, or a cloud's accept.
-    pub answered: u64,
-    pub first_ns: i64,
-    pub last_ns: i64,
-}
-
-pub fn port_name(port: u16, protocol: u8) -> String {
-    let p = match protocol {
-        6 => "tcp".to_string(),
-        17 => "udp".to_string(),
-        1 => "icmp".to_string(),
-        58 => "icmpv6".to_string(),
-        n => n.to_string(),
-    };
-    format!("{port}/{p}")
-}
+use crate::{
+    store::{Conversation, EntityContext},
+    util::net::{internal, port_name},
+};
 
 /// A port an entity serves or uses, with its peers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -232,21 +207,12 @@ fn roles(a: &Acc, scanner: bool, k8s_node: bool) -> Vec<Role> {
     out
 }
 
-/// Context the rollups lack.
-#[derive(Default)]
-pub struct Context {
-    /// Sensor interface addresses: host name, and whether it is a Kubernetes node.
-    pub hosts: HashMap<IpAddr, (String, bool)>,
-    /// Open (not closed) alerts per source address, and whether one is a scan.
-    pub alerts: HashMap<String, (u64, bool)>,
-}
-
 fn accumulate(conversations: &[Conversation]) -> HashMap<IpAddr, Acc> {
     let mut m: HashMap<IpAddr, Acc> = HashMap::new();
     for c in conversations {
         let port = port_name(c.dst_port, c.protocol);
         for (me, peer, out) in [(c.src, c.dst, true), (c.dst, c.src, false)] {
-            if !crate::util::net::internal(&me) {
+            if !internal(&me) {
                 continue;
             }
             let a = m.entry(me).or_insert_with(|| Acc {
@@ -288,7 +254,7 @@ fn accumulate(conversations: &[Conversation]) -> HashMap<IpAddr, Acc> {
     m
 }
 
-fn entity(ip: IpAddr, a: &Acc, ctx: &Context) -> (Entity, Vec<Role>) {
+fn entity(ip: IpAddr, a: &Acc, ctx: &EntityContext) -> (Entity, Vec<Role>) {
     let host = ctx.hosts.get(&ip);
     let (open_alerts, scanner) = ctx
         .alerts
@@ -316,7 +282,7 @@ fn entity(ip: IpAddr, a: &Acc, ctx: &Context) -> (Entity, Vec<Role>) {
 }
 
 /// The entities of `conversations`, the busiest (bytes) first.
-pub fn list(conversations: &[Conversation], ctx: &Context) -> Vec<Entity> {
+pub fn list(conversations: &[Conversation], ctx: &EntityContext) -> Vec<Entity> {
     let mut v: Vec<Entity> = accumulate(conversations)
         .iter()
         .map(|(ip, a)| entity(*ip, a, ctx).0)
@@ -330,14 +296,14 @@ pub fn detail(
     ip: IpAddr,
     conversations: &[Conversation],
     hourly: &[(i64, u64)],
-    ctx: &Context,
+    ctx: &EntityContext,
 ) -> Option<EntityDetail> {
     let m = accumulate(conversations);
     let a = m.get(&ip)?;
     let (entity, roles) = entity(ip, a, ctx);
     let mut by_country: BTreeMap<&str, Country> = BTreeMap::new();
     for (p, (flows, bytes, ..)) in &a.peers {
-        if crate::util::net::internal(p) || p.is_loopback() {
+        if internal(p) || p.is_loopback() {
             continue;
         }
         let cc = crate::util::country::country_code(*p).unwrap_or("unknown");
@@ -433,7 +399,7 @@ mod tests {
         for ext in ["8.8.8.8", "8.8.4.4", "1.0.16.1", "192.0.2.1"] {
             c.push(conv(ext, "10.0.0.80", 443, 6, true));
         }
-        let mut ctx = Context::default();
+        let mut ctx = EntityContext::default();
         ctx.alerts.insert("10.0.2.1".into(), (1, true));
         ctx.hosts
             .insert("10.0.0.53".parse().expect("ip"), ("dns-1".into(), false));

@@ -1,4 +1,8 @@
-//! The control plane as a library: the binary and the tests call these.
+//! The control plane as a library: the binary and the tests call these. Dependencies point one
+//! way (ARCHITECTURE.md has the map):
+//!
+//! `util` -> `model` -> `store` -> `detect`, `alerts`, `entities`, `notify`, `cloud` ->
+//! `pipeline` -> `grpc`, `api` (with `web`, `https`, `auth`) -> `serve` and the binary.
 pub mod alerts;
 pub mod api;
 pub mod auth;
@@ -7,12 +11,11 @@ pub mod detect;
 pub mod entities;
 pub mod grpc;
 pub mod https;
-pub mod import;
-pub mod ingest;
 pub mod keys;
 pub mod model;
 pub mod notify;
+pub mod pipeline;
+pub mod serve;
 pub mod store;
 pub mod util;
-pub mod watch;
 pub mod web;

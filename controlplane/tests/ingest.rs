@@ -4,9 +4,10 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use controlplane::{
-    ingest::{self, Ingest},
+    detect::Config,
+    grpc::{self, IngestService},
     keys,
-    store::{SqliteStore, Store},
+    store::{Alerts as _, FlowStore as _, Sensors as _, Settings as _, SqliteStore, Stores},
 };
 use picket_proto::v1::{
     ExportBatch, FlowRecord, HeartbeatRequest, RegisterRequest,
@@ -33,8 +34,11 @@ async fn server_learning(learning_ns: i64) -> Server {
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
-    let svc = SensorIngestServer::new(Ingest::new(store.clone() as Arc<dyn Store>, learning_ns))
-        .max_decoding_message_size(ingest::MAX_MESSAGE_BYTES);
+    let svc = SensorIngestServer::new(IngestService::new(
+        Stores::of(store.clone()),
+        Config { learning_ns },
+    ))
+    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)

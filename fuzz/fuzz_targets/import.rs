@@ -2,13 +2,13 @@
 //! non-blank line read is stored, rejected or skipped, never lost.
 #![no_main]
 
-use controlplane::{import, model::Source};
+use controlplane::{cloud::read::Summary, model::Source, pipeline::import};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     for provider in [Source::Aws, Source::Gcp, Source::Azure] {
         let mut stored = 0u64;
-        let mut sum = import::Summary::default();
+        let mut sum = Summary::default();
         let r = import::import_input(
             provider,
             std::io::Cursor::new(data),

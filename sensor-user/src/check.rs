@@ -11,7 +11,7 @@ use aya::{
 };
 use sensor_common::names;
 
-use crate::{error::SensorError, preflight, sensor, tables};
+use crate::{error::SensorError, preflight, programs, tables};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -198,7 +198,7 @@ pub fn report(ifaces: &[String]) -> (Vec<Item>, bool) {
         },
     );
     // The real thing: load both programs (the verifier of this kernel decides) with small tables.
-    match sensor::load_programs(1024) {
+    match programs::load_programs(1024) {
         Ok(mut bpf) => {
             push(
                 Status::Ok,
@@ -236,7 +236,7 @@ pub fn report(ifaces: &[String]) -> (Vec<Item>, bool) {
 
 /// Which XDP mode an interface takes: attached natively for an instant, then detached.
 fn push_iface(bpf: &mut aya::Ebpf, iface: &str, push: &mut impl FnMut(Status, String)) {
-    let Some(idx) = sensor::ifindex(iface) else {
+    let Some(idx) = programs::ifindex(iface) else {
         push(
             Status::Missing,
             format!("interface `{iface}`: no such interface"),

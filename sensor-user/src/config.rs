@@ -223,7 +223,7 @@ impl Args {
             None => FileConfig::default(),
         };
         let ifaces = if self.ifaces.is_empty() {
-            file.iface
+            file.iface.clone()
         } else {
             self.ifaces.clone()
         };
@@ -250,7 +250,7 @@ impl Args {
         if active == 0 || idle == 0 {
             anyhow::bail!("--active-timeout and --idle-timeout must be at least 1 second");
         }
-        let metrics_arg = self.metrics_listen.clone().or(file.metrics_listen);
+        let metrics_arg = self.metrics_listen.clone().or(file.metrics_listen.clone());
         let metrics_listen_explicit = metrics_arg.is_some();
         let metrics_listen = crate::metrics::parse_listen(
             metrics_arg
@@ -279,12 +279,12 @@ impl Args {
             ("--scan-port-threshold", port_threshold),
             ("--scan-host-threshold", host_threshold),
         ] {
-            if n > crate::sensor::MAX_SCAN_THRESHOLD {
+            if n > crate::scan::MAX_SCAN_THRESHOLD {
                 anyhow::bail!(
                     "{name} must be 0 (off) to {} (got {n}): the kernel keeps 64 bytes per \
                      source and counts distinct values in 128 bits, which cannot tell more apart; \
                      the control plane judges larger fan-outs from the flow records",
-                    crate::sensor::MAX_SCAN_THRESHOLD
+                    crate::scan::MAX_SCAN_THRESHOLD
                 );
             }
         }
@@ -296,74 +296,13 @@ impl Args {
             anyhow::bail!("--flow-table-size must be at least 1024 (got {flow_table_size})");
         }
         let stdout = self.stdout || file.stdout.unwrap_or(false);
-        let controlplane = self.controlplane.clone().or(file.controlplane);
-        let sensor_key_file = self.sensor_key_file.clone().or(file.sensor_key_file);
+        let controlplane = self.controlplane.clone().or(file.controlplane.clone());
+        let sensor_key_file = self
+            .sensor_key_file
+            .clone()
+            .or(file.sensor_key_file.clone());
         let export_opts = match &controlplane {
-            Some(url) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    anyhow::bail!(
-                        "--controlplane must be a URL such as https://picket.example:7443 (got `{url}`)"
-                    );
-                }
-                let Some(kf) = &sensor_key_file else {
-                    anyhow::bail!(
-                        "--controlplane needs --sensor-key-file (the key printed by \
-                         `picket-controlplane sensors add NAME`)"
-                    );
-                };
-                let key = std::fs::read_to_string(kf)
-                    .map_err(|e| {
-                        anyhow::anyhow!("cannot read the sensor key file {}: {e}", kf.display())
-                    })?
-                    .trim()
-                    .to_string();
-                if key.is_empty() {
-                    anyhow::bail!("the sensor key file {} is empty", kf.display());
-                }
-                let mb = self
-                    .spool_max_mb
-                    .or(file.spool_max_mb)
-                    .unwrap_or(DEFAULT_SPOOL_MAX_MB);
-                if mb == 0 {
-                    anyhow::bail!("--spool-max-mb must be at least 1");
-                }
-                let read = |what: &str, p: &PathBuf| {
-                    std::fs::read(p)
-                        .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", p.display()))
-                };
-                let ca_cert = self.ca_cert.clone().or(file.ca_cert);
-                let tls_cert = self.tls_cert.clone().or(file.tls_cert);
-                let tls_key = self.tls_key.clone().or(file.tls_key);
-                let tls = url.starts_with("https://");
-                if !tls && (ca_cert.is_some() || tls_cert.is_some()) {
-                    anyhow::bail!(
-                        "--ca-cert and --tls-cert need an https:// control plane URL (got `{url}`)"
-                    );
-                }
-                let client_identity = match (&tls_cert, &tls_key) {
-                    (Some(c), Some(k)) => Some((
-                        read("client certificate (--tls-cert)", c)?,
-                        read("client key (--tls-key)", k)?,
-                    )),
-                    (None, None) => None,
-                    _ => anyhow::bail!("--tls-cert and --tls-key go together"),
-                };
-                Some(crate::export::ExportOptions {
-                    url: url.clone(),
-                    key,
-                    ca_pem: ca_cert
-                        .as_ref()
-                        .map(|p| read("CA certificate (--ca-cert)", p))
-                        .transpose()?,
-                    client_identity,
-                    spool_dir: self
-                        .spool_dir
-                        .clone()
-                        .or(file.spool_dir)
-                        .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
-                    spool_max_bytes: mb << 20,
-                })
-            }
+            Some(url) => Some(self.export_options(&file, url, sensor_key_file.as_ref())?),
             None => None,
         };
         if !stdout && export_opts.is_none() {
@@ -398,6 +337,76 @@ impl Args {
             sensor_key_file,
             duration: self.duration.map(Duration::from_secs),
             export: export_opts,
+        })
+    }
+
+    /// Where and how to export: the control plane's URL, the key, TLS, the spool.
+    fn export_options(
+        &self,
+        file: &FileConfig,
+        url: &str,
+        key_file: Option<&PathBuf>,
+    ) -> anyhow::Result<crate::export::ExportOptions> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!(
+                "--controlplane must be a URL such as https://picket.example:7443 (got `{url}`)"
+            );
+        }
+        let Some(kf) = key_file else {
+            anyhow::bail!(
+                "--controlplane needs --sensor-key-file (the key printed by \
+                     `picket-controlplane sensors add NAME`)"
+            );
+        };
+        let key = std::fs::read_to_string(kf)
+            .map_err(|e| anyhow::anyhow!("cannot read the sensor key file {}: {e}", kf.display()))?
+            .trim()
+            .to_string();
+        if key.is_empty() {
+            anyhow::bail!("the sensor key file {} is empty", kf.display());
+        }
+        let mb = self
+            .spool_max_mb
+            .or(file.spool_max_mb)
+            .unwrap_or(DEFAULT_SPOOL_MAX_MB);
+        if mb == 0 {
+            anyhow::bail!("--spool-max-mb must be at least 1");
+        }
+        let read = |what: &str, p: &PathBuf| {
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", p.display()))
+        };
+        let ca_cert = self.ca_cert.clone().or(file.ca_cert.clone());
+        let tls_cert = self.tls_cert.clone().or(file.tls_cert.clone());
+        let tls_key = self.tls_key.clone().or(file.tls_key.clone());
+        let tls = url.starts_with("https://");
+        if !tls && (ca_cert.is_some() || tls_cert.is_some()) {
+            anyhow::bail!(
+                "--ca-cert and --tls-cert need an https:// control plane URL (got `{url}`)"
+            );
+        }
+        let client_identity = match (&tls_cert, &tls_key) {
+            (Some(c), Some(k)) => Some((
+                read("client certificate (--tls-cert)", c)?,
+                read("client key (--tls-key)", k)?,
+            )),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        Ok(crate::export::ExportOptions {
+            url: url.to_string(),
+            key,
+            ca_pem: ca_cert
+                .as_ref()
+                .map(|p| read("CA certificate (--ca-cert)", p))
+                .transpose()?,
+            client_identity,
+            spool_dir: self
+                .spool_dir
+                .clone()
+                .or(file.spool_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
+            spool_max_bytes: mb << 20,
         })
     }
 }

@@ -1,9 +1,9 @@
 //! Loading, configuring, attaching and detaching the eBPF programs, and draining their maps.
 
-use std::{ffi::CString, mem::size_of, os::fd::AsFd, time::Duration};
+use std::{mem::size_of, os::fd::AsFd, time::Duration};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -19,17 +19,15 @@ use tracing::{info, warn};
 
 use crate::{
     error::SensorError,
+    programs::{ifindex, load_programs, take},
     records::{FlowTotals, ProbeTotals},
+    scan::bits_threshold,
     sys::{GracePeriod, MappedConfig},
     tables,
 };
 
-/// The eBPF object built by build.rs from sensor-ebpf.
 /// How often the agent advances the programs' clock: the resolution of flow timestamps.
 pub const CLOCK_TICK: Duration = Duration::from_millis(10);
-
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/picket-ebpf"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,55 +93,6 @@ pub struct DrainResult {
     /// Bare SYNs summed per source (their flow slots were taken).
     pub probes: Vec<ProbeTotals>,
     pub entries: usize,
-}
-
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: valid C string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
-}
-
-pub fn ifname(index: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buffer of IF_NAMESIZE as required.
-    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated string into buf.
-    Some(
-        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-            .to_string_lossy()
-            .into_owned(),
-    )
-}
-
-fn take(bpf: &mut Ebpf, name: &'static str) -> Result<Map, SensorError> {
-    bpf.take_map(name).ok_or(SensorError::MissingInObject(name))
-}
-
-/// Creates the maps and loads both programs (this kernel's verifier decides), attaching nothing.
-pub fn load_programs(flow_table_size: u32) -> Result<Ebpf, SensorError> {
-    let mut loader = EbpfLoader::new();
-    loader.map_max_entries(names::FLOWS[0], flow_table_size);
-    loader.map_max_entries(names::FLOWS[1], flow_table_size);
-    let mut bpf = loader.load(EBPF_OBJECT).map_err(SensorError::from_load)?;
-    let xdp: &mut Xdp = bpf
-        .program_mut(names::XDP_PROGRAM)
-        .ok_or(SensorError::MissingInObject(names::XDP_PROGRAM))?
-        .try_into()
-        .map_err(|e| SensorError::Kernel(format!("{e}")))?;
-    xdp.load()
-        .map_err(|e| SensorError::from_prog_load(names::XDP_PROGRAM, e))?;
-    let tc: &mut SchedClassifier = bpf
-        .program_mut(names::TC_PROGRAM)
-        .ok_or(SensorError::MissingInObject(names::TC_PROGRAM))?
-        .try_into()
-        .map_err(|e| SensorError::Kernel(format!("{e}")))?;
-    tc.load()
-        .map_err(|e| SensorError::from_prog_load(names::TC_PROGRAM, e))?;
-    Ok(bpf)
 }
 
 impl Sensor {
@@ -401,30 +350,6 @@ impl Sensor {
     }
 }
 
-/// The largest scan threshold (distinct ports or hosts) the kernel's 128-bit bitmaps can tell.
-pub const MAX_SCAN_THRESHOLD: u32 = 256;
-
-/// The set bits of a scan bitmap that stand for `n` distinct values: the bits expected once `n`
-/// distinct values were hashed into it, m(1 - (1 - 1/m)^n), rounded up. 0 stays 0 (off).
-pub fn bits_threshold(n: u32) -> u32 {
-    if n == 0 {
-        return 0;
-    }
-    let m = f64::from(sensor_common::SCAN_BITMAP_BITS);
-    let expected = m * (1.0 - (1.0 - 1.0 / m).powi(n.min(MAX_SCAN_THRESHOLD) as i32));
-    // The epsilon keeps an exact integer (n = 1 gives exactly 1 bit) from rounding up to the next.
-    ((expected - 1e-9).ceil() as u32).max(1)
-}
-
-/// The distinct values estimated from `k` set bits of a scan bitmap (linear counting):
-/// ln(1 - k/m) / ln(1 - 1/m), rounded. A full bitmap gives the estimate for m - 1 bits (a
-/// lower bound).
-pub fn estimate_distinct(k: u32) -> u32 {
-    let m = f64::from(sensor_common::SCAN_BITMAP_BITS);
-    let k = f64::from(k.min(sensor_common::SCAN_BITMAP_BITS - 1));
-    ((1.0 - k / m).ln() / (1.0 - 1.0 / m).ln()).round() as u32
-}
-
 pub fn parse_scan_event(bytes: &[u8]) -> Option<ScanEvent> {
     if bytes.len() < size_of::<ScanEvent>() {
         return None;
@@ -472,37 +397,4 @@ fn attach_clsact(tcp: &mut SchedClassifier, iface: &str) -> Result<(), SensorErr
     )
     .map_err(|e| SensorError::attach(iface, "tc egress (clsact)", e))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scan_thresholds_become_bits_and_bits_become_estimates() {
-        assert_eq!(bits_threshold(0), 0, "off stays off");
-        assert_eq!(bits_threshold(1), 1);
-        assert_eq!(bits_threshold(10), 10);
-        // 128 (1 - (127/128)^20) = 18.52 and 128 (1 - (127/128)^25) = 22.76.
-        assert_eq!(bits_threshold(20), 19);
-        assert_eq!(bits_threshold(25), 23);
-        assert_eq!(bits_threshold(MAX_SCAN_THRESHOLD), 111);
-        assert_eq!(bits_threshold(10_000), 111, "clamped to what 128 bits tell");
-        for n in 1..=MAX_SCAN_THRESHOLD {
-            let k = bits_threshold(n);
-            assert!(k <= n, "no more bits than values");
-            // Crossing the threshold's bits means an estimate of at least n distinct values.
-            assert!(estimate_distinct(k) >= n, "{n}: {k} bits");
-            // One bit fewer is below n (by less than one value: the estimate is rounded).
-            assert!(estimate_distinct(k - 1) <= n, "{n}: {} bits", k - 1);
-            assert!(
-                k == 1 || estimate_distinct(k - 2) < n,
-                "{n}: {} bits",
-                k - 2
-            );
-        }
-        assert_eq!(estimate_distinct(0), 0);
-        assert_eq!(estimate_distinct(10), 10);
-        assert_eq!(estimate_distinct(128), estimate_distinct(127));
-    }
 }

@@ -141,7 +141,7 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
     cp.stop();
     // The sensor baselines learned the client as a device of its network from the sensor's
     // flow, and saved it as the control plane stopped.
-    use controlplane::store::Store as _;
+    use controlplane::store::Settings as _;
     let store = controlplane::store::SqliteStore::open(&data).expect("store");
     let devices = store
         .detector_state("sensor/new_internal_device")

@@ -5,12 +5,10 @@
 use sensor_common::{
     FlowKey, KEY_FLAG_FRAGMENT, KEY_FLAG_L4_TRUNCATED, REASON_HOSTS, REASON_PORTS, probe, v4_mapped,
 };
-use sensor_user::{
-    harness::{
-        Harness,
-        frame::{self, ACK, FIN, Frame, PSH, SYN, URG},
-    },
-    records::FlowTotals,
+use sensor_user::records::FlowTotals;
+use tests::harness::{
+    Harness,
+    frame::{self, ACK, FIN, Frame, PSH, SYN, URG},
 };
 
 const XDP_PASS: u32 = 2;
@@ -19,7 +17,7 @@ const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
 fn harness() -> Harness {
     tests::require_root();
     // Runs of one test must share one CPU's flow slots.
-    sensor_user::harness::pin_to_current_cpu().expect("pin test thread");
+    tests::harness::pin_to_current_cpu().expect("pin test thread");
     Harness::load(16_384).expect("load eBPF object")
 }
 
@@ -552,7 +550,7 @@ fn known_flows_move_to_their_slot_and_stay_exact() {
 #[test]
 fn a_storm_of_spoofed_sources_stays_bounded_and_the_real_scanner_is_still_flagged() {
     let mut h = harness();
-    h.cfg.port_bits_threshold = sensor_user::sensor::bits_threshold(20);
+    h.cfg.port_bits_threshold = sensor_user::scan::bits_threshold(20);
     h.apply().expect("cfg");
     let (_, max, bytes) = h.scan_state_usage().expect("scan state");
     assert!(
@@ -596,7 +594,7 @@ fn a_storm_of_spoofed_sources_stays_bounded_and_the_real_scanner_is_still_flagge
         ev[0].probes[probe::SYN]
     );
     assert!(
-        sensor_user::sensor::estimate_distinct(ev[0].port_bits_set) >= 20,
+        sensor_user::scan::estimate_distinct(ev[0].port_bits_set) >= 20,
         "{} bits",
         ev[0].port_bits_set
     );

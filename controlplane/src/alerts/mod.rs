@@ -8,7 +8,11 @@
 
 use tracing::info;
 
-use crate::{model::AlertUpdate, store::Store};
+use crate::{
+    model::{Alert, AlertUpdate, INCIDENT_GAP_NS, event_for},
+    store::StateStore,
+    util::time::now_ns,
+};
 
 pub mod policy;
 
@@ -18,7 +22,7 @@ pub use policy::{Allowlist, Sensitivities};
 /// (an alert once, in order of first mention). The allowlist and the sensitivity settings
 /// decide first; what they hold back is logged (at debug level for evidence below the
 /// sensitivity's threshold, which is routine).
-pub fn record(store: &dyn Store, updates: &[AlertUpdate]) -> anyhow::Result<Vec<i64>> {
+pub fn record(store: &dyn StateStore, updates: &[AlertUpdate]) -> anyhow::Result<Vec<i64>> {
     let mut ids = Vec::new();
     if updates.is_empty() {
         return Ok(ids);
@@ -46,7 +50,7 @@ pub fn record(store: &dyn Store, updates: &[AlertUpdate]) -> anyhow::Result<Vec<
             );
             continue;
         }
-        let id = store.record_alert(u)?;
+        let id = merge(store, u)?;
         info!(
             alert = id,
             kind = u.kind,
@@ -60,4 +64,209 @@ pub fn record(store: &dyn Store, updates: &[AlertUpdate]) -> anyhow::Result<Vec<
         }
     }
     Ok(ids)
+}
+
+/// Merges one observation into the open alert of its type and source last seen within
+/// [`INCIDENT_GAP_NS`] (data time), or opens one; returns the alert's id. In the same
+/// transaction, queues a message to each notifier the change concerns ([`event_for`]), unless
+/// the alert is snoozed.
+pub fn merge(store: &dyn StateStore, u: &AlertUpdate) -> anyhow::Result<i64> {
+    let now = now_ns();
+    let mut id = 0;
+    store.alert_transaction(&mut |tx| {
+        let before = tx.open_alert(u.kind, &u.source, u.time_ns.saturating_sub(INCIDENT_GAP_NS))?;
+        let mut a = match &before {
+            Some(b) => {
+                let mut a = b.clone();
+                a.merge(u);
+                a
+            }
+            None => Alert::open(u),
+        };
+        tx.save_alert(&mut a)?;
+        let snoozed = a.status == "snoozed" && a.snoozed_until.is_some_and(|t| t > now);
+        if !snoozed {
+            for (notifier, min) in tx.notifier_levels()? {
+                if let Some(ev) = event_for(min, before.as_ref(), &a) {
+                    tx.queue_notification(&notifier, a.id, ev, now)?;
+                }
+            }
+        }
+        id = a.id;
+        Ok(())
+    })?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{AlertQuery, Severity},
+        store::{Alerts as _, Counts, Notifications as _, NotifierRow, SqliteStore},
+    };
+
+    #[test]
+    fn alert_changes_queue_one_message_per_concerned_notifier() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        let hook = |name: &str, min| NotifierRow {
+            name: name.into(),
+            target: r#"{"kind":"slack","url":"http://127.0.0.1:9/"}"#.into(),
+            min_severity: min,
+        };
+        s.add_notifier(&hook("all", Severity::Low), 1).expect("add");
+        s.add_notifier(&hook("pager", Severity::High), 1)
+            .expect("add");
+        let u = |t: i64, sev, target: &str| AlertUpdate {
+            kind: "port_scan",
+            severity: sev,
+            source: "10.0.0.9".into(),
+            targets: vec![target.into()],
+            time_ns: t,
+            observation: serde_json::json!({ "t": t }),
+            seen_by: "sensor:lab".into(),
+            strength: 1.0,
+        };
+        let queued = || -> Vec<(String, String)> {
+            s.due_notifications(i64::MAX, 100)
+                .expect("due")
+                .into_iter()
+                .map(|p| (p.notifier, p.event))
+                .collect()
+        };
+        let id = merge(s.as_ref(), &u(1, Severity::Low, "a")).expect("new");
+        merge(s.as_ref(), &u(2, Severity::Low, "b")).expect("merge");
+        merge(s.as_ref(), &u(3, Severity::Low, "c")).expect("merge");
+        assert_eq!(queued(), [("all".to_string(), "alert.new".to_string())]);
+        merge(s.as_ref(), &u(4, Severity::High, "d")).expect("escalate");
+        assert_eq!(
+            queued()[1..],
+            [
+                ("all".to_string(), "alert.escalated".to_string()),
+                ("pager".to_string(), "alert.new".to_string())
+            ]
+        );
+        for p in s.due_notifications(i64::MAX, 100).expect("due") {
+            assert_eq!(p.alert_id, id);
+            s.notification_delivered(p.id, 1, 5).expect("done");
+        }
+        for t in 0..100 {
+            merge(s.as_ref(), &u(10 + t, Severity::High, &format!("x{t}"))).expect("grow");
+        }
+        assert_eq!(
+            queued(),
+            [
+                ("all".to_string(), "alert.grew".to_string()),
+                ("pager".to_string(), "alert.grew".to_string())
+            ],
+            "at 100 targets, once"
+        );
+        let p = s.due_notifications(i64::MAX, 1).expect("due").remove(0);
+        s.notification_failed(p.id, 1, Some(1_000), "HTTP 500", 2)
+            .expect("retry");
+        assert!(
+            s.due_notifications(999, 10)
+                .expect("due")
+                .iter()
+                .all(|q| q.id != p.id)
+        );
+        assert_eq!(s.due_notifications(1_000, 10).expect("due")[0].attempts, 1);
+        s.notification_failed(p.id, 2, None, "HTTP 404", 3)
+            .expect("fail");
+        assert_eq!(s.remove_notifier("pager").expect("remove"), Some(1));
+        assert_eq!(s.remove_notifier("pager").expect("remove"), None);
+        let counts = s.notification_counts().expect("counts");
+        assert_eq!(
+            counts,
+            [
+                (
+                    "all".to_string(),
+                    Counts {
+                        pending: 0,
+                        delivered: 2,
+                        failed: 1
+                    }
+                ),
+                (
+                    "pager".to_string(),
+                    Counts {
+                        pending: 0,
+                        delivered: 1,
+                        failed: 0
+                    }
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn alert_updates_join_their_incident_until_the_gap() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        let u = |kind: &'static str, src: &str, t: i64, sev| AlertUpdate {
+            kind,
+            severity: sev,
+            source: src.into(),
+            targets: vec!["10.0.0.2".into()],
+            time_ns: t,
+            observation: serde_json::json!({ "t": t }),
+            seen_by: "sensor:lab".into(),
+            strength: 1.0,
+        };
+        let a = merge(
+            s.as_ref(),
+            &u("port_scan", "10.0.0.9", 1_000, Severity::Low),
+        )
+        .expect("open");
+        let same = merge(
+            s.as_ref(),
+            &u("port_scan", "10.0.0.9", 2_000, Severity::High),
+        )
+        .expect("update");
+        assert_eq!(a, same, "the same incident");
+        let other_type = merge(
+            s.as_ref(),
+            &u("address_sweep", "10.0.0.9", 2_000, Severity::Low),
+        )
+        .expect("sweep");
+        let other_src = merge(
+            s.as_ref(),
+            &u("port_scan", "10.0.0.8", 2_000, Severity::Low),
+        )
+        .expect("other source");
+        assert!(other_type != a && other_src != a && other_type != other_src);
+        let later = merge(
+            s.as_ref(),
+            &u(
+                "port_scan",
+                "10.0.0.9",
+                2_000 + INCIDENT_GAP_NS + 1,
+                Severity::Low,
+            ),
+        )
+        .expect("a new incident");
+        assert_ne!(later, a, "after the gap, a new alert");
+        let got = s.alert(a).expect("query").expect("alert");
+        assert_eq!(
+            (got.first_seen, got.last_seen, &got.severity[..]),
+            (1_000, 2_000, "high")
+        );
+        assert_eq!(got.observations_total, 2);
+        assert_eq!(got.observations[1]["t"], 2_000);
+        assert!(s.alert(999).expect("query").is_none());
+        let q = |kind: Option<&str>, source: Option<&str>| AlertQuery {
+            kind: kind.map(str::to_string),
+            source: source.map(str::to_string),
+            limit: 100,
+            ..AlertQuery::default()
+        };
+        let all = s.alerts(&q(None, None)).expect("all");
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].id, later, "most recently active first");
+        let scans = s
+            .alerts(&q(Some("port_scan"), Some("10.0.0.9")))
+            .expect("filtered");
+        assert_eq!(scans.iter().map(|a| a.id).collect::<Vec<_>>(), [later, a]);
+    }
 }

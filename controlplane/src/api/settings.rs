@@ -16,6 +16,7 @@ use crate::{
     auth::Principal,
     model::Severity,
     notify::{self, Notifier, Target},
+    store::Counts,
 };
 
 type Body = Result<Json<Value>, axum::extract::rejection::JsonRejection>;
@@ -29,7 +30,7 @@ fn bad(e: anyhow::Error) -> ApiError {
     ApiError::bad_request(format!("{e:#}"))
 }
 
-fn notifier_json(n: &Notifier, c: &notify::Counts) -> Value {
+fn notifier_json(n: &Notifier, c: &Counts) -> Value {
     json!({
         "name": n.name,
         "kind": n.target.kind(),
@@ -42,9 +43,14 @@ fn notifier_json(n: &Notifier, c: &notify::Counts) -> Value {
 }
 
 pub(super) async fn notifiers(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let store = api.store.clone();
-    let (list, counts) =
-        blocking(move || Ok((store.notifiers()?, store.notification_counts()?))).await?;
+    let store = api.stores.state.clone();
+    let (list, counts) = blocking(move || {
+        Ok((
+            notify::notifiers(store.as_ref())?,
+            store.notification_counts()?,
+        ))
+    })
+    .await?;
     let counts: HashMap<_, _> = counts.into_iter().collect();
     let v: Vec<Value> = list
         .iter()
@@ -82,9 +88,9 @@ pub(super) async fn add_notifier(
         target,
         min_severity,
     };
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let n2 = n.clone();
-    let r = blocking(move || Ok(store.add_notifier(&n2, now_ns()))).await?;
+    let r = blocking(move || Ok(notify::add(store.as_ref(), &n2, now_ns()))).await?;
     r.map_err(bad)?;
     tracing::info!(
         notifier = n.name,
@@ -94,7 +100,7 @@ pub(super) async fn add_notifier(
     );
     Ok((
         StatusCode::CREATED,
-        Json(notifier_json(&n, &notify::Counts::default())),
+        Json(notifier_json(&n, &Counts::default())),
     ))
 }
 
@@ -103,7 +109,7 @@ pub(super) async fn remove_notifier(
     Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let n = name.clone();
     match blocking(move || store.remove_notifier(&n)).await? {
         None => Err(ApiError::new(
@@ -125,8 +131,8 @@ pub(super) async fn test_notifier(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = api.store.clone();
-    let n = blocking(move || store.notifiers())
+    let store = api.stores.state.clone();
+    let n = blocking(move || notify::notifiers(store.as_ref()))
         .await?
         .into_iter()
         .find(|n| n.name == name)
@@ -166,7 +172,7 @@ fn entry(b: &Value, key: &str) -> Result<String, ApiError> {
 }
 
 pub(super) async fn allowlist(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let rows = blocking(move || store.allowlist()).await?;
     let v: Vec<Value> = rows
         .into_iter()
@@ -185,7 +191,7 @@ pub(super) async fn add_allowlist(
     let t = b["type"].as_str().unwrap_or("*").to_string();
     crate::model::check_alert_type(&t).map_err(|e| ApiError::bad_request(format!("type: {e}")))?;
     let label = b["label"].as_str().unwrap_or("").to_string();
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let (c2, t2, l2) = (cidr.clone(), t.clone(), label.clone());
     let new = blocking(move || store.add_allowlist(&c2, &t2, &l2, now_ns())).await?;
     tracing::info!(
@@ -211,7 +217,7 @@ pub(super) async fn remove_allowlist(
 ) -> Result<Json<Value>, ApiError> {
     let cidr = entry(&json!(q), "entry")?;
     let t = q.get("type").cloned().unwrap_or_else(|| "*".into());
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let (c2, t2) = (cidr.clone(), t.clone());
     if !blocking(move || store.remove_allowlist(&c2, &t2)).await? {
         return Err(ApiError::new(
@@ -230,7 +236,7 @@ pub(super) async fn remove_allowlist(
 }
 
 pub(super) async fn watchlist(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let rows = blocking(move || store.watchlist()).await?;
     let v: Vec<Value> = rows
         .into_iter()
@@ -247,7 +253,7 @@ pub(super) async fn add_watchlist(
     let b = body(b)?;
     let cidr = entry(&b, "entry")?;
     let label = b["label"].as_str().unwrap_or("").to_string();
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let (c2, l2) = (cidr.clone(), label.clone());
     let new = blocking(move || store.add_watchlist(&[(c2, l2)], now_ns())).await? == 1;
     tracing::info!(entry = cidr, by = who.name, "watchlist entry added");
@@ -267,7 +273,7 @@ pub(super) async fn remove_watchlist(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let cidr = entry(&json!(q), "entry")?;
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let c2 = cidr.clone();
     if !blocking(move || store.remove_watchlist(&c2)).await? {
         return Err(ApiError::new(
@@ -281,7 +287,7 @@ pub(super) async fn remove_watchlist(
 }
 
 pub(super) async fn sensitivity(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let rows = blocking(move || store.sensitivities()).await?;
     let v: Vec<Value> = rows
         .into_iter()
@@ -308,7 +314,7 @@ pub(super) async fn set_sensitivity(
         .as_str()
         .and_then(crate::model::Sensitivity::parse)
         .ok_or_else(|| ApiError::bad_request("level: one of off, low, medium, high"))?;
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let (n2, t2) = (net.clone(), t.clone());
     let new = blocking(move || store.set_sensitivity(&n2, &t2, level.as_str(), now_ns())).await?;
     tracing::info!(
@@ -335,7 +341,7 @@ pub(super) async fn remove_sensitivity(
 ) -> Result<Json<Value>, ApiError> {
     let net = scope(q.get("network").map(String::as_str), "network")?;
     let t = q.get("type").cloned().unwrap_or_else(|| "*".into());
-    let store = api.store.clone();
+    let store = api.stores.state.clone();
     let (n2, t2) = (net.clone(), t.clone());
     if !blocking(move || store.remove_sensitivity(&n2, &t2)).await? {
         return Err(ApiError::new(

@@ -1,7 +1,11 @@
-//! Cloud flow logs: parsers for the providers' documented formats.
+//! Cloud flow logs: parsers for the providers' documented formats (`aws.rs`, `gcp.rs`,
+//! `azure.rs`), their records in the flow model (`flows.rs`), and the reading of whole files
+//! (`read.rs`). Nothing here knows what happens to the flows next.
 pub mod aws;
 pub mod azure;
+pub mod flows;
 pub mod gcp;
+pub mod read;
 
 use std::borrow::Cow;
 

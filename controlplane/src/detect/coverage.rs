@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// `sensor_coverage_gap`: internal addresses that cloud flow logs show and no sensor watches
-/// (`Store::coverage_gaps`), one alert per network (the VPC, else the cloud account): the
+/// (`FlowStore::coverage_gaps`), one alert per network (the VPC, else the cloud account): the
 /// network is the entity, its unwatched addresses the targets. Reported when a network first
 /// has gaps and again when its number of unwatched addresses doubles. Only once sensors are in
 /// use (`sensors_registered`): before any is, every address would be a gap.

@@ -141,87 +141,7 @@ impl DecoyGroups {
         }
         let mut out = Vec::new();
         for ((target, idx), batch) in assigned {
-            let g = &mut self.groups.get_mut(&target).expect("assigned")[idx];
-            if g.sources.len() < 2 {
-                if self.hold && self.newest_ns - g.first_ns <= HOLD_NS {
-                    self.held.extend(batch);
-                } else {
-                    out.extend(batch.into_iter().map(|f| f.update));
-                }
-                continue;
-            }
-            // The members that got no reply at all are forged when others, probing the same
-            // target at the same moment, got theirs: the scanner is the answered member with the
-            // most replies (another answered member is a scan of its own that came at the same
-            // moment). Decided once, when the group first holds both kinds.
-            if g.real.is_none() && g.sources.values().any(|r| *r == 0) {
-                g.real = g
-                    .sources
-                    .iter()
-                    .filter(|(_, r)| **r > 0)
-                    .max_by_key(|(_, r)| **r)
-                    .map(|(s, _)| s.clone());
-            }
-            let all: Vec<String> = g.sources.keys().cloned().collect();
-            match g.real.clone() {
-                Some(real) => {
-                    let decoys: Vec<&String> = g
-                        .sources
-                        .iter()
-                        .filter(|(_, r)| **r == 0)
-                        .map(|(s, _)| s)
-                        .collect();
-                    let evidence = format!(
-                        "the target answered {real} ({} replies); the {} sources that scanned it \
-                         at the same moment got none: their addresses were forged",
-                        g.sources[&real],
-                        decoys.len()
-                    );
-                    let mut real_seen = batch.iter().any(|f| f.update.source == real);
-                    for mut f in batch {
-                        if f.update.source == real {
-                            annotate(&mut f.update.observation, "decoys", json!(decoys));
-                            annotate(&mut f.update.observation, "decoy_evidence", json!(evidence));
-                            out.push(f.update);
-                            continue;
-                        }
-                        if g.sources[&f.update.source] > 0 {
-                            // Answered: not forged; its own scan.
-                            out.push(f.update);
-                            continue;
-                        }
-                        self.decoys_folded += 1;
-                        info!(
-                            target = target.as_str(),
-                            decoy = f.update.source.as_str(),
-                            real = real.as_str(),
-                            "a decoy's scan finding folded into the real scanner's alert"
-                        );
-                        if !real_seen {
-                            // The real source's own finding came earlier: say in its alert
-                            // that this decoy joined.
-                            let mut u = f.update;
-                            u.source = real.clone();
-                            u.observation = json!({
-                                "kind": "decoys",
-                                "decoys": decoys,
-                                "decoy_evidence": evidence,
-                                "time": rfc3339(u.time_ns),
-                            });
-                            out.push(u);
-                            real_seen = true;
-                        }
-                    }
-                }
-                None => {
-                    for mut f in batch {
-                        let others: Vec<&String> =
-                            all.iter().filter(|s| **s != f.update.source).collect();
-                        annotate(&mut f.update.observation, "same_scan_from", json!(others));
-                        out.push(f.update);
-                    }
-                }
-            }
+            self.judge(&target, idx, batch, &mut out);
         }
         // Forget the groups no member reported to for `GROUP_KEEP_NS` (data time), and keep
         // at most `MAX_GROUPS`.
@@ -243,6 +163,93 @@ impl DecoyGroups {
         }
         out.sort_by_key(|u| u.time_ns);
         out
+    }
+
+    /// The updates of one group's new findings (`batch`): as they are while the group has one
+    /// source (held, when holding); folded into the real scanner's when the target's replies
+    /// name one; else each naming the others.
+    fn judge(&mut self, target: &str, idx: usize, batch: Vec<Finding>, out: &mut Vec<AlertUpdate>) {
+        let g = &mut self.groups.get_mut(target).expect("assigned")[idx];
+        if g.sources.len() < 2 {
+            if self.hold && self.newest_ns - g.first_ns <= HOLD_NS {
+                self.held.extend(batch);
+            } else {
+                out.extend(batch.into_iter().map(|f| f.update));
+            }
+            return;
+        }
+        // The members that got no reply at all are forged when others, probing the same
+        // target at the same moment, got theirs: the scanner is the answered member with the
+        // most replies (another answered member is a scan of its own that came at the same
+        // moment). Decided once, when the group first holds both kinds.
+        if g.real.is_none() && g.sources.values().any(|r| *r == 0) {
+            g.real = g
+                .sources
+                .iter()
+                .filter(|(_, r)| **r > 0)
+                .max_by_key(|(_, r)| **r)
+                .map(|(s, _)| s.clone());
+        }
+        let all: Vec<String> = g.sources.keys().cloned().collect();
+        match g.real.clone() {
+            Some(real) => {
+                let decoys: Vec<&String> = g
+                    .sources
+                    .iter()
+                    .filter(|(_, r)| **r == 0)
+                    .map(|(s, _)| s)
+                    .collect();
+                let evidence = format!(
+                    "the target answered {real} ({} replies); the {} sources that scanned it \
+                 at the same moment got none: their addresses were forged",
+                    g.sources[&real],
+                    decoys.len()
+                );
+                let mut real_seen = batch.iter().any(|f| f.update.source == real);
+                for mut f in batch {
+                    if f.update.source == real {
+                        annotate(&mut f.update.observation, "decoys", json!(decoys));
+                        annotate(&mut f.update.observation, "decoy_evidence", json!(evidence));
+                        out.push(f.update);
+                        continue;
+                    }
+                    if g.sources[&f.update.source] > 0 {
+                        // Answered: not forged; its own scan.
+                        out.push(f.update);
+                        continue;
+                    }
+                    self.decoys_folded += 1;
+                    info!(
+                        target,
+                        decoy = f.update.source.as_str(),
+                        real = real.as_str(),
+                        "a decoy's scan finding folded into the real scanner's alert"
+                    );
+                    if !real_seen {
+                        // The real source's own finding came earlier: say in its alert
+                        // that this decoy joined.
+                        let mut u = f.update;
+                        u.source = real.clone();
+                        u.observation = json!({
+                            "kind": "decoys",
+                            "decoys": decoys,
+                            "decoy_evidence": evidence,
+                            "time": rfc3339(u.time_ns),
+                        });
+                        out.push(u);
+                        real_seen = true;
+                    }
+                }
+            }
+            None => {
+                for mut f in batch {
+                    let others: Vec<&String> =
+                        all.iter().filter(|s| **s != f.update.source).collect();
+                    annotate(&mut f.update.observation, "same_scan_from", json!(others));
+                    out.push(f.update);
+                }
+            }
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use std::cell::OnceCell;
 
 use crate::{
     model::{AlertUpdate, Flow, SensorBatch},
-    store::{CoverageGap, Store},
+    store::{CoverageGap, StateStore},
 };
 
 pub mod brute_force;
@@ -114,7 +114,7 @@ pub struct Output {
 /// A detector's saved state in the state store, under its feed's prefix (the sensor flows'
 /// baselines and an import's learn apart).
 pub struct State<'a> {
-    pub store: &'a dyn Store,
+    pub store: &'a dyn StateStore,
     pub prefix: &'static str,
 }
 
@@ -326,7 +326,7 @@ impl Detectors {
     }
 
     /// With what they saved in `store` before.
-    pub fn load(feed: Feed, config: &Config, store: &dyn Store) -> anyhow::Result<Self> {
+    pub fn load(feed: Feed, config: &Config, store: &dyn StateStore) -> anyhow::Result<Self> {
         let mut d = Detectors::new(feed, config);
         let state = d.state(store);
         for x in &mut d.list {
@@ -335,7 +335,7 @@ impl Detectors {
         Ok(d)
     }
 
-    fn state<'a>(&self, store: &'a dyn Store) -> State<'a> {
+    fn state<'a>(&self, store: &'a dyn StateStore) -> State<'a> {
         State {
             store,
             prefix: self.feed.state_prefix(),
@@ -369,7 +369,7 @@ impl Detectors {
     }
 
     /// Saves what each detector learned since the last save.
-    pub fn save(&mut self, store: &dyn Store) -> anyhow::Result<()> {
+    pub fn save(&mut self, store: &dyn StateStore) -> anyhow::Result<()> {
         let state = self.state(store);
         for d in &mut self.list {
             d.save(&state)?;
@@ -378,7 +378,7 @@ impl Detectors {
     }
 
     /// Reads again what users change while the detectors run (the watchlist).
-    pub fn reload(&mut self, store: &dyn Store) -> anyhow::Result<()> {
+    pub fn reload(&mut self, store: &dyn StateStore) -> anyhow::Result<()> {
         let state = self.state(store);
         for d in &mut self.list {
             d.reload(&state)?;

@@ -10,7 +10,7 @@ use crate::{
     util::{net::NetSet, time::rfc3339},
 };
 
-/// `watchlist_hit`: traffic to or from a listed address or network (`Store::watchlist`). The
+/// `watchlist_hit`: traffic to or from a listed address or network (`Settings::watchlist`). The
 /// alert is about the other end, the entity that talked to the listed address; one observation
 /// per (entity, listed address) per 10 minutes of data time.
 #[derive(Default)]

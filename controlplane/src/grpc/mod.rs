@@ -1,2 +1,217 @@
-//! The sensor protocol (picket.v1, gRPC): the front that sensors talk to.
+//! The sensor protocol's front (picket.v1.SensorIngest, gRPC): the one place that knows the wire
+//! format. It converts what sensors send into the domain's types (`convert.rs`) and hands batches
+//! to the ingest pipeline (`pipeline::ingest`).
+//!
+//! Every call is authenticated by the sensor key in `authorization: Bearer <key>`; unknown or
+//! revoked keys get UNAUTHENTICATED, malformed batches INVALID_ARGUMENT, oversized messages
+//! RESOURCE_EXHAUSTED (tonic's decoding limit), each with a log line naming the peer. A batch is
+//! acknowledged only after it is stored; a replay is acknowledged as a duplicate and not stored.
+
+use std::{pin::Pin, sync::Arc};
+
+use picket_proto::v1::{
+    ExportAck, ExportBatch, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
+    sensor_ingest_server::SensorIngest as SensorIngestRpc,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::{
+    detect::Config,
+    keys,
+    pipeline::ingest::SensorIngest,
+    store::{Stored, Stores},
+    util::time::now_ns,
+};
+
 pub mod convert;
+
+/// Largest message accepted from a sensor (a batch of about 50,000 flow records).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+pub const HEARTBEAT_INTERVAL_S: u32 = 10;
+
+/// The `picket.v1.SensorIngest` service.
+pub struct IngestService {
+    stores: Stores,
+    ingest: Arc<SensorIngest>,
+}
+
+impl IngestService {
+    /// The service over the ingest pipeline (its writer and detector threads start now);
+    /// `config` is the detectors'.
+    pub fn new(stores: Stores, config: Config) -> Self {
+        IngestService {
+            ingest: Arc::new(SensorIngest::start(stores.clone(), config)),
+            stores,
+        }
+    }
+
+    /// See [`SensorIngest::finished`].
+    pub fn finished(&self) -> Option<std::sync::mpsc::Receiver<()>> {
+        self.ingest.finished()
+    }
+
+    /// The sensor name behind the request's key.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let peer = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown peer".into());
+        let Some(value) = req.metadata().get("authorization") else {
+            warn!(%peer, "rejected a call without a sensor key");
+            return Err(Status::unauthenticated(
+                "missing sensor key (authorization: Bearer <key>)",
+            ));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if !keys::well_formed(key) {
+            warn!(%peer, "rejected a malformed sensor key");
+            return Err(Status::unauthenticated("malformed sensor key"));
+        }
+        let store = self.stores.state.clone();
+        let hash = keys::hash(key);
+        let found = tokio::task::spawn_blocking(move || store.sensor_for_key(&hash))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?;
+        match found {
+            Some(name) => Ok(name),
+            None => {
+                warn!(%peer, "rejected an unknown or revoked sensor key");
+                Err(Status::unauthenticated("unknown or revoked sensor key"))
+            }
+        }
+    }
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    warn!(error = %format!("{e:#}"), "storage error");
+    Status::internal("storage error (see the control plane's log)")
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<ExportAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SensorIngestRpc for IngestService {
+    async fn register(
+        &self,
+        req: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let sensor = self.authenticate(&req).await?;
+        let r = convert::registration(req.into_inner()).map_err(Status::invalid_argument)?;
+        let stores = self.stores.clone();
+        let (name, rr) = (sensor.clone(), r.clone());
+        let last = tokio::task::spawn_blocking(move || {
+            stores.state.register(&name, &rr, now_ns())?;
+            stores.flows.last_stored_batch(&rr.instance_id)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(internal)?;
+        info!(
+            sensor,
+            instance = r.instance_id,
+            version = r.version,
+            kernel = r.kernel,
+            host = r.hostname,
+            last_stored_batch = last,
+            "sensor registered"
+        );
+        Ok(Response::new(RegisterResponse {
+            sensor_name: sensor,
+            heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
+            last_stored_batch_id: last,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let sensor = self.authenticate(&req).await?;
+        let r = convert::heartbeat(req.into_inner());
+        let store = self.stores.state.clone();
+        tokio::task::spawn_blocking(move || store.heartbeat(&sensor, &r, now_ns()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?;
+        Ok(Response::new(HeartbeatResponse {}))
+    }
+
+    type ExportStream = AckStream;
+
+    async fn export(
+        &self,
+        req: Request<Streaming<ExportBatch>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let sensor = self.authenticate(&req).await?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let ingest = self.ingest.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // Oversized or undecodable message, or the sensor went away.
+                        let status = if status.code() == tonic::Code::OutOfRange
+                            && status.message().contains("too large")
+                        {
+                            // gRPC's code for a message over the size limit (tonic says
+                            // OUT_OF_RANGE).
+                            Status::resource_exhausted(status.message().to_string())
+                        } else {
+                            status
+                        };
+                        if status.code() == tonic::Code::Cancelled {
+                            debug!(sensor, %status, "export stream ended");
+                        } else {
+                            warn!(sensor, %status, "export stream failed");
+                        }
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let id = batch.batch_id;
+                let batch = match convert::batch(&sensor, batch) {
+                    Ok(b) => b,
+                    Err(why) => {
+                        warn!(sensor, batch = id, why, "rejected a malformed batch");
+                        let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                        break;
+                    }
+                };
+                let flows = batch.flows.len();
+                let ack = match ingest.store(batch).await {
+                    Ok(s) => {
+                        debug!(
+                            sensor,
+                            batch = id,
+                            flows,
+                            duplicate = s == Stored::Duplicate,
+                            "batch stored"
+                        );
+                        Ok(ExportAck {
+                            batch_id: id,
+                            duplicate: s == Stored::Duplicate,
+                        })
+                    }
+                    Err(e) => Err(internal(e)),
+                };
+                let failed = ack.is_err();
+                if tx.send(ack).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

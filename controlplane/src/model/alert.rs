@@ -9,6 +9,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::util::time::rfc3339;
+
 /// An incident with no new observation for this long (data time) is over: the next
 /// observation opens a new alert.
 pub const INCIDENT_GAP_NS: i64 = 3_600_000_000_000;
@@ -181,6 +183,20 @@ pub enum Change {
 }
 
 impl Alert {
+    /// The alert as JSON, as the API shows it and webhooks carry it: times in RFC 3339.
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert("first_seen".into(), rfc3339(self.first_seen));
+            m.insert("last_seen".into(), rfc3339(self.last_seen));
+            m.insert(
+                "snoozed_until".into(),
+                self.snoozed_until.map_or(Value::Null, rfc3339),
+            );
+        }
+        v
+    }
+
     /// A new open alert from its first observation.
     pub fn open(u: &AlertUpdate) -> Alert {
         let mut a = Alert {

@@ -17,14 +17,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sensor_user::{
+use sensor_user::{sys, tables};
+use tests::{
+    Lab, Sensor, TempDir,
     harness::{
         Harness, Peer,
         frame::{self, ACK, Frame, PSH, SYN},
     },
-    sys, tables,
+    sh, sh_in,
 };
-use tests::{Lab, Sensor, TempDir, sh, sh_in};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
@@ -670,8 +671,8 @@ fn agent_run(report: &mut String, lab: &Lab, label: &str, conf: &str, secs: u64)
 fn cloud_section(report: &mut String, quick: bool) {
     use controlplane::{
         cloud::{aws, gcp},
-        import,
-        store::{SqliteStore, Store as _},
+        pipeline::import,
+        store::{FlowStore as _, SqliteStore},
     };
     writeln!(report, "### Cloud flow logs\n").ok();
     let n: u64 = if quick { 200_000 } else { 1_000_000 };
@@ -744,7 +745,7 @@ fn cloud_section(report: &mut String, quick: bool) {
 
     let dir = TempDir::new("cloud-bench");
     let store = SqliteStore::open(&dir.0).expect("store");
-    let mut sum = import::Summary::default();
+    let mut sum = controlplane::cloud::read::Summary::default();
     let t0 = Instant::now();
     import::import_input(
         controlplane::model::Source::Aws,
@@ -759,7 +760,7 @@ fn cloud_section(report: &mut String, quick: bool) {
     assert_eq!(sum.stored, n);
     writeln!(
         report,
-        "On one thread: AWS v2 parsing {:.2} M records/s ({n} generated records); GCP JSON parsing {:.0} k records/s ({m} entries); AWS import into the embedded store (`import::import_input`: parse and model on one thread, SQLite in transactions of 100,000 on another) {:.0} k records/s end to end.\n",
+        "On one thread: AWS v2 parsing {:.2} M records/s ({n} generated records); GCP JSON parsing {:.0} k records/s ({m} entries); AWS import into the embedded store (`pipeline::import::import_input`: parse and model on one thread, SQLite in transactions of 100,000 on another) {:.0} k records/s end to end.\n",
         aws_rate / 1e6,
         gcp_rate / 1e3,
         import_rate / 1e3
@@ -927,7 +928,7 @@ fn ingest_section(report: &mut String, quick: bool) {
     // The detectors over sensor flows run on a thread of their own beside the writer.
     let baselines = cp.thread_cpu_secs("sensor-baselines");
     cp.stop();
-    use controlplane::store::Store as _;
+    use controlplane::store::FlowStore as _;
     let store = controlplane::store::SqliteStore::open(&data).expect("store");
     let stored = store.flow_totals(None).expect("totals").records;
     let want = (sensors * batches as usize * per) as u64;
@@ -987,7 +988,11 @@ fn ingest_section(report: &mut String, quick: bool) {
     store.insert_flows(&cloud).expect("cloud records");
     let t0 = Instant::now();
     let links = store
-        .correlate(0, i64::MAX, controlplane::import::CORRELATION_TOLERANCE_NS)
+        .correlate(
+            0,
+            i64::MAX,
+            controlplane::pipeline::import::CORRELATION_TOLERANCE_NS,
+        )
         .expect("correlate");
     let took = t0.elapsed().as_secs_f64();
     assert_eq!(
@@ -1023,7 +1028,7 @@ fn main() {
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     if only.as_deref() == Some("new-flow") {
         report = thread::spawn(move || {
-            sensor_user::harness::pin_to_current_cpu().expect("pin");
+            tests::harness::pin_to_current_cpu().expect("pin");
             new_flow_section(&mut report, if quick { 20_000 } else { 100_000 });
             report
         })
@@ -1034,7 +1039,7 @@ fn main() {
         // On one pinned thread: successive test runs must meet the same CPU's flow slots (as
         // the packets of one flow do on a real NIC queue). The veth section stays unpinned.
         report = thread::spawn(move || {
-            sensor_user::harness::pin_to_current_cpu().expect("pin");
+            tests::harness::pin_to_current_cpu().expect("pin");
             test_run_section(
                 &mut report,
                 if quick { 100_000 } else { 1_000_000 },

@@ -576,7 +576,7 @@ fn import_logs(
         .output()
         .expect("import");
     assert!(o.status.success(), "{o:?}");
-    use controlplane::store::Store as _;
+    use controlplane::store::Alerts as _;
     let store = controlplane::store::SqliteStore::open(&data).expect("store");
     store
         .alerts(&controlplane::model::AlertQuery {

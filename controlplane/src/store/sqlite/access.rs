@@ -3,80 +3,11 @@
 
 use rusqlite::{OptionalExtension as _, params};
 
-use super::SqliteStore;
-use crate::model::Role;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserRow {
-    pub name: String,
-    pub role: Role,
-    pub created_ns: i64,
-    pub last_login_ns: Option<i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenRow {
-    pub name: String,
-    pub role: Role,
-    pub created_ns: i64,
-    pub last_used_ns: Option<i64>,
-    pub revoked: bool,
-}
-
-/// A live session: the user, their role, and the session's CSRF token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionRow {
-    pub user: String,
-    pub role: Role,
-    pub csrf: String,
-}
-
-pub trait Access {
-    /// Fails if the name exists.
-    fn add_user(
-        &self,
-        name: &str,
-        password_hash: &str,
-        role: Role,
-        now_ns: i64,
-    ) -> anyhow::Result<()>;
-    fn users(&self) -> anyhow::Result<Vec<UserRow>>;
-    /// The password hash and role of a user.
-    fn user_credentials(&self, name: &str) -> anyhow::Result<Option<(String, Role)>>;
-    /// Sets a new password hash and ends the user's sessions; false if no such user.
-    fn set_password(&self, name: &str, password_hash: &str) -> anyhow::Result<bool>;
-    /// Removes a user and ends their sessions; false if no such user.
-    fn remove_user(&self, name: &str) -> anyhow::Result<bool>;
-    /// Opens a session (and stamps the user's last login); expired ones are removed.
-    fn create_session(
-        &self,
-        token_hash: &str,
-        user: &str,
-        csrf: &str,
-        now_ns: i64,
-        expires_ns: i64,
-    ) -> anyhow::Result<()>;
-    fn session(&self, token_hash: &str, now_ns: i64) -> anyhow::Result<Option<SessionRow>>;
-    fn delete_session(&self, token_hash: &str) -> anyhow::Result<()>;
-    /// Fails if the name exists.
-    fn add_token(
-        &self,
-        name: &str,
-        token_hash: &str,
-        role: Role,
-        now_ns: i64,
-    ) -> anyhow::Result<()>;
-    fn tokens(&self) -> anyhow::Result<Vec<TokenRow>>;
-    /// The name and role of a live token (stamping its last use).
-    fn token(&self, token_hash: &str, now_ns: i64) -> anyhow::Result<Option<(String, Role)>>;
-    /// False if there is no such live token.
-    fn revoke_token(&self, name: &str, now_ns: i64) -> anyhow::Result<bool>;
-}
-
-fn role(s: String) -> Role {
-    // Unknown roles (a newer version's) get the least rights.
-    Role::parse(&s).unwrap_or(Role::Viewer)
-}
+use super::{SqliteStore, role};
+use crate::{
+    model::Role,
+    store::{Access, SessionRow, TokenRow, UserRow},
+};
 
 impl Access for SqliteStore {
     fn add_user(

@@ -19,11 +19,12 @@ use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
+use super::import::Importer;
 use crate::{
-    detect::{Config, Detectors, Feed, Input},
-    import::{self, Summary},
+    cloud::read::{Summary, open_input},
+    detect::Config,
     model::{ImportedFile, Source},
-    store::Store,
+    store::Stores,
 };
 
 /// Subdirectories watched, by provider.
@@ -43,14 +44,10 @@ pub enum Outcome {
 
 pub struct Watcher {
     root: PathBuf,
-    sampling_rate: f64,
     /// (size, mtime) of files at the previous scan.
     seen: HashMap<PathBuf, (u64, SystemTime)>,
-    /// Scans and sweeps across the files, in data time (loaded from the store at the first
-    /// scan: the slow-scan walks persist).
-    detector: Option<Detectors>,
-    /// The geo detector's learning period.
-    pub learning_ns: i64,
+    /// The import pipeline, whose detectors follow scans and baselines across the files.
+    importer: Importer,
 }
 
 fn being_written(name: &str) -> bool {
@@ -90,8 +87,14 @@ fn move_into(path: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 impl Watcher {
-    /// Creates the provider subdirectories if they are missing.
-    pub fn new(root: &Path, sampling_rate: f64) -> anyhow::Result<Self> {
+    /// Creates the provider subdirectories if they are missing; `sampling_rate` is the GCP
+    /// subnets'.
+    pub fn new(
+        root: &Path,
+        stores: Stores,
+        config: &Config,
+        sampling_rate: f64,
+    ) -> anyhow::Result<Self> {
         for (sub, _) in PROVIDERS {
             let d = root.join(sub);
             std::fs::create_dir_all(&d)
@@ -99,16 +102,14 @@ impl Watcher {
         }
         Ok(Watcher {
             root: root.to_path_buf(),
-            sampling_rate,
             seen: HashMap::new(),
-            detector: None,
-            learning_ns: crate::detect::novelty::LEARNING_NS,
+            importer: Importer::new(stores, config, sampling_rate)?,
         })
     }
 
     /// One pass over the subdirectories: imports the files that stayed unchanged since the last
     /// pass. A file that fails (unreadable) stays and is tried again.
-    pub fn scan(&mut self, store: &dyn Store, now_ns: i64) -> Vec<(PathBuf, Outcome)> {
+    pub fn scan(&mut self) -> Vec<(PathBuf, Outcome)> {
         let mut done = Vec::new();
         let mut now_seen = HashMap::new();
         for (sub, provider) in PROVIDERS {
@@ -133,7 +134,7 @@ impl Watcher {
                 if !stable {
                     continue;
                 }
-                match self.import(store, provider, &path, now_ns) {
+                match self.import(provider, &path) {
                     Ok(outcome) => {
                         now_seen.remove(&path);
                         done.push((path, outcome));
@@ -148,13 +149,7 @@ impl Watcher {
         done
     }
 
-    fn import(
-        &mut self,
-        store: &dyn Store,
-        provider: Source,
-        path: &Path,
-        now_ns: i64,
-    ) -> anyhow::Result<Outcome> {
+    fn import(&mut self, provider: Source, path: &Path) -> anyhow::Result<Outcome> {
         let (sha256, bytes) = sha256_file(path)?;
         let name = path
             .file_name()
@@ -164,66 +159,25 @@ impl Watcher {
         let file = ImportedFile {
             sha256,
             provider,
-            name: name.clone(),
+            name,
             bytes,
         };
-        let mut sum = Summary::default();
-        let mut range = None;
-        let mut updates = Vec::new();
         let label = path.display().to_string();
-        if self.detector.is_none() {
-            let config = Config {
-                learning_ns: self.learning_ns,
-            };
-            self.detector = Some(Detectors::load(Feed::Import, &config, store)?);
-        }
-        let rate = self.sampling_rate;
-        let detector = self.detector.as_mut().expect("loaded above");
-        let stored = store.import_file_once(&file, now_ns, &mut |sink| {
-            sum = Summary::default();
-            range = None;
-            let input = import::open_input(path)?;
-            import::import_inspecting(
-                provider,
-                input,
-                &label,
-                rate,
-                &mut |flows| updates.extend(detector.observe(&Input::flows(flows))),
-                &mut import::tracking(sink, &mut range),
-                &mut sum,
-            )?;
-            Ok(serde_json::json!({
-                "read": sum.read,
-                "stored": sum.stored,
-                "rejected": sum.rejected,
-                "nodata": sum.nodata,
-                "skipdata": sum.skipdata,
-            })
-            .to_string())
-        });
-        updates.extend(detector.flush());
-        // What the detector found is evidence even when the file fails midway and is retried:
-        // the detector remembers what it reported, so a retry would not report it again.
-        crate::alerts::record(store, &updates)?;
-        detector.save(store)?;
-        let stored = stored?;
-        if let (Some(_), Some((a, b))) = (&stored, range) {
-            store.correlate(a, b, import::CORRELATION_TOLERANCE_NS)?;
-        }
-
+        let mut sum = Summary::default();
+        let input = open_input(path)?;
+        let imported = self
+            .importer
+            .import(provider, input, &label, Some(&file), &mut sum)?;
         let to = move_into(
             path,
             &path.parent().context("a directory")?.join("imported"),
         )?;
-        Ok(match stored {
-            Some(_) => {
-                info!(file = %label, moved_to = %to.display(), summary = %sum, "imported");
-                Outcome::Imported(sum)
-            }
-            None => {
-                info!(file = %label, moved_to = %to.display(), "already imported (same content): not imported again");
-                Outcome::Duplicate
-            }
+        Ok(if imported.stored {
+            info!(file = %label, moved_to = %to.display(), summary = %sum, "imported");
+            Outcome::Imported(sum)
+        } else {
+            info!(file = %label, moved_to = %to.display(), "already imported (same content): not imported again");
+            Outcome::Duplicate
         })
     }
 }
@@ -231,7 +185,7 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::{FlowStore as _, SqliteStore};
 
     const AWS: &str = "\
 2 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 4249 1418530010 1418530070 ACCEPT OK
@@ -243,14 +197,15 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let store = SqliteStore::open(&tmp.path().join("data")).expect("store");
         let root = tmp.path().join("incoming");
-        let mut w = Watcher::new(&root, 0.5).expect("watcher");
+        let mut w = Watcher::new(&root, Stores::of(store.clone()), &Config::default(), 0.5)
+            .expect("watcher");
         assert!(root.join("gcp").is_dir() && root.join("azure").is_dir());
         std::fs::write(root.join("aws/a.log"), AWS).expect("write");
         std::fs::write(root.join("aws/.b.log"), AWS).expect("write");
         std::fs::write(root.join("aws/c.log.part"), AWS).expect("write");
         // First sight: not yet known to be complete.
-        assert!(w.scan(store.as_ref(), 1).is_empty());
-        let done = w.scan(store.as_ref(), 2);
+        assert!(w.scan().is_empty());
+        let done = w.scan();
         assert_eq!(done.len(), 1, "{done:?}");
         assert!(matches!(&done[0].1, Outcome::Imported(s) if s.stored == 2));
         assert!(root.join("aws/imported/a.log").is_file());
@@ -260,17 +215,18 @@ mod tests {
 
         // The same content again under another name (a re-delivery): recognised, not stored.
         std::fs::write(root.join("aws/again.log"), AWS).expect("write");
-        w.scan(store.as_ref(), 3);
-        let done = w.scan(store.as_ref(), 4);
+        w.scan();
+        let done = w.scan();
         assert_eq!(done, vec![(root.join("aws/again.log"), Outcome::Duplicate)]);
         assert_eq!(store.source_totals(Source::Aws).expect("totals").records, 2);
         assert!(root.join("aws/imported/again.log").is_file());
 
         // A restart (a new watcher, the same store) with a file whose move was cut short.
         std::fs::write(root.join("aws/a.log"), AWS).expect("write");
-        let mut w = Watcher::new(&root, 0.5).expect("watcher");
-        w.scan(store.as_ref(), 5);
-        let done = w.scan(store.as_ref(), 6);
+        let mut w = Watcher::new(&root, Stores::of(store.clone()), &Config::default(), 0.5)
+            .expect("watcher");
+        w.scan();
+        let done = w.scan();
         assert_eq!(done, vec![(root.join("aws/a.log"), Outcome::Duplicate)]);
         assert!(root.join("aws/imported/a.log.1").is_file());
         assert_eq!(store.source_totals(Source::Aws).expect("totals").records, 2);
@@ -286,7 +242,7 @@ mod tests {
             name: "x.log".into(),
             bytes: 10,
         };
-        let flow = crate::import::aws_flow(
+        let flow = crate::cloud::flows::aws_flow(
             &crate::cloud::aws::parse(
                 &crate::cloud::aws::Format::default(),
                 AWS.lines().next().expect("line"),

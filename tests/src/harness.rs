@@ -1,5 +1,5 @@
-//! Running the real eBPF programs without attaching them (BPF_PROG_TEST_RUN), for the parser
-//! tests and the per-packet benchmarks: crafted frames in, flow table / counters / events out.
+//! Running the real eBPF programs without attaching them (BPF_PROG_TEST_RUN), for the program
+//! tests and the per-packet benchmarks (test code: it is not part of the sensor): crafted frames in, flow table / counters / events out.
 //! Time comes from the configuration (`CLOCK_CONFIG`), so window logic is tested without sleeping.
 
 use std::{collections::HashMap, os::fd::AsFd, time::Duration};
@@ -11,9 +11,9 @@ use aya::{
 };
 use sensor_common::{Counters, FlowKey, FlowValue, ScanEvent, SensorConfig, counter, names};
 
-use crate::{
+use sensor_user::{
+    programs::{EBPF_OBJECT, PEER_OBJECT},
     records::{FlowMap, FlowTotals},
-    sensor::EBPF_OBJECT,
     tables,
 };
 
@@ -165,7 +165,7 @@ impl Harness {
     }
 
     /// The per-source probe aggregates of the active table.
-    pub fn take_probe_aggregates(&self) -> anyhow::Result<Vec<crate::records::ProbeTotals>> {
+    pub fn take_probe_aggregates(&self) -> anyhow::Result<Vec<sensor_user::records::ProbeTotals>> {
         let aggs = self.active_array(names::PROBE_AGGREGATES);
         Ok(tables::read_probe_aggregates(
             aggs.fd().as_fd(),
@@ -224,7 +224,7 @@ impl Harness {
     pub fn scan_events(&mut self) -> Vec<ScanEvent> {
         let mut v = Vec::new();
         while let Some(item) = self.events.next() {
-            if let Some(e) = crate::sensor::parse_scan_event(&item) {
+            if let Some(e) = sensor_user::sensor::parse_scan_event(&item) {
                 v.push(e);
             }
         }
@@ -426,10 +426,6 @@ fn prefill(map: &mut aya::maps::Map, n: u32, nr_cpus: usize) -> anyhow::Result<(
     }
     Ok(())
 }
-
-/// The benchmarks' peer reference (sensor-ebpf/src/peer.rs): a textbook XDP flow counter.
-pub static PEER_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/picket-peer-ebpf"));
 
 /// The peer program, loaded (not attached), with its table prefilled like the sensor's.
 pub struct Peer {

@@ -1,0 +1,356 @@
+//! Flows, top-N, coverage gaps, sensors and health.
+
+use std::net::IpAddr;
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Query, State},
+};
+use serde_json::{Value, json};
+
+use super::{Api, ApiError, DEFAULT_LIMIT, MAX_LIMIT, blocking, now_ns, parse_time, rfc3339};
+use crate::{model::Source, store::FlowQuery};
+
+pub(super) async fn health(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let store = api.stores.clone();
+    let counts = blocking(move || store.state.notification_counts()).await?;
+    let mut total = crate::store::Counts::default();
+    for (_, c) in &counts {
+        total.pending += c.pending;
+        total.delivered += c.delivered;
+        total.failed += c.failed;
+    }
+    Ok(Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": api.started.elapsed().as_secs(),
+        "notifications": total,
+        "https_handshakes_failed": crate::https::FAILED_HANDSHAKES
+            .load(std::sync::atomic::Ordering::Relaxed),
+    })))
+}
+
+pub(super) async fn sensors(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let store = api.stores.clone();
+    let rows = blocking(move || store.state.sensors()).await?;
+    let now = now_ns();
+    let sensors: Vec<Value> = rows
+        .into_iter()
+        .map(|s| {
+            let health = if s.revoked {
+                "revoked"
+            } else {
+                match s.last_heartbeat_unix_ns {
+                    None => "never_connected",
+                    Some(t) if now - t > super::STALE_AFTER_NS => "stale",
+                    Some(_) => "ok",
+                }
+            };
+            let parse = |c: &Option<String>| -> Value {
+                c.as_deref()
+                    .and_then(|c| serde_json::from_str(c).ok())
+                    .unwrap_or(Value::Null)
+            };
+            let counters = parse(&s.kernel_counters);
+            let host = parse(&s.host);
+            let interfaces: Vec<Value> = host["interfaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| {
+                    json!({
+                        "name": i["name"],
+                        "addresses": i["addresses"],
+                        "xdp_mode": i["xdp_mode"],
+                        "tc_mode": i["tc_mode"],
+                    })
+                })
+                .collect();
+            json!({
+                "name": s.name,
+                "health": health,
+                "created": rfc3339(s.created_unix_ns),
+                "revoked": s.revoked,
+                "instance_id": s.instance_id,
+                "version": s.version,
+                "kernel": s.kernel,
+                "hostname": s.hostname,
+                "first_seen": s.first_seen_unix_ns.map(rfc3339),
+                "last_heartbeat": s.last_heartbeat_unix_ns.map(rfc3339),
+                "kernel_counters": counters,
+                "agent_counters": parse(&s.agent_counters),
+                "interfaces": interfaces,
+                "k8s_node": host["k8s_node"],
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sensors": sensors })))
+}
+
+fn flow_query(p: &HashMap<String, String>) -> Result<FlowQuery, ApiError> {
+    const KNOWN: [&str; 8] = [
+        "ip", "port", "protocol", "since", "until", "source", "limit", "cursor",
+    ];
+    if let Some(k) = p.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter `{k}` (known: {})",
+            KNOWN.join(", ")
+        )));
+    }
+    let num = |name: &str| -> Result<Option<u64>, ApiError> {
+        p.get(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ApiError::bad_request(format!("{name}: `{v}` is not a number")))
+            })
+            .transpose()
+    };
+    let limit = num("limit")?.unwrap_or(DEFAULT_LIMIT as u64);
+    if limit == 0 || limit > MAX_LIMIT as u64 {
+        return Err(ApiError::bad_request(format!(
+            "limit: must be 1 to {MAX_LIMIT}"
+        )));
+    }
+    let q = FlowQuery {
+        ip: p
+            .get("ip")
+            .map(|v| {
+                v.parse::<IpAddr>()
+                    .map_err(|_| ApiError::bad_request(format!("ip: `{v}` is not an address")))
+            })
+            .transpose()?,
+        port: num("port")?
+            .map(|v| u16::try_from(v).map_err(|_| ApiError::bad_request("port: 0 to 65535")))
+            .transpose()?,
+        protocol: num("protocol")?
+            .map(|v| u8::try_from(v).map_err(|_| ApiError::bad_request("protocol: 0 to 255")))
+            .transpose()?,
+        since_ns: p.get("since").map(|v| parse_time("since", v)).transpose()?,
+        until_ns: p.get("until").map(|v| parse_time("until", v)).transpose()?,
+        source: p
+            .get("source")
+            .map(|v| match v.as_str() {
+                "sensor" => Ok(Source::Sensor),
+                "aws" => Ok(Source::Aws),
+                "gcp" => Ok(Source::Gcp),
+                "azure" => Ok(Source::Azure),
+                _ => Err(ApiError::bad_request(format!(
+                    "source: `{v}` is not one of sensor, aws, gcp, azure"
+                ))),
+            })
+            .transpose()?,
+        before_id: p
+            .get("cursor")
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request("cursor: not a cursor from a previous page"))
+            })
+            .transpose()?,
+        limit: limit as usize,
+    };
+    if let (Some(a), Some(b)) = (q.since_ns, q.until_ns)
+        && b <= a
+    {
+        return Err(ApiError::bad_request("until must be after since"));
+    }
+    Ok(q)
+}
+
+pub(super) async fn flows(
+    State(api): State<Api>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let q = flow_query(&params)?;
+    let store = api.stores.clone();
+    let limit = q.limit;
+    let rows = blocking(move || store.flows.query_flows(&q)).await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    let flows: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("start".into(), rfc3339(r.start_ns));
+                m.insert("end".into(), rfc3339(r.end_ns));
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "flows": flows, "next_cursor": next })))
+}
+
+/// Default window of `/api/v1/top`.
+pub const TOP_DEFAULT_NS: i64 = 3_600_000_000_000;
+
+pub(super) async fn top(
+    State(api): State<Api>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::store::{TopBy, TopGroup, TopQuery};
+    const KNOWN: [&str; 6] = ["by", "group", "since", "until", "source", "limit"];
+    if let Some(k) = p.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter `{k}` (known: {})",
+            KNOWN.join(", ")
+        )));
+    }
+    let by = match p.get("by").map_or("bytes", String::as_str) {
+        "bytes" => TopBy::Bytes,
+        "packets" => TopBy::Packets,
+        "flows" => TopBy::Flows,
+        v => {
+            return Err(ApiError::bad_request(format!(
+                "by: `{v}` is not one of bytes, packets, flows"
+            )));
+        }
+    };
+    let group = match p.get("group").map_or("src_ip", String::as_str) {
+        "src_ip" => TopGroup::SrcIp,
+        "dst_ip" => TopGroup::DstIp,
+        "pair" => TopGroup::Pair,
+        "dst_port" => TopGroup::DstPort,
+        v => {
+            return Err(ApiError::bad_request(format!(
+                "group: `{v}` is not one of src_ip, dst_ip, pair, dst_port"
+            )));
+        }
+    };
+    let limit = match p.get("limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::bad_request("limit: must be 1 to 100"))?,
+        None => 10,
+    };
+    let until = p.get("until").map(|v| parse_time("until", v)).transpose()?;
+    let since = match p.get("since") {
+        Some(v) => parse_time("since", v)?,
+        None => until.unwrap_or_else(now_ns) - TOP_DEFAULT_NS,
+    };
+    let source = match p.get("source") {
+        Some(v) => Some(Source::parse(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "source: `{v}` is not one of sensor, aws, gcp, azure"
+            ))
+        })?),
+        None => None,
+    };
+    let q = TopQuery {
+        by,
+        group,
+        since_ns: since,
+        until_ns: until,
+        source,
+        limit,
+    };
+    let store = api.stores.clone();
+    let rows = blocking(move || store.flows.top(&q)).await?;
+    Ok(Json(json!({
+        "since": rfc3339(since),
+        "until": until.map(rfc3339),
+        "top": rows,
+    })))
+}
+
+/// Default window of `/api/v1/coverage`.
+pub const COVERAGE_DEFAULT_NS: i64 = 86_400_000_000_000;
+
+pub(super) async fn coverage(
+    State(api): State<Api>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(k) = params.keys().find(|k| k.as_str() != "since") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter `{k}` (known: since)"
+        )));
+    }
+    let since = match params.get("since") {
+        Some(v) => parse_time("since", v)?,
+        None => now_ns() - COVERAGE_DEFAULT_NS,
+    };
+    let store = api.stores.clone();
+    let gaps = blocking(move || {
+        let watched = store.state.sensor_addresses()?;
+        store.flows.coverage_gaps(since, &watched)
+    })
+    .await?;
+    let gaps: Vec<Value> = gaps
+        .into_iter()
+        .map(|g| {
+            json!({
+                "ip": g.ip,
+                "first_seen": rfc3339(g.first_seen_ns),
+                "last_seen": rfc3339(g.last_seen_ns),
+                "flows": g.flows,
+                "observers": g.observers,
+                "vpcs": g.vpcs,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "since": rfc3339(since), "gaps": gaps })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<FlowQuery, String> {
+        let m = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        flow_query(&m).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn flow_filters_are_parsed_and_checked() {
+        let f = q(&[
+            ("ip", "10.0.0.1"),
+            ("port", "22"),
+            ("protocol", "6"),
+            ("since", "2026-11-28T10:00:00Z"),
+            ("until", "1795863600"),
+            ("source", "aws"),
+            ("limit", "50"),
+            ("cursor", "1234"),
+        ])
+        .expect("valid");
+        assert_eq!(f.ip, Some("10.0.0.1".parse().expect("ip")));
+        assert_eq!((f.port, f.protocol, f.limit), (Some(22), Some(6), 50));
+        assert_eq!(f.since_ns, Some(1_795_860_000_000_000_000));
+        assert_eq!(f.until_ns, Some(1_795_863_600_000_000_000));
+        assert_eq!((f.source, f.before_id), (Some(Source::Aws), Some(1234)));
+        assert_eq!(q(&[]).expect("defaults").limit, DEFAULT_LIMIT);
+        for (bad, msg) in [
+            (("ip", "10.0.0.300"), "ip: `10.0.0.300` is not an address"),
+            (("port", "70000"), "port: 0 to 65535"),
+            (("limit", "0"), "limit: must be 1 to 1000"),
+            (("limit", "5000"), "limit: must be 1 to 1000"),
+            (
+                ("source", "oracle"),
+                "source: `oracle` is not one of sensor, aws, gcp, azure",
+            ),
+            (
+                ("since", "yesterday"),
+                "since: `yesterday` is neither RFC 3339 (2026-11-28T10:00:00Z) nor Unix seconds",
+            ),
+            (
+                ("ports", "22"),
+                "unknown parameter `ports` (known: ip, port, protocol, since, until, source, limit, cursor)",
+            ),
+        ] {
+            assert_eq!(q(&[bad]).err().as_deref(), Some(msg), "{bad:?}");
+        }
+        assert_eq!(
+            q(&[("since", "1795860000"), ("until", "1795860000")])
+                .err()
+                .as_deref(),
+            Some("until must be after since")
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! The REST API under `/api/v1/` (documented in controlplane/openapi.yaml and docs/api.md):
+//! `session.rs` (who calls, login), `flows.rs` (flows, top-N, coverage, sensors, health),
+//! `entities.rs`, `alerts.rs` (alerts and their triage), `settings.rs` (notifiers and lists). JSON in and out; errors are `{"error": {"code": ..., "message": ...}}` with the
+//! matching HTTP status. Queries run on the blocking pool: the store is synchronous.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    http::{Method, StatusCode},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+
+mod alerts;
+mod entities;
+mod flows;
+mod session;
+mod settings;
+
+use crate::store::Stores;
+pub(crate) use crate::util::time::{now_ns, rfc3339};
+use alerts::{alert, alerts, comment, patch_alert};
+use entities::{entities, entity};
+use flows::{coverage, flows, health, sensors, top};
+use session::{authenticate, login, logout, whoami};
+
+pub use alerts::{MAX_COMMENT, MAX_TAGS};
+pub use entities::ENTITIES_DEFAULT_NS;
+pub use flows::{COVERAGE_DEFAULT_NS, TOP_DEFAULT_NS};
+pub use session::{LOGIN_FAILURES, LOGIN_LOCKOUT};
+
+/// Default and largest page of `/api/v1/flows`.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+/// A sensor without a heartbeat for this long is `stale`.
+pub const STALE_AFTER_NS: i64 = 180_000_000_000;
+
+#[derive(Clone)]
+struct Api {
+    stores: Stores,
+    started: Instant,
+    opts: Options,
+    /// Failed logins per user name: (count, last failure).
+    failures: Arc<std::sync::Mutex<HashMap<String, (u32, Instant)>>>,
+}
+
+/// How the API is served.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Session cookies only over HTTPS (`Secure`): when the dashboard is reached by https://.
+    pub secure_cookies: bool,
+}
+
+/// Every path served, with its methods (openapi.yaml documents exactly these; a test checks
+/// it).
+pub const ROUTES: [(&str, &[&str]); 17] = [
+    ("/api/v1/health", &["get"]),
+    ("/api/v1/session", &["get", "post", "delete"]),
+    ("/api/v1/sensors", &["get"]),
+    ("/api/v1/flows", &["get"]),
+    ("/api/v1/coverage", &["get"]),
+    ("/api/v1/alerts", &["get"]),
+    ("/api/v1/alerts/{id}", &["get", "patch"]),
+    ("/api/v1/alerts/{id}/comments", &["post"]),
+    ("/api/v1/top", &["get"]),
+    ("/api/v1/entities", &["get"]),
+    ("/api/v1/entities/{ip}", &["get"]),
+    ("/api/v1/notifiers", &["get", "post"]),
+    ("/api/v1/notifiers/{name}", &["delete"]),
+    ("/api/v1/notifiers/{name}/test", &["post"]),
+    ("/api/v1/allowlist", &["get", "post", "delete"]),
+    ("/api/v1/watchlist", &["get", "post", "delete"]),
+    ("/api/v1/sensitivity", &["get", "post", "delete"]),
+];
+
+/// What answers without credentials.
+pub(super) fn public(method: &Method, path: &str) -> bool {
+    (method == Method::GET && path == "/api/v1/health")
+        || (method == Method::POST && path == "/api/v1/session")
+}
+
+/// The API's routes; anything else under the router answers a JSON 404.
+pub fn router(stores: Stores, opts: Options) -> Router {
+    let api = Api {
+        stores,
+        started: Instant::now(),
+        opts,
+        failures: Default::default(),
+    };
+    Router::new()
+        .route(ROUTES[0].0, get(health))
+        .route(ROUTES[1].0, get(whoami).post(login).delete(logout))
+        .route(ROUTES[2].0, get(sensors))
+        .route(ROUTES[3].0, get(flows))
+        .route(ROUTES[4].0, get(coverage))
+        .route(ROUTES[5].0, get(alerts))
+        .route(ROUTES[6].0, get(alert).patch(patch_alert))
+        .route(ROUTES[7].0, axum::routing::post(comment))
+        .route(ROUTES[8].0, get(top))
+        .route(ROUTES[9].0, get(entities))
+        .route(ROUTES[10].0, get(entity))
+        .route(
+            ROUTES[11].0,
+            get(settings::notifiers).post(settings::add_notifier),
+        )
+        .route(
+            ROUTES[12].0,
+            axum::routing::delete(settings::remove_notifier),
+        )
+        .route(ROUTES[13].0, axum::routing::post(settings::test_notifier))
+        .route(
+            ROUTES[14].0,
+            get(settings::allowlist)
+                .post(settings::add_allowlist)
+                .delete(settings::remove_allowlist),
+        )
+        .route(
+            ROUTES[15].0,
+            get(settings::watchlist)
+                .post(settings::add_watchlist)
+                .delete(settings::remove_watchlist),
+        )
+        .route(
+            ROUTES[16].0,
+            get(settings::sensitivity)
+                .post(settings::set_sensitivity)
+                .delete(settings::remove_sensitivity),
+        )
+        // Only matched routes need credentials: the dashboard's files are public.
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .route(
+            "/api/{*rest}",
+            axum::routing::any(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path")
+            }),
+        )
+        .fallback(crate::web::serve)
+        .with_state(api)
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "API request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the store could not answer; see the control plane's log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// RFC 3339, or Unix seconds.
+pub(crate) fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
+    crate::util::time::parse_time(v).map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+}

@@ -1,0 +1,204 @@
+//! Cloud flow-log records in the common flow model: what each provider's fields become, the
+//! rest kept in the flow's extras.
+
+use crate::model::{Action, CloudMeta, Flow, Source};
+
+use super::{aws, azure, gcp};
+
+/// An AWS record in the flow model.
+pub fn aws_flow(r: &aws::Record<'_>) -> Flow {
+    let mut extra = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<&str>| {
+        if let Some(v) = v {
+            extra.insert(k.into(), v.into());
+        }
+    };
+    put("type", r.traffic_type);
+    put("pkt_src_aws_service", r.pkt_src_aws_service);
+    put("pkt_dst_aws_service", r.pkt_dst_aws_service);
+    put("reject_reason", r.reject_reason);
+    put("resource_type", r.resource_type);
+    put("tgw_id", r.tgw_id);
+    put("tgw_attachment_id", r.tgw_attachment_id);
+    if let Some(p) = r.traffic_path {
+        extra.insert("traffic_path".into(), p.into());
+    }
+    if let Some(p) = r.packets_lost {
+        extra.insert("packets_lost".into(), p.into());
+    }
+    let ms = |t: Option<u64>| (t.unwrap_or(0).min(i64::MAX as u64 / 1_000_000) * 1_000_000) as i64;
+    Flow {
+        source: Source::Aws,
+        observer: r.account_id.unwrap_or("aws").to_string(),
+        interface: r
+            .interface_id
+            .or(r.tgw_attachment_id)
+            .unwrap_or("")
+            .to_string(),
+        start_ns: ms(r.start_ms),
+        end_ns: ms(r.end_ms),
+        // Both present: `parse` rejects an OK record without them.
+        src_ip: r.src_addr.expect("checked by parse"),
+        dst_ip: r.dst_addr.expect("checked by parse"),
+        src_port: r.src_port.unwrap_or(0),
+        dst_port: r.dst_port.unwrap_or(0),
+        protocol: r.protocol.unwrap_or(0),
+        packets: r.packets.unwrap_or(0),
+        bytes: r.bytes.unwrap_or(0),
+        reverse_packets: 0,
+        reverse_bytes: 0,
+        tcp_flags: r.tcp_flags.unwrap_or(0),
+        action: match r.action {
+            Some("ACCEPT") => Action::Accept,
+            Some("REJECT") => Action::Reject,
+            _ => Action::Unknown,
+        },
+        sampling_rate: 1.0,
+        cloud: CloudMeta {
+            vpc: r.vpc_id.map(str::to_string),
+            subnet: r.subnet_id.map(str::to_string),
+            instance: r.instance_id.map(str::to_string),
+            region: r.region.map(str::to_string),
+            zone: r.az_id.map(str::to_string),
+            pkt_src_ip: r.pkt_src_addr,
+            pkt_dst_ip: r.pkt_dst_addr,
+            direction: r.flow_direction.map(str::to_string),
+            extra,
+        },
+        sensor: None,
+    }
+}
+
+/// GCP's default sampling rate for VPC Flow Logs (a subnet setting, not in the records).
+pub const GCP_DEFAULT_SAMPLING: f64 = 0.5;
+
+/// A GCP record in the flow model: the reporting side's instance and VPC are the observation
+/// point.
+pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
+    let p = &r.payload;
+    let dest_side = p.reporter.as_deref().is_some_and(|s| s.starts_with("DEST"));
+    let (inst, vpc) = if dest_side {
+        (p.dest_instance.as_ref(), p.dest_vpc.as_ref())
+    } else {
+        (p.src_instance.as_ref(), p.src_vpc.as_ref())
+    };
+    let s = |v: Option<&std::borrow::Cow<'_, str>>| v.map(|c| c.to_string());
+    let mut extra = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            extra.insert(k.into(), v.into());
+        }
+    };
+    put("reporter", s(p.reporter.as_ref()));
+    put(
+        "src_country",
+        s(p.src_location.as_ref().and_then(|l| l.country.as_ref())),
+    );
+    put(
+        "dest_country",
+        s(p.dest_location.as_ref().and_then(|l| l.country.as_ref())),
+    );
+    put(
+        "src_vm",
+        s(p.src_instance.as_ref().and_then(|i| i.vm_name.as_ref())),
+    );
+    put(
+        "dest_vm",
+        s(p.dest_instance.as_ref().and_then(|i| i.vm_name.as_ref())),
+    );
+    if let Some(rtt) = p.rtt_msec {
+        extra.insert("rtt_msec".into(), rtt.into());
+    }
+    let instance = s(inst.and_then(|i| i.vm_name.as_ref()));
+    let subnet = s(vpc.and_then(|v| v.subnetwork_name.as_ref()));
+    Flow {
+        source: Source::Gcp,
+        observer: s(r.project.as_ref()).unwrap_or_else(|| "gcp".into()),
+        interface: instance.clone().or(subnet.clone()).unwrap_or_default(),
+        start_ns: r.start_ns,
+        end_ns: r.end_ns,
+        src_ip: r.src_ip,
+        dst_ip: r.dst_ip,
+        src_port: r.src_port,
+        dst_port: r.dst_port,
+        protocol: r.protocol,
+        packets: r.packets,
+        bytes: r.bytes,
+        reverse_packets: 0,
+        reverse_bytes: 0,
+        tcp_flags: 0,
+        action: Action::Unknown,
+        sampling_rate,
+        cloud: CloudMeta {
+            vpc: s(vpc.and_then(|v| v.vpc_name.as_ref())),
+            subnet,
+            instance,
+            region: s(inst.and_then(|i| i.region.as_ref())),
+            zone: s(inst.and_then(|i| i.zone.as_ref())),
+            pkt_src_ip: None,
+            pkt_dst_ip: None,
+            direction: Some(if dest_side { "ingress" } else { "egress" }.into()),
+            extra,
+        },
+        sensor: None,
+    }
+}
+
+/// Where an Azure flow tuple was logged: its record's subscription, interface and network, and
+/// the rule that decided it.
+pub struct Where<'a> {
+    pub observer: &'a str,
+    /// The interface's MAC address.
+    pub interface: &'a str,
+    pub vpc: Option<&'a str>,
+    pub subnet: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    pub nsg: Option<&'a str>,
+}
+
+/// An Azure flow tuple in the flow model.
+pub fn flow(at: &Where<'_>, t: &azure::Tuple) -> Flow {
+    let mut extra = serde_json::Map::new();
+    if let Some(r) = at.rule {
+        extra.insert("rule".into(), r.into());
+    }
+    if let Some(n) = at.nsg {
+        extra.insert("nsg".into(), n.into());
+    }
+    extra.insert("state".into(), t.state.to_string().into());
+    if let Some(e) = &t.encryption {
+        extra.insert("encryption".into(), e.clone().into());
+    }
+    let ns = (t.time_ms.min(i64::MAX as u64 / 1_000_000) * 1_000_000) as i64;
+    Flow {
+        source: Source::Azure,
+        observer: at.observer.to_string(),
+        interface: at.interface.to_string(),
+        start_ns: ns,
+        end_ns: ns,
+        src_ip: t.src_ip,
+        dst_ip: t.dst_ip,
+        src_port: t.src_port,
+        dst_port: t.dst_port,
+        protocol: t.protocol,
+        packets: t.packets,
+        bytes: t.bytes,
+        reverse_packets: t.reverse_packets,
+        reverse_bytes: t.reverse_bytes,
+        tcp_flags: 0,
+        action: if t.allowed {
+            Action::Accept
+        } else {
+            Action::Reject
+        },
+        sampling_rate: 1.0,
+        cloud: CloudMeta {
+            vpc: at.vpc.map(str::to_string),
+            subnet: at.subnet.map(str::to_string),
+            direction: Some(if t.inbound { "ingress" } else { "egress" }.into()),
+            extra,
+            ..CloudMeta::default()
+        },
+        sensor: None,
+    }
+}

@@ -1,0 +1,81 @@
+//! The maintenance pass `serve` runs every `--maintenance-interval`: rollups and retention,
+//! snoozes that end, correlation of recent sensor flows with cloud records (a sensor's flow may
+//! arrive after the cloud's record of the same conversation), and coverage gaps.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, info, warn};
+
+use super::import::CORRELATION_TOLERANCE_NS;
+use crate::{
+    detect::{Config, Detectors, Feed, Input},
+    store::{Retention, Stores},
+    util::time::now_ns,
+};
+
+/// Correlation looks at cloud records that ended in the last 2 hours.
+const CORRELATE_WINDOW_NS: i64 = 7_200_000_000_000;
+/// Cloud flows of the last day are searched for addresses no sensor watches.
+const COVERAGE_GAP_WINDOW_NS: i64 = 86_400_000_000_000;
+
+/// Runs a pass every `interval` until `stop` is set (it sleeps in short steps, so a stop does
+/// not wait a whole interval).
+pub fn run(stores: Stores, retention: Retention, interval: Duration, stop: Arc<AtomicBool>) {
+    let mut coverage = Detectors::new(Feed::Coverage, &Config::default());
+    while !stop.load(Ordering::Relaxed) {
+        pass(&stores, &retention, &mut coverage, now_ns());
+        let t0 = Instant::now();
+        while t0.elapsed() < interval && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// One pass at `now`; each step logs its failure and the next one still runs.
+pub fn pass(stores: &Stores, retention: &Retention, coverage: &mut Detectors, now: i64) {
+    match stores.flows.maintain(now, retention) {
+        Ok(m) if m.deleted_raw + m.deleted_minutes + m.deleted_hours > 0 => info!(
+            rolled_up = m.rolled_up,
+            deleted_raw = m.deleted_raw,
+            deleted_1m = m.deleted_minutes,
+            deleted_1h = m.deleted_hours,
+            "rollups and retention"
+        ),
+        Ok(m) => debug!(rolled_up = m.rolled_up, "rollups"),
+        Err(e) => warn!(error = %format!("{e:#}"), "rollups and retention failed"),
+    }
+    match stores.state.wake_snoozed(now) {
+        Ok(0) => {}
+        Ok(n) => info!(alerts = n, "snoozed alerts are open again"),
+        Err(e) => warn!(error = %format!("{e:#}"), "waking snoozed alerts failed"),
+    }
+    match stores
+        .flows
+        .correlate(now - CORRELATE_WINDOW_NS, now, CORRELATION_TOLERANCE_NS)
+    {
+        Ok(0) => {}
+        Ok(links) => info!(links, "linked sensor flows to cloud flow log records"),
+        Err(e) => warn!(error = %format!("{e:#}"), "correlation failed"),
+    }
+    let gaps = stores.state.sensor_addresses().and_then(|watched| {
+        stores
+            .flows
+            .coverage_gaps(now - COVERAGE_GAP_WINDOW_NS, &watched)
+    });
+    match gaps {
+        Ok(g) => {
+            let sensors = stores.state.sensors().is_ok_and(|s| !s.is_empty());
+            let updates = coverage.observe(&Input::coverage(&g, sensors));
+            if let Err(e) = crate::alerts::record(stores.state.as_ref(), &updates) {
+                warn!(error = %format!("{e:#}"), "coverage gap alerts failed");
+            }
+        }
+        Err(e) => warn!(error = %format!("{e:#}"), "coverage gaps failed"),
+    }
+}

@@ -1,0 +1,251 @@
+//! `serve`, wired: the stores, then the components that run on them, each given what it
+//! depends on:
+//!
+//! - the maintenance pass (`pipeline::maintenance`), on a thread;
+//! - the watched directory (`pipeline::watch`), on a thread, when asked for;
+//! - the notification dispatcher (`notify::Dispatcher`), the REST API and the dashboard
+//!   (`api`, `web`, over `https` when given a certificate), on the async runtime;
+//! - the sensor ingest (`grpc` in front of `pipeline::ingest`), on the runtime and its threads.
+//!
+//! On SIGTERM or Ctrl-C: the gRPC server stops taking calls, then the HTTP server and the
+//! dispatcher stop, the watcher stops between files (an import cut short rolls back whole), and
+//! the sensor flows' detectors save what they learned.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use picket_proto::v1::sensor_ingest_server::SensorIngestServer;
+use tonic::transport::ServerTlsConfig;
+use tracing::{info, warn};
+
+use crate::{
+    detect, grpc, notify,
+    pipeline::{maintenance, watch::Watcher},
+    store::{Retention, StateStore, Stores},
+};
+
+/// Everything `serve` is told.
+pub struct Config {
+    /// Where the embedded store lives.
+    pub data_dir: PathBuf,
+    /// Address for sensors (gRPC).
+    pub grpc_listen: SocketAddr,
+    /// TLS for the gRPC listener (with client certificates when it names a CA).
+    pub grpc_tls: Option<ServerTlsConfig>,
+    /// Address for the dashboard and the REST API.
+    pub http_listen: SocketAddr,
+    /// TLS for the HTTP listener.
+    pub https: Option<Arc<rustls::ServerConfig>>,
+    /// The watched import directory and the GCP subnets' sampling rate for its files.
+    pub watch: Option<(PathBuf, f64)>,
+    pub retention: Retention,
+    pub maintenance_interval: Duration,
+    pub detect: detect::Config,
+    /// The dashboard's URL as users reach it: messages link to their alert there.
+    pub public_url: Option<String>,
+    pub retry: notify::Retry,
+}
+
+/// How often the watched directory is scanned; a file is imported once it is unchanged over one
+/// interval.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Checks what the flags cannot say alone.
+fn check(c: &Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=100).contains(&c.retry.max_attempts),
+        "--notify-max-attempts must be 1 to 100"
+    );
+    anyhow::ensure!(
+        (1..=3600).contains(&c.maintenance_interval.as_secs()),
+        "--maintenance-interval must be 1 to 3600 seconds"
+    );
+    if let Some(u) = &c.public_url {
+        anyhow::ensure!(
+            u.starts_with("http://") || u.starts_with("https://"),
+            "--public-url: `{u}` must start with http:// or https://"
+        );
+    }
+    if let Some((_, rate)) = &c.watch {
+        anyhow::ensure!(
+            *rate > 0.0 && *rate <= 1.0,
+            "--gcp-sampling-rate must be in (0, 1], got {rate}"
+        );
+    }
+    Ok(())
+}
+
+/// At the first start (no users yet), creates the dashboard user `admin` and prints its
+/// password once.
+fn first_admin(store: &dyn StateStore) -> anyhow::Result<()> {
+    if !store.users()?.is_empty() {
+        return Ok(());
+    }
+    let pw = crate::auth::new_password()?;
+    store.add_user(
+        "admin",
+        &crate::auth::hash_password(&pw)?,
+        crate::model::Role::Admin,
+        crate::util::time::now_ns(),
+    )?;
+    // Printed, not logged as a field, so it is plainly visible once; it is never shown again.
+    eprintln!(
+        "picket-controlplane: first start: created the dashboard user `admin` with password {pw}\n\
+         picket-controlplane: it is shown only now; change it with `picket-controlplane users --data-dir DIR passwd admin`"
+    );
+    Ok(())
+}
+
+/// Serves until SIGTERM or Ctrl-C.
+pub fn run(c: Config) -> anyhow::Result<()> {
+    check(&c)?;
+    let stores = Stores::embedded(&c.data_dir)?;
+    first_admin(stores.state.as_ref())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (stores, stop, retention, every) = (
+            stores.clone(),
+            stop.clone(),
+            c.retention,
+            c.maintenance_interval,
+        );
+        std::thread::Builder::new()
+            .name("maintenance".into())
+            .spawn(move || maintenance::run(stores, retention, every, stop))?;
+    }
+    if let Some((dir, rate)) = &c.watch {
+        let mut w = Watcher::new(dir, stores.clone(), &c.detect, *rate)?;
+        info!(dir = %dir.display(), "watching for cloud flow log files in aws/, gcp/ and azure/");
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("watch-dir".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    w.scan();
+                    std::thread::sleep(WATCH_INTERVAL);
+                }
+            })?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(c, stores, stop))
+}
+
+/// The runtime's part: HTTP (dashboard, API), notifications, the sensor ingest.
+async fn serve(c: Config, stores: Stores, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let (stop_http, mut http_stop) = tokio::sync::watch::channel(false);
+    let dispatcher = tokio::spawn(
+        notify::Dispatcher {
+            store: stores.state.clone(),
+            sender: notify::Sender::new(c.public_url.clone())?,
+            retry: c.retry,
+        }
+        .run(stop_http.subscribe()),
+    );
+    let secure_cookies = c.https.is_some()
+        || c.public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
+    let router = crate::api::router(stores.clone(), crate::api::Options { secure_cookies });
+    let http = tokio::net::TcpListener::bind(c.http_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (--http-listen): {e}", c.http_listen))?;
+    info!(
+        http = %http.local_addr()?,
+        https = c.https.is_some(),
+        "web dashboard on /, REST API on /api/v1/"
+    );
+    if c.https.is_none() && !c.http_listen.ip().is_loopback() {
+        warn!(
+            "the dashboard and the API are plain HTTP on a non-loopback address (no \
+             --http-tls-cert): passwords and sessions travel in clear unless a TLS proxy \
+             is in front"
+        );
+    }
+    let shutdown_http = async move {
+        let _ = http_stop.changed().await;
+    };
+    let api = match c.https.clone() {
+        Some(cfg) => tokio::spawn(
+            axum::serve(crate::https::TlsListener::new(http, cfg)?, router)
+                .with_graceful_shutdown(shutdown_http)
+                .into_future(),
+        ),
+        None => tokio::spawn(
+            axum::serve(http, router)
+                .with_graceful_shutdown(shutdown_http)
+                .into_future(),
+        ),
+    };
+    let baselines_saved = serve_grpc(&c, stores).await?;
+    let _ = stop_http.send(true);
+    let _ = dispatcher.await;
+    stop.store(true, Ordering::Relaxed);
+    api.await??;
+    // What the sensor baselines learned since their last save is saved as the ingest ends.
+    if let Some(saved) = baselines_saved {
+        let waited =
+            tokio::task::spawn_blocking(move || saved.recv_timeout(Duration::from_secs(10))).await;
+        if !matches!(waited, Ok(Ok(()))) {
+            warn!(
+                "the sensor baselines were not saved at the stop; the last 30 s of learning may be relearned"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Serves the sensor ingest until SIGTERM or Ctrl-C; returns what tells when the sensor flows'
+/// detectors saved their state.
+async fn serve_grpc(
+    c: &Config,
+    stores: Stores,
+) -> anyhow::Result<Option<std::sync::mpsc::Receiver<()>>> {
+    let listener = tokio::net::TcpListener::bind(c.grpc_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (--grpc-listen): {e}", c.grpc_listen))?;
+    info!(
+        grpc = %listener.local_addr()?,
+        tls = c.grpc_tls.is_some(),
+        data_dir = %c.data_dir.display(),
+        "control plane serving sensor ingest"
+    );
+    if c.grpc_tls.is_none() {
+        warn!("the sensor ingest is plain text (no --tls-cert): sensor keys travel in clear");
+    }
+    let ingest = grpc::IngestService::new(stores, c.detect);
+    let saved = ingest.finished();
+    let svc = SensorIngestServer::new(ingest).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("stopping");
+    };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = c.grpc_tls.clone() {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?;
+    }
+    builder
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(saved)
+}

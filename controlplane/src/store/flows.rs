@@ -1,0 +1,251 @@
+//! The flow store: flows of every source and what is derived from them (chunks, rollups,
+//! correlation links), with the marks that make a sensor batch or a flow-log file count exactly
+//! once. The data that grows with the traffic.
+
+use std::{collections::HashSet, net::IpAddr};
+
+use crate::model::{Flow, FlowSink, ImportedFile, SensorBatch, Source};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    Duplicate,
+}
+
+/// Sums over stored flows (for tests, the demo and the API's summaries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTotals {
+    pub records: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub reverse_packets: u64,
+    pub reverse_bytes: u64,
+}
+
+/// A flows query (the REST API's filters); newest first, keyset-paged by id.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FlowQuery {
+    /// Either end of the flow.
+    pub ip: Option<IpAddr>,
+    /// Either port.
+    pub port: Option<u16>,
+    pub protocol: Option<u8>,
+    /// Flows that end at or after this time.
+    pub since_ns: Option<i64>,
+    /// Flows that start before this time.
+    pub until_ns: Option<i64>,
+    pub source: Option<Source>,
+    /// Only flows with a smaller id (the previous page's cursor).
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// A stored flow, as the API returns it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FlowRow {
+    pub id: i64,
+    pub source: String,
+    /// Sensor name, or cloud account / project / subscription.
+    pub observer: String,
+    pub interface: String,
+    pub src_ip: String,
+    pub dst_ip: String,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub packets: i64,
+    pub bytes: i64,
+    pub reverse_packets: i64,
+    pub reverse_bytes: i64,
+    pub tcp_flags: u8,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// "accept", "reject", or "" (unknown).
+    pub action: String,
+    pub sampling_rate: f64,
+    /// ingress/egress (cloud) or the sensor's observed side.
+    pub direction: String,
+    pub vpc: Option<String>,
+    pub subnet: Option<String>,
+    pub instance: Option<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub pkt_src_ip: Option<String>,
+    pub pkt_dst_ip: Option<String>,
+    /// Cloud extras, or the sensor's pod context.
+    pub extra: Option<serde_json::Value>,
+    /// Flows of the other kind (sensor / cloud) linked to this one as the same conversation.
+    pub correlated: i64,
+}
+
+/// What `/api/v1/top` ranks by: both directions' bytes or packets, or flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopBy {
+    Bytes,
+    Packets,
+    Flows,
+}
+
+/// What `/api/v1/top` groups by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopGroup {
+    SrcIp,
+    DstIp,
+    /// Source and destination address.
+    Pair,
+    /// Destination port and protocol.
+    DstPort,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopQuery {
+    pub by: TopBy,
+    pub group: TopGroup,
+    /// Flows that end at or after this time.
+    pub since_ns: i64,
+    /// Flows that start before this time.
+    pub until_ns: Option<i64>,
+    pub source: Option<Source>,
+    pub limit: usize,
+}
+
+/// One row of a top-N: the group's key and its totals over both directions.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TopRow {
+    /// An address, `src -> dst`, or `port/protocol`.
+    pub key: String,
+    pub flows: i64,
+    pub packets: i64,
+    pub bytes: i64,
+}
+
+/// An internal address seen in cloud flow logs but on no sensor's interface.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CoverageGap {
+    pub ip: String,
+    pub first_seen_ns: i64,
+    pub last_seen_ns: i64,
+    /// Cloud flows it appears in.
+    pub flows: i64,
+    /// Cloud accounts / projects / subscriptions that logged it.
+    pub observers: Vec<String>,
+    pub vpcs: Vec<String>,
+}
+
+/// One conversation of the 1-hour rollups (source port dropped), summed over a time range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conversation {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub reverse_packets: u64,
+    pub reverse_bytes: u64,
+    /// Flows whose destination answered: a completed TCP handshake (not a RST), return
+    /// traffic of other protocols, or a cloud's accept.
+    pub answered: u64,
+    pub first_ns: i64,
+    pub last_ns: i64,
+}
+
+/// How long each level is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub raw_ns: i64,
+    pub minute_ns: i64,
+    pub hour_ns: i64,
+}
+
+impl Default for Retention {
+    /// 7 days of raw flows, 30 of minutes, 400 of hours.
+    fn default() -> Self {
+        const DAY: i64 = 86_400_000_000_000;
+        Retention {
+            raw_ns: 7 * DAY,
+            minute_ns: 30 * DAY,
+            hour_ns: 400 * DAY,
+        }
+    }
+}
+
+/// What one maintenance pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Raw flows added to the rollups.
+    pub rolled_up: u64,
+    pub deleted_raw: u64,
+    pub deleted_minutes: u64,
+    pub deleted_hours: u64,
+}
+
+pub trait FlowStore: Send + Sync + 'static {
+    /// Stores a batch once: a batch already stored is reported as a duplicate.
+    fn store_batch(&self, b: &SensorBatch, now_ns: i64) -> anyhow::Result<Stored> {
+        self.store_batches(&[b], now_ns)?
+            .pop()
+            .expect("one result per batch")
+    }
+    /// Stores several sensors' batches in one transaction (group commit), each batch all or
+    /// nothing on its own: one result per batch, in order. The outer error means none was
+    /// stored.
+    fn store_batches(
+        &self,
+        batches: &[&SensorBatch],
+        now_ns: i64,
+    ) -> anyhow::Result<Vec<anyhow::Result<Stored>>>;
+    /// The highest batch id stored for a sensor's instance (0: none): the sensor may drop its
+    /// spool up to it.
+    fn last_stored_batch(&self, instance_id: &str) -> anyhow::Result<u64>;
+    /// Stores flows of the common model, in one transaction.
+    fn insert_flows(&self, flows: &[Flow]) -> anyhow::Result<()>;
+    /// Imports one file exactly once: `fill` hands the file's flows to the sink it is given,
+    /// and they commit in one transaction with the file's digest, whose summary `fill` returns.
+    /// Ok(None), with nothing stored, when a file with the same digest was imported before.
+    /// (The digest is the proof that the file's flows are stored, as a batch id is for a
+    /// sensor's: it lives with them.)
+    fn import_file_once(
+        &self,
+        file: &ImportedFile,
+        now_ns: i64,
+        fill: &mut dyn FnMut(&mut FlowSink<'_>) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Option<String>>;
+    /// Totals over the flows of one sensor (all sensors if None).
+    fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals>;
+    /// Totals over the flows of one source.
+    fn source_totals(&self, source: Source) -> anyhow::Result<FlowTotals>;
+    /// Totals of one rollup level ("1m" or "1h") for one source.
+    fn rollup_totals(&self, level: &str, source: Source) -> anyhow::Result<FlowTotals>;
+    /// Links sensor flows to the cloud flows (ending in [since_ns, until_ns]) of the same
+    /// conversation: same 5-tuple either way round, or the cloud's packet addresses (NAT), with
+    /// times overlapping within `tolerance_ns`. A linked sensor flow takes the cloud's VPC,
+    /// subnet, instance, region, zone and action where it has none. Returns the new links.
+    fn correlate(&self, since_ns: i64, until_ns: i64, tolerance_ns: i64) -> anyhow::Result<u64>;
+    /// Internal addresses (RFC 1918, CGNAT, ULA) in cloud flows ending since `since_ns` that
+    /// are not in `watched` (the sensors' interface addresses), by address.
+    fn coverage_gaps(
+        &self,
+        since_ns: i64,
+        watched: &HashSet<IpAddr>,
+    ) -> anyhow::Result<Vec<CoverageGap>>;
+    /// Adds the flows stored since the last pass to the 1-minute and 1-hour rollups (each flow
+    /// once, by id, in the bucket of its end), then deletes what is older than `retention`
+    /// allows at `now_ns` (raw flows only once rolled up).
+    fn maintain(&self, now_ns: i64, retention: &Retention) -> anyhow::Result<Maintenance>;
+    /// The top talkers (or destinations, pairs, ports) of a time range.
+    fn top(&self, q: &TopQuery) -> anyhow::Result<Vec<TopRow>>;
+    /// Flows matching `q`, newest first.
+    fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>>;
+    /// Conversations of the 1-hour rollups with a bucket in [since, until), summed; only those
+    /// of `ip` when given.
+    fn conversations(
+        &self,
+        since_ns: i64,
+        until_ns: i64,
+        ip: Option<IpAddr>,
+    ) -> anyhow::Result<Vec<Conversation>>;
+    /// (hour bucket, flows) of `ip`'s conversations in [since, until).
+    fn hourly(&self, ip: IpAddr, since_ns: i64, until_ns: i64) -> anyhow::Result<Vec<(i64, u64)>>;
+}

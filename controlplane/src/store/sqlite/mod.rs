@@ -1,0 +1,444 @@
+//! The embedded store: both the flow store and the state store on one SQLite file in the data
+//! dir (WAL, one writer). What `serve` and the CLI use unless told otherwise; the demo and a
+//! small site need nothing else.
+//!
+//! Durability: a batch and its "stored" mark are written in one transaction before the sensor is
+//! acknowledged, so what was acknowledged survives `kill -9`, and a replayed batch is recognised
+//! by (instance_id, batch_id) and not stored twice. The same holds for a flow-log file and its
+//! digest.
+//!
+//! Each file holds the SQL of one concern as functions over a connection; the trait
+//! implementations below only take the connection and call them.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use rusqlite::Connection;
+
+use crate::{
+    model::{
+        Alert, AlertQuery, Change, Flow, FlowSink, Heartbeat, HistoryEntry, ImportedFile,
+        Registration, Role, SensorBatch, Source,
+    },
+    store::{
+        AlertTx, Alerts, Conversation, Counts, CoverageGap, EntityContext, FlowQuery, FlowRow,
+        FlowStore, FlowTotals, Maintenance, Notifications, NotifierRow, Pending, Retention,
+        SensorRow, Sensors, Settings, Stored, TopQuery, TopRow,
+    },
+};
+
+mod access;
+mod alerts;
+mod checkpoint;
+mod chunks;
+mod correlate;
+mod notifications;
+mod query;
+mod rollups;
+mod schema;
+mod sensors;
+mod settings;
+mod triage;
+mod write;
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    /// Stops the checkpoint thread when the store is dropped.
+    _checkpointer: checkpoint::Handle,
+}
+
+/// What the WAL file is cut back to after a checkpoint reset it.
+const WAL_KEEP_BYTES: i64 = 64 << 20;
+
+fn i(v: u64) -> i64 {
+    // SQLite integers are signed 64-bit: counters beyond 2^63 saturate rather than wrap.
+    v.min(i64::MAX as u64) as i64
+}
+
+impl SqliteStore {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let path = data_dir.join("picket.db");
+        let conn =
+            Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // WAL: readers do not block the writer. synchronous=NORMAL survives a process crash
+        // (kill -9) with every committed transaction; FULL would add power-loss safety.
+        // 16 KiB pages for a new database (an existing one keeps its size): a quarter of the
+        // B-tree pages and WAL frames per flow (docs/performance.md).
+        conn.pragma_update(None, "page_size", 16384)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // A 64 MiB page cache and memory-mapped reads: with SQLite's 2 MiB default, inserting
+        // into the flow indexes spent most of its time copying pages in and out of the kernel.
+        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(schema::SCHEMA)
+            .context("creating the schema")?;
+        let mut conn = conn;
+        schema::migrate(&mut conn)?;
+        // Checkpoints run on their own thread, off the writer's path (import: 168k -> 228k
+        // records/s into the store alone).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
+        let checkpointer = checkpoint::start(&path)?;
+        Ok(Arc::new(SqliteStore {
+            conn: Mutex::new(conn),
+            _checkpointer: checkpointer,
+        }))
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FlowStore for SqliteStore {
+    fn store_batches(
+        &self,
+        batches: &[&SensorBatch],
+        now_ns: i64,
+    ) -> anyhow::Result<Vec<anyhow::Result<Stored>>> {
+        write::store_batches(&mut self.conn(), batches, now_ns)
+    }
+
+    fn last_stored_batch(&self, instance_id: &str) -> anyhow::Result<u64> {
+        write::last_stored_batch(&self.conn(), instance_id)
+    }
+
+    fn insert_flows(&self, flows: &[Flow]) -> anyhow::Result<()> {
+        if flows.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        write::insert_flows_tx(&tx, flows)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn import_file_once(
+        &self,
+        file: &ImportedFile,
+        now_ns: i64,
+        fill: &mut dyn FnMut(&mut FlowSink<'_>) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Option<String>> {
+        write::import_file_once(&mut self.conn(), file, now_ns, fill)
+    }
+
+    fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals> {
+        query::flow_totals(&self.conn(), sensor)
+    }
+
+    fn source_totals(&self, source: Source) -> anyhow::Result<FlowTotals> {
+        query::source_totals(&self.conn(), source)
+    }
+
+    fn rollup_totals(&self, level: &str, source: Source) -> anyhow::Result<FlowTotals> {
+        rollups::rollup_totals(&self.conn(), level, source)
+    }
+
+    fn correlate(&self, since_ns: i64, until_ns: i64, tolerance_ns: i64) -> anyhow::Result<u64> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let new = correlate::correlate(&tx, since_ns, until_ns, tolerance_ns)?;
+        tx.commit()?;
+        Ok(new)
+    }
+
+    fn coverage_gaps(
+        &self,
+        since_ns: i64,
+        watched: &HashSet<IpAddr>,
+    ) -> anyhow::Result<Vec<CoverageGap>> {
+        query::coverage_gaps(&self.conn(), since_ns, watched)
+    }
+
+    fn maintain(&self, now_ns: i64, retention: &Retention) -> anyhow::Result<Maintenance> {
+        rollups::maintain(&mut self.conn(), now_ns, retention)
+    }
+
+    fn top(&self, q: &TopQuery) -> anyhow::Result<Vec<TopRow>> {
+        query::top(&self.conn(), q)
+    }
+
+    fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>> {
+        query::query_flows(&self.conn(), q)
+    }
+
+    fn conversations(
+        &self,
+        since_ns: i64,
+        until_ns: i64,
+        ip: Option<IpAddr>,
+    ) -> anyhow::Result<Vec<Conversation>> {
+        rollups::conversations(&self.conn(), since_ns, until_ns, ip)
+    }
+
+    fn hourly(&self, ip: IpAddr, since_ns: i64, until_ns: i64) -> anyhow::Result<Vec<(i64, u64)>> {
+        rollups::hourly(&self.conn(), ip, since_ns, until_ns)
+    }
+}
+
+impl Sensors for SqliteStore {
+    fn add_sensor(&self, name: &str, key_hash: &str, now_ns: i64) -> anyhow::Result<()> {
+        sensors::add_sensor(&self.conn(), name, key_hash, now_ns)
+    }
+
+    fn revoke_sensor(&self, name: &str, now_ns: i64) -> anyhow::Result<bool> {
+        sensors::revoke_sensor(&self.conn(), name, now_ns)
+    }
+
+    fn sensors(&self) -> anyhow::Result<Vec<SensorRow>> {
+        sensors::sensors(&self.conn())
+    }
+
+    fn sensor_for_key(&self, key_hash: &str) -> anyhow::Result<Option<String>> {
+        sensors::sensor_for_key(&self.conn(), key_hash)
+    }
+
+    fn register(&self, sensor: &str, req: &Registration, now_ns: i64) -> anyhow::Result<()> {
+        sensors::register(&self.conn(), sensor, req, now_ns)
+    }
+
+    fn heartbeat(&self, sensor: &str, req: &Heartbeat, now_ns: i64) -> anyhow::Result<()> {
+        sensors::heartbeat(&self.conn(), sensor, req, now_ns)
+    }
+
+    fn sensor_addresses(&self) -> anyhow::Result<HashSet<IpAddr>> {
+        sensors::sensor_addresses(&self.conn())
+    }
+}
+
+impl Alerts for SqliteStore {
+    fn alert_transaction(
+        &self,
+        work: &mut dyn FnMut(&mut dyn AlertTx) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        alerts::transaction(&mut self.conn(), work)
+    }
+
+    fn alerts(&self, q: &AlertQuery) -> anyhow::Result<Vec<Alert>> {
+        alerts::alerts(&self.conn(), q)
+    }
+
+    fn alert(&self, id: i64) -> anyhow::Result<Option<Alert>> {
+        alerts::alert(&self.conn(), id)
+    }
+
+    fn change_alert(
+        &self,
+        id: i64,
+        changes: &[Change],
+        actor: &str,
+        now_ns: i64,
+    ) -> anyhow::Result<Option<Alert>> {
+        triage::change_alert(&mut self.conn(), id, changes, actor, now_ns)
+    }
+
+    fn alert_history(&self, id: i64) -> anyhow::Result<Vec<HistoryEntry>> {
+        triage::alert_history(&self.conn(), id)
+    }
+
+    fn wake_snoozed(&self, now_ns: i64) -> anyhow::Result<u64> {
+        triage::wake_snoozed(&mut self.conn(), now_ns)
+    }
+
+    fn entity_context(&self) -> anyhow::Result<EntityContext> {
+        alerts::entity_context(&self.conn())
+    }
+}
+
+impl Notifications for SqliteStore {
+    fn notifiers(&self) -> anyhow::Result<Vec<NotifierRow>> {
+        notifications::notifiers(&self.conn())
+    }
+
+    fn add_notifier(&self, n: &NotifierRow, now_ns: i64) -> anyhow::Result<()> {
+        notifications::add_notifier(&self.conn(), n, now_ns)
+    }
+
+    fn remove_notifier(&self, name: &str) -> anyhow::Result<Option<u64>> {
+        notifications::remove_notifier(&mut self.conn(), name)
+    }
+
+    fn notification_counts(&self) -> anyhow::Result<Vec<(String, Counts)>> {
+        notifications::notification_counts(&self.conn())
+    }
+
+    fn due_notifications(&self, now_ns: i64, limit: usize) -> anyhow::Result<Vec<Pending>> {
+        notifications::due_notifications(&self.conn(), now_ns, limit)
+    }
+
+    fn notification_delivered(&self, id: i64, attempts: u32, now_ns: i64) -> anyhow::Result<()> {
+        notifications::notification_delivered(&self.conn(), id, attempts, now_ns)
+    }
+
+    fn notification_failed(
+        &self,
+        id: i64,
+        attempts: u32,
+        next_ns: Option<i64>,
+        error: &str,
+        now_ns: i64,
+    ) -> anyhow::Result<()> {
+        notifications::notification_failed(&self.conn(), id, attempts, next_ns, error, now_ns)
+    }
+}
+
+impl Settings for SqliteStore {
+    fn watchlist(&self) -> anyhow::Result<Vec<(String, String)>> {
+        settings::watchlist(&self.conn())
+    }
+
+    fn add_watchlist(&self, entries: &[(String, String)], now_ns: i64) -> anyhow::Result<usize> {
+        settings::add_watchlist(&mut self.conn(), entries, now_ns)
+    }
+
+    fn remove_watchlist(&self, cidr: &str) -> anyhow::Result<bool> {
+        settings::remove_watchlist(&self.conn(), cidr)
+    }
+
+    fn allowlist(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        settings::allowlist(&self.conn())
+    }
+
+    fn add_allowlist(
+        &self,
+        cidr: &str,
+        alert_type: &str,
+        label: &str,
+        now_ns: i64,
+    ) -> anyhow::Result<bool> {
+        settings::add_allowlist(&mut self.conn(), cidr, alert_type, label, now_ns)
+    }
+
+    fn remove_allowlist(&self, cidr: &str, alert_type: &str) -> anyhow::Result<bool> {
+        settings::remove_allowlist(&self.conn(), cidr, alert_type)
+    }
+
+    fn sensitivities(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        settings::sensitivities(&self.conn())
+    }
+
+    fn set_sensitivity(
+        &self,
+        cidr: &str,
+        alert_type: &str,
+        level: &str,
+        now_ns: i64,
+    ) -> anyhow::Result<bool> {
+        settings::set_sensitivity(&mut self.conn(), cidr, alert_type, level, now_ns)
+    }
+
+    fn remove_sensitivity(&self, cidr: &str, alert_type: &str) -> anyhow::Result<bool> {
+        settings::remove_sensitivity(&self.conn(), cidr, alert_type)
+    }
+
+    fn detector_state(&self, detector: &str) -> anyhow::Result<Vec<(String, String)>> {
+        settings::detector_state(&self.conn(), detector)
+    }
+
+    fn save_detector_state(
+        &self,
+        detector: &str,
+        entries: &[(String, Option<String>, i64)],
+    ) -> anyhow::Result<()> {
+        settings::save_detector_state(&mut self.conn(), detector, entries)
+    }
+}
+
+/// The role column: unknown roles (a newer version's) get the least rights.
+fn role(s: String) -> Role {
+    Role::parse(&s).unwrap_or(Role::Viewer)
+}
+
+#[cfg(test)]
+mod testing {
+    //! What the embedded store's tests share.
+    use super::*;
+    use crate::model::SensorBatch;
+
+    /// A sensor's flow (its observer is set by [`batch`]).
+    pub(super) fn flow(packets: u64) -> Flow {
+        Flow {
+            source: Source::Sensor,
+            observer: String::new(),
+            interface: "eth0".into(),
+            start_ns: 0,
+            end_ns: 0,
+            src_ip: [10, 0, 0, 1].into(),
+            dst_ip: [10, 0, 0, 2].into(),
+            src_port: 40000,
+            dst_port: 443,
+            protocol: 6,
+            packets,
+            bytes: packets * 100,
+            reverse_packets: 0,
+            reverse_bytes: 0,
+            tcp_flags: 0,
+            action: crate::model::Action::Unknown,
+            sampling_rate: 1.0,
+            cloud: Default::default(),
+            sensor: Some(Box::default()),
+        }
+    }
+
+    pub(super) fn batch(sensor: &str, instance: &str, id: u64, flows: Vec<Flow>) -> SensorBatch {
+        SensorBatch {
+            sensor: sensor.into(),
+            instance_id: instance.into(),
+            batch_id: id,
+            flows: flows
+                .into_iter()
+                .map(|f| Flow {
+                    observer: sensor.into(),
+                    ..f
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Makes the insert of any flow of `packets` packets fail, as a full disk would.
+    pub(super) fn fail_flows_of(s: &SqliteStore, packets: u64) {
+        s.conn()
+            .execute_batch(&format!(
+                "CREATE TEMP TRIGGER fail BEFORE INSERT ON flows WHEN NEW.packets = {packets} \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+            ))
+            .expect("trigger");
+    }
+
+    pub(super) fn cloud_flow(src: &str, dport: u16, end_s: i64, packets: u64) -> Flow {
+        Flow {
+            source: Source::Aws,
+            observer: "123456789010".into(),
+            interface: "eni-1".into(),
+            start_ns: (end_s - 60) * 1_000_000_000,
+            end_ns: end_s * 1_000_000_000,
+            src_ip: src.parse().expect("ip"),
+            dst_ip: "10.0.0.5".parse().expect("ip"),
+            src_port: 40000 + dport,
+            dst_port: dport,
+            protocol: 6,
+            packets,
+            bytes: packets * 100,
+            reverse_packets: 1,
+            reverse_bytes: 60,
+            tcp_flags: 2,
+            action: crate::model::Action::Accept,
+            sampling_rate: 1.0,
+            cloud: Default::default(),
+            sensor: None,
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Rollups of 1 minute and 1 hour (conversations, source port dropped), retention, and the
+//! entity views' reads of the 1-hour rollups.
+
+use std::net::IpAddr;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::query::totals_row;
+use crate::{
+    model::Source,
+    store::{Conversation, FlowTotals, Maintenance, Retention},
+};
+
+/// Whether a flow's destination really answered (SQL over a `flows` row): a TCP handshake it
+/// completed (SYN-ACK back; a RST is a closed port), any return traffic of other protocols, or,
+/// in a one-way cloud record, the cloud's accept.
+const ANSWERED: &str = "CASE WHEN source = 'sensor' THEN \
+     CASE WHEN protocol = 6 THEN (reverse_tcp_flags & 18) = 18 ELSE reverse_packets > 0 END \
+     ELSE action = 'accept' OR reverse_packets > 0 END";
+
+pub(super) fn maintain(
+    c: &mut Connection,
+    now_ns: i64,
+    retention: &Retention,
+) -> anyhow::Result<Maintenance> {
+    let mut m = Maintenance::default();
+    let tx = c.transaction()?;
+    let last: i64 = tx
+        .query_row(
+            "SELECT last_flow_id FROM rollup_state WHERE name = 'flows'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let max: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM flows", [], |r| r.get(0))?;
+    if max > last {
+        for (table, width) in [
+            ("flows_1m", 60_000_000_000i64),
+            ("flows_1h", 3_600_000_000_000),
+        ] {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {table} (bucket_ns, source, observer, src_ip, dst_ip, \
+                     dst_port, protocol, action, flows, packets, bytes, reverse_packets, \
+                     reverse_bytes, answered) \
+                     SELECT end_ns - (end_ns % {width}), source, sensor, src_ip, dst_ip, \
+                     dst_port, protocol, action, COUNT(*), SUM(packets), SUM(bytes), \
+                     SUM(reverse_packets), SUM(reverse_bytes), SUM({ANSWERED}) FROM flows \
+                     WHERE id > ?1 AND id <= ?2 \
+                     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 \
+                     ON CONFLICT DO UPDATE SET flows = flows + excluded.flows, \
+                     packets = packets + excluded.packets, bytes = bytes + excluded.bytes, \
+                     reverse_packets = reverse_packets + excluded.reverse_packets, \
+                     reverse_bytes = reverse_bytes + excluded.reverse_bytes, \
+                     answered = answered + excluded.answered"
+                ),
+                params![last, max],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO rollup_state (name, last_flow_id) VALUES ('flows', ?1) \
+             ON CONFLICT (name) DO UPDATE SET last_flow_id = excluded.last_flow_id",
+            [max],
+        )?;
+        m.rolled_up = (max - last) as u64;
+    }
+    // Raw flows go only once rolled up (id <= max, all of which now are), and never the
+    // row with the highest id: SQLite would give its id to the next flow, which the rollup
+    // watermark would then skip.
+    let cutoff = now_ns - retention.raw_ns;
+    tx.execute(
+        "DELETE FROM flow_links WHERE sensor_flow IN (SELECT id FROM flows WHERE end_ns < ?1 AND id < ?2) \
+         OR cloud_flow IN (SELECT id FROM flows WHERE end_ns < ?1 AND id < ?2)",
+        params![cutoff, max],
+    )?;
+    m.deleted_raw = tx.execute(
+        "DELETE FROM flows WHERE end_ns < ?1 AND id < ?2",
+        params![cutoff, max],
+    )? as u64;
+    // Chunks all of whose flows are gone.
+    tx.execute(
+        "DELETE FROM flow_chunks WHERE max_end_ns < ?1 AND last_id < ?2",
+        params![cutoff, max],
+    )?;
+    m.deleted_minutes = tx.execute(
+        "DELETE FROM flows_1m WHERE bucket_ns < ?1",
+        [now_ns - retention.minute_ns],
+    )? as u64;
+    m.deleted_hours = tx.execute(
+        "DELETE FROM flows_1h WHERE bucket_ns < ?1",
+        [now_ns - retention.hour_ns],
+    )? as u64;
+    tx.commit()?;
+    Ok(m)
+}
+
+pub(super) fn rollup_totals(
+    c: &Connection,
+    level: &str,
+    source: Source,
+) -> anyhow::Result<FlowTotals> {
+    let table = match level {
+        "1m" => "flows_1m",
+        "1h" => "flows_1h",
+        _ => anyhow::bail!("no rollup level `{level}` (1m or 1h)"),
+    };
+    Ok(c.query_row(
+        &format!(
+            "SELECT COALESCE(SUM(flows), 0), COALESCE(SUM(packets), 0), \
+             COALESCE(SUM(bytes), 0), COALESCE(SUM(reverse_packets), 0), \
+             COALESCE(SUM(reverse_bytes), 0) FROM {table} WHERE source = ?1"
+        ),
+        [source.as_str()],
+        totals_row,
+    )?)
+}
+
+pub(super) fn conversations(
+    c: &Connection,
+    since_ns: i64,
+    until_ns: i64,
+    ip: Option<IpAddr>,
+) -> anyhow::Result<Vec<Conversation>> {
+    let mut st = c.prepare_cached(
+        "SELECT src_ip, dst_ip, dst_port, protocol, SUM(flows), SUM(packets), SUM(bytes), \
+         SUM(reverse_packets), SUM(reverse_bytes), SUM(answered), MIN(bucket_ns), \
+         MAX(bucket_ns) FROM flows_1h \
+         WHERE bucket_ns >= ?1 AND bucket_ns < ?2 AND (?3 IS NULL OR src_ip = ?3 OR dst_ip = ?3) \
+         GROUP BY src_ip, dst_ip, dst_port, protocol",
+    )?;
+    let rows = st.query_map(
+        params![since_ns, until_ns, ip.map(|i| i.to_string())],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                Conversation {
+                    src: IpAddr::from([0, 0, 0, 0]),
+                    dst: IpAddr::from([0, 0, 0, 0]),
+                    dst_port: r.get(2)?,
+                    protocol: r.get(3)?,
+                    flows: r.get::<_, i64>(4)? as u64,
+                    packets: r.get::<_, i64>(5)? as u64,
+                    bytes: r.get::<_, i64>(6)? as u64,
+                    reverse_packets: r.get::<_, i64>(7)? as u64,
+                    reverse_bytes: r.get::<_, i64>(8)? as u64,
+                    answered: r.get::<_, i64>(9)? as u64,
+                    first_ns: r.get(10)?,
+                    last_ns: r.get::<_, i64>(11)? + 3_600_000_000_000,
+                },
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (src, dst, mut conv) = r?;
+        // Rows are written from parsed addresses; anything else is skipped.
+        if let (Ok(s), Ok(d)) = (src.parse(), dst.parse()) {
+            conv.src = s;
+            conv.dst = d;
+            out.push(conv);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn hourly(
+    c: &Connection,
+    ip: IpAddr,
+    since_ns: i64,
+    until_ns: i64,
+) -> anyhow::Result<Vec<(i64, u64)>> {
+    let mut st = c.prepare_cached(
+        "SELECT bucket_ns, SUM(flows) FROM flows_1h WHERE bucket_ns >= ?1 AND bucket_ns < ?2 \
+         AND (src_ip = ?3 OR dst_ip = ?3) GROUP BY bucket_ns ORDER BY bucket_ns",
+    )?;
+    let rows = st.query_map(params![since_ns, until_ns, ip.to_string()], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::cloud_flow;
+    use super::*;
+    use crate::store::{FlowStore as _, SqliteStore};
+
+    #[test]
+    fn rollups_count_each_flow_once_and_retention_keeps_their_totals() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        const DAY: i64 = 86_400;
+        let now_s = 1_795_860_000;
+        // One 10 days old, two in the same minute and conversation, one a minute later.
+        s.insert_flows(&[
+            cloud_flow("10.0.0.2", 443, now_s - 10 * DAY, 7),
+            cloud_flow("10.0.0.1", 22, now_s - 30, 3),
+            cloud_flow("10.0.0.1", 22, now_s - 20, 4),
+            cloud_flow("10.0.0.1", 22, now_s + 40, 5),
+        ])
+        .expect("insert");
+        let raw = s.source_totals(Source::Aws).expect("raw");
+        assert_eq!((raw.records, raw.packets), (4, 19));
+        let ret = Retention::default();
+        let m = s.maintain(now_s * 1_000_000_000, &ret).expect("maintain");
+        assert_eq!((m.rolled_up, m.deleted_raw), (4, 1), "{m:?}");
+        for level in ["1m", "1h"] {
+            let t = s.rollup_totals(level, Source::Aws).expect("rollup");
+            assert_eq!(
+                (
+                    t.records,
+                    t.packets,
+                    t.bytes,
+                    t.reverse_packets,
+                    t.reverse_bytes
+                ),
+                (4, 19, 1900, 4, 240),
+                "{level}"
+            );
+        }
+        let buckets: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM flows_1m", [], |r| r.get(0))
+            .expect("buckets");
+        assert_eq!(buckets, 3, "two flows share a minute bucket");
+        // Raw: the old one went; a second pass adds nothing.
+        assert_eq!(s.source_totals(Source::Aws).expect("raw").records, 3);
+        let m = s.maintain(now_s * 1_000_000_000, &ret).expect("again");
+        assert_eq!(m, Maintenance::default());
+        assert_eq!(s.rollup_totals("1m", Source::Aws).expect("1m").packets, 19);
+        // New flows are added to their buckets.
+        s.insert_flows(&[cloud_flow("10.0.0.1", 22, now_s - 25, 10)])
+            .expect("insert");
+        assert_eq!(
+            s.maintain(now_s * 1_000_000_000, &ret)
+                .expect("m")
+                .rolled_up,
+            1
+        );
+        assert_eq!(s.rollup_totals("1m", Source::Aws).expect("1m").packets, 29);
+        assert_eq!(s.rollup_totals("1h", Source::Aws).expect("1h").records, 5);
+        // 40 days on, the minutes go and the hours stay; so does the newest raw flow, whose id
+        // must not be reused.
+        let later = (now_s + 40 * DAY) * 1_000_000_000;
+        let m = s.maintain(later, &ret).expect("later");
+        assert_eq!((m.deleted_raw, m.deleted_minutes), (3, 3), "{m:?}");
+        assert_eq!(s.rollup_totals("1h", Source::Aws).expect("1h").packets, 29);
+        s.insert_flows(&[cloud_flow("10.0.0.3", 22, now_s + 40 * DAY, 1)])
+            .expect("insert");
+        assert_eq!(s.maintain(later, &ret).expect("m").rolled_up, 1);
+        assert_eq!(s.rollup_totals("1h", Source::Aws).expect("1h").packets, 30);
+        assert!(s.rollup_totals("5m", Source::Aws).is_err());
+    }
+}
