@@ -273,4 +273,13 @@ pub(crate) mod tests {
             sensor: None,
         }
     }
+
+    /// An AWS v2 record (one direction, no TCP flags) of one SYN-sized packet.
+    pub(crate) fn record(src: &str, sport: u16, dst: &str, dport: u16, t_s: i64) -> Flow {
+        Flow {
+            src_port: sport,
+            bytes: 40,
+            ..cloud(src, dst, dport, t_s, Action::Accept, 0)
+        }
+    }
 }

@@ -235,32 +235,7 @@ impl Detector for DistributedScan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Action;
-
-    /// An AWS v2 record (one direction, no TCP flags) of one SYN-sized packet.
-    fn record(src: &str, sport: u16, dst: &str, dport: u16, t_s: i64) -> Flow {
-        Flow {
-            source: Source::Aws,
-            observer: "123456789010".into(),
-            interface: "eni-1".into(),
-            start_ns: t_s * 1_000_000_000,
-            end_ns: t_s * 1_000_000_000,
-            src_ip: src.parse().expect("src"),
-            dst_ip: dst.parse().expect("dst"),
-            src_port: sport,
-            dst_port: dport,
-            protocol: 6,
-            packets: 1,
-            bytes: 40,
-            reverse_packets: 0,
-            reverse_bytes: 0,
-            tcp_flags: 0,
-            action: Action::Accept,
-            sampling_rate: 1.0,
-            cloud: Default::default(),
-            sensor: None,
-        }
-    }
+    use crate::detect::common::tests::record;
 
     #[test]
     fn many_sources_each_under_the_threshold_against_one_host_are_a_distributed_scan() {

@@ -3,7 +3,7 @@
 //! wire format, no HTTP.
 
 mod access;
-mod alert;
+pub(crate) mod alert;
 mod flow;
 mod notification;
 mod sensor;

@@ -68,28 +68,7 @@ pub fn event_for(min: Severity, before: Option<&Alert>, after: &Alert) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn alert(sev: &str, targets: u64) -> Alert {
-        Alert {
-            id: 7,
-            kind: "port_scan".into(),
-            severity: sev.into(),
-            status: "open".into(),
-            source: "10.0.0.9".into(),
-            targets: (0..targets.min(3))
-                .map(|i| format!("10.0.0.1:{}", 20 + i))
-                .collect(),
-            targets_total: targets,
-            first_seen: 1_795_860_000_000_000_000,
-            last_seen: 1_795_860_060_500_000_000,
-            observations: vec![],
-            observations_total: 4,
-            sources: vec!["sensor:lab".into()],
-            assignee: None,
-            tags: vec![],
-            snoozed_until: None,
-        }
-    }
+    use crate::model::alert::testing::alert;
 
     #[test]
     fn events_are_new_escalated_or_grown_and_respect_the_minimum() {

