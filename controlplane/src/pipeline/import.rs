@@ -199,11 +199,14 @@ impl Importer {
             per_second = ((sum.stored - before) as f64 / secs.max(1e-9)) as u64,
             "records parsed, checked by the detectors and stored"
         );
-        if let (Ok(true), Some((a, b))) = (&stored, range) {
-            self.after(a, b, &mut updates)?;
-        }
+        let after = match (&stored, range) {
+            (Ok(true), Some((a, b))) => self.after(a, b, &mut updates),
+            _ => Ok(()),
+        };
+        // What the detectors found is recorded whatever failed after them.
         let alerts = crate::alerts::record(state.as_ref(), &updates)?;
         self.detectors.save(state.as_ref())?;
+        after?;
         Ok(Imported {
             stored: stored?,
             alerts,

@@ -3,7 +3,7 @@
 //! flow.
 //!
 //! A B-tree index on `src_ip` and `dst_ip` costs two inserts at random positions per flow,
-//! which bounded the import at 45k records/s (README, performance); one on sensor flows'
+//! which bounded the import at 45k records/s (docs/performance.md); one on sensor flows'
 //! conversations halved the gRPC ingest. A chunk costs one row per write. A lookup by address
 //! reads the chunks of the time range, keeps those whose address list holds the address
 //! (binary search), and scans only their id ranges; correlation reads the conversation lists

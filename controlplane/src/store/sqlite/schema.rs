@@ -214,7 +214,7 @@ CREATE TABLE allowlist (
     PRIMARY KEY (cidr, alert_type)
 ) WITHOUT ROWID;
 "#,
-    // 9: notifiers and the outbox of messages to them (see notify.rs).
+    // 9: notifiers and the outbox of messages to them (see notify/).
     r#"
 CREATE TABLE notifiers (
     name TEXT PRIMARY KEY,
