@@ -222,28 +222,28 @@ fn accumulate(conversations: &[Conversation]) -> HashMap<IpAddr, Acc> {
             });
             a.first = a.first.min(c.first_ns);
             a.last = a.last.max(c.last_ns);
-            a.flows += c.flows;
-            let total = c.bytes + c.reverse_bytes;
+            a.flows = a.flows.saturating_add(c.flows);
+            let total = c.bytes.saturating_add(c.reverse_bytes);
             if out {
-                a.bytes_out += c.bytes;
-                a.bytes_in += c.reverse_bytes;
+                a.bytes_out = a.bytes_out.saturating_add(c.bytes);
+                a.bytes_in = a.bytes_in.saturating_add(c.reverse_bytes);
                 let u = a.uses.entry(port.clone()).or_default();
                 u.0.insert(peer);
-                u.1 += c.flows;
-                u.2 += total;
+                u.1 = u.1.saturating_add(c.flows);
+                u.2 = u.2.saturating_add(total);
             } else {
-                a.bytes_in += c.bytes;
-                a.bytes_out += c.reverse_bytes;
+                a.bytes_in = a.bytes_in.saturating_add(c.bytes);
+                a.bytes_out = a.bytes_out.saturating_add(c.reverse_bytes);
                 if c.answered > 0 {
                     let s = a.serves.entry(port.clone()).or_default();
                     s.0.insert(peer);
-                    s.1 += c.flows;
-                    s.2 += total;
+                    s.1 = s.1.saturating_add(c.flows);
+                    s.2 = s.2.saturating_add(total);
                 }
             }
             let p = a.peers.entry(peer).or_default();
-            p.0 += c.flows;
-            p.1 += total;
+            p.0 = p.0.saturating_add(c.flows);
+            p.1 = p.1.saturating_add(total);
             if out {
                 p.2 = true;
             } else {
@@ -287,7 +287,10 @@ pub fn list(conversations: &[Conversation], ctx: &EntityContext) -> Vec<Entity> 
         .iter()
         .map(|(ip, a)| entity(*ip, a, ctx).0)
         .collect();
-    v.sort_by(|a, b| (b.bytes_in + b.bytes_out, &a.ip).cmp(&(a.bytes_in + a.bytes_out, &b.ip)));
+    v.sort_by(|a, b| {
+        let total = |e: &Entity| e.bytes_in.saturating_add(e.bytes_out);
+        (total(b), &a.ip).cmp(&(total(a), &b.ip))
+    });
     v
 }
 
@@ -314,8 +317,8 @@ pub fn detail(
             bytes: 0,
         });
         c.peers += 1;
-        c.flows += flows;
-        c.bytes += bytes;
+        c.flows = c.flows.saturating_add(*flows);
+        c.bytes = c.bytes.saturating_add(*bytes);
     }
     let mut countries: Vec<Country> = by_country.into_values().collect();
     countries.sort_by(|x, y| (y.bytes, &x.country).cmp(&(x.bytes, &y.country)));
@@ -340,7 +343,7 @@ pub fn detail(
         // 1970-01-01 was a Thursday: day 3 of a week that starts on Monday.
         let hours = t.div_euclid(3_600_000_000_000);
         let i = (hours + 3 * 24).rem_euclid(168) as usize;
-        how[i] += flows;
+        how[i] = how[i].saturating_add(*flows);
     }
     let mut uses = ports(&a.uses);
     uses.truncate(20);

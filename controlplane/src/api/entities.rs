@@ -30,7 +30,7 @@ fn entity_window(p: &HashMap<String, String>, known: &[&str]) -> Result<(i64, i6
     };
     let since = match p.get("since") {
         Some(v) => parse_time("since", v)?,
-        None => until - ENTITIES_DEFAULT_NS,
+        None => until.saturating_sub(ENTITIES_DEFAULT_NS),
     };
     if until <= since {
         return Err(ApiError::bad_request("until must be after since"));

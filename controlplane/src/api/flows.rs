@@ -230,7 +230,7 @@ pub(super) async fn top(
     let until = p.get("until").map(|v| parse_time("until", v)).transpose()?;
     let since = match p.get("since") {
         Some(v) => parse_time("since", v)?,
-        None => until.unwrap_or_else(now_ns) - TOP_DEFAULT_NS,
+        None => until.unwrap_or_else(now_ns).saturating_sub(TOP_DEFAULT_NS),
     };
     let source = match p.get("source") {
         Some(v) => Some(Source::parse(v).ok_or_else(|| {
@@ -352,5 +352,8 @@ mod tests {
                 .as_deref(),
             Some("until must be after since")
         );
+        // Past 2262 a time is its far end, not a wrap into the past that would select all.
+        let far = q(&[("since", "9999-12-31T23:59:59Z")]).expect("far future");
+        assert_eq!(far.since_ns, Some(i64::MAX));
     }
 }

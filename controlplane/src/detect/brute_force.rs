@@ -192,7 +192,7 @@ impl FlowBruteForce {
             if f.protocol != TCP
                 || f.action == Action::Reject
                 || !AUTH_PORTS.contains(&f.dst_port)
-                || f.packets + f.reverse_packets > cfg.short_packets
+                || f.packets.saturating_add(f.reverse_packets) > cfg.short_packets
             {
                 continue;
             }

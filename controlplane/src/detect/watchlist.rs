@@ -111,8 +111,8 @@ impl Watchlist {
                     f.dst_ip,
                     f.dst_port,
                     f.protocol.into(),
-                    f.packets + f.reverse_packets,
-                    f.bytes + f.reverse_bytes,
+                    f.packets.saturating_add(f.reverse_packets),
+                    f.bytes.saturating_add(f.reverse_bytes),
                     f.end_ns,
                     &format!("{}:{}", f.source.as_str(), f.observer),
                 )

@@ -51,15 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 "name", "status", "host", "version", "kernel"
             );
             for s in store.sensors()? {
-                let last = s
-                    .last_heartbeat_unix_ns
-                    .map(|ns| {
-                        let t = time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-                        t.format(&time::format_description::well_known::Rfc3339)
-                            .unwrap_or_default()
-                    })
-                    .unwrap_or_else(|| "never".into());
+                let last = crate::when(s.last_heartbeat_unix_ns);
                 println!(
                     "{:<24} {:<8} {:<20} {:<10} {:<24} {last}",
                     s.name,

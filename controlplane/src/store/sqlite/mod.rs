@@ -60,6 +60,28 @@ fn i(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
 
+/// Where sums of counters saturate: SQLite's `SUM` fails on an integer overflow, and one
+/// record of 2^63 bytes would then break every query and rollup over it for good.
+const SAT: &str = "9200000000000000000";
+
+/// The sum of a counter over a group, saturating at [`SAT`]: `TOTAL` adds in floating point
+/// (exact to 2^53) and never fails; 0 for no rows.
+fn sat_sum(expr: &str) -> String {
+    format!("CAST(MIN(TOTAL({expr}), {SAT}.0) AS INTEGER)")
+}
+
+/// A port or protocol column read back: a store written before these were checked at the
+/// front may hold a value out of its type's range, which reads as 0 rather than failing every
+/// query over it.
+fn narrow<T: TryFrom<i64> + Default>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T> {
+    Ok(T::try_from(r.get::<_, i64>(i)?).unwrap_or_default())
+}
+
+/// `a + b` of two counters, saturating at [`SAT`].
+fn sat_add(a: &str, b: &str) -> String {
+    format!("CASE WHEN {a} > {SAT} - {b} THEN {SAT} ELSE {a} + {b} END")
+}
+
 impl SqliteStore {
     pub fn open(data_dir: &Path) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir)

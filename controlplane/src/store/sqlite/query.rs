@@ -5,7 +5,7 @@ use std::{collections::HashSet, net::IpAddr};
 
 use rusqlite::{Connection, params};
 
-use super::chunks;
+use super::{chunks, narrow, sat_sum};
 use crate::{
     model::Source,
     store::{CoverageGap, FlowQuery, FlowRow, FlowTotals, TopBy, TopGroup, TopQuery, TopRow},
@@ -108,14 +108,15 @@ fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRow> {
         interface: r.get(3)?,
         src_ip: r.get(4)?,
         dst_ip: r.get(5)?,
-        src_port: r.get(6)?,
-        dst_port: r.get(7)?,
-        protocol: r.get(8)?,
+        src_port: narrow(r, 6)?,
+        dst_port: narrow(r, 7)?,
+        protocol: narrow(r, 8)?,
         packets: r.get(9)?,
         bytes: r.get(10)?,
         reverse_packets: r.get(11)?,
         reverse_bytes: r.get(12)?,
-        tcp_flags: r.get(13)?,
+        // The eight TCP flags, whatever an older store holds.
+        tcp_flags: (r.get::<_, i64>(13)? & 0xff) as u8,
         start_ns: r.get(14)?,
         end_ns: r.get(15)?,
         action: r.get(16)?,
@@ -150,11 +151,12 @@ pub(super) fn top(c: &Connection, q: &TopQuery) -> anyhow::Result<Vec<TopRow>> {
         TopBy::Flows => "flows",
     };
     let sql = format!(
-        "SELECT {key} AS k, COUNT(*) AS flows, SUM(packets + reverse_packets) AS packets, \
-         SUM(bytes + reverse_bytes) AS bytes FROM flows \
+        "SELECT {key} AS k, COUNT(*) AS flows, {packets} AS packets, {bytes} AS bytes FROM flows \
          WHERE end_ns >= ?1 AND (?2 IS NULL OR start_ns < ?2) \
          AND (?3 IS NULL OR source = ?3) \
-         GROUP BY k ORDER BY {order} DESC, k LIMIT ?4"
+         GROUP BY k ORDER BY {order} DESC, k LIMIT ?4",
+        packets = sat_sum("packets + reverse_packets"),
+        bytes = sat_sum("bytes + reverse_bytes"),
     );
     let mut st = c.prepare_cached(&sql)?;
     let rows = st.query_map(
@@ -177,7 +179,7 @@ pub(super) fn top(c: &Connection, q: &TopQuery) -> anyhow::Result<Vec<TopRow>> {
 }
 
 pub(super) fn flow_totals(c: &Connection, sensor: Option<&str>) -> anyhow::Result<FlowTotals> {
-    let q = format!("{TOTALS} WHERE source = 'sensor'");
+    let q = format!("{} WHERE source = 'sensor'", totals("COUNT(*)", "flows"));
     Ok(match sensor {
         Some(s) => c.query_row(&format!("{q} AND sensor = ?1"), [s], totals_row)?,
         None => c.query_row(&q, [], totals_row)?,
@@ -186,7 +188,7 @@ pub(super) fn flow_totals(c: &Connection, sensor: Option<&str>) -> anyhow::Resul
 
 pub(super) fn source_totals(c: &Connection, source: Source) -> anyhow::Result<FlowTotals> {
     Ok(c.query_row(
-        &format!("{TOTALS} WHERE source = ?1"),
+        &format!("{} WHERE source = ?1", totals("COUNT(*)", "flows")),
         [source.as_str()],
         totals_row,
     )?)
@@ -263,8 +265,16 @@ pub(super) fn coverage_gaps(
     Ok(gaps)
 }
 
-const TOTALS: &str = "SELECT COUNT(*), COALESCE(SUM(packets), 0), COALESCE(SUM(bytes), 0), \
-                      COALESCE(SUM(reverse_packets), 0), COALESCE(SUM(reverse_bytes), 0) FROM flows";
+/// Record count and the four counters' saturating sums, over `flows` or a rollup table.
+pub(super) fn totals(count: &str, table: &str) -> String {
+    format!(
+        "SELECT {count}, {}, {}, {}, {} FROM {table}",
+        sat_sum("packets"),
+        sat_sum("bytes"),
+        sat_sum("reverse_packets"),
+        sat_sum("reverse_bytes")
+    )
+}
 
 pub(super) fn totals_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowTotals> {
     Ok(FlowTotals {

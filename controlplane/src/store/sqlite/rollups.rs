@@ -5,7 +5,11 @@ use std::net::IpAddr;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::query::totals_row;
+use super::{
+    narrow,
+    query::{totals, totals_row},
+    sat_add, sat_sum,
+};
 use crate::{
     model::Source,
     store::{Conversation, FlowTotals, Maintenance, Retention},
@@ -45,15 +49,21 @@ pub(super) fn maintain(
                      dst_port, protocol, action, flows, packets, bytes, reverse_packets, \
                      reverse_bytes, answered) \
                      SELECT end_ns - (end_ns % {width}), source, sensor, src_ip, dst_ip, \
-                     dst_port, protocol, action, COUNT(*), SUM(packets), SUM(bytes), \
-                     SUM(reverse_packets), SUM(reverse_bytes), SUM({ANSWERED}) FROM flows \
-                     WHERE id > ?1 AND id <= ?2 \
+                     dst_port, protocol, action, COUNT(*), {}, {}, {}, {}, SUM({ANSWERED}) \
+                     FROM flows WHERE id > ?1 AND id <= ?2 \
                      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 \
-                     ON CONFLICT DO UPDATE SET flows = flows + excluded.flows, \
-                     packets = packets + excluded.packets, bytes = bytes + excluded.bytes, \
-                     reverse_packets = reverse_packets + excluded.reverse_packets, \
-                     reverse_bytes = reverse_bytes + excluded.reverse_bytes, \
-                     answered = answered + excluded.answered"
+                     ON CONFLICT DO UPDATE SET flows = {}, packets = {}, bytes = {}, \
+                     reverse_packets = {}, reverse_bytes = {}, answered = {}",
+                    sat_sum("packets"),
+                    sat_sum("bytes"),
+                    sat_sum("reverse_packets"),
+                    sat_sum("reverse_bytes"),
+                    sat_add("flows", "excluded.flows"),
+                    sat_add("packets", "excluded.packets"),
+                    sat_add("bytes", "excluded.bytes"),
+                    sat_add("reverse_packets", "excluded.reverse_packets"),
+                    sat_add("reverse_bytes", "excluded.reverse_bytes"),
+                    sat_add("answered", "excluded.answered"),
                 ),
                 params![last, max],
             )?;
@@ -106,11 +116,7 @@ pub(super) fn rollup_totals(
         _ => anyhow::bail!("no rollup level `{level}` (1m or 1h)"),
     };
     Ok(c.query_row(
-        &format!(
-            "SELECT COALESCE(SUM(flows), 0), COALESCE(SUM(packets), 0), \
-             COALESCE(SUM(bytes), 0), COALESCE(SUM(reverse_packets), 0), \
-             COALESCE(SUM(reverse_bytes), 0) FROM {table} WHERE source = ?1"
-        ),
+        &format!("{} WHERE source = ?1", totals(&sat_sum("flows"), table)),
         [source.as_str()],
         totals_row,
     )?)
@@ -122,13 +128,18 @@ pub(super) fn conversations(
     until_ns: i64,
     ip: Option<IpAddr>,
 ) -> anyhow::Result<Vec<Conversation>> {
-    let mut st = c.prepare_cached(
-        "SELECT src_ip, dst_ip, dst_port, protocol, SUM(flows), SUM(packets), SUM(bytes), \
-         SUM(reverse_packets), SUM(reverse_bytes), SUM(answered), MIN(bucket_ns), \
+    let mut st = c.prepare_cached(&format!(
+        "SELECT src_ip, dst_ip, dst_port, protocol, {}, {}, {}, {}, {}, {}, MIN(bucket_ns), \
          MAX(bucket_ns) FROM flows_1h \
          WHERE bucket_ns >= ?1 AND bucket_ns < ?2 AND (?3 IS NULL OR src_ip = ?3 OR dst_ip = ?3) \
          GROUP BY src_ip, dst_ip, dst_port, protocol",
-    )?;
+        sat_sum("flows"),
+        sat_sum("packets"),
+        sat_sum("bytes"),
+        sat_sum("reverse_packets"),
+        sat_sum("reverse_bytes"),
+        sat_sum("answered"),
+    ))?;
     let rows = st.query_map(
         params![since_ns, until_ns, ip.map(|i| i.to_string())],
         |r| {
@@ -138,8 +149,8 @@ pub(super) fn conversations(
                 Conversation {
                     src: IpAddr::from([0, 0, 0, 0]),
                     dst: IpAddr::from([0, 0, 0, 0]),
-                    dst_port: r.get(2)?,
-                    protocol: r.get(3)?,
+                    dst_port: narrow(r, 2)?,
+                    protocol: narrow(r, 3)?,
                     flows: r.get::<_, i64>(4)? as u64,
                     packets: r.get::<_, i64>(5)? as u64,
                     bytes: r.get::<_, i64>(6)? as u64,
@@ -171,10 +182,11 @@ pub(super) fn hourly(
     since_ns: i64,
     until_ns: i64,
 ) -> anyhow::Result<Vec<(i64, u64)>> {
-    let mut st = c.prepare_cached(
-        "SELECT bucket_ns, SUM(flows) FROM flows_1h WHERE bucket_ns >= ?1 AND bucket_ns < ?2 \
+    let mut st = c.prepare_cached(&format!(
+        "SELECT bucket_ns, {} FROM flows_1h WHERE bucket_ns >= ?1 AND bucket_ns < ?2 \
          AND (src_ip = ?3 OR dst_ip = ?3) GROUP BY bucket_ns ORDER BY bucket_ns",
-    )?;
+        sat_sum("flows")
+    ))?;
     let rows = st.query_map(params![since_ns, until_ns, ip.to_string()], |r| {
         Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
     })?;
@@ -252,5 +264,65 @@ mod tests {
         assert_eq!(s.maintain(later, &ret).expect("m").rolled_up, 1);
         assert_eq!(s.rollup_totals("1h", Source::Aws).expect("1h").packets, 30);
         assert!(s.rollup_totals("5m", Source::Aws).is_err());
+    }
+
+    #[test]
+    fn extreme_counters_saturate_and_break_no_query_nor_rollup() {
+        use crate::store::{FlowQuery, TopBy, TopGroup, TopQuery};
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        let now_s = 1_795_860_000;
+        let huge = |src: &str| {
+            let mut f = cloud_flow(src, 443, now_s - 30, 1);
+            (f.packets, f.bytes) = (u64::MAX, u64::MAX);
+            f.reverse_packets = 1 << 63;
+            f.reverse_bytes = 1 << 63;
+            f
+        };
+        // Two in one minute and conversation: their sum is past 2^64.
+        s.insert_flows(&[huge("10.0.0.1"), huge("10.0.0.1"), huge("10.0.0.2")])
+            .expect("insert");
+        let ret = Retention::default();
+        let m = s.maintain(now_s * 1_000_000_000, &ret).expect("maintain");
+        assert_eq!(m.rolled_up, 3);
+        let sat = 9_200_000_000_000_000_000u64;
+        let t = s.rollup_totals("1m", Source::Aws).expect("1m");
+        assert_eq!((t.records, t.packets, t.bytes), (3, sat, sat));
+        // Another one into the same bucket: the stored sum stays saturated.
+        s.insert_flows(&[huge("10.0.0.1")]).expect("insert");
+        s.maintain(now_s * 1_000_000_000, &ret)
+            .expect("maintain again");
+        assert_eq!(s.rollup_totals("1h", Source::Aws).expect("1h").bytes, sat);
+        assert_eq!(s.source_totals(Source::Aws).expect("raw").packets, sat);
+        let top = s
+            .top(&TopQuery {
+                by: TopBy::Bytes,
+                group: TopGroup::SrcIp,
+                since_ns: 0,
+                until_ns: None,
+                source: None,
+                limit: 10,
+            })
+            .expect("top");
+        assert_eq!(top[0].bytes, sat as i64);
+        let conv = s.conversations(0, i64::MAX, None).expect("conversations");
+        assert!(conv.iter().all(|c| c.bytes == sat), "{conv:?}");
+        // A row an older version stored without checking its ports and flags reads back.
+        s.conn()
+            .execute(
+                "UPDATE flows SET tcp_flags = 4294967295, dst_port = 70000, protocol = 300 \
+                 WHERE id = 1",
+                [],
+            )
+            .expect("poison");
+        let rows = s
+            .query_flows(&FlowQuery {
+                limit: 10,
+                ..FlowQuery::default()
+            })
+            .expect("flows");
+        let old = rows.iter().find(|r| r.id == 1).expect("row 1");
+        assert_eq!((old.tcp_flags, old.dst_port, old.protocol), (0xff, 0, 0));
+        assert_eq!(old.packets, i64::MAX, "stored saturated at 2^63 - 1");
     }
 }
