@@ -2,7 +2,7 @@
 //! way (ARCHITECTURE.md has the map):
 //!
 //! `util` -> `model` -> `store` -> `detect`, `alerts`, `entities`, `notify`, `cloud` ->
-//! `pipeline` -> `grpc`, `api` (with `web`, `https`, `auth`) -> `serve` and the binary.
+//! `pipeline` -> `grpc`, `listen` -> `api` (with `web`, `auth`) -> `serve` and the binary.
 pub mod alerts;
 pub mod api;
 pub mod auth;
@@ -10,8 +10,8 @@ pub mod cloud;
 pub mod detect;
 pub mod entities;
 pub mod grpc;
-pub mod https;
 pub mod keys;
+pub mod listen;
 pub mod model;
 pub mod notify;
 pub mod pipeline;

@@ -4,7 +4,8 @@
 //! - the maintenance pass (`pipeline::maintenance`), on a thread;
 //! - the watched directory (`pipeline::watch`), on a thread, when asked for;
 //! - the notification dispatcher (`notify::Dispatcher`), the REST API and the dashboard
-//!   (`api`, `web`, over `https` when given a certificate), on the async runtime;
+//!   (`api`, `web`, served by `listen` with its connection caps and timeouts, over HTTPS when
+//!   given a certificate), on the async runtime;
 //! - the sensor ingest (`grpc` in front of `pipeline::ingest`), on the runtime and its threads.
 //!
 //! On SIGTERM or Ctrl-C: the gRPC server stops taking calls, then the HTTP server and the
@@ -22,11 +23,14 @@ use std::{
 };
 
 use picket_proto::v1::sensor_ingest_server::SensorIngestServer;
+use tokio_stream::StreamExt as _;
 use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
 
 use crate::{
-    detect, grpc, notify,
+    detect, grpc,
+    listen::{self, Caps},
+    notify,
     pipeline::{maintenance, watch::Watcher},
     store::{Retention, StateStore, Stores},
 };
@@ -51,6 +55,11 @@ pub struct Config {
     /// The dashboard's URL as users reach it: messages link to their alert there.
     pub public_url: Option<String>,
     pub retry: notify::Retry,
+    /// How long a client may stay silent (see `listen`).
+    pub idle_timeout: Duration,
+    /// Open connections allowed (fitted under the limit of open files at the start).
+    pub http_caps: Caps,
+    pub grpc_caps: Caps,
 }
 
 /// How often the watched directory is scanned; a file is imported once it is unchanged over one
@@ -72,6 +81,18 @@ fn check(c: &Config) -> anyhow::Result<()> {
             u.starts_with("http://") || u.starts_with("https://"),
             "--public-url: `{u}` must start with http:// or https://"
         );
+    }
+    anyhow::ensure!(
+        (2..=3600).contains(&c.idle_timeout.as_secs()),
+        "--idle-timeout must be 2 to 3600 seconds"
+    );
+    for (flag, n) in [
+        ("--http-max-connections", c.http_caps.total),
+        ("--http-max-per-address", c.http_caps.per_client),
+        ("--grpc-max-connections", c.grpc_caps.total),
+        ("--grpc-max-per-address", c.grpc_caps.per_client),
+    ] {
+        anyhow::ensure!((1..=1_000_000).contains(&n), "{flag} must be 1 to 1000000");
     }
     if let Some((_, rate)) = &c.watch {
         anyhow::ensure!(
@@ -155,7 +176,13 @@ async fn serve(c: Config, stores: Stores, stop: Arc<AtomicBool>) -> anyhow::Resu
         || c.public_url
             .as_deref()
             .is_some_and(|u| u.starts_with("https://"));
-    let router = crate::api::router(stores.clone(), crate::api::Options { secure_cookies });
+    let router = crate::api::router(
+        stores.clone(),
+        crate::api::Options {
+            secure_cookies,
+            body_timeout: c.idle_timeout,
+        },
+    );
     let http = tokio::net::TcpListener::bind(c.http_listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (--http-listen): {e}", c.http_listen))?;
@@ -174,23 +201,20 @@ async fn serve(c: Config, stores: Stores, stop: Arc<AtomicBool>) -> anyhow::Resu
     let shutdown_http = async move {
         let _ = http_stop.changed().await;
     };
-    let api = match c.https.clone() {
-        Some(cfg) => tokio::spawn(
-            axum::serve(crate::https::TlsListener::new(http, cfg)?, router)
-                .with_graceful_shutdown(shutdown_http)
-                .into_future(),
-        ),
-        None => tokio::spawn(
-            axum::serve(http, router)
-                .with_graceful_shutdown(shutdown_http)
-                .into_future(),
-        ),
-    };
-    let baselines_saved = serve_grpc(&c, stores).await?;
+    let (http_caps, grpc_caps) = listen::fit(listen::raise_fd_limit(), c.http_caps, c.grpc_caps);
+    let conns = listen::accept(http, "http", http_caps, None, &listen::STATS.refused_http);
+    let api = tokio::spawn(listen::serve_http(
+        conns,
+        c.https.clone(),
+        router,
+        c.idle_timeout,
+        shutdown_http,
+    ));
+    let baselines_saved = serve_grpc(&c, stores, grpc_caps).await?;
     let _ = stop_http.send(true);
     let _ = dispatcher.await;
     stop.store(true, Ordering::Relaxed);
-    api.await??;
+    api.await?;
     // What the sensor baselines learned since their last save is saved as the ingest ends.
     if let Some(saved) = baselines_saved {
         let waited =
@@ -209,6 +233,7 @@ async fn serve(c: Config, stores: Stores, stop: Arc<AtomicBool>) -> anyhow::Resu
 async fn serve_grpc(
     c: &Config,
     stores: Stores,
+    caps: Caps,
 ) -> anyhow::Result<Option<std::sync::mpsc::Receiver<()>>> {
     let listener = tokio::net::TcpListener::bind(c.grpc_listen)
         .await
@@ -234,7 +259,12 @@ async fn serve_grpc(
         }
         info!("stopping");
     };
-    let mut builder = tonic::transport::Server::builder();
+    // Pings keep a quiet sensor's connection alive through the read timeout; a peer that does
+    // not answer them is dropped.
+    let ping = c.idle_timeout / 3;
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(ping))
+        .http2_keepalive_timeout(Some(ping));
     if let Some(tls) = c.grpc_tls.clone() {
         builder = builder
             .tls_config(tls)
@@ -243,7 +273,14 @@ async fn serve_grpc(
     builder
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tokio_stream::wrappers::ReceiverStream::new(listen::accept(
+                listener,
+                "grpc",
+                caps,
+                Some(c.idle_timeout),
+                &listen::STATS.refused_grpc,
+            ))
+            .map(Ok::<_, std::io::Error>),
             shutdown,
         )
         .await?;

@@ -762,6 +762,18 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> Reply {
+    http_request_from(ns, None, method, url, headers, body)
+}
+
+/// [`http_request`] from the local address `from` (e.g. another loopback address).
+pub fn http_request_from(
+    ns: &str,
+    from: Option<std::net::IpAddr>,
+    method: &str,
+    url: String,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Reply {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let headers: Vec<(String, String)> = headers
         .iter()
@@ -771,6 +783,7 @@ pub fn http_request(
     in_netns(ns, move || {
         let mut r = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
+            .local_address(from)
             .build()
             .expect("HTTP client")
             .request(method, &url);
@@ -997,6 +1010,20 @@ impl ControlPlane {
         // SAFETY: sysconf has no memory effects.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         Some(last as f64 / hz)
+    }
+
+    /// Its resident memory now and at its peak, in KiB (VmRSS, VmHWM of /proc/PID/status).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// SIGTERM and wait for a clean exit.

@@ -482,16 +482,24 @@ fn users_sessions_tokens_and_alert_triage() {
     let r = req("DELETE", "/api/v1/session", &with_csrf, None);
     assert_eq!(r.status, 204);
     assert_eq!(req("GET", "/api/v1/alerts", &session, None).status, 401);
-    // Ten failures lock the name out for a while, even with the right password after them.
-    for _ in 0..10 {
+    // Failures make this name wait from this address, even with the right password after
+    // them: 5 are free, then each waits 1 s doubled at each further failure.
+    let mut failures = 0;
+    loop {
         let r = req(
             "POST",
             "/api/v1/session",
             &[],
             Some(serde_json::json!({"username": "admin", "password": "guess-guess"})),
         );
-        assert_eq!(r.status, 401);
+        if r.status == 429 {
+            break;
+        }
+        assert_eq!(r.status, 401, "{}", r.body);
+        failures += 1;
+        assert!(failures <= 5, "a 6th failure in a row was checked at once");
     }
+    assert_eq!(failures, 5);
     let r = req(
         "POST",
         "/api/v1/session",
@@ -499,6 +507,20 @@ fn users_sessions_tokens_and_alert_triage() {
         Some(serde_json::json!({"username": "admin", "password": pw})),
     );
     assert_eq!(r.status, 429, "{}", r.body);
+    let wait: u64 = r.headers["retry-after"]
+        .parse()
+        .expect("Retry-After in seconds");
+    assert_eq!(wait, 1);
+    // ... but not from another address: a stranger cannot lock the user out.
+    let r = tests::http_request_from(
+        ns,
+        Some([127, 0, 0, 2].into()),
+        "POST",
+        url("/api/v1/session"),
+        &[],
+        Some(&serde_json::json!({"username": "admin", "password": pw})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     cp.stop();
 }
 

@@ -14,6 +14,8 @@ use super::{Api, ApiError, DEFAULT_LIMIT, MAX_LIMIT, blocking, now_ns, parse_tim
 use crate::{model::Source, store::FlowQuery};
 
 pub(super) async fn health(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    use crate::listen::STATS;
+    use std::sync::atomic::Ordering::Relaxed;
     let store = api.stores.clone();
     let counts = blocking(move || store.state.notification_counts()).await?;
     let mut total = crate::store::Counts::default();
@@ -27,8 +29,16 @@ pub(super) async fn health(State(api): State<Api>) -> Result<Json<Value>, ApiErr
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": api.started.elapsed().as_secs(),
         "notifications": total,
-        "https_handshakes_failed": crate::https::FAILED_HANDSHAKES
-            .load(std::sync::atomic::Ordering::Relaxed),
+        "https_handshakes_failed": STATS.failed_handshakes.load(Relaxed),
+        "logins_refused": {
+            "waiting": api.logins.stats.throttled.load(Relaxed),
+            "busy": api.logins.stats.busy.load(Relaxed),
+        },
+        "logins_failed": api.logins.stats.failed.load(Relaxed),
+        "connections_refused": {
+            "http": STATS.refused_http.load(Relaxed),
+            "grpc": STATS.refused_grpc.load(Relaxed),
+        },
     })))
 }
 

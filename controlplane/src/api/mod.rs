@@ -1,9 +1,12 @@
 //! The REST API under `/api/v1/` (documented in controlplane/openapi.yaml and docs/api.md):
-//! `session.rs` (who calls, login), `flows.rs` (flows, top-N, coverage, sensors, health),
+//! `session.rs` (who calls), `login.rs` (the login and its guard), `flows.rs` (flows, top-N, coverage, sensors, health),
 //! `entities.rs`, `alerts.rs` (alerts and their triage), `settings.rs` (notifiers and lists). JSON in and out; errors are `{"error": {"code": ..., "message": ...}}` with the
 //! matching HTTP status. Queries run on the blocking pool: the store is synchronous.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
@@ -17,6 +20,7 @@ use serde_json::json;
 mod alerts;
 mod entities;
 mod flows;
+mod login;
 mod session;
 mod settings;
 
@@ -25,12 +29,13 @@ pub(crate) use crate::util::time::{now_ns, rfc3339};
 use alerts::{alert, alerts, comment, patch_alert};
 use entities::{entities, entity};
 use flows::{coverage, flows, health, sensors, top};
-use session::{authenticate, login, logout, whoami};
+use login::login;
+use session::{authenticate, logout, whoami};
 
 pub use alerts::{MAX_COMMENT, MAX_TAGS};
 pub use entities::ENTITIES_DEFAULT_NS;
 pub use flows::{COVERAGE_DEFAULT_NS, TOP_DEFAULT_NS};
-pub use session::{LOGIN_FAILURES, LOGIN_LOCKOUT};
+pub use login::{FREE_CLIENT_FAILURES, FREE_FAILURES, LoginGuard, MAX_WAIT};
 
 /// Default and largest page of `/api/v1/flows`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -43,15 +48,28 @@ struct Api {
     stores: Stores,
     started: Instant,
     opts: Options,
-    /// Failed logins per user name: (count, last failure).
-    failures: Arc<std::sync::Mutex<HashMap<String, (u32, Instant)>>>,
+    logins: Arc<LoginGuard>,
 }
 
+/// The largest request body (JSON settings, comments: a few KiB).
+pub const MAX_BODY: usize = 64 << 10;
+
 /// How the API is served.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Session cookies only over HTTPS (`Secure`): when the dashboard is reached by https://.
     pub secure_cookies: bool,
+    /// A request's body must arrive whole within this.
+    pub body_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            secure_cookies: false,
+            body_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Every path served, with its methods (openapi.yaml documents exactly these; a test checks
@@ -88,7 +106,7 @@ pub fn router(stores: Stores, opts: Options) -> Router {
         stores,
         started: Instant::now(),
         opts,
-        failures: Default::default(),
+        logins: Default::default(),
     };
     Router::new()
         .route(ROUTES[0].0, get(health))
@@ -138,13 +156,62 @@ pub fn router(stores: Stores, opts: Options) -> Router {
             }),
         )
         .fallback(crate::web::serve)
+        .layer(middleware::from_fn_with_state(api.clone(), whole_body))
         .with_state(api)
+}
+
+/// Reads a request's body whole, within [`MAX_BODY`] bytes and the body timeout, before any
+/// handler sees it: a client trickling its body cannot hold a handler, nor send more than that.
+async fn whole_body(
+    axum::extract::State(api): axum::extract::State<Api>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    use axum::body::{Body, HttpBody as _};
+    let (parts, body) = req.into_parts();
+    if body.size_hint().exact() == Some(0) {
+        return next
+            .run(axum::extract::Request::from_parts(parts, Body::empty()))
+            .await;
+    }
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a request body is at most {MAX_BODY} bytes"),
+        )
+        .into_response()
+    };
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
+    match tokio::time::timeout(api.opts.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => too_large(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request's body did not arrive within {} s",
+                api.opts.body_timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -153,7 +220,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// With a Retry-After header (seconds).
+    pub(crate) fn retry_after(mut self, s: u64) -> Self {
+        self.retry_after_s = Some(s);
+        self
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -172,11 +246,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             self.status,
             Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
-            .into_response()
+            .into_response();
+        if let Some(s) = self.retry_after_s {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 

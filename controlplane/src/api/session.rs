@@ -1,6 +1,4 @@
-//! Who is calling (API token or session cookie), what they may do, and the login itself.
-
-use std::time::Instant;
+//! Who is calling (API token or session cookie), what they may do; logging out.
 
 use axum::{
     Extension, Json,
@@ -12,6 +10,7 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{Api, ApiError, blocking, now_ns, public};
+
 /// Finds who is calling (API token or session cookie) and checks that they may: viewers only
 /// read, and a session's state-changing request carries its CSRF token.
 pub(super) async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
@@ -108,103 +107,6 @@ async fn principal(
             csrf: Some(s.csrf),
         }))
 }
-
-/// Consecutive failed logins of one user name after which logins wait.
-pub const LOGIN_FAILURES: u32 = 10;
-pub const LOGIN_LOCKOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-pub(super) async fn login(
-    State(api): State<Api>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    use crate::auth::{SESSION_COOKIE, SESSION_NS, new_secret, token_hash, verify_password};
-    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (Some(user), Some(password)) = (body["username"].as_str(), body["password"].as_str())
-    else {
-        return Err(ApiError::bad_request(
-            "send {\"username\": ..., \"password\": ...}",
-        ));
-    };
-    let user = user.to_string();
-    if let Some((n, last)) = api.failures.lock().map_or(None, |f| f.get(&user).copied())
-        && n >= LOGIN_FAILURES
-        && last.elapsed() < LOGIN_LOCKOUT
-    {
-        let wait = (LOGIN_LOCKOUT - last.elapsed()).as_secs() + 1;
-        tracing::warn!(user, "login refused: too many failed attempts");
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            format!("too many failed logins for `{user}`; try again in {wait} s"),
-        ));
-    }
-    let (store, u, pw) = (api.stores.clone(), user.clone(), password.to_string());
-    let ok = blocking(move || {
-        Ok(match store.state.user_credentials(&u)? {
-            Some((hash, _)) => verify_password(&pw, &hash),
-            None => {
-                // As slow as a real check, so timing does not tell which names exist.
-                let _ = verify_password(&pw, DUMMY_HASH);
-                false
-            }
-        })
-    })
-    .await?;
-    if !ok {
-        if let Ok(mut f) = api.failures.lock() {
-            let e = f.entry(user.clone()).or_insert((0, Instant::now()));
-            *e = (e.0 + 1, Instant::now());
-        }
-        tracing::warn!(user, "failed login");
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "wrong user name or password",
-        ));
-    }
-    if let Ok(mut f) = api.failures.lock() {
-        f.remove(&user);
-    }
-    let (sid, csrf) = (
-        new_secret().map_err(ApiError::internal)?,
-        new_secret().map_err(ApiError::internal)?,
-    );
-    let now = now_ns();
-    let (store, h, u, c) = (
-        api.stores.clone(),
-        token_hash(&sid),
-        user.clone(),
-        csrf.clone(),
-    );
-    blocking(move || {
-        store
-            .state
-            .create_session(&h, &u, &c, now, now + SESSION_NS)
-    })
-    .await?;
-    let (store, u) = (api.stores.clone(), user.clone());
-    let role = blocking(move || store.state.user_credentials(&u))
-        .await?
-        .map(|(_, r)| r);
-    tracing::info!(user, "login");
-    let cookie = format!(
-        "{SESSION_COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        SESSION_NS / 1_000_000_000,
-        if api.opts.secure_cookies {
-            "; Secure"
-        } else {
-            ""
-        }
-    );
-    Ok((
-        [(header::SET_COOKIE, cookie)],
-        Json(json!({ "user": user, "role": role, "csrf_token": csrf })),
-    )
-        .into_response())
-}
-
-/// An argon2 hash of a random password, checked against when the user does not exist.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0ZrX2MP1VeSUIeW4w1eC1xV3VSYmYNAuNdNpQ6WAL5A";
 
 pub(super) async fn logout(
     State(api): State<Api>,

@@ -30,7 +30,7 @@ enum Cmd {
     /// Serve the sensor ingest (gRPC), the REST API and the web dashboard (HTTP), and deliver
     /// notifications, on the embedded store in --data-dir. The first start creates the
     /// dashboard user `admin` and prints its password.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Sensor keys: add (prints the new key once), list, revoke.
     Sensors(sensors::Args),
     /// The watchlist: addresses and networks whose traffic raises a `watchlist_hit` alert
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         )
         .init();
     let r = match cli.cmd {
-        Cmd::Serve(a) => serve::run(a),
+        Cmd::Serve(a) => serve::run(*a),
         Cmd::Sensors(a) => sensors::run(a),
         Cmd::Watchlist(a) => lists::watchlist(a),
         Cmd::Allowlist(a) => lists::allowlist(a),

@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use controlplane::listen::Caps;
+
 use crate::use_geo_db;
 
 #[derive(clap::Args)]
@@ -77,6 +79,24 @@ pub struct Args {
     /// most 10 minutes).
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     notify_retry_ms: u64,
+    /// Seconds a client may stay silent: an HTTP connection waiting for a request's head (also
+    /// between keep-alive requests) or a request's body, a sensor's connection not answering
+    /// the control plane's pings. Then it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    idle_timeout: u64,
+    /// Open HTTP connections allowed in all (dashboard and API); fitted under the limit of
+    /// open files.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    http_max_connections: usize,
+    /// Open HTTP connections allowed from one client address (an IPv6 client is its /64).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    http_max_per_address: usize,
+    /// Open sensor (gRPC) connections allowed in all; fitted under the limit of open files.
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    grpc_max_connections: usize,
+    /// Open sensor connections allowed from one address: sensors behind one NAT share it.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    grpc_max_per_address: usize,
 }
 
 fn tls_config(
@@ -117,7 +137,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     let https = match (&a.http_tls_cert, &a.http_tls_key) {
-        (Some(c), Some(k)) => Some(controlplane::https::server_config(c, k)?),
+        (Some(c), Some(k)) => Some(controlplane::listen::server_config(c, k)?),
         _ => None,
     };
     controlplane::serve::run(controlplane::serve::Config {
@@ -137,6 +157,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             learning_ns: a.learning_days as i64 * DAY,
         },
         public_url: a.public_url,
+        idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
+        http_caps: Caps {
+            total: a.http_max_connections,
+            per_client: a.http_max_per_address,
+        },
+        grpc_caps: Caps {
+            total: a.grpc_max_connections,
+            per_client: a.grpc_max_per_address,
+        },
         retry: controlplane::notify::Retry {
             max_attempts: a.notify_max_attempts,
             base: std::time::Duration::from_millis(a.notify_retry_ms),
