@@ -22,7 +22,6 @@ use std::{
     time::Duration,
 };
 
-use picket_proto::v1::sensor_ingest_server::SensorIngestServer;
 use tokio_stream::StreamExt as _;
 use tonic::transport::ServerTlsConfig;
 use tracing::{info, warn};
@@ -247,9 +246,7 @@ async fn serve_grpc(
     if c.grpc_tls.is_none() {
         warn!("the sensor ingest is plain text (no --tls-cert): sensor keys travel in clear");
     }
-    let ingest = grpc::IngestService::new(stores, c.detect);
-    let saved = ingest.finished();
-    let svc = SensorIngestServer::new(ingest).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    let (svc, saved) = grpc::IngestService::server(stores, c.detect);
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

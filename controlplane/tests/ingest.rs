@@ -5,13 +5,13 @@ use std::{net::SocketAddr, sync::Arc};
 
 use controlplane::{
     detect::Config,
-    grpc::{self, IngestService},
+    grpc::IngestService,
     keys,
     store::{Alerts as _, FlowStore as _, Sensors as _, Settings as _, SqliteStore, Stores},
 };
 use picket_proto::v1::{
     ExportBatch, FlowRecord, HeartbeatRequest, RegisterRequest,
-    sensor_ingest_client::SensorIngestClient, sensor_ingest_server::SensorIngestServer,
+    sensor_ingest_client::SensorIngestClient,
 };
 use tonic::{Code, Request, transport::Channel};
 
@@ -34,11 +34,7 @@ async fn server_learning(learning_ns: i64) -> Server {
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
-    let svc = SensorIngestServer::new(IngestService::new(
-        Stores::of(store.clone()),
-        Config { learning_ns },
-    ))
-    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    let (svc, _) = IngestService::server(Stores::of(store.clone()), Config { learning_ns });
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)
@@ -265,6 +261,133 @@ async fn malformed_and_oversized_batches_are_refused_and_store_nothing() {
         .await
         .expect("good batch");
     assert_eq!(acks, vec![(1, false)]);
+}
+
+/// A key revoked while its export stream is open: the next batch on that stream is refused
+/// and not stored, and the stream ends.
+#[tokio::test]
+async fn revoking_a_key_ends_its_open_stream() {
+    let s = server().await;
+    let key = add(&s.store, "edge-2");
+    let mut c = client(s.addr).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut acks = c
+        .export(with_key(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &key,
+        ))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    tx.send(batch(1, vec![flow(3)])).await.expect("send");
+    let ack = acks.message().await.expect("ack").expect("one");
+    assert_eq!(ack.batch_id, 1);
+    assert!(s.store.revoke_sensor("edge-2", 2).expect("revoke"));
+    tx.send(batch(2, vec![flow(5)])).await.expect("send");
+    let e = acks
+        .message()
+        .await
+        .expect_err("refused after the revocation");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let totals = s.store.flow_totals(None).expect("totals");
+    assert_eq!((totals.records, totals.packets), (1, 3));
+}
+
+/// Raw bytes as a gRPC message: what a broken or hostile client could send.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        let v = src.chunk().to_vec();
+        src.advance(v.len());
+        Ok(Some(v))
+    }
+}
+
+/// Bytes that are not protobuf, to each method: INVALID_ARGUMENT (the sender's fault), not
+/// INTERNAL; and nothing stored.
+#[tokio::test]
+async fn a_message_that_does_not_decode_is_invalid_argument() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let s = server().await;
+    let key = add(&s.store, "edge-3");
+    let channel = Channel::from_shared(format!("http://{}", s.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    // A field tag with wire type 7, which does not exist.
+    let garbage = vec![0x0f, 0xff, 0xff, 0xff];
+    for method in ["Register", "Heartbeat"] {
+        let mut g = tonic::client::Grpc::new(channel.clone());
+        g.ready().await.expect("ready");
+        let path =
+            PathAndQuery::try_from(format!("/picket.v1.SensorIngest/{method}")).expect("path");
+        let e = g
+            .unary(with_key(garbage.clone(), &key), path, Raw)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), Code::InvalidArgument, "{method}: {e}");
+    }
+    let mut g = tonic::client::Grpc::new(channel.clone());
+    g.ready().await.expect("ready");
+    let mut acks = g
+        .streaming(
+            with_key(tokio_stream::iter(vec![garbage.clone()]), &key),
+            PathAndQuery::from_static("/picket.v1.SensorIngest/Export"),
+            Raw,
+        )
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let e = acks.message().await.expect_err("refused");
+    assert_eq!(e.code(), Code::InvalidArgument, "Export: {e}");
+    // Without a key, the same bytes are refused for the key, unread.
+    let mut g = tonic::client::Grpc::new(channel);
+    g.ready().await.expect("ready");
+    let e = g
+        .unary(
+            Request::new(garbage),
+            PathAndQuery::from_static("/picket.v1.SensorIngest/Register"),
+            Raw,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert_eq!(s.store.flow_totals(None).expect("totals").records, 0);
 }
 
 /// Sensor flows feed the baseline detectors on their own thread. After a day of learning, a

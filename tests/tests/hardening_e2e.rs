@@ -418,3 +418,52 @@ fn login_floods_stay_bounded_and_the_admin_still_logs_in() {
     );
     cp.stop();
 }
+
+/// Four 16.6 MB `Register` calls at once without a sensor key: refused from their headers,
+/// unread, so the process does not grow by what they carry (it grew by 2.2 GB when calls were
+/// decoded before the key was checked).
+#[test]
+fn sensor_calls_without_a_key_are_refused_before_their_message_is_read() {
+    use picket_proto::v1::{RegisterRequest, sensor_ingest_client::SensorIngestClient};
+    let lab = Lab::new();
+    let dir = TempDir::new("harden-grpc");
+    let cp = ControlPlane::start(&lab.a, &dir.0.join("data"), GRPC, &dir.0.join("cp.log"));
+    let (rss0, _) = cp.memory_kib();
+    let codes = in_netns(&lab.a, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let calls = (0..4).map(|i| async move {
+                let mut c = SensorIngestClient::connect(format!("http://{GRPC}"))
+                    .await
+                    .expect("connect")
+                    .max_encoding_message_size(64 << 20);
+                let big = RegisterRequest {
+                    instance_id: format!("i-{i}"),
+                    version: "x".repeat(16_600_000),
+                    ..Default::default()
+                };
+                c.register(big).await.expect_err("refused").code()
+            });
+            let mut codes = Vec::new();
+            for h in calls.map(tokio::spawn).collect::<Vec<_>>() {
+                codes.push(h.await.expect("call"));
+            }
+            codes
+        })
+    })
+    .join()
+    .expect("client");
+    assert_eq!(codes, vec![tonic::Code::Unauthenticated; 4]);
+    let (rss, peak) = cp.memory_kib();
+    eprintln!(
+        "4 x 16.6 MB unauthenticated Register: RSS {rss0} KiB before, {rss} KiB after, peak {peak} KiB"
+    );
+    assert!(
+        peak < rss0 + 16 * 1024,
+        "peak {peak} KiB against {rss0} KiB"
+    );
+    cp.stop();
+}

@@ -2,16 +2,18 @@
 //! format. It converts what sensors send into the domain's types (`convert.rs`) and hands batches
 //! to the ingest pipeline (`pipeline::ingest`).
 //!
-//! Every call is authenticated by the sensor key in `authorization: Bearer <key>`; unknown or
-//! revoked keys get UNAUTHENTICATED, malformed batches INVALID_ARGUMENT, oversized messages
-//! RESOURCE_EXHAUSTED (tonic's decoding limit), each with a log line naming the peer. A batch is
+//! Every call is authenticated by the sensor key in `authorization: Bearer <key>` before its
+//! message is read (`auth.rs`); unknown or revoked keys get UNAUTHENTICATED, and a key revoked
+//! while its export stream is open ends the stream at its next batch. Malformed batches and
+//! messages that do not decode get INVALID_ARGUMENT, oversized messages RESOURCE_EXHAUSTED
+//! (tonic's decoding limit), each with a log line naming the peer or the sensor. A batch is
 //! acknowledged only after it is stored; a replay is acknowledged as a duplicate and not stored.
 
 use std::{pin::Pin, sync::Arc};
 
 use picket_proto::v1::{
     ExportAck, ExportBatch, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse,
-    sensor_ingest_server::SensorIngest as SensorIngestRpc,
+    sensor_ingest_server::{SensorIngest as SensorIngestRpc, SensorIngestServer},
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -20,13 +22,15 @@ use tracing::{debug, info, warn};
 
 use crate::{
     detect::Config,
-    keys,
     pipeline::ingest::SensorIngest,
     store::{Stored, Stores},
     util::time::now_ns,
 };
 
+pub mod auth;
 pub mod convert;
+
+pub use auth::{Sensor, SensorAuth};
 
 /// Largest message accepted from a sensor (a batch of about 50,000 flow records).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -53,42 +57,28 @@ impl IngestService {
         self.ingest.finished()
     }
 
-    /// The sensor name behind the request's key.
-    async fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let peer = req
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "unknown peer".into());
-        let Some(value) = req.metadata().get("authorization") else {
-            warn!(%peer, "rejected a call without a sensor key");
-            return Err(Status::unauthenticated(
-                "missing sensor key (authorization: Bearer <key>)",
-            ));
-        };
-        let key = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
-        if !keys::well_formed(key) {
-            warn!(%peer, "rejected a malformed sensor key");
-            return Err(Status::unauthenticated("malformed sensor key"));
-        }
-        let store = self.stores.state.clone();
-        let hash = keys::hash(key);
-        let found = tokio::task::spawn_blocking(move || store.sensor_for_key(&hash))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(internal)?;
-        match found {
-            Some(name) => Ok(name),
-            None => {
-                warn!(%peer, "rejected an unknown or revoked sensor key");
-                Err(Status::unauthenticated("unknown or revoked sensor key"))
-            }
-        }
+    /// The service behind its sensor-key check, with tonic's limit on message size; and what
+    /// tells when the sensor flows' detectors saved their state (see [`SensorIngest::finished`]).
+    pub fn server(
+        stores: Stores,
+        config: Config,
+    ) -> (
+        SensorAuth<SensorIngestServer<IngestService>>,
+        Option<std::sync::mpsc::Receiver<()>>,
+    ) {
+        let service = IngestService::new(stores.clone(), config);
+        let finished = service.finished();
+        let server = SensorIngestServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        (SensorAuth::new(server, stores), finished)
     }
+}
+
+/// The sensor that `auth::SensorAuth` found for the call.
+fn sensor<T>(req: &Request<T>) -> Result<Sensor, Status> {
+    req.extensions()
+        .get::<Sensor>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing sensor key"))
 }
 
 fn internal(e: anyhow::Error) -> Status {
@@ -104,7 +94,7 @@ impl SensorIngestRpc for IngestService {
         &self,
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        let sensor = self.authenticate(&req).await?;
+        let sensor = sensor(&req)?.name;
         let r = convert::registration(req.into_inner()).map_err(Status::invalid_argument)?;
         let stores = self.stores.clone();
         let (name, rr) = (sensor.clone(), r.clone());
@@ -135,7 +125,7 @@ impl SensorIngestRpc for IngestService {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let sensor = self.authenticate(&req).await?;
+        let sensor = sensor(&req)?.name;
         let r = convert::heartbeat(req.into_inner());
         let store = self.stores.state.clone();
         tokio::task::spawn_blocking(move || store.heartbeat(&sensor, &r, now_ns()))
@@ -151,10 +141,13 @@ impl SensorIngestRpc for IngestService {
         &self,
         req: Request<Streaming<ExportBatch>>,
     ) -> Result<Response<AckStream>, Status> {
-        let sensor = self.authenticate(&req).await?;
+        let Sensor {
+            name: sensor,
+            key_hash,
+        } = self::sensor(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let ingest = self.ingest.clone();
+        let (ingest, stores) = (self.ingest.clone(), self.stores.clone());
         tokio::spawn(async move {
             loop {
                 let batch = match inbound.message().await {
@@ -168,6 +161,8 @@ impl SensorIngestRpc for IngestService {
                             // gRPC's code for a message over the size limit (tonic says
                             // OUT_OF_RANGE).
                             Status::resource_exhausted(status.message().to_string())
+                        } else if auth::undecodable(&status) {
+                            Status::invalid_argument(status.message().to_string())
                         } else {
                             status
                         };
@@ -181,6 +176,21 @@ impl SensorIngestRpc for IngestService {
                     }
                 };
                 let id = batch.batch_id;
+                // A key revoked while its stream is open ends the stream at the next batch.
+                match auth::current(&stores, &key_hash).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        warn!(sensor, batch = id, "sensor key revoked: ending its stream");
+                        let _ = tx
+                            .send(Err(Status::unauthenticated("sensor key revoked")))
+                            .await;
+                        break;
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                }
                 let batch = match convert::batch(&sensor, batch) {
                     Ok(b) => b,
                     Err(why) => {
