@@ -48,6 +48,8 @@ pub struct Config {
     pub https: Option<Arc<rustls::ServerConfig>>,
     /// The watched import directory and the GCP subnets' sampling rate for its files.
     pub watch: Option<(PathBuf, f64)>,
+    /// Decompressed bytes read from one imported file at most.
+    pub max_file_bytes: u64,
     pub retention: Retention,
     pub maintenance_interval: Duration,
     pub detect: detect::Config,
@@ -141,7 +143,7 @@ pub fn run(c: Config) -> anyhow::Result<()> {
             .spawn(move || maintenance::run(stores, retention, every, stop))?;
     }
     if let Some((dir, rate)) = &c.watch {
-        let mut w = Watcher::new(dir, stores.clone(), &c.detect, *rate)?;
+        let mut w = Watcher::new(dir, stores.clone(), &c.detect, *rate, c.max_file_bytes)?;
         info!(dir = %dir.display(), "watching for cloud flow log files in aws/, gcp/ and azure/");
         let stop = stop.clone();
         std::thread::Builder::new()

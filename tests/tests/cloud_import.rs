@@ -174,7 +174,7 @@ fn a_file_that_is_not_a_flow_log_fails_with_a_reason() {
     let o = import(&data, &["aws", "/nonexistent/flows.log"], None);
     assert!(!o.status.success());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("cannot open /nonexistent/flows.log"),
+        String::from_utf8_lossy(&o.stderr).contains(r#"cannot open \"/nonexistent/flows.log\""#),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -456,6 +456,106 @@ fn azure_nsg_v2_and_vnet_v4_blobs() {
         )
         .expect("denied");
     assert_eq!(denied_v2, 2);
+}
+
+/// `import` takes each file exactly once, by its content, like the watched directory: again,
+/// under another name, or from standard input, it is not stored twice; an import killed
+/// midway or a file cut short stores nothing of it, and running it again stores it once.
+#[test]
+fn an_import_is_exactly_once_by_content_even_when_cut_short() {
+    let dir = TempDir::new("import-once");
+    let data = dir.0.join("data");
+    let records = |n: usize, first_port: usize| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "2 123456789010 eni-1 10.0.{}.{} 10.1.0.1 {} 443 6 3 180 1795860000 1795860060 ACCEPT OK\n",
+                    (i >> 8) & 0xff,
+                    i & 0xff,
+                    first_port + i % 20_000
+                )
+            })
+            .collect()
+    };
+    let stored = |data: &Path| -> i64 {
+        db(data)
+            .query_row("SELECT COUNT(*) FROM flows", [], |r| r.get(0))
+            .expect("count")
+    };
+    let a = dir.0.join("a.log");
+    std::fs::write(&a, records(1000, 10_000)).expect("write");
+    let a = a.to_str().expect("utf8");
+    assert!(summary(&import(&data, &["aws", a], None)).contains("stored 1000"));
+    let again = summary(&import(&data, &["aws", a], None));
+    assert!(
+        again.contains("stored 0") && again.contains("1 file(s) imported before"),
+        "{again}"
+    );
+    let copy = dir.0.join("copy-of-a.log");
+    std::fs::copy(a, &copy).expect("copy");
+    let text = std::fs::read_to_string(a).expect("read");
+    assert!(
+        summary(&import(&data, &["aws", copy.to_str().expect("utf8")], None)).contains("stored 0")
+    );
+    assert!(summary(&import(&data, &["aws", "-"], Some(&text))).contains("stored 0"));
+    assert_eq!(stored(&data), 1000);
+    // From standard input, new content: once, then not again.
+    let b = records(500, 30_000);
+    assert!(summary(&import(&data, &["aws", "-"], Some(&b))).contains("stored 500"));
+    assert!(summary(&import(&data, &["aws", "-"], Some(&b))).contains("stored 0"));
+    assert_eq!(stored(&data), 1500);
+
+    // A gzip file cut short: exit 1, nothing of it stored, the other file imported; twice.
+    let big = gzip(&records(200_000, 40_000));
+    let cut = dir.0.join("cut.log.gz");
+    std::fs::write(&cut, &big[..big.len() * 2 / 3]).expect("write");
+    let c = dir.0.join("c.log");
+    std::fs::write(&c, records(10, 60_000)).expect("write");
+    for run in 0..2 {
+        let o = import(
+            &data,
+            &[
+                "aws",
+                cut.to_str().expect("utf8"),
+                c.to_str().expect("utf8"),
+            ],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{stderr}");
+        assert!(stderr.contains("not imported"), "{stderr}");
+        assert!(stderr.contains("1 file(s) not imported"), "{stderr}");
+        assert_eq!(stored(&data), 1510, "run {run}");
+    }
+
+    // Killed midway (SIGKILL), then run again: every record once.
+    let big_file = dir.0.join("big.log.gz");
+    std::fs::write(&big_file, &big).expect("write");
+    let mut child = Command::new(tests::bin("picket-controlplane"))
+        .args([
+            "import",
+            "aws",
+            big_file.to_str().expect("utf8"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("import");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let running = child.try_wait().expect("wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(running, "the import ended before it could be killed midway");
+    assert_eq!(stored(&data), 1510, "a killed import left nothing");
+    let o = summary(&import(
+        &data,
+        &["aws", big_file.to_str().expect("utf8")],
+        None,
+    ));
+    assert!(o.contains("stored 200000"), "{o}");
+    assert_eq!(stored(&data), 201_510);
 }
 
 /// `serve --watch-dir`: a gzip file dropped into aws/ is imported once and moved; after a

@@ -467,3 +467,69 @@ fn sensor_calls_without_a_key_are_refused_before_their_message_is_read() {
     );
     cp.stop();
 }
+
+/// The watched directory under hostile files: a gzip bomb (512 MiB of zeros in 500 KiB) is read
+/// up to `--max-file-mb` in bounded memory and moved to failed/, not retried; a file whose name
+/// holds a newline is imported and logged escaped, so it cannot forge a log line.
+#[test]
+fn a_gzip_bomb_and_a_forged_name_in_the_watched_directory() {
+    let lab = Lab::new();
+    let dir = TempDir::new("harden-watch");
+    let incoming = dir.0.join("incoming");
+    let log = dir.0.join("cp.log");
+    let cp = ControlPlane::start_with(
+        &lab.a,
+        &dir.0.join("data"),
+        GRPC,
+        &log,
+        &[
+            "--watch-dir",
+            incoming.to_str().expect("utf8"),
+            "--max-file-mb",
+            "64",
+        ],
+    );
+    let (rss0, _) = cp.memory_kib();
+    let bomb = std::process::Command::new("sh")
+        .args(["-c", "head -c 536870912 /dev/zero | gzip -1"])
+        .output()
+        .expect("gzip");
+    assert!(bomb.stdout.len() < 4 << 20, "{}", bomb.stdout.len());
+    std::fs::write(incoming.join("aws/bomb.log.gz"), &bomb.stdout).expect("write");
+    let forged = "flows.log\n2026-12-06T00:00:00.000000Z  INFO FORGED admin logged in";
+    std::fs::write(
+        incoming.join("aws").join(forged),
+        "2 123456789010 eni-1 10.0.0.1 10.0.0.2 40000 22 6 3 180 1795860000 1795860060 ACCEPT OK\n",
+    )
+    .expect("write");
+    let t0 = Instant::now();
+    while !(incoming.join("aws/failed/bomb.log.gz").exists()
+        && incoming.join("aws/imported").join(forged).exists())
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (rss, peak) = cp.memory_kib();
+    eprintln!("gzip bomb: RSS {rss0} KiB before, {rss} KiB after, peak {peak} KiB");
+    assert!(
+        peak < rss0 + 32 * 1024,
+        "peak {peak} KiB against {rss0} KiB"
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("over 64 MiB"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("2026-12-06T00:00:00.000000Z")),
+        "a file name forged a log line:\n{text}"
+    );
+    assert!(
+        text.contains(r"flows.log\n2026"),
+        "the name is logged escaped:\n{text}"
+    );
+    cp.stop();
+}

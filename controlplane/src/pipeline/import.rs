@@ -135,6 +135,26 @@ pub fn import_inspecting(
     parsed
 }
 
+/// SHA-256 of `f` from its start (hex), and its length; `f` is left at its start. A file is
+/// imported once by this digest.
+pub fn digest(f: &mut std::fs::File) -> anyhow::Result<(String, u64)> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::{Read as _, Seek as _};
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    f.rewind()?;
+    Ok((h.finalize().iter().map(|b| format!("{b:02x}")).collect(), n))
+}
+
 /// The import pipeline, with its detectors (their state carries from one input to the next).
 pub struct Importer {
     stores: Stores,

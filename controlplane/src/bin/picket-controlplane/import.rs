@@ -1,8 +1,13 @@
 //! `picket-controlplane import`: cloud flow-log files through the import pipeline.
 
-use std::path::PathBuf;
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
 
+use anyhow::Context as _;
 use clap::ValueEnum;
+use tracing::{error, info};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,6 +31,10 @@ pub struct Args {
     /// address without it, get the registries' country data built into Picket.
     #[arg(long, value_name = "FILE")]
     geo_db: Option<std::path::PathBuf>,
+    /// The largest file imported, in MiB once decompressed; a larger one (a gzip bomb...) is
+    /// not imported, and the others go on.
+    #[arg(long, value_name = "MIB", default_value_t = controlplane::cloud::read::DEFAULT_MAX_FILE_BYTES >> 20)]
+    max_file_mb: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -35,18 +44,45 @@ pub enum Provider {
     Azure,
 }
 
+/// Standard input copied into an unnamed file in `dir` (at most `max` bytes), so that it is
+/// hashed and imported exactly once like any file.
+fn spool_stdin(dir: &Path, max: u64) -> anyhow::Result<File> {
+    use std::io::{Read as _, Seek as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(format!(".stdin-{}.spool", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // Unnamed from now on: nothing is left behind, whatever happens.
+    std::fs::remove_file(&path)?;
+    let copied = std::io::copy(&mut std::io::stdin().lock().take(max + 1), &mut f)
+        .context("reading standard input")?;
+    if copied > max {
+        return Err(anyhow::Error::new(controlplane::cloud::read::InputError(
+            format!("standard input: over {} MiB", max >> 20),
+        )));
+    }
+    f.rewind()?;
+    Ok(f)
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     use controlplane::{
-        cloud::read::{Summary, open_input},
+        cloud::read::{Summary, decoding},
         detect::Config,
-        model::Source,
-        pipeline::import::Importer,
+        model::{ImportedFile, Source},
+        pipeline::import::{Importer, digest},
         store::Stores,
     };
     crate::use_geo_db(a.geo_db.as_deref())?;
     if !(a.sampling_rate > 0.0 && a.sampling_rate <= 1.0) {
         anyhow::bail!("--sampling-rate must be in (0, 1], got {}", a.sampling_rate);
     }
+    let max = crate::max_file_bytes(a.max_file_mb)?;
     let stores = Stores::embedded(&a.data_dir)?;
     let source = match a.provider {
         Provider::Aws => Source::Aws,
@@ -58,17 +94,72 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let mut importer = Importer::new(stores.clone(), &config, a.sampling_rate)?;
     let mut sum = Summary::default();
-    let mut alerts = Vec::new();
+    let (mut alerts, mut duplicates, mut failed) = (Vec::new(), 0u64, 0u64);
     for f in &a.files {
-        let input = open_input(f)?;
-        let done = importer.import(source, input, &f.display().to_string(), None, &mut sum)?;
-        for id in done.alerts {
-            if !alerts.contains(&id) {
-                alerts.push(id);
+        let stdin = f.as_os_str() == "-";
+        let label = if stdin {
+            "standard input".to_string()
+        } else {
+            f.display().to_string()
+        };
+        // Each file exactly once, by its content: its flows and its digest in one transaction.
+        let mut one = Summary::default();
+        let done = (|| {
+            let mut file = if stdin {
+                spool_stdin(&a.data_dir, max)?
+            } else {
+                File::open(f).map_err(|e| {
+                    anyhow::Error::new(controlplane::cloud::read::InputError(format!(
+                        "cannot open {label:?}: {e}"
+                    )))
+                })?
+            };
+            let (sha256, bytes) = digest(&mut file)?;
+            let record = ImportedFile {
+                sha256,
+                provider: source,
+                name: if stdin {
+                    "-".into()
+                } else {
+                    f.file_name()
+                        .map_or_else(|| label.clone(), |n| n.to_string_lossy().into_owned())
+                },
+                bytes,
+            };
+            let input = decoding(Box::new(file), max)?;
+            importer.import(source, input, &label, Some(&record), &mut one)
+        })();
+        match done {
+            Ok(done) if done.stored => {
+                sum.add(&one);
+                for id in done.alerts {
+                    if !alerts.contains(&id) {
+                        alerts.push(id);
+                    }
+                }
+            }
+            Ok(_) => {
+                duplicates += 1;
+                info!(file = ?label, "already imported (same content): not imported again");
+            }
+            Err(e) => {
+                failed += 1;
+                error!(file = ?label, error = ?format!("{e:#}"), "not imported (nothing of it was stored)");
             }
         }
     }
-    println!("{}: {sum}", sum.provider);
+    if sum.provider.is_empty() {
+        sum.provider = match a.provider {
+            Provider::Aws => "aws",
+            Provider::Gcp => "gcp",
+            Provider::Azure => "azure",
+        };
+    }
+    print!("{}: {sum}", sum.provider);
+    if duplicates > 0 {
+        print!("; {duplicates} file(s) imported before (same content), not again");
+    }
+    println!();
     for id in alerts {
         if let Some(a) = stores.state.alert(id)? {
             println!(
@@ -79,6 +170,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 a.targets.join(", ")
             );
         }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} file(s) not imported (see above); the others were");
     }
     if sum.stored == 0 && sum.rejected_total() > 0 {
         anyhow::bail!(

@@ -116,3 +116,12 @@ fn use_geo_db(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `--max-file-mb` in bytes, checked.
+fn max_file_bytes(mb: u64) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        (1..=1 << 20).contains(&mb),
+        "--max-file-mb must be 1 to 1048576 (1 TiB), got {mb}"
+    );
+    Ok(mb << 20)
+}

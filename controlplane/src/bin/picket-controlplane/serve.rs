@@ -41,6 +41,10 @@ pub struct Args {
     /// once (by content, also across restarts); imported files move to `imported/` there.
     #[arg(long, value_name = "DIR")]
     watch_dir: Option<PathBuf>,
+    /// The largest file imported from --watch-dir, in MiB once decompressed; a larger one
+    /// (a gzip bomb...) moves to `failed/` unimported.
+    #[arg(long, value_name = "MIB", default_value_t = controlplane::cloud::read::DEFAULT_MAX_FILE_BYTES >> 20)]
+    max_file_mb: u64,
     /// The GCP subnets' flow-log sampling rate, for files of DIR/gcp.
     #[arg(long, value_name = "RATE", default_value_t = controlplane::cloud::flows::GCP_DEFAULT_SAMPLING)]
     gcp_sampling_rate: f64,
@@ -147,6 +151,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         http_listen: a.http_listen,
         https,
         watch: a.watch_dir.map(|d| (d, a.gcp_sampling_rate)),
+        max_file_bytes: crate::max_file_bytes(a.max_file_mb)?,
         retention: controlplane::store::Retention {
             raw_ns: a.retention_raw_days as i64 * DAY,
             minute_ns: a.retention_1m_days as i64 * DAY,
