@@ -533,3 +533,80 @@ fn a_gzip_bomb_and_a_forged_name_in_the_watched_directory() {
     );
     cp.stop();
 }
+
+/// A large file in the watched directory holds the store's writer for its whole transaction;
+/// the API reads from connections of its own meanwhile. (One connection for everything made
+/// `/health` wait 9.5 s behind a 2M-line import.)
+#[test]
+fn the_api_answers_while_a_large_file_is_imported() {
+    let lab = Lab::new();
+    let dir = TempDir::new("harden-reads");
+    let incoming = dir.0.join("incoming");
+    let log = dir.0.join("cp.log");
+    let cp = ControlPlane::start_with(
+        &lab.a,
+        &dir.0.join("data"),
+        GRPC,
+        &log,
+        &[
+            "--watch-dir",
+            incoming.to_str().expect("utf8"),
+            "--retention-raw-days",
+            "36500",
+        ],
+    );
+    let lines: String = (0..400_000u32)
+        .map(|i| {
+            format!(
+                "2 123456789010 eni-1 10.{}.{}.{} 10.1.0.1 {} 443 6 3 180 1795860000 1795860060 ACCEPT OK\n",
+                i >> 16,
+                (i >> 8) & 0xff,
+                i & 0xff,
+                1024 + i % 60_000
+            )
+        })
+        .collect();
+    let staged = incoming.join("aws/big.log.part");
+    std::fs::write(&staged, lines).expect("write");
+    std::fs::rename(&staged, incoming.join("aws/big.log")).expect("rename");
+    let token = format!("Bearer {}", cp.token);
+    let done = incoming.join("aws/imported/big.log");
+    let took = in_netns(&lab.a, move || {
+        let mut took = Vec::new();
+        let t0 = Instant::now();
+        while !done.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(120), "not imported");
+            for path in ["/api/v1/health", "/api/v1/alerts"] {
+                let t = Instant::now();
+                let mut c = connect_from(ip(1), HTTP);
+                c.write_all(
+                    format!("GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: {token}\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .expect("write");
+                let a = answer(&mut c, Duration::from_secs(30));
+                assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+                took.push(t.elapsed());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        took.sort();
+        took
+    })
+    .join()
+    .expect("poller");
+    let (worst, median) = (took[took.len() - 1], took[took.len() / 2]);
+    eprintln!(
+        "{} requests during a 400,000-line import: median {median:?}, worst {worst:?}",
+        took.len()
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("stored=400000"), "{text}");
+    assert!(
+        took.len() >= 10,
+        "the import was too short to poll: {}",
+        took.len()
+    );
+    assert!(worst < Duration::from_secs(1), "worst {worst:?}");
+    cp.stop();
+}

@@ -47,7 +47,7 @@ impl Access for SqliteStore {
 
     fn user_credentials(&self, name: &str) -> anyhow::Result<Option<(String, Role)>> {
         Ok(self
-            .conn()
+            .reader()?
             .query_row(
                 "SELECT password_hash, role FROM users WHERE name = ?1",
                 [name],
@@ -103,7 +103,7 @@ impl Access for SqliteStore {
 
     fn session(&self, token_hash: &str, now_ns: i64) -> anyhow::Result<Option<SessionRow>> {
         Ok(self
-            .conn()
+            .reader()?
             .prepare_cached(
                 "SELECT s.user, u.role, s.csrf FROM sessions s JOIN users u ON u.name = s.user \
                  WHERE s.token_hash = ?1 AND s.expires_ns > ?2",
@@ -162,24 +162,31 @@ impl Access for SqliteStore {
     }
 
     fn token(&self, token_hash: &str, now_ns: i64) -> anyhow::Result<Option<(String, Role)>> {
-        let c = self.conn();
-        let found = c
+        let found = self
+            .reader()?
             .prepare_cached(
-                "SELECT name, role FROM api_tokens WHERE token_hash = ?1 AND revoked_ns IS NULL",
+                "SELECT name, role, COALESCE(last_used_ns, 0) FROM api_tokens \
+                 WHERE token_hash = ?1 AND revoked_ns IS NULL",
             )?
             .query_row([token_hash], |r| {
-                Ok((r.get::<_, String>(0)?, role(r.get(1)?)))
+                Ok((r.get::<_, String>(0)?, role(r.get(1)?), r.get::<_, i64>(2)?))
             })
             .optional()?;
-        if found.is_some() {
-            // At most one write a minute per token: a script's every call is not a write.
+        let Some((name, role, last_used)) = found else {
+            return Ok(None);
+        };
+        // At most one write a minute per token (a script's every call is not a write), and
+        // only when the writer is free: a long import must not hold up a token's check.
+        if last_used < now_ns.saturating_sub(60_000_000_000)
+            && let Ok(c) = self.conn.try_lock()
+        {
             c.prepare_cached(
                 "UPDATE api_tokens SET last_used_ns = ?2 WHERE token_hash = ?1 \
                  AND (last_used_ns IS NULL OR last_used_ns < ?2 - 60000000000)",
             )?
             .execute(params![token_hash, now_ns])?;
         }
-        Ok(found)
+        Ok(Some((name, role)))
     }
 
     fn revoke_token(&self, name: &str, now_ns: i64) -> anyhow::Result<bool> {

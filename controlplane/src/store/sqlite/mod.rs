@@ -47,7 +47,12 @@ mod triage;
 mod write;
 
 pub struct SqliteStore {
+    /// The one writer: every change, and reads that must see the writer's own transaction.
     conn: Mutex<Connection>,
+    /// Read-only connections for queries: WAL lets them read the last commit while the writer
+    /// is inside a long transaction (a watched-directory import), so the API and the sensors'
+    /// key checks never wait for one.
+    readers: Readers,
     /// Stops the checkpoint thread when the store is dropped.
     _checkpointer: checkpoint::Handle,
 }
@@ -114,12 +119,81 @@ impl SqliteStore {
         let checkpointer = checkpoint::start(&path)?;
         Ok(Arc::new(SqliteStore {
             conn: Mutex::new(conn),
+            readers: Readers {
+                path,
+                idle: Mutex::new(Vec::new()),
+            },
             _checkpointer: checkpointer,
         }))
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read-only connection (see [`Readers`]).
+    fn reader(&self) -> anyhow::Result<Reader<'_>> {
+        let idle = self
+            .readers
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_reader(&self.readers.path)?,
+        };
+        Ok(Reader {
+            conn: Some(conn),
+            pool: &self.readers,
+        })
+    }
+}
+
+/// Idle read-only connections, opened as needed and kept up to [`IDLE_READERS`].
+struct Readers {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+const IDLE_READERS: usize = 4;
+
+fn open_reader(path: &Path) -> anyhow::Result<Connection> {
+    use rusqlite::OpenFlags;
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {} to read", path.display()))?;
+    c.pragma_update(None, "cache_size", -16384)?;
+    c.pragma_update(None, "mmap_size", 1i64 << 30)?;
+    c.pragma_update(None, "temp_store", "MEMORY")?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(c)
+}
+
+/// A read-only connection, back to the pool when dropped.
+struct Reader<'a> {
+    conn: Option<Connection>,
+    pool: &'a Readers,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_READERS {
+                idle.push(c);
+            }
+        }
     }
 }
 
@@ -157,15 +231,15 @@ impl FlowStore for SqliteStore {
     }
 
     fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals> {
-        query::flow_totals(&self.conn(), sensor)
+        query::flow_totals(&*self.reader()?, sensor)
     }
 
     fn source_totals(&self, source: Source) -> anyhow::Result<FlowTotals> {
-        query::source_totals(&self.conn(), source)
+        query::source_totals(&*self.reader()?, source)
     }
 
     fn rollup_totals(&self, level: &str, source: Source) -> anyhow::Result<FlowTotals> {
-        rollups::rollup_totals(&self.conn(), level, source)
+        rollups::rollup_totals(&*self.reader()?, level, source)
     }
 
     fn correlate(&self, since_ns: i64, until_ns: i64, tolerance_ns: i64) -> anyhow::Result<u64> {
@@ -181,7 +255,7 @@ impl FlowStore for SqliteStore {
         since_ns: i64,
         watched: &HashSet<IpAddr>,
     ) -> anyhow::Result<Vec<CoverageGap>> {
-        query::coverage_gaps(&self.conn(), since_ns, watched)
+        query::coverage_gaps(&*self.reader()?, since_ns, watched)
     }
 
     fn maintain(&self, now_ns: i64, retention: &Retention) -> anyhow::Result<Maintenance> {
@@ -189,11 +263,11 @@ impl FlowStore for SqliteStore {
     }
 
     fn top(&self, q: &TopQuery) -> anyhow::Result<Vec<TopRow>> {
-        query::top(&self.conn(), q)
+        query::top(&*self.reader()?, q)
     }
 
     fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>> {
-        query::query_flows(&self.conn(), q)
+        query::query_flows(&*self.reader()?, q)
     }
 
     fn conversations(
@@ -202,11 +276,11 @@ impl FlowStore for SqliteStore {
         until_ns: i64,
         ip: Option<IpAddr>,
     ) -> anyhow::Result<Vec<Conversation>> {
-        rollups::conversations(&self.conn(), since_ns, until_ns, ip)
+        rollups::conversations(&*self.reader()?, since_ns, until_ns, ip)
     }
 
     fn hourly(&self, ip: IpAddr, since_ns: i64, until_ns: i64) -> anyhow::Result<Vec<(i64, u64)>> {
-        rollups::hourly(&self.conn(), ip, since_ns, until_ns)
+        rollups::hourly(&*self.reader()?, ip, since_ns, until_ns)
     }
 }
 
@@ -220,11 +294,11 @@ impl Sensors for SqliteStore {
     }
 
     fn sensors(&self) -> anyhow::Result<Vec<SensorRow>> {
-        sensors::sensors(&self.conn())
+        sensors::sensors(&*self.reader()?)
     }
 
     fn sensor_for_key(&self, key_hash: &str) -> anyhow::Result<Option<String>> {
-        sensors::sensor_for_key(&self.conn(), key_hash)
+        sensors::sensor_for_key(&*self.reader()?, key_hash)
     }
 
     fn register(&self, sensor: &str, req: &Registration, now_ns: i64) -> anyhow::Result<()> {
@@ -249,11 +323,11 @@ impl Alerts for SqliteStore {
     }
 
     fn alerts(&self, q: &AlertQuery) -> anyhow::Result<Vec<Alert>> {
-        alerts::alerts(&self.conn(), q)
+        alerts::alerts(&*self.reader()?, q)
     }
 
     fn alert(&self, id: i64) -> anyhow::Result<Option<Alert>> {
-        alerts::alert(&self.conn(), id)
+        alerts::alert(&*self.reader()?, id)
     }
 
     fn change_alert(
@@ -267,7 +341,7 @@ impl Alerts for SqliteStore {
     }
 
     fn alert_history(&self, id: i64) -> anyhow::Result<Vec<HistoryEntry>> {
-        triage::alert_history(&self.conn(), id)
+        triage::alert_history(&*self.reader()?, id)
     }
 
     fn wake_snoozed(&self, now_ns: i64) -> anyhow::Result<u64> {
@@ -275,13 +349,13 @@ impl Alerts for SqliteStore {
     }
 
     fn entity_context(&self) -> anyhow::Result<EntityContext> {
-        alerts::entity_context(&self.conn())
+        alerts::entity_context(&*self.reader()?)
     }
 }
 
 impl Notifications for SqliteStore {
     fn notifiers(&self) -> anyhow::Result<Vec<NotifierRow>> {
-        notifications::notifiers(&self.conn())
+        notifications::notifiers(&*self.reader()?)
     }
 
     fn add_notifier(&self, n: &NotifierRow, now_ns: i64) -> anyhow::Result<()> {
@@ -293,7 +367,7 @@ impl Notifications for SqliteStore {
     }
 
     fn notification_counts(&self) -> anyhow::Result<Vec<(String, Counts)>> {
-        notifications::notification_counts(&self.conn())
+        notifications::notification_counts(&*self.reader()?)
     }
 
     fn due_notifications(&self, now_ns: i64, limit: usize) -> anyhow::Result<Vec<Pending>> {
@@ -318,7 +392,7 @@ impl Notifications for SqliteStore {
 
 impl Settings for SqliteStore {
     fn watchlist(&self) -> anyhow::Result<Vec<(String, String)>> {
-        settings::watchlist(&self.conn())
+        settings::watchlist(&*self.reader()?)
     }
 
     fn add_watchlist(&self, entries: &[(String, String)], now_ns: i64) -> anyhow::Result<usize> {
@@ -330,7 +404,7 @@ impl Settings for SqliteStore {
     }
 
     fn allowlist(&self) -> anyhow::Result<Vec<(String, String, String)>> {
-        settings::allowlist(&self.conn())
+        settings::allowlist(&*self.reader()?)
     }
 
     fn add_allowlist(
@@ -348,7 +422,7 @@ impl Settings for SqliteStore {
     }
 
     fn sensitivities(&self) -> anyhow::Result<Vec<(String, String, String)>> {
-        settings::sensitivities(&self.conn())
+        settings::sensitivities(&*self.reader()?)
     }
 
     fn set_sensitivity(
@@ -462,5 +536,63 @@ mod testing {
             cloud: Default::default(),
             sensor: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{testing::cloud_flow, *};
+    use crate::store::Access as _;
+
+    /// Reads go to their own connections: while a file's import holds the writer inside its
+    /// transaction, the queries the API and the sensors' key checks make answer at once, from
+    /// the last commit.
+    #[test]
+    fn a_long_import_does_not_hold_up_reads() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(dir.path()).expect("open");
+        s.add_sensor("edge", "hash-e", 1).expect("add");
+        s.insert_flows(&[cloud_flow("198.51.100.1", 22, 1_000, 3)])
+            .expect("insert");
+        let s = &*s;
+        let file = &ImportedFile {
+            sha256: "cd".repeat(32),
+            provider: Source::Aws,
+            name: "big.log".into(),
+            bytes: 1,
+        };
+        let (inside, go_on) = (
+            std::sync::mpsc::channel::<()>(),
+            std::sync::mpsc::channel::<()>(),
+        );
+        let (entered, proceed) = (inside.0, go_on.1);
+        std::thread::scope(|t| {
+            let writer = t.spawn(move || {
+                s.import_file_once(file, 2, &mut |sink| {
+                    sink(&[cloud_flow("198.51.100.2", 22, 1_000, 5)])?;
+                    entered.send(()).expect("signal");
+                    proceed.recv().expect("wait");
+                    Ok("{}".into())
+                })
+            });
+            inside.1.recv().expect("inside the transaction");
+            let t0 = std::time::Instant::now();
+            let seen = (
+                s.source_totals(Source::Aws).map(|t| t.records),
+                s.sensor_for_key("hash-e"),
+                s.notification_counts().map(|c| c.len()),
+                s.user_credentials("nobody").map(|u| u.is_none()),
+            );
+            let took = t0.elapsed();
+            // Let the import finish before anything is checked, so a failure cannot hang.
+            go_on.0.send(()).expect("go on");
+            assert_eq!(seen.0.expect("totals"), 1, "the last commit");
+            assert_eq!(seen.1.expect("key"), Some("edge".into()));
+            assert_eq!(seen.2.expect("counts"), 0);
+            assert!(seen.3.expect("user"));
+            assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+            writer.join().expect("writer").expect("import");
+        });
+        assert_eq!(s.source_totals(Source::Aws).expect("totals").records, 2);
     }
 }
