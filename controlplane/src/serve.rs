@@ -56,6 +56,8 @@ pub struct Config {
     /// The dashboard's URL as users reach it: messages link to their alert there.
     pub public_url: Option<String>,
     pub retry: notify::Retry,
+    /// Where notifications may go (all destinations when empty).
+    pub notify_allow: notify::Destinations,
     /// How long a client may stay silent (see `listen`).
     pub idle_timeout: Duration,
     /// Open connections allowed (fitted under the limit of open files at the start).
@@ -165,10 +167,11 @@ pub fn run(c: Config) -> anyhow::Result<()> {
 /// The runtime's part: HTTP (dashboard, API), notifications, the sensor ingest.
 async fn serve(c: Config, stores: Stores, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let (stop_http, mut http_stop) = tokio::sync::watch::channel(false);
+    let sender = notify::Sender::new(c.public_url.clone(), c.notify_allow.clone())?;
     let dispatcher = tokio::spawn(
         notify::Dispatcher {
             store: stores.state.clone(),
-            sender: notify::Sender::new(c.public_url.clone())?,
+            sender: sender.clone(),
             retry: c.retry,
         }
         .run(stop_http.subscribe()),
@@ -182,6 +185,7 @@ async fn serve(c: Config, stores: Stores, stop: Arc<AtomicBool>) -> anyhow::Resu
         crate::api::Options {
             secure_cookies,
             body_timeout: c.idle_timeout,
+            sender,
         },
     );
     let http = tokio::net::TcpListener::bind(c.http_listen)

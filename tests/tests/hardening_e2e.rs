@@ -610,3 +610,53 @@ fn the_api_answers_while_a_large_file_is_imported() {
     assert!(worst < Duration::from_secs(1), "worst {worst:?}");
     cp.stop();
 }
+
+/// `sensors add --out FILE` writes the key only its owner can read, and never over a file.
+#[test]
+fn a_sensor_key_is_written_private_and_never_over_a_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("harden-key");
+    let data = dir.0.join("data");
+    let key = dir.0.join("edge.key");
+    let run = |name: &str| {
+        std::process::Command::new(tests::bin("picket-controlplane"))
+            .args(["sensors", "--data-dir"])
+            .arg(&data)
+            .args(["add", name, "--out"])
+            .arg(&key)
+            .output()
+            .expect("sensors add")
+    };
+    let o = run("edge-1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout.is_empty(), "the key is not printed");
+    let meta = std::fs::metadata(&key).expect("key file");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&key).expect("read");
+    assert!(
+        text.starts_with("pks_") && text.trim().len() == 68,
+        "{text}"
+    );
+    let o = run("edge-2");
+    assert!(!o.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&key).expect("read"),
+        text,
+        "not overwritten"
+    );
+    let list = std::process::Command::new(tests::bin("picket-controlplane"))
+        .args(["sensors", "--data-dir"])
+        .arg(&data)
+        .arg("list")
+        .output()
+        .expect("list");
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains("edge-1") && !list.contains("edge-2"),
+        "{list}"
+    );
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("picket.db")), 0o600);
+}

@@ -55,21 +55,14 @@ struct Api {
 pub const MAX_BODY: usize = 64 << 10;
 
 /// How the API is served.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     /// Session cookies only over HTTPS (`Secure`): when the dashboard is reached by https://.
     pub secure_cookies: bool,
     /// A request's body must arrive whole within this.
     pub body_timeout: Duration,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            secure_cookies: false,
-            body_timeout: Duration::from_secs(60),
-        }
-    }
+    /// What sends a notifier's test message: the dispatcher's, with its allowed destinations.
+    pub sender: crate::notify::Sender,
 }
 
 /// Every path served, with its methods (openapi.yaml documents exactly these; a test checks

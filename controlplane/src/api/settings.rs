@@ -143,8 +143,8 @@ pub(super) async fn test_notifier(
                 format!("no notifier `{name}`"),
             )
         })?;
-    let sender = notify::Sender::new(None).map_err(ApiError::internal)?;
-    sender
+    api.opts
+        .sender
         .send(
             &n.target,
             &notify::sample_alert(now_ns()),

@@ -24,7 +24,7 @@ mod send;
 
 pub use dispatch::{Dispatcher, MAX_BACKOFF, POLL, Retry, sample_alert};
 pub use format::{cef, markdown, signature, slack_text, summary, syslog_message, webhook_body};
-pub use send::{DELIVERY_TIMEOUT, Failure, Sender};
+pub use send::{DELIVERY_TIMEOUT, Destinations, Failure, Sender};
 
 /// Where a notifier delivers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ impl Target {
             Target::Slack { url } => redact_url(url),
             Target::Webex {
                 room_id, api_url, ..
-            } => format!("room {room_id} via {api_url}"),
+            } => format!("room {room_id} via {}", public_url(api_url)),
             Target::Syslog {
                 address,
                 transport,
@@ -168,6 +168,31 @@ fn redact_url(url: &str) -> String {
         ),
         Err(_) => "(invalid URL)".into(),
     }
+}
+
+/// A URL without its user, password, query and fragment: what may be shown to anyone.
+fn public_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            u.path().trim_end_matches('/')
+        ),
+        Err(_) => "(invalid URL)".into(),
+    }
+}
+
+/// The Webex messages endpoint under `api_url`: its path extended, its query kept.
+pub fn webex_messages_url(api_url: &str) -> anyhow::Result<reqwest::Url> {
+    let mut u = reqwest::Url::parse(api_url)
+        .map_err(|e| anyhow::anyhow!("`{}` is not a URL: {e}", public_url(api_url)))?;
+    u.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("`{}` cannot have a path", public_url(api_url)))?
+        .pop_if_empty()
+        .extend(["v1", "messages"]);
+    Ok(u)
 }
 
 /// A notifier's name: 1-64 letters, digits, `-` or `_`.
@@ -264,9 +289,16 @@ pub fn add(store: &dyn StateStore, n: &Notifier, now_ns: i64) -> anyhow::Result<
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
 
     use super::*;
+    use crate::model::Event;
 
     #[test]
     fn targets_are_checked_and_described_without_secrets() {
@@ -297,5 +329,131 @@ mod tests {
         assert_eq!(r.backoff(1), Duration::from_secs(2));
         assert_eq!(r.backoff(4), Duration::from_secs(16));
         assert_eq!(r.backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_webex_api_url_is_shown_without_credentials_and_joined_keeping_its_query() {
+        let w = Target::Webex {
+            token: "bot-token".into(),
+            room_id: "R1".into(),
+            api_url: "https://user:pass@proxy.example.com/webex/?k=secret#f".into(),
+        };
+        w.validate().expect("valid");
+        let shown = w.describe();
+        assert_eq!(shown, "room R1 via https://proxy.example.com/webex");
+        assert!(!shown.contains("pass") && !shown.contains("secret"));
+        assert_eq!(
+            webex_messages_url("https://proxy.example.com/webex/?k=secret")
+                .expect("url")
+                .as_str(),
+            "https://proxy.example.com/webex/v1/messages?k=secret"
+        );
+        assert_eq!(
+            webex_messages_url(WEBEX_API).expect("url").as_str(),
+            "https://webexapis.com/v1/messages"
+        );
+    }
+
+    /// A receiver on loopback that answers every request with `answer` and counts them.
+    async fn receiver(answer: &'static str) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                h.fetch_add(1, Ordering::SeqCst);
+                let mut buf = vec![0u8; 65536];
+                let _ = c.read(&mut buf).await;
+                let _ = c.write_all(answer.as_bytes()).await;
+            }
+        });
+        (format!("http://{addr}"), hits)
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_answers_not_echoed_and_destinations_checked() {
+        let alert = sample_alert(1);
+        let (elsewhere, elsewhere_hits) =
+            receiver("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        let redirect: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {elsewhere}/x\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .into_boxed_str(),
+        );
+        let (redirecting, _) = receiver(redirect).await;
+        let (leaky, _) = receiver(
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 20\r\nconnection: close\r\n\r\n\
+             internal-secret-data",
+        )
+        .await;
+        let any = Sender::new(None, Destinations::default()).expect("sender");
+        let hook = |url: &str| Target::Webhook {
+            url: format!("{url}/hook"),
+            secret: None,
+        };
+        let f = any
+            .send(&hook(&redirecting), &alert, Event::Test, 1)
+            .await
+            .expect_err("a redirect is a failure");
+        assert_eq!(f.message, "HTTP 307 Temporary Redirect");
+        assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0, "not followed");
+        let f = any
+            .send(&hook(&leaky), &alert, Event::Test, 1)
+            .await
+            .expect_err("404");
+        assert_eq!(f.message, "HTTP 404 Not Found");
+        assert!(!f.retry);
+        // Only 10.0.0.0/8 allowed: a loopback literal and a name resolving to loopback are
+        // refused before any connection.
+        let only = Sender::new(
+            None,
+            Destinations::only(&["10.0.0.0/8".into()]).expect("nets"),
+        )
+        .expect("sender");
+        let port = elsewhere.rsplit(':').next().expect("port");
+        for url in [elsewhere.clone(), format!("http://localhost:{port}")] {
+            let f = only
+                .send(&hook(&url), &alert, Event::Test, 1)
+                .await
+                .expect_err("refused");
+            assert!(
+                f.message.contains("not an allowed destination"),
+                "{url}: {}",
+                f.message
+            );
+        }
+        let syslog = Target::Syslog {
+            address: format!("127.0.0.1:{port}"),
+            transport: Transport::Tcp,
+            facility: 4,
+            cef: false,
+        };
+        let f = only
+            .send(&syslog, &alert, Event::Test, 1)
+            .await
+            .expect_err("refused");
+        assert!(
+            f.message.contains("not an allowed destination"),
+            "{}",
+            f.message
+        );
+        assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0);
+        // Allowed, the same receiver is reached.
+        let loopback = Sender::new(
+            None,
+            Destinations::only(&["127.0.0.0/8".into()]).expect("nets"),
+        )
+        .expect("sender");
+        loopback
+            .send(&hook(&elsewhere), &alert, Event::Test, 1)
+            .await
+            .expect("delivered");
+        assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 1);
     }
 }

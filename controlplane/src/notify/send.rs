@@ -1,6 +1,11 @@
 //! Delivery of one message to one receiver, and how a failure is judged (retried or not).
 
-use std::{io::Write as _, time::Duration};
+use std::{
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::model::{Alert, Event};
 
@@ -29,6 +34,74 @@ impl Failure {
             after: None,
         }
     }
+
+    /// A failure that trying again cannot mend.
+    fn permanent(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            retry: false,
+            after: None,
+        }
+    }
+}
+
+/// The networks notifications may go to (`serve --notify-allow`); empty: anywhere.
+#[derive(Clone, Debug, Default)]
+pub struct Destinations {
+    nets: Vec<ipnet::IpNet>,
+}
+
+impl Destinations {
+    /// Only to these networks (addresses or CIDR).
+    pub fn only(nets: &[String]) -> anyhow::Result<Self> {
+        Ok(Destinations {
+            nets: nets
+                .iter()
+                .map(|n| crate::util::net::parse_network(n))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.nets.is_empty() || self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The addresses of `host:port` that may be reached, in the resolver's order.
+    async fn resolve(&self, host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
+        let all: Vec<SocketAddr> = tokio::net::lookup_host(host_port).await?.collect();
+        let allowed: Vec<SocketAddr> = all
+            .iter()
+            .copied()
+            .filter(|a| self.allows(a.ip()))
+            .collect();
+        if allowed.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                if all.is_empty() {
+                    "no address".to_string()
+                } else {
+                    format!("{host_port}: not an allowed destination (--notify-allow)")
+                },
+            ));
+        }
+        Ok(allowed)
+    }
+}
+
+/// reqwest's name resolution through [`Destinations`]: a name that resolves only outside them
+/// is not connected to.
+struct AllowedResolver(Arc<Destinations>);
+
+impl reqwest::dns::Resolve for AllowedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow = self.0.clone();
+        Box::pin(async move {
+            let addrs = allow.resolve(&format!("{}:0", name.as_str())).await?;
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
 }
 
 /// Sends messages; one per process (it holds the HTTP connection pool).
@@ -38,16 +111,22 @@ pub struct Sender {
     host: String,
     /// The dashboard's public URL, for links in messages.
     public_url: Option<String>,
+    allow: Arc<Destinations>,
 }
 
 /// How long one delivery may take.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Sender {
-    pub fn new(public_url: Option<String>) -> anyhow::Result<Self> {
+    /// A sender to `allow`'s destinations. Redirects are not followed (a POST would become a
+    /// GET elsewhere): a 3xx answer is a failure.
+    pub fn new(public_url: Option<String>, allow: Destinations) -> anyhow::Result<Self> {
+        let allow = Arc::new(allow);
         let http = reqwest::Client::builder()
             .timeout(DELIVERY_TIMEOUT)
             .user_agent(concat!("picket/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(AllowedResolver(allow.clone())))
             .build()?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -56,6 +135,7 @@ impl Sender {
             http,
             host,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
+            allow,
         })
     }
 
@@ -74,6 +154,7 @@ impl Sender {
         delivery: i64,
     ) -> Result<(), Failure> {
         let link = self.link(a);
+        self.check_literal(target)?;
         match target {
             Target::Webhook { url, secret } => {
                 let body = webhook_body(a, ev, delivery, link.as_deref());
@@ -105,7 +186,8 @@ impl Sender {
                     "markdown": markdown(a, ev, link.as_deref()),
                     "text": summary(a, ev),
                 });
-                let url = format!("{}/v1/messages", api_url.trim_end_matches('/'));
+                let url = super::webex_messages_url(api_url)
+                    .map_err(|e| Failure::permanent(format!("{e:#}")))?;
                 self.http_result(self.http.post(url).bearer_auth(token).json(&body))
                     .await
             }
@@ -117,10 +199,37 @@ impl Sender {
             } => {
                 let now = crate::util::time::now_ns();
                 let msg = syslog_message(a, ev, *facility, *cef, &self.host, now);
-                send_syslog(address, *transport, msg)
+                send_syslog(&self.allow, address, *transport, msg)
                     .await
                     .map_err(|e| Failure::retry(format!("syslog to {address}: {e}")))
             }
+        }
+    }
+
+    /// An address written in a URL is not resolved, so the resolver does not see it: checked
+    /// here.
+    fn check_literal(&self, target: &Target) -> Result<(), Failure> {
+        let url = match target {
+            Target::Webhook { url, .. } | Target::Slack { url } => url.as_str(),
+            Target::Webex { api_url, .. } => api_url.as_str(),
+            Target::Syslog { .. } => return Ok(()),
+        };
+        let literal = reqwest::Url::parse(url).ok().and_then(|u| {
+            u.host_str()?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok()
+        });
+        let Some(ip) = literal else {
+            return Ok(());
+        };
+        if self.allow.allows(ip) {
+            Ok(())
+        } else {
+            Err(Failure::permanent(format!(
+                "{ip} is not an allowed destination (--notify-allow)"
+            )))
         }
     }
 
@@ -146,27 +255,27 @@ impl Sender {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let text = resp.text().await.unwrap_or_default();
-        let text: String = text.chars().take(200).collect();
+        // The receiver's answer is not repeated (to the API's caller, into the store): a
+        // notifier must not become a way to read what an internal address serves.
         Err(Failure {
-            message: format!("HTTP {status}: {}", text.trim()),
+            message: format!("HTTP {status}"),
             retry: status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429,
             after,
         })
     }
 }
 
-async fn send_syslog(address: &str, transport: Transport, msg: String) -> std::io::Result<()> {
+async fn send_syslog(
+    allow: &Destinations,
+    address: &str,
+    transport: Transport,
+    msg: String,
+) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt as _;
     let fut = async {
         match transport {
             Transport::Udp => {
-                let peer = tokio::net::lookup_host(address)
-                    .await?
-                    .next()
-                    .ok_or_else(|| {
-                        std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
-                    })?;
+                let peer = allow.resolve(address).await?[0];
                 let bind = if peer.is_ipv4() {
                     "0.0.0.0:0"
                 } else {
@@ -177,7 +286,9 @@ async fn send_syslog(address: &str, transport: Transport, msg: String) -> std::i
             }
             Transport::Tcp => {
                 // Octet counting (RFC 6587 3.4.1): a newline inside the message stays safe.
-                let mut s = tokio::net::TcpStream::connect(address).await?;
+                let mut s =
+                    tokio::net::TcpStream::connect(allow.resolve(address).await?.as_slice())
+                        .await?;
                 let mut frame = Vec::with_capacity(msg.len() + 8);
                 write!(frame, "{} {msg}", msg.len())?;
                 s.write_all(&frame).await?;

@@ -175,7 +175,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let now = now_ns();
-            let sender = notify::Sender::new(None)?;
+            let sender = notify::Sender::new(None, notify::Destinations::default())?;
             rt.block_on(sender.send(
                 &n.target,
                 &notify::sample_alert(now),

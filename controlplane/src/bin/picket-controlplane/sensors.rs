@@ -16,7 +16,13 @@ pub struct Args {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Create a sensor and print its key (shown only now; only a hash is stored).
-    Add { name: String },
+    Add {
+        name: String,
+        /// Write the key to FILE (created, mode 0600; never overwritten) instead of printing
+        /// it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Sensors with their registration and last heartbeat.
     List,
     /// Revoke a sensor's key: its next call is refused.
@@ -26,7 +32,7 @@ pub enum Cmd {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let store = Stores::embedded(&a.data_dir)?.state;
     match a.cmd {
-        Cmd::Add { name } => {
+        Cmd::Add { name, out } => {
             if name.is_empty()
                 || name.len() > 64
                 || !name
@@ -38,12 +44,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 );
             }
             let key = keys::new_key()?;
+            // The file first: a sensor is not created with a key nobody could read.
+            let file = match &out {
+                Some(path) => Some(secret_file(path)?),
+                None => None,
+            };
             store.add_sensor(&name, &keys::hash(&key), now_ns())?;
-            eprintln!(
-                "sensor `{name}` created. Its key follows; it is shown only now. Give it to the \
-                 sensor with --sensor-key-file."
-            );
-            println!("{key}");
+            match (file, &out) {
+                (Some(mut f), Some(path)) => {
+                    use std::io::Write as _;
+                    writeln!(f, "{key}")
+                        .and_then(|()| f.sync_all())
+                        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                    eprintln!(
+                        "sensor `{name}` created; its key is in {} (mode 0600). Give it to the \
+                         sensor with --sensor-key-file.",
+                        path.display()
+                    );
+                }
+                _ => {
+                    eprintln!(
+                        "sensor `{name}` created. Its key follows; it is shown only now. Give it \
+                         to the sensor with --sensor-key-file (or use --out FILE)."
+                    );
+                    println!("{key}");
+                }
+            }
         }
         Cmd::List => {
             println!(
@@ -70,4 +96,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new file only its owner can read and write; an existing one is not overwritten.
+fn secret_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("--out {}: {e}", path.display()))
 }

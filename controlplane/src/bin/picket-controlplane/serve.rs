@@ -83,6 +83,10 @@ pub struct Args {
     /// most 10 minutes).
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     notify_retry_ms: u64,
+    /// Notifications go only to these networks (address or CIDR, repeatable): a notifier
+    /// whose URL or syslog address resolves elsewhere is refused. Without it, anywhere.
+    #[arg(long, value_name = "NET")]
+    notify_allow: Vec<String>,
     /// Seconds a client may stay silent: an HTTP connection waiting for a request's head (also
     /// between keep-alive requests) or a request's body, a sensor's connection not answering
     /// the control plane's pings. Then it is closed.
@@ -162,6 +166,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             learning_ns: a.learning_days as i64 * DAY,
         },
         public_url: a.public_url,
+        notify_allow: controlplane::notify::Destinations::only(&a.notify_allow)
+            .map_err(|e| anyhow::anyhow!("--notify-allow: {e:#}"))?,
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
         http_caps: Caps {
             total: a.http_max_connections,

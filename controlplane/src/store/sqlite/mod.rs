@@ -89,8 +89,7 @@ fn sat_add(a: &str, b: &str) -> String {
 
 impl SqliteStore {
     pub fn open(data_dir: &Path) -> anyhow::Result<Arc<Self>> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        private_files(data_dir)?;
         let path = data_dir.join("picket.db");
         let conn =
             Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -148,6 +147,50 @@ impl SqliteStore {
             pool: &self.readers,
         })
     }
+}
+
+/// The data dir only its owner may enter (0700, created so) and the store's files only its
+/// owner may read (0600): they hold password hashes, sessions, notifier secrets and every
+/// flow. Files an older version left readable to others are made private, with a log line.
+fn private_files(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let db = data_dir.join("picket.db");
+    // Created here, private, before SQLite creates it with the umask's mode; the WAL and
+    // shared-memory files SQLite adds take the database file's mode.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&db)
+        .with_context(|| format!("opening {}", db.display()))?;
+    for (path, private) in [
+        (data_dir.to_path_buf(), 0o700),
+        (db.clone(), 0o600),
+        (data_dir.join("picket.db-wal"), 0o600),
+        (data_dir.join("picket.db-shm"), 0o600),
+    ] {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(private))
+                .with_context(|| format!("making {} private", path.display()))?;
+            tracing::info!(
+                file = ?path,
+                was = format!("{mode:o}"),
+                now = format!("{private:o}"),
+                "made the store's file private to its owner"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Idle read-only connections, opened as needed and kept up to [`IDLE_READERS`].
@@ -594,5 +637,33 @@ mod tests {
             writer.join().expect("writer").expect("import");
         });
         assert_eq!(s.source_totals(Source::Aws).expect("totals").records, 2);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+    }
+
+    /// The store's files hold password hashes, sessions and secrets: only their owner reads
+    /// them, also when an older version left them readable to others.
+    #[test]
+    fn the_store_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = tmp.path().join("data");
+        let s = SqliteStore::open(&data).expect("open");
+        s.insert_flows(&[cloud_flow("198.51.100.1", 22, 1_000, 3)])
+            .expect("insert");
+        assert_eq!(mode(&data), 0o700);
+        for f in ["picket.db", "picket.db-wal", "picket.db-shm"] {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
+        drop(s);
+        for (p, m) in [(data.clone(), 0o755), (data.join("picket.db"), 0o644)] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).expect("chmod");
+        }
+        let _s = SqliteStore::open(&data).expect("open again");
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("picket.db")), 0o600);
     }
 }
