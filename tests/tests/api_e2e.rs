@@ -427,6 +427,15 @@ fn users_sessions_tokens_and_alert_triage() {
     );
     assert_eq!(r.json()["status"], "snoozed");
     assert_eq!(r.json()["snoozed_until"], "2099-01-01T00:00:00Z");
+    // Past the year 2262 (the end of nanosecond time), a snooze is "until further notice":
+    // clamped, not wrapped into the past.
+    let r = cp.request(
+        "PATCH",
+        &path,
+        Some(&serde_json::json!({"snooze_until": "9999-12-31T23:59:59Z"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["snoozed_until"], "2262-04-11T23:47:16.854775807Z");
     let r = cp.request(
         "PATCH",
         &path,
@@ -469,6 +478,7 @@ fn users_sessions_tokens_and_alert_triage() {
                 "external scanner, blocked at the edge"
             ),
             s(&token_name, "snooze", "2099-01-01T00:00:00Z"),
+            s(&token_name, "snooze", "2262-04-11T23:47:16.854775807Z"),
             s(&token_name, "status", "closed"),
             s(&token_name, "comment", "done"),
         ]
