@@ -160,6 +160,20 @@ fn flows_sensors_health_and_errors() {
     assert_eq!(s, 400, "{v}");
     let (s, v) = get(&cp, "/api/v1/nothing-here");
     assert_eq!((s, &v["error"]["code"]), (404, &Value::from("not_found")));
+    // Parameters that do not even decode (bad percent-encoding, not UTF-8): JSON too (the
+    // REST fuzz target found them answered in plain text).
+    for path in [
+        "/api/v1/alerts/%95",
+        "/api/v1/flows?ip=%ff%fe",
+        "/api/v1/entities/1%2",
+    ] {
+        let (s, v) = get(&cp, path);
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (400, &Value::from("bad_request")),
+            "{path}"
+        );
+    }
     cp.stop();
 }
 

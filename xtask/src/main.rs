@@ -65,13 +65,13 @@ enum Cmd {
     /// Debian packages (picket-sensor, picket-controlplane) from release binaries, in target/dist.
     Dist,
     /// Fuzz the cloud flow log parsers with libFuzzer (fuzz/), each target for a bounded time.
-    /// Corpora live in target/fuzz/corpus (seeded from deploy/samples), crashes in
+    /// Corpora live in target/fuzz/corpus (seeded from fuzz/seeds/TARGET, else deploy/samples), crashes in
     /// target/fuzz/artifacts.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Targets (default: all of aws, gcp, azure, import).
+        /// Targets (default: all of aws, gcp, azure, import, ingest, rest).
         targets: Vec<String>,
     },
     /// Benchmarks: per-packet cost (BPF_PROG_TEST_RUN) and veth packet rate with/without sensor.
@@ -244,7 +244,7 @@ fn main() -> anyhow::Result<()> {
 /// Builds fuzz/ with libFuzzer's coverage instrumentation (stable rustc flags, as cargo-fuzz
 /// passes them, without a sanitizer) and runs each target for `seconds`.
 fn fuzz(seconds: u64, targets: Vec<String>) -> anyhow::Result<()> {
-    const ALL: [&str; 4] = ["aws", "gcp", "azure", "import"];
+    const ALL: [&str; 6] = ["aws", "gcp", "azure", "import", "ingest", "rest"];
     let targets: Vec<String> = if targets.is_empty() {
         ALL.iter().map(|t| t.to_string()).collect()
     } else {
@@ -287,7 +287,9 @@ fn fuzz(seconds: u64, targets: Vec<String>) -> anyhow::Result<()> {
         std::fs::create_dir_all(&corpus)?;
         std::fs::create_dir_all(&artifacts)?;
         if std::fs::read_dir(&corpus)?.next().is_none() {
-            for e in std::fs::read_dir(&samples)? {
+            let own = root().join("fuzz/seeds").join(t);
+            let seeds = if own.is_dir() { own } else { samples.clone() };
+            for e in std::fs::read_dir(&seeds)? {
                 let p = e?.path();
                 std::fs::copy(&p, corpus.join(p.file_name().context("name")?))?;
             }

@@ -2,18 +2,13 @@
 
 use axum::{Extension, http::StatusCode};
 
-use std::collections::HashMap;
-
-use axum::{
-    Json,
-    extract::{Query, State},
-};
+use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
 use super::{Api, ApiError, DEFAULT_LIMIT, MAX_LIMIT, blocking, now_ns, parse_time, rfc3339};
 pub(super) async fn alerts(
     State(api): State<Api>,
-    Query(p): Query<HashMap<String, String>>,
+    super::Params(p): super::Params,
 ) -> Result<Json<Value>, ApiError> {
     const KNOWN: [&str; 8] = [
         "type", "status", "source", "severity", "assignee", "since", "limit", "cursor",
@@ -101,7 +96,7 @@ fn alert_detail(a: &crate::model::Alert, history: &[crate::model::HistoryEntry])
 
 pub(super) async fn alert(
     State(api): State<Api>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    super::Segment(id): super::Segment,
 ) -> Result<Json<Value>, ApiError> {
     let id = alert_id(&id)?;
     let store = api.stores.clone();
@@ -244,7 +239,7 @@ async fn change(
 pub(super) async fn patch_alert(
     State(api): State<Api>,
     Extension(who): Extension<crate::auth::Principal>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    super::Segment(id): super::Segment,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = alert_id(&id)?;
@@ -256,7 +251,7 @@ pub(super) async fn patch_alert(
 pub(super) async fn comment(
     State(api): State<Api>,
     Extension(who): Extension<crate::auth::Principal>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    super::Segment(id): super::Segment,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = alert_id(&id)?;

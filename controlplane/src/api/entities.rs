@@ -6,10 +6,7 @@ use axum::http::StatusCode;
 
 use std::collections::HashMap;
 
-use axum::{
-    Json,
-    extract::{Query, State},
-};
+use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
 use super::{Api, ApiError, DEFAULT_LIMIT, MAX_LIMIT, blocking, now_ns, parse_time, rfc3339};
@@ -51,7 +48,7 @@ fn entity_json(e: &crate::entities::Entity) -> Value {
 
 pub(super) async fn entities(
     State(api): State<Api>,
-    Query(p): Query<HashMap<String, String>>,
+    super::Params(p): super::Params,
 ) -> Result<Json<Value>, ApiError> {
     let (since, until) = entity_window(&p, &["since", "until", "role", "limit"])?;
     let limit = match p.get("limit") {
@@ -86,8 +83,8 @@ pub(super) async fn entities(
 
 pub(super) async fn entity(
     State(api): State<Api>,
-    axum::extract::Path(ip): axum::extract::Path<String>,
-    Query(p): Query<HashMap<String, String>>,
+    super::Segment(ip): super::Segment,
+    super::Params(p): super::Params,
 ) -> Result<Json<Value>, ApiError> {
     let addr: IpAddr = ip
         .parse()

@@ -4,10 +4,7 @@ use std::net::IpAddr;
 
 use std::collections::HashMap;
 
-use axum::{
-    Json,
-    extract::{Query, State},
-};
+use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
 use super::{Api, ApiError, DEFAULT_LIMIT, MAX_LIMIT, blocking, now_ns, parse_time, rfc3339};
@@ -170,7 +167,7 @@ fn flow_query(p: &HashMap<String, String>) -> Result<FlowQuery, ApiError> {
 
 pub(super) async fn flows(
     State(api): State<Api>,
-    Query(params): Query<HashMap<String, String>>,
+    super::Params(params): super::Params,
 ) -> Result<Json<Value>, ApiError> {
     let q = flow_query(&params)?;
     let store = api.stores.clone();
@@ -198,7 +195,7 @@ pub const TOP_DEFAULT_NS: i64 = 3_600_000_000_000;
 
 pub(super) async fn top(
     State(api): State<Api>,
-    Query(p): Query<HashMap<String, String>>,
+    super::Params(p): super::Params,
 ) -> Result<Json<Value>, ApiError> {
     use crate::store::{TopBy, TopGroup, TopQuery};
     const KNOWN: [&str; 6] = ["by", "group", "since", "until", "source", "limit"];
@@ -272,7 +269,7 @@ pub const COVERAGE_DEFAULT_NS: i64 = 86_400_000_000_000;
 
 pub(super) async fn coverage(
     State(api): State<Api>,
-    Query(params): Query<HashMap<String, String>>,
+    super::Params(params): super::Params,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(k) = params.keys().find(|k| k.as_str() != "since") {
         return Err(ApiError::bad_request(format!(

@@ -4,6 +4,7 @@
 //! matching HTTP status. Queries run on the blocking pool: the store is synchronous.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -197,6 +198,40 @@ async fn whole_body(
             ),
         )
         .into_response(),
+    }
+}
+
+/// A route's query parameters; a query that does not decode is a JSON 400 like any other.
+pub(crate) struct Params(pub HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|q| Params(q.0))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// A route's one path parameter ({id}, {ip}, {name}); one that does not decode is a JSON 400.
+pub(crate) struct Segment(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| Segment(p.0))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
     }
 }
 

@@ -4,11 +4,7 @@
 
 use std::collections::HashMap;
 
-use axum::{
-    Extension, Json,
-    extract::{Path, Query, State},
-    http::StatusCode,
-};
+use axum::{Extension, Json, extract::State, http::StatusCode};
 use serde_json::{Value, json};
 
 use super::{Api, ApiError, blocking, now_ns};
@@ -107,7 +103,7 @@ pub(super) async fn add_notifier(
 pub(super) async fn remove_notifier(
     State(api): State<Api>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    super::Segment(name): super::Segment,
 ) -> Result<Json<Value>, ApiError> {
     let store = api.stores.state.clone();
     let n = name.clone();
@@ -129,7 +125,7 @@ pub(super) async fn remove_notifier(
 /// Sends a sample alert now; 502 with the receiver's answer if it fails.
 pub(super) async fn test_notifier(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    super::Segment(name): super::Segment,
 ) -> Result<Json<Value>, ApiError> {
     let store = api.stores.state.clone();
     let n = blocking(move || notify::notifiers(store.as_ref()))
@@ -213,7 +209,7 @@ pub(super) async fn add_allowlist(
 pub(super) async fn remove_allowlist(
     State(api): State<Api>,
     Extension(who): Extension<Principal>,
-    Query(q): Query<HashMap<String, String>>,
+    super::Params(q): super::Params,
 ) -> Result<Json<Value>, ApiError> {
     let cidr = entry(&json!(q), "entry")?;
     let t = q.get("type").cloned().unwrap_or_else(|| "*".into());
@@ -270,7 +266,7 @@ pub(super) async fn add_watchlist(
 pub(super) async fn remove_watchlist(
     State(api): State<Api>,
     Extension(who): Extension<Principal>,
-    Query(q): Query<HashMap<String, String>>,
+    super::Params(q): super::Params,
 ) -> Result<Json<Value>, ApiError> {
     let cidr = entry(&json!(q), "entry")?;
     let store = api.stores.state.clone();
@@ -337,7 +333,7 @@ pub(super) async fn set_sensitivity(
 pub(super) async fn remove_sensitivity(
     State(api): State<Api>,
     Extension(who): Extension<Principal>,
-    Query(q): Query<HashMap<String, String>>,
+    super::Params(q): super::Params,
 ) -> Result<Json<Value>, ApiError> {
     let net = scope(q.get("network").map(String::as_str), "network")?;
     let t = q.get("type").cloned().unwrap_or_else(|| "*".into());
