@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use controlplane::{
     detect::Config,
-    grpc::IngestService,
+    grpc::{self, IngestService},
     keys,
     store::{Alerts as _, FlowStore as _, Sensors as _, Settings as _, SqliteStore, Stores},
 };
@@ -283,6 +283,7 @@ async fn revoking_a_key_ends_its_open_stream() {
     let ack = acks.message().await.expect("ack").expect("one");
     assert_eq!(ack.batch_id, 1);
     assert!(s.store.revoke_sensor("edge-2", 2).expect("revoke"));
+    tokio::time::sleep(grpc::REVOCATION_CHECK + std::time::Duration::from_millis(100)).await;
     tx.send(batch(2, vec![flow(5)])).await.expect("send");
     let e = acks
         .message()

@@ -35,6 +35,8 @@ pub use auth::{Sensor, SensorAuth};
 /// Largest message accepted from a sensor (a batch of about 50,000 flow records).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 pub const HEARTBEAT_INTERVAL_S: u32 = 10;
+/// How often an open export stream's key is looked up again (a revoked key ends it).
+pub const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The `picket.v1.SensorIngest` service.
 pub struct IngestService {
@@ -149,6 +151,8 @@ impl SensorIngestRpc for IngestService {
         let (tx, rx) = mpsc::channel(64);
         let (ingest, stores) = (self.ingest.clone(), self.stores.clone());
         tokio::spawn(async move {
+            // The key was checked as the stream opened.
+            let mut checked = std::time::Instant::now();
             loop {
                 let batch = match inbound.message().await {
                     Ok(Some(b)) => b,
@@ -176,9 +180,20 @@ impl SensorIngestRpc for IngestService {
                     }
                 };
                 let id = batch.batch_id;
-                // A key revoked while its stream is open ends the stream at the next batch.
-                match auth::current(&stores, &key_hash).await {
-                    Ok(Some(_)) => {}
+                // A key revoked while its stream is open ends the stream at the next batch
+                // (looked up at most once a second: a sensor replaying its spool sends batches
+                // back to back).
+                let recheck = checked.elapsed() >= REVOCATION_CHECK;
+                match if recheck {
+                    auth::current(&stores, &key_hash).await
+                } else {
+                    Ok(Some(String::new()))
+                } {
+                    Ok(Some(_)) => {
+                        if recheck {
+                            checked = std::time::Instant::now();
+                        }
+                    }
                     Ok(None) => {
                         warn!(sensor, batch = id, "sensor key revoked: ending its stream");
                         let _ = tx

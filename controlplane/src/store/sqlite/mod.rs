@@ -199,7 +199,7 @@ struct Readers {
     idle: Mutex<Vec<Connection>>,
 }
 
-const IDLE_READERS: usize = 4;
+const IDLE_READERS: usize = 16;
 
 fn open_reader(path: &Path) -> anyhow::Result<Connection> {
     use rusqlite::OpenFlags;
