@@ -59,6 +59,17 @@ fn closed_within(c: &mut TcpStream, d: Duration) -> bool {
     }
 }
 
+/// `n` silent connections from `from` to `to`, and how many of them the server closed at once.
+fn crowd(from: IpAddr, to: &str, n: usize) -> (Vec<TcpStream>, usize) {
+    let mut conns: Vec<TcpStream> = (0..n).map(|_| connect_from(from, to)).collect();
+    thread::sleep(Duration::from_millis(300));
+    let closed = conns
+        .iter_mut()
+        .filter_map(|c| closed_within(c, Duration::from_millis(10)).then_some(()))
+        .count();
+    (conns, closed)
+}
+
 /// What the server answers on `c` until it closes it or `d` passes.
 fn answer(c: &mut TcpStream, d: Duration) -> String {
     c.set_read_timeout(Some(d)).expect("timeout");
@@ -122,13 +133,8 @@ fn silent_slow_and_crowding_clients_are_cut_and_counted() {
     );
     in_netns(&lab.a, move || {
         // 12 silent connections from one address: 8 are held, 4 closed at once.
-        let mut conns: Vec<TcpStream> = (0..12).map(|_| connect_from(ip(2), HTTP)).collect();
         let t0 = Instant::now();
-        thread::sleep(Duration::from_millis(300));
-        let at_once = conns
-            .iter_mut()
-            .filter_map(|c| closed_within(c, Duration::from_millis(10)).then_some(()))
-            .count();
+        let (mut conns, at_once) = crowd(ip(2), HTTP, 12);
         assert_eq!(at_once, 4, "closed at once over the per-address cap of 8");
         // Meanwhile another address is served, and the refusals are counted.
         let h = health_here(1);
@@ -212,13 +218,8 @@ fn silent_slow_and_crowding_clients_are_cut_and_counted() {
 
         // The sensor listener: 6 silent connections from one address, 4 held then dropped
         // after the idle timeout (no answer to the server's pings), 2 closed at once.
-        let mut conns: Vec<TcpStream> = (0..6).map(|_| connect_from(ip(4), GRPC)).collect();
         let t0 = Instant::now();
-        thread::sleep(Duration::from_millis(300));
-        let at_once = conns
-            .iter_mut()
-            .filter_map(|c| closed_within(c, Duration::from_millis(10)).then_some(()))
-            .count();
+        let (mut conns, at_once) = crowd(ip(4), GRPC, 6);
         assert_eq!(at_once, 2);
         for c in &mut conns {
             assert!(closed_within(c, Duration::from_secs(6)));
@@ -468,27 +469,28 @@ fn sensor_calls_without_a_key_are_refused_before_their_message_is_read() {
     cp.stop();
 }
 
+/// `serve` in `lab` watching `dir`/incoming, with `extra` flags: the control plane, the watched
+/// directory and the log's path.
+fn serve_watching(
+    lab: &Lab,
+    dir: &TempDir,
+    extra: &[&str],
+) -> (ControlPlane, std::path::PathBuf, std::path::PathBuf) {
+    let incoming = dir.0.join("incoming");
+    let log = dir.0.join("cp.log");
+    let mut args = vec!["--watch-dir", incoming.to_str().expect("utf8")];
+    args.extend_from_slice(extra);
+    let cp = ControlPlane::start_with(&lab.a, &dir.0.join("data"), GRPC, &log, &args);
+    (cp, incoming, log)
+}
+
 /// The watched directory under hostile files: a gzip bomb (512 MiB of zeros in 500 KiB) is read
 /// up to `--max-file-mb` in bounded memory and moved to failed/, not retried; a file whose name
 /// holds a newline is imported and logged escaped, so it cannot forge a log line.
 #[test]
 fn a_gzip_bomb_and_a_forged_name_in_the_watched_directory() {
-    let lab = Lab::new();
-    let dir = TempDir::new("harden-watch");
-    let incoming = dir.0.join("incoming");
-    let log = dir.0.join("cp.log");
-    let cp = ControlPlane::start_with(
-        &lab.a,
-        &dir.0.join("data"),
-        GRPC,
-        &log,
-        &[
-            "--watch-dir",
-            incoming.to_str().expect("utf8"),
-            "--max-file-mb",
-            "64",
-        ],
-    );
+    let (lab, dir) = (Lab::new(), TempDir::new("harden-watch"));
+    let (cp, incoming, log) = serve_watching(&lab, &dir, &["--max-file-mb", "64"]);
     let (rss0, _) = cp.memory_kib();
     let bomb = std::process::Command::new("sh")
         .args(["-c", "head -c 536870912 /dev/zero | gzip -1"])
@@ -539,22 +541,8 @@ fn a_gzip_bomb_and_a_forged_name_in_the_watched_directory() {
 /// `/health` wait 9.5 s behind a 2M-line import.)
 #[test]
 fn the_api_answers_while_a_large_file_is_imported() {
-    let lab = Lab::new();
-    let dir = TempDir::new("harden-reads");
-    let incoming = dir.0.join("incoming");
-    let log = dir.0.join("cp.log");
-    let cp = ControlPlane::start_with(
-        &lab.a,
-        &dir.0.join("data"),
-        GRPC,
-        &log,
-        &[
-            "--watch-dir",
-            incoming.to_str().expect("utf8"),
-            "--retention-raw-days",
-            "36500",
-        ],
-    );
+    let (lab, dir) = (Lab::new(), TempDir::new("harden-reads"));
+    let (cp, incoming, log) = serve_watching(&lab, &dir, &["--retention-raw-days", "36500"]);
     let lines: String = (0..400_000u32)
         .map(|i| {
             format!(

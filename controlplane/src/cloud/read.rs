@@ -279,6 +279,35 @@ fn next_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Line> {
     Ok(Line::Taken)
 }
 
+/// Hands each line of `input` to `f` as text, with its number; a line too long or not UTF-8 is
+/// counted as read and rejected here.
+fn each_line(
+    input: &mut impl BufRead,
+    file: &str,
+    sum: &mut Summary,
+    mut f: impl FnMut(&mut Summary, u64, &str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        let taken = next_line(input, &mut line).map_err(|e| input_error(file, e))?;
+        if taken == Line::End {
+            return Ok(());
+        }
+        line_no += 1;
+        let why = match (taken, std::str::from_utf8(&line)) {
+            (Line::Taken, Ok(l)) => {
+                f(sum, line_no, l)?;
+                continue;
+            }
+            (Line::Taken, Err(_)) => "not_utf8",
+            _ => "line_too_long",
+        };
+        sum.read += 1;
+        sum.reject(file, line_no, why.into(), "");
+    }
+}
+
 /// Imports AWS VPC (or transit-gateway) flow log records from `input` into `store`.
 pub fn read_aws(
     out: &mut Handoff<'_>,
@@ -289,35 +318,18 @@ pub fn read_aws(
     sum.provider = "aws";
     sum.files += 1;
     let mut format = aws::Format::default();
-    let mut line = Vec::new();
-    let mut line_no = 0u64;
     let mut chunk = Chunker::new(out);
-    loop {
-        match next_line(&mut input, &mut line).map_err(|e| input_error(file, e))? {
-            Line::End => break,
-            Line::Taken => line_no += 1,
-            Line::TooLong => {
-                line_no += 1;
-                sum.read += 1;
-                sum.reject(file, line_no, "line_too_long".into(), "");
-                continue;
-            }
-        }
-        let Ok(l) = std::str::from_utf8(&line) else {
-            sum.read += 1;
-            sum.reject(file, line_no, "not_utf8".into(), "");
-            continue;
-        };
+    each_line(&mut input, file, sum, |sum, line_no, l| {
         let l = l.trim_end_matches(['\n', '\r']);
         if l.trim().is_empty() {
-            continue;
+            return Ok(());
         }
         // A header (the first line of an S3 object, or of each object in a concatenation).
         if l.starts_with(|c: char| c.is_ascii_alphabetic() || c == '$')
             && let Some(f) = aws::Format::from_header(l)
         {
             format = f;
-            continue;
+            return Ok(());
         }
         sum.read += 1;
         match aws::parse(&format, l) {
@@ -338,7 +350,8 @@ pub fn read_aws(
             },
             Err(e) => sum.reject(file, line_no, e.reason(), l),
         }
-    }
+        Ok(())
+    })?;
     chunk.flush(sum)?;
     Ok(())
 }
@@ -458,30 +471,12 @@ pub fn read_gcp(
                 sum.reject(file, line, reason.into(), &what);
             }
         }
-        GcpLayout::Lines => {
-            let mut line = Vec::new();
-            let mut line_no = 0u64;
-            loop {
-                match next_line(&mut input, &mut line).map_err(|e| input_error(file, e))? {
-                    Line::End => break,
-                    Line::Taken => line_no += 1,
-                    Line::TooLong => {
-                        line_no += 1;
-                        sum.read += 1;
-                        sum.reject(file, line_no, "line_too_long".into(), "");
-                        continue;
-                    }
-                }
-                match std::str::from_utf8(&line) {
-                    Ok(l) if l.trim().is_empty() => {}
-                    Ok(l) => take(sum, line_no, l.trim_end())?,
-                    Err(_) => {
-                        sum.read += 1;
-                        sum.reject(file, line_no, "not_utf8".into(), "");
-                    }
-                }
+        GcpLayout::Lines => each_line(&mut input, file, sum, |sum, line_no, l| {
+            if l.trim().is_empty() {
+                return Ok(());
             }
-        }
+            take(sum, line_no, l.trim_end())
+        })?,
     }
     chunk.flush(sum)?;
     Ok(())

@@ -322,14 +322,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let store = SqliteStore::open(&tmp.path().join("data")).expect("store");
         let root = tmp.path().join("incoming");
-        let mut w = Watcher::new(
-            &root,
-            Stores::of(store.clone()),
-            &Config::default(),
-            0.5,
-            crate::cloud::read::DEFAULT_MAX_FILE_BYTES,
-        )
-        .expect("watcher");
+        let mut w = watcher(&root, &store, crate::cloud::read::DEFAULT_MAX_FILE_BYTES);
         assert!(root.join("gcp").is_dir() && root.join("azure").is_dir());
         std::fs::write(root.join("aws/a.log"), AWS).expect("write");
         std::fs::write(root.join("aws/.b.log"), AWS).expect("write");
@@ -354,14 +347,7 @@ mod tests {
 
         // A restart (a new watcher, the same store) with a file whose move was cut short.
         std::fs::write(root.join("aws/a.log"), AWS).expect("write");
-        let mut w = Watcher::new(
-            &root,
-            Stores::of(store.clone()),
-            &Config::default(),
-            0.5,
-            crate::cloud::read::DEFAULT_MAX_FILE_BYTES,
-        )
-        .expect("watcher");
+        let mut w = watcher(&root, &store, crate::cloud::read::DEFAULT_MAX_FILE_BYTES);
         w.scan();
         let done = w.scan();
         assert_eq!(done, vec![(root.join("aws/a.log"), Outcome::Duplicate)]);
