@@ -183,28 +183,20 @@ impl SensorIngestRpc for IngestService {
                 // A key revoked while its stream is open ends the stream at the next batch
                 // (looked up at most once a second: a sensor replaying its spool sends batches
                 // back to back).
-                let recheck = checked.elapsed() >= REVOCATION_CHECK;
-                match if recheck {
-                    auth::current(&stores, &key_hash).await
-                } else {
-                    Ok(Some(String::new()))
-                } {
-                    Ok(Some(_)) => {
-                        if recheck {
-                            checked = std::time::Instant::now();
+                if checked.elapsed() >= REVOCATION_CHECK {
+                    let refused = match auth::current(&stores, &key_hash).await {
+                        Ok(Some(_)) => None,
+                        Ok(None) => {
+                            warn!(sensor, batch = id, "sensor key revoked: ending its stream");
+                            Some(Status::unauthenticated("sensor key revoked"))
                         }
-                    }
-                    Ok(None) => {
-                        warn!(sensor, batch = id, "sensor key revoked: ending its stream");
-                        let _ = tx
-                            .send(Err(Status::unauthenticated("sensor key revoked")))
-                            .await;
-                        break;
-                    }
-                    Err(status) => {
+                        Err(status) => Some(status),
+                    };
+                    if let Some(status) = refused {
                         let _ = tx.send(Err(status)).await;
                         break;
                     }
+                    checked = std::time::Instant::now();
                 }
                 let batch = match convert::batch(&sensor, batch) {
                     Ok(b) => b,
