@@ -91,6 +91,23 @@ fi
 missing=$(missing_pkgs "${TEST_PKGS[@]}")
 [[ -z "$missing" ]] || apt_install $missing
 
+# 4b. Database servers for cluster mode's tests (ClickHouse for flows, PostgreSQL for state): only
+#     the packages. The tests start private instances in temporary folders; nothing is left running,
+#     so the services the packages would start at install are held back by a policy-rc.d.
+SERVER_PKGS=(clickhouse-server postgresql)
+missing=$(missing_pkgs "${SERVER_PKGS[@]}")
+if [[ -n "$missing" ]]; then
+  if [[ $CHECK_ONLY == 0 && ! -e /usr/sbin/policy-rc.d && $(id -u) == 0 ]]; then
+    printf '#!/bin/sh\n# scripts/setup.sh: no service starts while it installs packages\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  # shellcheck disable=SC2086
+  apt_install $missing
+fi
+[[ -x /usr/sbin/clickhouse-server ]] || die "/usr/sbin/clickhouse-server missing (package clickhouse-server)"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || die "PostgreSQL's initdb missing (package postgresql)"
+
 # 5. qemu for the kernel matrix (cargo xtask kernel-matrix). Debian's qemu-system-x86 package would
 #    replace a newer qemu-utils already on the machine (docs/toolchain.md), so unless qemu is
 #    installed, exactly the packages apt would add are unpacked into a private directory instead.

@@ -25,6 +25,7 @@ pub mod harness;
 pub mod mmdb;
 pub mod pcap;
 pub mod receivers;
+pub mod servers;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 

@@ -1,0 +1,370 @@
+//! Private database servers for tests: a ClickHouse and a PostgreSQL of the machine's Debian
+//! packages (`scripts/setup.sh` installs them, never running), each started in a temporary
+//! folder on a free loopback port with a configuration of its own, and stopped (by the pid it
+//! was started with) when dropped. Nothing is read from or written to the system's own
+//! configurations and data directories.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::TempDir;
+
+/// A port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Sends SIGTERM to `child`, waits up to `grace`, then kills it.
+fn stop_child(child: &mut Child, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let t0 = Instant::now();
+    while t0.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A plain HTTP/1.1 request to 127.0.0.1:`port`: (status, body).
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // ClickHouse answers chunked; its chunks are small enough to strip by their size lines.
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A private ClickHouse server (Debian's `clickhouse-server`, 18.16 on Debian 12).
+pub struct ClickHouse {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub tcp_port: u16,
+    pub dir: TempDir,
+}
+
+impl ClickHouse {
+    pub const BINARY: &str = "/usr/sbin/clickhouse-server";
+
+    /// Starts it and waits until `/ping` answers (at most 20 s).
+    pub fn start() -> ClickHouse {
+        assert!(
+            Path::new(Self::BINARY).exists(),
+            "{} is missing: run scripts/setup.sh",
+            Self::BINARY
+        );
+        let dir = TempDir::new("clickhouse");
+        let (http_port, tcp_port) = (free_port(), free_port());
+        let d = dir.0.display();
+        fs::write(
+            dir.0.join("users.xml"),
+            "<yandex><profiles><default>\
+               <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>\
+             </default></profiles>\
+             <users><default><password></password><networks><ip>127.0.0.1</ip></networks>\
+               <profile>default</profile><quota>default</quota></default></users>\
+             <quotas><default></default></quotas></yandex>",
+        )
+        .expect("users.xml");
+        fs::write(
+            dir.0.join("config.xml"),
+            format!(
+                "<yandex>\
+                   <logger><level>warning</level><log>{d}/server.log</log>\
+                     <errorlog>{d}/error.log</errorlog><console>0</console></logger>\
+                   <listen_host>127.0.0.1</listen_host>\
+                   <http_port>{http_port}</http_port><tcp_port>{tcp_port}</tcp_port>\
+                   <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path>\
+                   <user_files_path>{d}/user_files/</user_files_path>\
+                   <format_schema_path>{d}/format_schemas/</format_schema_path>\
+                   <mark_cache_size>67108864</mark_cache_size>\
+                   <users_config>{d}/users.xml</users_config>\
+                   <default_profile>default</default_profile>\
+                   <default_database>default</default_database>\
+                 </yandex>"
+            ),
+        )
+        .expect("config.xml");
+        let child = Command::new(Self::BINARY)
+            .arg(format!("--config-file={}/config.xml", dir.0.display()))
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.0.join("stderr.log")).expect("stderr log"))
+            .spawn()
+            .expect("start clickhouse-server");
+        let mut ch = ClickHouse {
+            child: Some(child),
+            http_port,
+            tcp_port,
+            dir,
+        };
+        let t0 = Instant::now();
+        loop {
+            if let Ok((200, body)) = http(http_port, "GET", "/ping", "")
+                && body.trim() == "Ok."
+            {
+                return ch;
+            }
+            if let Some(c) = ch.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "clickhouse-server exited ({status}): {}{}",
+                    fs::read_to_string(ch.dir.0.join("stderr.log")).unwrap_or_default(),
+                    fs::read_to_string(ch.dir.0.join("error.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "clickhouse-server did not answer /ping in 20 s"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The HTTP interface's URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Runs `sql` over HTTP and returns the answer's text; panics on an error.
+    pub fn query(&self, sql: &str) -> String {
+        let (status, body) = http(self.http_port, "POST", "/", sql).expect("clickhouse HTTP");
+        assert_eq!(status, 200, "{sql}: {body}");
+        body
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private PostgreSQL server (Debian's `postgresql`, 15 on Debian 12). PostgreSQL refuses to
+/// run as root, so it runs as `nobody` in a folder `nobody` owns.
+pub struct Postgres {
+    pub port: u16,
+    pub dir: TempDir,
+    bin: PathBuf,
+    running: bool,
+}
+
+impl Postgres {
+    /// The user the tests connect as (trusted on loopback, no password).
+    pub const USER: &str = "picket";
+
+    /// Where Debian puts the server's programs (the newest major installed).
+    fn bin_dir() -> PathBuf {
+        let mut majors: Vec<u32> = fs::read_dir("/usr/lib/postgresql")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        majors.sort();
+        let major = majors
+            .last()
+            .expect("no PostgreSQL under /usr/lib/postgresql: run scripts/setup.sh");
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))
+    }
+
+    fn as_nobody(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(self.bin.join(program))
+            .args(args)
+            .current_dir(&self.dir.0)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}"))
+    }
+
+    /// Creates a cluster and starts it; waits until it accepts connections (`pg_ctl -w`).
+    pub fn start() -> Postgres {
+        let dir = TempDir::new("postgres");
+        fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o700)).expect("chmod");
+        nix::unistd::chown(
+            &dir.0,
+            Some(
+                nix::unistd::User::from_name("nobody")
+                    .ok()
+                    .flatten()
+                    .expect("user nobody")
+                    .uid,
+            ),
+            None,
+        )
+        .expect("chown to nobody");
+        let mut pg = Postgres {
+            port: free_port(),
+            dir,
+            bin: Self::bin_dir(),
+            running: false,
+        };
+        let data = pg.dir.0.join("data");
+        let data = data.to_str().expect("utf8");
+        let o = pg.as_nobody(
+            "initdb",
+            &[
+                "-D",
+                data,
+                "-U",
+                Self::USER,
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            pg.port,
+            pg.dir.0.display()
+        );
+        let log = pg.dir.0.join("server.log");
+        let o = pg.as_nobody(
+            "pg_ctl",
+            &[
+                "-D",
+                data,
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().expect("utf8"),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        pg.running = true;
+        pg
+    }
+
+    /// A connection URL for database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{}@127.0.0.1:{}/{db}", Self::USER, self.port)
+    }
+
+    /// Runs `sql` with psql in database `db`; returns its output (unaligned, tuples only).
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let o = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                Self::USER,
+            ])
+            .args(["-d", db, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            o.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// Stops it (`pg_ctl -m fast stop`).
+    pub fn stop(&mut self) {
+        if self.running {
+            let data = self.dir.0.join("data");
+            let _ = self.as_nobody(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().expect("utf8"),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "stop",
+                ],
+            );
+            self.running = false;
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
