@@ -15,6 +15,7 @@
 use std::{path::Path, sync::Arc};
 
 mod flows;
+pub(crate) mod rows;
 pub mod sqlite;
 mod state;
 

@@ -3,32 +3,17 @@
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+pub(super) use crate::store::rows::alert_body;
 use crate::{
     model::{Alert, AlertQuery, Event, Severity},
-    store::{AlertTx, EntityContext},
+    store::{AlertTx, EntityContext, rows::AlertHead},
 };
-
-/// The lists of an alert, stored as one JSON column.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(super) struct AlertBody {
-    targets: Vec<String>,
-    targets_total: u64,
-    observations: Vec<serde_json::Value>,
-    observations_total: u64,
-    sources: Vec<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-}
 
 pub(super) const ALERT_COLUMNS: &str = "id, type, severity, status, source, first_seen_ns, last_seen_ns, \
                              body, assignee, snoozed_until_ns";
 
 pub(super) fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
-    let body: String = r.get(7)?;
-    let b: AlertBody = serde_json::from_str(&body).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    Ok(Alert {
+    let head = AlertHead {
         id: r.get(0)?,
         kind: r.get(1)?,
         severity: r.get(2)?,
@@ -36,26 +21,13 @@ pub(super) fn alert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
         source: r.get(4)?,
         first_seen: r.get(5)?,
         last_seen: r.get(6)?,
-        targets: b.targets,
-        targets_total: b.targets_total,
-        observations: b.observations,
-        observations_total: b.observations_total,
-        sources: b.sources,
-        tags: b.tags,
         assignee: r.get(8)?,
         snoozed_until: r.get(9)?,
+    };
+    let body: String = r.get(7)?;
+    crate::store::rows::alert(head, &body).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
     })
-}
-
-pub(super) fn alert_body(a: &Alert) -> anyhow::Result<String> {
-    Ok(serde_json::to_string(&AlertBody {
-        targets: a.targets.clone(),
-        targets_total: a.targets_total,
-        observations: a.observations.clone(),
-        observations_total: a.observations_total,
-        sources: a.sources.clone(),
-        tags: a.tags.clone(),
-    })?)
 }
 
 /// The alerts service's unit of work over one transaction (see [`AlertTx`]).
@@ -196,12 +168,7 @@ pub(super) fn entity_context(c: &Connection) -> anyhow::Result<EntityContext> {
     })?;
     for r in rows {
         let (name, hostname, json) = r?;
-        let h: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-        let k8s = h["k8s_node"].as_str().is_some_and(|n| !n.is_empty());
-        let label = hostname.filter(|h| !h.is_empty()).unwrap_or(name);
-        for ip in super::sensors::interface_addresses(&h) {
-            ctx.hosts.insert(ip, (label.clone(), k8s));
-        }
+        crate::store::rows::add_sensor_host(&mut ctx, name, hostname, &json);
     }
     let mut st = c.prepare_cached(
         "SELECT source, COUNT(*), MAX(type IN ('port_scan', 'address_sweep')) FROM alerts \

@@ -78,15 +78,6 @@ pub(super) fn register(
     req: &Registration,
     now_ns: i64,
 ) -> anyhow::Result<()> {
-    let host_json = serde_json::json!({
-        "hostname": req.hostname,
-        "machine_id": req.machine_id,
-        "k8s_node": req.k8s_node,
-        "interfaces": req.interfaces.iter().map(|i| serde_json::json!({
-            "name": i.name, "index": i.index, "mac": i.mac, "addresses": i.addresses,
-            "xdp_mode": i.xdp_mode, "tc_mode": i.tc_mode,
-        })).collect::<Vec<_>>(),
-    });
     c.execute(
         "UPDATE sensors SET instance_id = ?2, version = ?3, kernel = ?4, hostname = ?5, \
          machine_id = ?6, host_json = ?7, first_seen_ns = COALESCE(first_seen_ns, ?8), \
@@ -98,7 +89,7 @@ pub(super) fn register(
             req.kernel,
             req.hostname,
             req.machine_id,
-            host_json.to_string(),
+            crate::store::rows::host_json(req),
             now_ns
         ],
     )?;
@@ -129,19 +120,9 @@ pub(super) fn sensor_addresses(c: &Connection) -> anyhow::Result<HashSet<IpAddr>
     let mut st = c.prepare("SELECT host_json FROM sensors WHERE host_json IS NOT NULL")?;
     for h in st.query_map([], |r| r.get::<_, String>(0))? {
         let h: serde_json::Value = serde_json::from_str(&h?).unwrap_or_default();
-        covered.extend(interface_addresses(&h));
+        covered.extend(crate::store::rows::interface_addresses(&h));
     }
     Ok(covered)
-}
-
-/// The addresses of a sensor registration's interfaces (`host_json`: "10.0.0.5/24" each).
-pub(super) fn interface_addresses(host: &serde_json::Value) -> impl Iterator<Item = IpAddr> + '_ {
-    host["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|i| i["addresses"].as_array().into_iter().flatten())
-        .filter_map(|a| a.as_str()?.split('/').next()?.parse().ok())
 }
 
 #[cfg(test)]

@@ -24,39 +24,7 @@ pub(super) fn change_alert(
     else {
         return Ok(None);
     };
-    let mut history = Vec::new();
-    for ch in changes {
-        let (action, detail) = match ch {
-            Change::Status(s) => {
-                anyhow::ensure!(
-                    s == "open" || s == "closed",
-                    "status must be open or closed (snooze with snooze_until)"
-                );
-                a.status = s.clone();
-                a.snoozed_until = None;
-                ("status", s.clone())
-            }
-            Change::Snooze(until) => {
-                anyhow::ensure!(*until > now_ns, "snooze_until must be in the future");
-                a.status = "snoozed".into();
-                a.snoozed_until = Some(*until);
-                ("snooze", crate::util::time::rfc3339_text(*until))
-            }
-            Change::Assign(who) => {
-                a.assignee = who.clone();
-                ("assign", who.clone().unwrap_or_default())
-            }
-            Change::Tags(tags) => {
-                let mut t = tags.clone();
-                t.sort();
-                t.dedup();
-                a.tags = t;
-                ("tags", a.tags.join(", "))
-            }
-            Change::Comment(text) => ("comment", text.clone()),
-        };
-        history.push((action, detail));
-    }
+    let history = crate::store::rows::apply_changes(&mut a, changes, now_ns)?;
     tx.execute(
         "UPDATE alerts SET status = ?2, assignee = ?3, snoozed_until_ns = ?4, body = ?5 \
          WHERE id = ?1",
