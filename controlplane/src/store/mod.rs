@@ -15,6 +15,7 @@
 use std::{path::Path, sync::Arc};
 
 mod flows;
+pub mod postgres;
 pub(crate) mod rows;
 pub mod sqlite;
 mod state;
@@ -23,6 +24,7 @@ pub use flows::{
     Conversation, CoverageGap, FlowQuery, FlowRow, FlowStore, FlowTotals, Maintenance, Retention,
     Stored, TopBy, TopGroup, TopQuery, TopRow,
 };
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use state::{
     Access, AlertTx, Alerts, Counts, EntityContext, Notifications, NotifierRow, Pending, SensorRow,
