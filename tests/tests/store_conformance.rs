@@ -479,7 +479,10 @@ fn racing_control_planes_make_one_alert_per_incident() {
     assert_eq!(alerts.len(), 1, "one incident, one alert: {alerts:?}");
     assert_eq!(alerts[0].targets_total, 100);
     assert_eq!(
-        pg.psql("picket", "SELECT string_agg(event, ',' ORDER BY id) FROM outbox"),
+        pg.psql(
+            "picket",
+            "SELECT string_agg(event, ',' ORDER BY id) FROM outbox"
+        ),
         "alert.new,alert.grew"
     );
 }
