@@ -31,13 +31,13 @@ use crate::{
     listen::{self, Caps},
     notify,
     pipeline::{maintenance, watch::Watcher},
-    store::{Retention, StateStore, Stores},
+    store::{Backends, Retention, StateStore, Stores},
 };
 
 /// Everything `serve` is told.
 pub struct Config {
-    /// Where the embedded store lives.
-    pub data_dir: PathBuf,
+    /// Where the stores live.
+    pub stores: Backends,
     /// Address for sensors (gRPC).
     pub grpc_listen: SocketAddr,
     /// TLS for the gRPC listener (with client certificates when it names a CA).
@@ -122,7 +122,7 @@ fn first_admin(store: &dyn StateStore) -> anyhow::Result<()> {
     // Printed, not logged as a field, so it is plainly visible once; it is never shown again.
     eprintln!(
         "picket-controlplane: first start: created the dashboard user `admin` with password {pw}\n\
-         picket-controlplane: it is shown only now; change it with `picket-controlplane users --data-dir DIR passwd admin`"
+         picket-controlplane: it is shown only now; change it with `picket-controlplane users --data-dir DIR [the same store options] passwd admin`"
     );
     Ok(())
 }
@@ -130,7 +130,12 @@ fn first_admin(store: &dyn StateStore) -> anyhow::Result<()> {
 /// Serves until SIGTERM or Ctrl-C.
 pub fn run(c: Config) -> anyhow::Result<()> {
     check(&c)?;
-    let stores = Stores::embedded(&c.data_dir)?;
+    let stores = Stores::open(&c.stores)?;
+    info!(
+        data_dir = %c.stores.data_dir.display(),
+        state = %c.stores.describe_state(),
+        "stores open"
+    );
     first_admin(stores.state.as_ref())?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -246,7 +251,6 @@ async fn serve_grpc(
     info!(
         grpc = %listener.local_addr()?,
         tls = c.grpc_tls.is_some(),
-        data_dir = %c.data_dir.display(),
         "control plane serving sensor ingest"
     );
     if c.grpc_tls.is_none() {

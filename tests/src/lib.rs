@@ -821,6 +821,7 @@ impl ControlPlane {
         let o = Command::new(bin("picket-controlplane"))
             .args(["sensors", "--data-dir"])
             .arg(data_dir)
+            .envs(crate::servers::store_env(data_dir))
             .args(["add", name])
             .output()
             .expect("run picket-controlplane sensors add");
@@ -845,6 +846,7 @@ impl ControlPlane {
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
+            .envs(crate::servers::store_env(data_dir))
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -875,6 +877,7 @@ impl ControlPlane {
         let o = Command::new(bin("picket-controlplane"))
             .args(["tokens", "--data-dir"])
             .arg(data_dir)
+            .envs(crate::servers::store_env(data_dir))
             .args(["add", name, "--role", role])
             .output()
             .expect("run picket-controlplane tokens add");
@@ -912,6 +915,7 @@ impl ControlPlane {
             .arg(bin("picket-controlplane"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
+            .envs(crate::servers::store_env(data_dir))
             .args(["--grpc-listen", listen])
             .args(extra)
             .stdin(Stdio::null())

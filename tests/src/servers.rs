@@ -213,8 +213,10 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// The user the tests connect as (trusted on loopback, no password).
+    /// The superuser the tests connect as: with [`Postgres::PASSWORD`] over TCP, trusted on
+    /// the server's Unix socket (where `psql` connects).
     pub const USER: &str = "picket";
+    pub const PASSWORD: &str = "picket-test-password";
 
     /// Where Debian puts the server's programs (the newest major installed).
     fn bin_dir() -> PathBuf {
@@ -245,6 +247,15 @@ impl Postgres {
 
     /// Creates a cluster and starts it; waits until it accepts connections (`pg_ctl -w`).
     pub fn start() -> Postgres {
+        Self::start_opts(None)
+    }
+
+    /// [`Postgres::start`] with TLS on, with this certificate and key (PEM).
+    pub fn start_tls(cert: &Path, key: &Path) -> Postgres {
+        Self::start_opts(Some((cert, key)))
+    }
+
+    fn start_opts(tls: Option<(&Path, &Path)>) -> Postgres {
         let dir = TempDir::new("postgres");
         fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o700)).expect("chmod");
         nix::unistd::chown(
@@ -267,6 +278,8 @@ impl Postgres {
         };
         let data = pg.dir.0.join("data");
         let data = data.to_str().expect("utf8");
+        let pwfile = pg.dir.0.join("pwfile");
+        fs::write(&pwfile, Self::PASSWORD).expect("password file");
         let o = pg.as_nobody(
             "initdb",
             &[
@@ -274,7 +287,9 @@ impl Postgres {
                 data,
                 "-U",
                 Self::USER,
-                "--auth=trust",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                &format!("--pwfile={}", pwfile.display()),
                 "--no-sync",
                 "-E",
                 "UTF8",
@@ -285,11 +300,28 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             pg.port,
             pg.dir.0.display()
         );
+        if let Some((cert, key)) = tls {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .ok()
+                .flatten()
+                .expect("user nobody")
+                .uid;
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = pg.dir.0.join(to);
+                fs::copy(from, &to).expect("copy the TLS files");
+                fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).expect("chmod");
+                nix::unistd::chown(&to, Some(nobody), None).expect("chown");
+            }
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                pg.dir.0.display()
+            ));
+        }
         let log = pg.dir.0.join("server.log");
         let o = pg.as_nobody(
             "pg_ctl",
@@ -316,22 +348,43 @@ impl Postgres {
         pg
     }
 
-    /// A connection URL for database `db`.
+    /// A connection URL for database `db`, with the password.
     pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{db}",
+            Self::USER,
+            Self::PASSWORD,
+            self.port
+        )
+    }
+
+    /// [`Postgres::url`] without the password.
+    pub fn url_no_password(&self, db: &str) -> String {
         format!("postgres://{}@127.0.0.1:{}/{db}", Self::USER, self.port)
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Connection settings through its Unix socket (trusted, and reachable from every network
+    /// namespace, unlike 127.0.0.1), without a database: append ` dbname=DB`.
+    pub fn socket_settings(&self) -> String {
+        format!(
+            "host={} port={} user={}",
+            self.dir.0.display(),
+            self.port,
+            Self::USER
+        )
     }
 
     /// Runs `sql` with psql in database `db`; returns its output (unaligned, tuples only).
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let o = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                Self::USER,
-            ])
+            .arg("-h")
+            .arg(&self.dir.0)
+            .args(["-p", &self.port.to_string(), "-U", Self::USER])
             .args(["-d", db, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("psql");
@@ -366,5 +419,40 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Set by `with-servers`: the settings of a PostgreSQL ([`Postgres::socket_settings`]) on which
+/// the harness puts each control plane's state, a database per data directory.
+pub const TEST_POSTGRES: &str = "PICKET_TEST_POSTGRES";
+
+/// The environment a `picket-controlplane` command on `data_dir` runs with: empty normally;
+/// under `with-servers`, the state store (`PICKET_STATE_STORE`) on a database of the test
+/// PostgreSQL made for this data directory (created at the first call), so that tests stay
+/// apart as their data directories do.
+pub fn store_env(data_dir: impl AsRef<Path>) -> Vec<(&'static str, String)> {
+    use std::hash::{Hash as _, Hasher as _};
+    let Ok(base) = std::env::var(TEST_POSTGRES) else {
+        return Vec::new();
+    };
+    let dir = std::path::absolute(data_dir.as_ref()).expect("absolute data directory");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    let db = format!("t{:016x}", h.finish());
+    let mut c = postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls)
+        .unwrap_or_else(|e| panic!("the test PostgreSQL at {base}: {e}"));
+    if let Err(e) = c.batch_execute(&format!("CREATE DATABASE {db}")) {
+        // Another command of the same test made it first.
+        let code = e.code().map(|c| c.code().to_string());
+        assert_eq!(code.as_deref(), Some("42P04"), "CREATE DATABASE {db}: {e}");
+    }
+    vec![("PICKET_STATE_STORE", format!("{base} dbname={db}"))]
+}
+
+/// The state store a control plane on `data_dir` keeps (see [`store_env`]), opened here.
+pub fn open_state(data_dir: &Path) -> std::sync::Arc<dyn controlplane::store::StateStore> {
+    match store_env(data_dir).into_iter().next() {
+        Some((_, settings)) => controlplane::store::PgStore::open(&settings).expect("state store"),
+        None => controlplane::store::SqliteStore::open(data_dir).expect("state store"),
     }
 }

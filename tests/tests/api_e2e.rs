@@ -288,6 +288,7 @@ fn users_sessions_tokens_and_alert_triage() {
     let o = std::process::Command::new(tests::bin("picket-controlplane"))
         .args(["tokens", "--data-dir"])
         .arg(&data)
+        .envs(tests::servers::store_env(&data))
         .args(["revoke", "old-ci"])
         .output()
         .expect("revoke");

@@ -231,6 +231,7 @@ fn watchlist(data: &Path, args: &[&str]) -> Output {
         .arg("watchlist")
         .arg("--data-dir")
         .arg(data)
+        .envs(tests::servers::store_env(data))
         .args(args)
         .output()
         .expect("run picket-controlplane watchlist")
@@ -308,6 +309,7 @@ fn allowlisted_sources_raise_no_alert_of_their_type() {
             .arg("allowlist")
             .arg("--data-dir")
             .arg(&data)
+            .envs(tests::servers::store_env(&data))
             .args(args)
             .output()
             .expect("run picket-controlplane allowlist")
@@ -367,6 +369,7 @@ fn sensitivity_per_type_and_network_moves_the_thresholds() {
         let o = Command::new(tests::bin("picket-controlplane"))
             .args(["sensitivity", "--data-dir"])
             .arg(&data)
+            .envs(tests::servers::store_env(&data))
             .args([
                 "set",
                 level,
@@ -425,6 +428,7 @@ fn sensitivity_per_type_and_network_moves_the_thresholds() {
     let o = Command::new(tests::bin("picket-controlplane"))
         .args(["sensitivity", "--data-dir"])
         .arg(dir.0.join("off"))
+        .envs(tests::servers::store_env(dir.0.join("off")))
         .args(["set", "loud", "--network", "10.0.0.0/8"])
         .output()
         .expect("run");

@@ -539,6 +539,7 @@ fn an_import_is_exactly_once_by_content_even_when_cut_short() {
             "--data-dir",
         ])
         .arg(&data)
+        .envs(tests::servers::store_env(&data))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -75,6 +75,7 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
         .arg(&log)
         .arg("--data-dir")
         .arg(&data)
+        .envs(tests::servers::store_env(&data))
         .output()
         .expect("import");
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -141,8 +142,7 @@ fn sensor_flow_and_aws_record_are_linked_and_gaps_listed() {
     cp.stop();
     // The sensor baselines learned the client as a device of its network from the sensor's
     // flow, and saved it as the control plane stopped.
-    use controlplane::store::Settings as _;
-    let store = controlplane::store::SqliteStore::open(&data).expect("store");
+    let store = tests::servers::open_state(&data);
     let devices = store
         .detector_state("sensor/new_internal_device")
         .expect("state");

@@ -38,6 +38,7 @@ fn setup_watching(name: &str, extra: &[&str], watch: impl Fn(&Lab) -> Vec<String
         let o = std::process::Command::new(tests::bin("picket-controlplane"))
             .args(["watchlist", "--data-dir"])
             .arg(&data)
+            .envs(tests::servers::store_env(&data))
             .arg("add")
             .args(&entries)
             .args(["--label", "lab"])

@@ -610,6 +610,7 @@ fn a_sensor_key_is_written_private_and_never_over_a_file() {
         std::process::Command::new(tests::bin("picket-controlplane"))
             .args(["sensors", "--data-dir"])
             .arg(&data)
+            .envs(tests::servers::store_env(&data))
             .args(["add", name, "--out"])
             .arg(&key)
             .output()
@@ -635,6 +636,7 @@ fn a_sensor_key_is_written_private_and_never_over_a_file() {
     let list = std::process::Command::new(tests::bin("picket-controlplane"))
         .args(["sensors", "--data-dir"])
         .arg(&data)
+        .envs(tests::servers::store_env(&data))
         .arg("list")
         .output()
         .expect("list");

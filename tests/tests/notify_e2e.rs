@@ -17,6 +17,7 @@ fn cli(data: &Path, args: &[&str]) -> String {
         .arg("notifiers")
         .arg("--data-dir")
         .arg(data)
+        .envs(tests::servers::store_env(data))
         .args(args)
         .output()
         .expect("run picket-controlplane notifiers");
@@ -191,6 +192,7 @@ fn alerts_reach_webhook_slack_webex_and_syslog_once_each_with_retries_and_failur
             .arg("notifiers")
             .arg("--data-dir")
             .arg(&data)
+            .envs(tests::servers::store_env(&data))
             .args(&args)
             .output()
             .expect("run");
@@ -371,6 +373,7 @@ fn alerts_reach_webhook_slack_webex_and_syslog_once_each_with_retries_and_failur
         .arg("notifiers")
         .arg("--data-dir")
         .arg(&data)
+        .envs(tests::servers::store_env(&data))
         .args(["test", "chat"])
         .output()
         .expect("run notifiers test");

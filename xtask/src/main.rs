@@ -165,6 +165,25 @@ fn main() -> anyhow::Result<()> {
             if !args.is_empty() {
                 return Ok(());
             }
+            // The end-to-end tests once more with the control state on a private PostgreSQL
+            // (`with-servers` starts it; the harness gives each data directory a database).
+            let mut c = Command::new(root().join("target/debug/with-servers"));
+            c.arg("--")
+                .arg(cargo().get_program())
+                .args(["test", "--no-fail-fast", "-p", "tests"]);
+            for t in [
+                "api_e2e",
+                "export_e2e",
+                "detect_e2e",
+                "notify_e2e",
+                "cloud_import",
+                "correlation_e2e",
+                "hardening_e2e",
+                "dashboard_e2e",
+            ] {
+                c.args(["--test", t]);
+            }
+            run(&mut c)?;
             // Detection against real scanners, and the same traffic as cloud flow logs (about 60 s).
             run(&mut Command::new(root().join("target/debug/picket-eval")))?;
             if no_kernel_matrix {

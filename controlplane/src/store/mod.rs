@@ -10,9 +10,12 @@
 //!
 //! Storage knows the domain's types (`model`) and nothing above them: no HTTP, no wire format,
 //! no detector, no notifier rule. The embedded backend ([`SqliteStore`], `sqlite/`) implements
-//! both on one SQLite file.
+//! both on one SQLite file; the state store also runs on PostgreSQL ([`PgStore`], `postgres/`).
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 mod flows;
 pub mod postgres;
@@ -38,7 +41,58 @@ pub struct Stores {
     pub state: Arc<dyn StateStore>,
 }
 
+/// Where a control plane's stores live: the embedded store in `data_dir`, unless a server is
+/// named for one of them.
+#[derive(Clone, Debug)]
+pub struct Backends {
+    pub data_dir: PathBuf,
+    /// The state store on PostgreSQL.
+    pub state: Option<postgres::Options>,
+}
+
+impl Backends {
+    /// The embedded store alone.
+    pub fn embedded(data_dir: &Path) -> Backends {
+        Backends {
+            data_dir: data_dir.into(),
+            state: None,
+        }
+    }
+
+    /// In words, for the log: `embedded` or the server's address (never a password).
+    pub fn describe_state(&self) -> String {
+        match &self.state {
+            None => "embedded".into(),
+            Some(o) => o
+                .url
+                .parse::<::postgres::Config>()
+                .map(|c| postgres::describe(&c))
+                .unwrap_or_else(|_| "postgres".into()),
+        }
+    }
+}
+
 impl Stores {
+    /// Opens (and migrates) what `b` names. A server that cannot be used is an error: never a
+    /// fallback to the embedded store, whose data would then be a different one.
+    pub fn open(b: &Backends) -> anyhow::Result<Stores> {
+        // The servers first: one that cannot be used stops the start before anything is
+        // created on the local disk.
+        let server = match &b.state {
+            None => None,
+            Some(o) => Some(PgStore::connect(o)?),
+        };
+        let embedded = SqliteStore::open(&b.data_dir)?;
+        let state: Arc<dyn StateStore> = match server {
+            None => embedded.clone(),
+            Some(s) => s,
+        };
+        Ok(Stores {
+            flows: embedded,
+            state,
+        })
+    }
+
     /// Both on the embedded store in `data_dir`.
     pub fn embedded(data_dir: &Path) -> anyhow::Result<Stores> {
         Ok(Stores::of(SqliteStore::open(data_dir)?))

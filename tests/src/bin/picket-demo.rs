@@ -67,6 +67,7 @@ fn main() {
     let o = std::process::Command::new(tests::bin("picket-controlplane"))
         .args(["notifiers", "--data-dir"])
         .arg(&data)
+        .envs(tests::servers::store_env(&data))
         .args([
             "add",
             "demo-webhook",

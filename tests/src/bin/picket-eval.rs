@@ -561,6 +561,7 @@ fn import_logs(
         let o = std::process::Command::new(tests::bin("picket-controlplane"))
             .args(["allowlist", "--data-dir"])
             .arg(&data)
+            .envs(tests::servers::store_env(&data))
             .args(["add", src, "--label", "sanctioned scanner"])
             .output()
             .expect("allowlist add");
@@ -571,6 +572,7 @@ fn import_logs(
     let o = std::process::Command::new(tests::bin("picket-controlplane"))
         .args(["import", provider, "--data-dir"])
         .arg(&data)
+        .envs(tests::servers::store_env(&data))
         .args(["--sampling-rate", "1"])
         .arg(&file)
         .output()
@@ -621,6 +623,7 @@ fn main() {
             let o = std::process::Command::new(tests::bin("picket-controlplane"))
                 .args(["allowlist", "--data-dir"])
                 .arg(&data)
+                .envs(tests::servers::store_env(&data))
                 .args(["add", &src, "--label", "sanctioned scanner"])
                 .output()
                 .expect("allowlist add");

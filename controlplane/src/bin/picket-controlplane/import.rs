@@ -15,9 +15,8 @@ pub struct Args {
     /// Flow log files, or `-` for standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// The data dir of the store (as given to `serve`); created if missing.
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
     /// GCP: the subnets' flow-log sampling rate (0 < RATE <= 1), kept with every flow so
     /// that counts and detection thresholds can be scaled.
     #[arg(long, value_name = "RATE", default_value_t = controlplane::cloud::flows::GCP_DEFAULT_SAMPLING)]
@@ -76,14 +75,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         detect::Config,
         model::{ImportedFile, Source},
         pipeline::import::{Importer, digest},
-        store::Stores,
     };
     crate::use_geo_db(a.geo_db.as_deref())?;
     if !(a.sampling_rate > 0.0 && a.sampling_rate <= 1.0) {
         anyhow::bail!("--sampling-rate must be in (0, 1], got {}", a.sampling_rate);
     }
     let max = crate::max_file_bytes(a.max_file_mb)?;
-    let stores = Stores::embedded(&a.data_dir)?;
+    let stores = a.stores.open()?;
     let source = match a.provider {
         Provider::Aws => Source::Aws,
         Provider::Gcp => Source::Gcp,
@@ -106,7 +104,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut one = Summary::default();
         let done = (|| {
             let mut file = if stdin {
-                spool_stdin(&a.data_dir, max)?
+                spool_stdin(&a.stores.data_dir, max)?
             } else {
                 File::open(f).map_err(|e| {
                     anyhow::Error::new(controlplane::cloud::read::InputError(format!(

@@ -6,14 +6,13 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use controlplane::{
     model::{Sensitivity, check_alert_type, sensitivity_scope},
-    store::Stores,
     util::{net::parse_network, time::now_ns},
 };
 
 #[derive(clap::Args)]
 pub struct WatchlistArgs {
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
     #[command(subcommand)]
     cmd: WatchlistCmd,
 }
@@ -45,8 +44,8 @@ pub enum WatchlistCmd {
 
 #[derive(clap::Args)]
 pub struct AllowlistArgs {
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
     #[command(subcommand)]
     cmd: AllowlistCmd,
 }
@@ -77,8 +76,8 @@ pub enum AllowlistCmd {
 
 #[derive(clap::Args)]
 pub struct SensitivityArgs {
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
     #[command(subcommand)]
     cmd: SensitivityCmd,
 }
@@ -108,7 +107,7 @@ pub enum SensitivityCmd {
 }
 
 pub fn watchlist(a: WatchlistArgs) -> anyhow::Result<()> {
-    let store = Stores::embedded(&a.data_dir)?.state;
+    let store = a.stores.open()?.state;
     let now = now_ns();
     match a.cmd {
         WatchlistCmd::Add { entries, label } => {
@@ -163,7 +162,7 @@ pub fn allowlist(a: AllowlistArgs) -> anyhow::Result<()> {
     let check_type = |t: &str| -> anyhow::Result<()> {
         check_alert_type(t).map_err(|e| anyhow::anyhow!("--type: {e}"))
     };
-    let store = Stores::embedded(&a.data_dir)?.state;
+    let store = a.stores.open()?.state;
     match a.cmd {
         AllowlistCmd::Add {
             entry,
@@ -201,7 +200,7 @@ pub fn allowlist(a: AllowlistArgs) -> anyhow::Result<()> {
 }
 
 pub fn sensitivity(a: SensitivityArgs) -> anyhow::Result<()> {
-    let store = Stores::embedded(&a.data_dir)?.state;
+    let store = a.stores.open()?.state;
     match a.cmd {
         SensitivityCmd::Set {
             level,

@@ -11,6 +11,7 @@ mod lists;
 mod notifiers;
 mod sensors;
 mod serve;
+mod stores;
 mod users;
 
 #[derive(Parser)]
@@ -28,8 +29,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the sensor ingest (gRPC), the REST API and the web dashboard (HTTP), and deliver
-    /// notifications, on the embedded store in --data-dir. The first start creates the
-    /// dashboard user `admin` and prints its password.
+    /// notifications, on the embedded store in --data-dir (the control state on PostgreSQL
+    /// with --state-store). The first start creates the dashboard user `admin` and prints its
+    /// password.
     Serve(Box<serve::Args>),
     /// Sensor keys: add (prints the new key once), list, revoke.
     Sensors(sensors::Args),

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use controlplane::{store::Stores, util::time::now_ns};
+use controlplane::util::time::now_ns;
 
 use crate::secret;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -92,7 +92,7 @@ fn facility(s: &str) -> Result<u8, String> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     use controlplane::notify::{self, Notifier, Target, Transport};
-    let store = Stores::embedded(&a.data_dir)?.state;
+    let store = a.stores.open()?.state;
     match a.cmd {
         Cmd::Add {
             name,

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use controlplane::{keys, store::Stores, util::time::now_ns};
+use controlplane::{keys, util::time::now_ns};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -30,7 +30,7 @@ pub enum Cmd {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let store = Stores::embedded(&a.data_dir)?.state;
+    let store = a.stores.open()?.state;
     match a.cmd {
         Cmd::Add { name, out } => {
             if name.is_empty()

@@ -10,9 +10,8 @@ use crate::use_geo_db;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where the embedded store (SQLite, WAL) lives; created if missing.
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
     /// Address for sensors (gRPC).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
     grpc_listen: SocketAddr,
@@ -149,7 +148,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         _ => None,
     };
     controlplane::serve::run(controlplane::serve::Config {
-        data_dir: a.data_dir,
+        stores: a.stores.backends()?,
         grpc_listen: a.grpc_listen,
         grpc_tls,
         http_listen: a.http_listen,

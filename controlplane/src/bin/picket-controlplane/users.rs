@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use controlplane::{store::Stores, util::time::now_ns};
+use controlplane::util::time::now_ns;
 
 use crate::{secret, when};
 
 #[derive(clap::Args)]
 pub struct UsersArgs {
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
     #[command(subcommand)]
     cmd: UsersCmd,
 }
@@ -41,8 +41,8 @@ pub enum UsersCmd {
 
 #[derive(clap::Args)]
 pub struct TokensArgs {
-    #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
     #[command(subcommand)]
     cmd: TokensCmd,
 }
@@ -67,7 +67,7 @@ fn role(s: &str) -> Result<controlplane::model::Role, String> {
 
 pub fn run(a: UsersArgs) -> anyhow::Result<()> {
     use controlplane::auth::{check_name, hash_password, new_password};
-    let store = Stores::embedded(&a.data_dir)?.state;
+    let store = a.stores.open()?.state;
     let now = now_ns();
     // The given password, or a generated one to print.
     let password = |file: Option<PathBuf>| -> anyhow::Result<(String, bool)> {
@@ -125,7 +125,7 @@ pub fn run(a: UsersArgs) -> anyhow::Result<()> {
 
 pub fn tokens(a: TokensArgs) -> anyhow::Result<()> {
     use controlplane::auth::{check_name, new_token, token_hash};
-    let store = Stores::embedded(&a.data_dir)?.state;
+    let store = a.stores.open()?.state;
     let now = now_ns();
     match a.cmd {
         TokensCmd::Add { name, role } => {

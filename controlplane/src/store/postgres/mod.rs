@@ -9,11 +9,16 @@
 //! Two processes recording the same incident at once make one alert: the alerts service's
 //! transaction takes an advisory lock on (type, source) before it looks for the open alert.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
+use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod access;
 mod alerts;
@@ -22,8 +27,19 @@ mod schema;
 mod sensors;
 mod settings;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
+type Conn = r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>;
+
+/// How to reach the state store's server.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// A `postgres://user@host:port/db?sslmode=...` URL (or `key=value` settings).
+    pub url: String,
+    /// The password, when not in the URL (from a file or the environment).
+    pub password: Option<String>,
+    /// A CA (PEM) the server's certificate may chain to, besides the system's.
+    pub ca: Option<PathBuf>,
+}
 
 /// The state store on a PostgreSQL database.
 pub struct PgStore {
@@ -52,29 +68,50 @@ pub fn describe(config: &postgres::Config) -> String {
 }
 
 impl PgStore {
-    /// Connects to `url` (a `postgres://` URL or `key=value` settings), migrates the schema and
-    /// returns the store; a server that cannot be reached, refuses the credentials or holds a
-    /// newer schema is an error that says so.
-    pub fn open(url: &str) -> anyhow::Result<std::sync::Arc<Self>> {
-        let mut config: postgres::Config = url
+    /// [`PgStore::connect`] with the URL alone.
+    pub fn open(url: &str) -> anyhow::Result<Arc<Self>> {
+        Self::connect(&Options {
+            url: url.into(),
+            ..Options::default()
+        })
+    }
+
+    /// Connects (TLS as the URL's `sslmode` says: `prefer` by default, `require`, `disable`;
+    /// certificates always verified), migrates the schema and returns the store. A server that
+    /// cannot be reached, refuses the credentials, presents a certificate nobody vouches for or
+    /// holds a newer schema is an error that says so and what to do.
+    pub fn connect(o: &Options) -> anyhow::Result<Arc<Self>> {
+        let mut config: postgres::Config = o
+            .url
             .parse()
-            .map_err(|e| anyhow::anyhow!("the PostgreSQL URL is not valid: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("the state store's URL is not valid: {e}"))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
+        if let Some(pw) = &o.password {
+            config.password(pw);
+        }
         let at = describe(&config);
+        let tls = MakeRustlsConnect::new(tls_config(o.ca.as_deref())?);
+        // One connection made directly first, so that its error is the server's own words
+        // rather than the pool's timeout.
+        let mut c = config
+            .connect(tls.clone())
+            .map_err(|e| anyhow::anyhow!("cannot connect to the state store {at}: {}", why(&e)))?;
+        schema::migrate(&mut c).with_context(|| format!("the state store {at}"))?;
+        drop(c);
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
-            .build(PostgresConnectionManager::new(config, NoTls))
-            .map_err(|e| anyhow::anyhow!("cannot connect to the state store {at}: {e}"))?;
-        let mut c = pool
-            .get()
-            .map_err(|e| anyhow::anyhow!("cannot connect to the state store {at}: {e}"))?;
-        schema::migrate(&mut c).with_context(|| format!("the state store {at}"))?;
-        drop(c);
-        Ok(std::sync::Arc::new(PgStore { pool }))
+            .build_unchecked(PostgresConnectionManager::new(config, tls));
+        Ok(Arc::new(PgStore { pool }))
+    }
+
+    /// Answers when the server does (for `/health`).
+    pub fn ping(&self) -> anyhow::Result<()> {
+        self.conn()?.simple_query("SELECT 1")?;
+        Ok(())
     }
 
     fn conn(&self) -> anyhow::Result<Conn> {
@@ -82,6 +119,70 @@ impl PgStore {
             .get()
             .map_err(|e| anyhow::anyhow!("no connection to the state store: {e}"))
     }
+}
+
+/// The client's TLS: the system's roots and `ca`.
+fn tls_config(ca: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates only narrow what is trusted.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = ca {
+        let mut n = 0;
+        for cert in CertificateDer::pem_file_iter(ca)
+            .map_err(|e| anyhow::anyhow!("reading the CA {}: {e}", ca.display()))?
+        {
+            let cert = cert.map_err(|e| anyhow::anyhow!("the CA {}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| anyhow::anyhow!("the CA {}: {e}", ca.display()))?;
+            n += 1;
+        }
+        anyhow::ensure!(n > 0, "the CA {} holds no certificate", ca.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A connection error in words that say what to do.
+fn why(e: &postgres::Error) -> String {
+    let text = format!("{e}");
+    let mut chain = text.clone();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    if let Some(db) = e.as_db_error() {
+        let hint = match db.code().code() {
+            "28P01" | "28000" => {
+                " (check the user and the password: --state-store-password-file or \
+                 PICKET_STATE_STORE_PASSWORD)"
+            }
+            "3D000" => " (create the database first: createdb -O USER DB)",
+            _ => "",
+        };
+        return format!("{}{hint}", db.message());
+    }
+    if chain.contains("certificate") || chain.contains("UnknownIssuer") {
+        return format!(
+            "{chain} (the server's TLS certificate is not trusted: give its CA with \
+             --state-store-ca, or sslmode=disable in the URL on a trusted network)"
+        );
+    }
+    if chain.contains("password missing") {
+        return format!(
+            "{chain} (give it with --state-store-password-file or PICKET_STATE_STORE_PASSWORD)"
+        );
+    }
+    if chain.contains("server does not support TLS") {
+        return format!("{chain} (sslmode=require needs a server with TLS on)");
+    }
+    chain
 }
 
 /// The role column: unknown roles (a newer version's) get the least rights.

@@ -1,0 +1,68 @@
+//! The options every command that opens the stores takes: the data directory, and the servers
+//! that replace the embedded store.
+
+use std::path::PathBuf;
+
+use controlplane::store::{Backends, Stores, postgres};
+use tracing::warn;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Where the embedded store (SQLite, WAL) lives; created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Keep the control state (users, sessions, tokens, sensors, alerts, lists, notifiers,
+    /// what detectors learned) in PostgreSQL instead: postgres://USER@HOST:5432/DB, with
+    /// `?sslmode=require` to insist on TLS (the server's certificate is always verified).
+    /// The database must exist; its tables are created and migrated at the start.
+    #[arg(
+        long,
+        env = "PICKET_STATE_STORE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    state_store: Option<String>,
+    /// The state store's password: the first line of FILE. Without it, the environment's
+    /// PICKET_STATE_STORE_PASSWORD, else the URL's (which other users can read in the
+    /// process list).
+    #[arg(long, value_name = "FILE", requires = "state_store")]
+    state_store_password_file: Option<PathBuf>,
+    /// A CA (PEM) that the state store's certificate may chain to, besides the system's.
+    #[arg(long, value_name = "FILE", requires = "state_store")]
+    state_store_ca: Option<PathBuf>,
+}
+
+/// Where the state store's password may come from, besides a file.
+const PASSWORD_ENV: &str = "PICKET_STATE_STORE_PASSWORD";
+
+impl StoreArgs {
+    /// What the options name, checked.
+    pub fn backends(&self) -> anyhow::Result<Backends> {
+        let mut b = Backends::embedded(&self.data_dir);
+        if let Some(url) = &self.state_store {
+            let config: ::postgres::Config = url.parse().map_err(|e| {
+                anyhow::anyhow!("--state-store: not a PostgreSQL URL or settings: {e}")
+            })?;
+            let password = match &self.state_store_password_file {
+                Some(f) => Some(crate::secret(f)?),
+                None => std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
+            };
+            if password.is_none() && config.get_password().is_some() {
+                warn!(
+                    "the --state-store URL holds a password, which other users can read in the process list: use --state-store-password-file or {PASSWORD_ENV}"
+                );
+            }
+            b.state = Some(postgres::Options {
+                url: url.clone(),
+                password,
+                ca: self.state_store_ca.clone(),
+            });
+        }
+        Ok(b)
+    }
+
+    /// Opens them.
+    pub fn open(&self) -> anyhow::Result<Stores> {
+        Stores::open(&self.backends()?)
+    }
+}
