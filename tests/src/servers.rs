@@ -210,6 +210,8 @@ pub struct Postgres {
     pub dir: TempDir,
     bin: PathBuf,
     running: bool,
+    /// The server's options (`pg_ctl -o`), for a start again.
+    opts: String,
 }
 
 impl Postgres {
@@ -275,6 +277,7 @@ impl Postgres {
             dir,
             bin: Self::bin_dir(),
             running: false,
+            opts: String::new(),
         };
         let data = pg.dir.0.join("data");
         let data = data.to_str().expect("utf8");
@@ -322,14 +325,22 @@ impl Postgres {
                 pg.dir.0.display()
             ));
         }
-        let log = pg.dir.0.join("server.log");
-        let o = pg.as_nobody(
+        pg.opts = opts;
+        pg.start_again();
+        pg
+    }
+
+    /// Starts it again after [`Postgres::stop`], on the same data and port.
+    pub fn start_again(&mut self) {
+        let data = self.dir.0.join("data");
+        let log = self.dir.0.join("server.log");
+        let o = self.as_nobody(
             "pg_ctl",
             &[
                 "-D",
-                data,
+                data.to_str().expect("utf8"),
                 "-o",
-                &opts,
+                &self.opts,
                 "-l",
                 log.to_str().expect("utf8"),
                 "-w",
@@ -344,8 +355,7 @@ impl Postgres {
             String::from_utf8_lossy(&o.stderr),
             fs::read_to_string(&log).unwrap_or_default()
         );
-        pg.running = true;
-        pg
+        self.running = true;
     }
 
     /// A connection URL for database `db`, with the password.
@@ -432,10 +442,13 @@ pub const TEST_POSTGRES: &str = "PICKET_TEST_POSTGRES";
 /// apart as their data directories do.
 pub fn store_env(data_dir: impl AsRef<Path>) -> Vec<(&'static str, String)> {
     use std::hash::{Hash as _, Hasher as _};
+    let dir = std::path::absolute(data_dir.as_ref()).expect("absolute data directory");
+    if let Some(settings) = CHOSEN.lock().unwrap_or_else(|e| e.into_inner()).get(&dir) {
+        return vec![("PICKET_STATE_STORE", settings.clone())];
+    }
     let Ok(base) = std::env::var(TEST_POSTGRES) else {
         return Vec::new();
     };
-    let dir = std::path::absolute(data_dir.as_ref()).expect("absolute data directory");
     let mut h = std::collections::hash_map::DefaultHasher::new();
     dir.hash(&mut h);
     let db = format!("t{:016x}", h.finish());
@@ -447,6 +460,20 @@ pub fn store_env(data_dir: impl AsRef<Path>) -> Vec<(&'static str, String)> {
         assert_eq!(code.as_deref(), Some("42P04"), "CREATE DATABASE {db}: {e}");
     }
     vec![("PICKET_STATE_STORE", format!("{base} dbname={db}"))]
+}
+
+/// State stores chosen by tests for their data directories ([`use_state_store`]).
+static CHOSEN: std::sync::Mutex<std::collections::BTreeMap<PathBuf, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// From now on, every `picket-controlplane` the harness runs on `data_dir` keeps its state in
+/// the PostgreSQL database of `settings` (see [`store_env`]).
+pub fn use_state_store(data_dir: &Path, settings: &str) {
+    let dir = std::path::absolute(data_dir).expect("absolute data directory");
+    CHOSEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dir, settings.to_string());
 }
 
 /// The state store a control plane on `data_dir` keeps (see [`store_env`]), opened here.

@@ -486,3 +486,53 @@ fn racing_control_planes_make_one_alert_per_incident() {
         "alert.new,alert.grew"
     );
 }
+
+/// Observations made while the state store is away wait in memory and are recorded, in order,
+/// at the next call once it answers (the serving paths use `record_or_keep`).
+#[test]
+fn observations_wait_for_a_state_store_that_is_away() {
+    use controlplane::alerts::{record_or_keep, waiting};
+    let mut pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE picket");
+    let s = PgStore::open(&pg.url("picket")).expect("store");
+    record_or_keep(
+        s.as_ref(),
+        &[update("port_scan", "198.51.100.7", "10.0.0.1:22", S)],
+    )
+    .expect("recorded");
+    pg.stop();
+    let later = [
+        update("port_scan", "198.51.100.7", "10.0.0.2:22", 2 * S),
+        update("address_sweep", "198.51.100.8", "10.0.0.3", 3 * S),
+    ];
+    assert!(record_or_keep(s.as_ref(), &later).is_err());
+    assert_eq!(waiting(), 2);
+    assert!(record_or_keep(s.as_ref(), &[]).is_err(), "still away");
+    assert_eq!(waiting(), 2);
+    pg.start_again();
+    let ids = record_or_keep(s.as_ref(), &[]).expect("recorded once it answers");
+    assert_eq!(
+        ids.len(),
+        2,
+        "the scan's alert grew, the sweep's opened: {ids:?}"
+    );
+    assert_eq!(waiting(), 0);
+    let alerts = s
+        .alerts(&AlertQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .expect("alerts");
+    let mut got: Vec<(String, u64)> = alerts
+        .iter()
+        .map(|a| (a.kind.clone(), a.targets_total))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("address_sweep".to_string(), 1),
+            ("port_scan".to_string(), 2)
+        ]
+    );
+}

@@ -6,7 +6,15 @@
 //! change concerns gets a message queued ([`crate::model::event_for`]), in one transaction with
 //! the alert.
 
-use tracing::info;
+use std::{
+    collections::VecDeque,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use tracing::{info, warn};
 
 use crate::{
     model::{Alert, AlertUpdate, INCIDENT_GAP_NS, event_for},
@@ -23,13 +31,21 @@ pub use policy::{Allowlist, Sensitivities};
 /// decide first; what they hold back is logged (at debug level for evidence below the
 /// sensitivity's threshold, which is routine).
 pub fn record(store: &dyn StateStore, updates: &[AlertUpdate]) -> anyhow::Result<Vec<i64>> {
+    record_from(store, updates).map_err(|(_, e)| e)
+}
+
+/// [`record`], telling on failure how many updates were dealt with before it.
+fn record_from(
+    store: &dyn StateStore,
+    updates: &[AlertUpdate],
+) -> Result<Vec<i64>, (usize, anyhow::Error)> {
     let mut ids = Vec::new();
     if updates.is_empty() {
         return Ok(ids);
     }
-    let allow = Allowlist::new(store.allowlist()?);
-    let sensitivity = Sensitivities::new(store.sensitivities()?);
-    for u in updates {
+    let allow = Allowlist::new(store.allowlist().map_err(|e| (0, e))?);
+    let sensitivity = Sensitivities::new(store.sensitivities().map_err(|e| (0, e))?);
+    for (i, u) in updates.iter().enumerate() {
         let level = sensitivity.level(u.kind, &u.source);
         if !level.raises(u.strength) {
             tracing::debug!(
@@ -50,7 +66,7 @@ pub fn record(store: &dyn StateStore, updates: &[AlertUpdate]) -> anyhow::Result
             );
             continue;
         }
-        let id = merge(store, u)?;
+        let id = merge(store, u).map_err(|e| (i, e))?;
         info!(
             alert = id,
             kind = u.kind,
@@ -64,6 +80,67 @@ pub fn record(store: &dyn StateStore, updates: &[AlertUpdate]) -> anyhow::Result
         }
     }
     Ok(ids)
+}
+
+/// Observations that could not be recorded (the state store was unreachable), kept in memory,
+/// oldest first, to be recorded before the next ones.
+static WAITING: Mutex<VecDeque<AlertUpdate>> = Mutex::new(VecDeque::new());
+
+/// Observations kept at most while the state store is away; beyond, the oldest are dropped
+/// (and counted in [`DROPPED`]).
+pub const MAX_WAITING: usize = 100_000;
+
+/// Observations dropped because [`MAX_WAITING`] were already waiting, since the start.
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How many observations wait for the state store now.
+pub fn waiting() -> usize {
+    WAITING.lock().map(|q| q.len()).unwrap_or(0)
+}
+
+/// [`record`] for a long-running process: when the state store fails, the observations not yet
+/// recorded wait (in memory, up to [`MAX_WAITING`]) and are recorded first at the next call,
+/// so a state store that is away for a while loses no alert. The error is returned (to be
+/// logged) all the same.
+pub fn record_or_keep(store: &dyn StateStore, updates: &[AlertUpdate]) -> anyhow::Result<Vec<i64>> {
+    let mut q = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+    if q.is_empty() {
+        return match record_from(store, updates) {
+            Ok(ids) => Ok(ids),
+            Err((done, e)) => {
+                keep(&mut q, &updates[done..]);
+                Err(e)
+            }
+        };
+    }
+    let earlier = q.len();
+    let all: Vec<AlertUpdate> = q.drain(..).chain(updates.iter().cloned()).collect();
+    match record_from(store, &all) {
+        Ok(ids) => {
+            info!(
+                observations = earlier,
+                "recorded the alert observations that waited for the state store"
+            );
+            Ok(ids)
+        }
+        Err((done, e)) => {
+            keep(&mut q, &all[done..]);
+            Err(e)
+        }
+    }
+}
+
+fn keep(q: &mut VecDeque<AlertUpdate>, rest: &[AlertUpdate]) {
+    q.extend(rest.iter().cloned());
+    let over = q.len().saturating_sub(MAX_WAITING);
+    if over > 0 {
+        q.drain(..over);
+        DROPPED.fetch_add(over as u64, Relaxed);
+        warn!(
+            dropped = over,
+            "alert observations dropped: too many waiting for the state store"
+        );
+    }
 }
 
 /// Merges one observation into the open alert of its type and source last seen within

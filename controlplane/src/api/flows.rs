@@ -10,21 +10,37 @@ use serde_json::{Value, json};
 use super::{Api, ApiError, DEFAULT_LIMIT, MAX_LIMIT, blocking, now_ns, parse_time, rfc3339};
 use crate::{model::Source, store::FlowQuery};
 
-pub(super) async fn health(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+/// Liveness, and what the operator should know at a glance: 200 when the stores answer, 503
+/// (with the same body) when the state store does not. No detail of a failure here: this
+/// answers without credentials, and the log has it.
+pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
     use crate::listen::STATS;
+    use axum::response::IntoResponse as _;
     use std::sync::atomic::Ordering::Relaxed;
     let store = api.stores.clone();
-    let counts = blocking(move || store.state.notification_counts()).await?;
+    let counts = blocking(move || store.state.notification_counts()).await;
     let mut total = crate::store::Counts::default();
-    for (_, c) in &counts {
-        total.pending += c.pending;
-        total.delivered += c.delivered;
-        total.failed += c.failed;
-    }
-    Ok(Json(json!({
-        "status": "ok",
+    let state_ok = match &counts {
+        Ok(counts) => {
+            for (_, c) in counts {
+                total.pending += c.pending;
+                total.delivered += c.delivered;
+                total.failed += c.failed;
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.message, "health: the state store does not answer");
+            false
+        }
+    };
+    let body = json!({
+        "status": if state_ok { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": api.started.elapsed().as_secs(),
+        "state_store": if state_ok { "ok" } else { "unreachable" },
+        "alerts_waiting": crate::alerts::waiting(),
+        "alerts_dropped": crate::alerts::DROPPED.load(Relaxed),
         "notifications": total,
         "https_handshakes_failed": STATS.failed_handshakes.load(Relaxed),
         "logins_refused": {
@@ -36,7 +52,13 @@ pub(super) async fn health(State(api): State<Api>) -> Result<Json<Value>, ApiErr
             "http": STATS.refused_http.load(Relaxed),
             "grpc": STATS.refused_grpc.load(Relaxed),
         },
-    })))
+    });
+    let code = if state_ok {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
 }
 
 pub(super) async fn sensors(State(api): State<Api>) -> Result<Json<Value>, ApiError> {

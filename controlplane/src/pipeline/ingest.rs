@@ -104,8 +104,8 @@ fn sensor_flows(
                         loaded = std::time::Instant::now();
                     }
                     let updates = d.observe(&Input::batch(&batch));
-                    if let Err(e) = crate::alerts::record(store.as_ref(), &updates) {
-                        warn!(sensor = batch.sensor, error = %format!("{e:#}"), "alerts from sensor flows could not be recorded");
+                    if let Err(e) = crate::alerts::record_or_keep(store.as_ref(), &updates) {
+                        warn!(sensor = batch.sensor, error = %format!("{e:#}"), waiting = crate::alerts::waiting(), "alerts from sensor flows could not be recorded yet (kept, retried)");
                     }
                 }
                 false
@@ -168,8 +168,8 @@ fn writer(
                     if new {
                         // Stored before it is looked at: a failure here loses no flow.
                         let updates = events.observe(&Input::batch(&p.batch));
-                        if let Err(err) = crate::alerts::record(state.as_ref(), &updates) {
-                            warn!(sensor = p.batch.sensor, batch = p.batch.batch_id, error = %err, "alerts could not be recorded");
+                        if let Err(err) = crate::alerts::record_or_keep(state.as_ref(), &updates) {
+                            warn!(sensor = p.batch.sensor, batch = p.batch.batch_id, error = %format!("{err:#}"), waiting = crate::alerts::waiting(), "alerts could not be recorded yet (kept, retried)");
                         }
                     }
                     let _ = p.done.send(r);

@@ -72,8 +72,8 @@ pub fn pass(stores: &Stores, retention: &Retention, coverage: &mut Detectors, no
         Ok(g) => {
             let sensors = stores.state.sensors().is_ok_and(|s| !s.is_empty());
             let updates = coverage.observe(&Input::coverage(&g, sensors));
-            if let Err(e) = crate::alerts::record(stores.state.as_ref(), &updates) {
-                warn!(error = %format!("{e:#}"), "coverage gap alerts failed");
+            if let Err(e) = crate::alerts::record_or_keep(stores.state.as_ref(), &updates) {
+                warn!(error = %format!("{e:#}"), waiting = crate::alerts::waiting(), "alerts could not be recorded yet (kept, retried)");
             }
         }
         Err(e) => warn!(error = %format!("{e:#}"), "coverage gaps failed"),

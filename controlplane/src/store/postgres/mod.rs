@@ -49,6 +49,26 @@ pub struct PgStore {
 /// Connections kept open at most.
 const POOL_SIZE: u32 = 8;
 
+/// How long a call waits for a connection before it fails (while the server is away, every
+/// call waits this long: short enough for `/health` to answer a monitor in time).
+const WAIT: Duration = Duration::from_secs(3);
+
+/// The pool's connection errors, logged once in a while rather than once per attempt.
+#[derive(Debug, Default)]
+struct Quiet {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl r2d2::HandleError<postgres::Error> for Quiet {
+    fn handle_error(&self, e: postgres::Error) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(error = %why(&e), "the state store does not answer (connecting again)");
+            *last = Some(std::time::Instant::now());
+        }
+    }
+}
+
 /// Where `config` points, without its password (for messages and logs).
 pub fn describe(config: &postgres::Config) -> String {
     let host = config
@@ -103,7 +123,8 @@ impl PgStore {
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(10))
+            .connection_timeout(WAIT)
+            .error_handler(Box::new(Quiet::default()))
             .build_unchecked(PostgresConnectionManager::new(config, tls));
         Ok(Arc::new(PgStore { pool }))
     }

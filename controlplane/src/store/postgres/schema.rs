@@ -123,6 +123,8 @@ CREATE TABLE api_tokens (
 pub(super) fn migrate(c: &mut postgres::Client) -> anyhow::Result<()> {
     let mut tx = c.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    // No "already exists, skipping" notices in the log at every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS picket_schema (version INTEGER NOT NULL)")?;
     let have: i32 = tx
         .query_opt("SELECT version FROM picket_schema", &[])?
