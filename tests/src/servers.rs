@@ -177,6 +177,11 @@ impl ClickHouse {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// A `--flow-store` URL for database `db` (which must exist).
+    pub fn store_url(&self, db: &str) -> String {
+        format!("clickhouse://default@127.0.0.1:{}/{db}", self.http_port)
+    }
+
     /// Runs `sql` over HTTP and returns the answer's text; panics on an error.
     pub fn query(&self, sql: &str) -> String {
         let (status, body) = http(self.http_port, "POST", "/", sql).expect("clickhouse HTTP");

@@ -17,12 +17,14 @@ use std::{
     sync::Arc,
 };
 
+pub mod clickhouse;
 mod flows;
 pub mod postgres;
 pub(crate) mod rows;
 pub mod sqlite;
 mod state;
 
+pub use clickhouse::ChStore;
 pub use flows::{
     Conversation, CoverageGap, FlowQuery, FlowRow, FlowStore, FlowTotals, Maintenance, Retention,
     Stored, TopBy, TopGroup, TopQuery, TopRow,

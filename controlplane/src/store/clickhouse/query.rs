@@ -1,0 +1,351 @@
+//! Reads of raw flows: by filters (through `flows_by_ip` when by address), top-N, totals.
+
+use std::collections::HashMap;
+
+use clickhouse::Row;
+use serde::Deserialize;
+
+use super::{ChStore, hex16, id_list, ip_of, ip_text_sql, ip16, sat_sum, secs, why};
+use crate::{
+    model::Source,
+    store::{FlowQuery, FlowRow, FlowTotals, TopBy, TopGroup, TopQuery, TopRow},
+};
+
+/// A `flows` row as `query_flows` reads it.
+#[derive(Row, Deserialize)]
+struct FlowOut {
+    id: u64,
+    source: String,
+    observer: String,
+    iface: String,
+    src_ip: [u8; 16],
+    dst_ip: [u8; 16],
+    src_port: u16,
+    dst_port: u16,
+    protocol: u8,
+    packets: u64,
+    bytes: u64,
+    reverse_packets: u64,
+    reverse_bytes: u64,
+    tcp_flags: u8,
+    start_ns: i64,
+    end_ns: i64,
+    action: String,
+    sampling_rate: f64,
+    observed: String,
+    vpc: Option<String>,
+    subnet: Option<String>,
+    instance: Option<String>,
+    region: Option<String>,
+    zone: Option<String>,
+    pkt_src_ip: Option<[u8; 16]>,
+    pkt_dst_ip: Option<[u8; 16]>,
+    cloud_json: Option<String>,
+    src_pod: Option<String>,
+    dst_pod: Option<String>,
+}
+
+/// A counter as the API shows it (signed, saturating, as the embedded store keeps them).
+fn i(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+impl FlowOut {
+    fn row(self, correlated: i64) -> FlowRow {
+        let json = |t: Option<String>| t.and_then(|t| serde_json::from_str(&t).ok());
+        let (src_pod, dst_pod) = (json(self.src_pod), json(self.dst_pod));
+        let extra = json(self.cloud_json).or_else(|| {
+            (src_pod.is_some() || dst_pod.is_some())
+                .then(|| serde_json::json!({"src_pod": src_pod, "dst_pod": dst_pod}))
+        });
+        FlowRow {
+            id: i(self.id),
+            source: self.source,
+            observer: self.observer,
+            interface: self.iface,
+            src_ip: ip_of(self.src_ip).to_string(),
+            dst_ip: ip_of(self.dst_ip).to_string(),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+            packets: i(self.packets),
+            bytes: i(self.bytes),
+            reverse_packets: i(self.reverse_packets),
+            reverse_bytes: i(self.reverse_bytes),
+            tcp_flags: self.tcp_flags,
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+            action: self.action,
+            sampling_rate: self.sampling_rate,
+            direction: self.observed,
+            vpc: self.vpc,
+            subnet: self.subnet,
+            instance: self.instance,
+            region: self.region,
+            zone: self.zone,
+            pkt_src_ip: self.pkt_src_ip.map(|a| ip_of(a).to_string()),
+            pkt_dst_ip: self.pkt_dst_ip.map(|a| ip_of(a).to_string()),
+            extra,
+            correlated,
+        }
+    }
+}
+
+/// The columns of [`FlowOut`], in order.
+const FLOW_COLUMNS: &str = "id, source, observer, iface, src_ip, dst_ip, src_port, dst_port, \
+    protocol, packets, bytes, reverse_packets, reverse_bytes, tcp_flags, start_ns, end_ns, \
+    action, sampling_rate, observed, vpc, subnet, instance, region, zone, pkt_src_ip, \
+    pkt_dst_ip, cloud_json, src_pod, dst_pod";
+
+#[derive(Row, Deserialize)]
+struct LinkOut {
+    sensor_flow: u64,
+    cloud_flow: u64,
+    linked_ns: i64,
+    vpc: Option<String>,
+    subnet: Option<String>,
+    instance: Option<String>,
+    region: Option<String>,
+    zone: Option<String>,
+    action: String,
+}
+
+#[derive(Row, Deserialize)]
+struct Totals {
+    records: u64,
+    packets: i64,
+    bytes: i64,
+    reverse_packets: i64,
+    reverse_bytes: i64,
+}
+
+impl From<Totals> for FlowTotals {
+    fn from(t: Totals) -> Self {
+        FlowTotals {
+            records: t.records,
+            packets: t.packets as u64,
+            bytes: t.bytes as u64,
+            reverse_packets: t.reverse_packets as u64,
+            reverse_bytes: t.reverse_bytes as u64,
+        }
+    }
+}
+
+/// The totals' select list.
+fn totals_sql() -> String {
+    format!(
+        "SELECT count(), {}, {}, {}, {}",
+        sat_sum("packets"),
+        sat_sum("bytes"),
+        sat_sum("reverse_packets"),
+        sat_sum("reverse_bytes")
+    )
+}
+
+/// A value bound into SQL text (ClickHouse 18.16 has no query parameters; the client's
+/// `bind` escapes, and numbers are written as numbers).
+enum Arg {
+    Str(String),
+    Int(i64),
+}
+
+impl ChStore {
+    pub(super) fn flow_totals(&self, sensor: Option<&str>) -> anyhow::Result<FlowTotals> {
+        let mut q = format!("{} FROM flows WHERE source = 'sensor'", totals_sql());
+        if sensor.is_some() {
+            q.push_str(" AND observer = ?");
+        }
+        let mut query = self.client.query(&q);
+        if let Some(s) = sensor {
+            query = query.bind(s);
+        }
+        let t: Totals = self
+            .run(query.fetch_one())
+            .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))?;
+        Ok(t.into())
+    }
+
+    pub(super) fn source_totals(&self, source: Source) -> anyhow::Result<FlowTotals> {
+        let q = format!("{} FROM flows WHERE source = ?", totals_sql());
+        let t: Totals = self
+            .run(self.client.query(&q).bind(source.as_str()).fetch_one())
+            .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))?;
+        Ok(t.into())
+    }
+
+    pub(super) fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>> {
+        let mut wh: Vec<String> = Vec::new();
+        let mut args: Vec<Arg> = Vec::new();
+        if let Some(ip) = q.ip {
+            // The address's own range of flows_by_ip: its flows' end times (the primary key's
+            // first column here) and ids.
+            let lit = hex16(ip16(ip));
+            let mut by_ip = format!("FROM flows_by_ip WHERE ip = {lit}");
+            if let Some(t) = q.since_ns {
+                by_ip.push_str(&format!(" AND end >= {}", secs(t)));
+            }
+            if let Some(id) = q.before_id {
+                by_ip.push_str(&format!(" AND id < {id}"));
+            }
+            wh.push(format!("end IN (SELECT end {by_ip})"));
+            wh.push(format!("id IN (SELECT id {by_ip})"));
+            wh.push(format!("(src_ip = {lit} OR dst_ip = {lit})"));
+        }
+        if let Some(p) = q.port {
+            wh.push("(src_port = ? OR dst_port = ?)".into());
+            args.push(Arg::Int(p.into()));
+            args.push(Arg::Int(p.into()));
+        }
+        if let Some(p) = q.protocol {
+            wh.push("protocol = ?".into());
+            args.push(Arg::Int(p.into()));
+        }
+        if let Some(t) = q.since_ns {
+            wh.push("end >= ? AND end_ns >= ?".into());
+            args.push(Arg::Int(secs(t) as i64));
+            args.push(Arg::Int(t));
+        }
+        if let Some(t) = q.until_ns {
+            wh.push("start_ns < ?".into());
+            args.push(Arg::Int(t));
+        }
+        if let Some(s) = q.source {
+            wh.push("source = ?".into());
+            args.push(Arg::Str(s.as_str().into()));
+        }
+        if let Some(id) = q.before_id {
+            wh.push("id < ?".into());
+            args.push(Arg::Int(id));
+        }
+        let sql = format!(
+            "SELECT {FLOW_COLUMNS} FROM flows {} ORDER BY id DESC LIMIT {}",
+            if wh.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", wh.join(" AND "))
+            },
+            q.limit
+        );
+        let mut query = self.client.query(&sql);
+        for a in args {
+            query = match a {
+                Arg::Str(s) => query.bind(s),
+                Arg::Int(i) => query.bind(i),
+            };
+        }
+        let rows: Vec<FlowOut> = self
+            .run(query.fetch_all())
+            .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))?;
+        let links = self.links_of(&rows.iter().map(|r| r.id).collect::<Vec<_>>())?;
+        let mut count: HashMap<u64, i64> = HashMap::new();
+        for l in &links {
+            *count.entry(l.sensor_flow).or_default() += 1;
+            *count.entry(l.cloud_flow).or_default() += 1;
+        }
+        Ok(rows
+            .into_iter()
+            .map(|mut r| {
+                // A linked sensor flow takes its cloud records' metadata where it has none,
+                // the first link first (as the embedded store fills it in at linking).
+                if r.source == "sensor" {
+                    for l in links.iter().filter(|l| l.sensor_flow == r.id) {
+                        r.vpc = r.vpc.or_else(|| l.vpc.clone());
+                        r.subnet = r.subnet.or_else(|| l.subnet.clone());
+                        r.instance = r.instance.or_else(|| l.instance.clone());
+                        r.region = r.region.or_else(|| l.region.clone());
+                        r.zone = r.zone.or_else(|| l.zone.clone());
+                        if r.action.is_empty() {
+                            r.action = l.action.clone();
+                        }
+                    }
+                }
+                let n = count.get(&r.id).copied().unwrap_or(0);
+                r.row(n)
+            })
+            .collect())
+    }
+
+    /// The links of `ids` (as a sensor flow or as a cloud flow), each once, in the order they
+    /// were made.
+    fn links_of(&self, ids: &[u64]) -> anyhow::Result<Vec<LinkOut>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rows: Vec<LinkOut> = self
+            .run(
+                self.client
+                    .query(&format!(
+                        "SELECT sensor_flow, cloud_flow, linked_ns, vpc, subnet, instance, \
+                         region, zone, action FROM flow_links \
+                         WHERE sensor_flow IN {list} OR cloud_flow IN {list}",
+                        list = id_list(ids)
+                    ))
+                    .fetch_all(),
+            )
+            .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))?;
+        rows.sort_by_key(|l| (l.sensor_flow, l.cloud_flow, l.linked_ns));
+        rows.dedup_by_key(|l| (l.sensor_flow, l.cloud_flow));
+        rows.sort_by_key(|l| (l.linked_ns, l.cloud_flow));
+        Ok(rows)
+    }
+
+    pub(super) fn top(&self, q: &TopQuery) -> anyhow::Result<Vec<TopRow>> {
+        let key = match q.group {
+            TopGroup::SrcIp => ip_text_sql("src_ip"),
+            TopGroup::DstIp => ip_text_sql("dst_ip"),
+            TopGroup::Pair => format!(
+                "concat({}, ' -> ', {})",
+                ip_text_sql("src_ip"),
+                ip_text_sql("dst_ip")
+            ),
+            TopGroup::DstPort => "concat(toString(dst_port), '/', multiIf(protocol = 6, 'tcp', \
+                 protocol = 17, 'udp', protocol = 1, 'icmp', protocol = 58, 'icmpv6', \
+                 toString(protocol)))"
+                .into(),
+        };
+        let order = match q.by {
+            TopBy::Bytes => "bytes",
+            TopBy::Packets => "packets",
+            TopBy::Flows => "flows",
+        };
+        let mut wh = vec!["end >= ?".to_string(), "end_ns >= ?".to_string()];
+        if q.until_ns.is_some() {
+            wh.push("start_ns < ?".into());
+        }
+        if q.source.is_some() {
+            wh.push("source = ?".into());
+        }
+        let sql = format!(
+            "SELECT {key} AS k, toInt64(count()) AS n_flows, {packets} AS n_packets, \
+             {bytes} AS n_bytes FROM flows WHERE {} GROUP BY k ORDER BY n_{order} DESC, k \
+             LIMIT {}",
+            wh.join(" AND "),
+            q.limit,
+            packets = sat_sum("packets + reverse_packets"),
+            bytes = sat_sum("bytes + reverse_bytes"),
+        );
+        let mut query = self
+            .client
+            .query(&sql)
+            .bind(secs(q.since_ns))
+            .bind(q.since_ns);
+        if let Some(t) = q.until_ns {
+            query = query.bind(t);
+        }
+        if let Some(s) = q.source {
+            query = query.bind(s.as_str());
+        }
+        let rows: Vec<(String, i64, i64, i64)> = self
+            .run(query.fetch_all())
+            .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, flows, packets, bytes)| TopRow {
+                key,
+                flows,
+                packets,
+                bytes,
+            })
+            .collect())
+    }
+}
