@@ -17,7 +17,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 # Debian packages: toolchain (one apt command so rustc-web and its -bpf core stay at one version),
 # kernel/network tools used by tests, benchmarks and the demo.
 TOOLCHAIN_PKGS=(rustc-web cargo-web libstd-rust-web-dev-bpf)
-TEST_PKGS=(protobuf-compiler openssl g++ iproute2 bpftool nmap hping3 masscan netsniff-ng tcpdump iputils-ping ethtool util-linux jq busybox-static xz-utils cpio)
+TEST_PKGS=(protobuf-compiler openssl g++ binutils iproute2 bpftool nmap hping3 masscan netsniff-ng tcpdump iputils-ping ethtool util-linux jq busybox-static xz-utils cpio)
 
 missing_pkgs() {
   local p out=()

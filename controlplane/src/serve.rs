@@ -133,6 +133,7 @@ pub fn run(c: Config) -> anyhow::Result<()> {
     let stores = Stores::open(&c.stores)?;
     info!(
         data_dir = %c.stores.data_dir.display(),
+        flows = %c.stores.describe_flows(),
         state = %c.stores.describe_state(),
         "stores open"
     );

@@ -915,7 +915,7 @@ impl ControlPlane {
             .arg(bin("picket-controlplane"))
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .envs(crate::servers::store_env(data_dir))
+            .envs(crate::servers::store_env_in(Some(ns), data_dir))
             .args(["--grpc-listen", listen])
             .args(extra)
             .stdin(Stdio::null())

@@ -446,7 +446,11 @@ pub const TEST_POSTGRES: &str = "PICKET_TEST_POSTGRES";
 /// PostgreSQL made for this data directory (created at the first call), so that tests stay
 /// apart as their data directories do.
 pub fn store_env(data_dir: impl AsRef<Path>) -> Vec<(&'static str, String)> {
-    use std::hash::{Hash as _, Hasher as _};
+    store_env_in(None, data_dir.as_ref())
+}
+
+/// [`store_env`]'s state store part.
+fn state_env(data_dir: impl AsRef<Path>) -> Vec<(&'static str, String)> {
     let dir = std::path::absolute(data_dir.as_ref()).expect("absolute data directory");
     if let Some(settings) = CHOSEN.lock().unwrap_or_else(|e| e.into_inner()).get(&dir) {
         return vec![("PICKET_STATE_STORE", settings.clone())];
@@ -454,9 +458,7 @@ pub fn store_env(data_dir: impl AsRef<Path>) -> Vec<(&'static str, String)> {
     let Ok(base) = std::env::var(TEST_POSTGRES) else {
         return Vec::new();
     };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    dir.hash(&mut h);
-    let db = format!("t{:016x}", h.finish());
+    let db = test_database(&dir);
     let mut c = postgres::Client::connect(&format!("{base} dbname=postgres"), postgres::NoTls)
         .unwrap_or_else(|e| panic!("the test PostgreSQL at {base}: {e}"));
     if let Err(e) = c.batch_execute(&format!("CREATE DATABASE {db}")) {
@@ -483,8 +485,117 @@ pub fn use_state_store(data_dir: &Path, settings: &str) {
 
 /// The state store a control plane on `data_dir` keeps (see [`store_env`]), opened here.
 pub fn open_state(data_dir: &Path) -> std::sync::Arc<dyn controlplane::store::StateStore> {
-    match store_env(data_dir).into_iter().next() {
+    match state_env(data_dir).into_iter().next() {
         Some((_, settings)) => controlplane::store::PgStore::open(&settings).expect("state store"),
         None => controlplane::store::SqliteStore::open(data_dir).expect("state store"),
     }
+}
+
+/// The flow store a control plane on `data_dir` keeps (see [`store_env`]), opened here.
+pub fn open_flows(data_dir: &Path) -> std::sync::Arc<dyn controlplane::store::FlowStore> {
+    match store_env(data_dir)
+        .into_iter()
+        .find(|(k, _)| *k == "PICKET_FLOW_STORE")
+    {
+        Some((_, url)) => controlplane::store::ChStore::open(&url).expect("flow store"),
+        None => controlplane::store::SqliteStore::open(data_dir).expect("flow store"),
+    }
+}
+
+/// Set by `with-servers`: the address (`127.0.0.1:PORT`) of a ClickHouse's HTTP interface on
+/// which the harness puts each control plane's flows, a database per data directory.
+pub const TEST_CLICKHOUSE: &str = "PICKET_TEST_CLICKHOUSE";
+
+/// The database of the test servers for `data_dir` (created at the first call).
+fn test_database(data_dir: &Path) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let dir = std::path::absolute(data_dir).expect("absolute data directory");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    format!("t{:016x}", h.finish())
+}
+
+/// The environment of a `picket-controlplane` on `data_dir` that runs in network namespace
+/// `ns` (None: this process's): [`store_env`], and under `with-servers` with a ClickHouse, the
+/// flow store (`PICKET_FLOW_STORE`) on a database of it made for this data directory, reached
+/// from `ns` through a forwarder of this process (see [`forward_into`]).
+pub fn store_env_in(ns: Option<&str>, data_dir: &Path) -> Vec<(&'static str, String)> {
+    let mut env = state_env(data_dir);
+    let Ok(addr) = std::env::var(TEST_CLICKHOUSE) else {
+        return env;
+    };
+    let port: u16 = addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("PICKET_TEST_CLICKHOUSE is 127.0.0.1:PORT");
+    let db = test_database(data_dir);
+    let (status, body) = http(
+        port,
+        "POST",
+        "/",
+        &format!("CREATE DATABASE IF NOT EXISTS {db}"),
+    )
+    .unwrap_or_else(|e| panic!("the test ClickHouse at {addr}: {e}"));
+    assert_eq!(status, 200, "CREATE DATABASE {db}: {body}");
+    let reach = match ns {
+        None => port,
+        Some(ns) => forward_into(ns, port),
+    };
+    env.push((
+        "PICKET_FLOW_STORE",
+        format!("clickhouse://default@127.0.0.1:{reach}/{db}"),
+    ));
+    env
+}
+
+/// Forwarders made so far: (namespace, target port) -> port in the namespace.
+static FORWARDERS: std::sync::Mutex<std::collections::BTreeMap<(String, u16), u16>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// A port on 127.0.0.1 inside network namespace `ns` whose connections this process carries
+/// to 127.0.0.1:`port` of its own namespace (a control plane in a test's namespace reaching a
+/// test server on the host's loopback). A socket belongs to the namespace of the thread that
+/// made it: the listener is made by a thread in `ns`, each outgoing connection by a thread
+/// here. It lives as long as this process.
+pub fn forward_into(ns: &str, port: u16) -> u16 {
+    let mut map = FORWARDERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = map.get(&(ns.to_string(), port)) {
+        return *p;
+    }
+    let (to_host, accepted) = std::sync::mpsc::channel::<TcpStream>();
+    // Made here: its connections are this namespace's.
+    thread::spawn(move || {
+        for inside in accepted {
+            let Ok(outside) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (
+                    inside.try_clone().expect("clone"),
+                    outside.try_clone().expect("clone"),
+                ),
+                (outside, inside),
+            ] {
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    let listener = crate::in_netns(ns, || {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind in the namespace")
+    })
+    .join()
+    .expect("listener");
+    let inner = listener.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            if to_host.send(s).is_err() {
+                return;
+            }
+        }
+    });
+    map.insert((ns.to_string(), port), inner);
+    inner
 }

@@ -9,16 +9,31 @@ use std::{
 
 use tests::{ControlPlane, Lab, Sensor, TempDir, export_flags, mac, strs, trafgen_at, udp4_frame};
 
-/// (packets, bytes) the control plane stored for one UDP flow.
+/// (packets, bytes) the control plane stored for one UDP flow (on whichever flow store the
+/// harness gave it).
 fn stored(data_dir: &Path, src: &str, dst: &str, sport: u16, dport: u16) -> (u64, u64) {
-    let db = rusqlite::Connection::open(data_dir.join("picket.db")).expect("open store");
-    db.query_row(
-        "SELECT COALESCE(SUM(packets), 0), COALESCE(SUM(bytes), 0) FROM flows \
-         WHERE src_ip = ?1 AND dst_ip = ?2 AND protocol = 17 AND src_port = ?3 AND dst_port = ?4",
-        rusqlite::params![src, dst, sport, dport],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-    )
-    .expect("query store")
+    let store = tests::servers::open_flows(data_dir);
+    let mut q = controlplane::store::FlowQuery {
+        ip: Some(src.parse().expect("ip")),
+        port: Some(sport),
+        protocol: Some(17),
+        limit: 1000,
+        ..Default::default()
+    };
+    let (mut packets, mut bytes) = (0, 0);
+    loop {
+        let rows = store.query_flows(&q).expect("query the store");
+        let Some(last) = rows.last() else {
+            return (packets, bytes);
+        };
+        q.before_id = Some(last.id);
+        for r in rows.iter().filter(|r| {
+            r.src_ip == src && r.dst_ip == dst && r.src_port == sport && r.dst_port == dport
+        }) {
+            packets += r.packets as u64;
+            bytes += r.bytes as u64;
+        }
+    }
 }
 
 /// A control-plane data dir in `dir` with one sensor `name`, and the file holding its key.
@@ -224,14 +239,45 @@ fn ssh_log_lines_become_auth_events_in_the_store() {
     assert_eq!(out.auth[0]["outcome"], "failed");
     assert_eq!(out.auth[0]["user"], "admin");
     assert_eq!(out.auth[3]["outcome"], "accepted");
-    let db = rusqlite::Connection::open(data.join("picket.db")).expect("store");
-    let (failed, accepted): (i64, i64) = db
-        .query_row(
-            "SELECT SUM(outcome = 'failed'), SUM(outcome = 'accepted') FROM auth_events \
-             WHERE sensor = 'lab-b' AND src_ip = ?1",
-            [&lab.ip_a],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .expect("query");
+    let (failed, accepted) = logins(&data, &lab.ip_a);
     assert_eq!((failed, accepted), (3, 1));
+}
+
+/// (failed, accepted) logins the store holds from `src` on sensor lab-b.
+fn logins(data: &Path, src: &str) -> (i64, i64) {
+    let env = tests::servers::store_env(data);
+    if let Some((_, url)) = env.iter().find(|(k, _)| *k == "PICKET_FLOW_STORE") {
+        // clickhouse://default@127.0.0.1:PORT/DB
+        let (host, db) = url
+            .trim_start_matches("clickhouse://default@")
+            .split_once('/')
+            .expect("url");
+        let port: u16 = host
+            .rsplit_once(':')
+            .expect("port")
+            .1
+            .parse()
+            .expect("port");
+        let (status, body) = tests::servers::http(
+            port,
+            "POST",
+            "/",
+            &format!(
+                "SELECT countIf(outcome = 'failed'), countIf(outcome = 'accepted') FROM {db}.auth_events \
+                 WHERE sensor = 'lab-b' AND src_ip = IPv4ToIPv6(IPv4StringToNum('{src}'))"
+            ),
+        )
+        .expect("clickhouse");
+        assert_eq!(status, 200, "{body}");
+        let (f, a) = body.trim().split_once('\t').expect("two columns");
+        return (f.parse().expect("n"), a.parse().expect("n"));
+    }
+    let db = rusqlite::Connection::open(data.join("picket.db")).expect("store");
+    db.query_row(
+        "SELECT SUM(outcome = 'failed'), SUM(outcome = 'accepted') FROM auth_events \
+         WHERE sensor = 'lab-b' AND src_ip = ?1",
+        [src],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .expect("query")
 }

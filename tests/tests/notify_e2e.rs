@@ -373,7 +373,7 @@ fn alerts_reach_webhook_slack_webex_and_syslog_once_each_with_retries_and_failur
         .arg("notifiers")
         .arg("--data-dir")
         .arg(&data)
-        .envs(tests::servers::store_env(&data))
+        .envs(tests::servers::store_env_in(Some(ns), &data))
         .args(["test", "chat"])
         .output()
         .expect("run notifiers test");

@@ -225,6 +225,22 @@ fn install(stage: &Path, src: &Path, dst: &str) -> anyhow::Result<()> {
     let to = stage.join(dst.trim_start_matches('/'));
     fs::create_dir_all(to.parent().expect("parent"))?;
     fs::copy(src, &to).with_context(|| format!("copy {}", src.display()))?;
+    // Debug builds carry hundreds of MB of debug info: without it the initramfs unpacks in
+    // the guest's 1 GiB (with it, the kernel reported "Initramfs unpacking failed: write
+    // error" once the test binaries passed 200 MB).
+    if src.extension().is_none() && dst.starts_with("/bin/") {
+        let o = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&to)
+            .output()
+            .context("strip (binutils; scripts/setup.sh installs it)")?;
+        anyhow::ensure!(
+            o.status.success(),
+            "strip --strip-debug {}: {}",
+            to.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     let ldd = Command::new("ldd").arg(src).output()?;
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"

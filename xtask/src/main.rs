@@ -165,8 +165,10 @@ fn main() -> anyhow::Result<()> {
             if !args.is_empty() {
                 return Ok(());
             }
-            // The end-to-end tests once more with the control state on a private PostgreSQL
-            // (`with-servers` starts it; the harness gives each data directory a database).
+            // The end-to-end tests once more with the flows on a private ClickHouse and the
+            // control state on a private PostgreSQL (`with-servers` starts them; the harness
+            // gives each data directory a database of each). `cloud_import` reads the embedded
+            // store's tables; `flow_store_conformance` imports the samples into both instead.
             let mut c = Command::new(root().join("target/debug/with-servers"));
             c.arg("--")
                 .arg(cargo().get_program())
@@ -176,7 +178,6 @@ fn main() -> anyhow::Result<()> {
                 "export_e2e",
                 "detect_e2e",
                 "notify_e2e",
-                "cloud_import",
                 "correlation_e2e",
                 "hardening_e2e",
                 "dashboard_e2e",

@@ -18,6 +18,15 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     use std::sync::atomic::Ordering::Relaxed;
     let store = api.stores.clone();
+    let flows = blocking(move || store.flows.ping()).await;
+    let flows_ok = match &flows {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "health: the flow store does not answer");
+            false
+        }
+    };
+    let store = api.stores.clone();
     let counts = blocking(move || store.state.notification_counts()).await;
     let mut total = crate::store::Counts::default();
     let state_ok = match &counts {
@@ -35,10 +44,11 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
         }
     };
     let body = json!({
-        "status": if state_ok { "ok" } else { "degraded" },
+        "status": if state_ok && flows_ok { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": api.started.elapsed().as_secs(),
         "state_store": if state_ok { "ok" } else { "unreachable" },
+        "flow_store": if flows_ok { "ok" } else { "unreachable" },
         "alerts_waiting": crate::alerts::waiting(),
         "alerts_dropped": crate::alerts::DROPPED.load(Relaxed),
         "notifications": total,
@@ -53,7 +63,7 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
             "grpc": STATS.refused_grpc.load(Relaxed),
         },
     });
-    let code = if state_ok {
+    let code = if state_ok && flows_ok {
         axum::http::StatusCode::OK
     } else {
         axum::http::StatusCode::SERVICE_UNAVAILABLE

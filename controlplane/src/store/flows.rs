@@ -182,6 +182,10 @@ pub struct Maintenance {
 }
 
 pub trait FlowStore: Send + Sync + 'static {
+    /// Answers when the store does (for `/health`); an embedded store always does.
+    fn ping(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Stores a batch once: a batch already stored is reported as a duplicate.
     fn store_batch(&self, b: &SensorBatch, now_ns: i64) -> anyhow::Result<Stored> {
         self.store_batches(&[b], now_ns)?

@@ -10,7 +10,8 @@
 //!
 //! Storage knows the domain's types (`model`) and nothing above them: no HTTP, no wire format,
 //! no detector, no notifier rule. The embedded backend ([`SqliteStore`], `sqlite/`) implements
-//! both on one SQLite file; the state store also runs on PostgreSQL ([`PgStore`], `postgres/`).
+//! both on one SQLite file; the flow store also runs on ClickHouse ([`ChStore`], `clickhouse/`)
+//! and the state store on PostgreSQL ([`PgStore`], `postgres/`).
 
 use std::{
     path::{Path, PathBuf},
@@ -48,6 +49,8 @@ pub struct Stores {
 #[derive(Clone, Debug)]
 pub struct Backends {
     pub data_dir: PathBuf,
+    /// The flow store on ClickHouse.
+    pub flows: Option<clickhouse::Options>,
     /// The state store on PostgreSQL.
     pub state: Option<postgres::Options>,
 }
@@ -57,7 +60,16 @@ impl Backends {
     pub fn embedded(data_dir: &Path) -> Backends {
         Backends {
             data_dir: data_dir.into(),
+            flows: None,
             state: None,
+        }
+    }
+
+    /// In words, for the log: `embedded` or the server's address (never a password).
+    pub fn describe_flows(&self) -> String {
+        match &self.flows {
+            None => "embedded".into(),
+            Some(o) => clickhouse::describe(&o.url),
         }
     }
 
@@ -80,18 +92,33 @@ impl Stores {
     pub fn open(b: &Backends) -> anyhow::Result<Stores> {
         // The servers first: one that cannot be used stops the start before anything is
         // created on the local disk.
-        let server = match &b.state {
+        let flows: Option<Arc<dyn FlowStore>> = match &b.flows {
+            None => None,
+            Some(o) => Some(ChStore::connect(o)?),
+        };
+        let state: Option<Arc<dyn StateStore>> = match &b.state {
             None => None,
             Some(o) => Some(PgStore::connect(o)?),
         };
-        let embedded = SqliteStore::open(&b.data_dir)?;
-        let state: Arc<dyn StateStore> = match server {
-            None => embedded.clone(),
-            Some(s) => s,
+        let (flows, state) = match (flows, state) {
+            (Some(f), Some(s)) => (f, s),
+            (f, s) => {
+                let embedded = SqliteStore::open(&b.data_dir)?;
+                (
+                    f.unwrap_or_else(|| embedded.clone()),
+                    s.unwrap_or_else(|| embedded.clone()),
+                )
+            }
         };
-        Ok(Stores {
-            flows: embedded,
-            state,
+        Ok(Stores { flows, state })
+    }
+
+    /// The state store alone (the CLI's users, tokens, sensors, lists and notifiers need no
+    /// flow store, and need not reach its server).
+    pub fn open_state(b: &Backends) -> anyhow::Result<Arc<dyn StateStore>> {
+        Ok(match &b.state {
+            Some(o) => PgStore::connect(o)?,
+            None => SqliteStore::open(&b.data_dir)?,
         })
     }
 

@@ -107,7 +107,7 @@ pub enum SensitivityCmd {
 }
 
 pub fn watchlist(a: WatchlistArgs) -> anyhow::Result<()> {
-    let store = a.stores.open()?.state;
+    let store = a.stores.open_state()?;
     let now = now_ns();
     match a.cmd {
         WatchlistCmd::Add { entries, label } => {
@@ -162,7 +162,7 @@ pub fn allowlist(a: AllowlistArgs) -> anyhow::Result<()> {
     let check_type = |t: &str| -> anyhow::Result<()> {
         check_alert_type(t).map_err(|e| anyhow::anyhow!("--type: {e}"))
     };
-    let store = a.stores.open()?.state;
+    let store = a.stores.open_state()?;
     match a.cmd {
         AllowlistCmd::Add {
             entry,
@@ -200,7 +200,7 @@ pub fn allowlist(a: AllowlistArgs) -> anyhow::Result<()> {
 }
 
 pub fn sensitivity(a: SensitivityArgs) -> anyhow::Result<()> {
-    let store = a.stores.open()?.state;
+    let store = a.stores.open_state()?;
     match a.cmd {
         SensitivityCmd::Set {
             level,

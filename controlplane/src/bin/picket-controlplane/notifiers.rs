@@ -92,7 +92,7 @@ fn facility(s: &str) -> Result<u8, String> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     use controlplane::notify::{self, Notifier, Target, Transport};
-    let store = a.stores.open()?.state;
+    let store = a.stores.open_state()?;
     match a.cmd {
         Cmd::Add {
             name,

@@ -30,7 +30,7 @@ pub enum Cmd {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let store = a.stores.open()?.state;
+    let store = a.stores.open_state()?;
     match a.cmd {
         Cmd::Add { name, out } => {
             if name.is_empty()

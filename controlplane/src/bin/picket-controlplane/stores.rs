@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use controlplane::store::{Backends, Stores, postgres};
+use controlplane::store::{Backends, Stores, clickhouse, postgres};
 use tracing::warn;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -11,6 +11,21 @@ pub struct StoreArgs {
     /// Where the embedded store (SQLite, WAL) lives; created if missing.
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Keep the flows (and their rollups, links, exactly-once marks) in ClickHouse instead:
+    /// clickhouse://USER@HOST:8123/DB over HTTP, clickhouses://... over HTTPS. The database
+    /// must exist; its tables are created and migrated at the start.
+    #[arg(
+        long,
+        env = "PICKET_FLOW_STORE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    flow_store: Option<String>,
+    /// The flow store's password: the first line of FILE. Without it, the environment's
+    /// PICKET_FLOW_STORE_PASSWORD, else the URL's (which other users can read in the process
+    /// list).
+    #[arg(long, value_name = "FILE", requires = "flow_store")]
+    flow_store_password_file: Option<PathBuf>,
     /// Keep the control state (users, sessions, tokens, sensors, alerts, lists, notifiers,
     /// what detectors learned) in PostgreSQL instead: postgres://USER@HOST:5432/DB, with
     /// `?sslmode=require` to insist on TLS (the server's certificate is always verified).
@@ -34,6 +49,16 @@ pub struct StoreArgs {
 
 /// Where the state store's password may come from, besides a file.
 const PASSWORD_ENV: &str = "PICKET_STATE_STORE_PASSWORD";
+/// Where the flow store's password may come from, besides a file.
+const FLOW_PASSWORD_ENV: &str = "PICKET_FLOW_STORE_PASSWORD";
+
+/// A password from `file`, else from the environment's `env`.
+fn password(file: &Option<PathBuf>, env: &str) -> anyhow::Result<Option<String>> {
+    Ok(match file {
+        Some(f) => Some(crate::secret(f)?),
+        None => std::env::var(env).ok().filter(|p| !p.is_empty()),
+    })
+}
 
 impl StoreArgs {
     /// What the options name, checked.
@@ -43,10 +68,7 @@ impl StoreArgs {
             let config: ::postgres::Config = url.parse().map_err(|e| {
                 anyhow::anyhow!("--state-store: not a PostgreSQL URL or settings: {e}")
             })?;
-            let password = match &self.state_store_password_file {
-                Some(f) => Some(crate::secret(f)?),
-                None => std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
-            };
+            let password = password(&self.state_store_password_file, PASSWORD_ENV)?;
             if password.is_none() && config.get_password().is_some() {
                 warn!(
                     "the --state-store URL holds a password, which other users can read in the process list: use --state-store-password-file or {PASSWORD_ENV}"
@@ -58,6 +80,18 @@ impl StoreArgs {
                 ca: self.state_store_ca.clone(),
             });
         }
+        if let Some(url) = &self.flow_store {
+            let password = password(&self.flow_store_password_file, FLOW_PASSWORD_ENV)?;
+            if password.is_none() && userinfo_password(url) {
+                warn!(
+                    "the --flow-store URL holds a password, which other users can read in the process list: use --flow-store-password-file or {FLOW_PASSWORD_ENV}"
+                );
+            }
+            b.flows = Some(clickhouse::Options {
+                url: url.clone(),
+                password,
+            });
+        }
         Ok(b)
     }
 
@@ -65,4 +99,20 @@ impl StoreArgs {
     pub fn open(&self) -> anyhow::Result<Stores> {
         Stores::open(&self.backends()?)
     }
+
+    /// Opens the state store alone.
+    pub fn open_state(
+        &self,
+    ) -> anyhow::Result<std::sync::Arc<dyn controlplane::store::StateStore>> {
+        Stores::open_state(&self.backends()?)
+    }
+}
+
+/// Whether a URL's user part holds a password (`scheme://user:password@host...`).
+fn userinfo_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
 }

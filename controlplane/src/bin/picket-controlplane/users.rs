@@ -67,7 +67,7 @@ fn role(s: &str) -> Result<controlplane::model::Role, String> {
 
 pub fn run(a: UsersArgs) -> anyhow::Result<()> {
     use controlplane::auth::{check_name, hash_password, new_password};
-    let store = a.stores.open()?.state;
+    let store = a.stores.open_state()?;
     let now = now_ns();
     // The given password, or a generated one to print.
     let password = |file: Option<PathBuf>| -> anyhow::Result<(String, bool)> {
@@ -125,7 +125,7 @@ pub fn run(a: UsersArgs) -> anyhow::Result<()> {
 
 pub fn tokens(a: TokensArgs) -> anyhow::Result<()> {
     use controlplane::auth::{check_name, new_token, token_hash};
-    let store = a.stores.open()?.state;
+    let store = a.stores.open_state()?;
     let now = now_ns();
     match a.cmd {
         TokensCmd::Add { name, role } => {

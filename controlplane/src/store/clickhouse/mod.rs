@@ -215,9 +215,20 @@ impl ChStore {
             .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))
     }
 
-    /// Answers when the server does (for `/health`).
+    /// Answers when the server does (for `/health`), within 5 s.
     pub fn ping(&self) -> anyhow::Result<()> {
-        self.exec("SELECT 1")
+        let quick = async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                self.client.query("SELECT 1").execute(),
+            )
+            .await
+        };
+        match self.rt.block_on(quick) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => anyhow::bail!("the flow store {}: {}", self.at, why(&e)),
+            Err(_) => anyhow::bail!("the flow store {}: no answer within 5 s", self.at),
+        }
     }
 }
 
@@ -341,6 +352,9 @@ fn sat_sum(expr: &str) -> String {
 }
 
 impl crate::store::FlowStore for ChStore {
+    fn ping(&self) -> anyhow::Result<()> {
+        ChStore::ping(self)
+    }
     fn store_batches(
         &self,
         batches: &[&crate::model::SensorBatch],
