@@ -134,34 +134,42 @@ impl ClickHouse {
             ),
         )
         .expect("config.xml");
-        let child = Command::new(Self::BINARY)
-            .arg(format!("--config-file={}/config.xml", dir.0.display()))
-            .current_dir(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.0.join("stderr.log")).expect("stderr log"))
-            .spawn()
-            .expect("start clickhouse-server");
         let mut ch = ClickHouse {
-            child: Some(child),
+            child: None,
             http_port,
             tcp_port,
             dir,
         };
+        ch.start_again();
+        ch
+    }
+
+    /// Starts it (again, after [`ClickHouse::stop`] or [`ClickHouse::kill`]: the same data and
+    /// ports) and waits until `/ping` answers (at most 20 s).
+    pub fn start_again(&mut self) {
+        let child = Command::new(Self::BINARY)
+            .arg(format!("--config-file={}/config.xml", self.dir.0.display()))
+            .current_dir(&self.dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(self.dir.0.join("stderr.log")).expect("stderr log"))
+            .spawn()
+            .expect("start clickhouse-server");
+        self.child = Some(child);
         let t0 = Instant::now();
         loop {
-            if let Ok((200, body)) = http(http_port, "GET", "/ping", "")
+            if let Ok((200, body)) = http(self.http_port, "GET", "/ping", "")
                 && body.trim() == "Ok."
             {
-                return ch;
+                return;
             }
-            if let Some(c) = ch.child.as_mut()
+            if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
                 panic!(
                     "clickhouse-server exited ({status}): {}{}",
-                    fs::read_to_string(ch.dir.0.join("stderr.log")).unwrap_or_default(),
-                    fs::read_to_string(ch.dir.0.join("error.log")).unwrap_or_default()
+                    fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default(),
+                    fs::read_to_string(self.dir.0.join("error.log")).unwrap_or_default()
                 );
             }
             assert!(
@@ -169,6 +177,14 @@ impl ClickHouse {
                 "clickhouse-server did not answer /ping in 20 s"
             );
             thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ends it abruptly (SIGKILL), as a crash or a lost machine would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -521,13 +537,21 @@ fn test_database(data_dir: &Path) -> String {
 /// from `ns` through a forwarder of this process (see [`forward_into`]).
 pub fn store_env_in(ns: Option<&str>, data_dir: &Path) -> Vec<(&'static str, String)> {
     let mut env = state_env(data_dir);
-    let Ok(addr) = std::env::var(TEST_CLICKHOUSE) else {
-        return env;
+    let dir = std::path::absolute(data_dir).expect("absolute data directory");
+    let chosen = CHOSEN_FLOWS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&dir)
+        .copied();
+    let port = match (chosen, std::env::var(TEST_CLICKHOUSE)) {
+        (Some(port), _) => port,
+        (None, Ok(addr)) => addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("PICKET_TEST_CLICKHOUSE is 127.0.0.1:PORT"),
+        (None, Err(_)) => return env,
     };
-    let port: u16 = addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("PICKET_TEST_CLICKHOUSE is 127.0.0.1:PORT");
+    let addr = format!("127.0.0.1:{port}");
     let db = test_database(data_dir);
     let (status, body) = http(
         port,
@@ -546,6 +570,21 @@ pub fn store_env_in(ns: Option<&str>, data_dir: &Path) -> Vec<(&'static str, Str
         format!("clickhouse://default@127.0.0.1:{reach}/{db}"),
     ));
     env
+}
+
+/// Flow stores chosen by tests for their data directories ([`use_flow_store`]): the port of
+/// a ClickHouse's HTTP interface on 127.0.0.1.
+static CHOSEN_FLOWS: std::sync::Mutex<std::collections::BTreeMap<PathBuf, u16>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// From now on, every `picket-controlplane` the harness runs on `data_dir` keeps its flows in
+/// a database (made for it) of the ClickHouse whose HTTP interface is at 127.0.0.1:`port`.
+pub fn use_flow_store(data_dir: &Path, port: u16) {
+    let dir = std::path::absolute(data_dir).expect("absolute data directory");
+    CHOSEN_FLOWS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(dir, port);
 }
 
 /// Forwarders made so far: (namespace, target port) -> port in the namespace.
@@ -598,4 +637,31 @@ pub fn forward_into(ns: &str, port: u16) -> u16 {
     });
     map.insert((ns.to_string(), port), inner);
     inner
+}
+
+/// (packets, bytes) the control plane stored for one UDP flow (on whichever flow store the
+/// harness gave it).
+pub fn stored_udp(data_dir: &Path, src: &str, dst: &str, sport: u16, dport: u16) -> (u64, u64) {
+    let store = open_flows(data_dir);
+    let mut q = controlplane::store::FlowQuery {
+        ip: Some(src.parse().expect("ip")),
+        port: Some(sport),
+        protocol: Some(17),
+        limit: 1000,
+        ..Default::default()
+    };
+    let (mut packets, mut bytes) = (0, 0);
+    loop {
+        let rows = store.query_flows(&q).expect("query the store");
+        let Some(last) = rows.last() else {
+            return (packets, bytes);
+        };
+        q.before_id = Some(last.id);
+        for r in rows.iter().filter(|r| {
+            r.src_ip == src && r.dst_ip == dst && r.src_port == sport && r.dst_port == dport
+        }) {
+            packets += r.packets as u64;
+            bytes += r.bytes as u64;
+        }
+    }
 }

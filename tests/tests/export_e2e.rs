@@ -9,33 +9,6 @@ use std::{
 
 use tests::{ControlPlane, Lab, Sensor, TempDir, export_flags, mac, strs, trafgen_at, udp4_frame};
 
-/// (packets, bytes) the control plane stored for one UDP flow (on whichever flow store the
-/// harness gave it).
-fn stored(data_dir: &Path, src: &str, dst: &str, sport: u16, dport: u16) -> (u64, u64) {
-    let store = tests::servers::open_flows(data_dir);
-    let mut q = controlplane::store::FlowQuery {
-        ip: Some(src.parse().expect("ip")),
-        port: Some(sport),
-        protocol: Some(17),
-        limit: 1000,
-        ..Default::default()
-    };
-    let (mut packets, mut bytes) = (0, 0);
-    loop {
-        let rows = store.query_flows(&q).expect("query the store");
-        let Some(last) = rows.last() else {
-            return (packets, bytes);
-        };
-        q.before_id = Some(last.id);
-        for r in rows.iter().filter(|r| {
-            r.src_ip == src && r.dst_ip == dst && r.src_port == sport && r.dst_port == dport
-        }) {
-            packets += r.packets as u64;
-            bytes += r.bytes as u64;
-        }
-    }
-}
-
 /// A control-plane data dir in `dir` with one sensor `name`, and the file holding its key.
 fn data_dir_with_sensor(dir: &TempDir, name: &str) -> (PathBuf, PathBuf) {
     let data = dir.0.join("cp");
@@ -93,7 +66,7 @@ fn control_plane_outage_mid_flood_loses_and_doubles_nothing() {
     );
     cp.stop();
     assert_eq!(
-        stored(&data, &lab.ip_a, &lab.ip_b, 4000, 5000),
+        tests::servers::stored_udp(&data, &lab.ip_a, &lab.ip_b, 4000, 5000),
         (FRAMES, FRAMES * 46),
         "the control plane's store: nothing lost, nothing doubled"
     );
@@ -170,7 +143,10 @@ fn mutual_tls_refuses_a_sensor_without_a_certificate_and_its_spool_waits() {
     let ex = &out.stats.last().expect("stats")["export"];
     assert_eq!(ex["batches_acked"], 0, "{ex}");
     assert!(ex["spool_batches"].as_u64().expect("n") > 0, "{ex}");
-    assert_eq!(stored(&data, &lab.ip_a, &lab.ip_b, 4001, 5001), (0, 0));
+    assert_eq!(
+        tests::servers::stored_udp(&data, &lab.ip_a, &lab.ip_b, 4001, 5001),
+        (0, 0)
+    );
 
     // With one, the same spool is replayed at start, then the new traffic follows.
     let mut with_cert: Vec<&str> = base.to_vec();
@@ -184,7 +160,7 @@ fn mutual_tls_refuses_a_sensor_without_a_certificate_and_its_spool_waits() {
     assert_eq!(ex["spool_batches"], 0, "{ex}");
     cp.stop();
     assert_eq!(
-        stored(&data, &lab.ip_a, &lab.ip_b, 4001, 5001),
+        tests::servers::stored_udp(&data, &lab.ip_a, &lab.ip_b, 4001, 5001),
         (2000, 2000 * 46),
         "both runs' records, once each"
     );
