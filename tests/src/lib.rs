@@ -26,6 +26,7 @@ pub mod mmdb;
 pub mod pcap;
 pub mod receivers;
 pub mod servers;
+pub mod stores_bench;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -1183,4 +1184,122 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .trim()
         .parse()
         .expect("a number")
+}
+
+/// gRPC ingest as `sensors` simulated sensors, each on its own connection, streaming `batches`
+/// batches of `per` flow records at once to a control plane on `data` started in `lab.a`
+/// (with the stores the harness gives `data`): the control plane, still running, and the
+/// seconds until every batch was acknowledged (the batches are encoded before the clock starts).
+pub fn grpc_ingest(
+    lab: &Lab,
+    data: &Path,
+    sensors: usize,
+    batches: u64,
+    per: usize,
+) -> (ControlPlane, f64) {
+    use picket_proto::v1::{
+        ExportBatch, FlowRecord, RegisterRequest, sensor_ingest_client::SensorIngestClient,
+    };
+    use tonic::metadata::MetadataValue;
+    let keys: Vec<String> = (0..sensors)
+        .map(|i| ControlPlane::add_sensor(data, &format!("sim-{i}")))
+        .collect();
+    let log = data.with_extension("log");
+    let cp = ControlPlane::start(&lab.a, data, "127.0.0.1:7443", &log);
+    let batch = move |sensor: usize, id: u64| ExportBatch {
+        instance_id: format!("sim-{sensor}"),
+        batch_id: id,
+        created_unix_ns: 1_795_860_000_000_000_000,
+        flows: (0..per)
+            .map(|k| FlowRecord {
+                iface: "eth0".into(),
+                src_ip: vec![10, (sensor % 250) as u8, (k >> 8) as u8, k as u8],
+                dst_ip: vec![172, 16, (id % 250) as u8, (k % 250) as u8],
+                src_port: 40000 + (k as u32 % 20000),
+                dst_port: [22, 80, 443, 5432][k % 4],
+                protocol: 6,
+                packets: 10,
+                bytes: 1000,
+                reverse_packets: 8,
+                reverse_bytes: 4000,
+                tcp_flags: 0x1b,
+                reverse_tcp_flags: 0x1b,
+                start_unix_ns: 1_795_860_000_000_000_000 + id * 1_000_000_000,
+                end_unix_ns: 1_795_860_001_000_000_000 + id * 1_000_000_000,
+                observed: "both".into(),
+                initiator_by: "syn".into(),
+                end_reason: "idle_timeout".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let secs = in_netns(&lab.a, move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut clients = Vec::new();
+            for (i, k) in keys.iter().enumerate() {
+                let ch = tonic::transport::Endpoint::from_static("http://127.0.0.1:7443")
+                    .connect()
+                    .await
+                    .expect("connect");
+                let bearer: MetadataValue<_> = format!("Bearer {k}").parse().expect("header");
+                let mut c =
+                    SensorIngestClient::with_interceptor(ch, move |mut req: tonic::Request<()>| {
+                        req.metadata_mut().insert("authorization", bearer.clone());
+                        Ok(req)
+                    })
+                    .max_encoding_message_size(32 << 20);
+                c.register(RegisterRequest {
+                    instance_id: format!("sim-{i}"),
+                    version: "bench".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("register");
+                clients.push(c);
+            }
+            // Every batch encoded before the clock starts: the control plane is measured.
+            let all: Vec<Vec<ExportBatch>> = (0..sensors)
+                .map(|i| (1..=batches).map(|b| batch(i, b)).collect())
+                .collect();
+            let t0 = Instant::now();
+            let tasks: Vec<_> = clients
+                .into_iter()
+                .zip(all)
+                .map(|(mut c, mine)| {
+                    tokio::spawn(async move {
+                        let (tx, rx) = tokio::sync::mpsc::channel(16);
+                        let mut acks = c
+                            .export(tokio_stream::wrappers::ReceiverStream::new(rx))
+                            .await
+                            .expect("export")
+                            .into_inner();
+                        tokio::spawn(async move {
+                            for b in mine {
+                                if tx.send(b).await.is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                        for _ in 0..batches {
+                            let a = acks.message().await.expect("ack").expect("an ack");
+                            assert!(!a.duplicate);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("sensor task");
+            }
+            t0.elapsed().as_secs_f64()
+        })
+    })
+    .join()
+    .expect("ingest");
+    (cp, secs)
 }

@@ -176,21 +176,6 @@ impl ChStore {
     pub(super) fn query_flows(&self, q: &FlowQuery) -> anyhow::Result<Vec<FlowRow>> {
         let mut wh: Vec<String> = Vec::new();
         let mut args: Vec<Arg> = Vec::new();
-        if let Some(ip) = q.ip {
-            // The address's own range of flows_by_ip: its flows' end times (the primary key's
-            // first column here) and ids.
-            let lit = hex16(ip16(ip));
-            let mut by_ip = format!("FROM flows_by_ip WHERE ip = {lit}");
-            if let Some(t) = q.since_ns {
-                by_ip.push_str(&format!(" AND end >= {}", secs(t)));
-            }
-            if let Some(id) = q.before_id {
-                by_ip.push_str(&format!(" AND id < {id}"));
-            }
-            wh.push(format!("end IN (SELECT end {by_ip})"));
-            wh.push(format!("id IN (SELECT id {by_ip})"));
-            wh.push(format!("(src_ip = {lit} OR dst_ip = {lit})"));
-        }
         if let Some(p) = q.port {
             wh.push("(src_port = ? OR dst_port = ?)".into());
             args.push(Arg::Int(p.into()));
@@ -217,25 +202,10 @@ impl ChStore {
             wh.push("id < ?".into());
             args.push(Arg::Int(id));
         }
-        let sql = format!(
-            "SELECT {FLOW_COLUMNS} FROM flows {} ORDER BY id DESC LIMIT {}",
-            if wh.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", wh.join(" AND "))
-            },
-            q.limit
-        );
-        let mut query = self.client.query(&sql);
-        for a in args {
-            query = match a {
-                Arg::Str(s) => query.bind(s),
-                Arg::Int(i) => query.bind(i),
-            };
-        }
-        let rows: Vec<FlowOut> = self
-            .run(query.fetch_all())
-            .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))?;
+        let rows = match q.ip {
+            None => self.fetch_flows(&wh, &args, q.limit)?,
+            Some(ip) => self.flows_of(ip, q, &wh, &args)?,
+        };
         let links = self.links_of(&rows.iter().map(|r| r.id).collect::<Vec<_>>())?;
         let mut count: HashMap<u64, i64> = HashMap::new();
         for l in &links {
@@ -263,6 +233,78 @@ impl ChStore {
                 r.row(n)
             })
             .collect())
+    }
+
+    /// The flows `wh` selects, newest first, `limit` at most.
+    fn fetch_flows(
+        &self,
+        wh: &[String],
+        args: &[Arg],
+        limit: usize,
+    ) -> anyhow::Result<Vec<FlowOut>> {
+        let sql = format!(
+            "SELECT {FLOW_COLUMNS} FROM flows {} ORDER BY id DESC LIMIT {limit}",
+            if wh.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", wh.join(" AND "))
+            },
+        );
+        let mut query = self.client.query(&sql);
+        for a in args {
+            query = match a {
+                Arg::Str(s) => query.bind(s.as_str()),
+                Arg::Int(i) => query.bind(*i),
+            };
+        }
+        self.run(query.fetch_all())
+            .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))
+    }
+
+    /// The flows of address `ip` that `wh` also selects, newest first: the address's newest
+    /// (end, id) pairs from `flows_by_ip` (sorted by address), a window at a time, then those
+    /// rows of `flows` by its sort key (end, id), until the page is full.
+    fn flows_of(
+        &self,
+        ip: std::net::IpAddr,
+        q: &FlowQuery,
+        wh: &[String],
+        args: &[Arg],
+    ) -> anyhow::Result<Vec<FlowOut>> {
+        let lit = hex16(ip16(ip));
+        let window = (q.limit * 4).max(1000);
+        let mut out: Vec<FlowOut> = Vec::new();
+        let mut cursor = q.before_id;
+        while out.len() < q.limit {
+            let mut by_ip = format!("SELECT end, id FROM flows_by_ip WHERE ip = {lit}");
+            if let Some(t) = q.since_ns {
+                by_ip.push_str(&format!(" AND end >= {}", secs(t)));
+            }
+            if let Some(id) = cursor {
+                by_ip.push_str(&format!(" AND id < {id}"));
+            }
+            by_ip.push_str(&format!(" ORDER BY id DESC LIMIT {window}"));
+            let candidates: Vec<(u32, u64)> = self
+                .run(self.client.query(&by_ip).fetch_all())
+                .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))?;
+            let Some(&(_, oldest)) = candidates.last() else {
+                break;
+            };
+            let mut ends: Vec<u64> = candidates.iter().map(|c| c.0 as u64).collect();
+            ends.sort_unstable();
+            ends.dedup();
+            let ids: Vec<u64> = candidates.iter().map(|c| c.1).collect();
+            let mut w = wh.to_vec();
+            w.push(format!("end IN {}", id_list(&ends)));
+            w.push(format!("id IN {}", id_list(&ids)));
+            w.push(format!("(src_ip = {lit} OR dst_ip = {lit})"));
+            out.extend(self.fetch_flows(&w, args, q.limit - out.len())?);
+            if candidates.len() < window {
+                break;
+            }
+            cursor = Some(oldest.min(i64::MAX as u64) as i64);
+        }
+        Ok(out)
     }
 
     /// The links of `ids` (as a sensor flow or as a cloud flow), each once, in the order they
