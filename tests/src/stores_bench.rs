@@ -147,6 +147,19 @@ fn sqlite_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The flows table's five heaviest columns on disk: "name N.N B/flow, ...".
+fn heaviest_columns(ch: &ClickHouse, db: &str, n: u64) -> String {
+    ch.query(&format!(
+        "SELECT name, data_compressed_bytes FROM system.columns WHERE database = '{db}' \
+         AND table = 'flows' ORDER BY data_compressed_bytes DESC LIMIT 5"
+    ))
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .map(|(c, b)| format!("{c} {:.1}", b.trim().parse::<f64>().unwrap_or(0.0) / n as f64))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 /// Bytes on disk of database `db` of `ch`: (the flows table, every table).
 fn clickhouse_bytes(ch: &ClickHouse, db: &str) -> (u64, u64) {
     let q = |w: &str| -> u64 {
@@ -283,6 +296,12 @@ pub fn section(report: &mut String, quick: bool) {
         sqlite_bytes(&dir.0) as f64 / n as f64,
         flows_bytes as f64 / n as f64,
         all_bytes as f64 / n as f64
+    )
+    .ok();
+    writeln!(
+        report,
+        "The flows table's heaviest columns on ClickHouse, bytes per flow: {}.\n",
+        heaviest_columns(&ch, "query_bench", n)
     )
     .ok();
     drop(sqlite);

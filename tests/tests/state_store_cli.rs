@@ -163,7 +163,10 @@ fn a_state_store_that_cannot_be_used_is_refused_with_what_to_do() {
     );
     // A schema newer than this binary.
     assert!(users(&data, &["--state-store", &pg.url("picket")], &[], &["list"]).0);
-    std::fs::remove_dir_all(&data).expect("clean");
+    assert!(
+        !data.join("picket.db").exists(),
+        "the state commands make no embedded store beside a server"
+    );
     pg.psql("picket", "UPDATE picket_schema SET version = version + 100");
     refused(
         users(&data, &["--state-store", &pg.url("picket")], &[], &["list"]),
