@@ -1303,3 +1303,30 @@ pub fn grpc_ingest(
     .expect("ingest");
     (cp, secs)
 }
+
+/// Starts `frames` 60-byte UDP frames 4000 -> 5000 from a to b at `rate` (trafgen's `5000pps`)
+/// out of a's veth, on a thread, with trafgen's files in `dir`/flood; join it to wait for the
+/// end.
+pub fn udp_flood_a_to_b(
+    lab: &Lab,
+    dir: &Path,
+    frames: u64,
+    rate: &'static str,
+) -> thread::JoinHandle<()> {
+    let frame = udp4_frame(
+        &mac(&lab.b, &lab.vb),
+        &mac(&lab.a, &lab.va),
+        &[],
+        (&lab.ip_a, 4000),
+        (&lab.ip_b, 5000),
+        18,
+    );
+    let (ns, dev, d) = (lab.a.clone(), lab.va.clone(), dir.to_path_buf());
+    thread::spawn(move || {
+        let dir = TempDir(d.join("flood"));
+        fs::create_dir_all(&dir.0).expect("mkdir");
+        trafgen_at(&ns, &dev, &dir, "udp.cfg", &frame, frames, rate);
+        // The test's own folder removes it.
+        std::mem::forget(dir);
+    })
+}

@@ -36,21 +36,7 @@ fn control_plane_outage_mid_flood_loses_and_doubles_nothing() {
     sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
 
     // 450,000 frames at 5,000/s (90 s) out of a's veth: tc egress counts every one.
-    let frame = udp4_frame(
-        &mac(&lab.b, &lab.vb),
-        &mac(&lab.a, &lab.va),
-        &[],
-        (&lab.ip_a, 4000),
-        (&lab.ip_b, 5000),
-        18,
-    );
-    let (ns, dev, d) = (lab.a.clone(), lab.va.clone(), dir.0.clone());
-    let flood = thread::spawn(move || {
-        let dir = TempDir(d.join("flood"));
-        std::fs::create_dir_all(&dir.0).expect("mkdir");
-        trafgen_at(&ns, &dev, &dir, "udp.cfg", &frame, FRAMES, "5000pps");
-        std::mem::forget(dir);
-    });
+    let flood = tests::udp_flood_a_to_b(&lab, &dir.0, FRAMES, "5000pps");
     thread::sleep(Duration::from_secs(10));
     cp.kill();
     thread::sleep(Duration::from_secs(60));

@@ -6,10 +6,7 @@
 use std::{thread, time::Duration};
 
 use serde_json::Value;
-use tests::{
-    ControlPlane, Lab, Sensor, TempDir, export_flags, mac, servers::ClickHouse, strs, trafgen_at,
-    udp4_frame,
-};
+use tests::{ControlPlane, Lab, Sensor, TempDir, export_flags, servers::ClickHouse, strs};
 
 #[test]
 fn a_flow_store_killed_mid_flood_loses_and_doubles_nothing() {
@@ -32,21 +29,7 @@ fn a_flow_store_killed_mid_flood_loses_and_doubles_nothing() {
 
     // 100,000 frames at 5,000/s (20 s) into b's veth; ClickHouse is killed 5 s in, and
     // started again 8 s later.
-    let frame = udp4_frame(
-        &mac(&lab.b, &lab.vb),
-        &mac(&lab.a, &lab.va),
-        &[],
-        (&lab.ip_a, 4000),
-        (&lab.ip_b, 5000),
-        18,
-    );
-    let (ns, dev, d) = (lab.a.clone(), lab.va.clone(), dir.0.clone());
-    let flood = thread::spawn(move || {
-        let dir = TempDir(d.join("flood"));
-        std::fs::create_dir_all(&dir.0).expect("mkdir");
-        trafgen_at(&ns, &dev, &dir, "udp.cfg", &frame, FRAMES, "5000pps");
-        std::mem::forget(dir);
-    });
+    let flood = tests::udp_flood_a_to_b(&lab, &dir.0, FRAMES, "5000pps");
     thread::sleep(Duration::from_secs(5));
     ch.kill();
     thread::sleep(Duration::from_secs(2));

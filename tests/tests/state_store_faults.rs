@@ -6,10 +6,7 @@
 use std::{net::TcpListener, thread, time::Duration};
 
 use serde_json::Value;
-use tests::{
-    ControlPlane, Lab, Sensor, TempDir, export_flags, mac, servers::Postgres, strs, trafgen_at,
-    udp4_frame,
-};
+use tests::{ControlPlane, Lab, Sensor, TempDir, export_flags, servers::Postgres, strs};
 
 #[test]
 fn a_state_store_outage_loses_and_doubles_nothing() {
@@ -31,21 +28,7 @@ fn a_state_store_outage_loses_and_doubles_nothing() {
     assert_eq!(status, 200);
 
     // 100,000 frames at 5,000/s (20 s) into b's veth; the state store stops 4 s in.
-    let frame = udp4_frame(
-        &mac(&lab.b, &lab.vb),
-        &mac(&lab.a, &lab.va),
-        &[],
-        (&lab.ip_a, 4000),
-        (&lab.ip_b, 5000),
-        18,
-    );
-    let (ns, dev, d) = (lab.a.clone(), lab.va.clone(), dir.0.clone());
-    let flood = thread::spawn(move || {
-        let dir = TempDir(d.join("flood"));
-        std::fs::create_dir_all(&dir.0).expect("mkdir");
-        trafgen_at(&ns, &dev, &dir, "udp.cfg", &frame, FRAMES, "5000pps");
-        std::mem::forget(dir);
-    });
+    let flood = tests::udp_flood_a_to_b(&lab, &dir.0, FRAMES, "5000pps");
     thread::sleep(Duration::from_secs(4));
     pg.stop();
     // Said at once: /health answers 503, without a detail.
