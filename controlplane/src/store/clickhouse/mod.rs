@@ -35,12 +35,22 @@ mod schema;
 mod write;
 
 /// How to reach the flow store's server.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// `clickhouse://USER@HOST:8123/DB` (HTTP), or `clickhouses://...` (HTTPS).
     pub url: String,
     /// The password, when not in the URL (from a file or the environment).
     pub password: Option<String>,
+}
+
+/// Never the password (in the URL or beside it).
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &describe(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
 }
 
 /// The flow store on a ClickHouse database.
@@ -475,6 +485,31 @@ mod tests {
             describe("clickhouse://picket:secret@h/db"),
             "http://h:8123/db as picket"
         );
+    }
+
+    #[test]
+    fn options_never_show_a_password() {
+        let o = Options {
+            url: "clickhouse://u:s3cret@h/d".into(),
+            password: Some("hunter22".into()),
+        };
+        let shown = format!("{o:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter22"),
+            "{shown}"
+        );
+        assert!(shown.contains("http://h:8123/d as u"), "{shown}");
+        let p = crate::store::postgres::Options {
+            url: "postgres://u:s3cret@h/d".into(),
+            password: Some("hunter22".into()),
+            ca: None,
+        };
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter22"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://u@h:5432/d"), "{shown}");
     }
 
     #[test]

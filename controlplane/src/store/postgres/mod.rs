@@ -31,7 +31,7 @@ type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>;
 
 /// How to reach the state store's server.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// A `postgres://user@host:port/db?sslmode=...` URL (or `key=value` settings).
     pub url: String,
@@ -39,6 +39,20 @@ pub struct Options {
     pub password: Option<String>,
     /// A CA (PEM) the server's certificate may chain to, besides the system's.
     pub ca: Option<PathBuf>,
+}
+
+/// Never the password (in the URL or beside it).
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field(
+                "url",
+                &describe(&self.url.parse::<postgres::Config>().unwrap_or_default()),
+            )
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 /// The state store on a PostgreSQL database.
