@@ -640,3 +640,40 @@ fn the_import_command_stores_the_same_flows_in_clickhouse() {
         );
     }
 }
+
+/// With both stores on servers no embedded store is made, yet `import -` still has a place to
+/// spool standard input: the data directory is made for it (0700), and the records land in
+/// ClickHouse.
+#[test]
+fn an_import_from_stdin_works_with_both_stores_on_servers() {
+    use std::io::Write as _;
+    let dir = TempDir::new("stdin-servers");
+    let ch = ClickHouse::start();
+    ch.query("CREATE DATABASE picket");
+    let pg = tests::servers::Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE picket");
+    let data = dir.0.join("data");
+    let mut child = std::process::Command::new(tests::bin("picket-controlplane"))
+        .args(["import", "aws", "-", "--data-dir"])
+        .arg(&data)
+        .args(["--flow-store", &ch.store_url("picket")])
+        .args(["--state-store", &pg.url("picket")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("import");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            b"2 123456789010 eni-1 10.0.0.1 10.0.0.2 40000 443 6 5 400 1797156000 1797156060 ACCEPT OK\n",
+        )
+        .expect("write");
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!data.join("picket.db").exists(), "no embedded store");
+    let click = ChStore::open(&ch.store_url("picket")).expect("clickhouse");
+    assert_eq!(click.source_totals(Source::Aws).expect("totals").records, 1);
+}

@@ -47,7 +47,13 @@ pub enum Provider {
 /// hashed and imported exactly once like any file.
 fn spool_stdin(dir: &Path, max: u64) -> anyhow::Result<File> {
     use std::io::{Read as _, Seek as _};
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    // With both stores on servers nothing else makes the data directory.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!(".stdin-{}.spool", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .read(true)
