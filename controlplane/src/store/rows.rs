@@ -1,12 +1,13 @@
 //! What every state backend stores the same way, whatever its SQL: an alert's lists as one JSON
 //! body, a registration's host as JSON, the addresses of a sensor's interfaces, the rules of a
-//! triage change, and the entity views' context from those rows. The backends only move these
-//! in and out of their tables.
+//! triage change, and the entity views' context from those rows; and what every flow backend
+//! keeps alike: a pod's identity as JSON, a flow's extras as the API shows them, counters as
+//! signed numbers. The backends only move these in and out of their tables.
 
 use std::net::IpAddr;
 
 use crate::{
-    model::{Alert, Change, Registration},
+    model::{Alert, Change, PodContext, Registration},
     store::EntityContext,
 };
 
@@ -151,4 +152,34 @@ pub(crate) fn apply_changes(
         history.push(entry);
     }
     Ok(history)
+}
+
+/// A pod's identity as the flow stores keep it (JSON).
+pub(crate) fn pod_json(p: &Option<PodContext>) -> Option<String> {
+    p.as_ref().map(|p| {
+        serde_json::json!({"namespace": p.namespace, "pod": p.pod, "labels": p.labels,
+            "node": p.node})
+        .to_string()
+    })
+}
+
+/// A flow's extras as the API shows them: the cloud's, else the sensor's pods, from the
+/// stored JSON texts (a text that does not parse counts as absent).
+pub(crate) fn flow_extra(
+    cloud_json: Option<&str>,
+    src_pod: Option<&str>,
+    dst_pod: Option<&str>,
+) -> Option<serde_json::Value> {
+    let json = |t: Option<&str>| t.and_then(|t| serde_json::from_str(t).ok());
+    let (src_pod, dst_pod): (Option<serde_json::Value>, Option<serde_json::Value>) =
+        (json(src_pod), json(dst_pod));
+    json(cloud_json).or_else(|| {
+        (src_pod.is_some() || dst_pod.is_some())
+            .then(|| serde_json::json!({"src_pod": src_pod, "dst_pod": dst_pod}))
+    })
+}
+
+/// A counter as the flow stores show it: signed 64-bit, saturating rather than wrapping.
+pub(crate) fn counter(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
 }

@@ -45,19 +45,15 @@ struct FlowOut {
     dst_pod: Option<String>,
 }
 
-/// A counter as the API shows it (signed, saturating, as the embedded store keeps them).
-fn i(v: u64) -> i64 {
-    v.min(i64::MAX as u64) as i64
-}
+use crate::store::rows::counter as i;
 
 impl FlowOut {
     fn row(self, correlated: i64) -> FlowRow {
-        let json = |t: Option<String>| t.and_then(|t| serde_json::from_str(&t).ok());
-        let (src_pod, dst_pod) = (json(self.src_pod), json(self.dst_pod));
-        let extra = json(self.cloud_json).or_else(|| {
-            (src_pod.is_some() || dst_pod.is_some())
-                .then(|| serde_json::json!({"src_pod": src_pod, "dst_pod": dst_pod}))
-        });
+        let extra = crate::store::rows::flow_extra(
+            self.cloud_json.as_deref(),
+            self.src_pod.as_deref(),
+            self.dst_pod.as_deref(),
+        );
         FlowRow {
             id: i(self.id),
             source: self.source,

@@ -11,7 +11,7 @@ use super::{
     secs, why,
 };
 use crate::{
-    model::{Flow, FlowSink, ImportedFile, PodContext, SensorBatch},
+    model::{Flow, FlowSink, ImportedFile, SensorBatch},
     store::Stored,
 };
 
@@ -161,15 +161,6 @@ impl Marks {
     }
 }
 
-/// A pod's identity as the embedded store keeps it (JSON).
-fn pod_json(p: &Option<PodContext>) -> Option<String> {
-    p.as_ref().map(|p| {
-        serde_json::json!({"namespace": p.namespace, "pod": p.pod, "labels": p.labels,
-            "node": p.node})
-        .to_string()
-    })
-}
-
 fn flow_in(f: &Flow, id: u64, ingest: u64) -> FlowIn<'_> {
     let s = f.sensor.as_deref();
     let m = &f.cloud;
@@ -211,8 +202,8 @@ fn flow_in(f: &Flow, id: u64, ingest: u64) -> FlowIn<'_> {
         pkt_dst_ip: m.pkt_dst_ip.map(ip16),
         cloud_json: (!m.extra.is_empty())
             .then(|| serde_json::Value::Object(m.extra.clone()).to_string()),
-        src_pod: s.and_then(|s| pod_json(&s.src_pod)),
-        dst_pod: s.and_then(|s| pod_json(&s.dst_pod)),
+        src_pod: s.and_then(|s| crate::store::rows::pod_json(&s.src_pod)),
+        dst_pod: s.and_then(|s| crate::store::rows::pod_json(&s.dst_pod)),
     }
 }
 

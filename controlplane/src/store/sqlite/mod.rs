@@ -62,7 +62,7 @@ const WAL_KEEP_BYTES: i64 = 64 << 20;
 
 fn i(v: u64) -> i64 {
     // SQLite integers are signed 64-bit: counters beyond 2^63 saturate rather than wrap.
-    v.min(i64::MAX as u64) as i64
+    crate::store::rows::counter(v)
 }
 
 /// Where sums of counters saturate: SQLite's `SUM` fails on an integer overflow, and one

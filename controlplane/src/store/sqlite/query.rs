@@ -92,15 +92,8 @@ pub(super) fn query_flows(c: &Connection, q: &FlowQuery) -> anyhow::Result<Vec<F
 
 /// A `flows` row as `query_flows` selects it.
 fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRow> {
-    let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
-        Ok(r.get::<_, Option<String>>(i)?
-            .and_then(|t| serde_json::from_str(&t).ok()))
-    };
-    let (src_pod, dst_pod) = (json(27)?, json(28)?);
-    let extra = json(26)?.or_else(|| {
-        (src_pod.is_some() || dst_pod.is_some())
-            .then(|| serde_json::json!({"src_pod": src_pod, "dst_pod": dst_pod}))
-    });
+    let text = |i: usize| r.get_ref(i).and_then(|v| Ok(v.as_str_or_null()?));
+    let extra = crate::store::rows::flow_extra(text(26)?, text(27)?, text(28)?);
     Ok(FlowRow {
         id: r.get(0)?,
         source: r.get(1)?,

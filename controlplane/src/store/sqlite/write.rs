@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{chunks, i};
 use crate::{
-    model::{Flow, FlowSink, ImportedFile, PodContext, SensorBatch, SensorMeta, Source},
+    model::{Flow, FlowSink, ImportedFile, SensorBatch, SensorMeta, Source},
     store::Stored,
 };
 
@@ -196,15 +196,6 @@ impl IpText {
     }
 }
 
-/// A pod's identity as the `src_pod` / `dst_pod` columns keep it (JSON).
-fn pod_json(p: &Option<PodContext>) -> Option<String> {
-    p.as_ref().map(|p| {
-        serde_json::json!({"namespace": p.namespace, "pod": p.pod, "labels": p.labels,
-            "node": p.node})
-        .to_string()
-    })
-}
-
 /// Where a flow was seen, as the `observed` column keeps it: the sensor's side, or the cloud's
 /// direction.
 fn observed(f: &Flow) -> &str {
@@ -295,10 +286,10 @@ pub(super) fn insert_flows_tx(tx: &Connection, flows: &[Flow]) -> anyhow::Result
                 }
             }
             if ps.is_none_or(|p| p.src_pod != sm.src_pod) {
-                st.raw_bind_parameter(20, pod_json(&sm.src_pod))?;
+                st.raw_bind_parameter(20, crate::store::rows::pod_json(&sm.src_pod))?;
             }
             if ps.is_none_or(|p| p.dst_pod != sm.dst_pod) {
-                st.raw_bind_parameter(21, pod_json(&sm.dst_pod))?;
+                st.raw_bind_parameter(21, crate::store::rows::pod_json(&sm.dst_pod))?;
             }
         }
         if prev.is_none_or(|p| p.source != f.source) {
@@ -452,7 +443,7 @@ mod tests {
             initiator_by: "syn".into(),
             partial: String::new(),
             end_reason: "end".into(),
-            src_pod: Some(PodContext {
+            src_pod: Some(crate::model::PodContext {
                 namespace: "web".into(),
                 pod: "web-1".into(),
                 labels: Default::default(),
