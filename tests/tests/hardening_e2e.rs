@@ -390,9 +390,13 @@ fn login_floods_stay_bounded_and_the_admin_still_logs_in() {
          {busy} busy (503); /health median {median:?}, worst {worst:?} over {polls} polls; RSS {rss0} KiB \
          before, {rss} KiB after, peak {peak} KiB"
     );
+    // Not a timing benchmark: the bound only tells a runtime that stays free from one that
+    // checks passwords on its own threads. The flood's 200 argon2 checks take about 5 s of CPU
+    // on two cores, so a runtime doing them itself leaves /health waiting for seconds, while a
+    // free one answers in milliseconds (one slow poll of 104 ms on a busy CI machine is noise).
     assert!(
-        worst < Duration::from_millis(100),
-        "/health took {worst:?} under the flood"
+        worst < Duration::from_secs(1) && median < Duration::from_millis(250),
+        "/health took {worst:?} (median {median:?}) under the flood"
     );
     // Each checking thread keeps one 19 MiB argon2 area; before the checks had their own
     // threads, this flood took the process to 8 GiB.
