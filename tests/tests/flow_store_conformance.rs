@@ -227,6 +227,16 @@ fn fill(s: &dyn FlowStore) {
         ),
     ])
     .expect("cloud flows");
+    // Flows across hours for top-N over whole hours and edges: one from 10:59:50 to
+    // 11:00:10, one from 09:30 to 12:01:40, and a record whose start is after its end.
+    let mut across = sensor_flow("10.0.0.8", 43000, "10.0.0.9", 443, 6, T0 + 3_590 * S);
+    across.end_ns = T0 + 3_610 * S;
+    let mut long = cloud_flow("10.0.3.7", 33001, "10.0.1.20", 5432, T0, Action::Accept);
+    (long.start_ns, long.end_ns) = (T0 - 1_800 * S, T0 + 7_300 * S);
+    let mut odd = cloud_flow("10.0.3.8", 33002, "10.0.0.9", 22, T0, Action::Accept);
+    (odd.start_ns, odd.end_ns) = (T0 + 5_000 * S, T0 + 1_000 * S);
+    s.insert_flows(&[across, long, odd])
+        .expect("flows across hours");
     // A file of flows once, in two chunks; a second import of it stores nothing.
     let file = ImportedFile {
         sha256: "ab".repeat(32),
@@ -380,15 +390,39 @@ fn answers(s: &dyn FlowStore) -> Vec<String> {
             say("top", format!("{q:?} -> {:?}", s.top(&q).expect("top")));
         }
     }
-    let q = TopQuery {
-        by: TopBy::Bytes,
-        group: TopGroup::SrcIp,
-        since_ns: T0 + 60 * S,
-        until_ns: Some(T0 + 3_000 * S),
-        source: Some(Source::Sensor),
-        limit: 10,
-    };
-    say("top", format!("{q:?} -> {:?}", s.top(&q).expect("top")));
+    // Ranges on and off the hours, with and without an end: whole hours and edges.
+    let times = [
+        T0 - 3_600 * S,
+        T0,
+        T0 + 60 * S,
+        T0 + 3_599 * S,
+        T0 + 3_600 * S,
+    ];
+    let ends = [
+        None,
+        Some(T0 + 1_500 * S),
+        Some(T0 + 3_600 * S),
+        Some(T0 + 3_605 * S),
+        Some(T0 + 7_200 * S),
+        Some(T0 + 9_000 * S),
+    ];
+    for group in [TopGroup::SrcIp, TopGroup::DstIp, TopGroup::DstPort] {
+        for since_ns in times {
+            for until_ns in ends {
+                for source in [None, Some(Source::Sensor), Some(Source::Aws)] {
+                    let q = TopQuery {
+                        by: TopBy::Bytes,
+                        group,
+                        since_ns,
+                        until_ns,
+                        source,
+                        limit: 10,
+                    };
+                    say("top", format!("{q:?} -> {:?}", s.top(&q).expect("top")));
+                }
+            }
+        }
+    }
     let watched: HashSet<IpAddr> = [ip("10.0.0.9"), ip("10.0.0.5")].into();
     say(
         "gaps",
@@ -464,6 +498,13 @@ fn clickhouse_answers_as_the_embedded_store_does() {
     }
     let (a, b) = (answers(stores[0]), answers(stores[1]));
     same(&a, &b);
+    // The whole hours came from the hourly sums (the odd record aside).
+    assert_eq!(
+        ch.query("SELECT sum(sum_flows) FROM picket.top_1h WHERE dim = 0")
+            .trim(),
+        "13"
+    );
+    assert_eq!(ch.query("SELECT count() FROM picket.top_odd").trim(), "1");
     let (a, b) = (later_answers(stores[0]), later_answers(stores[1]));
     same(&a, &b);
 }
@@ -516,6 +557,28 @@ fn clickhouse_writes_count_once_after_a_cut_and_retention_drops_whole_days() {
         let r = s.rollup_totals(level, Source::Sensor).expect("rollup");
         assert_eq!((r.records, r.packets, r.bytes), (2, 20, 2_000), "{level}");
     }
+    // Top-N reads the whole hour from the hourly sums, the cut write taken away there too.
+    let top = s
+        .top(&TopQuery {
+            by: TopBy::Flows,
+            group: TopGroup::DstPort,
+            since_ns: T0 - 3_600 * S,
+            until_ns: None,
+            source: None,
+            limit: 10,
+        })
+        .expect("top");
+    assert_eq!(
+        top.iter()
+            .map(|r| (r.key.as_str(), r.flows, r.packets))
+            .collect::<Vec<_>>(),
+        [("443/tcp", 2, 36)]
+    );
+    assert_eq!(
+        ch.query("SELECT sum(sum_flows) FROM picket.top_1h WHERE dim = 2")
+            .trim(),
+        "3"
+    );
     assert_eq!(s.last_stored_batch("i9").expect("last"), 4);
     // Retention: at T0 + 8 days, raw flows (7 days) go, whole days at a time; the rollups
     // (30 and 400 days) stay.
@@ -529,6 +592,18 @@ fn clickhouse_writes_count_once_after_a_cut_and_retention_drops_whole_days() {
         s.rollup_totals("1h", Source::Sensor).expect("1h").records,
         2
     );
+    // Top-N's hourly sums go with the flows they sum.
+    let top = s
+        .top(&TopQuery {
+            by: TopBy::Flows,
+            group: TopGroup::DstPort,
+            since_ns: T0 - 3_600 * S,
+            until_ns: None,
+            source: None,
+            limit: 10,
+        })
+        .expect("top");
+    assert!(top.is_empty(), "{top:?}");
     // Six days on: not a whole day past the cutoff yet, so nothing goes.
     let s2 = ChStore::open(&ch.store_url("picket")).expect("a second start");
     s2.store_batch(
@@ -552,6 +627,74 @@ fn clickhouse_writes_count_once_after_a_cut_and_retention_drops_whole_days() {
     assert!(
         format!("{e:#}").contains("newer than this picket-controlplane"),
         "{e:#}"
+    );
+}
+
+/// A store made by version 1 of the schema (no hourly top-N sums) is migrated at the start:
+/// top-N reads its hours from the sums only after the newest flow written before them.
+#[test]
+fn a_store_from_before_the_hourly_top_sums_answers_top_n_from_its_flows() {
+    let ch = ClickHouse::start();
+    ch.query("CREATE DATABASE picket");
+    let old = ChStore::open(&ch.store_url("picket")).expect("clickhouse");
+    // Back to version 1, as a store made before the sums was.
+    for t in [
+        "top_1h_mv",
+        "top_odd_mv",
+        "top_1h",
+        "top_odd",
+        "top_undo",
+        "top_since",
+    ] {
+        ch.query(&format!("DROP TABLE picket.{t}"));
+    }
+    ch.query("DROP TABLE picket.picket_schema");
+    ch.query(
+        "CREATE TABLE picket.picket_schema (version UInt32, applied DateTime('UTC')) \
+         ENGINE = MergeTree ORDER BY version",
+    );
+    ch.query("INSERT INTO picket.picket_schema VALUES (1, now())");
+    let day = T0 - 2 * 86_400 * S;
+    let port = |dp, at| sensor_flow("10.0.0.5", 40000, "10.0.0.9", dp, 6, at);
+    old.insert_flows(&[port(22, day), port(22, day + 1_800 * S)])
+        .expect("flows before");
+    drop(old);
+    let new = ChStore::open(&ch.store_url("picket")).expect("migrated");
+    assert_eq!(
+        ch.query("SELECT max(version) FROM picket.picket_schema")
+            .trim(),
+        "2"
+    );
+    // The newest flow ended in the day's first hour: the sums hold every flow from the next.
+    assert_eq!(
+        ch.query("SELECT min(since_ns) FROM picket.top_since")
+            .trim(),
+        ((day + 3_600 * S) / S * S).to_string()
+    );
+    new.insert_flows(&[port(80, day + 900 * S), port(80, day + 3 * 3_600 * S)])
+        .expect("flows after");
+    let top = new
+        .top(&TopQuery {
+            by: TopBy::Flows,
+            group: TopGroup::DstPort,
+            since_ns: day - 3_600 * S,
+            until_ns: None,
+            source: None,
+            limit: 10,
+        })
+        .expect("top");
+    assert_eq!(
+        top.iter()
+            .map(|r| (r.key.as_str(), r.flows))
+            .collect::<Vec<_>>(),
+        [("22/tcp", 2), ("80/tcp", 2)]
+    );
+    // The sums hold the two flows written after the migration (the first hour, which they
+    // do not hold whole, was read from the flows).
+    assert_eq!(
+        ch.query("SELECT sum(sum_flows) FROM picket.top_1h WHERE dim = 2")
+            .trim(),
+        "2"
     );
 }
 

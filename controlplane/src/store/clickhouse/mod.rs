@@ -60,6 +60,8 @@ pub struct ChStore {
     ids: Ids,
     /// Where it is, without a password (for messages).
     at: String,
+    /// From when (Unix ns) `top_1h` holds every flow (see `schema::migrate`).
+    top_since_ns: i64,
 }
 
 /// What a URL names.
@@ -189,17 +191,27 @@ impl ChStore {
             .thread_name("clickhouse")
             .enable_all()
             .build()?;
-        let store = ChStore {
+        let mut store = ChStore {
             client,
             rt,
             ids: Ids::default(),
             at: at.clone(),
+            top_since_ns: i64::MAX,
         };
         let version: String = store
             .run(store.client.query("SELECT version()").fetch_one())
             .map_err(|e| anyhow::anyhow!("cannot use the flow store {at}: {}", why(&e)))?;
         tracing::debug!(server = version, "ClickHouse answers");
         schema::migrate(&store).with_context(|| format!("the flow store {at}"))?;
+        let since: i64 = store
+            .run(
+                store
+                    .client
+                    .query("SELECT min(since_ns) FROM top_since")
+                    .fetch_one(),
+            )
+            .map_err(|e| anyhow::anyhow!("the flow store {at}: {}", why(&e)))?;
+        store.top_since_ns = since;
         Ok(Arc::new(store))
     }
 

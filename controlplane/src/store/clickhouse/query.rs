@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use clickhouse::Row;
 use serde::Deserialize;
 
-use super::{ChStore, hex16, id_list, ip_of, ip_text_sql, ip16, sat_sum, secs, why};
+use super::{ChStore, SAT, hex16, id_list, ip_of, ip_text_sql, ip16, sat_sum, secs, why};
 use crate::{
     model::Source,
     store::{FlowQuery, FlowRow, FlowTotals, TopBy, TopGroup, TopQuery, TopRow},
@@ -327,54 +327,108 @@ impl ChStore {
         Ok(rows)
     }
 
+    /// Top-N. The whole hours of the range come from `top_1h` (with what cut writes had added
+    /// taken away, and the flows it leaves out from `top_odd`); the edges, and ranges within
+    /// an hour, from the flows themselves. Pairs of addresses have no hourly sums: they are
+    /// always read from the flows.
     pub(super) fn top(&self, q: &TopQuery) -> anyhow::Result<Vec<TopRow>> {
-        let key = match q.group {
-            TopGroup::SrcIp => ip_text_sql("src_ip"),
-            TopGroup::DstIp => ip_text_sql("dst_ip"),
-            TopGroup::Pair => format!(
-                "concat({}, ' -> ', {})",
-                ip_text_sql("src_ip"),
-                ip_text_sql("dst_ip")
+        const HOUR: i64 = 3_600 * 1_000_000_000;
+        let key = |src: &str, dst: &str, port: &str, proto: &str| match q.group {
+            TopGroup::SrcIp => ip_text_sql(src),
+            TopGroup::DstIp => ip_text_sql(dst),
+            TopGroup::Pair => format!("concat({}, ' -> ', {})", ip_text_sql(src), ip_text_sql(dst)),
+            TopGroup::DstPort => format!(
+                "concat(toString({port}), '/', multiIf({proto} = 6, 'tcp', {proto} = 17, 'udp', \
+                 {proto} = 1, 'icmp', {proto} = 58, 'icmpv6', toString({proto})))"
             ),
-            TopGroup::DstPort => "concat(toString(dst_port), '/', multiIf(protocol = 6, 'tcp', \
-                 protocol = 17, 'udp', protocol = 1, 'icmp', protocol = 58, 'icmpv6', \
-                 toString(protocol)))"
-                .into(),
+        };
+        let dim = match q.group {
+            TopGroup::SrcIp => Some(0),
+            TopGroup::DstIp => Some(1),
+            TopGroup::DstPort => Some(2),
+            TopGroup::Pair => None,
         };
         let order = match q.by {
             TopBy::Bytes => "bytes",
             TopBy::Packets => "packets",
             TopBy::Flows => "flows",
         };
-        let mut wh = vec!["end >= ?".to_string(), "end_ns >= ?".to_string()];
-        if q.until_ns.is_some() {
-            wh.push("start_ns < ?".into());
-        }
-        if q.source.is_some() {
-            wh.push("source = ?".into());
-        }
+        let source = q
+            .source
+            .map(|s| format!(" AND source = '{}'", s.as_str()))
+            .unwrap_or_default();
+        let until = q
+            .until_ns
+            .map(|t| format!(" AND start_ns < {t}"))
+            .unwrap_or_default();
+        // Each flow's key and sums (the sums as the embedded store adds them).
+        let raw = |wh: &str| {
+            format!(
+                "SELECT {} AS k, 1. AS f, toFloat64(packets + reverse_packets) AS p, \
+                 toFloat64(bytes + reverse_bytes) AS b FROM {wh}{source}{until}",
+                key("src_ip", "dst_ip", "dst_port", "protocol")
+            )
+        };
+        // Whole hours [from, to): at or after the first whole hour of the range (and of
+        // `top_1h`), before the hour of the range's end (whose flows all started before it).
+        let from = q
+            .since_ns
+            .saturating_add(HOUR - 1)
+            .div_euclid(HOUR)
+            .saturating_mul(HOUR)
+            .max(self.top_since_ns)
+            // (Times before 1970 are stored at 1970's first second: never in a whole hour.)
+            .max(HOUR);
+        let to = q
+            .until_ns
+            .map_or(i64::MAX, |t| t.div_euclid(HOUR).saturating_mul(HOUR));
+        let parts = match dim {
+            Some(dim) if from < to && from < i64::MAX - HOUR => {
+                let bucket = match q.until_ns {
+                    Some(_) => format!("bucket >= {} AND bucket < {}", secs(from), secs(to)),
+                    None => format!("bucket >= {}", secs(from)),
+                };
+                let hours = |table: &str| {
+                    format!(
+                        "SELECT {} AS k, sum_flows AS f, sum_packets AS p, sum_bytes AS b \
+                         FROM {table} WHERE dim = {dim} AND {bucket}{source}",
+                        key("ip", "ip", "port", "proto")
+                    )
+                };
+                let mut parts = vec![
+                    hours("top_1h"),
+                    hours("top_undo FINAL"),
+                    raw(&format!(
+                        "top_odd WHERE {}",
+                        bucket.replace("bucket", "end")
+                    )),
+                    raw(&format!(
+                        "flows WHERE end >= {} AND end_ns >= {} AND end < {}",
+                        secs(q.since_ns),
+                        q.since_ns,
+                        secs(from)
+                    )),
+                ];
+                if q.until_ns.is_some() {
+                    parts.push(raw(&format!("flows WHERE end >= {}", secs(to))));
+                }
+                parts
+            }
+            _ => vec![raw(&format!(
+                "flows WHERE end >= {} AND end_ns >= {}",
+                secs(q.since_ns),
+                q.since_ns
+            ))],
+        };
         let sql = format!(
-            "SELECT {key} AS k, toInt64(count()) AS n_flows, {packets} AS n_packets, \
-             {bytes} AS n_bytes FROM flows WHERE {} GROUP BY k ORDER BY n_{order} DESC, k \
-             LIMIT {}",
-            wh.join(" AND "),
+            "SELECT k, toInt64(sum(f)) AS n_flows, toInt64(least(sum(p), {SAT}.)) AS n_packets, \
+             toInt64(least(sum(b), {SAT}.)) AS n_bytes FROM ({}) GROUP BY k HAVING n_flows > 0 \
+             ORDER BY n_{order} DESC, k LIMIT {}",
+            parts.join(" UNION ALL "),
             q.limit,
-            packets = sat_sum("packets + reverse_packets"),
-            bytes = sat_sum("bytes + reverse_bytes"),
         );
-        let mut query = self
-            .client
-            .query(&sql)
-            .bind(secs(q.since_ns))
-            .bind(q.since_ns);
-        if let Some(t) = q.until_ns {
-            query = query.bind(t);
-        }
-        if let Some(s) = q.source {
-            query = query.bind(s.as_str());
-        }
         let rows: Vec<(String, i64, i64, i64)> = self
-            .run(query.fetch_all())
+            .run(self.client.query(&sql).fetch_all())
             .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))?;
         Ok(rows
             .into_iter()

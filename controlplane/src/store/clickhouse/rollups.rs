@@ -45,6 +45,9 @@ impl ChStore {
                 &[
                     "flows",
                     "flows_by_ip",
+                    "top_1h",
+                    "top_odd",
+                    "top_undo",
                     "flow_links",
                     "scan_events",
                     "probe_records",

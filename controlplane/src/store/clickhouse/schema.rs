@@ -230,13 +230,91 @@ pub(super) const MIGRATIONS: &[&[&str]] = &[
             src_port UInt16
         ) ENGINE = MergeTree PARTITION BY toYYYYMMDD(time) ORDER BY (time, src_ip)",
     ],
+    // 2: top talkers by hour, so that top-N over a day reads hours of sums, not every flow.
+    &[
+        // Per hour of the flows' end and source, one sum per source address (dim 0), per
+        // destination address (dim 1) and per destination port and protocol (dim 2). Flows
+        // whose start is after their end are kept out (in `top_odd` instead): a query with an
+        // upper bound must check their start.
+        "CREATE TABLE IF NOT EXISTS top_1h (
+            dim UInt8,
+            bucket DateTime('UTC'),
+            source String,
+            ip FixedString(16),
+            port UInt16,
+            proto UInt8,
+            sum_flows Float64,
+            sum_packets Float64,
+            sum_bytes Float64
+        ) ENGINE = SummingMergeTree PARTITION BY toYYYYMMDD(bucket)
+          ORDER BY (dim, bucket, source, ip, port, proto)",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS top_1h_mv TO top_1h AS
+            SELECT dim, toStartOfHour(end) AS bucket, source, ip, port, proto,
+                toFloat64(count()) AS sum_flows,
+                sum(toFloat64(packets + reverse_packets)) AS sum_packets,
+                sum(toFloat64(bytes + reverse_bytes)) AS sum_bytes
+            FROM flows
+            ARRAY JOIN [toUInt8(0), toUInt8(1), toUInt8(2)] AS dim,
+                [src_ip, dst_ip, toFixedString('', 16)] AS ip,
+                [toUInt16(0), toUInt16(0), dst_port] AS port,
+                [toUInt8(0), toUInt8(0), protocol] AS proto
+            WHERE start_ns <= end_ns
+            GROUP BY dim, bucket, source, ip, port, proto",
+        // The flows `top_1h` leaves out, whole.
+        "CREATE TABLE IF NOT EXISTS top_odd (
+            end DateTime('UTC'),
+            ingest UInt64,
+            source String,
+            src_ip FixedString(16),
+            dst_ip FixedString(16),
+            dst_port UInt16,
+            protocol UInt8,
+            packets UInt64,
+            bytes UInt64,
+            reverse_packets UInt64,
+            reverse_bytes UInt64,
+            start_ns Int64,
+            end_ns Int64
+        ) ENGINE = MergeTree PARTITION BY toYYYYMMDD(end) ORDER BY end",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS top_odd_mv TO top_odd AS
+            SELECT end, ingest, source, src_ip, dst_ip, dst_port, protocol, packets, bytes,
+                reverse_packets, reverse_bytes, start_ns, end_ns
+            FROM flows WHERE start_ns > end_ns",
+        // What a write cut short had added to `top_1h`, with the opposite sign (as
+        // `rollup_undo`; by day, to go with the flows at retention).
+        "CREATE TABLE IF NOT EXISTS top_undo (
+            ingest UInt64,
+            dim UInt8,
+            bucket DateTime('UTC'),
+            source String,
+            ip FixedString(16),
+            port UInt16,
+            proto UInt8,
+            sum_flows Float64,
+            sum_packets Float64,
+            sum_bytes Float64,
+            ver UInt64
+        ) ENGINE = ReplacingMergeTree(ver) PARTITION BY toYYYYMMDD(bucket)
+          ORDER BY (ingest, dim, bucket, source, ip, port, proto)",
+        // From when `top_1h` holds every flow: 0 when it was made before any flow was
+        // stored, else the hour after the newest flow then (see `migrate`). The smallest row
+        // counts (two control planes may both have migrated).
+        "CREATE TABLE IF NOT EXISTS top_since (since_ns Int64, made DateTime('UTC'))
+            ENGINE = MergeTree ORDER BY since_ns",
+    ],
 ];
 
 /// The tables whose rows carry a write's `ingest` key.
 /// (A write cut short leaves rollup rows too, which the rollups' materialized views made:
 /// `rollup_undo` takes them away; and rows in `flows_by_ip` that find no flow, which are
 /// harmless.)
-pub(super) const INGESTED: &[&str] = &["flows", "scan_events", "probe_records", "auth_events"];
+pub(super) const INGESTED: &[&str] = &[
+    "flows",
+    "top_odd",
+    "scan_events",
+    "probe_records",
+    "auth_events",
+];
 
 /// Brings the database to the newest version; refuses one newer than this binary.
 pub(super) fn migrate(s: &ChStore) -> anyhow::Result<()> {
@@ -261,6 +339,15 @@ pub(super) fn migrate(s: &ChStore) -> anyhow::Result<()> {
         for statement in *m {
             s.exec(statement)
                 .map_err(|e| anyhow::anyhow!("migrating to version {}: {e:#}", i + 1))?;
+        }
+        if i + 1 == 2 {
+            // The view sees the flows written from now on: the hours after the newest flow
+            // written before it hold every flow (with none before it, all hours do).
+            s.exec(
+                "INSERT INTO top_since SELECT if(count() = 0, toInt64(0), \
+                 (toInt64(toUInt32(toStartOfHour(max(end)))) + 3600) * 1000000000), now() \
+                 FROM flows",
+            )?;
         }
         s.exec(&format!(
             "INSERT INTO picket_schema SELECT {}, now()",

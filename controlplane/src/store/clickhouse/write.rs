@@ -283,6 +283,17 @@ impl ChStore {
                  GROUP BY ingest, b, source, observer, src_ip, dst_ip, dst_port, protocol, action"
             ))?;
         }
+        self.exec(&format!(
+            "INSERT INTO top_undo SELECT ingest, dim, toStartOfHour(flows.end) AS b, source, ip, \
+             port, proto, -toFloat64(count()), -sum(toFloat64(packets + reverse_packets)), \
+             -sum(toFloat64(bytes + reverse_bytes)), count() FROM flows \
+             ARRAY JOIN [toUInt8(0), toUInt8(1), toUInt8(2)] AS dim, \
+             [src_ip, dst_ip, toFixedString('', 16)] AS ip, \
+             [toUInt16(0), toUInt16(0), dst_port] AS port, \
+             [toUInt8(0), toUInt8(0), protocol] AS proto \
+             WHERE ingest IN ({list}) AND start_ns <= end_ns \
+             GROUP BY ingest, dim, b, source, ip, port, proto"
+        ))?;
         for table in INGESTED {
             self.exec(&format!(
                 "ALTER TABLE {table} DELETE WHERE ingest IN ({list})"
