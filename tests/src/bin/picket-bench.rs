@@ -907,8 +907,43 @@ fn ingest_section(report: &mut String, quick: bool) {
     .ok();
 }
 
+/// One section of the report.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Section {
+    /// Per-packet cost of the XDP program with BPF_PROG_TEST_RUN, against a peer flow counter
+    /// and an empty program (with new-flow).
+    TestRun,
+    /// The cost of new flows alone.
+    NewFlow,
+    /// gRPC ingest into the control plane from simulated sensors.
+    Ingest,
+    /// Cloud flow-log parsing and import, against a peer parser.
+    Cloud,
+    /// The embedded store against ClickHouse (needs about 20 GB free for 100M flows).
+    Stores,
+    /// The agent's drain of the kernel's flow table.
+    Drain,
+    /// The agent's CPU and memory under load.
+    Agent,
+    /// Packets through veths in namespaces, with and without the sensor.
+    Veth,
+}
+
+/// Picket's benchmarks: every figure beside a reference measured in the same run. Writes
+/// target/bench/report.md. Needs root (BPF, namespaces).
+#[derive(clap::Parser)]
+struct Args {
+    /// Fewer runs and smaller data: a quick check that each section works.
+    #[arg(long)]
+    quick: bool,
+    /// Run one section only.
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args = <Args as clap::Parser>::parse();
+    let quick = args.quick;
     tests::require_root();
     let mut report = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -923,8 +958,9 @@ fn main() {
     )
     .ok();
     // `--only test-run` / `--only veth`: one section (a quicker loop while tuning).
-    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
-    if only.as_deref() == Some("new-flow") {
+    let only = args.only;
+    let run = |s: Section| only.is_none_or(|o| o == s);
+    if only == Some(Section::NewFlow) {
         report = thread::spawn(move || {
             tests::harness::pin_to_current_cpu().expect("pin");
             new_flow_section(&mut report, if quick { 20_000 } else { 100_000 });
@@ -933,7 +969,7 @@ fn main() {
         .join()
         .expect("new-flow thread");
     }
-    if only.as_deref().is_none_or(|o| o == "test-run") {
+    if run(Section::TestRun) {
         // On one pinned thread: successive test runs must meet the same CPU's flow slots (as
         // the packets of one flow do on a real NIC queue). The veth section stays unpinned.
         report = thread::spawn(move || {
@@ -949,22 +985,22 @@ fn main() {
         .join()
         .expect("test-run thread");
     }
-    if only.as_deref().is_none_or(|o| o == "ingest") {
+    if run(Section::Ingest) {
         ingest_section(&mut report, quick);
     }
-    if only.as_deref().is_none_or(|o| o == "cloud") {
+    if run(Section::Cloud) {
         cloud_section(&mut report, quick);
     }
-    if only.as_deref().is_none_or(|o| o == "stores") {
+    if run(Section::Stores) {
         tests::stores_bench::section(&mut report, quick);
     }
-    if only.as_deref().is_none_or(|o| o == "drain") {
+    if run(Section::Drain) {
         drain_section(&mut report);
     }
-    if only.as_deref().is_none_or(|o| o == "agent") {
+    if run(Section::Agent) {
         agent_section(&mut report, quick);
     }
-    if only.as_deref().is_none_or(|o| o == "veth") {
+    if run(Section::Veth) {
         veth_section(&mut report, if quick { 200_000 } else { 500_000 });
     }
     println!("{report}");
