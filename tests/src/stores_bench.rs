@@ -204,20 +204,9 @@ fn aws_log(n: u64) -> String {
     text
 }
 
-pub fn section(report: &mut String, quick: bool) {
-    writeln!(report, "### The embedded store and ClickHouse\n").ok();
-    let ch = ClickHouse::start();
-    let version = ch.query("SELECT version()");
-    writeln!(
-        report,
-        "ClickHouse {} (Debian's package), started privately on this machine with the control plane; the embedded store is SQLite in WAL mode on the same disk.\n",
-        version.trim()
-    )
-    .ok();
-
-    // gRPC ingest through a real `serve`, 100 simulated sensors, on each store.
+/// gRPC ingest through a real `serve`, 100 simulated sensors, on each store: a table row.
+fn ingest_rows(report: &mut String, ch: &ClickHouse, quick: bool) {
     let (sensors, batches, per) = (100usize, if quick { 3u64 } else { 10 }, 1000usize);
-    writeln!(report, "| | embedded | ClickHouse |\n|---|---|---|").ok();
     let mut ingest = Vec::new();
     for click in [false, true] {
         let lab = Lab::new();
@@ -241,6 +230,29 @@ pub fn section(report: &mut String, quick: bool) {
         ingest[0], ingest[1]
     )
     .ok();
+}
+
+/// The gRPC ingest rows alone (`--only stores-ingest`, a quicker loop while tuning).
+pub fn ingest_section(report: &mut String, quick: bool) {
+    writeln!(report, "### gRPC ingest, embedded and ClickHouse\n").ok();
+    let ch = ClickHouse::start();
+    writeln!(report, "| | embedded | ClickHouse |\n|---|---|---|").ok();
+    ingest_rows(report, &ch, quick);
+}
+
+pub fn section(report: &mut String, quick: bool) {
+    writeln!(report, "### The embedded store and ClickHouse\n").ok();
+    let ch = ClickHouse::start();
+    let version = ch.query("SELECT version()");
+    writeln!(
+        report,
+        "ClickHouse {} (Debian's package), started privately on this machine with the control plane; the embedded store is SQLite in WAL mode on the same disk.\n",
+        version.trim()
+    )
+    .ok();
+
+    writeln!(report, "| | embedded | ClickHouse |\n|---|---|---|").ok();
+    ingest_rows(report, &ch, quick);
 
     // `import` of an AWS log, by the command a user runs.
     let n_import: u64 = if quick { 200_000 } else { 1_000_000 };

@@ -921,6 +921,8 @@ enum Section {
     Cloud,
     /// The embedded store against ClickHouse (needs about 20 GB free for 100M flows).
     Stores,
+    /// Only the gRPC ingest of the stores section.
+    StoresIngest,
     /// The agent's drain of the kernel's flow table.
     Drain,
     /// The agent's CPU and memory under load.
@@ -993,6 +995,9 @@ fn main() {
     }
     if run(Section::Stores) {
         tests::stores_bench::section(&mut report, quick);
+    }
+    if only == Some(Section::StoresIngest) {
+        tests::stores_bench::ingest_section(&mut report, quick);
     }
     if run(Section::Drain) {
         drain_section(&mut report);

@@ -207,22 +207,47 @@ fn flow_in(f: &Flow, id: u64, ingest: u64) -> FlowIn<'_> {
     }
 }
 
-impl ChStore {
-    /// Inserts flows (one INSERT: ClickHouse writes a block of up to about a million rows
-    /// whole), each under `ingest`.
-    pub(super) fn insert_flows_keyed(&self, flows: &[&Flow], ingest: u64) -> anyhow::Result<()> {
-        if flows.is_empty() {
-            return Ok(());
+/// Flows go into `flows` in up to this many INSERTs at once. ClickHouse runs an INSERT, and
+/// the materialized views it feeds (most of its cost), on one thread: two at once wrote a
+/// million flows 2.3 times as fast as one after the other on a 2-core machine.
+const INSERT_STREAMS: usize = 2;
+/// ... each of at least this many rows (every INSERT makes a part, which merges cost later).
+const STREAM_MIN_ROWS: usize = 10_000;
+
+/// Inserts `rows` (each flow under its write's key) with ids from `first_id` on, in order,
+/// split over concurrent INSERTs ([`INSERT_STREAMS`]).
+async fn insert_flow_rows(
+    client: &clickhouse::Client,
+    rows: &[(&Flow, u64)],
+    first_id: u64,
+) -> clickhouse::error::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let streams = rows
+        .len()
+        .div_ceil(STREAM_MIN_ROWS)
+        .clamp(1, INSERT_STREAMS);
+    let per = rows.len().div_ceil(streams);
+    let inserts = rows.chunks(per).enumerate().map(|(c, chunk)| async move {
+        let mut ins = client.insert::<FlowIn<'_>>("flows").await?;
+        for (n, (f, key)) in chunk.iter().enumerate() {
+            ins.write(&flow_in(f, first_id + (c * per + n) as u64, *key))
+                .await?;
         }
-        let first = self.ids.take(flows.len() as u64);
-        self.run(async {
-            let mut ins = self.client.insert::<FlowIn<'_>>("flows").await?;
-            for (n, f) in flows.iter().enumerate() {
-                ins.write(&flow_in(f, first + n as u64, ingest)).await?;
-            }
-            ins.end().await
-        })
-        .map_err(|e| anyhow::anyhow!("the flow store {}: storing flows: {}", self.at, why(&e)))
+        ins.end().await
+    });
+    futures_util::future::try_join_all(inserts).await?;
+    Ok(())
+}
+
+impl ChStore {
+    /// Inserts flows, each under `ingest` (see [`insert_flow_rows`]).
+    pub(super) fn insert_flows_keyed(&self, flows: &[&Flow], ingest: u64) -> anyhow::Result<()> {
+        let rows: Vec<(&Flow, u64)> = flows.iter().map(|f| (*f, ingest)).collect();
+        let first = self.ids.take(rows.len() as u64);
+        self.run(insert_flow_rows(&self.client, &rows, first))
+            .map_err(|e| anyhow::anyhow!("the flow store {}: storing flows: {}", self.at, why(&e)))
     }
 
     /// The marks of `keys` (instance, batch).
@@ -389,20 +414,13 @@ impl ChStore {
 
     /// The rows of new batches: flows, scan events, probe records, logins.
     fn write_batch_rows(&self, new: &[(&SensorBatch, u64)]) -> anyhow::Result<()> {
-        let n: usize = new.iter().map(|(b, _)| b.flows.len()).sum();
-        let first = self.ids.take(n as u64);
+        let rows: Vec<(&Flow, u64)> = new
+            .iter()
+            .flat_map(|(b, key)| b.flows.iter().map(move |f| (f, *key)))
+            .collect();
+        let first = self.ids.take(rows.len() as u64);
         self.run(async {
-            let mut id = first;
-            if n > 0 {
-                let mut ins = self.client.insert::<FlowIn<'_>>("flows").await?;
-                for (b, key) in new {
-                    for f in &b.flows {
-                        ins.write(&flow_in(f, id, *key)).await?;
-                        id += 1;
-                    }
-                }
-                ins.end().await?;
-            }
+            insert_flow_rows(&self.client, &rows, first).await?;
             if new.iter().any(|(b, _)| !b.scans.is_empty()) {
                 let mut ins = self.client.insert::<ScanIn<'_>>("scan_events").await?;
                 for (b, key) in new {
