@@ -84,6 +84,11 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// The `<compression>` section that makes a ClickHouse server compress every part with
+/// zstd (as docs/servers.md tells users of servers without column codecs).
+pub const ZSTD_CONFIG: &str = "<compression><case><min_part_size>0</min_part_size>\
+     <min_part_size_ratio>0</min_part_size_ratio><method>zstd</method></case></compression>";
+
 /// A private ClickHouse server (Debian's `clickhouse-server`, 18.16 on Debian 12).
 pub struct ClickHouse {
     child: Option<Child>,
@@ -97,6 +102,16 @@ impl ClickHouse {
 
     /// Starts it and waits until `/ping` answers (at most 20 s).
     pub fn start() -> ClickHouse {
+        Self::start_compressing("")
+    }
+
+    /// As [`ClickHouse::start`], with every part compressed with zstd (level 1) instead of
+    /// LZ4: the server-wide setting for servers without per-column codecs (docs/servers.md).
+    pub fn start_zstd() -> ClickHouse {
+        Self::start_compressing(ZSTD_CONFIG)
+    }
+
+    fn start_compressing(compression: &str) -> ClickHouse {
         assert!(
             Path::new(Self::BINARY).exists(),
             "{} is missing: run scripts/setup.sh",
@@ -129,7 +144,7 @@ impl ClickHouse {
                    <mark_cache_size>67108864</mark_cache_size>\
                    <users_config>{d}/users.xml</users_config>\
                    <default_profile>default</default_profile>\
-                   <default_database>default</default_database>\
+                   <default_database>default</default_database>{compression}\
                  </yandex>"
             ),
         )
