@@ -94,6 +94,8 @@ pub struct ClickHouse {
     child: Option<Child>,
     pub http_port: u16,
     pub tcp_port: u16,
+    /// Where it answers HTTPS, when started so.
+    pub https_port: Option<u16>,
     pub dir: TempDir,
 }
 
@@ -102,16 +104,33 @@ impl ClickHouse {
 
     /// Starts it and waits until `/ping` answers (at most 20 s).
     pub fn start() -> ClickHouse {
-        Self::start_compressing("")
+        Self::start_with("")
     }
 
     /// As [`ClickHouse::start`], with every part compressed with zstd (level 1) instead of
     /// LZ4: the server-wide setting for servers without per-column codecs (docs/servers.md).
     pub fn start_zstd() -> ClickHouse {
-        Self::start_compressing(ZSTD_CONFIG)
+        Self::start_with(ZSTD_CONFIG)
     }
 
-    fn start_compressing(compression: &str) -> ClickHouse {
+    /// As [`ClickHouse::start`], also answering HTTPS on [`ClickHouse::https_port`] with this
+    /// certificate and key (PEM).
+    pub fn start_https(cert: &Path, key: &Path) -> ClickHouse {
+        let port = free_port();
+        let mut ch = Self::start_with(&format!(
+            "<https_port>{port}</https_port><openSSL><server>\
+               <certificateFile>{}</certificateFile><privateKeyFile>{}</privateKeyFile>\
+               <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>\
+               <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>\
+             </server></openSSL>",
+            cert.display(),
+            key.display()
+        ));
+        ch.https_port = Some(port);
+        ch
+    }
+
+    fn start_with(extra: &str) -> ClickHouse {
         assert!(
             Path::new(Self::BINARY).exists(),
             "{} is missing: run scripts/setup.sh",
@@ -144,7 +163,7 @@ impl ClickHouse {
                    <mark_cache_size>67108864</mark_cache_size>\
                    <users_config>{d}/users.xml</users_config>\
                    <default_profile>default</default_profile>\
-                   <default_database>default</default_database>{compression}\
+                   <default_database>default</default_database>{extra}\
                  </yandex>"
             ),
         )
@@ -153,6 +172,7 @@ impl ClickHouse {
             child: None,
             http_port,
             tcp_port,
+            https_port: None,
             dir,
         };
         ch.start_again();

@@ -14,7 +14,7 @@ use controlplane::{
     },
     store::{
         ChStore, FlowQuery, FlowRow, FlowStore, Retention, SqliteStore, Stored, TopBy, TopGroup,
-        TopQuery,
+        TopQuery, clickhouse::Options,
     },
 };
 use tests::{TempDir, servers::ClickHouse};
@@ -696,6 +696,48 @@ fn a_store_from_before_the_hourly_top_sums_answers_top_n_from_its_flows() {
             .trim(),
         "2"
     );
+}
+
+/// Over HTTPS the server's certificate is checked: a server whose CA the control plane was
+/// not given is refused with what to do; given it (`--flow-store-ca`), flows go in and out.
+#[test]
+fn clickhouse_over_https_checks_the_servers_certificate() {
+    let pki = TempDir::new("ch-pki");
+    tests::make_pki(&pki.0);
+    let ch = ClickHouse::start_https(&pki.0.join("server.pem"), &pki.0.join("server.key"));
+    ch.query("CREATE DATABASE picket");
+    let port = ch.https_port.expect("https");
+    let url = format!("clickhouses://default@127.0.0.1:{port}/picket");
+    let e = ChStore::open(&url).err().expect("an unknown CA is refused");
+    let e = format!("{e:#}");
+    assert!(e.contains("certificate"), "{e}");
+    // Plain HTTP to the HTTPS port is refused too, with a sentence.
+    let e = ChStore::open(&format!("clickhouse://default@127.0.0.1:{port}/picket"))
+        .err()
+        .expect("HTTP to HTTPS");
+    assert!(
+        format!("{e:#}").contains("cannot use the flow store"),
+        "{e:#}"
+    );
+    let bad = pki.0.join("server.key");
+    let e = ChStore::connect(&Options {
+        url: url.clone(),
+        ca: Some(bad),
+        ..Options::default()
+    })
+    .err()
+    .expect("a key is not a CA");
+    assert!(format!("{e:#}").contains("--flow-store-ca"), "{e:#}");
+    let s = ChStore::connect(&Options {
+        url,
+        ca: Some(pki.0.join("ca.pem")),
+        ..Options::default()
+    })
+    .expect("with its CA");
+    s.insert_flows(&[sensor_flow("10.0.0.5", 40000, "10.0.0.9", 443, 6, T0)])
+        .expect("insert over HTTPS");
+    assert_eq!(s.flow_totals(None).expect("totals").records, 1);
+    assert_eq!(ch.query("SELECT count() FROM picket.flows").trim(), "1");
 }
 
 /// What a user gets wrong is refused at the start with words that say what to do.

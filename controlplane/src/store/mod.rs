@@ -24,6 +24,7 @@ pub mod postgres;
 pub(crate) mod rows;
 pub mod sqlite;
 mod state;
+mod tls;
 
 pub use clickhouse::ChStore;
 pub use flows::{

@@ -26,6 +26,10 @@ pub struct StoreArgs {
     /// list).
     #[arg(long, value_name = "FILE", requires = "flow_store")]
     flow_store_password_file: Option<PathBuf>,
+    /// A CA (PEM) that the flow store's certificate may chain to, besides the system's
+    /// (for clickhouses:// URLs).
+    #[arg(long, value_name = "FILE", requires = "flow_store")]
+    flow_store_ca: Option<PathBuf>,
     /// Keep the control state (users, sessions, tokens, sensors, alerts, lists, notifiers,
     /// what detectors learned) in PostgreSQL instead: postgres://USER@HOST:5432/DB, with
     /// `?sslmode=require` to insist on TLS (the server's certificate is always verified).
@@ -90,6 +94,7 @@ impl StoreArgs {
             b.flows = Some(clickhouse::Options {
                 url: url.clone(),
                 password,
+                ca: self.flow_store_ca.clone(),
             });
         }
         Ok(b)

@@ -41,6 +41,8 @@ pub struct Options {
     pub url: String,
     /// The password, when not in the URL (from a file or the environment).
     pub password: Option<String>,
+    /// A CA (PEM) that the server's certificate may chain to, besides the system's roots.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Never the password (in the URL or beside it).
@@ -49,6 +51,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("url", &describe(&self.url))
             .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -163,6 +166,26 @@ pub fn describe(url: &str) -> String {
     }
 }
 
+/// A ClickHouse client over HTTP or HTTPS (rustls, the system's roots and `ca`): the crate's
+/// own HTTP client but with a CA of the user's. Idle connections go after 2 s, before the
+/// server's 3 s closes them.
+fn client(ca: Option<&std::path::Path>) -> anyhow::Result<clickhouse::Client> {
+    let tls = crate::store::tls::client_config(ca).context("--flow-store-ca")?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(clickhouse::Client::with_http_client(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build(https),
+    ))
+}
+
 impl ChStore {
     /// [`ChStore::connect`] with the URL alone.
     pub fn open(url: &str) -> anyhow::Result<Arc<Self>> {
@@ -178,7 +201,7 @@ impl ChStore {
     pub fn connect(o: &Options) -> anyhow::Result<Arc<Self>> {
         let t = target(&o.url).context("--flow-store")?;
         let at = format!("{}/{} as {}", t.http, t.database, t.user);
-        let mut client = clickhouse::Client::default()
+        let mut client = client(o.ca.as_deref())?
             .with_url(&t.http)
             .with_user(&t.user)
             .with_database(&t.database)
@@ -259,8 +282,24 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A client error in words that say what to do.
 fn why(e: &clickhouse::error::Error) -> String {
-    let text = e.to_string();
-    if text.contains("Code: 516") || text.contains("Code: 192") || text.contains("Code: 193") {
+    // The causes too: a refused certificate is three sources down a connect error.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    if text.contains("certificate") || text.contains("InvalidCertificate") {
+        format!(
+            "{text} (the server's certificate was not trusted: give its CA with --flow-store-ca, \
+             and connect by a name or address the certificate holds)"
+        )
+    } else if text.contains("Code: 516") || text.contains("Code: 192") || text.contains("Code: 193")
+    {
         format!(
             "{text} (check the user and the password: --flow-store-password-file or PICKET_FLOW_STORE_PASSWORD)"
         )
@@ -504,6 +543,7 @@ mod tests {
         let o = Options {
             url: "clickhouse://u:s3cret@h/d".into(),
             password: Some("hunter22".into()),
+            ca: None,
         };
         let shown = format!("{o:?}");
         assert!(

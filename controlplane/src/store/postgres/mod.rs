@@ -9,15 +9,10 @@
 //! Two processes recording the same incident at once make one alert: the alerts service's
 //! transaction takes an advisory lock on (type, source) before it looks for the open alert.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use r2d2_postgres::PostgresConnectionManager;
-use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod access;
@@ -126,7 +121,7 @@ impl PgStore {
             config.password(pw);
         }
         let at = describe(&config);
-        let tls = MakeRustlsConnect::new(tls_config(o.ca.as_deref())?);
+        let tls = MakeRustlsConnect::new(super::tls::client_config(o.ca.as_deref())?);
         // One connection made directly first, so that its error is the server's own words
         // rather than the pool's timeout.
         let mut c = config
@@ -154,33 +149,6 @@ impl PgStore {
             .get()
             .map_err(|e| anyhow::anyhow!("no connection to the state store: {e}"))
     }
-}
-
-/// The client's TLS: the system's roots and `ca`.
-fn tls_config(ca: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    // Unreadable system certificates only narrow what is trusted.
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(ca) = ca {
-        let mut n = 0;
-        for cert in CertificateDer::pem_file_iter(ca)
-            .map_err(|e| anyhow::anyhow!("reading the CA {}: {e}", ca.display()))?
-        {
-            let cert = cert.map_err(|e| anyhow::anyhow!("the CA {}: {e}", ca.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| anyhow::anyhow!("the CA {}: {e}", ca.display()))?;
-            n += 1;
-        }
-        anyhow::ensure!(n > 0, "the CA {} holds no certificate", ca.display());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// A connection error in words that say what to do.
