@@ -27,6 +27,24 @@ use crate::{
     util::time::now_ns,
 };
 
+/// Turns waiting between an export stream's reader and its acker: with the one the acker
+/// awaits and the one the reader holds, up to three batches of a stream are with the writer
+/// at once (one before made the writer's groups, so its writes, no larger than the number of
+/// sensors' batches; more than three measured no faster).
+const READ_AHEAD: usize = 1;
+
+/// A batch of an export stream, in its turn to be acknowledged.
+enum Turn {
+    /// Queued for the writer: its ack waits for `outcome`.
+    Queued {
+        id: u64,
+        flows: usize,
+        outcome: crate::pipeline::ingest::Outcome,
+    },
+    /// Refused (or the stream failed): the stream ends with this, after the acks before it.
+    Failed(Status),
+}
+
 pub mod auth;
 pub mod convert;
 
@@ -150,6 +168,41 @@ impl SensorIngestRpc for IngestService {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let (ingest, stores) = (self.ingest.clone(), self.stores.clone());
+        // The stream's batches in order, stored or failed: the next ones are queued for the
+        // writer while the first waits for its transaction (see READ_AHEAD), each acked in
+        // its turn.
+        let (queued, mut turns) = mpsc::channel::<Turn>(READ_AHEAD);
+        let sensor_name = sensor.clone();
+        tokio::spawn(async move {
+            while let Some(turn) = turns.recv().await {
+                let ack = match turn {
+                    Turn::Queued { id, flows, outcome } => {
+                        match crate::pipeline::ingest::SensorIngest::outcome(outcome).await {
+                            Ok(s) => {
+                                debug!(
+                                    sensor = sensor_name,
+                                    batch = id,
+                                    flows,
+                                    duplicate = s == Stored::Duplicate,
+                                    "batch stored"
+                                );
+                                Ok(ExportAck {
+                                    batch_id: id,
+                                    duplicate: s == Stored::Duplicate,
+                                })
+                            }
+                            Err(e) => Err(internal(e)),
+                        }
+                    }
+                    Turn::Failed(status) => Err(status),
+                };
+                let failed = ack.is_err();
+                // Dropping `turns` ends the reader at its next batch.
+                if tx.send(ack).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
         tokio::spawn(async move {
             // The key was checked as the stream opened.
             let mut checked = std::time::Instant::now();
@@ -175,7 +228,7 @@ impl SensorIngestRpc for IngestService {
                         } else {
                             warn!(sensor, %status, "export stream failed");
                         }
-                        let _ = tx.send(Err(status)).await;
+                        let _ = queued.send(Turn::Failed(status)).await;
                         break;
                     }
                 };
@@ -193,7 +246,7 @@ impl SensorIngestRpc for IngestService {
                         Err(status) => Some(status),
                     };
                     if let Some(status) = refused {
-                        let _ = tx.send(Err(status)).await;
+                        let _ = queued.send(Turn::Failed(status)).await;
                         break;
                     }
                     checked = std::time::Instant::now();
@@ -202,29 +255,18 @@ impl SensorIngestRpc for IngestService {
                     Ok(b) => b,
                     Err(why) => {
                         warn!(sensor, batch = id, why, "rejected a malformed batch");
-                        let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                        let _ = queued
+                            .send(Turn::Failed(Status::invalid_argument(why)))
+                            .await;
                         break;
                     }
                 };
                 let flows = batch.flows.len();
-                let ack = match ingest.store(batch).await {
-                    Ok(s) => {
-                        debug!(
-                            sensor,
-                            batch = id,
-                            flows,
-                            duplicate = s == Stored::Duplicate,
-                            "batch stored"
-                        );
-                        Ok(ExportAck {
-                            batch_id: id,
-                            duplicate: s == Stored::Duplicate,
-                        })
-                    }
-                    Err(e) => Err(internal(e)),
+                let turn = match ingest.submit(batch).await {
+                    Ok(outcome) => Turn::Queued { id, flows, outcome },
+                    Err(e) => Turn::Failed(internal(e)),
                 };
-                let failed = ack.is_err();
-                if tx.send(ack).await.is_err() || failed {
+                if queued.send(turn).await.is_err() {
                     break;
                 }
             }

@@ -44,11 +44,22 @@ impl SensorIngest {
     /// Stores `batch` once (a replay is a duplicate) and returns when its transaction
     /// committed.
     pub async fn store(&self, batch: SensorBatch) -> anyhow::Result<Stored> {
+        Self::outcome(self.submit(batch).await?).await
+    }
+
+    /// Queues `batch` for the writer (waiting while its queue is full) and returns where its
+    /// outcome will come: a caller may queue more before the first is stored.
+    pub async fn submit(&self, batch: SensorBatch) -> anyhow::Result<Outcome> {
         let (done, outcome) = oneshot::channel();
         self.writer
             .send(Pending { batch, done })
             .await
             .map_err(|_| anyhow::anyhow!("the batch writer stopped"))?;
+        Ok(outcome)
+    }
+
+    /// What became of a submitted batch, once its transaction committed (or failed).
+    pub async fn outcome(outcome: Outcome) -> anyhow::Result<Stored> {
         outcome
             .await
             .map_err(|_| anyhow::anyhow!("the batch writer stopped"))?
@@ -61,6 +72,9 @@ impl SensorIngest {
         self.finished.lock().ok()?.take()
     }
 }
+
+/// Where a submitted batch's outcome comes ([`SensorIngest::submit`]).
+pub type Outcome = oneshot::Receiver<anyhow::Result<Stored>>;
 
 /// A batch waiting for the writer, and where its outcome goes.
 struct Pending {
@@ -126,13 +140,11 @@ fn sensor_flows(
     }
 }
 
-/// Flows the writer puts in one transaction at most.
-const GROUP_FLOWS: usize = 50_000;
-
 /// The one thread that stores batches. Whatever arrived from every sensor while the previous
-/// transaction was being written goes into the next one (group commit): a transaction's cost
-/// is mostly the index pages it dirties, so one transaction of 50 batches costs far less than
-/// 50 of one batch each. Each batch is acknowledged only after its transaction commits, and
+/// transaction was being written goes into the next one (group commit), up to the store's
+/// [`FlowStore::group_flows`](crate::store::FlowStore::group_flows): a transaction's cost is
+/// mostly the index pages it dirties (SQLite) or the parts it makes (ClickHouse), so one
+/// transaction of 50 batches costs far less than 50 of one batch each. Each batch is acknowledged only after its transaction commits, and
 /// after the detectors of its events ([`Feed::SensorEvents`]: kernel scan events, logins) saw
 /// it.
 fn writer(
@@ -146,10 +158,11 @@ fn writer(
         state,
     } = stores;
     let mut events = Detectors::new(Feed::SensorEvents, &config);
+    let group_flows = store.group_flows();
     while let Some(first) = rx.blocking_recv() {
         let mut flows = first.batch.flows.len();
         let mut group = vec![first];
-        while flows < GROUP_FLOWS {
+        while flows < group_flows {
             match rx.try_recv() {
                 Ok(p) => {
                     flows += p.batch.flows.len();
