@@ -27,10 +27,10 @@ use crate::{
     util::time::now_ns,
 };
 
-/// Turns waiting between an export stream's reader and its acker: with the one the acker
-/// awaits and the one the reader holds, up to three batches of a stream are with the writer
-/// at once (one before made the writer's groups, so its writes, no larger than the number of
-/// sensors' batches; more than three measured no faster).
+/// Turns waiting between an export stream's reader and its acker. With the turn the acker
+/// awaits and the batch the reader holds, up to three batches of one stream are with the
+/// writer at once. With one, the writer's groups (so the flow store's writes) held at most one
+/// batch per sensor; more than three measured no faster.
 const READ_AHEAD: usize = 1;
 
 /// A batch of an export stream, in its turn to be acknowledged.
