@@ -1032,6 +1032,14 @@ impl ControlPlane {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// Starts its peak memory (VmHWM) anew from what it holds now (`5` into
+    /// /proc/PID/clear_refs): what a test then reads as the peak is what came after, not
+    /// what the start took and gave back.
+    pub fn reset_peak_memory(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(mut self) {
         let mut c = self.child.take().expect("running");
