@@ -530,10 +530,31 @@ pub fn kernel_matrix(opts: &Options) -> anyhow::Result<()> {
                         kernel.release,
                         opts.timeout.as_secs()
                     );
-                    (
-                        kernel.release.clone(),
-                        boot(&kernel, &bins, &out, opts.timeout),
-                    )
+                    let mut outcome = boot(&kernel, &bins, &out, opts.timeout);
+                    // A guest that failed before it reached our init (an emulated machine's
+                    // kernel panicking in its own start, seen once under TCG) says nothing of
+                    // the sensor: boot it once more, and say so.
+                    if let Ok(o) = &outcome
+                        && !o.pass
+                        && !fs::read_to_string(&o.log)
+                            .unwrap_or_default()
+                            .contains("PICKET-MATRIX-BEGIN")
+                    {
+                        eprintln!(
+                            "xtask: kernel-matrix: {} failed before the guest's init ran ({}): booting it again",
+                            kernel.release, o.detail
+                        );
+                        let first = o.detail.clone();
+                        let _ = fs::rename(&o.log, o.log.with_extension("first.log"));
+                        outcome = boot(&kernel, &bins, &out, opts.timeout).map(|mut o| {
+                            o.detail = format!(
+                                "{} (second boot; the first failed before init: {first})",
+                                o.detail
+                            );
+                            o
+                        });
+                    }
+                    (kernel.release.clone(), outcome)
                 }
                 Err(e) => (k.clone(), Err(e)),
             }
