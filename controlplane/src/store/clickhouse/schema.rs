@@ -17,6 +17,19 @@ macro_rules! answered {
 }
 pub(super) const ANSWERED: &str = answered!();
 
+/// Each flow three times, once per kind of `top_1h` row (dim 0: its source address, 1: its
+/// destination address, 2: its destination port and protocol), for the view that fills
+/// `top_1h` and for the undo that takes a cut write away from it (they must agree).
+macro_rules! top_dims {
+    () => {
+        "ARRAY JOIN [toUInt8(0), toUInt8(1), toUInt8(2)] AS dim, \
+         [src_ip, dst_ip, toFixedString('', 16)] AS ip, \
+         [toUInt16(0), toUInt16(0), dst_port] AS port, \
+         [toUInt8(0), toUInt8(0), protocol] AS proto"
+    };
+}
+pub(super) const TOP_DIMS: &str = top_dims!();
+
 /// Migrations, applied in order; each a list of statements.
 pub(super) const MIGRATIONS: &[&[&str]] = &[
     // 1: flows, the table that finds them by address, the exactly-once marks, sensor events.
@@ -249,18 +262,17 @@ pub(super) const MIGRATIONS: &[&[&str]] = &[
             sum_bytes Float64
         ) ENGINE = SummingMergeTree PARTITION BY toYYYYMMDD(bucket)
           ORDER BY (dim, bucket, source, ip, port, proto)",
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS top_1h_mv TO top_1h AS
+        concat!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS top_1h_mv TO top_1h AS
             SELECT dim, toStartOfHour(end) AS bucket, source, ip, port, proto,
                 toFloat64(count()) AS sum_flows,
                 sum(toFloat64(packets + reverse_packets)) AS sum_packets,
                 sum(toFloat64(bytes + reverse_bytes)) AS sum_bytes
-            FROM flows
-            ARRAY JOIN [toUInt8(0), toUInt8(1), toUInt8(2)] AS dim,
-                [src_ip, dst_ip, toFixedString('', 16)] AS ip,
-                [toUInt16(0), toUInt16(0), dst_port] AS port,
-                [toUInt8(0), toUInt8(0), protocol] AS proto
-            WHERE start_ns <= end_ns
-            GROUP BY dim, bucket, source, ip, port, proto",
+            FROM flows ",
+            top_dims!(),
+            " WHERE start_ns <= end_ns
+            GROUP BY dim, bucket, source, ip, port, proto"
+        ),
         // The flows `top_1h` leaves out, whole.
         "CREATE TABLE IF NOT EXISTS top_odd (
             end DateTime('UTC'),

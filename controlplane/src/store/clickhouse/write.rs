@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ChStore, ip16,
-    schema::{ANSWERED, INGESTED},
+    schema::{ANSWERED, INGESTED, TOP_DIMS},
     secs, why,
 };
 use crate::{
@@ -312,11 +312,7 @@ impl ChStore {
             "INSERT INTO top_undo SELECT ingest, dim, toStartOfHour(flows.end) AS b, source, ip, \
              port, proto, -toFloat64(count()), -sum(toFloat64(packets + reverse_packets)), \
              -sum(toFloat64(bytes + reverse_bytes)), count() FROM flows \
-             ARRAY JOIN [toUInt8(0), toUInt8(1), toUInt8(2)] AS dim, \
-             [src_ip, dst_ip, toFixedString('', 16)] AS ip, \
-             [toUInt16(0), toUInt16(0), dst_port] AS port, \
-             [toUInt8(0), toUInt8(0), protocol] AS proto \
-             WHERE ingest IN ({list}) AND start_ns <= end_ns \
+             {TOP_DIMS} WHERE ingest IN ({list}) AND start_ns <= end_ns \
              GROUP BY ingest, dim, b, source, ip, port, proto"
         ))?;
         for table in INGESTED {
