@@ -10,7 +10,7 @@ use std::{
 use tests::TempDir;
 
 mod common;
-use common::{db, import, summary};
+use common::{alert_json, alerts, import, summary, the_alert};
 
 /// AWS v2 records of 198.51.100.7 probing `ports` ports of 10.0.0.5 (one a second from `t0`),
 /// then port 3389 of `hosts` hosts of 10.0.1.0/24, every probe rejected.
@@ -72,14 +72,10 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
             ),
         ]
     );
-    let c = db(&data);
-    let rows: Vec<(String, String, String, i64)> = c
-        .prepare("SELECT type, source, severity, first_seen_ns FROM alerts ORDER BY id")
-        .expect("query")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("alerts");
+    let rows: Vec<(String, String, String, i64)> = alerts(&data)
+        .into_iter()
+        .map(|a| (a.kind, a.source, a.severity, a.first_seen))
+        .collect();
     assert_eq!(
         rows,
         [
@@ -99,10 +95,7 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
             ),
         ]
     );
-    let sources: String = c
-        .query_row("SELECT body FROM alerts WHERE id = 1", [], |r| r.get(0))
-        .expect("body");
-    let body: serde_json::Value = serde_json::from_str(&sources).expect("json");
+    let body = alert_json(&data, 1);
     assert_eq!(body["sources"], serde_json::json!(["aws:123456789010"]));
     // The sequential test at the 4th failed port, then the fan-out at the 15th and the 30th
     // and the 60th: one alert.
@@ -174,10 +167,7 @@ fn gcp_records_alone_raise_a_port_scan_alert() {
             "alert #1: low port_scan from 198.51.100.7 against 10.128.0.5",
         ]
     );
-    let body: String = db(&data)
-        .query_row("SELECT body FROM alerts WHERE id = 1", [], |r| r.get(0))
-        .expect("body");
-    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let body = alert_json(&data, 1);
     assert_eq!(body["sources"], serde_json::json!(["gcp:p-7"]));
     // The sequential test (4 failed first contacts) and the fan-out: 15 ports at 0.5, so the
     // 8th sampled one crosses, and again at 16. All records end at the same second.
@@ -286,10 +276,7 @@ fn watchlisted_addresses_in_flow_logs_raise_alerts() {
         Some("alert #1: medium watchlist_hit from 10.0.0.5 against 198.51.100.7"),
         "{out}"
     );
-    let body: String = db(&data)
-        .query_row("SELECT body FROM alerts WHERE id = 1", [], |r| r.get(0))
-        .expect("body");
-    let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let body = alert_json(&data, 1);
     let ob = &body["observations"][0];
     assert_eq!(
         (&ob["label"], &ob["entry"]),
@@ -382,19 +369,11 @@ fn sensitivity_per_type_and_network_moves_the_thresholds() {
             .expect("sensitivity set");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         summary(&import(&data, &["aws", f.to_str().expect("utf8")], None));
-        let c = db(&data);
-        let bodies: Vec<(String, String)> = c
-            .prepare("SELECT type, body FROM alerts ORDER BY id")
-            .expect("query")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("rows")
-            .collect::<Result<_, _>>()
-            .expect("alerts");
         let mut scan: Vec<String> = Vec::new();
         let mut sweep = 0;
-        for (t, body) in bodies {
-            let b: serde_json::Value = serde_json::from_str(&body).expect("json");
-            for o in b["observations"].as_array().expect("observations") {
+        for a in alerts(&data) {
+            let t = a.kind;
+            for o in &a.observations {
                 if t == "port_scan" {
                     scan.push(match o["distinct_ports"].as_u64() {
                         Some(n) => format!("fanout {n}"),
@@ -440,14 +419,7 @@ fn sensitivity_per_type_and_network_moves_the_thresholds() {
 
 /// The one geo_unusual_access alert of the store, as the API shows its body.
 fn geo_alert(data: &Path) -> serde_json::Value {
-    let body: String = db(data)
-        .query_row(
-            "SELECT body FROM alerts WHERE type = 'geo_unusual_access'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("one alert");
-    serde_json::from_str(&body).expect("json")
+    the_alert(data, "geo_unusual_access")
 }
 
 /// geo_unusual_access from AWS records over two separate imports (the learned countries are
@@ -632,14 +604,7 @@ fn rejects_from_many_sources_at_one_address_are_a_reject_storm() {
         ),
         "{out}"
     );
-    let body: String = db(&data)
-        .query_row(
-            "SELECT body FROM alerts WHERE type = 'reject_storm'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("one alert");
-    let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let b = the_alert(&data, "reject_storm");
     assert_eq!(b["targets_total"], 12, "{b}");
     let last = &b["observations"][b["observations"].as_array().expect("list").len() - 1];
     assert_eq!(last["rejected_flows"], 200, "{b}");
@@ -697,14 +662,7 @@ fn an_upload_far_above_the_hosts_baseline_is_data_exfiltration() {
         out.contains("alert #1: medium data_exfiltration from 10.0.0.5 against 198.51.100.7"),
         "{out}"
     );
-    let body: String = db(&data)
-        .query_row(
-            "SELECT body FROM alerts WHERE type = 'data_exfiltration'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("one alert");
-    let b: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let b = the_alert(&data, "data_exfiltration");
     let o = &b["observations"][0];
     assert_eq!(o["bytes"], 300e6, "{b}");
     assert_eq!(o["baseline_median_bytes"], 1e6, "{b}");

@@ -167,8 +167,7 @@ fn main() -> anyhow::Result<()> {
             }
             // The end-to-end tests once more with the flows on a private ClickHouse and the
             // control state on a private PostgreSQL (`with-servers` starts them; the harness
-            // gives each data directory a database of each). `cloud_import` reads the embedded
-            // store's tables; `flow_store_conformance` imports the samples into both instead.
+            // gives each data directory a database of each).
             let mut c = Command::new(root().join("target/debug/with-servers"));
             c.arg("--")
                 .arg(cargo().get_program())
@@ -181,6 +180,8 @@ fn main() -> anyhow::Result<()> {
                 "correlation_e2e",
                 "hardening_e2e",
                 "dashboard_e2e",
+                "cloud_import",
+                "cloud_detect",
             ] {
                 c.args(["--test", t]);
             }

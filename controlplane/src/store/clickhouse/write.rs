@@ -290,7 +290,7 @@ impl ChStore {
         }
         tracing::warn!(
             writes = keys.len(),
-            "taking away the rows of writes that were cut short, before writing them again"
+            "taking away the rows of writes that were cut short"
         );
         let list = keys
             .iter()
@@ -543,10 +543,25 @@ impl ChStore {
             summary,
         };
         self.write_marks("imported_files", &[mark(PENDING, String::new())])?;
-        let summary = fill(&mut |flows: &[Flow]| {
+        let filled = fill(&mut |flows: &[Flow]| {
             let all: Vec<&Flow> = flows.iter().collect();
             self.insert_flows_keyed(&all, key)
-        })?;
+        });
+        let summary = match filled {
+            Ok(summary) => summary,
+            Err(e) => {
+                // A file that fails (cut short, unreadable) stores nothing: what it wrote is
+                // taken away now. If that fails too, its `pending` mark stays and the next
+                // import of the file takes them away first.
+                if let Err(undo) = self.undo(&[key]) {
+                    tracing::warn!(
+                        file = %file.name,
+                        "the rows of a failed import stay until the file is imported again: {undo:#}"
+                    );
+                }
+                return Err(e);
+            }
+        };
         self.write_marks("imported_files", &[mark(DONE, summary.clone())])?;
         Ok(Some(summary))
     }
