@@ -91,10 +91,10 @@ fi
 missing=$(missing_pkgs "${TEST_PKGS[@]}")
 [[ -z "$missing" ]] || apt_install $missing
 
-# 4b. Database servers for cluster mode's tests (ClickHouse for flows, PostgreSQL for state): only
-#     the packages. The tests start private instances in temporary folders; nothing is left running,
+# 4b. Servers for cluster mode's tests (ClickHouse for flows, PostgreSQL for state, NATS JetStream
+#     for the bus between replicas): only the packages. The tests start private instances in temporary folders; nothing is left running,
 #     so the services the packages would start at install are held back by a policy-rc.d.
-SERVER_PKGS=(clickhouse-server postgresql)
+SERVER_PKGS=(clickhouse-server postgresql nats-server)
 missing=$(missing_pkgs "${SERVER_PKGS[@]}")
 if [[ -n "$missing" ]]; then
   if [[ $CHECK_ONLY == 0 && ! -e /usr/sbin/policy-rc.d && $(id -u) == 0 ]]; then
@@ -107,6 +107,7 @@ if [[ -n "$missing" ]]; then
 fi
 [[ -x /usr/sbin/clickhouse-server ]] || die "/usr/sbin/clickhouse-server missing (package clickhouse-server)"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || die "PostgreSQL's initdb missing (package postgresql)"
+[[ -x /usr/sbin/nats-server ]] || die "/usr/sbin/nats-server missing (package nats-server)"
 
 # 5. qemu for the kernel matrix (cargo xtask kernel-matrix). Debian's qemu-system-x86 package would
 #    replace a newer qemu-utils already on the machine (docs/toolchain.md), so unless qemu is

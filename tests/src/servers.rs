@@ -1,4 +1,4 @@
-//! Private database servers for tests: a ClickHouse and a PostgreSQL of the machine's Debian
+//! Private servers for tests: a ClickHouse, a PostgreSQL and a NATS of the machine's Debian
 //! packages (`scripts/setup.sh` installs them, never running), each started in a temporary
 //! folder on a free loopback port with a configuration of its own, and stopped (by the pid it
 //! was started with) when dropped. Nothing is read from or written to the system's own
@@ -254,6 +254,116 @@ impl ClickHouse {
 }
 
 impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private NATS server with JetStream (Debian's `nats-server`, 2.9 on Debian 12), its streams
+/// in files of its own folder.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    /// The monitoring port (`/healthz`, `/jsz`).
+    pub monitor_port: u16,
+    pub dir: TempDir,
+    jetstream: bool,
+}
+
+impl Nats {
+    pub const BINARY: &str = "/usr/sbin/nats-server";
+
+    /// Starts it and waits until `/healthz` answers (at most 20 s).
+    pub fn start() -> Nats {
+        Self::start_with(true)
+    }
+
+    /// As [`Nats::start`], without JetStream: what a replica must refuse.
+    pub fn start_without_jetstream() -> Nats {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Nats {
+        assert!(
+            Path::new(Self::BINARY).exists(),
+            "{} is missing: run scripts/setup.sh",
+            Self::BINARY
+        );
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            monitor_port: free_port(),
+            dir: TempDir::new("nats"),
+            jetstream,
+        };
+        n.start_again();
+        n
+    }
+
+    /// Starts it (again, after [`Nats::stop`] or [`Nats::kill`]: the same streams and ports)
+    /// and waits until `/healthz` answers (at most 20 s).
+    pub fn start_again(&mut self) {
+        let mut c = Command::new(Self::BINARY);
+        if self.jetstream {
+            c.args(["-js", "-sd"]).arg(self.dir.0.join("jetstream"));
+        }
+        let child = c
+            .args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-m")
+            .arg(self.monitor_port.to_string())
+            .arg("-l")
+            .arg(self.dir.0.join("server.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(self.dir.0.join("stderr.log")).expect("stderr log"))
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        loop {
+            if let Ok((200, _)) = http(self.monitor_port, "GET", "/healthz", "") {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "nats-server exited ({status}): {}{}",
+                    fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default(),
+                    fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "nats-server did not answer /healthz in 20 s"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A `--bus` URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Ends it abruptly (SIGKILL), as a crash or a lost machine would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
     }
