@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod bus;
 pub mod cloud;
 pub mod detect;
 pub mod entities;

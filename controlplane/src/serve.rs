@@ -34,8 +34,18 @@ use crate::{
     store::{Backends, Retention, StateStore, Stores},
 };
 
+/// The bus of cluster mode.
+pub struct BusConfig {
+    /// nats://[user[:password]@]host[:port]
+    pub url: String,
+    /// Replaces a password in the URL.
+    pub password: Option<String>,
+}
+
 /// Everything `serve` is told.
 pub struct Config {
+    /// Cluster mode: the bus this replica shares with the others.
+    pub bus: Option<BusConfig>,
     /// Where the stores live.
     pub stores: Backends,
     /// Address for sensors (gRPC).
@@ -130,6 +140,10 @@ fn first_admin(store: &dyn StateStore) -> anyhow::Result<()> {
 /// Serves until SIGTERM or Ctrl-C.
 pub fn run(c: Config) -> anyhow::Result<()> {
     check(&c)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let stores = Stores::open(&c.stores)?;
     info!(
         data_dir = %c.stores.data_dir.display(),
@@ -137,6 +151,17 @@ pub fn run(c: Config) -> anyhow::Result<()> {
         state = %c.stores.describe_state(),
         "stores open"
     );
+    let bus = match &c.bus {
+        None => None,
+        Some(b) => {
+            let bus = rt.block_on(crate::bus::Bus::connect(&b.url, b.password.as_deref()))?;
+            info!(
+                bus = bus.at,
+                "cluster mode: sensor batches go through the bus"
+            );
+            Some(bus)
+        }
+    };
     first_admin(stores.state.as_ref())?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -163,15 +188,16 @@ pub fn run(c: Config) -> anyhow::Result<()> {
                 }
             })?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(c, stores, stop))
+    rt.block_on(serve(c, stores, bus, stop))
 }
 
 /// The runtime's part: HTTP (dashboard, API), notifications, the sensor ingest.
-async fn serve(c: Config, stores: Stores, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+async fn serve(
+    c: Config,
+    stores: Stores,
+    bus: Option<crate::bus::Bus>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let (stop_http, mut http_stop) = tokio::sync::watch::channel(false);
     let sender = notify::Sender::new(c.public_url.clone(), c.notify_allow.clone())?;
     let dispatcher = tokio::spawn(
@@ -221,7 +247,7 @@ async fn serve(c: Config, stores: Stores, stop: Arc<AtomicBool>) -> anyhow::Resu
         c.idle_timeout,
         shutdown_http,
     ));
-    let baselines_saved = serve_grpc(&c, stores, grpc_caps).await?;
+    let baselines_saved = serve_grpc(&c, stores, bus, grpc_caps).await?;
     let _ = stop_http.send(true);
     let _ = dispatcher.await;
     stop.store(true, Ordering::Relaxed);
@@ -244,6 +270,7 @@ async fn serve(c: Config, stores: Stores, stop: Arc<AtomicBool>) -> anyhow::Resu
 async fn serve_grpc(
     c: &Config,
     stores: Stores,
+    bus: Option<crate::bus::Bus>,
     caps: Caps,
 ) -> anyhow::Result<Option<std::sync::mpsc::Receiver<()>>> {
     let listener = tokio::net::TcpListener::bind(c.grpc_listen)
@@ -257,7 +284,12 @@ async fn serve_grpc(
     if c.grpc_tls.is_none() {
         warn!("the sensor ingest is plain text (no --tls-cert): sensor keys travel in clear");
     }
-    let (svc, saved) = grpc::IngestService::server(stores, c.detect);
+    let (stop_relay, relay_stop) = tokio::sync::watch::channel(false);
+    let grpc::Ingest {
+        server: svc,
+        finished: saved,
+        relay,
+    } = grpc::IngestService::server(stores, c.detect, bus.map(|b| (b, relay_stop)));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -292,5 +324,11 @@ async fn serve_grpc(
             shutdown,
         )
         .await?;
+    // The relay lets the batches it took reach the store and the bus hear their acks; what it
+    // had not taken stays on the bus for the other replicas.
+    let _ = stop_relay.send(true);
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
     Ok(saved)
 }

@@ -21,6 +21,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod cluster;
 pub mod harness;
 pub mod mmdb;
 pub mod pcap;

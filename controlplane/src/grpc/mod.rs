@@ -35,11 +35,11 @@ const READ_AHEAD: usize = 1;
 
 /// A batch of an export stream, in its turn to be acknowledged.
 enum Turn {
-    /// Queued for the writer: its ack waits for `outcome`.
+    /// Queued for the writer, or sent to the bus: its ack waits for `outcome`.
     Queued {
         id: u64,
         flows: usize,
-        outcome: crate::pipeline::ingest::Outcome,
+        outcome: Pending,
     },
     /// Refused (or the stream failed): the stream ends with this, after the acks before it.
     Failed(Status),
@@ -47,6 +47,20 @@ enum Turn {
 
 pub mod auth;
 pub mod convert;
+pub mod relay;
+
+/// What a queued batch's ack waits for: its transaction (or the bus's storing it).
+type Pending = Pin<Box<dyn std::future::Future<Output = anyhow::Result<Stored>> + Send>>;
+
+/// Where the front hands the sensors' batches.
+#[derive(Clone)]
+enum Route {
+    /// This process's writer (`pipeline::ingest`).
+    Local(Arc<SensorIngest>),
+    /// The bus (cluster mode): the writers of every replica take them from there
+    /// ([`relay`]); a sensor's batch is acknowledged once the bus stored it.
+    Bus(Arc<crate::bus::Bus>),
+}
 
 pub use auth::{Sensor, SensorAuth};
 
@@ -59,37 +73,102 @@ pub const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs
 /// The `picket.v1.SensorIngest` service.
 pub struct IngestService {
     stores: Stores,
-    ingest: Arc<SensorIngest>,
+    route: Route,
+}
+
+/// The ingest behind the gRPC front, as `serve` runs it.
+pub struct Ingest {
+    /// The service behind its sensor-key check, with tonic's limit on message size.
+    pub server: SensorAuth<SensorIngestServer<IngestService>>,
+    /// Tells when the sensor flows' detectors saved their state (see
+    /// [`SensorIngest::finished`]).
+    pub finished: Option<std::sync::mpsc::Receiver<()>>,
+    /// In cluster mode, the relay from the bus into this replica's writer: it ends once told
+    /// to stop and its batches are acknowledged.
+    pub relay: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl IngestService {
     /// The service over the ingest pipeline (its writer and detector threads start now);
-    /// `config` is the detectors'.
-    pub fn new(stores: Stores, config: Config) -> Self {
-        IngestService {
-            ingest: Arc::new(SensorIngest::start(stores.clone(), config)),
-            stores,
-        }
-    }
-
-    /// See [`SensorIngest::finished`].
-    pub fn finished(&self) -> Option<std::sync::mpsc::Receiver<()>> {
-        self.ingest.finished()
-    }
-
-    /// The service behind its sensor-key check, with tonic's limit on message size; and what
-    /// tells when the sensor flows' detectors saved their state (see [`SensorIngest::finished`]).
+    /// `config` is the detectors'. With a bus (cluster mode) the front publishes the batches
+    /// there, and a relay takes the bus's batches into this process's writer until told to
+    /// stop (the receiver turns true).
     pub fn server(
         stores: Stores,
         config: Config,
-    ) -> (
-        SensorAuth<SensorIngestServer<IngestService>>,
-        Option<std::sync::mpsc::Receiver<()>>,
-    ) {
-        let service = IngestService::new(stores.clone(), config);
-        let finished = service.finished();
+        bus: Option<(crate::bus::Bus, tokio::sync::watch::Receiver<bool>)>,
+    ) -> Ingest {
+        let ingest = Arc::new(SensorIngest::start(stores.clone(), config));
+        let finished = ingest.finished();
+        let (route, relay) = match bus {
+            None => (Route::Local(ingest), None),
+            Some((bus, stop)) => {
+                let relay = tokio::spawn(relay::run(bus.clone(), ingest, stop));
+                (Route::Bus(Arc::new(bus)), Some(relay))
+            }
+        };
+        let service = IngestService {
+            stores: stores.clone(),
+            route,
+        };
         let server = SensorIngestServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        (SensorAuth::new(server, stores), finished)
+        Ingest {
+            server: SensorAuth::new(server, stores),
+            finished,
+            relay,
+        }
+    }
+}
+
+/// Hands `batch` (of `sensor`) to `route`: queued for this process's writer, or published to
+/// the bus; returns its flows and what its ack waits for, or why it is refused.
+async fn hand_over(
+    route: &Route,
+    sensor: &str,
+    batch: ExportBatch,
+) -> Result<(usize, Pending), Status> {
+    let id = batch.batch_id;
+    match route {
+        Route::Local(ingest) => {
+            let batch = convert::batch(sensor, batch).map_err(|why| {
+                warn!(sensor, batch = id, why, "rejected a malformed batch");
+                Status::invalid_argument(why)
+            })?;
+            let flows = batch.flows.len();
+            let outcome = ingest.submit(batch).await.map_err(internal)?;
+            Ok((flows, Box::pin(SensorIngest::outcome(outcome))))
+        }
+        Route::Bus(bus) => {
+            use prost::Message as _;
+            let payload = bytes::Bytes::from(batch.encode_to_vec());
+            let msg_id = format!("{sensor}:{}:{id}", batch.instance_id);
+            // Checked here, so that the sensor hears what is wrong; the relay converts again.
+            let flows = convert::batch(sensor, batch)
+                .map_err(|why| {
+                    warn!(sensor, batch = id, why, "rejected a malformed batch");
+                    Status::invalid_argument(why)
+                })?
+                .flows
+                .len();
+            let stored = bus
+                .publish(
+                    crate::bus::BATCHES_SUBJECT,
+                    &msg_id,
+                    &[(crate::bus::SENSOR_HEADER, sensor)],
+                    payload,
+                )
+                .await
+                .map_err(internal)?;
+            Ok((
+                flows,
+                Box::pin(async move {
+                    Ok(match stored.await? {
+                        crate::bus::Published::Stored => Stored::New,
+                        crate::bus::Published::Duplicate => Stored::Duplicate,
+                    })
+                }),
+            ))
+        }
     }
 }
 
@@ -167,7 +246,7 @@ impl SensorIngestRpc for IngestService {
         } = self::sensor(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let (ingest, stores) = (self.ingest.clone(), self.stores.clone());
+        let (route, stores) = (self.route.clone(), self.stores.clone());
         // The stream's batches in order, stored or failed: the next ones are queued for the
         // writer while the first waits for its transaction (see READ_AHEAD), each acked in
         // its turn.
@@ -176,24 +255,22 @@ impl SensorIngestRpc for IngestService {
         tokio::spawn(async move {
             while let Some(turn) = turns.recv().await {
                 let ack = match turn {
-                    Turn::Queued { id, flows, outcome } => {
-                        match crate::pipeline::ingest::SensorIngest::outcome(outcome).await {
-                            Ok(s) => {
-                                debug!(
-                                    sensor = sensor_name,
-                                    batch = id,
-                                    flows,
-                                    duplicate = s == Stored::Duplicate,
-                                    "batch stored"
-                                );
-                                Ok(ExportAck {
-                                    batch_id: id,
-                                    duplicate: s == Stored::Duplicate,
-                                })
-                            }
-                            Err(e) => Err(internal(e)),
+                    Turn::Queued { id, flows, outcome } => match outcome.await {
+                        Ok(s) => {
+                            debug!(
+                                sensor = sensor_name,
+                                batch = id,
+                                flows,
+                                duplicate = s == Stored::Duplicate,
+                                "batch stored"
+                            );
+                            Ok(ExportAck {
+                                batch_id: id,
+                                duplicate: s == Stored::Duplicate,
+                            })
                         }
-                    }
+                        Err(e) => Err(internal(e)),
+                    },
                     Turn::Failed(status) => Err(status),
                 };
                 let failed = ack.is_err();
@@ -251,22 +328,12 @@ impl SensorIngestRpc for IngestService {
                     }
                     checked = std::time::Instant::now();
                 }
-                let batch = match convert::batch(&sensor, batch) {
-                    Ok(b) => b,
-                    Err(why) => {
-                        warn!(sensor, batch = id, why, "rejected a malformed batch");
-                        let _ = queued
-                            .send(Turn::Failed(Status::invalid_argument(why)))
-                            .await;
-                        break;
-                    }
+                let turn = match hand_over(&route, &sensor, batch).await {
+                    Ok((flows, outcome)) => Turn::Queued { id, flows, outcome },
+                    Err(status) => Turn::Failed(status),
                 };
-                let flows = batch.flows.len();
-                let turn = match ingest.submit(batch).await {
-                    Ok(outcome) => Turn::Queued { id, flows, outcome },
-                    Err(e) => Turn::Failed(internal(e)),
-                };
-                if queued.send(turn).await.is_err() {
+                let failed = matches!(turn, Turn::Failed(_));
+                if queued.send(turn).await.is_err() || failed {
                     break;
                 }
             }

@@ -114,7 +114,7 @@ impl StoreArgs {
 }
 
 /// Whether a URL's user part holds a password (`scheme://user:password@host...`).
-fn userinfo_password(url: &str) -> bool {
+pub fn userinfo_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or("", |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or("");
     authority

@@ -140,6 +140,10 @@ impl Settings for PgStore {
              last_ns = excluded.last_ns",
         )?;
         let delete = tx.prepare("DELETE FROM detector_state WHERE detector = $1 AND key = $2")?;
+        // In key order: two processes saving overlapping keys then lock rows in the same
+        // order and wait for each other instead of deadlocking (seen with two replicas).
+        let mut entries: Vec<_> = entries.iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
         for (k, v, t) in entries {
             match v {
                 Some(v) => tx.execute(&put, &[&detector, k, v, t])?,

@@ -1,0 +1,277 @@
+//! The bus between control-plane replicas (cluster mode, `serve --bus`): NATS JetStream.
+//!
+//! A replica's gRPC front publishes each sensor batch to the stream [`BATCHES`] and acknowledges
+//! the sensor once JetStream has stored it; the replicas' writers take the stream's batches
+//! through one durable pull consumer ([`WRITERS`]), which gives each batch to one of them, and
+//! acknowledge a batch after the flow store took it. This module knows streams, consumers and
+//! headers; the payloads are opaque bytes (the front and the writer agree on them).
+//!
+//! A batch is published with its (installation, batch id) as its message id, so a sensor that
+//! sends it again (its ack was lost, or its replica died) within [`DUPLICATE_WINDOW`] is not
+//! stored twice in the stream; later repeats are caught by the flow store's batch marks.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+
+/// The stream of sensor batches.
+pub const BATCHES: &str = "PICKET_BATCHES";
+/// Its one subject.
+pub const BATCHES_SUBJECT: &str = "picket.batches";
+/// The writers' durable consumer of [`BATCHES`], shared by every replica.
+pub const WRITERS: &str = "writers";
+/// How long JetStream remembers a message id to refuse its duplicates.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(20 * 60);
+/// How long a batch given to a writer may stay unacknowledged before it is given again (to
+/// this writer or another): a writer that died holds its batches this long.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// The most stored bytes the batch stream keeps waiting for the writers. When they fall this
+/// far behind (the flow store is down, say), new batches are refused, so sensors keep them in
+/// their spools: nothing is dropped.
+pub const MAX_WAITING_BYTES: i64 = 8 << 30;
+/// Header: the sensor (its key's name) that sent the batch.
+pub const SENSOR_HEADER: &str = "Picket-Sensor";
+
+/// A connection to the bus.
+#[derive(Clone)]
+pub struct Bus {
+    js: jetstream::Context,
+    /// The server, for messages (without credentials).
+    pub at: String,
+}
+
+/// What became of a published message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    Stored,
+    /// A message with the same id was stored within [`DUPLICATE_WINDOW`].
+    Duplicate,
+}
+
+/// A message taken from a consumer, to acknowledge once handled.
+pub struct Delivery {
+    msg: jetstream::Message,
+}
+
+impl Delivery {
+    pub fn payload(&self) -> &Bytes {
+        &self.msg.payload
+    }
+
+    /// A header's value, if the message has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    }
+
+    /// How many times it was delivered (1 the first time).
+    pub fn delivered(&self) -> i64 {
+        self.msg.info().map(|i| i.delivered).unwrap_or(1)
+    }
+
+    /// Handled: never given again.
+    pub async fn ack(&self) -> anyhow::Result<()> {
+        self.msg
+            .ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("acknowledging a message: {e}"))
+    }
+
+    /// Not handled now: given again after `delay`.
+    pub async fn retry_after(&self, delay: Duration) -> anyhow::Result<()> {
+        self.msg
+            .ack_with(jetstream::AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| anyhow::anyhow!("handing a message back: {e}"))
+    }
+
+    /// Never to be handled (it cannot be read): not given again.
+    pub async fn reject(&self) -> anyhow::Result<()> {
+        self.msg
+            .ack_with(jetstream::AckKind::Term)
+            .await
+            .map_err(|e| anyhow::anyhow!("rejecting a message: {e}"))
+    }
+}
+
+/// `url` without its password, for messages.
+fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Bus {
+    /// Connects to the NATS server at `url` (`nats://[user[:password]@]host[:port]`; `password`
+    /// replaces a password in the URL) and makes sure the streams and consumers exist. Fails
+    /// with a sentence that says what to do when the server cannot be reached, refuses the
+    /// credentials, or has no JetStream.
+    pub async fn connect(url: &str, password: Option<&str>) -> anyhow::Result<Bus> {
+        let at = shown(url);
+        let parsed = url::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("--bus: `{at}` is not a URL ({e})"))?;
+        anyhow::ensure!(
+            matches!(parsed.scheme(), "nats" | "tls"),
+            "--bus: `{at}` must start with nats:// (or tls:// for TLS)"
+        );
+        let mut opts = async_nats::ConnectOptions::new()
+            .name("picket-controlplane")
+            .connection_timeout(Duration::from_secs(5))
+            // Reconnects go on for ever once connected; publishes and fetches fail meanwhile,
+            // and the replica says so.
+            .max_reconnects(None);
+        let mut server = parsed.clone();
+        if let Some(pw) = password {
+            opts = opts.user_and_password(parsed.username().to_string(), pw.to_string());
+            let _ = server.set_username("");
+            let _ = server.set_password(None);
+        }
+        let client = opts.connect(server.as_str()).await.map_err(|e| {
+            anyhow::anyhow!(
+                "the bus at {at}: cannot connect ({e}); is nats-server running there, \
+                 and are the user and password right?"
+            )
+        })?;
+        let js = jetstream::new(client);
+        let bus = Bus { js, at };
+        bus.streams().await?;
+        Ok(bus)
+    }
+
+    /// The stream and consumer every replica uses, made by whichever replica comes first.
+    async fn streams(&self) -> anyhow::Result<()> {
+        let at = &self.at;
+        let s = self
+            .js
+            .get_or_create_stream(stream::Config {
+                name: BATCHES.into(),
+                subjects: vec![BATCHES_SUBJECT.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                max_bytes: MAX_WAITING_BYTES,
+                discard: stream::DiscardPolicy::New,
+                duplicate_window: DUPLICATE_WINDOW,
+                description: Some("Picket: sensor batches waiting for the writers".into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the bus at {at}: cannot make the stream {BATCHES} ({e}); is JetStream \
+                     enabled on the server (nats-server -js)?"
+                )
+            })?;
+        s.get_or_create_consumer(WRITERS, Self::writers_config())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("the bus at {at}: cannot make the consumer {WRITERS} ({e})")
+            })?;
+        Ok(())
+    }
+
+    fn writers_config() -> pull::Config {
+        pull::Config {
+            durable_name: Some(WRITERS.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            // Batches out with the writers at once, over all replicas.
+            max_ack_pending: 4096,
+            ..Default::default()
+        }
+    }
+
+    /// Publishes `payload` to `subject` with message id `id` and `headers`; returns once the
+    /// server took it for sending, with what tells when the stream stored it. The second step
+    /// is what a sender waits on before it acknowledges anything upstream.
+    pub async fn publish(
+        &self,
+        subject: &'static str,
+        id: &str,
+        headers: &[(&'static str, &str)],
+        payload: Bytes,
+    ) -> anyhow::Result<impl Future<Output = anyhow::Result<Published>> + Send + use<>> {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
+        let at = self.at.clone();
+        let ack = self
+            .js
+            .publish_with_headers(subject, h, payload)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: publishing failed ({e})"))?;
+        Ok(async move {
+            let a = ack.await.map_err(|e| {
+                anyhow::anyhow!("the bus at {at}: the stream did not store a batch ({e})")
+            })?;
+            Ok(if a.duplicate {
+                Published::Duplicate
+            } else {
+                Published::Stored
+            })
+        })
+    }
+
+    /// The writers' consumer: [`Bus::fetch`] takes batches from it.
+    pub async fn writers(&self) -> anyhow::Result<Consumer> {
+        let at = &self.at;
+        let s = self
+            .js
+            .get_stream(BATCHES)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: stream {BATCHES}: {e}"))?;
+        let c = s
+            .get_or_create_consumer(WRITERS, Self::writers_config())
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: consumer {WRITERS}: {e}"))?;
+        Ok(Consumer {
+            inner: c,
+            at: self.at.clone(),
+        })
+    }
+}
+
+/// A durable pull consumer.
+pub struct Consumer {
+    inner: jetstream::consumer::Consumer<pull::Config>,
+    at: String,
+}
+
+impl Consumer {
+    /// Up to `max` messages, waiting at most `wait` for the first ones (fewer, or none, when
+    /// the stream has no more).
+    pub async fn fetch(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
+        use futures_util::StreamExt as _;
+        let at = &self.at;
+        let mut msgs = self
+            .inner
+            .fetch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: fetching failed ({e})"))?;
+        let mut out = Vec::new();
+        while let Some(m) = msgs.next().await {
+            match m {
+                Ok(msg) => out.push(Delivery { msg }),
+                Err(e) => {
+                    if out.is_empty() {
+                        anyhow::bail!("the bus at {at}: fetching failed ({e})");
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}

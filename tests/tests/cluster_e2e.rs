@@ -1,0 +1,136 @@
+//! Cluster mode (`serve --bus`): replicas sharing one NATS JetStream, one ClickHouse and one
+//! PostgreSQL, all private to the test and on loopback.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tests::cluster::{Cluster, batch, sim_sensor, wait_until};
+
+/// 20 simulated sensors stream through 3 replicas; one replica is killed (SIGKILL) while they
+/// stream. Its sensors move to the others and send again what it had not acknowledged; the
+/// batches it had taken from the bus but not acknowledged there go to the other replicas'
+/// writers. Every flow sent is stored exactly once.
+#[test]
+fn a_replica_killed_mid_stream_loses_nothing_and_doubles_nothing() {
+    const SENSORS: usize = 20;
+    const BATCHES: u64 = 40;
+    const PER: usize = 250;
+    let cluster = Cluster::start();
+    let keys: Vec<String> = (0..SENSORS)
+        .map(|i| cluster.add_sensor(&format!("sim-{i}")))
+        .collect();
+    let mut replicas: Vec<_> = ["r0", "r1", "r2"]
+        .iter()
+        .map(|n| cluster.replica(n))
+        .collect();
+    let addrs: Vec<_> = replicas.iter().map(|r| r.grpc).collect();
+    let acked = Arc::new(AtomicU64::new(0));
+    let total = SENSORS as u64 * BATCHES;
+    let (acked2, addrs2) = (acked.clone(), addrs.clone());
+    let sensors = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let tasks: Vec<_> = keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    let instance = format!("sim-{i}");
+                    let batches = (1..=BATCHES).map(|b| batch(&instance, i, b, PER)).collect();
+                    tokio::spawn(sim_sensor(
+                        addrs2.clone(),
+                        i % addrs2.len(),
+                        key,
+                        batches,
+                        Duration::from_millis(50),
+                        acked2.clone(),
+                        Duration::from_secs(120),
+                    ))
+                })
+                .collect();
+            let mut reports = Vec::new();
+            for t in tasks {
+                reports.push(t.await.expect("sensor task"));
+            }
+            reports
+        })
+    });
+    // A third of the way through, replica 0 dies.
+    wait_until(
+        Duration::from_secs(60),
+        "a third of the batches acknowledged",
+        || acked.load(Ordering::Relaxed) >= total / 3,
+    );
+    replicas[0].kill();
+    let reports = sensors.join().expect("sensors");
+    let moved: Vec<usize> = (0..SENSORS).filter(|i| reports[*i].moves > 0).collect();
+    // The sensors that started on replica 0 moved; every sensor's batches were all acknowledged.
+    for (i, r) in reports.iter().enumerate() {
+        assert_eq!(r.acked, BATCHES, "sensor {i}: {r:?}");
+        if i % 3 == 0 {
+            assert!(r.moves >= 1 && r.served_by.len() >= 2, "sensor {i}: {r:?}");
+        }
+    }
+    assert!(moved.len() >= SENSORS / 3, "{moved:?}");
+    // What replica 0 had taken from the bus and not acknowledged there is given again to
+    // the others after the bus's ack wait (30 s).
+    let flows = SENSORS as u64 * BATCHES * PER as u64;
+    let t0 = std::time::Instant::now();
+    while cluster.sensor_totals().0 < flows && t0.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let waited = t0.elapsed();
+    if cluster.sensor_totals().0 != flows {
+        let logs: Vec<String> = replicas.iter().map(|r| r.log_text()).collect();
+        panic!(
+            "stored {:?} of {flows} flows after {waited:?}; sensors: {reports:?}\nreplicas' logs:\n{}",
+            cluster.sensor_totals(),
+            logs.join("\n----\n")
+        );
+    }
+    // Nothing more arrives later: exactly once.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cluster.sensor_totals(),
+        (flows, flows * 10),
+        "after {waited:?}"
+    );
+    let duplicates: u64 = reports.iter().map(|r| r.duplicates).sum();
+    eprintln!(
+        "cluster: {flows} flows stored once; {} sensors moved, {duplicates} batches acknowledged as duplicates, stored all after {waited:?} more",
+        moved.len()
+    );
+    for r in &replicas[1..] {
+        let log = r.log_text();
+        assert!(log.contains("cluster mode"), "{log}");
+    }
+}
+
+/// A bus that cannot be reached, or that has no JetStream, is refused at the start with a
+/// sentence that says what to do.
+#[test]
+fn a_bus_that_is_away_or_without_jetstream_is_refused_at_the_start() {
+    let cluster = Cluster::start();
+    let nowhere = format!("nats://127.0.0.1:{}", tests::servers::free_port());
+    let (status, log) = cluster.refused_start("away", &nowhere);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("cannot connect") && log.contains("is nats-server running there"),
+        "{log}"
+    );
+    let plain = tests::servers::Nats::start_without_jetstream();
+    let (status, log) = cluster.refused_start("plain", &plain.url());
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("is JetStream enabled"), "{log}");
+    let (status, log) = cluster.refused_start("bad", "http://127.0.0.1:4222");
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("must start with nats://"), "{log}");
+}
