@@ -116,6 +116,29 @@ fn check(c: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This process's name among replicas (in leases, the log and health): the host and a random
+/// word, kept in `--data-dir` so that a restarted replica is the same one (and holds its leases
+/// again at once instead of waiting for them to expire).
+fn replica_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let file = data_dir.join("replica-id");
+    if let Ok(id) = std::fs::read_to_string(&file)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_string());
+    }
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".into());
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no random numbers: {e}"))?;
+    let id = format!("{host}-{:08x}", u32::from_le_bytes(b));
+    std::fs::create_dir_all(data_dir)?;
+    std::fs::write(&file, format!("{id}\n"))
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+    Ok(id)
+}
+
 /// At the first start (no users yet), creates the dashboard user `admin` and prints its
 /// password once.
 fn first_admin(store: &dyn StateStore) -> anyhow::Result<()> {
@@ -163,6 +186,8 @@ pub fn run(c: Config) -> anyhow::Result<()> {
         }
     };
     first_admin(stores.state.as_ref())?;
+    let replica = replica_id(&c.stores.data_dir)?;
+    info!(replica, "this control plane's name among replicas");
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (stores, stop, retention, every) = (
@@ -171,9 +196,10 @@ pub fn run(c: Config) -> anyhow::Result<()> {
             c.retention,
             c.maintenance_interval,
         );
+        let lease = maintenance::lease(&replica, every);
         std::thread::Builder::new()
             .name("maintenance".into())
-            .spawn(move || maintenance::run(stores, retention, every, stop))?;
+            .spawn(move || maintenance::run(stores, retention, every, lease, stop))?;
     }
     if let Some((dir, rate)) = &c.watch {
         let mut w = Watcher::new(dir, stores.clone(), &c.detect, *rate, c.max_file_bytes)?;
@@ -188,7 +214,7 @@ pub fn run(c: Config) -> anyhow::Result<()> {
                 }
             })?;
     }
-    rt.block_on(serve(c, stores, bus, stop))
+    rt.block_on(serve(c, stores, bus, replica, stop))
 }
 
 /// The runtime's part: HTTP (dashboard, API), notifications, the sensor ingest.
@@ -196,6 +222,7 @@ async fn serve(
     c: Config,
     stores: Stores,
     bus: Option<crate::bus::Bus>,
+    replica: String,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let (stop_http, mut http_stop) = tokio::sync::watch::channel(false);
@@ -205,6 +232,11 @@ async fn serve(
             store: stores.state.clone(),
             sender: sender.clone(),
             retry: c.retry,
+            lease: Arc::new(crate::store::Held::new(
+                notify::NOTIFICATIONS,
+                &replica,
+                notify::LEASE_TTL,
+            )),
         }
         .run(stop_http.subscribe()),
     );

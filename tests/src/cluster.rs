@@ -84,6 +84,32 @@ impl Cluster {
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     }
 
+    /// Runs `picket-controlplane COMMAND --data-dir DIR ARGS...` on the cluster's stores;
+    /// panics unless it succeeds; returns its standard output.
+    pub fn cli(&self, command: &str, args: &[&str]) -> String {
+        let o = Command::new(bin("picket-controlplane"))
+            .arg(command)
+            .arg("--data-dir")
+            .arg(self.data_dir("cli"))
+            .args(args)
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run picket-controlplane");
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The state store the replicas share, opened here.
+    pub fn state(&self) -> Arc<dyn controlplane::store::StateStore> {
+        controlplane::store::PgStore::open(&format!("{} dbname={DB}", self.pg.socket_settings()))
+            .expect("state store")
+    }
+
     /// Runs `serve` of replica `name` with the bus at `bus` instead of the cluster's, for a
     /// start that must fail: its exit status and its log.
     pub fn refused_start(&self, name: &str, bus: &str) -> (std::process::ExitStatus, String) {
@@ -127,6 +153,7 @@ impl Cluster {
             grpc,
             http,
             log,
+            data_dir: self.data_dir(name),
         };
         let t0 = Instant::now();
         while !r.log_text().contains("control plane serving") {
@@ -163,9 +190,18 @@ pub struct Replica {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub log: PathBuf,
+    pub data_dir: PathBuf,
 }
 
 impl Replica {
+    /// Its name among replicas (as leases show it).
+    pub fn id(&self) -> String {
+        fs::read_to_string(self.data_dir.join("replica-id"))
+            .expect("replica-id")
+            .trim()
+            .to_string()
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -46,6 +46,15 @@ impl HttpReceiver {
         let listener = in_netns(ns, || TcpListener::bind("127.0.0.1:0").expect("bind"))
             .join()
             .expect("bind in netns");
+        Self::serve(listener, statuses)
+    }
+
+    /// As [`HttpReceiver::start`], on this process's own loopback.
+    pub fn start_here(statuses: &[u16]) -> HttpReceiver {
+        Self::serve(TcpListener::bind("127.0.0.1:0").expect("bind"), statuses)
+    }
+
+    fn serve(listener: TcpListener, statuses: &[u16]) -> HttpReceiver {
         let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (seen, script) = (requests.clone(), statuses.to_vec());

@@ -134,3 +134,91 @@ fn a_bus_that_is_away_or_without_jetstream_is_refused_at_the_start() {
     assert!(!status.success(), "{log}");
     assert!(log.contains("must start with nats://"), "{log}");
 }
+
+/// AWS records of `src` probing 30 ports of 10.0.0.5 and port 3389 of 30 hosts, all rejected,
+/// in the last hour: a port scan and a sweep.
+fn scan_log(src: &str) -> String {
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - 3600;
+    let mut log = String::new();
+    for p in 1..=30u64 {
+        log += &format!(
+            "2 123456789010 eni-0a1 {src} 10.0.0.5 61000 {p} 6 1 44 {} {} REJECT OK\n",
+            t0 + p,
+            t0 + p + 1
+        );
+    }
+    for h in 1..=30u64 {
+        log += &format!(
+            "2 123456789010 eni-0a2 {src} 10.0.1.{h} 61001 3389 6 1 44 {} {} REJECT OK\n",
+            t0 + 100 + h,
+            t0 + 101 + h
+        );
+    }
+    log
+}
+
+/// Two replicas deliver one outbox: each message reaches the webhook once (only the holder of
+/// the notifications lease delivers). When the holder is killed, the other takes the lease
+/// over once it expires and delivers what comes next, once.
+#[test]
+fn the_outbox_is_delivered_once_across_replicas() {
+    use tests::receivers::HttpReceiver;
+    let cluster = Cluster::start();
+    let hook = HttpReceiver::start_here(&[]);
+    cluster.cli(
+        "notifiers",
+        &["add", "hook", "webhook", "--url", &hook.url("/hook")],
+    );
+    let mut replicas = [cluster.replica("r0"), cluster.replica("r1")];
+    let file = cluster.dir.0.join("scan1.log");
+    std::fs::write(&file, scan_log("198.51.100.7")).expect("write");
+    let out = cluster.cli("import", &["aws", file.to_str().expect("utf8")]);
+    assert_eq!(out.matches("alert #").count(), 2, "{out}");
+    hook.wait_for(2, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    let alert_ids = |reqs: &[tests::receivers::Request]| -> Vec<u64> {
+        let mut ids: Vec<u64> = reqs
+            .iter()
+            .map(|r| r.json()["alert"]["id"].as_u64().expect("alert id"))
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(alert_ids(&hook.requests()), [1, 2], "each message once");
+    // The holder dies; the lease expires (30 s) and the other replica delivers the next ones.
+    let leases = cluster.state().leases().expect("leases");
+    let holder = leases
+        .iter()
+        .find(|l| l.name == "notifications")
+        .expect("a notifications lease")
+        .holder
+        .clone();
+    let (dead, alive) = if replicas[0].id() == holder {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    assert_eq!(replicas[dead].id(), holder, "{leases:?}");
+    replicas[dead].kill();
+    std::fs::write(&file, scan_log("198.51.100.9")).expect("write");
+    let out = cluster.cli("import", &["aws", file.to_str().expect("utf8")]);
+    assert_eq!(out.matches("alert #").count(), 2, "{out}");
+    hook.wait_for(4, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        alert_ids(&hook.requests()),
+        [1, 2, 3, 4],
+        "each message once"
+    );
+    let now_holder = cluster.state().leases().expect("leases");
+    assert!(
+        now_holder
+            .iter()
+            .any(|l| l.name == "notifications" && l.holder == replicas[alive].id()),
+        "{now_holder:?}"
+    );
+}

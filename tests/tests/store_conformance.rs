@@ -400,10 +400,46 @@ fn lists_and_detector_state(s: &dyn StateStore) {
     assert!(s.detector_state("other").expect("state").is_empty());
 }
 
+fn leases(s: &dyn StateStore) {
+    use controlplane::store::LeaseRow;
+    assert!(s.leases().expect("leases").is_empty());
+    // Free: taken. Held by another and not expired: refused. Its holder renews it.
+    assert!(s.lease("notifications", "a", 100, 30).expect("lease"));
+    assert!(!s.lease("notifications", "b", 110, 30).expect("lease"));
+    assert!(s.lease("notifications", "a", 120, 30).expect("renew"));
+    assert!(!s.lease("notifications", "b", 150, 30).expect("lease"));
+    // Expired (150 < 151): another takes it, and the old holder is refused.
+    assert!(s.lease("notifications", "b", 151, 30).expect("take over"));
+    assert!(!s.lease("notifications", "a", 152, 30).expect("lease"));
+    // Leases are apart by name.
+    assert!(s.lease("maintenance", "a", 152, 60).expect("lease"));
+    assert_eq!(
+        s.leases().expect("leases"),
+        vec![
+            LeaseRow {
+                name: "maintenance".into(),
+                holder: "a".into(),
+                until_ns: 212
+            },
+            LeaseRow {
+                name: "notifications".into(),
+                holder: "b".into(),
+                until_ns: 181
+            },
+        ]
+    );
+    // Released only by its holder; then free for anyone at once.
+    s.release("notifications", "a").expect("release");
+    assert!(!s.lease("notifications", "a", 160, 30).expect("lease"));
+    s.release("notifications", "b").expect("release");
+    assert!(s.lease("notifications", "a", 160, 30).expect("lease"));
+}
+
 fn conformance(s: &dyn StateStore) {
     sensors_and_access(s);
     alerts_triage_and_outbox(s);
     lists_and_detector_state(s);
+    leases(s);
 }
 
 #[test]
@@ -485,6 +521,36 @@ fn racing_control_planes_make_one_alert_per_incident() {
         ),
         "alert.new,alert.grew"
     );
+}
+
+/// Eight processes (eight pools) ask for the same free lease 50 times each at once, each at
+/// its own increasing time within the lease's life: exactly one ever holds it.
+#[test]
+fn racing_replicas_share_one_lease() {
+    use controlplane::store::Leases as _;
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE picket");
+    let stores: Vec<Arc<PgStore>> = (0..8)
+        .map(|_| PgStore::open(&pg.url("picket")).expect("store"))
+        .collect();
+    let winners = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    std::thread::scope(|t| {
+        for (w, s) in stores.iter().enumerate() {
+            let winners = &winners;
+            t.spawn(move || {
+                for i in 0..50 {
+                    let holder = format!("replica-{w}");
+                    if s.lease("notifications", &holder, 1_000 + i, 1_000_000)
+                        .expect("lease")
+                    {
+                        winners.lock().expect("lock").insert(holder);
+                    }
+                }
+            });
+        }
+    });
+    let winners = winners.into_inner().expect("lock");
+    assert_eq!(winners.len(), 1, "{winners:?}");
 }
 
 /// Observations made while the state store is away wait in memory and are recorded, in order,

@@ -26,10 +26,6 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(20 * 60);
 /// How long a batch given to a writer may stay unacknowledged before it is given again (to
 /// this writer or another): a writer that died holds its batches this long.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
-/// The most stored bytes the batch stream keeps waiting for the writers. When they fall this
-/// far behind (the flow store is down, say), new batches are refused, so sensors keep them in
-/// their spools: nothing is dropped.
-pub const MAX_WAITING_BYTES: i64 = 8 << 30;
 /// Header: the sensor (its key's name) that sent the batch.
 pub const SENSOR_HEADER: &str = "Picket-Sensor";
 
@@ -156,7 +152,11 @@ impl Bus {
                 subjects: vec![BATCHES_SUBJECT.into()],
                 retention: stream::RetentionPolicy::WorkQueue,
                 storage: stream::StorageType::File,
-                max_bytes: MAX_WAITING_BYTES,
+                // No limit of its own: the server's JetStream storage limit (`max_file_store`,
+                // by default most of its free disk) bounds it. Once it is reached (the writers
+                // fell that far behind, the flow store is down, say), new batches are refused,
+                // so sensors keep them in their spools: nothing is dropped.
+                max_bytes: -1,
                 discard: stream::DiscardPolicy::New,
                 duplicate_window: DUPLICATE_WINDOW,
                 description: Some("Picket: sensor batches waiting for the writers".into()),

@@ -48,7 +48,17 @@ pub struct Dispatcher {
     pub store: Arc<dyn StateStore>,
     pub sender: Sender,
     pub retry: Retry,
+    /// The lease [`NOTIFICATIONS`]: of several replicas on one state store, only its holder
+    /// delivers, so each message goes out once.
+    pub lease: Arc<crate::store::Held>,
 }
+
+/// The lease of the dispatcher that delivers the outbox.
+pub const NOTIFICATIONS: &str = "notifications";
+/// How long a dispatcher that stopped renewing its lease (its replica died) keeps the others
+/// from delivering. Longer than a pass can take (a slow receiver is cut at
+/// DELIVERY_TIMEOUT), so that a live holder never loses it in the middle of a pass.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// How often the outbox is polled.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -62,8 +72,12 @@ impl Dispatcher {
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
+        }
+        let lease = self.lease.clone();
+        if let Err(e) = self.blocking(move |s| lease.release(s)).await {
+            warn!(error = %format!("{e:#}"), "giving up the notifications lease failed; another replica takes it when it expires");
         }
     }
 
@@ -78,6 +92,10 @@ impl Dispatcher {
     /// Delivers what is due now; returns how many messages were tried.
     pub async fn pass(&self) -> anyhow::Result<usize> {
         let now = now_ns();
+        let lease = self.lease.clone();
+        if !self.blocking(move |s| lease.hold(s, now)).await? {
+            return Ok(0);
+        }
         let due = self
             .blocking(move |s| s.due_notifications(now, 100))
             .await?;

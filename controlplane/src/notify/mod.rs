@@ -22,7 +22,7 @@ mod dispatch;
 mod format;
 mod send;
 
-pub use dispatch::{Dispatcher, MAX_BACKOFF, POLL, Retry, sample_alert};
+pub use dispatch::{Dispatcher, LEASE_TTL, MAX_BACKOFF, NOTIFICATIONS, POLL, Retry, sample_alert};
 pub use format::{cef, markdown, signature, slack_text, summary, syslog_message, webhook_body};
 pub use send::{DELIVERY_TIMEOUT, Destinations, Failure, Sender};
 

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::import::CORRELATION_TOLERANCE_NS;
 use crate::{
     detect::{Config, Detectors, Feed, Input},
-    store::{Retention, Stores},
+    store::{Held, Retention, Stores},
     util::time::now_ns,
 };
 
@@ -24,16 +24,61 @@ const CORRELATE_WINDOW_NS: i64 = 7_200_000_000_000;
 /// Cloud flows of the last day are searched for addresses no sensor watches.
 const COVERAGE_GAP_WINDOW_NS: i64 = 86_400_000_000_000;
 
-/// Runs a pass every `interval` until `stop` is set (it sleeps in short steps, so a stop does
-/// not wait a whole interval).
-pub fn run(stores: Stores, retention: Retention, interval: Duration, stop: Arc<AtomicBool>) {
+/// The lease of the replica that runs the passes: of several replicas on one state store,
+/// one runs them (see [`lease`]).
+pub const LEASE: &str = "maintenance";
+
+/// `replica`'s hold on [`LEASE`] for passes every `interval`: a replica that stops renewing it
+/// (it died) keeps the others from taking over for three intervals (at least a minute).
+pub fn lease(replica: &str, interval: Duration) -> Held {
+    Held::new(LEASE, replica, (interval * 3).max(Duration::from_secs(60)))
+}
+
+/// Runs a pass every `interval`, while this process holds `lease`, until `stop` is set (it
+/// sleeps in short steps, so a stop does not wait a whole interval).
+pub fn run(
+    stores: Stores,
+    retention: Retention,
+    interval: Duration,
+    lease: Held,
+    stop: Arc<AtomicBool>,
+) {
     let mut coverage = Detectors::new(Feed::Coverage, &Config::default());
+    let mut holding = None;
     while !stop.load(Ordering::Relaxed) {
-        pass(&stores, &retention, &mut coverage, now_ns());
+        let now = now_ns();
+        match lease.hold(stores.state.as_ref(), now) {
+            Ok(held) => {
+                if holding != Some(held) {
+                    info!(
+                        replica = lease.holder,
+                        runs_maintenance = held,
+                        "maintenance lease {}",
+                        if held {
+                            "held"
+                        } else {
+                            "held by another replica"
+                        }
+                    );
+                    holding = Some(held);
+                }
+                if held {
+                    pass(&stores, &retention, &mut coverage, now);
+                }
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "the maintenance lease could not be read; no pass")
+            }
+        }
         let t0 = Instant::now();
         while t0.elapsed() < interval && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+    if holding == Some(true)
+        && let Err(e) = lease.release(stores.state.as_ref())
+    {
+        warn!(error = %format!("{e:#}"), "giving up the maintenance lease failed; another replica takes it when it expires");
     }
 }
 

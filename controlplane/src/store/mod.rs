@@ -34,8 +34,8 @@ pub use flows::{
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use state::{
-    Access, AlertTx, Alerts, Counts, EntityContext, Notifications, NotifierRow, Pending, SensorRow,
-    Sensors, SessionRow, Settings, StateStore, TokenRow, UserRow,
+    Access, AlertTx, Alerts, Counts, EntityContext, Held, LeaseRow, Leases, Notifications,
+    NotifierRow, Pending, SensorRow, Sensors, SessionRow, Settings, StateStore, TokenRow, UserRow,
 };
 
 /// The two stores a control plane runs on.

@@ -274,13 +274,78 @@ pub trait Settings {
     ) -> anyhow::Result<()>;
 }
 
+/// A lease held by one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub name: String,
+    pub holder: String,
+    /// Unix nanoseconds: after this, another process may take it.
+    pub until_ns: i64,
+}
+
+/// Leases: work that one process of several sharing the store does at a time (cluster mode's
+/// notifications and maintenance), handed over when its holder stops renewing it.
+pub trait Leases {
+    /// Takes or renews lease `name` for `holder` until `now_ns + ttl_ns`. True if `holder`
+    /// holds it now: it was free, expired, or already its own. Atomic: of several processes
+    /// asking at once, one gets it.
+    fn lease(&self, name: &str, holder: &str, now_ns: i64, ttl_ns: i64) -> anyhow::Result<bool>;
+    /// Gives lease `name` up, if `holder` holds it (at a clean stop, so another takes it at once).
+    fn release(&self, name: &str, holder: &str) -> anyhow::Result<()>;
+    /// Every lease, by name (expired ones too).
+    fn leases(&self) -> anyhow::Result<Vec<LeaseRow>>;
+}
+
+/// One process's hold on a lease ([`Leases`]): renewed when half its life is gone, so a
+/// holder writes to the store about twice per `ttl`, not at every check.
+pub struct Held {
+    pub name: &'static str,
+    /// This process (`serve`'s replica id).
+    pub holder: String,
+    pub ttl_ns: i64,
+    /// Until when this process last took it (0: not held).
+    until_ns: std::sync::atomic::AtomicI64,
+}
+
+impl Held {
+    pub fn new(name: &'static str, holder: &str, ttl: std::time::Duration) -> Held {
+        Held {
+            name,
+            holder: holder.to_string(),
+            ttl_ns: ttl.as_nanos().min(i64::MAX as u128) as i64,
+            until_ns: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// Whether this process holds the lease at `now_ns`, taking or renewing it as needed.
+    pub fn hold(&self, store: &dyn StateStore, now_ns: i64) -> anyhow::Result<bool> {
+        use std::sync::atomic::Ordering;
+        let until = self.until_ns.load(Ordering::Relaxed);
+        if until - now_ns > self.ttl_ns / 2 {
+            return Ok(true);
+        }
+        let held = store.lease(self.name, &self.holder, now_ns, self.ttl_ns)?;
+        self.until_ns.store(
+            if held { now_ns + self.ttl_ns } else { 0 },
+            Ordering::Relaxed,
+        );
+        Ok(held)
+    }
+
+    /// Gives it up (at a clean stop), so another process takes it at once.
+    pub fn release(&self, store: &dyn StateStore) -> anyhow::Result<()> {
+        self.until_ns.store(0, std::sync::atomic::Ordering::Relaxed);
+        store.release(self.name, &self.holder)
+    }
+}
+
 /// The whole state store.
 pub trait StateStore:
-    Sensors + Access + Alerts + Notifications + Settings + Send + Sync + 'static
+    Sensors + Access + Alerts + Notifications + Settings + Leases + Send + Sync + 'static
 {
 }
 
-impl<T: Sensors + Access + Alerts + Notifications + Settings + Send + Sync + 'static> StateStore
-    for T
+impl<T: Sensors + Access + Alerts + Notifications + Settings + Leases + Send + Sync + 'static>
+    StateStore for T
 {
 }

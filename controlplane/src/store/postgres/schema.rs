@@ -117,6 +117,14 @@ CREATE TABLE api_tokens (
     revoked_ns BIGINT
 );
 "#,
+    // 2: leases: work one replica of several does at a time (notifications, maintenance).
+    r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_ns BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Brings the database to the newest version; refuses one newer than this binary.

@@ -154,3 +154,43 @@ impl Settings for PgStore {
         Ok(())
     }
 }
+
+impl crate::store::Leases for PgStore {
+    fn lease(&self, name: &str, holder: &str, now_ns: i64, ttl_ns: i64) -> anyhow::Result<bool> {
+        // One statement: of several replicas asking at once, the row lock makes one win. The
+        // upsert's WHERE leaves a lease held by another, unexpired, alone: no row returned.
+        let got = self.conn()?.query_opt(
+            "INSERT INTO leases (name, holder, until_ns) VALUES ($1, $2, $3::BIGINT + $4::BIGINT) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             until_ns = excluded.until_ns \
+             WHERE leases.holder = excluded.holder OR leases.until_ns < $3::BIGINT \
+             RETURNING holder",
+            &[&name, &holder, &now_ns, &ttl_ns],
+        )?;
+        Ok(got.is_some())
+    }
+
+    fn release(&self, name: &str, holder: &str) -> anyhow::Result<()> {
+        self.conn()?.execute(
+            "DELETE FROM leases WHERE name = $1 AND holder = $2",
+            &[&name, &holder],
+        )?;
+        Ok(())
+    }
+
+    fn leases(&self) -> anyhow::Result<Vec<crate::store::LeaseRow>> {
+        Ok(self
+            .conn()?
+            .query(
+                "SELECT name, holder, until_ns FROM leases ORDER BY name",
+                &[],
+            )?
+            .into_iter()
+            .map(|r| crate::store::LeaseRow {
+                name: r.get(0),
+                holder: r.get(1),
+                until_ns: r.get(2),
+            })
+            .collect())
+    }
+}

@@ -433,6 +433,20 @@ impl Notifications for SqliteStore {
     }
 }
 
+impl crate::store::Leases for SqliteStore {
+    fn lease(&self, name: &str, holder: &str, now_ns: i64, ttl_ns: i64) -> anyhow::Result<bool> {
+        settings::lease(&self.conn(), name, holder, now_ns, ttl_ns)
+    }
+
+    fn release(&self, name: &str, holder: &str) -> anyhow::Result<()> {
+        settings::release(&self.conn(), name, holder)
+    }
+
+    fn leases(&self) -> anyhow::Result<Vec<crate::store::LeaseRow>> {
+        settings::leases(&*self.reader()?)
+    }
+}
+
 impl Settings for SqliteStore {
     fn watchlist(&self) -> anyhow::Result<Vec<(String, String)>> {
         settings::watchlist(&*self.reader()?)

@@ -324,6 +324,14 @@ UPDATE flow_chunks SET tuples = X'' WHERE NOT EXISTS
     (SELECT 1 FROM flows WHERE id BETWEEN first_id AND last_id AND source = 'sensor');
 DROP INDEX IF EXISTS flows_sensor_tuple;
 "#,
+    // 16: leases (work one process does at a time: the same table as on PostgreSQL).
+    r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_ns INTEGER NOT NULL
+);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

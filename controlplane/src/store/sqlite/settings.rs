@@ -148,3 +148,40 @@ pub(super) fn save_detector_state(
     tx.commit()?;
     Ok(())
 }
+
+pub(super) fn lease(
+    c: &Connection,
+    name: &str,
+    holder: &str,
+    now_ns: i64,
+    ttl_ns: i64,
+) -> anyhow::Result<bool> {
+    // The upsert's WHERE leaves a lease held by another, unexpired, alone: no row changes.
+    let changed = c.execute(
+        "INSERT INTO leases (name, holder, until_ns) VALUES (?1, ?2, ?3 + ?4) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ns = excluded.until_ns \
+         WHERE leases.holder = excluded.holder OR leases.until_ns < ?3",
+        rusqlite::params![name, holder, now_ns, ttl_ns],
+    )?;
+    Ok(changed == 1)
+}
+
+pub(super) fn release(c: &Connection, name: &str, holder: &str) -> anyhow::Result<()> {
+    c.execute(
+        "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+        [name, holder],
+    )?;
+    Ok(())
+}
+
+pub(super) fn leases(c: &Connection) -> anyhow::Result<Vec<crate::store::LeaseRow>> {
+    let mut st = c.prepare_cached("SELECT name, holder, until_ns FROM leases ORDER BY name")?;
+    let rows = st.query_map([], |r| {
+        Ok(crate::store::LeaseRow {
+            name: r.get(0)?,
+            holder: r.get(1)?,
+            until_ns: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
