@@ -36,9 +36,11 @@ pub struct Args {
     #[arg(long = "iface", value_name = "IF")]
     pub ifaces: Vec<String>,
 
-    /// Control plane gRPC URL to export to (e.g. https://picket.example:7443).
+    /// Control plane gRPC URL to export to (e.g. https://picket.example:7443). Repeat it for
+    /// the replicas of a cluster: the sensor uses the first that answers and moves to the
+    /// next when its connection fails, sending again what was not acknowledged.
     #[arg(long, value_name = "URL")]
-    pub controlplane: Option<String>,
+    pub controlplane: Vec<String>,
 
     /// CA certificate (PEM) that signed the control plane's certificate, for an https:// URL
     /// (default: the system's trusted roots).
@@ -166,7 +168,8 @@ pub enum Command {
 pub struct FileConfig {
     #[serde(default)]
     pub iface: Vec<String>,
-    pub controlplane: Option<String>,
+    /// One URL, or a list of them (the replicas of a cluster).
+    pub controlplane: Option<OneOrMany>,
     pub sensor_key_file: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
@@ -188,6 +191,23 @@ pub struct FileConfig {
     pub precise_timestamps: Option<bool>,
 }
 
+/// A TOML value that is one string or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 /// The effective settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -201,7 +221,8 @@ pub struct Settings {
     pub metrics_listen_explicit: bool,
     pub auth_log: Option<PathBuf>,
     pub stdout: bool,
-    pub controlplane: Option<String>,
+    /// Where to export: the control plane's URLs (several for a cluster's replicas).
+    pub controlplane: Vec<String>,
     pub sensor_key_file: Option<PathBuf>,
     pub duration: Option<Duration>,
     /// Set when exporting to a control plane.
@@ -210,6 +231,8 @@ pub struct Settings {
 
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/picket-sensor/spool";
 pub const DEFAULT_SPOOL_MAX_MB: u64 = 256;
+/// Most control-plane URLs a sensor takes (the replicas of one cluster).
+pub const MAX_CONTROLPLANES: usize = 16;
 
 impl Args {
     pub fn settings(&self) -> anyhow::Result<Settings> {
@@ -296,14 +319,22 @@ impl Args {
             anyhow::bail!("--flow-table-size must be at least 1024 (got {flow_table_size})");
         }
         let stdout = self.stdout || file.stdout.unwrap_or(false);
-        let controlplane = self.controlplane.clone().or(file.controlplane.clone());
+        let controlplane = if self.controlplane.is_empty() {
+            file.controlplane
+                .clone()
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default()
+        } else {
+            self.controlplane.clone()
+        };
         let sensor_key_file = self
             .sensor_key_file
             .clone()
             .or(file.sensor_key_file.clone());
-        let export_opts = match &controlplane {
-            Some(url) => Some(self.export_options(&file, url, sensor_key_file.as_ref())?),
-            None => None,
+        let export_opts = if controlplane.is_empty() {
+            None
+        } else {
+            Some(self.export_options(&file, &controlplane, sensor_key_file.as_ref())?)
         };
         if !stdout && export_opts.is_none() {
             anyhow::bail!(
@@ -340,16 +371,34 @@ impl Args {
         })
     }
 
-    /// Where and how to export: the control plane's URL, the key, TLS, the spool.
+    /// Where and how to export: the control plane's URLs, the key, TLS, the spool.
     fn export_options(
         &self,
         file: &FileConfig,
-        url: &str,
+        urls: &[String],
         key_file: Option<&PathBuf>,
     ) -> anyhow::Result<crate::export::ExportOptions> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        for url in urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!(
+                    "--controlplane must be a URL such as https://picket.example:7443 (got `{url}`)"
+                );
+            }
+        }
+        let url = &urls[0];
+        if urls
+            .iter()
+            .any(|u| u.starts_with("https://") != url.starts_with("https://"))
+        {
             anyhow::bail!(
-                "--controlplane must be a URL such as https://picket.example:7443 (got `{url}`)"
+                "the --controlplane URLs mix http:// and https://: give the replicas of one \
+                 cluster, reached the same way"
+            );
+        }
+        if urls.len() > MAX_CONTROLPLANES {
+            anyhow::bail!(
+                "at most {MAX_CONTROLPLANES} --controlplane URLs (got {})",
+                urls.len()
             );
         }
         let Some(kf) = key_file else {
@@ -394,7 +443,7 @@ impl Args {
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
         Ok(crate::export::ExportOptions {
-            url: url.to_string(),
+            urls: urls.to_vec(),
             key,
             ca_pem: ca_cert
                 .as_ref()
@@ -551,5 +600,61 @@ mod tests {
             !format!("{ex:?}").contains("pks_abc"),
             "the key never shows"
         );
+    }
+
+    #[test]
+    fn several_control_planes_from_flags_or_the_file_reached_the_same_way() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let key = dir.path().join("k");
+        std::fs::write(&key, "pks_abc\n").expect("write");
+        let key = key.to_str().expect("utf8");
+        let s = args(&[
+            "--iface",
+            "x",
+            "--controlplane",
+            "http://10.0.0.1:7443",
+            "--controlplane",
+            "http://10.0.0.2:7443",
+            "--sensor-key-file",
+            key,
+        ])
+        .settings()
+        .expect("settings");
+        assert_eq!(
+            s.export.expect("export").urls,
+            ["http://10.0.0.1:7443", "http://10.0.0.2:7443"]
+        );
+        let e = args(&[
+            "--iface",
+            "x",
+            "--controlplane",
+            "http://10.0.0.1:7443",
+            "--controlplane",
+            "https://10.0.0.2:7443",
+            "--sensor-key-file",
+            key,
+        ])
+        .settings()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mix http:// and https://"), "{e}");
+        let mut many = vec!["--iface", "x", "--sensor-key-file", key];
+        for _ in 0..=MAX_CONTROLPLANES {
+            many.extend(["--controlplane", "http://10.0.0.1:7443"]);
+        }
+        let e = args(&many).settings().unwrap_err().to_string();
+        assert!(e.contains("at most 16"), "{e}");
+        // The file takes one URL or a list.
+        for (toml, n) in [
+            ("controlplane = \"http://10.0.0.1:7443\"", 1),
+            (
+                "controlplane = [\"http://10.0.0.1:7443\", \"http://10.0.0.2:7443\"]",
+                2,
+            ),
+        ] {
+            let f: FileConfig = toml::from_str(toml).expect("toml");
+            let urls = f.controlplane.expect("controlplane").into_vec();
+            assert_eq!(urls.len(), n, "{toml}");
+        }
     }
 }

@@ -41,7 +41,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct ExportOptions {
-    pub url: String,
+    /// The control plane's URLs: one, or a cluster's replicas, tried in turn.
+    pub urls: Vec<String>,
     pub key: String,
     /// PEM of the CA that signed the control plane's certificate (None: the system's roots).
     pub ca_pem: Option<Vec<u8>>,
@@ -55,7 +56,7 @@ impl std::fmt::Debug for ExportOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
         f.debug_struct("ExportOptions")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("spool_dir", &self.spool_dir)
             .field("spool_max_bytes", &self.spool_max_bytes)
             .field("custom_ca", &self.ca_pem.is_some())
@@ -315,6 +316,11 @@ impl Exporter {
     ) {
         let mut backoff = BACKOFF_MIN;
         let mut deadline: Option<tokio::time::Instant> = None;
+        // The URL in use, and failures in a row: with several URLs (a cluster's replicas) a
+        // failure moves to the next one after the shortest wait, and the wait grows only once
+        // every URL has failed in turn.
+        let (mut at, mut failed_in_row) = (0usize, 0usize);
+        let n = opts.urls.len().max(1);
         loop {
             if *stop.borrow() {
                 let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
@@ -322,18 +328,32 @@ impl Exporter {
                     break;
                 }
             }
-            match self.session(&opts, &mut stop, grace).await {
-                Ok(()) => backoff = BACKOFF_MIN,
+            let url = opts.urls[at % n].clone();
+            match self.session(&opts, &url, &mut stop, grace).await {
+                Ok(()) => {
+                    backoff = BACKOFF_MIN;
+                    failed_in_row = 0;
+                }
                 Err(e) => {
                     Self::lock(&self.stats).connected = false;
-                    warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "export to the control plane interrupted; batches stay in the spool");
-                    let wait = tokio::time::sleep(backoff);
+                    failed_in_row += 1;
+                    let wait_for = if n > 1 && failed_in_row % n != 0 {
+                        BACKOFF_MIN
+                    } else {
+                        backoff
+                    };
+                    let next = (n > 1).then(|| opts.urls[(at + 1) % n].as_str());
+                    warn!(error = %format!("{e:#}"), url, next, retry_in_ms = wait_for.as_millis() as u64, "export to the control plane interrupted; batches stay in the spool");
+                    let wait = tokio::time::sleep(wait_for);
                     tokio::pin!(wait);
                     tokio::select! {
                         _ = &mut wait => {}
                         _ = stop.changed() => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    if wait_for == backoff {
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                    at = (at + 1) % n;
                 }
             }
         }
@@ -348,14 +368,14 @@ impl Exporter {
         }
     }
 
-    async fn connect(&self, opts: &ExportOptions) -> anyhow::Result<Channel> {
-        let ep = Endpoint::from_shared(opts.url.clone())
-            .with_context(|| format!("bad control plane URL `{}`", opts.url))?
+    async fn connect(&self, opts: &ExportOptions, url: &str) -> anyhow::Result<Channel> {
+        let ep = Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("bad control plane URL `{url}`"))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
-        let ep = if opts.url.starts_with("https://") {
+        let ep = if url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             tls = match &opts.ca_pem {
                 Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
@@ -370,7 +390,7 @@ impl Exporter {
         };
         let ch = ep.connect().await.map_err(|e| {
             Self::lock(&self.stats).connect_failures += 1;
-            anyhow::anyhow!("cannot connect to {}: {e}", opts.url)
+            anyhow::anyhow!("cannot connect to {url}: {e}")
         })?;
         Ok(ch)
     }
@@ -379,10 +399,11 @@ impl Exporter {
     async fn session(
         &self,
         opts: &ExportOptions,
+        url: &str,
         stop: &mut watch::Receiver<bool>,
         grace: Duration,
     ) -> anyhow::Result<()> {
-        let ch = self.connect(opts).await?;
+        let ch = self.connect(opts, url).await?;
         let bearer: MetadataValue<_> = format!("Bearer {}", opts.key.trim())
             .parse()
             .context("the sensor key is not valid in a header")?;
@@ -415,7 +436,7 @@ impl Exporter {
             st.connected = true;
         }
         info!(
-            url = opts.url,
+            url,
             sensor = reg.sensor_name,
             instance = instance_id,
             "connected to the control plane"

@@ -131,13 +131,41 @@ impl Cluster {
     /// Starts replica `name` (`serve --bus`, gRPC and HTTP on free loopback ports) and waits
     /// until it serves.
     pub fn replica(&self, name: &str) -> Replica {
+        self.replica_in(None, name)
+    }
+
+    /// As [`Cluster::replica`], in network namespace `ns` (None: this process's), where it
+    /// reaches ClickHouse and NATS through forwarders of this process and PostgreSQL through
+    /// its Unix socket.
+    pub fn replica_in(&self, ns: Option<&str>, name: &str) -> Replica {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = self.dir.0.join(format!("{name}.log"));
-        let child = Command::new(bin("picket-controlplane"))
+        let mut env = self.env();
+        if let Some(ns) = ns {
+            let ch = crate::servers::forward_into(ns, self.ch.http_port);
+            let nats = crate::servers::forward_into(ns, self.nats.port);
+            for (k, v) in env.iter_mut() {
+                match *k {
+                    "PICKET_FLOW_STORE" => *v = format!("clickhouse://default@127.0.0.1:{ch}/{DB}"),
+                    "PICKET_BUS" => *v = format!("nats://127.0.0.1:{nats}"),
+                    _ => {}
+                }
+            }
+        }
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(bin("picket-controlplane"));
+                c
+            }
+            None => Command::new(bin("picket-controlplane")),
+        };
+        let child = cmd
             .args(["serve", "--data-dir"])
             .arg(self.data_dir(name))
-            .envs(self.env())
+            .envs(env)
             .arg("--grpc-listen")
             .arg(grpc.to_string())
             .arg("--http-listen")
@@ -175,6 +203,11 @@ impl Cluster {
     /// The flow store the replicas share, opened here.
     pub fn flows(&self) -> Arc<dyn controlplane::store::FlowStore> {
         controlplane::store::ChStore::open(&self.ch.store_url(DB)).expect("flow store")
+    }
+
+    /// (packets, bytes) the shared flow store holds for one UDP flow.
+    pub fn stored_udp(&self, src: &str, dst: &str, sport: u16, dport: u16) -> (u64, u64) {
+        crate::servers::stored_udp_in(self.flows().as_ref(), src, dst, sport, dport)
     }
 
     /// (records, packets) of the sensors' flows in the shared flow store.

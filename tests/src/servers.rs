@@ -787,7 +787,17 @@ pub fn forward_into(ns: &str, port: u16) -> u16 {
 /// (packets, bytes) the control plane stored for one UDP flow (on whichever flow store the
 /// harness gave it).
 pub fn stored_udp(data_dir: &Path, src: &str, dst: &str, sport: u16, dport: u16) -> (u64, u64) {
-    let store = open_flows(data_dir);
+    stored_udp_in(open_flows(data_dir).as_ref(), src, dst, sport, dport)
+}
+
+/// (packets, bytes) `store` holds for one UDP flow.
+pub fn stored_udp_in(
+    store: &dyn controlplane::store::FlowStore,
+    src: &str,
+    dst: &str,
+    sport: u16,
+    dport: u16,
+) -> (u64, u64) {
     let mut q = controlplane::store::FlowQuery {
         ip: Some(src.parse().expect("ip")),
         port: Some(sport),

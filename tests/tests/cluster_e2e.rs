@@ -222,3 +222,66 @@ fn the_outbox_is_delivered_once_across_replicas() {
         "{now_holder:?}"
     );
 }
+
+/// A real sensor given two replicas' addresses streams a trafgen flood; its replica is killed
+/// in the middle (SIGKILL). The sensor moves to the other replica and sends again what was not
+/// acknowledged: the shared flow store holds every frame once.
+#[test]
+fn a_real_sensor_moves_to_the_other_replica_and_loses_nothing() {
+    const FRAMES: u64 = 100_000;
+    let lab = tests::Lab::new();
+    let cluster = Cluster::start();
+    let key_file = cluster.dir.0.join("sensor.key");
+    std::fs::write(&key_file, cluster.add_sensor("lab-a")).expect("key file");
+    let mut r0 = cluster.replica_in(Some(&lab.a), "r0");
+    let r1 = cluster.replica_in(Some(&lab.a), "r1");
+    let mut flags = tests::export_flags(
+        &lab.va,
+        &format!("http://{}", r0.grpc),
+        &key_file,
+        &cluster.dir.0.join("spool"),
+    );
+    flags.extend(["--controlplane".to_string(), format!("http://{}", r1.grpc)]);
+    let mut sensor = tests::Sensor::start(&lab.a, &tests::strs(&flags));
+    sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
+    // 100,000 frames at 5,000/s (20 s); replica 0 dies 6 s in.
+    let flood = tests::udp_flood_a_to_b(&lab, &cluster.dir.0, FRAMES, "5000pps");
+    std::thread::sleep(Duration::from_secs(6));
+    r0.kill();
+    flood.join().expect("trafgen");
+    let out = sensor.stop();
+    let own = out.totals(&lab.ip_a, &lab.ip_b, 17, Some(4000), Some(5000));
+    assert_eq!(
+        (own.0, own.1),
+        (FRAMES, FRAMES * 46),
+        "the sensor's own records"
+    );
+    // What replica 0 held for writing comes to replica 1 after the bus's ack wait (30 s).
+    let t0 = std::time::Instant::now();
+    while cluster.stored_udp(&lab.ip_a, &lab.ip_b, 4000, 5000).0 < FRAMES
+        && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let stored = cluster.stored_udp(&lab.ip_a, &lab.ip_b, 4000, 5000);
+    assert_eq!(
+        stored,
+        (FRAMES, FRAMES * 46),
+        "nothing lost, nothing doubled"
+    );
+    let ex = &out.stats.last().expect("stats")["export"];
+    assert_eq!(ex["spool_batches"], 0, "everything acknowledged: {ex}");
+    assert!(ex["connects"].as_u64().expect("connects") >= 2, "{ex}");
+    assert!(
+        out.stderr.contains(&format!("next=http://{}", r1.grpc))
+            || out.stderr.contains(&format!("next=\"http://{}\"", r1.grpc)),
+        "the sensor says where it moves: {}",
+        out.stderr
+    );
+    assert!(
+        r1.log_text().contains("sensor registered"),
+        "{}",
+        r1.log_text()
+    );
+}

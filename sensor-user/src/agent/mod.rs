@@ -146,15 +146,15 @@ fn start_export(
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    if opts.url.starts_with("http://") {
+    if opts.urls.iter().any(|u| u.starts_with("http://")) {
         warn!(
-            url = opts.url,
+            urls = ?opts.urls,
             "exporting without TLS: the sensor key and flow records travel in clear text"
         );
     }
     let ex = Exporter::new(opts, export::host_context(&ifaces), kernel)?;
     info!(
-        url = opts.url,
+        urls = ?opts.urls,
         spool = %opts.spool_dir.display(),
         spool_max_mb = opts.spool_max_bytes >> 20,
         instance = ex.instance_id(),
