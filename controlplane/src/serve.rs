@@ -250,6 +250,8 @@ async fn serve(
             secure_cookies,
             body_timeout: c.idle_timeout,
             sender,
+            replica: replica.clone(),
+            bus: bus.clone(),
         },
     );
     let http = tokio::net::TcpListener::bind(c.http_listen)

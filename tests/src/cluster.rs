@@ -235,6 +235,13 @@ impl Replica {
             .to_string()
     }
 
+    /// `/api/v1/health` (no credentials needed): (status code, JSON).
+    pub fn health(&self) -> (u16, serde_json::Value) {
+        let (code, body) = crate::servers::http(self.http.port(), "GET", "/api/v1/health", "")
+            .expect("GET /api/v1/health");
+        (code, serde_json::from_str(&body).expect("health JSON"))
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -108,10 +108,25 @@ fn a_replica_killed_mid_stream_loses_nothing_and_doubles_nothing() {
         "cluster: {flows} flows stored once; {} sensors moved, {duplicates} batches acknowledged as duplicates, stored all after {waited:?} more",
         moved.len()
     );
+    let mut relayed = 0;
     for r in &replicas[1..] {
         let log = r.log_text();
         assert!(log.contains("cluster mode"), "{log}");
+        // Health names the replica and shows the bus, its lag (nothing waits now) and what
+        // its relay stored.
+        let (code, h) = r.health();
+        assert_eq!(code, 200, "{h}");
+        assert_eq!(h["replica"], r.id(), "{h}");
+        assert_eq!(h["bus"]["status"], "ok", "{h}");
+        assert_eq!(h["bus"]["batches_waiting"], 0, "{h}");
+        assert_eq!(h["bus"]["relay"]["undecodable"], 0, "{h}");
+        relayed += h["bus"]["relay"]["stored"].as_u64().expect("stored");
     }
+    // The two survivors stored at least what was left after the kill.
+    assert!(
+        relayed >= total - total / 3 - 16 * 3,
+        "{relayed} of {total}"
+    );
 }
 
 /// A bus that cannot be reached, or that has no JetStream, is refused at the start with a
@@ -214,6 +229,15 @@ fn the_outbox_is_delivered_once_across_replicas() {
         [1, 2, 3, 4],
         "each message once"
     );
+    let (code, h) = replicas[alive].health();
+    assert_eq!(code, 200, "{h}");
+    assert!(
+        h["leases"]
+            .as_array()
+            .expect("leases")
+            .contains(&"notifications".into()),
+        "{h}"
+    );
     let now_holder = cluster.state().leases().expect("leases");
     assert!(
         now_holder
@@ -283,5 +307,113 @@ fn a_real_sensor_moves_to_the_other_replica_and_loses_nothing() {
         r1.log_text().contains("sensor registered"),
         "{}",
         r1.log_text()
+    );
+}
+
+/// 10 simulated sensors stream through 2 replicas while the bus is killed (SIGKILL) and
+/// started again, then while ClickHouse is stopped for 30 s. Sensors keep what the bus did not
+/// take and send it again; what the bus took waits there for ClickHouse. Afterwards every flow
+/// is stored exactly once.
+#[test]
+fn the_bus_killed_and_the_flow_store_away_lose_nothing() {
+    const SENSORS: usize = 10;
+    const BATCHES: u64 = 60;
+    const PER: usize = 200;
+    let mut cluster = Cluster::start();
+    let keys: Vec<String> = (0..SENSORS)
+        .map(|i| cluster.add_sensor(&format!("sim-{i}")))
+        .collect();
+    let replicas = [cluster.replica("r0"), cluster.replica("r1")];
+    let addrs: Vec<_> = replicas.iter().map(|r| r.grpc).collect();
+    let acked = Arc::new(AtomicU64::new(0));
+    let acked2 = acked.clone();
+    // 60 batches each, one every 500 ms: about 30 s of streaming, more with the outages.
+    let sensors = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let tasks: Vec<_> = keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    let instance = format!("sim-{i}");
+                    let batches = (1..=BATCHES).map(|b| batch(&instance, i, b, PER)).collect();
+                    tokio::spawn(sim_sensor(
+                        addrs.clone(),
+                        i % addrs.len(),
+                        key,
+                        batches,
+                        Duration::from_millis(500),
+                        acked2.clone(),
+                        Duration::from_secs(240),
+                    ))
+                })
+                .collect();
+            let mut reports = Vec::new();
+            for t in tasks {
+                reports.push(t.await.expect("sensor task"));
+            }
+            reports
+        })
+    });
+    let total = SENSORS as u64 * BATCHES;
+    wait_until(Duration::from_secs(60), "a tenth acknowledged", || {
+        acked.load(Ordering::Relaxed) >= total / 10
+    });
+    cluster.nats.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = acked.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        acked.load(Ordering::Relaxed),
+        during,
+        "nothing is acknowledged while the bus is away"
+    );
+    cluster.nats.start_again();
+    wait_until(
+        Duration::from_secs(60),
+        "acks again after the bus came back",
+        || acked.load(Ordering::Relaxed) > during + SENSORS as u64,
+    );
+    cluster.ch.stop();
+    let stored_before = acked.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(30));
+    // The bus stored what the sensors sent meanwhile: acknowledged without ClickHouse.
+    assert!(
+        acked.load(Ordering::Relaxed) > stored_before,
+        "the bus takes batches while the flow store is away"
+    );
+    cluster.ch.start_again();
+    let reports = sensors.join().expect("sensors");
+    for (i, r) in reports.iter().enumerate() {
+        assert_eq!(r.acked, BATCHES, "sensor {i}: {r:?}");
+    }
+    let flows = SENSORS as u64 * BATCHES * PER as u64;
+    let t0 = std::time::Instant::now();
+    while cluster.sensor_totals().0 < flows && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let logs = || -> String {
+        replicas
+            .iter()
+            .map(|r| r.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert_eq!(
+        cluster.sensor_totals(),
+        (flows, flows * 10),
+        "after {:?}: {reports:?}\n{}",
+        t0.elapsed(),
+        logs()
+    );
+    let all = logs();
+    assert!(
+        all.contains("could not be stored"),
+        "the flow store's outage is logged"
     );
 }

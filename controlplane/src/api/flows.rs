@@ -43,8 +43,50 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
             false
         }
     };
+    // This replica's part: the leases it holds, and in cluster mode the bus and its lag.
+    let (store, me) = (api.stores.clone(), api.opts.replica.clone());
+    let now = now_ns();
+    let leases: Vec<String> = blocking(move || store.state.leases())
+        .await
+        .map(|ls| {
+            ls.into_iter()
+                .filter(|l| l.holder == me && l.until_ns > now)
+                .map(|l| l.name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let (bus, bus_ok) = match &api.opts.bus {
+        None => (Value::Null, true),
+        Some(bus) => {
+            let relay = &crate::grpc::relay::STATS;
+            // Bounded: health answers within seconds even when the bus does not.
+            let lag = tokio::time::timeout(std::time::Duration::from_secs(2), bus.writers_lag())
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the bus did not answer within 2 s")));
+            if let Err(e) = &lag {
+                tracing::warn!(error = %format!("{e:#}"), "health: the bus does not answer");
+            }
+            (
+                json!({
+                    "status": if lag.is_ok() { "ok" } else { "unreachable" },
+                    "batches_waiting": lag.as_ref().ok().map(|l| l.0),
+                    "batches_with_writers": lag.as_ref().ok().map(|l| l.1),
+                    "relay": {
+                        "stored": relay.stored.load(Relaxed),
+                        "retried": relay.retried.load(Relaxed),
+                        "undecodable": relay.undecodable.load(Relaxed),
+                    },
+                }),
+                lag.is_ok(),
+            )
+        }
+    };
+    let ok = state_ok && flows_ok && bus_ok;
     let body = json!({
-        "status": if state_ok && flows_ok { "ok" } else { "degraded" },
+        "status": if ok { "ok" } else { "degraded" },
+        "replica": api.opts.replica,
+        "leases": leases,
+        "bus": bus,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": api.started.elapsed().as_secs(),
         "state_store": if state_ok { "ok" } else { "unreachable" },
@@ -63,7 +105,7 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
             "grpc": STATS.refused_grpc.load(Relaxed),
         },
     });
-    let code = if state_ok && flows_ok {
+    let code = if ok {
         axum::http::StatusCode::OK
     } else {
         axum::http::StatusCode::SERVICE_UNAVAILABLE

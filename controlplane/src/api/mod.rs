@@ -64,6 +64,10 @@ pub struct Options {
     pub body_timeout: Duration,
     /// What sends a notifier's test message: the dispatcher's, with its allowed destinations.
     pub sender: crate::notify::Sender,
+    /// This control plane's name among replicas (`serve`'s replica id).
+    pub replica: String,
+    /// Cluster mode's bus, for health.
+    pub bus: Option<crate::bus::Bus>,
 }
 
 /// Every path served, with its methods (openapi.yaml documents exactly these; a test checks

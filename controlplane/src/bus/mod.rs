@@ -221,6 +221,22 @@ impl Bus {
         })
     }
 
+    /// (batches waiting for a writer, batches given to writers and not yet acknowledged): the
+    /// writers' lag, for health.
+    pub async fn writers_lag(&self) -> anyhow::Result<(u64, u64)> {
+        let at = &self.at;
+        let s = self
+            .js
+            .get_stream(BATCHES)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: stream {BATCHES}: {e}"))?;
+        let info = s
+            .consumer_info(WRITERS)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: consumer {WRITERS}: {e}"))?;
+        Ok((info.num_pending, info.num_ack_pending as u64))
+    }
+
     /// The writers' consumer: [`Bus::fetch`] takes batches from it.
     pub async fn writers(&self) -> anyhow::Result<Consumer> {
         let at = &self.at;

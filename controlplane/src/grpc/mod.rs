@@ -199,7 +199,16 @@ impl SensorIngestRpc for IngestService {
         let (name, rr) = (sensor.clone(), r.clone());
         let last = tokio::task::spawn_blocking(move || {
             stores.state.register(&name, &rr, now_ns())?;
-            stores.flows.last_stored_batch(&rr.instance_id)
+            // Only a hint for the sensor's spool (it drops what is stored, and numbers its
+            // next batches past it): when the flow store cannot answer, 0 drops nothing, and
+            // the sensor still streams (in cluster mode the bus takes its batches meanwhile).
+            Ok::<_, anyhow::Error>(match stores.flows.last_stored_batch(&rr.instance_id) {
+                Ok(last) => last,
+                Err(e) => {
+                    warn!(sensor = name, error = %format!("{e:#}"), "the flow store cannot say which batches it has; the sensor's spool is kept whole");
+                    0
+                }
+            })
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
