@@ -281,11 +281,34 @@ async fn serve(
         c.idle_timeout,
         shutdown_http,
     ));
+    // Cluster mode: the sensor detectors, on whichever replica holds their lease.
+    let detectors = match &bus {
+        None => None,
+        Some(bus) => {
+            let (bus, stores, config, replica, rt, stop) = (
+                bus.clone(),
+                stores.clone(),
+                c.detect,
+                replica.clone(),
+                tokio::runtime::Handle::current(),
+                stop.clone(),
+            );
+            Some(
+                std::thread::Builder::new()
+                    .name("detectors".into())
+                    .spawn(move || grpc::detectors::run(bus, stores, config, replica, rt, stop))?,
+            )
+        }
+    };
     let baselines_saved = serve_grpc(&c, stores, bus, grpc_caps).await?;
     let _ = stop_http.send(true);
     let _ = dispatcher.await;
     stop.store(true, Ordering::Relaxed);
     api.await?;
+    if let Some(d) = detectors {
+        // Its last checkpoint: the detectors' state saved, what it includes acknowledged.
+        let _ = tokio::task::spawn_blocking(move || d.join()).await;
+    }
     // What the sensor baselines learned since their last save is saved as the ingest ends.
     if let Some(saved) = baselines_saved {
         let waited =

@@ -312,6 +312,65 @@ pub fn batch(instance: &str, sensor: usize, id: u64, per: usize) -> ExportBatch 
     }
 }
 
+/// Batch `id` of simulated sensor `instance`: one unanswered SYN (a failed attempt) from each
+/// (source, destination, port) of `probes`, in the last minute.
+pub fn probe_batch(instance: &str, id: u64, probes: &[([u8; 4], [u8; 4], u32)]) -> ExportBatch {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    ExportBatch {
+        instance_id: instance.to_string(),
+        batch_id: id,
+        created_unix_ns: now,
+        flows: probes
+            .iter()
+            .enumerate()
+            .map(|(k, (src, dst, port))| FlowRecord {
+                iface: "eth0".into(),
+                src_ip: src.to_vec(),
+                dst_ip: dst.to_vec(),
+                src_port: 50000,
+                dst_port: *port,
+                protocol: 6,
+                packets: 1,
+                bytes: 44,
+                tcp_flags: 0x02,
+                start_unix_ns: now - 60_000_000_000 + k as u64 * 1_000_000,
+                end_unix_ns: now - 60_000_000_000 + k as u64 * 1_000_000 + 1,
+                observed: "egress".into(),
+                initiator_by: "syn".into(),
+                end_reason: "idle_timeout".into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Sends `batches` as a sensor with `key` to `addr` and waits for their acks (a thread and
+/// runtime of its own).
+pub fn send(addr: SocketAddr, key: &str, batches: Vec<ExportBatch>) -> SimReport {
+    let key = key.to_string();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(sim_sensor(
+                vec![addr],
+                0,
+                key,
+                batches,
+                Duration::ZERO,
+                Arc::new(AtomicU64::new(0)),
+                Duration::from_secs(60),
+            ))
+    })
+    .join()
+    .expect("sensor")
+}
+
 /// What a simulated sensor saw.
 #[derive(Debug, Default)]
 pub struct SimReport {
@@ -323,6 +382,8 @@ pub struct SimReport {
     pub moves: u64,
     /// The replicas (indexes into the addresses) that acknowledged something.
     pub served_by: Vec<usize>,
+    /// When the first ack came after each move.
+    pub resumed: Vec<Instant>,
 }
 
 /// Streams `batches` as a sensor with `key` to `addrs`, starting at `addrs[first]`: at most 16
@@ -390,6 +451,7 @@ pub async fn sim_sensor(
                 // Keeps the stream open until every ack came (the receiver ends it).
                 std::future::pending::<()>().await;
             });
+            let mut first = report.moves > 0;
             let result: anyhow::Result<()> = async {
                 while !pending.is_empty() {
                     let Some(a) = acks.message().await? else {
@@ -398,6 +460,10 @@ pub async fn sim_sensor(
                     let front = pending.pop_front().expect("a batch waits for this ack");
                     assert_eq!(a.batch_id, front.batch_id, "acks come in order");
                     report.acked += 1;
+                    if first {
+                        report.resumed.push(Instant::now());
+                        first = false;
+                    }
                     report.duplicates += u64::from(a.duplicate);
                     if !report.served_by.contains(&(at % addrs.len())) {
                         report.served_by.push(at % addrs.len());

@@ -22,6 +22,7 @@ use std::{
 use serde_json::Value;
 
 pub mod cluster;
+pub mod cluster_bench;
 pub mod harness;
 pub mod mmdb;
 pub mod pcap;

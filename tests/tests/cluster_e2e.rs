@@ -414,3 +414,106 @@ fn the_bus_killed_and_the_flow_store_away_lose_nothing() {
         "the flow store's outage is logged"
     );
 }
+
+/// A distributed scan of one host whose probes reach two sensors exporting to two different
+/// replicas: six sources, 10 ports each. Each replica alone stores three sources and 30 ports,
+/// below the detector's 4 sources and 40 ports; the detectors (one replica holds them) see
+/// all six and raise one alert. Then the replica holding the detectors is killed: the other
+/// takes them over once their lease expires, and the next such scan is one alert too.
+#[test]
+fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
+    use tests::cluster::{probe_batch, send};
+    let cluster = Cluster::start();
+    let (ka, kb) = (
+        cluster.add_sensor("sensor-a"),
+        cluster.add_sensor("sensor-b"),
+    );
+    let mut replicas = [cluster.replica("r0"), cluster.replica("r1")];
+    let scan = |target: [u8; 4], sources: std::ops::Range<u8>| -> Vec<([u8; 4], [u8; 4], u32)> {
+        sources
+            .flat_map(|s| {
+                (0..10u32).map(move |p| ([198, 51, 100, s], target, 1000 + s as u32 * 10 + p))
+            })
+            .collect()
+    };
+    let alerts_about = |target: &str| -> Vec<controlplane::model::Alert> {
+        cluster
+            .state()
+            .alerts(&controlplane::model::AlertQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .expect("alerts")
+            .into_iter()
+            .filter(|a| a.kind == "distributed_scan" && a.source == target)
+            .collect()
+    };
+    let t1 = [10, 0, 0, 5];
+    send(
+        replicas[0].grpc,
+        &ka,
+        vec![probe_batch("sensor-a", 1, &scan(t1, 1..4))],
+    );
+    send(
+        replicas[1].grpc,
+        &kb,
+        vec![probe_batch("sensor-b", 1, &scan(t1, 4..7))],
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "one distributed_scan alert",
+        || !alerts_about("10.0.0.5").is_empty(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let found = alerts_about("10.0.0.5");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    // Reported as the threshold is crossed (4 sources): sources from both sensors' batches,
+    // which two different replicas stored.
+    let t = &found[0].targets;
+    let from = |r: std::ops::Range<u8>| {
+        r.into_iter()
+            .any(|s| t.contains(&format!("198.51.100.{s}")))
+    };
+    assert!(
+        found[0].targets_total >= 4 && from(1..4) && from(4..7),
+        "{found:#?}"
+    );
+
+    // The holder of the detectors dies; the other replica takes them over.
+    let holder = cluster
+        .state()
+        .leases()
+        .expect("leases")
+        .into_iter()
+        .find(|l| l.name == "detectors")
+        .expect("a detectors lease")
+        .holder;
+    let (dead, alive) = if replicas[0].id() == holder {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    replicas[dead].kill();
+    let t2 = [10, 0, 0, 6];
+    send(
+        replicas[alive].grpc,
+        &ka,
+        vec![probe_batch("sensor-a", 2, &scan(t2, 1..4))],
+    );
+    send(
+        replicas[alive].grpc,
+        &kb,
+        vec![probe_batch("sensor-b", 2, &scan(t2, 4..7))],
+    );
+    wait_until(Duration::from_secs(90), "the other replica detects", || {
+        !alerts_about("10.0.0.6").is_empty()
+    });
+    assert_eq!(alerts_about("10.0.0.6").len(), 1);
+    assert!(
+        replicas[alive]
+            .log_text()
+            .contains("this replica runs the sensor detectors"),
+        "{}",
+        replicas[alive].log_text()
+    );
+}

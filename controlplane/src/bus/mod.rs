@@ -21,6 +21,17 @@ pub const BATCHES: &str = "PICKET_BATCHES";
 pub const BATCHES_SUBJECT: &str = "picket.batches";
 /// The writers' durable consumer of [`BATCHES`], shared by every replica.
 pub const WRITERS: &str = "writers";
+/// The stream of stored sensor batches, for the detectors.
+pub const DETECT: &str = "PICKET_DETECT";
+/// Its one subject.
+pub const DETECT_SUBJECT: &str = "picket.detect";
+/// The detectors' durable consumer of [`DETECT`]: taken by one replica at a time (the holder
+/// of the detectors' lease), acknowledged up to a message once the detectors' state that
+/// includes it is saved.
+pub const DETECTORS: &str = "detectors";
+/// How long batches given to the detectors may stay unacknowledged before they are given
+/// again: longer than the detectors' checkpoint interval.
+pub const DETECT_ACK_WAIT: Duration = Duration::from_secs(60);
 /// How long JetStream remembers a message id to refuse its duplicates.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(20 * 60);
 /// How long a batch given to a writer may stay unacknowledged before it is given again (to
@@ -142,15 +153,54 @@ impl Bus {
         Ok(bus)
     }
 
-    /// The stream and consumer every replica uses, made by whichever replica comes first.
+    /// The streams and consumers every replica uses, made by whichever replica comes first.
     async fn streams(&self) -> anyhow::Result<()> {
         let at = &self.at;
         let s = self
-            .js
+            .stream(
+                BATCHES,
+                BATCHES_SUBJECT,
+                "sensor batches waiting for the writers",
+                stream::RetentionPolicy::WorkQueue,
+            )
+            .await?;
+        s.get_or_create_consumer(WRITERS, Self::writers_config())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("the bus at {at}: cannot make the consumer {WRITERS} ({e})")
+            })?;
+        // Kept while a consumer has not acknowledged it (the detectors' consumer is durable,
+        // made here): a work queue would need an ack per message, and the detectors ack up to
+        // a message at once.
+        let d = self
+            .stream(
+                DETECT,
+                DETECT_SUBJECT,
+                "stored sensor batches waiting for the detectors",
+                stream::RetentionPolicy::Interest,
+            )
+            .await?;
+        d.get_or_create_consumer(DETECTORS, Self::detectors_config())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("the bus at {at}: cannot make the consumer {DETECTORS} ({e})")
+            })?;
+        Ok(())
+    }
+
+    async fn stream(
+        &self,
+        name: &str,
+        subject: &str,
+        what: &str,
+        retention: stream::RetentionPolicy,
+    ) -> anyhow::Result<jetstream::stream::Stream> {
+        let at = &self.at;
+        self.js
             .get_or_create_stream(stream::Config {
-                name: BATCHES.into(),
-                subjects: vec![BATCHES_SUBJECT.into()],
-                retention: stream::RetentionPolicy::WorkQueue,
+                name: name.into(),
+                subjects: vec![subject.into()],
+                retention,
                 storage: stream::StorageType::File,
                 // No limit of its own: the server's JetStream storage limit (`max_file_store`,
                 // by default most of its free disk) bounds it. Once it is reached (the writers
@@ -159,22 +209,28 @@ impl Bus {
                 max_bytes: -1,
                 discard: stream::DiscardPolicy::New,
                 duplicate_window: DUPLICATE_WINDOW,
-                description: Some("Picket: sensor batches waiting for the writers".into()),
+                description: Some(format!("Picket: {what}")),
                 ..Default::default()
             })
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "the bus at {at}: cannot make the stream {BATCHES} ({e}); is JetStream \
+                    "the bus at {at}: cannot make the stream {name} ({e}); is JetStream \
                      enabled on the server (nats-server -js)?"
                 )
-            })?;
-        s.get_or_create_consumer(WRITERS, Self::writers_config())
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("the bus at {at}: cannot make the consumer {WRITERS} ({e})")
-            })?;
-        Ok(())
+            })
+    }
+
+    fn detectors_config() -> pull::Config {
+        pull::Config {
+            durable_name: Some(DETECTORS.into()),
+            // Acknowledging a message acknowledges every one before it: the detectors ack the
+            // last message their saved state includes.
+            ack_policy: jetstream::consumer::AckPolicy::All,
+            ack_wait: DETECT_ACK_WAIT,
+            max_ack_pending: 100_000,
+            ..Default::default()
+        }
     }
 
     fn writers_config() -> pull::Config {
@@ -237,18 +293,34 @@ impl Bus {
         Ok((info.num_pending, info.num_ack_pending as u64))
     }
 
-    /// The writers' consumer: [`Bus::fetch`] takes batches from it.
+    /// The writers' consumer: [`Consumer::fetch`] takes batches from it.
     pub async fn writers(&self) -> anyhow::Result<Consumer> {
+        self.consumer(BATCHES, WRITERS, Self::writers_config())
+            .await
+    }
+
+    /// The detectors' consumer (for the holder of the detectors' lease).
+    pub async fn detectors(&self) -> anyhow::Result<Consumer> {
+        self.consumer(DETECT, DETECTORS, Self::detectors_config())
+            .await
+    }
+
+    async fn consumer(
+        &self,
+        stream: &str,
+        name: &str,
+        config: pull::Config,
+    ) -> anyhow::Result<Consumer> {
         let at = &self.at;
         let s = self
             .js
-            .get_stream(BATCHES)
+            .get_stream(stream)
             .await
-            .map_err(|e| anyhow::anyhow!("the bus at {at}: stream {BATCHES}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: stream {stream}: {e}"))?;
         let c = s
-            .get_or_create_consumer(WRITERS, Self::writers_config())
+            .get_or_create_consumer(name, config)
             .await
-            .map_err(|e| anyhow::anyhow!("the bus at {at}: consumer {WRITERS}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: consumer {name}: {e}"))?;
         Ok(Consumer {
             inner: c,
             at: self.at.clone(),

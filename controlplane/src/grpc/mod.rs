@@ -47,6 +47,7 @@ enum Turn {
 
 pub mod auth;
 pub mod convert;
+pub mod detectors;
 pub mod relay;
 
 /// What a queued batch's ack waits for: its transaction (or the bus's storing it).
@@ -98,7 +99,7 @@ impl IngestService {
         config: Config,
         bus: Option<(crate::bus::Bus, tokio::sync::watch::Receiver<bool>)>,
     ) -> Ingest {
-        let ingest = Arc::new(SensorIngest::start(stores.clone(), config));
+        let ingest = Arc::new(SensorIngest::start(stores.clone(), config, bus.is_none()));
         let finished = ingest.finished();
         let (route, relay) = match bus {
             None => (Route::Local(ingest), None),

@@ -62,6 +62,23 @@ fn decode(d: &Delivery) -> Result<crate::model::SensorBatch, String> {
     super::convert::batch(&sensor, b)
 }
 
+/// Publishes a stored batch's message to the detectors' stream, under its own message id;
+/// returns what tells when the stream stored it.
+async fn to_detectors(
+    bus: &Bus,
+    d: &Delivery,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<bus::Published>> + use<>> {
+    let id = d.header("Nats-Msg-Id").unwrap_or_default().to_string();
+    let sensor = d.header(bus::SENSOR_HEADER).unwrap_or_default().to_string();
+    bus.publish(
+        bus::DETECT_SUBJECT,
+        &id,
+        &[(bus::SENSOR_HEADER, &sensor)],
+        d.payload().clone(),
+    )
+    .await
+}
+
 /// Relays until `stop` turns true, then lets the batches taken finish.
 pub async fn run(bus: Bus, ingest: Arc<SensorIngest>, mut stop: watch::Receiver<bool>) {
     let consumer = loop {
@@ -77,10 +94,32 @@ pub async fn run(bus: Bus, ingest: Arc<SensorIngest>, mut stop: watch::Receiver<
         }
     };
     let (to_acker, mut groups) = mpsc::channel::<Vec<(Delivery, Outcome)>>(IN_FLIGHT);
+    let detect = bus.clone();
     let acker = tokio::spawn(async move {
         while let Some(group) = groups.recv().await {
+            // Stored batches go on to the detectors' stream (new or duplicates alike: a
+            // duplicate may be a batch stored by a replica that died before this step; the
+            // detectors' stream drops what it has by message id), then are acked here.
+            let mut stored = Vec::with_capacity(group.len());
             for (d, outcome) in group {
                 match SensorIngest::outcome(outcome).await {
+                    Ok(_) => match to_detectors(&detect, &d).await {
+                        Ok(published) => stored.push((d, published)),
+                        Err(e) => {
+                            STATS.retried.fetch_add(1, Ordering::Relaxed);
+                            warn!(error = %format!("{e:#}"), "a stored batch could not go on to the detectors; the bus gives it again");
+                            let _ = d.retry_after(RETRY_AFTER).await;
+                        }
+                    },
+                    Err(e) => {
+                        STATS.retried.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %format!("{e:#}"), retry_in_s = RETRY_AFTER.as_secs(), "a batch from the bus could not be stored; the bus gives it again");
+                        let _ = d.retry_after(RETRY_AFTER).await;
+                    }
+                }
+            }
+            for (d, published) in stored {
+                match published.await {
                     Ok(_) => {
                         STATS.stored.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = d.ack().await {
@@ -90,7 +129,7 @@ pub async fn run(bus: Bus, ingest: Arc<SensorIngest>, mut stop: watch::Receiver<
                     }
                     Err(e) => {
                         STATS.retried.fetch_add(1, Ordering::Relaxed);
-                        warn!(error = %format!("{e:#}"), retry_in_s = RETRY_AFTER.as_secs(), "a batch from the bus could not be stored; the bus gives it again");
+                        warn!(error = %format!("{e:#}"), "the detectors' stream did not take a stored batch; the bus gives it again");
                         let _ = d.retry_after(RETRY_AFTER).await;
                     }
                 }

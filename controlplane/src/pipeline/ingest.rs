@@ -21,19 +21,29 @@ pub struct SensorIngest {
 }
 
 impl SensorIngest {
-    /// Starts the writer thread and the sensor flows' detectors' thread.
-    pub fn start(stores: Stores, config: Config) -> Self {
+    /// Starts the writer thread and the sensor flows' detectors' thread. Without `detect`
+    /// (cluster mode, where the detectors take the stored batches from the bus) the batches
+    /// are only stored.
+    pub fn start(stores: Stores, config: Config, detect: bool) -> Self {
         let (writer, rx) = mpsc::channel(1024);
         let (to_flows, flows_rx) = std::sync::mpsc::sync_channel(DETECT_QUEUE);
         let (finished, finished_rx) = std::sync::mpsc::channel();
         let s = stores.clone();
         std::thread::Builder::new()
             .name("sensor-baselines".into())
-            .spawn(move || self::sensor_flows(s, config, flows_rx, finished))
+            .spawn(move || {
+                if detect {
+                    self::sensor_flows(s, config, flows_rx, finished)
+                } else {
+                    // Only frees the batches: the detectors (and their state) are elsewhere.
+                    for _ in flows_rx {}
+                    let _ = finished.send(());
+                }
+            })
             .expect("spawning the sensor flows' detectors' thread");
         std::thread::Builder::new()
             .name("batch-writer".into())
-            .spawn(move || self::writer(stores, config, rx, to_flows))
+            .spawn(move || self::writer(stores, config, detect, rx, to_flows))
             .expect("spawning the batch writer thread");
         SensorIngest {
             writer,
@@ -150,6 +160,7 @@ fn sensor_flows(
 fn writer(
     stores: Stores,
     config: Config,
+    detect: bool,
     mut rx: mpsc::Receiver<Pending>,
     to_flows: std::sync::mpsc::SyncSender<(SensorBatch, bool)>,
 ) {
@@ -177,7 +188,7 @@ fn writer(
         match results {
             Ok(results) => {
                 for (p, r) in group.into_iter().zip(results) {
-                    let new = matches!(r, Ok(Stored::New));
+                    let new = detect && matches!(r, Ok(Stored::New));
                     if new {
                         // Stored before it is looked at: a failure here loses no flow.
                         let updates = events.observe(&Input::batch(&p.batch));

@@ -923,6 +923,9 @@ enum Section {
     Stores,
     /// Only the gRPC ingest of the stores section.
     StoresIngest,
+    /// Cluster mode: records/s through 1 and 3 replicas on NATS, ClickHouse and PostgreSQL,
+    /// and failover time.
+    Cluster,
     /// The agent's drain of the kernel's flow table.
     Drain,
     /// The agent's CPU and memory under load.
@@ -998,6 +1001,9 @@ fn main() {
     }
     if only == Some(Section::StoresIngest) {
         tests::stores_bench::ingest_section(&mut report, quick);
+    }
+    if run(Section::Cluster) {
+        tests::cluster_bench::section(&mut report, quick);
     }
     if run(Section::Drain) {
         drain_section(&mut report);
