@@ -16,10 +16,10 @@ use crate::{
     cluster::{Cluster, batch, sim_sensor},
 };
 
-/// (seconds until every batch was acknowledged, seconds until every flow was stored) for
-/// `sensors` simulated sensors sending `batches` batches of `per` flows as fast as they are
-/// acknowledged, through `replicas` replicas.
-fn through(replicas: usize, sensors: usize, batches: u64, per: usize) -> (f64, f64) {
+/// (seconds until every batch was acknowledged, until every flow was stored, until the
+/// detectors had taken every batch) for `sensors` simulated sensors sending `batches` batches
+/// of `per` flows as fast as they are acknowledged, through `replicas` replicas.
+fn through(replicas: usize, sensors: usize, batches: u64, per: usize) -> (f64, f64, f64) {
     let cluster = Cluster::start();
     let keys: Vec<String> = (0..sensors)
         .map(|i| cluster.add_sensor(&format!("sim-{i}")))
@@ -73,7 +73,21 @@ fn through(replicas: usize, sensors: usize, batches: u64, per: usize) -> (f64, f
     }
     let stored_s = t0.elapsed().as_secs_f64();
     assert_eq!(cluster.sensor_totals().0, total);
-    (acked_s, stored_s)
+    let bus = rt
+        .block_on(controlplane::bus::Bus::connect(&cluster.nats.url(), None))
+        .expect("bus");
+    loop {
+        let (waiting, _) = rt.block_on(bus.detectors_lag()).expect("detectors' lag");
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the detectors did not catch up in 600 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (acked_s, stored_s, t0.elapsed().as_secs_f64())
 }
 
 /// Seconds from a replica's SIGKILL to the first acknowledgement its sensors got from another
@@ -137,12 +151,12 @@ pub fn section(report: &mut String, quick: bool) {
     writeln!(report, "### Cluster mode: replicas on NATS JetStream\n").ok();
     writeln!(
         report,
-        "{sensors} simulated sensors x {batches} batches of {per} flows, sent as fast as they are acknowledged. Every server (NATS, ClickHouse, PostgreSQL) and every replica runs on this machine. \"acked\" is the rate until the last batch was acknowledged to its sensor (stored by the bus); \"stored\" is the rate until the last flow was in ClickHouse. The reference is the embedded store's gRPC ingest in the same run.\n"
+        "{sensors} simulated sensors x {batches} batches of {per} flows, sent as fast as they are acknowledged. Every server (NATS, ClickHouse, PostgreSQL) and every replica runs on this machine. \"acked\" is the rate until the last batch was acknowledged to its sensor (stored by the bus); \"stored\" until the last flow was in ClickHouse; \"detected\" until the detectors had taken the last batch. The reference is the embedded store's gRPC ingest (stored and detected) in the same run.\n"
     )
     .ok();
     writeln!(
         report,
-        "| round | embedded, k flows/s | 1 replica: acked / stored, k flows/s | 3 replicas: acked / stored, k flows/s | stored, ratio to embedded (1 / 3 replicas) |\n|---|---|---|---|---|"
+        "| round | embedded, k flows/s | 1 replica: acked / stored / detected, k flows/s | 3 replicas: acked / stored / detected, k flows/s | stored, ratio to embedded (1 / 3 replicas) |\n|---|---|---|---|---|"
     )
     .ok();
     for round in 1..=if quick { 1 } else { 3 } {
@@ -153,16 +167,18 @@ pub fn section(report: &mut String, quick: bool) {
         cp.stop();
         drop(lab);
         let embedded = total / secs / 1e3;
-        let (a1, s1) = through(1, sensors, batches, per);
-        let (a3, s3) = through(3, sensors, batches, per);
+        let (a1, s1, d1) = through(1, sensors, batches, per);
+        let (a3, s3, d3) = through(3, sensors, batches, per);
         let k = |s: f64| total / s / 1e3;
         writeln!(
             report,
-            "| {round} | {embedded:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2} / {:.2} |",
+            "| {round} | {embedded:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {:.2} / {:.2} |",
             k(a1),
             k(s1),
+            k(d1),
             k(a3),
             k(s3),
+            k(d3),
             k(s1) / embedded,
             k(s3) / embedded
         )

@@ -59,10 +59,8 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
         None => (Value::Null, true),
         Some(bus) => {
             let relay = &crate::grpc::relay::STATS;
-            // Bounded: health answers within seconds even when the bus does not.
-            let lag = tokio::time::timeout(std::time::Duration::from_secs(2), bus.writers_lag())
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the bus did not answer within 2 s")));
+            let lag = within_2s(bus.writers_lag()).await;
+            let detect = within_2s(bus.detectors_lag()).await;
             if let Err(e) = &lag {
                 tracing::warn!(error = %format!("{e:#}"), "health: the bus does not answer");
             }
@@ -71,6 +69,7 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
                     "status": if lag.is_ok() { "ok" } else { "unreachable" },
                     "batches_waiting": lag.as_ref().ok().map(|l| l.0),
                     "batches_with_writers": lag.as_ref().ok().map(|l| l.1),
+                    "batches_waiting_for_detectors": detect.as_ref().ok().map(|l| l.0),
                     "relay": {
                         "stored": relay.stored.load(Relaxed),
                         "retried": relay.retried.load(Relaxed),
@@ -111,6 +110,16 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// `f`, or an error if it takes over 2 s (health answers within seconds even when the bus
+/// does not).
+async fn within_2s<T>(
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(std::time::Duration::from_secs(2), f)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the bus did not answer within 2 s")))
 }
 
 pub(super) async fn sensors(State(api): State<Api>) -> Result<Json<Value>, ApiError> {

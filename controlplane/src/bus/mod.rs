@@ -280,16 +280,25 @@ impl Bus {
     /// (batches waiting for a writer, batches given to writers and not yet acknowledged): the
     /// writers' lag, for health.
     pub async fn writers_lag(&self) -> anyhow::Result<(u64, u64)> {
+        self.lag(BATCHES, WRITERS).await
+    }
+
+    /// The same of the detectors' consumer.
+    pub async fn detectors_lag(&self) -> anyhow::Result<(u64, u64)> {
+        self.lag(DETECT, DETECTORS).await
+    }
+
+    async fn lag(&self, stream: &str, consumer: &str) -> anyhow::Result<(u64, u64)> {
         let at = &self.at;
         let s = self
             .js
-            .get_stream(BATCHES)
+            .get_stream(stream)
             .await
-            .map_err(|e| anyhow::anyhow!("the bus at {at}: stream {BATCHES}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: stream {stream}: {e}"))?;
         let info = s
-            .consumer_info(WRITERS)
+            .consumer_info(consumer)
             .await
-            .map_err(|e| anyhow::anyhow!("the bus at {at}: consumer {WRITERS}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: consumer {consumer}: {e}"))?;
         Ok((info.num_pending, info.num_ack_pending as u64))
     }
 
