@@ -138,7 +138,27 @@ impl Cluster {
     /// reaches ClickHouse and NATS through forwarders of this process and PostgreSQL through
     /// its Unix socket.
     pub fn replica_in(&self, ns: Option<&str>, name: &str) -> Replica {
+        self.replica_with(ns, name, &[])
+    }
+
+    /// As [`Cluster::replica`], serving sensors at `grpc`.
+    pub fn replica_at(&self, name: &str, grpc: SocketAddr) -> Replica {
+        self.spawn(None, name, grpc, &[])
+    }
+
+    /// As [`Cluster::replica_in`], with more environment (a failpoint, say).
+    pub fn replica_with(&self, ns: Option<&str>, name: &str, more: &[(&str, &str)]) -> Replica {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        self.spawn(ns, name, grpc, more)
+    }
+
+    fn spawn(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        grpc: SocketAddr,
+        more: &[(&str, &str)],
+    ) -> Replica {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = self.dir.0.join(format!("{name}.log"));
         let mut env = self.env();
@@ -171,6 +191,7 @@ impl Cluster {
             .arg("--http-listen")
             .arg(http.to_string())
             .env("RUST_LOG", "info")
+            .envs(more.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("log file"))

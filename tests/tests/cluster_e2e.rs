@@ -517,3 +517,64 @@ fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
         replicas[alive].log_text()
     );
 }
+
+/// A writer killed exactly between its insert and its ack: replica 0 (alone at first) stores
+/// its first group of batches in ClickHouse, then ends abruptly before the bus hears of it (a
+/// debug-build failpoint). Replica 1, started then, gets those batches again from the bus after
+/// its ack wait and finds them stored: every flow counts once.
+#[test]
+fn a_writer_killed_between_its_insert_and_its_ack_counts_nothing_twice() {
+    const BATCHES: u64 = 20;
+    const PER: usize = 500;
+    let cluster = Cluster::start();
+    let key = cluster.add_sensor("sim-0");
+    let mut r0 = cluster.replica_with(None, "r0", &[("PICKET_FAILPOINT", "relay-exit-before-ack")]);
+    let r1_grpc: std::net::SocketAddr = format!("127.0.0.1:{}", tests::servers::free_port())
+        .parse()
+        .expect("addr");
+    let addrs = vec![r0.grpc, r1_grpc];
+    let acked = Arc::new(AtomicU64::new(0));
+    let acked2 = acked.clone();
+    let sensor = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(sim_sensor(
+                addrs,
+                0,
+                key,
+                (1..=BATCHES).map(|b| batch("sim-0", 0, b, PER)).collect(),
+                Duration::from_millis(20),
+                acked2,
+                Duration::from_secs(180),
+            ))
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "replica 0 at its failpoint",
+        || r0.log_text().contains("failpoint relay-exit-before-ack"),
+    );
+    r0.kill();
+    // Its insert is in ClickHouse, its ack is not on the bus.
+    let half = cluster.sensor_totals().0;
+    assert!(half > 0, "the killed writer's insert committed");
+    let r1 = cluster.replica_at("r1", r1_grpc);
+    let report = sensor.join().expect("sensor");
+    assert_eq!(report.acked, BATCHES, "{report:?}");
+    let flows = BATCHES * PER as u64;
+    let t0 = std::time::Instant::now();
+    while cluster.sensor_totals().0 < flows && t0.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cluster.sensor_totals(),
+        (flows, flows * 10),
+        "{half} flows were in before the kill; {}",
+        r1.log_text()
+    );
+    let (_, h) = r1.health();
+    assert_eq!(h["bus"]["batches_waiting"], 0, "{h}");
+    assert_eq!(h["bus"]["batches_with_writers"], 0, "{h}");
+}

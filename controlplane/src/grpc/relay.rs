@@ -62,6 +62,21 @@ fn decode(d: &Delivery) -> Result<crate::model::SensorBatch, String> {
     super::convert::batch(&sensor, b)
 }
 
+/// Debug builds only, for the test that kills a writer between its insert and its ack: with
+/// `PICKET_FAILPOINT=relay-exit-before-ack`, the process ends abruptly (as SIGKILL would) once
+/// a group of batches is stored, before the bus hears of it.
+fn failpoint_exit_before_ack(stored: usize) {
+    if cfg!(debug_assertions)
+        && stored > 0
+        && std::env::var("PICKET_FAILPOINT").as_deref() == Ok("relay-exit-before-ack")
+    {
+        eprintln!(
+            "failpoint relay-exit-before-ack: {stored} batch(es) stored, exiting before the bus's ack"
+        );
+        std::process::abort();
+    }
+}
+
 /// Publishes a stored batch's message to the detectors' stream, under its own message id;
 /// returns what tells when the stream stored it.
 async fn to_detectors(
@@ -118,6 +133,7 @@ pub async fn run(bus: Bus, ingest: Arc<SensorIngest>, mut stop: watch::Receiver<
                     }
                 }
             }
+            failpoint_exit_before_ack(stored.len());
             for (d, published) in stored {
                 match published.await {
                     Ok(_) => {
