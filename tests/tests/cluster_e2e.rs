@@ -76,7 +76,12 @@ fn a_replica_killed_mid_stream_loses_nothing_and_doubles_nothing() {
     for (i, r) in reports.iter().enumerate() {
         assert_eq!(r.acked, BATCHES, "sensor {i}: {r:?}");
         if i % 3 == 0 {
-            assert!(r.moves >= 1 && r.served_by.len() >= 2, "sensor {i}: {r:?}");
+            // Moved, and served by another replica (under load a sensor may not have had an
+            // ack from replica 0 before it died).
+            assert!(
+                r.moves >= 1 && r.served_by.iter().any(|&s| s != 0),
+                "sensor {i}: {r:?}"
+            );
         }
     }
     assert!(moved.len() >= SENSORS / 3, "{moved:?}");
