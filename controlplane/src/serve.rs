@@ -177,7 +177,11 @@ pub fn run(c: Config) -> anyhow::Result<()> {
     let bus = match &c.bus {
         None => None,
         Some(b) => {
-            let bus = rt.block_on(crate::bus::Bus::connect(&b.url, b.password.as_deref()))?;
+            let bus = rt.block_on(crate::bus::Bus::connect(
+                &b.url,
+                b.password.as_deref(),
+                crate::detect::partition::PARTITIONS,
+            ))?;
             info!(
                 bus = bus.at,
                 "cluster mode: sensor batches go through the bus"

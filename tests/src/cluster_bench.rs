@@ -74,7 +74,11 @@ fn through(replicas: usize, sensors: usize, batches: u64, per: usize) -> (f64, f
     let stored_s = t0.elapsed().as_secs_f64();
     assert_eq!(cluster.sensor_totals().0, total);
     let bus = rt
-        .block_on(controlplane::bus::Bus::connect(&cluster.nats.url(), None))
+        .block_on(controlplane::bus::Bus::connect(
+            &cluster.nats.url(),
+            None,
+            controlplane::detect::partition::PARTITIONS,
+        ))
         .expect("bus");
     loop {
         let (waiting, _) = rt.block_on(bus.detectors_lag()).expect("detectors' lag");

@@ -422,9 +422,10 @@ fn the_bus_killed_and_the_flow_store_away_lose_nothing() {
 
 /// A distributed scan of one host whose probes reach two sensors exporting to two different
 /// replicas: six sources, 10 ports each. Each replica alone stores three sources and 30 ports,
-/// below the detector's 4 sources and 40 ports; the detectors (one replica holds them) see
-/// all six and raise one alert. Then the replica holding the detectors is killed: the other
-/// takes them over once their lease expires, and the next such scan is one alert too.
+/// below the detector's 4 sources and 40 ports; the detectors of the target's partition (one
+/// replica holds it) see all six and raise one alert. The eight partitions spread four and
+/// four. Then the replica holding the next target's partition is killed: the other takes every
+/// partition over once the leases expire, and the next such scan is one alert too.
 #[test]
 fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
     use tests::cluster::{probe_batch, send};
@@ -484,14 +485,36 @@ fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
         "{found:#?}"
     );
 
-    // The holder of the detectors dies; the other replica takes them over.
+    // The partitions spread: four each.
+    let held = |r: &tests::cluster::Replica| -> Vec<u64> {
+        let (_, h) = r.health();
+        h["bus"]["detectors"]["partitions"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(30), "four partitions each", || {
+        held(&replicas[0]).len() == 4 && held(&replicas[1]).len() == 4
+    });
+    let (mut a, b) = (held(&replicas[0]), held(&replicas[1]));
+    a.extend(&b);
+    a.sort();
+    assert_eq!(a, (0..8).collect::<Vec<u64>>(), "each partition once");
+    let (_, h) = replicas[0].health();
+    assert_eq!(h["bus"]["detectors"]["replicas"], 2, "{h:#}");
+
+    // The holder of the target's partition dies; the other replica takes it over.
+    let partition = controlplane::detect::partition::of_flow(
+        "198.51.100.1".parse().unwrap(),
+        "10.0.0.6".parse().unwrap(),
+    );
     let holder = cluster
         .state()
         .leases()
         .expect("leases")
         .into_iter()
-        .find(|l| l.name == "detectors")
-        .expect("a detectors lease")
+        .find(|l| l.name == format!("detectors/{partition}"))
+        .expect("the partition's lease")
         .holder;
     let (dead, alive) = if replicas[0].id() == holder {
         (0, 1)
@@ -514,10 +537,15 @@ fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
         !alerts_about("10.0.0.6").is_empty()
     });
     assert_eq!(alerts_about("10.0.0.6").len(), 1);
+    wait_until(
+        Duration::from_secs(60),
+        "every partition on the survivor",
+        || held(&replicas[alive]).len() == 8,
+    );
     assert!(
         replicas[alive]
             .log_text()
-            .contains("this replica runs the sensor detectors"),
+            .contains("this replica runs a detectors' partition"),
         "{}",
         replicas[alive].log_text()
     );

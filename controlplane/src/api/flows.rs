@@ -70,6 +70,8 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
                     "batches_waiting": lag.as_ref().ok().map(|l| l.0),
                     "batches_with_writers": lag.as_ref().ok().map(|l| l.1),
                     "batches_waiting_for_detectors": detect.as_ref().ok().map(|l| l.0),
+                    "batches_with_detectors": detect.as_ref().ok().map(|l| l.1),
+                    "detectors": crate::grpc::detectors::share(),
                     "relay": {
                         "stored": relay.stored.load(Relaxed),
                         "retried": relay.retried.load(Relaxed),

@@ -21,14 +21,21 @@ pub const BATCHES: &str = "PICKET_BATCHES";
 pub const BATCHES_SUBJECT: &str = "picket.batches";
 /// The writers' durable consumer of [`BATCHES`], shared by every replica.
 pub const WRITERS: &str = "writers";
-/// The stream of stored sensor batches, for the detectors.
+/// The stream of stored sensor batches, split by the detectors' partitions
+/// (`detect::partition`), one subject each ([`detect_subject`]).
 pub const DETECT: &str = "PICKET_DETECT";
-/// Its one subject.
-pub const DETECT_SUBJECT: &str = "picket.detect";
-/// The detectors' durable consumer of [`DETECT`]: taken by one replica at a time (the holder
-/// of the detectors' lease), acknowledged up to a message once the detectors' state that
-/// includes it is saved.
-pub const DETECTORS: &str = "detectors";
+/// Its subjects.
+pub const DETECT_SUBJECTS: &str = "picket.detect.*";
+/// The subject of a partition's records.
+pub fn detect_subject(partition: u32) -> String {
+    format!("picket.detect.{partition}")
+}
+/// The durable consumer of a partition's subject of [`DETECT`]: taken by one replica at a time
+/// (the holder of the partition's lease), acknowledged up to a message once the partition's
+/// detectors' state that includes it is saved.
+pub fn detectors_consumer(partition: u32) -> String {
+    format!("detectors-{partition}")
+}
 /// How long batches given to the detectors may stay unacknowledged before they are given
 /// again: longer than the detectors' checkpoint interval.
 pub const DETECT_ACK_WAIT: Duration = Duration::from_secs(60);
@@ -46,6 +53,8 @@ pub struct Bus {
     js: jetstream::Context,
     /// The server, for messages (without credentials).
     pub at: String,
+    /// How many partitions the detectors' stream has (`detect::partition::PARTITIONS`).
+    partitions: u32,
 }
 
 /// What became of a published message.
@@ -121,7 +130,12 @@ impl Bus {
     /// replaces a password in the URL) and makes sure the streams and consumers exist. Fails
     /// with a sentence that says what to do when the server cannot be reached, refuses the
     /// credentials, or has no JetStream.
-    pub async fn connect(url: &str, password: Option<&str>) -> anyhow::Result<Bus> {
+    /// `partitions` is the number of the detectors' partitions, one consumer each.
+    pub async fn connect(
+        url: &str,
+        password: Option<&str>,
+        partitions: u32,
+    ) -> anyhow::Result<Bus> {
         let at = shown(url);
         let parsed = url::Url::parse(url)
             .map_err(|e| anyhow::anyhow!("--bus: `{at}` is not a URL ({e})"))?;
@@ -148,7 +162,7 @@ impl Bus {
             )
         })?;
         let js = jetstream::new(client);
-        let bus = Bus { js, at };
+        let bus = Bus { js, at, partitions };
         bus.streams().await?;
         Ok(bus)
     }
@@ -175,16 +189,19 @@ impl Bus {
         let d = self
             .stream(
                 DETECT,
-                DETECT_SUBJECT,
+                DETECT_SUBJECTS,
                 "stored sensor batches waiting for the detectors",
                 stream::RetentionPolicy::Interest,
             )
             .await?;
-        d.get_or_create_consumer(DETECTORS, Self::detectors_config())
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("the bus at {at}: cannot make the consumer {DETECTORS} ({e})")
-            })?;
+        for p in 0..self.partitions {
+            let name = detectors_consumer(p);
+            d.get_or_create_consumer(&name, Self::detectors_config(p))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("the bus at {at}: cannot make the consumer {name} ({e})")
+                })?;
+        }
         Ok(())
     }
 
@@ -196,8 +213,9 @@ impl Bus {
         retention: stream::RetentionPolicy,
     ) -> anyhow::Result<jetstream::stream::Stream> {
         let at = &self.at;
+        // Made, or brought to this version's settings (subjects included) if it exists.
         self.js
-            .get_or_create_stream(stream::Config {
+            .create_or_update_stream(stream::Config {
                 name: name.into(),
                 subjects: vec![subject.into()],
                 retention,
@@ -218,12 +236,17 @@ impl Bus {
                     "the bus at {at}: cannot make the stream {name} ({e}); is JetStream \
                      enabled on the server (nats-server -js)?"
                 )
-            })
+            })?;
+        self.js
+            .get_stream(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: stream {name}: {e}"))
     }
 
-    fn detectors_config() -> pull::Config {
+    fn detectors_config(partition: u32) -> pull::Config {
         pull::Config {
-            durable_name: Some(DETECTORS.into()),
+            durable_name: Some(detectors_consumer(partition)),
+            filter_subject: detect_subject(partition),
             // Acknowledging a message acknowledges every one before it: the detectors ack the
             // last message their saved state includes.
             ack_policy: jetstream::consumer::AckPolicy::All,
@@ -249,7 +272,7 @@ impl Bus {
     /// is what a sender waits on before it acknowledges anything upstream.
     pub async fn publish(
         &self,
-        subject: &'static str,
+        subject: &str,
         id: &str,
         headers: &[(&'static str, &str)],
         payload: Bytes,
@@ -262,7 +285,7 @@ impl Bus {
         let at = self.at.clone();
         let ack = self
             .js
-            .publish_with_headers(subject, h, payload)
+            .publish_with_headers(subject.to_string(), h, payload)
             .await
             .map_err(|e| anyhow::anyhow!("the bus at {at}: publishing failed ({e})"))?;
         Ok(async move {
@@ -283,9 +306,14 @@ impl Bus {
         self.lag(BATCHES, WRITERS).await
     }
 
-    /// The same of the detectors' consumer.
+    /// The same of the detectors' consumers, summed over the partitions.
     pub async fn detectors_lag(&self) -> anyhow::Result<(u64, u64)> {
-        self.lag(DETECT, DETECTORS).await
+        let mut sum = (0, 0);
+        for p in 0..self.partitions {
+            let (waiting, out) = self.lag(DETECT, &detectors_consumer(p)).await?;
+            sum = (sum.0 + waiting, sum.1 + out);
+        }
+        Ok(sum)
     }
 
     async fn lag(&self, stream: &str, consumer: &str) -> anyhow::Result<(u64, u64)> {
@@ -308,10 +336,14 @@ impl Bus {
             .await
     }
 
-    /// The detectors' consumer (for the holder of the detectors' lease).
-    pub async fn detectors(&self) -> anyhow::Result<Consumer> {
-        self.consumer(DETECT, DETECTORS, Self::detectors_config())
-            .await
+    /// A partition's detectors' consumer (for the holder of its lease).
+    pub async fn detectors(&self, partition: u32) -> anyhow::Result<Consumer> {
+        self.consumer(
+            DETECT,
+            &detectors_consumer(partition),
+            Self::detectors_config(partition),
+        )
+        .await
     }
 
     async fn consumer(

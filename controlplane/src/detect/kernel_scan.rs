@@ -81,26 +81,46 @@ pub fn scan_event_findings(sensor: &str, e: &ScanEvent) -> Vec<Finding> {
         push(
             "port_scan",
             port_scan_severity(e.distinct_ports),
-            // Decoys send the same probes: a SYN scan and a UDP scan of one host are two scans.
-            format!("port_scan {dst} {}", e.probe),
+            port_scan_target(e),
         );
     }
     if e.reason.iter().any(|r| r == "hosts") {
         push(
             "address_sweep",
             sweep_severity(e.distinct_hosts),
-            format!(
-                "address_sweep {}/{}",
-                match e.probe.as_str() {
-                    "udp" => UDP,
-                    "icmp_echo" => 1,
-                    _ => TCP,
-                },
-                e.last_dst_port
-            ),
+            sweep_target(e),
         );
     }
     out
+}
+
+/// What a port scan event was against, for decoy grouping. Decoys send the same probes: a SYN
+/// scan and a UDP scan of one host are two scans.
+fn port_scan_target(e: &ScanEvent) -> String {
+    format!("port_scan {} {}", e.last_dst_ip, e.probe)
+}
+
+/// What a sweep event was against: the protocol and port swept.
+fn sweep_target(e: &ScanEvent) -> String {
+    format!(
+        "address_sweep {}/{}",
+        match e.probe.as_str() {
+            "udp" => UDP,
+            "icmp_echo" => 1,
+            _ => TCP,
+        },
+        e.last_dst_port
+    )
+}
+
+/// What decoy grouping groups an event under (the port scan's when it crossed both
+/// thresholds): the key of its cluster-mode partition ([`super::partition`]).
+pub fn group_target(e: &ScanEvent) -> String {
+    if e.reason.iter().any(|r| r == "ports") || !e.reason.iter().any(|r| r == "hosts") {
+        port_scan_target(e)
+    } else {
+        sweep_target(e)
+    }
 }
 
 /// The kernel scan events of a sensor batch (see the module's documentation).

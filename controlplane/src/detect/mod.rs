@@ -40,6 +40,7 @@ pub mod exfiltration;
 pub mod fanout;
 pub mod kernel_scan;
 pub mod novelty;
+pub mod partition;
 pub mod reject_storm;
 pub mod slow_scan;
 pub mod watchlist;
@@ -115,7 +116,7 @@ pub struct Output {
 /// baselines and an import's learn apart).
 pub struct State<'a> {
     pub store: &'a dyn StateStore,
-    pub prefix: &'static str,
+    pub prefix: &'a str,
 }
 
 impl State<'_> {
@@ -308,7 +309,8 @@ pub const REGISTRY: &[Entry] = &[
 
 /// The detectors of one feed, in the registry's order.
 pub struct Detectors {
-    feed: Feed,
+    /// Where their state is saved: the feed's prefix, or a partition's ([`partition`]).
+    prefix: String,
     list: Vec<Box<dyn Detector>>,
 }
 
@@ -316,7 +318,7 @@ impl Detectors {
     /// Nothing learned yet.
     pub fn new(feed: Feed, config: &Config) -> Self {
         Detectors {
-            feed,
+            prefix: feed.state_prefix().to_string(),
             list: REGISTRY
                 .iter()
                 .filter(|e| e.feeds.contains(&feed))
@@ -327,19 +329,26 @@ impl Detectors {
 
     /// With what they saved in `store` before.
     pub fn load(feed: Feed, config: &Config, store: &dyn StateStore) -> anyhow::Result<Self> {
+        Self::load_under(feed, config, store, feed.state_prefix().to_string())
+    }
+
+    /// With what they saved under `prefix` before (a partition's detectors, in cluster mode).
+    pub fn load_under(
+        feed: Feed,
+        config: &Config,
+        store: &dyn StateStore,
+        prefix: String,
+    ) -> anyhow::Result<Self> {
         let mut d = Detectors::new(feed, config);
-        let state = d.state(store);
+        d.prefix = prefix;
+        let state = State {
+            store,
+            prefix: &d.prefix,
+        };
         for x in &mut d.list {
             x.load(&state)?;
         }
         Ok(d)
-    }
-
-    fn state<'a>(&self, store: &'a dyn StateStore) -> State<'a> {
-        State {
-            store,
-            prefix: self.feed.state_prefix(),
-        }
     }
 
     /// Runs every detector over `input`; the alert updates in data-time order.
@@ -370,7 +379,10 @@ impl Detectors {
 
     /// Saves what each detector learned since the last save.
     pub fn save(&mut self, store: &dyn StateStore) -> anyhow::Result<()> {
-        let state = self.state(store);
+        let state = State {
+            store,
+            prefix: &self.prefix,
+        };
         for d in &mut self.list {
             d.save(&state)?;
         }
@@ -379,7 +391,10 @@ impl Detectors {
 
     /// Reads again what users change while the detectors run (the watchlist).
     pub fn reload(&mut self, store: &dyn StateStore) -> anyhow::Result<()> {
-        let state = self.state(store);
+        let state = State {
+            store,
+            prefix: &self.prefix,
+        };
         for d in &mut self.list {
             d.reload(&state)?;
         }

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use picket_proto::v1 as pb;
 
 use crate::{
+    detect::partition,
     model::{
         Action, Flow, Heartbeat, Interface, LoginEvent, PodContext, ProbeRecord, Registration,
         ScanEvent, SensorBatch, SensorMeta, Source,
@@ -165,6 +166,53 @@ fn login(a: pb::AuthEvent) -> Result<LoginEvent, String> {
         outcome: a.outcome,
         user: a.user,
     })
+}
+
+/// A stored batch split by the sensor detectors' partitions ([`partition`]): (partition, the
+/// batch's records of it) for each partition that has any, in partition order. Every record
+/// goes to exactly one; each part keeps the batch's instance, id, time and host.
+pub fn split(b: pb::ExportBatch) -> Result<Vec<(u32, pb::ExportBatch)>, String> {
+    let mut parts: Vec<pb::ExportBatch> = (0..partition::PARTITIONS)
+        .map(|_| pb::ExportBatch {
+            instance_id: b.instance_id.clone(),
+            batch_id: b.batch_id,
+            created_unix_ns: b.created_unix_ns,
+            host: b.host.clone(),
+            ..Default::default()
+        })
+        .collect();
+    for (i, f) in b.flows.into_iter().enumerate() {
+        let p = addr(&f.src_ip)
+            .and_then(|s| Ok(partition::of_flow(s, addr(&f.dst_ip)?)))
+            .map_err(|e| format!("flow #{i}: {e}"))?;
+        parts[p as usize].flows.push(f);
+    }
+    for (i, e) in b.scans.into_iter().enumerate() {
+        let p = scan(e.clone())
+            .map(|s| partition::of_scan(&s))
+            .map_err(|e| format!("scan event #{i}: {e}"))?;
+        parts[p as usize].scans.push(e);
+    }
+    for (i, r) in b.probes.into_iter().enumerate() {
+        let p = addr(&r.src_ip)
+            .map(partition::of_probe)
+            .map_err(|e| format!("probe record #{i}: {e}"))?;
+        parts[p as usize].probes.push(r);
+    }
+    for (i, a) in b.auth.into_iter().enumerate() {
+        let p = login(a.clone())
+            .map(|l| partition::of_login(&l))
+            .map_err(|e| format!("auth event #{i}: {e}"))?;
+        parts[p as usize].auth.push(a);
+    }
+    Ok(parts
+        .into_iter()
+        .enumerate()
+        .filter(|(_, b)| {
+            !(b.flows.is_empty() && b.scans.is_empty() && b.probes.is_empty() && b.auth.is_empty())
+        })
+        .map(|(p, b)| (p as u32, b))
+        .collect())
 }
 
 /// A registration, or why it is malformed.
@@ -350,6 +398,78 @@ mod tests {
         assert_eq!(
             refused(|b| b.probes = vec![probe]),
             "probe record #0: protocol 300 is out of range (0 to 255)"
+        );
+    }
+
+    #[test]
+    fn a_batch_splits_by_partition_with_every_record_once() {
+        let mut b = export(Vec::new());
+        b.created_unix_ns = 99;
+        // 200 flows between 20 internal servers and external clients, both ways.
+        for i in 0..200u8 {
+            let mut f = record();
+            let server = vec![10, 0, 1, i % 20];
+            let client = vec![198, 51, 100, i];
+            if i % 2 == 0 {
+                (f.src_ip, f.dst_ip) = (client, server);
+            } else {
+                (f.src_ip, f.dst_ip) = (server, client);
+            }
+            f.src_port = u32::from(i);
+            b.flows.push(f);
+        }
+        b.scans = (0..10u8)
+            .map(|i| pb::ScanEvent {
+                src_ip: vec![203, 0, 113, i],
+                last_dst_ip: vec![10, 0, 1, 1],
+                reason: vec!["ports".into()],
+                probe: "syn".into(),
+                ..Default::default()
+            })
+            .collect();
+        b.auth = (0..10u8)
+            .map(|i| pb::AuthEvent {
+                src_ip: vec![203, 0, 113, i],
+                ..Default::default()
+            })
+            .collect();
+        b.probes = vec![pb::ProbeRecord {
+            src_ip: vec![203, 0, 113, 1],
+            ..Default::default()
+        }];
+        let parts = split(b.clone()).expect("valid");
+        assert!(parts.len() > 2, "20 servers spread over partitions");
+        let mut flows = 0;
+        for (p, part) in &parts {
+            assert_eq!((part.instance_id.as_str(), part.batch_id), ("i-1", 7));
+            assert_eq!(part.created_unix_ns, 99);
+            for f in &part.flows {
+                let server = if f.src_ip[0] == 10 {
+                    &f.src_ip
+                } else {
+                    &f.dst_ip
+                };
+                // Every flow of one server in one partition, whichever way it went.
+                assert_eq!(
+                    partition::of_flow(addr(server).unwrap(), addr(server).unwrap()),
+                    *p
+                );
+            }
+            flows += part.flows.len();
+        }
+        assert_eq!(flows, 200);
+        // Decoys of one scan (ten sources, one target) stay together.
+        let with_scans: Vec<_> = parts.iter().filter(|(_, b)| !b.scans.is_empty()).collect();
+        assert_eq!(with_scans.len(), 1);
+        assert_eq!(with_scans[0].1.scans.len(), 10);
+        assert_eq!(parts.iter().map(|(_, b)| b.auth.len()).sum::<usize>(), 10);
+        assert_eq!(parts.iter().map(|(_, b)| b.probes.len()).sum::<usize>(), 1);
+        // What does not convert is refused as `batch` refuses it.
+        let mut bad = b;
+        bad.flows[3].dst_ip = vec![1, 2];
+        assert_eq!(
+            split(bad).unwrap_err(),
+            "flow #3: an IP address must be 4 or 16 bytes, got 2"
         );
     }
 }

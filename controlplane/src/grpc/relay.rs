@@ -77,21 +77,42 @@ fn failpoint_exit_before_ack(stored: usize) {
     }
 }
 
-/// Publishes a stored batch's message to the detectors' stream, under its own message id;
-/// returns what tells when the stream stored it.
+/// Publishes a stored batch's records to the detectors' stream, one message per partition
+/// that has any (`detect::partition`), each under the batch's message id and its partition;
+/// returns what tells when the stream stored them all.
 async fn to_detectors(
     bus: &Bus,
     d: &Delivery,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<bus::Published>> + use<>> {
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + use<>> {
     let id = d.header("Nats-Msg-Id").unwrap_or_default().to_string();
     let sensor = d.header(bus::SENSOR_HEADER).unwrap_or_default().to_string();
-    bus.publish(
-        bus::DETECT_SUBJECT,
-        &id,
-        &[(bus::SENSOR_HEADER, &sensor)],
-        d.payload().clone(),
-    )
-    .await
+    let batch = ExportBatch::decode(d.payload().clone())?;
+    let parts = super::convert::split(batch).map_err(|e| anyhow::anyhow!(e))?;
+    let mut stored = Vec::with_capacity(parts.len());
+    for (p, part) in parts {
+        stored.push(
+            bus.publish(
+                &bus::detect_subject(p),
+                &format!("{id}/{p}"),
+                &[(bus::SENSOR_HEADER, &sensor)],
+                part.encode_to_vec().into(),
+            )
+            .await?,
+        );
+    }
+    Ok(async move {
+        for s in stored {
+            s.await?;
+        }
+        Ok(())
+    })
+}
+
+/// A batch handed back to the bus, which gives it again after [`RETRY_AFTER`].
+async fn retry(d: &Delivery, why: &str, e: &anyhow::Error) {
+    STATS.retried.fetch_add(1, Ordering::Relaxed);
+    warn!(error = %format!("{e:#}"), retry_in_s = RETRY_AFTER.as_secs(), "{why}; the bus gives it again");
+    let _ = d.retry_after(RETRY_AFTER).await;
 }
 
 /// Relays until `stop` turns true, then lets the batches taken finish.
@@ -121,22 +142,16 @@ pub async fn run(bus: Bus, ingest: Arc<SensorIngest>, mut stop: watch::Receiver<
                     Ok(_) => match to_detectors(&detect, &d).await {
                         Ok(published) => stored.push((d, published)),
                         Err(e) => {
-                            STATS.retried.fetch_add(1, Ordering::Relaxed);
-                            warn!(error = %format!("{e:#}"), "a stored batch could not go on to the detectors; the bus gives it again");
-                            let _ = d.retry_after(RETRY_AFTER).await;
+                            retry(&d, "a stored batch could not go on to the detectors", &e).await
                         }
                     },
-                    Err(e) => {
-                        STATS.retried.fetch_add(1, Ordering::Relaxed);
-                        warn!(error = %format!("{e:#}"), retry_in_s = RETRY_AFTER.as_secs(), "a batch from the bus could not be stored; the bus gives it again");
-                        let _ = d.retry_after(RETRY_AFTER).await;
-                    }
+                    Err(e) => retry(&d, "a batch from the bus could not be stored", &e).await,
                 }
             }
             failpoint_exit_before_ack(stored.len());
             for (d, published) in stored {
                 match published.await {
-                    Ok(_) => {
+                    Ok(()) => {
                         STATS.stored.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = d.ack().await {
                             // Given again after ACK_WAIT, then a duplicate.
@@ -144,9 +159,7 @@ pub async fn run(bus: Bus, ingest: Arc<SensorIngest>, mut stop: watch::Receiver<
                         }
                     }
                     Err(e) => {
-                        STATS.retried.fetch_add(1, Ordering::Relaxed);
-                        warn!(error = %format!("{e:#}"), "the detectors' stream did not take a stored batch; the bus gives it again");
-                        let _ = d.retry_after(RETRY_AFTER).await;
+                        retry(&d, "the detectors' stream did not take a stored batch", &e).await
                     }
                 }
             }

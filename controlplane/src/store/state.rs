@@ -299,7 +299,7 @@ pub trait Leases {
 /// One process's hold on a lease ([`Leases`]): renewed when half its life is gone, so a
 /// holder writes to the store about twice per `ttl`, not at every check.
 pub struct Held {
-    pub name: &'static str,
+    pub name: String,
     /// This process (`serve`'s replica id).
     pub holder: String,
     pub ttl_ns: i64,
@@ -308,9 +308,9 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn new(name: &'static str, holder: &str, ttl: std::time::Duration) -> Held {
+    pub fn new(name: impl Into<String>, holder: &str, ttl: std::time::Duration) -> Held {
         Held {
-            name,
+            name: name.into(),
             holder: holder.to_string(),
             ttl_ns: ttl.as_nanos().min(i64::MAX as u128) as i64,
             until_ns: std::sync::atomic::AtomicI64::new(0),
@@ -324,7 +324,7 @@ impl Held {
         if until - now_ns > self.ttl_ns / 2 {
             return Ok(true);
         }
-        let held = store.lease(self.name, &self.holder, now_ns, self.ttl_ns)?;
+        let held = store.lease(&self.name, &self.holder, now_ns, self.ttl_ns)?;
         self.until_ns.store(
             if held { now_ns + self.ttl_ns } else { 0 },
             Ordering::Relaxed,
@@ -332,10 +332,15 @@ impl Held {
         Ok(held)
     }
 
+    /// Until when this process holds it, as far as it knows (0: not held).
+    pub fn until_ns(&self) -> i64 {
+        self.until_ns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Gives it up (at a clean stop), so another process takes it at once.
     pub fn release(&self, store: &dyn StateStore) -> anyhow::Result<()> {
         self.until_ns.store(0, std::sync::atomic::Ordering::Relaxed);
-        store.release(self.name, &self.holder)
+        store.release(&self.name, &self.holder)
     }
 }
 
