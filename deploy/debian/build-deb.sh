@@ -47,7 +47,11 @@ POSTINST
   cat > "$root/DEBIAN/prerm" <<PRERM
 #!/bin/sh
 set -e
-if [ -d /run/systemd/system ] && [ "\$1" = remove ]; then systemctl stop $name.service || true; fi
+if [ -d /run/systemd/system ] && [ "\$1" = remove ]; then
+  for u in $name.service $name-replica.service; do
+    [ ! -f /lib/systemd/system/\$u ] || systemctl stop \$u || true
+  done
+fi
 PRERM
   cat > "$root/DEBIAN/postrm" <<'POSTRM'
 #!/bin/sh
@@ -63,8 +67,16 @@ stage picket-sensor "Picket network sensor: eBPF flow accounting and scan detect
 install -m 0640 "$deploy/systemd/sensor.toml" "$out_dir/picket-sensor/etc/picket/sensor.toml"
 echo /etc/picket/sensor.toml > "$out_dir/picket-sensor/DEBIAN/conffiles"
 
-stage picket-controlplane "Picket control plane: sensor ingest and the embedded flow store
- Receives flow records from Picket sensors over gRPC (TLS, sensor keys) and stores them." "libc6, adduser"
+stage picket-controlplane "Picket control plane: sensor ingest, detection, dashboard
+ Receives flow records from Picket sensors over gRPC (TLS, sensor keys) and cloud flow logs,
+ stores them (embedded, or ClickHouse and PostgreSQL), detects and alerts. Runs alone
+ (picket-controlplane.service) or as one replica of a cluster on NATS JetStream
+ (picket-controlplane-replica.service, configured in /etc/picket/replica.env)." "libc6, adduser"
+install -m 0644 "$deploy/systemd/picket-controlplane-replica.service" \
+  "$out_dir/picket-controlplane/lib/systemd/system/picket-controlplane-replica.service"
+# Passwords go in it: root's alone.
+install -m 0600 "$deploy/systemd/replica.env" "$out_dir/picket-controlplane/etc/picket/replica.env"
+echo /etc/picket/replica.env > "$out_dir/picket-controlplane/DEBIAN/conffiles"
 
 for name in picket-sensor picket-controlplane; do
   dpkg-deb --root-owner-group "-Z${DEB_COMPRESSION:-xz}" --build "$out_dir/$name" "$out_dir/${name}_${version}_${arch}.deb" >/dev/null

@@ -65,6 +65,8 @@ fn debian_packages_hold_the_binaries_units_and_config() {
             vec![
                 "./usr/bin/picket-controlplane",
                 "./lib/systemd/system/picket-controlplane.service",
+                "./lib/systemd/system/picket-controlplane-replica.service",
+                "./etc/picket/replica.env",
             ],
         ),
     ] {
@@ -100,6 +102,23 @@ fn debian_packages_hold_the_binaries_units_and_config() {
             &["--version"],
         );
         assert!(v.starts_with(pkg), "{v}");
+        if pkg == "picket-controlplane" {
+            let conffiles = std::fs::read_to_string(x.join("conffiles")).expect("conffiles");
+            assert_eq!(conffiles.trim(), "/etc/picket/replica.env");
+            // It holds passwords: root's alone.
+            let env = list
+                .lines()
+                .find(|l| l.ends_with("./etc/picket/replica.env"))
+                .expect("replica.env");
+            assert!(env.starts_with("-rw------- root/root"), "{env}");
+            assert_eq!(
+                std::fs::read_to_string(
+                    y.join("lib/systemd/system/picket-controlplane-replica.service")
+                )
+                .expect("packaged replica unit"),
+                unit("picket-controlplane-replica.service")
+            );
+        }
         if pkg == "picket-sensor" {
             let conffiles = std::fs::read_to_string(x.join("conffiles")).expect("conffiles");
             assert_eq!(conffiles.trim(), "/etc/picket/sensor.toml");
@@ -347,4 +366,260 @@ fn the_daemonset_runs_everywhere_with_host_network_bpffs_and_least_privilege() {
         strs(&rules[0]["verbs"]),
         BTreeSet::from(["get".into(), "list".into(), "watch".into()])
     );
+}
+
+/// `picket-controlplane serve --help`: every flag and environment variable a replica's
+/// configuration may use is in it.
+fn serve_help() -> String {
+    sh(
+        tests::bin("picket-controlplane").to_str().expect("utf8"),
+        &["serve", "--help"],
+    )
+}
+
+/// The `--flag` names of arguments (`--flag=value` or `--flag value`).
+fn flags<'a>(args: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    args.into_iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| a.split('=').next().unwrap_or(a).to_string())
+        .collect()
+}
+
+/// The value of `--flag` in arguments.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> &'a str {
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| {
+            a.strip_prefix(&format!("{flag}="))
+                .or_else(|| (a == flag).then(|| args[i + 1].as_str()))
+        })
+        .unwrap_or_else(|| panic!("{flag} in {args:?}"))
+}
+
+/// The keys of `KEY=value` lines of an environment file.
+fn env_keys(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .map(|l| l.split('=').next().unwrap_or_default().trim().to_string())
+        .collect()
+}
+
+#[test]
+fn the_replica_unit_configures_a_replica_and_refuses_to_start_without_the_servers() {
+    let help = serve_help();
+    let text = unit("picket-controlplane-replica.service");
+    assert_eq!(
+        unit_values(&text, "EnvironmentFile"),
+        ["/etc/picket/replica.env"]
+    );
+    let exec = unit_values(&text, "ExecStart").concat();
+    let args: Vec<String> = exec.split_whitespace().map(str::to_string).collect();
+    assert_eq!(&args[..2], ["/usr/bin/picket-controlplane", "serve"]);
+    for f in flags(args.iter().map(String::as_str)) {
+        assert!(help.contains(&f), "serve has no {f}");
+    }
+    // The same certificate for gRPC and the dashboard, both on every address.
+    assert_eq!(
+        flag_value(&args, "--tls-cert"),
+        flag_value(&args, "--http-tls-cert")
+    );
+    assert!(flag_value(&args, "--http-listen").starts_with("0.0.0.0:"));
+    // What the environment file sets is what `serve` reads.
+    let keys =
+        env_keys(&std::fs::read_to_string(root().join("deploy/systemd/replica.env")).expect("env"));
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    for k in &keys {
+        assert!(help.contains(k.as_str()), "serve does not read {k}");
+    }
+    // The check before the start, as systemd runs it (`$$` is a `$` to the shell): without
+    // the bus or a store it refuses with a sentence; with all three it lets the start go on.
+    let pre = unit_values(&text, "ExecStartPre")
+        .concat()
+        .replace("$$", "$");
+    let script = pre
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|s| s.strip_suffix('\''))
+        .expect("/bin/sh -c '...'");
+    let run = |env: &[(&str, &str)]| {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(script).env_clear();
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("sh")
+    };
+    let all = [
+        ("PICKET_BUS", "nats://127.0.0.1:4222"),
+        ("PICKET_FLOW_STORE", "clickhouse://127.0.0.1:8123/p"),
+        ("PICKET_STATE_STORE", "postgres://127.0.0.1/p"),
+    ];
+    assert!(run(&all).status.success());
+    for missing in 0..3 {
+        let env: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != missing)
+            .map(|(_, kv)| *kv)
+            .collect();
+        let o = run(&env);
+        assert!(!o.status.success(), "started without {}", all[missing].0);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("a replica needs PICKET_BUS"),
+            "{o:?}"
+        );
+    }
+}
+
+#[test]
+fn the_replica_deployment_is_reachable_by_the_sensors_and_configured_from_its_secret() {
+    let help = serve_help();
+    let text = std::fs::read_to_string(root().join("deploy/kubernetes/picket-controlplane.yaml"))
+        .expect("manifest");
+    let d = YamlLoader::load_from_str(&text).expect("valid YAML");
+    let dep = find(&d, "Deployment");
+    assert_eq!(dep.len(), 1);
+    assert!(dep[0]["spec"]["replicas"].as_i64().expect("replicas") >= 2);
+    let pod = &dep[0]["spec"]["template"]["spec"];
+    assert!(
+        pod["hostNetwork"].is_badvalue(),
+        "replicas need no host network"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let c = &pod["containers"][0];
+    assert_eq!(
+        strs(&c["securityContext"]["capabilities"]["drop"]),
+        BTreeSet::from(["ALL".into()])
+    );
+    assert!(c["securityContext"]["capabilities"]["add"].is_badvalue());
+    let args: Vec<String> = strs_in_order(&c["args"]);
+    assert_eq!(args[0], "serve");
+    for f in flags(args.iter().map(String::as_str)) {
+        assert!(help.contains(&f), "serve has no {f}");
+    }
+    // Configured from the Secret: the same variables as the systemd unit's file, all read by
+    // `serve`.
+    let secret_name = c["envFrom"][0]["secretRef"]["name"]
+        .as_str()
+        .expect("envFrom");
+    let secret = find(&d, "Secret")
+        .into_iter()
+        .find(|s| s["metadata"]["name"].as_str() == Some(secret_name))
+        .expect("the Secret in the manifests");
+    let keys: BTreeSet<String> = secret["stringData"]
+        .as_hash()
+        .expect("stringData")
+        .keys()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        keys,
+        env_keys(&std::fs::read_to_string(root().join("deploy/systemd/replica.env")).expect("env"))
+    );
+    for k in &keys {
+        assert!(help.contains(k.as_str()), "serve does not read {k}");
+    }
+    // Ports: what serve listens on is what the container declares, the Service forwards and
+    // the sensors' configuration dials.
+    let port_of = |listen: &str| -> i64 {
+        listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    };
+    let container_port = |name: &str| -> i64 {
+        c["ports"]
+            .as_vec()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p["containerPort"].as_i64())
+            .unwrap_or_else(|| panic!("container port {name}"))
+    };
+    assert_eq!(
+        container_port("grpc"),
+        port_of(flag_value(&args, "--grpc-listen"))
+    );
+    assert_eq!(
+        container_port("https"),
+        port_of(flag_value(&args, "--http-listen"))
+    );
+    let svc = find(&d, "Service")[0];
+    let svc_port = |name: &str| -> i64 {
+        let p = svc["spec"]["ports"]
+            .as_vec()
+            .expect("ports")
+            .iter()
+            .find(|p| p["targetPort"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("the Service forwards no {name}"));
+        p["port"].as_i64().expect("port")
+    };
+    assert_eq!(
+        svc["spec"]["selector"],
+        dep[0]["spec"]["selector"]["matchLabels"]
+    );
+    let sensors = docs();
+    let cm = find(&sensors, "ConfigMap")[0];
+    let cfg: sensor_user::config::FileConfig =
+        toml::from_str(cm["data"]["sensor.toml"].as_str().expect("sensor.toml")).expect("toml");
+    let url = format!(
+        "https://{}.{}.svc:{}",
+        svc["metadata"]["name"].as_str().expect("name"),
+        svc["metadata"]["namespace"].as_str().expect("namespace"),
+        svc_port("grpc")
+    );
+    assert!(
+        format!("{:?}", cfg.controlplane).contains(&url),
+        "the sensors dial {url}: {:?}",
+        cfg.controlplane
+    );
+    // Ready when health says so, over the TLS the dashboard listens with.
+    let probe = &c["readinessProbe"]["httpGet"];
+    assert_eq!(probe["path"].as_str(), Some("/api/v1/health"));
+    assert_eq!(probe["port"].as_str(), Some("https"));
+    assert_eq!(probe["scheme"].as_str(), Some("HTTPS"));
+    // The certificate from its Secret, where the flags look for it; the data directory
+    // mounted (the replica's own name is all it keeps there).
+    let mount_of = |vol: &str| -> String {
+        c["volumeMounts"]
+            .as_vec()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["name"].as_str() == Some(vol))
+            .and_then(|m| m["mountPath"].as_str())
+            .unwrap_or_else(|| panic!("volume {vol} not mounted"))
+            .to_string()
+    };
+    let tls_vol = pod["volumes"]
+        .as_vec()
+        .expect("volumes")
+        .iter()
+        .find(|v| !v["secret"].is_badvalue())
+        .expect("a secret volume");
+    let tls_dir = mount_of(tls_vol["name"].as_str().expect("name"));
+    for f in [
+        "--tls-cert",
+        "--tls-key",
+        "--http-tls-cert",
+        "--http-tls-key",
+    ] {
+        assert!(
+            flag_value(&args, f).starts_with(&tls_dir),
+            "{f} under {tls_dir}"
+        );
+    }
+    assert_eq!(mount_of("data"), flag_value(&args, "--data-dir"));
+    // A drain leaves a replica running.
+    let pdb = find(&d, "PodDisruptionBudget")[0];
+    assert!(pdb["spec"]["minAvailable"].as_i64().expect("minAvailable") >= 1);
+}
+
+fn strs_in_order(y: &Yaml) -> Vec<String> {
+    y.as_vec()
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
