@@ -304,7 +304,7 @@ async fn serve(
             )
         }
     };
-    let baselines_saved = serve_grpc(&c, stores, bus, grpc_caps).await?;
+    let baselines_saved = serve_grpc(&c, stores, bus, &replica, grpc_caps).await?;
     let _ = stop_http.send(true);
     let _ = dispatcher.await;
     stop.store(true, Ordering::Relaxed);
@@ -332,6 +332,7 @@ async fn serve_grpc(
     c: &Config,
     stores: Stores,
     bus: Option<crate::bus::Bus>,
+    replica: &str,
     caps: Caps,
 ) -> anyhow::Result<Option<std::sync::mpsc::Receiver<()>>> {
     let listener = tokio::net::TcpListener::bind(c.grpc_listen)
@@ -350,7 +351,7 @@ async fn serve_grpc(
         server: svc,
         finished: saved,
         relay,
-    } = grpc::IngestService::server(stores, c.detect, bus.map(|b| (b, relay_stop)));
+    } = grpc::IngestService::server(stores, c.detect, bus.map(|b| (b, relay_stop)), replica);
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

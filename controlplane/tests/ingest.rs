@@ -34,7 +34,13 @@ async fn server_learning(learning_ns: i64) -> Server {
         .await
         .expect("bind loopback");
     let addr = listener.local_addr().expect("addr");
-    let svc = IngestService::server(Stores::of(store.clone()), Config { learning_ns }, None).server;
+    let svc = IngestService::server(
+        Stores::of(store.clone()),
+        Config { learning_ns },
+        None,
+        "test-replica",
+    )
+    .server;
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)

@@ -270,6 +270,17 @@ fn a_real_sensor_moves_to_the_other_replica_and_loses_nothing() {
     flags.extend(["--controlplane".to_string(), format!("http://{}", r1.grpc)]);
     let mut sensor = tests::Sensor::start(&lab.a, &tests::strs(&flags));
     sensor.wait_for_log("connected to the control plane", Duration::from_secs(20));
+    // The sensors page (and /api/v1/sensors) says which replica the sensor is attached to.
+    let attached = || -> Option<String> {
+        cluster
+            .state()
+            .sensors()
+            .expect("sensors")
+            .into_iter()
+            .find(|s| s.name == "lab-a")
+            .and_then(|s| s.replica)
+    };
+    assert_eq!(attached(), Some(r0.id()));
     // 100,000 frames at 5,000/s (20 s); replica 0 dies 6 s in.
     let flood = tests::udp_flood_a_to_b(&lab, &cluster.dir.0, FRAMES, "5000pps");
     std::thread::sleep(Duration::from_secs(6));
@@ -310,6 +321,7 @@ fn a_real_sensor_moves_to_the_other_replica_and_loses_nothing() {
         "{}",
         r1.log_text()
     );
+    assert_eq!(attached(), Some(r1.id()), "attached to the survivor now");
 }
 
 /// 10 simulated sensors stream through 2 replicas while the bus is killed (SIGKILL) and

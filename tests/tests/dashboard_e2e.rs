@@ -119,9 +119,15 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
         "{result}"
     );
 
-    // The sensor's interface and attach modes, as the registration gave them.
+    // The sensor's interface and attach modes, as the registration gave them, and the control
+    // plane it reports to (the one replica: health names it), as the sensors page shows it.
     let (_, body) = cp.get("/api/v1/sensors");
     let s: Value = serde_json::from_str(&body).expect("json");
+    let (_, health) = cp.get("/api/v1/health");
+    let health: Value = serde_json::from_str(&health).expect("json");
+    let replica = health["replica"].as_str().expect("replica");
+    assert_eq!(s["sensors"][0]["replica"], replica, "{s}");
+    assert_eq!(result["replica"], replica, "{result}");
     let i = &s["sensors"][0]["interfaces"][0];
     assert_eq!(i["name"], lab.vb.as_str(), "{s}");
     assert_eq!(i["xdp_mode"], "native", "{s}");

@@ -55,10 +55,18 @@ fn sensors_and_access(s: &dyn StateStore) {
             xdp_mode: "native".into(),
             tc_mode: "tcx".into(),
         }],
+        replica: "cp-1".into(),
     };
     s.register("edge-1", &reg, 20 * S).expect("register");
-    s.heartbeat("edge-1", &Heartbeat::default(), 30 * S)
-        .expect("heartbeat");
+    let attached = || s.sensors().expect("sensors")[0].replica.clone();
+    assert_eq!(attached().as_deref(), Some("cp-1"));
+    // A heartbeat received by another replica: the sensor moved there.
+    let hb = Heartbeat {
+        replica: "cp-2".into(),
+        ..Default::default()
+    };
+    s.heartbeat("edge-1", &hb, 30 * S).expect("heartbeat");
+    assert_eq!(attached().as_deref(), Some("cp-2"));
     let rows = s.sensors().expect("sensors");
     assert_eq!(rows.len(), 1);
     let r = &rows[0];

@@ -171,6 +171,7 @@ pub(super) async fn sensors(State(api): State<Api>) -> Result<Json<Value>, ApiEr
                 "hostname": s.hostname,
                 "first_seen": s.first_seen_unix_ns.map(rfc3339),
                 "last_heartbeat": s.last_heartbeat_unix_ns.map(rfc3339),
+                "replica": s.replica,
                 "kernel_counters": counters,
                 "agent_counters": parse(&s.agent_counters),
                 "interfaces": interfaces,

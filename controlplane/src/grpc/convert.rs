@@ -240,6 +240,7 @@ pub fn registration(r: pb::RegisterRequest) -> Result<Registration, String> {
                 tc_mode: i.tc_mode,
             })
             .collect(),
+        replica: String::new(),
     })
 }
 
@@ -247,6 +248,7 @@ pub fn heartbeat(h: pb::HeartbeatRequest) -> Heartbeat {
     Heartbeat {
         kernel_counters: h.kernel_counters.into_iter().collect(),
         agent_counters: h.agent_counters.into_iter().collect(),
+        replica: String::new(),
     }
 }
 

@@ -75,6 +75,8 @@ pub const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs
 pub struct IngestService {
     stores: Stores,
     route: Route,
+    /// This control plane's name among replicas, recorded with each sensor it serves.
+    replica: String,
 }
 
 /// The ingest behind the gRPC front, as `serve` runs it.
@@ -98,6 +100,7 @@ impl IngestService {
         stores: Stores,
         config: Config,
         bus: Option<(crate::bus::Bus, tokio::sync::watch::Receiver<bool>)>,
+        replica: &str,
     ) -> Ingest {
         let ingest = Arc::new(SensorIngest::start(stores.clone(), config, bus.is_none()));
         let finished = ingest.finished();
@@ -111,6 +114,7 @@ impl IngestService {
         let service = IngestService {
             stores: stores.clone(),
             route,
+            replica: replica.to_string(),
         };
         let server = SensorIngestServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES);
         Ingest {
@@ -195,7 +199,8 @@ impl SensorIngestRpc for IngestService {
         req: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let sensor = sensor(&req)?.name;
-        let r = convert::registration(req.into_inner()).map_err(Status::invalid_argument)?;
+        let mut r = convert::registration(req.into_inner()).map_err(Status::invalid_argument)?;
+        r.replica.clone_from(&self.replica);
         let stores = self.stores.clone();
         let (name, rr) = (sensor.clone(), r.clone());
         let last = tokio::task::spawn_blocking(move || {
@@ -235,7 +240,8 @@ impl SensorIngestRpc for IngestService {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let sensor = sensor(&req)?.name;
-        let r = convert::heartbeat(req.into_inner());
+        let mut r = convert::heartbeat(req.into_inner());
+        r.replica.clone_from(&self.replica);
         let store = self.stores.state.clone();
         tokio::task::spawn_blocking(move || store.heartbeat(&sensor, &r, now_ns()))
             .await

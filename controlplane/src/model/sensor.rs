@@ -124,6 +124,9 @@ pub struct Registration {
     pub machine_id: String,
     pub k8s_node: String,
     pub interfaces: Vec<Interface>,
+    /// The control plane (its replica name) the sensor registered with: set by the control
+    /// plane, not sent by the sensor.
+    pub replica: String,
 }
 
 /// A sensor's heartbeat: its kernel's and its agent's counters (drops included).
@@ -131,4 +134,6 @@ pub struct Registration {
 pub struct Heartbeat {
     pub kernel_counters: BTreeMap<String, u64>,
     pub agent_counters: BTreeMap<String, u64>,
+    /// The control plane (its replica name) that received it: set by the control plane.
+    pub replica: String,
 }

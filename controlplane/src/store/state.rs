@@ -31,6 +31,8 @@ pub struct SensorRow {
     pub host: Option<String>,
     /// The last heartbeat's agent counters (drops included), as JSON.
     pub agent_counters: Option<String>,
+    /// The control plane (replica) that received its last registration or heartbeat.
+    pub replica: Option<String>,
 }
 
 /// Sensors and their keys.

@@ -97,6 +97,7 @@ try {
   await page.getByRole("link", { name: "Sensors", exact: true }).click();
   await page.locator("table.sensors .health-ok").first().waitFor();
   await page.locator("table.sensors td.ifaces", { hasText: "XDP native" }).waitFor();
+  const replica = await page.locator("table.sensors td.replica").first().innerText();
   await page.screenshot({ path: `${shots}/7-sensors.png`, fullPage: true });
 
   step = "settings";
@@ -123,7 +124,7 @@ try {
   await page.getByRole("button", { name: "Log in" }).waitFor();
 
   if (errors.length) throw new Error(errors.join("\n"));
-  console.log(JSON.stringify({ alert: Number(id), status, target_role: role }));
+  console.log(JSON.stringify({ alert: Number(id), status, target_role: role, replica }));
 } catch (e) {
   console.error(`dashboard test failed at "${step}": ${e.message}\n${errors.join("\n")}`);
   process.exitCode = 1;

@@ -1,5 +1,6 @@
-// Sensors: status, version, kernel, interfaces with their attach modes, and the kernel's and
-// the agent's counters (drops first).
+// Sensors: status, version, kernel, interfaces with their attach modes, the control plane
+// (replica, in cluster mode) each one reports to, and the kernel's and the agent's counters
+// (drops first).
 import { html } from "htm/preact";
 import { useEffect, useState } from "preact/hooks";
 import { get } from "./api.js";
@@ -23,7 +24,7 @@ export function Sensors() {
     </p>`}
     <table class="sensors">
       <thead>
-        <tr><th>Sensor</th><th>Health</th><th>Host</th><th>Interfaces (attach mode)</th><th>Version</th><th>Kernel</th><th>Last heartbeat</th><th>Counters</th></tr>
+        <tr><th>Sensor</th><th>Health</th><th>Host</th><th>Interfaces (attach mode)</th><th>Version</th><th>Kernel</th><th>Last heartbeat</th><th title="The control plane (replica) that received its last heartbeat">Control plane</th><th>Counters</th></tr>
       </thead>
       <tbody>
         ${s.map(
@@ -42,6 +43,7 @@ export function Sensors() {
             <td>${x.version || ""}</td>
             <td>${x.kernel || ""}</td>
             <td title=${when(x.last_heartbeat)}>${ago(x.last_heartbeat)}</td>
+            <td class="replica"><code>${x.replica || ""}</code></td>
             <td>
               ${x.kernel_counters
                 ? html`<details>

@@ -125,6 +125,8 @@ CREATE TABLE leases (
     until_ns BIGINT NOT NULL
 );
 "#,
+    // 3: the control plane (replica) each sensor last reached.
+    "ALTER TABLE sensors ADD COLUMN replica TEXT;",
 ];
 
 /// Brings the database to the newest version; refuses one newer than this binary.

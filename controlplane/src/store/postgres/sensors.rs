@@ -31,8 +31,8 @@ impl Sensors for PgStore {
             .conn()?
             .query(
                 "SELECT name, created_ns, revoked_ns, instance_id, version, kernel, hostname, \
-                 first_seen_ns, last_heartbeat_ns, kernel_counters, host_json, agent_counters \
-                 FROM sensors ORDER BY name",
+                 first_seen_ns, last_heartbeat_ns, kernel_counters, host_json, agent_counters, \
+                 replica FROM sensors ORDER BY name",
                 &[],
             )?
             .into_iter()
@@ -49,6 +49,7 @@ impl Sensors for PgStore {
                 kernel_counters: r.get(9),
                 host: r.get(10),
                 agent_counters: r.get(11),
+                replica: r.get(12),
             })
             .collect())
     }
@@ -67,7 +68,7 @@ impl Sensors for PgStore {
         self.conn()?.execute(
             "UPDATE sensors SET instance_id = $2, version = $3, kernel = $4, hostname = $5, \
              machine_id = $6, host_json = $7, first_seen_ns = COALESCE(first_seen_ns, $8), \
-             last_heartbeat_ns = $8 WHERE name = $1",
+             last_heartbeat_ns = $8, replica = NULLIF($9, '') WHERE name = $1",
             &[
                 &sensor,
                 &req.instance_id,
@@ -77,6 +78,7 @@ impl Sensors for PgStore {
                 &req.machine_id,
                 &rows::host_json(req),
                 &now_ns,
+                &req.replica,
             ],
         )?;
         Ok(())
@@ -85,12 +87,14 @@ impl Sensors for PgStore {
     fn heartbeat(&self, sensor: &str, req: &Heartbeat, now_ns: i64) -> anyhow::Result<()> {
         self.conn()?.execute(
             "UPDATE sensors SET last_heartbeat_ns = $2, kernel_counters = $3, \
-             agent_counters = $4, first_seen_ns = COALESCE(first_seen_ns, $2) WHERE name = $1",
+             agent_counters = $4, first_seen_ns = COALESCE(first_seen_ns, $2), replica = NULLIF($5, '') \
+             WHERE name = $1",
             &[
                 &sensor,
                 &now_ns,
                 &serde_json::to_string(&req.kernel_counters)?,
                 &serde_json::to_string(&req.agent_counters)?,
+                &req.replica,
             ],
         )?;
         Ok(())

@@ -332,6 +332,8 @@ CREATE TABLE leases (
     until_ns INTEGER NOT NULL
 );
 "#,
+    // 17: the control plane (replica) each sensor last reached.
+    "ALTER TABLE sensors ADD COLUMN replica TEXT;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

@@ -41,8 +41,8 @@ pub(super) fn revoke_sensor(c: &Connection, name: &str, now_ns: i64) -> anyhow::
 pub(super) fn sensors(c: &Connection) -> anyhow::Result<Vec<SensorRow>> {
     let mut st = c.prepare(
         "SELECT name, created_ns, revoked_ns, instance_id, version, kernel, hostname, \
-         first_seen_ns, last_heartbeat_ns, kernel_counters, host_json, agent_counters \
-         FROM sensors ORDER BY name",
+         first_seen_ns, last_heartbeat_ns, kernel_counters, host_json, agent_counters, \
+         replica FROM sensors ORDER BY name",
     )?;
     let rows = st.query_map([], |r| {
         Ok(SensorRow {
@@ -58,6 +58,7 @@ pub(super) fn sensors(c: &Connection) -> anyhow::Result<Vec<SensorRow>> {
             kernel_counters: r.get(9)?,
             host: r.get(10)?,
             agent_counters: r.get(11)?,
+            replica: r.get(12)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -81,7 +82,7 @@ pub(super) fn register(
     c.execute(
         "UPDATE sensors SET instance_id = ?2, version = ?3, kernel = ?4, hostname = ?5, \
          machine_id = ?6, host_json = ?7, first_seen_ns = COALESCE(first_seen_ns, ?8), \
-         last_heartbeat_ns = ?8 WHERE name = ?1",
+         last_heartbeat_ns = ?8, replica = NULLIF(?9, '') WHERE name = ?1",
         params![
             sensor,
             req.instance_id,
@@ -90,7 +91,8 @@ pub(super) fn register(
             req.hostname,
             req.machine_id,
             crate::store::rows::host_json(req),
-            now_ns
+            now_ns,
+            req.replica
         ],
     )?;
     Ok(())
@@ -104,12 +106,13 @@ pub(super) fn heartbeat(
 ) -> anyhow::Result<()> {
     c.execute(
         "UPDATE sensors SET last_heartbeat_ns = ?2, kernel_counters = ?3, agent_counters = ?4, \
-         first_seen_ns = COALESCE(first_seen_ns, ?2) WHERE name = ?1",
+         first_seen_ns = COALESCE(first_seen_ns, ?2), replica = NULLIF(?5, '') WHERE name = ?1",
         params![
             sensor,
             now_ns,
             serde_json::to_string(&req.kernel_counters)?,
-            serde_json::to_string(&req.agent_counters)?
+            serde_json::to_string(&req.agent_counters)?,
+            req.replica
         ],
     )?;
     Ok(())
