@@ -252,7 +252,12 @@ fn openapi_document_matches_the_routes() {
                 &[],
                 Some(&serde_json::json!({})),
             );
-            let public = [("/api/v1/health", "get"), ("/api/v1/session", "post")].contains(&(p, m));
+            let public = [
+                ("/api/v1/health", "get"),
+                ("/api/v1/session", "post"),
+                ("/metrics", "get"),
+            ]
+            .contains(&(p, m));
             if public {
                 assert_ne!(r.status, 401, "{m} {path} is public");
             } else {
@@ -261,6 +266,23 @@ fn openapi_document_matches_the_routes() {
             }
         }
     }
+    // The metrics say what health says, for Prometheus.
+    let m = tests::http_request(&lab.a, "GET", format!("http://{HTTP}/metrics"), &[], None);
+    assert_eq!(m.status, 200);
+    let (_, h) = cp.get("/api/v1/health");
+    let h: serde_json::Value = serde_json::from_str(&h).expect("health");
+    for line in [
+        format!(
+            "picket_controlplane_info{{replica=\"{}\",version=\"{}\"}} 1",
+            h["replica"].as_str().expect("replica"),
+            env!("CARGO_PKG_VERSION")
+        ),
+        "picket_controlplane_up{dependency=\"state_store\"} 1".into(),
+        "picket_lease_held{lease=\"notifications\"} 1".into(),
+    ] {
+        assert!(m.body.contains(&line), "{line} in:\n{}", m.body);
+    }
+    assert!(!m.body.contains("picket_bus_"), "no bus: {}", m.body);
     cp.stop();
 }
 

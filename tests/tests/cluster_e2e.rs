@@ -514,6 +514,19 @@ fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
     assert_eq!(a, (0..8).collect::<Vec<u64>>(), "each partition once");
     let (_, h) = replicas[0].health();
     assert_eq!(h["bus"]["detectors"]["replicas"], 2, "{h:#}");
+    // The same for Prometheus.
+    let (code, m) =
+        tests::servers::http(replicas[0].http.port(), "GET", "/metrics", "").expect("GET /metrics");
+    assert_eq!(code, 200);
+    for line in [
+        "picket_detector_partitions{of=\"held\"} 4",
+        "picket_detector_partitions{of=\"all\"} 8",
+        "picket_replicas 2",
+        "picket_bus_up 1",
+        "picket_bus_messages{consumer=\"writers\",state=\"waiting\"} ",
+    ] {
+        assert!(m.contains(line), "{line} in:\n{m}");
+    }
 
     // The holder of the target's partition dies; the other replica takes it over.
     let partition = controlplane::detect::partition::of_flow(

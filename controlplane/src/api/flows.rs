@@ -14,8 +14,20 @@ use crate::{model::Source, store::FlowQuery};
 /// (with the same body) when the state store does not. No detail of a failure here: this
 /// answers without credentials, and the log has it.
 pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
-    use crate::listen::STATS;
     use axum::response::IntoResponse as _;
+    let (ok, body) = report(&api).await;
+    let code = if ok {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// What health answers: (whether every store and the bus answer, the body). The metrics are
+/// made from the same body.
+pub(super) async fn report(api: &Api) -> (bool, Value) {
+    use crate::listen::STATS;
     use std::sync::atomic::Ordering::Relaxed;
     let store = api.stores.clone();
     let flows = blocking(move || store.flows.ping()).await;
@@ -106,12 +118,7 @@ pub(super) async fn health(State(api): State<Api>) -> axum::response::Response {
             "grpc": STATS.refused_grpc.load(Relaxed),
         },
     });
-    let code = if ok {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    (ok, body)
 }
 
 /// `f`, or an error if it takes over 2 s (health answers within seconds even when the bus

@@ -1,6 +1,6 @@
 //! The REST API under `/api/v1/` (documented in controlplane/openapi.yaml and docs/api.md):
 //! `session.rs` (who calls), `login.rs` (the login and its guard), `flows.rs` (flows, top-N, coverage, sensors, health),
-//! `entities.rs`, `alerts.rs` (alerts and their triage), `settings.rs` (notifiers and lists). JSON in and out; errors are `{"error": {"code": ..., "message": ...}}` with the
+//! `entities.rs`, `alerts.rs` (alerts and their triage), `settings.rs` (notifiers and lists), `metrics.rs` (`GET /metrics`, health for Prometheus). JSON in and out; errors are `{"error": {"code": ..., "message": ...}}` with the
 //! matching HTTP status. Queries run on the blocking pool: the store is synchronous.
 
 use std::{
@@ -22,6 +22,7 @@ mod alerts;
 mod entities;
 mod flows;
 mod login;
+mod metrics;
 mod session;
 mod settings;
 
@@ -72,7 +73,7 @@ pub struct Options {
 
 /// Every path served, with its methods (openapi.yaml documents exactly these; a test checks
 /// it).
-pub const ROUTES: [(&str, &[&str]); 17] = [
+pub const ROUTES: [(&str, &[&str]); 18] = [
     ("/api/v1/health", &["get"]),
     ("/api/v1/session", &["get", "post", "delete"]),
     ("/api/v1/sensors", &["get"]),
@@ -90,11 +91,12 @@ pub const ROUTES: [(&str, &[&str]); 17] = [
     ("/api/v1/allowlist", &["get", "post", "delete"]),
     ("/api/v1/watchlist", &["get", "post", "delete"]),
     ("/api/v1/sensitivity", &["get", "post", "delete"]),
+    ("/metrics", &["get"]),
 ];
 
 /// What answers without credentials.
 pub(super) fn public(method: &Method, path: &str) -> bool {
-    (method == Method::GET && path == "/api/v1/health")
+    (method == Method::GET && (path == "/api/v1/health" || path == "/metrics"))
         || (method == Method::POST && path == "/api/v1/session")
 }
 
@@ -145,6 +147,7 @@ pub fn router(stores: Stores, opts: Options) -> Router {
                 .post(settings::set_sensitivity)
                 .delete(settings::remove_sensitivity),
         )
+        .route(ROUTES[17].0, get(metrics::metrics))
         // Only matched routes need credentials: the dashboard's files are public.
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .route(
