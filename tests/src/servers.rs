@@ -798,6 +798,18 @@ pub fn stored_udp_in(
     sport: u16,
     dport: u16,
 ) -> (u64, u64) {
+    stored_udp_seen_by(store, None, src, dst, sport, dport)
+}
+
+/// [`stored_udp_in`] of the records of one observer (a sensor's name), or of all.
+pub fn stored_udp_seen_by(
+    store: &dyn controlplane::store::FlowStore,
+    observer: Option<&str>,
+    src: &str,
+    dst: &str,
+    sport: u16,
+    dport: u16,
+) -> (u64, u64) {
     let mut q = controlplane::store::FlowQuery {
         ip: Some(src.parse().expect("ip")),
         port: Some(sport),
@@ -813,7 +825,11 @@ pub fn stored_udp_in(
         };
         q.before_id = Some(last.id);
         for r in rows.iter().filter(|r| {
-            r.src_ip == src && r.dst_ip == dst && r.src_port == sport && r.dst_port == dport
+            r.src_ip == src
+                && r.dst_ip == dst
+                && r.src_port == sport
+                && r.dst_port == dport
+                && observer.is_none_or(|o| r.observer == o)
         }) {
             packets += r.packets as u64;
             bytes += r.bytes as u64;

@@ -636,3 +636,25 @@ fn a_writer_killed_between_its_insert_and_its_ack_counts_nothing_twice() {
     assert_eq!(h["bus"]["batches_waiting"], 0, "{h}");
     assert_eq!(h["bus"]["batches_with_writers"], 0, "{h}");
 }
+
+/// `cargo xtask cluster-demo` runs through: its own checks (one alert on every replica, the
+/// sensor moving, every frame once as each sensor saw it) pass, and it says so.
+#[test]
+fn the_cluster_demo_runs_through() {
+    let o = std::process::Command::new(tests::bin("picket-cluster-demo"))
+        .output()
+        .expect("run picket-cluster-demo");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for line in [
+        "one alert, the same on all three replicas",
+        "sensor-a moved to replica",
+        "nothing lost, nothing doubled",
+    ] {
+        assert!(out.contains(line), "{line} in:\n{out}");
+    }
+}
