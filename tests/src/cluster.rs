@@ -407,6 +407,54 @@ pub struct SimReport {
     pub resumed: Vec<Instant>,
 }
 
+/// Simulated sensors, one per key, streaming from a thread of their own: sensor `i` (instance
+/// `sim-i`) sends batches 1..=`batches` of `per` flows, one every `gap`, starting at replica
+/// `i % addrs.len()` and moving on when one fails, for at most `deadline`. Returns the count of
+/// acknowledged batches as they come, and what joins to their reports.
+pub fn sim_fleet(
+    addrs: Vec<SocketAddr>,
+    keys: Vec<String>,
+    batches: u64,
+    per: usize,
+    gap: Duration,
+    deadline: Duration,
+) -> (Arc<AtomicU64>, thread::JoinHandle<Vec<SimReport>>) {
+    let acked = Arc::new(AtomicU64::new(0));
+    let counted = acked.clone();
+    let fleet = thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let tasks: Vec<_> = keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    let instance = format!("sim-{i}");
+                    let mine = (1..=batches).map(|b| batch(&instance, i, b, per)).collect();
+                    tokio::spawn(sim_sensor(
+                        addrs.clone(),
+                        i % addrs.len(),
+                        key,
+                        mine,
+                        gap,
+                        counted.clone(),
+                        deadline,
+                    ))
+                })
+                .collect();
+            let mut reports = Vec::new();
+            for t in tasks {
+                reports.push(t.await.expect("sensor task"));
+            }
+            reports
+        })
+    });
+    (acked, fleet)
+}
+
 /// Streams `batches` as a sensor with `key` to `addrs`, starting at `addrs[first]`: at most 16
 /// unacknowledged at once, `gap` between sends; when a stream fails (its replica died), moves
 /// to the next address and sends again what was not acknowledged. `acked` counts every ack of

@@ -103,39 +103,14 @@ fn failover(sensors: usize) -> f64 {
         .collect();
     let mut rs: Vec<_> = (0..3).map(|i| cluster.replica(&format!("r{i}"))).collect();
     let addrs: Vec<_> = rs.iter().map(|r| r.grpc).collect();
-    let acked = Arc::new(AtomicU64::new(0));
-    let acked2 = acked.clone();
-    let streaming = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let tasks: Vec<_> = keys
-                .into_iter()
-                .enumerate()
-                .map(|(i, key)| {
-                    let instance = format!("sim-{i}");
-                    let mine = (1..=100).map(|b| batch(&instance, i, b, 200)).collect();
-                    tokio::spawn(sim_sensor(
-                        addrs.clone(),
-                        i % addrs.len(),
-                        key,
-                        mine,
-                        Duration::from_millis(100),
-                        acked2.clone(),
-                        Duration::from_secs(300),
-                    ))
-                })
-                .collect();
-            let mut reports = Vec::new();
-            for t in tasks {
-                reports.push(t.await.expect("sensor"));
-            }
-            reports
-        })
-    });
+    let (acked, streaming) = crate::cluster::sim_fleet(
+        addrs,
+        keys,
+        100,
+        200,
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    );
     while acked.load(Ordering::Relaxed) < sensors as u64 * 20 {
         std::thread::sleep(Duration::from_millis(20));
     }

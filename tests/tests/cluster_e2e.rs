@@ -29,40 +29,15 @@ fn a_replica_killed_mid_stream_loses_nothing_and_doubles_nothing() {
         .map(|n| cluster.replica(n))
         .collect();
     let addrs: Vec<_> = replicas.iter().map(|r| r.grpc).collect();
-    let acked = Arc::new(AtomicU64::new(0));
     let total = SENSORS as u64 * BATCHES;
-    let (acked2, addrs2) = (acked.clone(), addrs.clone());
-    let sensors = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let tasks: Vec<_> = keys
-                .into_iter()
-                .enumerate()
-                .map(|(i, key)| {
-                    let instance = format!("sim-{i}");
-                    let batches = (1..=BATCHES).map(|b| batch(&instance, i, b, PER)).collect();
-                    tokio::spawn(sim_sensor(
-                        addrs2.clone(),
-                        i % addrs2.len(),
-                        key,
-                        batches,
-                        Duration::from_millis(50),
-                        acked2.clone(),
-                        Duration::from_secs(120),
-                    ))
-                })
-                .collect();
-            let mut reports = Vec::new();
-            for t in tasks {
-                reports.push(t.await.expect("sensor task"));
-            }
-            reports
-        })
-    });
+    let (acked, sensors) = tests::cluster::sim_fleet(
+        addrs.clone(),
+        keys,
+        BATCHES,
+        PER,
+        Duration::from_millis(50),
+        Duration::from_secs(120),
+    );
     // A third of the way through, replica 0 dies.
     wait_until(
         Duration::from_secs(60),
@@ -339,40 +314,15 @@ fn the_bus_killed_and_the_flow_store_away_lose_nothing() {
         .collect();
     let replicas = [cluster.replica("r0"), cluster.replica("r1")];
     let addrs: Vec<_> = replicas.iter().map(|r| r.grpc).collect();
-    let acked = Arc::new(AtomicU64::new(0));
-    let acked2 = acked.clone();
     // 60 batches each, one every 500 ms: about 30 s of streaming, more with the outages.
-    let sensors = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let tasks: Vec<_> = keys
-                .into_iter()
-                .enumerate()
-                .map(|(i, key)| {
-                    let instance = format!("sim-{i}");
-                    let batches = (1..=BATCHES).map(|b| batch(&instance, i, b, PER)).collect();
-                    tokio::spawn(sim_sensor(
-                        addrs.clone(),
-                        i % addrs.len(),
-                        key,
-                        batches,
-                        Duration::from_millis(500),
-                        acked2.clone(),
-                        Duration::from_secs(240),
-                    ))
-                })
-                .collect();
-            let mut reports = Vec::new();
-            for t in tasks {
-                reports.push(t.await.expect("sensor task"));
-            }
-            reports
-        })
-    });
+    let (acked, sensors) = tests::cluster::sim_fleet(
+        addrs,
+        keys,
+        BATCHES,
+        PER,
+        Duration::from_millis(500),
+        Duration::from_secs(240),
+    );
     let total = SENSORS as u64 * BATCHES;
     wait_until(Duration::from_secs(60), "a tenth acknowledged", || {
         acked.load(Ordering::Relaxed) >= total / 10
