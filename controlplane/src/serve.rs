@@ -206,7 +206,17 @@ pub fn run(c: Config) -> anyhow::Result<()> {
             .spawn(move || maintenance::run(stores, retention, every, lease, stop))?;
     }
     if let Some((dir, rate)) = &c.watch {
-        let mut w = Watcher::new(dir, stores.clone(), &c.detect, *rate, c.max_file_bytes)?;
+        let mut w = match &bus {
+            None => Watcher::new(dir, stores.clone(), &c.detect, *rate, c.max_file_bytes)?,
+            Some(bus) => Watcher::handing_over(
+                dir,
+                bus.clone(),
+                rt.handle().clone(),
+                &replica,
+                *rate,
+                c.max_file_bytes,
+            )?,
+        };
         info!(dir = %dir.display(), "watching for cloud flow log files in aws/, gcp/ and azure/");
         let stop = stop.clone();
         std::thread::Builder::new()
@@ -304,6 +314,28 @@ async fn serve(
             )
         }
     };
+    // Cluster mode: the cloud flow-log files handed to the cluster, on whichever replica holds
+    // the imports' lease.
+    let importer = match &bus {
+        None => None,
+        Some(bus) => {
+            let worker = crate::pipeline::import_jobs::Worker {
+                bus: bus.clone(),
+                stores: stores.clone(),
+                config: c.detect,
+                replica: replica.clone(),
+                rt: tokio::runtime::Handle::current(),
+                stop: stop.clone(),
+                work_dir: c.stores.data_dir.join("imports"),
+                max_bytes: c.max_file_bytes,
+            };
+            Some(
+                std::thread::Builder::new()
+                    .name("importer".into())
+                    .spawn(move || worker.run())?,
+            )
+        }
+    };
     let baselines_saved = serve_grpc(&c, stores, bus, &replica, grpc_caps).await?;
     let _ = stop_http.send(true);
     let _ = dispatcher.await;
@@ -312,6 +344,10 @@ async fn serve(
     if let Some(d) = detectors {
         // Its last checkpoint: the detectors' state saved, what it includes acknowledged.
         let _ = tokio::task::spawn_blocking(move || d.join()).await;
+    }
+    if let Some(i) = importer {
+        // An import under way ends first (its job is acknowledged, or comes again).
+        let _ = tokio::task::spawn_blocking(move || i.join()).await;
     }
     // What the sensor baselines learned since their last save is saved as the ingest ends.
     if let Some(saved) = baselines_saved {

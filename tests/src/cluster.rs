@@ -143,13 +143,19 @@ impl Cluster {
 
     /// As [`Cluster::replica`], serving sensors at `grpc`.
     pub fn replica_at(&self, name: &str, grpc: SocketAddr) -> Replica {
-        self.spawn(None, name, grpc, &[])
+        self.spawn(None, name, grpc, &[], &[])
+    }
+
+    /// As [`Cluster::replica`], with more arguments for `serve` (`--watch-dir DIR`, say).
+    pub fn replica_args(&self, name: &str, args: &[&str]) -> Replica {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        self.spawn(None, name, grpc, &[], args)
     }
 
     /// As [`Cluster::replica_in`], with more environment (a failpoint, say).
     pub fn replica_with(&self, ns: Option<&str>, name: &str, more: &[(&str, &str)]) -> Replica {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        self.spawn(ns, name, grpc, more)
+        self.spawn(ns, name, grpc, more, &[])
     }
 
     fn spawn(
@@ -158,6 +164,7 @@ impl Cluster {
         name: &str,
         grpc: SocketAddr,
         more: &[(&str, &str)],
+        args: &[&str],
     ) -> Replica {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = self.dir.0.join(format!("{name}.log"));
@@ -190,6 +197,7 @@ impl Cluster {
             .arg(grpc.to_string())
             .arg("--http-listen")
             .arg(http.to_string())
+            .args(args)
             .env("RUST_LOG", "info")
             .envs(more.iter().copied())
             .stdin(Stdio::null())

@@ -608,3 +608,133 @@ fn the_cluster_demo_runs_through() {
         assert!(out.contains(line), "{line} in:\n{out}");
     }
 }
+
+/// AWS records of `n` accepted flows from distinct sources (in the last hour), after the scan
+/// of `scan_log`: a file large enough to take a few seconds to import.
+fn big_log(n: u64) -> String {
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - 3000;
+    let mut log = String::with_capacity(n as usize * 100);
+    for i in 0..n {
+        log += &format!(
+            "2 123456789010 eni-0b{} 10.{}.{}.{} 10.0.9.9 {} 443 6 5 900 {} {} ACCEPT OK\n",
+            i % 7,
+            1 + (i >> 16) % 200,
+            (i >> 8) % 256,
+            i % 256,
+            1024 + i % 60000,
+            t0 + i % 600,
+            t0 + i % 600 + 1
+        );
+    }
+    log
+}
+
+/// Cloud imports in cluster mode go through the bus: `import` hands the file to the replicas
+/// and prints what the replica that imported it says (its summary, its alerts); the same file
+/// again is "imported before". A replica killed in the middle of an import leaves it to the
+/// other, which imports it once (the `import` waiting all along gets its answer from the
+/// survivor). A replica's watched directory hands its files over the same way.
+#[test]
+fn cloud_imports_go_through_the_bus_once_even_when_their_importer_dies() {
+    let cluster = Cluster::start();
+    let watched = cluster.dir.0.join("watched");
+    let mut replicas = [
+        cluster.replica_args("r0", &["--watch-dir", watched.to_str().expect("utf8")]),
+        cluster.replica("r1"),
+    ];
+    let aws = || {
+        cluster
+            .flows()
+            .source_totals(controlplane::model::Source::Aws)
+            .expect("totals")
+            .records
+    };
+    // A scan: one file, imported by whichever replica holds the imports' lease.
+    let scan = cluster.dir.0.join("scan.log");
+    std::fs::write(&scan, scan_log("198.51.100.7")).expect("write");
+    let out = cluster.cli("import", &["aws", scan.to_str().expect("utf8")]);
+    assert!(out.contains("stored 60, rejected 0"), "{out}");
+    assert!(out.contains("(imported by "), "{out}");
+    assert_eq!(out.matches("alert #").count(), 2, "{out}");
+    assert!(out.contains("port_scan from 198.51.100.7"), "{out}");
+    assert_eq!(aws(), 60);
+    let out = cluster.cli("import", &["aws", scan.to_str().expect("utf8")]);
+    assert!(out.contains("imported before (same content)"), "{out}");
+    assert_eq!(aws(), 60, "nothing stored twice");
+
+    // 300,000 records; the importing replica dies while it stores them.
+    const N: u64 = 300_000;
+    let big = cluster.dir.0.join("big.log");
+    std::fs::write(&big, big_log(N)).expect("write");
+    let holder = || {
+        cluster
+            .state()
+            .leases()
+            .expect("leases")
+            .into_iter()
+            .find(|l| l.name == "imports")
+            .map(|l| l.holder)
+    };
+    let importer = holder().expect("an imports lease");
+    let (dead, alive) = if replicas[0].id() == importer {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let cli = {
+        let mut c = std::process::Command::new(tests::bin("picket-controlplane"));
+        c.args(["import", "--data-dir"])
+            .arg(cluster.data_dir("cli"))
+            .args(["aws", big.to_str().expect("utf8")])
+            .envs(cluster.env())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().expect("import")
+    };
+    wait_until(Duration::from_secs(60), "part of the file stored", || {
+        aws() > 60
+    });
+    replicas[dead].kill();
+    let o = cli.wait_with_output().expect("import");
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains(&format!("stored {N}, rejected 0"))
+            && out.contains(&format!("(imported by {})", replicas[alive].id())),
+        "{out}\n{err}"
+    );
+    assert_eq!(aws(), 60 + N, "every record once");
+    assert!(
+        replicas[alive]
+            .log_text()
+            .contains("this replica imports the cloud flow logs"),
+        "{}",
+        replicas[alive].log_text()
+    );
+
+    // The watched directory of a replica hands its files over: while r0 is dead it waits; r0
+    // back (the same replica, the same directory) hands the file to the survivor.
+    if dead == 0 {
+        replicas[0] = cluster.replica_args("r0", &["--watch-dir", watched.to_str().expect("utf8")]);
+    }
+    let dropped = watched.join("aws/scan-again.log");
+    std::fs::write(&dropped, scan_log("198.51.100.8")).expect("write");
+    let moved = watched.join("aws/imported/scan-again.log");
+    wait_until(Duration::from_secs(60), "the dropped file imported", || {
+        moved.exists()
+    });
+    assert!(!dropped.exists());
+    assert_eq!(aws(), 60 + N + 60);
+    assert!(
+        replicas[0].log_text().contains("imported by the cluster"),
+        "{}",
+        replicas[0].log_text()
+    );
+}

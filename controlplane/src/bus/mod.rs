@@ -36,6 +36,23 @@ pub fn detect_subject(partition: u32) -> String {
 pub fn detectors_consumer(partition: u32) -> String {
     format!("detectors-{partition}")
 }
+/// The stream of cloud flow-log files to import (one message per file, naming its object in
+/// [`FILES`]).
+pub const IMPORTS: &str = "PICKET_IMPORTS";
+/// Its one subject.
+pub const IMPORTS_SUBJECT: &str = "picket.imports";
+/// The importers' durable consumer of [`IMPORTS`]: taken by one replica at a time (the holder
+/// of the imports' lease).
+pub const IMPORTERS: &str = "importers";
+/// How long an import may go without a sign of progress before it is given to another
+/// importer: its importer says it is still at work every [`IMPORT_PROGRESS`].
+pub const IMPORT_ACK_WAIT: Duration = Duration::from_secs(60);
+/// How often an importer at work says so.
+pub const IMPORT_PROGRESS: Duration = Duration::from_secs(15);
+/// The object store bucket of the files waiting to be imported, each named by its SHA-256.
+pub const FILES: &str = "PICKET_FILES";
+/// Header: where the result of an import goes (a `picket-controlplane import` waiting for it).
+pub const REPLY_HEADER: &str = "Picket-Reply";
 /// How long batches given to the detectors may stay unacknowledged before they are given
 /// again: longer than the detectors' checkpoint interval.
 pub const DETECT_ACK_WAIT: Duration = Duration::from_secs(60);
@@ -103,6 +120,14 @@ impl Delivery {
             .ack_with(jetstream::AckKind::Nak(Some(delay)))
             .await
             .map_err(|e| anyhow::anyhow!("handing a message back: {e}"))
+    }
+
+    /// Still being handled: the ack wait starts again.
+    pub async fn in_progress(&self) -> anyhow::Result<()> {
+        self.msg
+            .ack_with(jetstream::AckKind::Progress)
+            .await
+            .map_err(|e| anyhow::anyhow!("saying a message is in progress: {e}"))
     }
 
     /// Never to be handled (it cannot be read): not given again.
@@ -194,6 +219,32 @@ impl Bus {
                 stream::RetentionPolicy::Interest,
             )
             .await?;
+        let i = self
+            .stream(
+                IMPORTS,
+                IMPORTS_SUBJECT,
+                "cloud flow-log files waiting to be imported",
+                stream::RetentionPolicy::WorkQueue,
+            )
+            .await?;
+        i.get_or_create_consumer(IMPORTERS, Self::importers_config())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("the bus at {at}: cannot make the consumer {IMPORTERS} ({e})")
+            })?;
+        if self.js.get_object_store(FILES).await.is_err() {
+            self.js
+                .create_object_store(jetstream::object_store::Config {
+                    bucket: FILES.into(),
+                    description: Some("Picket: cloud flow-log files waiting to be imported".into()),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("the bus at {at}: cannot make the bucket {FILES} ({e})")
+                })?;
+        }
         for p in 0..self.partitions {
             let name = detectors_consumer(p);
             d.get_or_create_consumer(&name, Self::detectors_config(p))
@@ -252,6 +303,16 @@ impl Bus {
             ack_policy: jetstream::consumer::AckPolicy::All,
             ack_wait: DETECT_ACK_WAIT,
             max_ack_pending: 100_000,
+            ..Default::default()
+        }
+    }
+
+    fn importers_config() -> pull::Config {
+        pull::Config {
+            durable_name: Some(IMPORTERS.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: IMPORT_ACK_WAIT,
+            max_ack_pending: 16,
             ..Default::default()
         }
     }
@@ -328,6 +389,89 @@ impl Bus {
             .await
             .map_err(|e| anyhow::anyhow!("the bus at {at}: consumer {consumer}: {e}"))?;
         Ok((info.num_pending, info.num_ack_pending as u64))
+    }
+
+    /// The importers' consumer (for the holder of the imports' lease).
+    pub async fn importers(&self) -> anyhow::Result<Consumer> {
+        self.consumer(IMPORTS, IMPORTERS, Self::importers_config())
+            .await
+    }
+
+    /// Stores `data` as the object `name` of [`FILES`]; returns its size.
+    pub async fn put_file(
+        &self,
+        name: &str,
+        data: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> anyhow::Result<u64> {
+        let at = &self.at;
+        let bucket = self
+            .js
+            .get_object_store(FILES)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: bucket {FILES}: {e}"))?;
+        let info = bucket
+            .put(name, data)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: storing a file failed ({e})"))?;
+        Ok(info.size as u64)
+    }
+
+    /// The object `name` of [`FILES`] to read, with its size; None if there is no such object.
+    pub async fn get_file(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<Option<(u64, impl tokio::io::AsyncRead + Unpin + use<>)>> {
+        let at = &self.at;
+        let bucket = self
+            .js
+            .get_object_store(FILES)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: bucket {FILES}: {e}"))?;
+        match bucket.get(name).await {
+            Ok(o) => Ok(Some((o.info().size as u64, o))),
+            Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!(
+                "the bus at {at}: reading a file failed ({e})"
+            )),
+        }
+    }
+
+    /// Deletes the object `name` of [`FILES`] (imported).
+    pub async fn delete_file(&self, name: &str) -> anyhow::Result<()> {
+        let at = &self.at;
+        let bucket = self
+            .js
+            .get_object_store(FILES)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: bucket {FILES}: {e}"))?;
+        bucket
+            .delete(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {at}: deleting a file failed ({e})"))
+    }
+
+    /// A subject of its own to hear replies on, and what receives them.
+    pub async fn inbox(&self) -> anyhow::Result<(String, async_nats::Subscriber)> {
+        let client = self.js.client();
+        let subject = client.new_inbox();
+        let sub = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {}: subscribing failed ({e})", self.at))?;
+        Ok((subject, sub))
+    }
+
+    /// Sends `payload` to `subject` (a reply: not kept if nobody listens).
+    pub async fn reply(&self, subject: &str, payload: Bytes) -> anyhow::Result<()> {
+        let client = self.js.client();
+        client
+            .publish(subject.to_string(), payload)
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {}: replying failed ({e})", self.at))?;
+        client
+            .flush()
+            .await
+            .map_err(|e| anyhow::anyhow!("the bus at {}: replying failed ({e})", self.at))
     }
 
     /// The writers' consumer: [`Consumer::fetch`] takes batches from it.

@@ -189,6 +189,16 @@ impl Importer {
         })
     }
 
+    /// The GCP subnets' sampling rate of the inputs to come (0 < rate <= 1).
+    pub fn set_sampling_rate(&mut self, sampling_rate: f64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            sampling_rate > 0.0 && sampling_rate <= 1.0,
+            "the sampling rate must be in (0, 1], got {sampling_rate}"
+        );
+        self.sampling_rate = sampling_rate;
+        Ok(())
+    }
+
     /// Imports one input of `provider`'s format called `name`, adding its counts to `sum`.
     /// With `once`, the input is the file it names, imported exactly once by its digest, its
     /// flows and its digest in one transaction.

@@ -13,6 +13,9 @@
 //! link, and files are listed, opened, hashed and moved relative to that open directory
 //! (`openat`, `renameat2`), never through a link. A link in place of a provider directory, a
 //! file, `imported/` or `failed/` is refused with one log line.
+//!
+//! In cluster mode a file is handed to the replicas through the bus instead
+//! ([`super::import_jobs`]) and moves once the replica that imports it says what became of it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -52,7 +55,31 @@ pub enum Outcome {
     Duplicate,
     /// It could not be read or is over a limit: moved to `failed/`, with the reason.
     Failed(String),
+    /// Cluster mode: imported by a replica, with its summary.
+    ImportedBy {
+        replica: String,
+        summary: String,
+    },
 }
+
+/// Where the files go.
+#[expect(clippy::large_enum_variant, reason = "one per watcher, never moved")]
+enum Sink {
+    /// This process's import pipeline, whose detectors follow scans and baselines across the
+    /// files.
+    Local(Importer),
+    /// Cluster mode: handed to the replicas through the bus, then waited for.
+    Bus {
+        bus: crate::bus::Bus,
+        rt: tokio::runtime::Handle,
+        sampling_rate: f64,
+        from: String,
+    },
+}
+
+/// How long a file handed to the cluster is waited for before it is handed over again at a
+/// later scan (which the flow store then answers as imported before, if it was).
+const WAIT_FOR_IMPORT: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub struct Watcher {
     root: PathBuf,
@@ -65,8 +92,7 @@ pub struct Watcher {
     refused: HashSet<&'static str>,
     /// Decompressed bytes read from one file at most.
     max_file_bytes: u64,
-    /// The import pipeline, whose detectors follow scans and baselines across the files.
-    importer: Importer,
+    sink: Sink,
 }
 
 fn being_written(name: &OsStr) -> bool {
@@ -131,6 +157,30 @@ impl Watcher {
         sampling_rate: f64,
         max_file_bytes: u64,
     ) -> anyhow::Result<Self> {
+        let importer = Importer::new(stores, config, sampling_rate)?;
+        Self::with(root, Sink::Local(importer), max_file_bytes)
+    }
+
+    /// Cluster mode: each file handed to the replicas through `bus` (calls through `rt`),
+    /// from replica `replica`.
+    pub fn handing_over(
+        root: &Path,
+        bus: crate::bus::Bus,
+        rt: tokio::runtime::Handle,
+        replica: &str,
+        sampling_rate: f64,
+        max_file_bytes: u64,
+    ) -> anyhow::Result<Self> {
+        let sink = Sink::Bus {
+            bus,
+            rt,
+            sampling_rate,
+            from: format!("the watched directory of {replica}"),
+        };
+        Self::with(root, sink, max_file_bytes)
+    }
+
+    fn with(root: &Path, sink: Sink, max_file_bytes: u64) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root)
             .with_context(|| format!("creating the watched directory {}", root.display()))?;
         let top = nix::fcntl::open(root, DIR_FLAGS.difference(OFlag::O_NOFOLLOW), Mode::empty())
@@ -145,7 +195,7 @@ impl Watcher {
             stuck: HashSet::new(),
             refused: HashSet::new(),
             max_file_bytes,
-            importer: Importer::new(stores, config, sampling_rate)?,
+            sink,
         })
     }
 
@@ -254,16 +304,63 @@ impl Watcher {
             name: name.to_string_lossy().into_owned(),
             bytes,
         };
-        let mut sum = Summary::default();
-        let imported = decoding(Box::new(f), self.max_file_bytes).and_then(|input| {
-            self.importer
-                .import(provider, input, &label, Some(&file), &mut sum)
-        });
-        let (sub, outcome) = match imported {
-            Ok(i) if i.stored => ("imported", Outcome::Imported(sum)),
-            Ok(_) => ("imported", Outcome::Duplicate),
-            Err(e) if is_input_error(&e) => ("failed", Outcome::Failed(format!("{e:#}"))),
-            Err(e) => return Err(e),
+        let (sub, outcome) = match &mut self.sink {
+            Sink::Local(importer) => {
+                let mut sum = Summary::default();
+                let imported = decoding(Box::new(f), self.max_file_bytes).and_then(|input| {
+                    importer.import(provider, input, &label, Some(&file), &mut sum)
+                });
+                match imported {
+                    Ok(i) if i.stored => ("imported", Outcome::Imported(sum)),
+                    Ok(_) => ("imported", Outcome::Duplicate),
+                    Err(e) if is_input_error(&e) => ("failed", Outcome::Failed(format!("{e:#}"))),
+                    Err(e) => return Err(e),
+                }
+            }
+            Sink::Bus {
+                bus,
+                rt,
+                sampling_rate,
+                from,
+            } => {
+                if file.bytes > self.max_file_bytes {
+                    (
+                        "failed",
+                        Outcome::Failed(format!(
+                            "over the {} MiB limit",
+                            self.max_file_bytes >> 20
+                        )),
+                    )
+                } else {
+                    let job = super::import_jobs::Job {
+                        provider: provider_dir(provider).into(),
+                        name: file.name.clone(),
+                        sha256: file.sha256.clone(),
+                        bytes: file.bytes,
+                        sampling_rate: *sampling_rate,
+                        from: from.clone(),
+                    };
+                    let o = rt.block_on(super::import_jobs::hand_over_and_wait(
+                        bus,
+                        f,
+                        &job,
+                        WAIT_FOR_IMPORT,
+                    ))?;
+                    match o {
+                        o if o.error.is_some() => {
+                            ("failed", Outcome::Failed(o.error.unwrap_or_default()))
+                        }
+                        o if !o.stored => ("imported", Outcome::Duplicate),
+                        o => (
+                            "imported",
+                            Outcome::ImportedBy {
+                                replica: o.replica,
+                                summary: o.summary,
+                            },
+                        ),
+                    }
+                }
+            }
         };
         let moved = move_into(dir, name, sub).map_err(|e| {
             self.stuck
@@ -282,6 +379,9 @@ impl Watcher {
         match &outcome {
             Outcome::Imported(sum) => {
                 info!(file = ?label, moved_to = ?to, summary = %sum, "imported")
+            }
+            Outcome::ImportedBy { replica, summary } => {
+                info!(file = ?label, moved_to = ?to, replica, summary, "imported by the cluster")
             }
             Outcome::Duplicate => info!(
                 file = ?label,

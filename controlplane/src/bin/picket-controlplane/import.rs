@@ -3,6 +3,7 @@
 use std::{
     fs::File,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -17,6 +18,12 @@ pub struct Args {
     files: Vec<PathBuf>,
     #[command(flatten)]
     stores: crate::stores::StoreArgs,
+    #[command(flatten)]
+    bus: crate::stores::BusArgs,
+    /// Cluster mode (--bus): how long to wait for each file's import by the replica that
+    /// imports, in seconds; 0 hands the files over without waiting.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    wait: u64,
     /// GCP: the subnets' flow-log sampling rate (0 < RATE <= 1), kept with every flow so
     /// that counts and detection thresholds can be scaled.
     #[arg(long, value_name = "RATE", default_value_t = controlplane::cloud::flows::GCP_DEFAULT_SAMPLING)]
@@ -88,6 +95,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let max = crate::max_file_bytes(a.max_file_mb)?;
     let stores = a.stores.open()?;
+    if let Some(bus) = a.bus.config()? {
+        return hand_over(&a, &bus, &stores, max);
+    }
     let source = match a.provider {
         Provider::Aws => Source::Aws,
         Provider::Gcp => Source::Gcp,
@@ -153,18 +163,46 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     if sum.provider.is_empty() {
-        sum.provider = match a.provider {
-            Provider::Aws => "aws",
-            Provider::Gcp => "gcp",
-            Provider::Azure => "azure",
-        };
+        sum.provider = a.provider.name();
     }
     print!("{}: {sum}", sum.provider);
     if duplicates > 0 {
         print!("; {duplicates} file(s) imported before (same content), not again");
     }
     println!();
-    for id in alerts {
+    print_alerts(&stores, &alerts)?;
+    if failed > 0 {
+        anyhow::bail!("{failed} file(s) not imported (see above); the others were");
+    }
+    if sum.stored == 0 && sum.rejected_total() > 0 {
+        anyhow::bail!(
+            "no record could be imported: is this a {} flow log?",
+            a.provider.describe()
+        );
+    }
+    Ok(())
+}
+
+impl Provider {
+    fn name(self) -> &'static str {
+        match self {
+            Provider::Aws => "aws",
+            Provider::Gcp => "gcp",
+            Provider::Azure => "azure",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Provider::Aws => "AWS VPC",
+            Provider::Gcp => "GCP VPC",
+            Provider::Azure => "Azure NSG or VNet",
+        }
+    }
+}
+
+fn print_alerts(stores: &controlplane::store::Stores, alerts: &[i64]) -> anyhow::Result<()> {
+    for &id in alerts {
         if let Some(a) = stores.state.alert(id)? {
             println!(
                 "alert #{id}: {} {} from {} against {}",
@@ -175,17 +213,116 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
         }
     }
-    if failed > 0 {
-        anyhow::bail!("{failed} file(s) not imported (see above); the others were");
+    Ok(())
+}
+
+/// Cluster mode: each file handed to the replicas through the bus, and (unless `--wait 0`)
+/// what the replica that imported it says, file by file.
+fn hand_over(
+    a: &Args,
+    bus: &controlplane::serve::BusConfig,
+    stores: &controlplane::store::Stores,
+    max: u64,
+) -> anyhow::Result<()> {
+    use controlplane::pipeline::import_jobs::{Job, hand_over, hand_over_and_wait};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bus = rt.block_on(controlplane::bus::Bus::connect(
+        &bus.url,
+        bus.password.as_deref(),
+        controlplane::detect::partition::PARTITIONS,
+    ))?;
+    let from = format!(
+        "import@{}",
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "?".into())
+    );
+    let (mut alerts, mut failed, mut stored, mut rejected) = (Vec::new(), 0u64, 0u64, 0u64);
+    for f in &a.files {
+        let stdin = f.as_os_str() == "-";
+        let label = if stdin {
+            "standard input".to_string()
+        } else {
+            f.display().to_string()
+        };
+        let outcome = (|| {
+            let mut file = if stdin {
+                spool_stdin(&a.stores.data_dir, max)?
+            } else {
+                File::open(f).map_err(|e| {
+                    anyhow::Error::new(controlplane::cloud::read::InputError(format!(
+                        "cannot open {label:?}: {e}"
+                    )))
+                })?
+            };
+            let (sha256, bytes) = controlplane::pipeline::import::digest(&mut file)?;
+            anyhow::ensure!(
+                bytes <= max,
+                "{label}: {bytes} bytes, over the {} MiB limit (--max-file-mb)",
+                max >> 20
+            );
+            let job = Job {
+                provider: a.provider.name().into(),
+                name: if stdin {
+                    "-".into()
+                } else {
+                    f.file_name()
+                        .map_or_else(|| label.clone(), |n| n.to_string_lossy().into_owned())
+                },
+                sha256,
+                bytes,
+                sampling_rate: a.sampling_rate,
+                from: from.clone(),
+            };
+            rt.block_on(async {
+                if a.wait == 0 {
+                    hand_over(&bus, file, &job, None).await?;
+                    return Ok(None);
+                }
+                info!(file = ?label, "handing it to the cluster, and waiting for its import");
+                hand_over_and_wait(&bus, file, &job, Duration::from_secs(a.wait))
+                    .await
+                    .map(Some)
+            })
+        })();
+        match outcome {
+            Ok(None) => println!("{label}: handed to the cluster"),
+            Ok(Some(o)) if o.error.is_some() => {
+                failed += 1;
+                error!(file = ?label, replica = o.replica, error = o.error.unwrap_or_default(), "not imported (nothing of it was stored)");
+            }
+            Ok(Some(o)) if !o.stored => {
+                println!("{label}: imported before (same content), not again");
+            }
+            Ok(Some(o)) => {
+                println!("{label}: {} (imported by {})", o.summary, o.replica);
+                stored += o.records_stored;
+                rejected += o.records_rejected;
+                for id in o.alerts {
+                    if !alerts.contains(&id) {
+                        alerts.push(id);
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                error!(file = ?label, error = ?format!("{e:#}"), "not imported");
+            }
+        }
     }
-    if sum.stored == 0 && sum.rejected_total() > 0 {
+    print_alerts(stores, &alerts)?;
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} file(s) not imported, or not yet within --wait (see above); the others were"
+        );
+    }
+    if stored == 0 && rejected > 0 {
         anyhow::bail!(
             "no record could be imported: is this a {} flow log?",
-            match a.provider {
-                Provider::Aws => "AWS VPC",
-                Provider::Gcp => "GCP VPC",
-                Provider::Azure => "Azure NSG or VNet",
-            }
+            a.provider.describe()
         );
     }
     Ok(())

@@ -12,22 +12,8 @@ use crate::use_geo_db;
 pub struct Args {
     #[command(flatten)]
     stores: crate::stores::StoreArgs,
-    /// Cluster mode: run as one of several replicas that share a NATS JetStream bus
-    /// (nats://[USER@]HOST:4222), the --flow-store and the --state-store. Sensor batches go
-    /// through the bus, acknowledged to the sensor once it stored them, and any replica's writer
-    /// stores them.
-    #[arg(
-        long,
-        env = "PICKET_BUS",
-        hide_env_values = true,
-        value_name = "URL",
-        requires_all = ["flow_store", "state_store"]
-    )]
-    bus: Option<String>,
-    /// The bus's password: the first line of FILE. Without it, the environment's
-    /// PICKET_BUS_PASSWORD, else the URL's (which other users can read in the process list).
-    #[arg(long, value_name = "FILE", requires = "bus")]
-    bus_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    bus: crate::stores::BusArgs,
     /// Address for sensors (gRPC).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
     grpc_listen: SocketAddr,
@@ -163,23 +149,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(controlplane::listen::server_config(c, k)?),
         _ => None,
     };
-    let bus = match a.bus {
-        None => None,
-        Some(url) => {
-            let password = match &a.bus_password_file {
-                Some(f) => Some(crate::secret(f)?),
-                None => std::env::var("PICKET_BUS_PASSWORD")
-                    .ok()
-                    .filter(|p| !p.is_empty()),
-            };
-            if password.is_none() && crate::stores::userinfo_password(&url) {
-                tracing::warn!(
-                    "the --bus URL holds a password, which other users can read in the process list: use --bus-password-file or PICKET_BUS_PASSWORD"
-                );
-            }
-            Some(controlplane::serve::BusConfig { url, password })
-        }
-    };
+    let bus = a.bus.config()?;
     controlplane::serve::run(controlplane::serve::Config {
         bus,
         stores: a.stores.backends()?,

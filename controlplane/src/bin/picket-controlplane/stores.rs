@@ -113,6 +113,46 @@ impl StoreArgs {
     }
 }
 
+/// The bus of cluster mode (`serve` as a replica; `import` handing files to the replicas).
+#[derive(clap::Args)]
+pub struct BusArgs {
+    /// Cluster mode: the NATS JetStream bus (nats://[USER@]HOST:4222) shared by the replicas,
+    /// which share the --flow-store and the --state-store too. `serve` runs as one replica:
+    /// sensor batches go through the bus, acknowledged to the sensor once it stored them, and
+    /// any replica's writer stores them. `import` hands its files to the replicas through it.
+    #[arg(
+        long,
+        env = "PICKET_BUS",
+        hide_env_values = true,
+        value_name = "URL",
+        requires_all = ["flow_store", "state_store"]
+    )]
+    pub bus: Option<String>,
+    /// The bus's password: the first line of FILE. Without it, the environment's
+    /// PICKET_BUS_PASSWORD, else the URL's (which other users can read in the process list).
+    #[arg(long, value_name = "FILE", requires = "bus")]
+    pub bus_password_file: Option<PathBuf>,
+}
+
+impl BusArgs {
+    /// The bus to connect to, if any, with its password.
+    pub fn config(&self) -> anyhow::Result<Option<controlplane::serve::BusConfig>> {
+        let Some(url) = &self.bus else {
+            return Ok(None);
+        };
+        let password = password(&self.bus_password_file, "PICKET_BUS_PASSWORD")?;
+        if password.is_none() && userinfo_password(url) {
+            tracing::warn!(
+                "the --bus URL holds a password, which other users can read in the process list: use --bus-password-file or PICKET_BUS_PASSWORD"
+            );
+        }
+        Ok(Some(controlplane::serve::BusConfig {
+            url: url.clone(),
+            password,
+        }))
+    }
+}
+
 /// Whether a URL's user part holds a password (`scheme://user:password@host...`).
 pub fn userinfo_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or("", |(_, r)| r);
