@@ -386,8 +386,9 @@ fn the_bus_killed_and_the_flow_store_away_lose_nothing() {
 /// replicas: six sources, 10 ports each. Each replica alone stores three sources and 30 ports,
 /// below the detector's 4 sources and 40 ports; the detectors of the target's partition (one
 /// replica holds it) see all six and raise one alert. The eight partitions spread four and
-/// four. Then the replica holding the next target's partition is killed: the other takes every
-/// partition over once the leases expire, and the next such scan is one alert too.
+/// four. Half of the next scan reaches the holder of its partition and is checkpointed; the
+/// holder is killed, the other half reaches the survivor, which takes the partition over with
+/// the saved window: one alert again, naming sources of both halves.
 #[test]
 fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
     use tests::cluster::{probe_batch, send};
@@ -496,13 +497,22 @@ fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
     } else {
         (1, 0)
     };
-    replicas[dead].kill();
+    // Half of the next scan reaches the holder, which checkpoints it: saved, and acknowledged
+    // on the bus, so it never comes again.
     let t2 = [10, 0, 0, 6];
     send(
         replicas[alive].grpc,
         &ka,
         vec![probe_batch("sensor-a", 2, &scan(t2, 1..4))],
     );
+    wait_until(Duration::from_secs(40), "the first half checkpointed", || {
+        let (_, h) = replicas[alive].health();
+        h["bus"]["batches_waiting_for_detectors"] == 0 && h["bus"]["batches_with_detectors"] == 0
+    });
+    assert!(alerts_about("10.0.0.6").is_empty());
+    // The holder dies; the other half reaches the survivor, which takes the partition over
+    // with the saved window: one alert, naming sources of both halves.
+    replicas[dead].kill();
     send(
         replicas[alive].grpc,
         &kb,
@@ -511,7 +521,14 @@ fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
     wait_until(Duration::from_secs(90), "the other replica detects", || {
         !alerts_about("10.0.0.6").is_empty()
     });
-    assert_eq!(alerts_about("10.0.0.6").len(), 1);
+    let found = alerts_about("10.0.0.6");
+    assert_eq!(found.len(), 1);
+    let t = &found[0].targets;
+    assert!(
+        (1..4u8).any(|s| t.contains(&format!("198.51.100.{s}")))
+            && (4..7u8).any(|s| t.contains(&format!("198.51.100.{s}"))),
+        "sources of both halves, the first from the saved window: {found:#?}"
+    );
     wait_until(
         Duration::from_secs(60),
         "every partition on the survivor",

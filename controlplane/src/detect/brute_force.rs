@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde_json::json;
 
 use super::{
-    Detector, Input, Output,
+    Detector, Input, Output, State,
     common::{Bounded, Stamped, TCP, scaled},
 };
 use crate::{
@@ -46,7 +46,7 @@ impl Default for BruteForceConfig {
 }
 
 /// Attempts of one source against one target in its current window.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Attempts {
     window_start_ns: i64,
     last_ns: i64,
@@ -103,7 +103,7 @@ impl LoginBruteForce {
     pub fn new(config: BruteForceConfig) -> Self {
         LoginBruteForce {
             config,
-            attempts: Bounded::new(config.max_keys, "brute-force"),
+            attempts: Bounded::new(config.max_keys, "brute-force").saved(),
         }
     }
 
@@ -246,7 +246,44 @@ impl Detector for LoginBruteForce {
     fn forgotten(&self) -> u64 {
         self.attempts.forgotten()
     }
+
+    /// The windows under way, by (source, sensor): an attack keeps counting across a restart,
+    /// and across a move of its partition to another replica (cluster mode).
+    fn load(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        for (k, v) in state.read(LOGIN_STATE)? {
+            let key = k
+                .split_once(' ')
+                .and_then(|(ip, sensor)| Some((ip.parse::<IpAddr>().ok()?, sensor.to_string())));
+            match (key, serde_json::from_str::<Attempts>(&v)) {
+                (Some(key), Ok(a)) => self.attempts.restore(key, a),
+                _ => tracing::warn!(key = k, "a saved brute-force window does not read; skipped"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The windows that changed; those over are deleted.
+    fn save(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        let horizon = self.attempts.now_ns() - self.config.window_ns;
+        let entries: Vec<(String, Option<String>, i64)> = self
+            .attempts
+            .changes(horizon)
+            .into_iter()
+            .map(|((ip, sensor), v)| {
+                let last = v.map_or(0, |v| v.last_ns);
+                (
+                    format!("{ip} {sensor}"),
+                    v.and_then(|v| serde_json::to_string(v).ok()),
+                    last,
+                )
+            })
+            .collect();
+        state.write(LOGIN_STATE, &entries)
+    }
 }
+
+/// The name the login windows are saved under.
+const LOGIN_STATE: &str = "brute_force_login_windows";
 
 impl Detector for FlowBruteForce {
     fn name(&self) -> &'static str {

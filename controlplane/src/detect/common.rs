@@ -186,6 +186,10 @@ pub(crate) struct Bounded<K, V> {
     now_ns: i64,
     pruned_ns: i64,
     forgotten: u64,
+    /// Keys touched or dropped since the last [`Bounded::changes`], for a detector that saves
+    /// its windows (kept only [`Bounded::saved`]).
+    dirty: HashSet<K>,
+    saved: bool,
 }
 
 impl<K: std::hash::Hash + Eq + Clone, V: Stamped> Bounded<K, V> {
@@ -197,6 +201,48 @@ impl<K: std::hash::Hash + Eq + Clone, V: Stamped> Bounded<K, V> {
             now_ns: 0,
             pruned_ns: 0,
             forgotten: 0,
+            dirty: HashSet::new(),
+            saved: false,
+        }
+    }
+
+    /// Keeps track of what changed, for [`Bounded::changes`] (which must then be called, at
+    /// each save, to keep that bounded too).
+    pub(crate) fn saved(mut self) -> Self {
+        self.saved = true;
+        self
+    }
+
+    /// The latest data time seen.
+    pub(crate) fn now_ns(&self) -> i64 {
+        self.now_ns
+    }
+
+    /// What changed since the last call, to save: each key touched with its state, or None for
+    /// a key dropped. Keys untouched since `horizon` (their window is over) are dropped first.
+    pub(crate) fn changes(&mut self, horizon: i64) -> Vec<(K, Option<&V>)> {
+        let dirty = &mut self.dirty;
+        self.map.retain(|k, v| {
+            let keep = v.last_ns() >= horizon;
+            if !keep {
+                dirty.insert(k.clone());
+            }
+            keep
+        });
+        let keys: Vec<K> = self.dirty.drain().collect();
+        keys.into_iter()
+            .map(|k| {
+                let v = self.map.get(&k);
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// Takes up a saved key (at a load), within the bound.
+    pub(crate) fn restore(&mut self, k: K, v: V) {
+        if self.map.len() < self.max {
+            self.now_ns = self.now_ns.max(v.last_ns());
+            self.map.insert(k, v);
         }
     }
 
@@ -215,16 +261,29 @@ impl<K: std::hash::Hash + Eq + Clone, V: Stamped> Bounded<K, V> {
         if !self.map.contains_key(&k) && self.map.len() >= self.max {
             if self.now_ns - self.pruned_ns > window_ns / 10 {
                 let horizon = self.now_ns - window_ns;
-                self.map.retain(|_, v| v.last_ns() >= horizon);
+                let (dirty, saved) = (&mut self.dirty, self.saved);
+                self.map.retain(|k, v| {
+                    let keep = v.last_ns() >= horizon;
+                    if !keep && saved {
+                        dirty.insert(k.clone());
+                    }
+                    keep
+                });
                 self.pruned_ns = self.now_ns;
             }
             if self.map.len() >= self.max
                 && let Some(old) = self.map.keys().next().cloned()
             {
                 self.map.remove(&old);
+                if self.saved {
+                    self.dirty.insert(old.clone());
+                }
                 self.forgotten += 1;
                 forgot(self.detector, self.forgotten);
             }
+        }
+        if self.saved {
+            self.dirty.insert(k.clone());
         }
         self.map.entry(k).or_default()
     }

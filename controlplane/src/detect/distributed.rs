@@ -7,10 +7,11 @@ use std::{
     net::IpAddr,
 };
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    Detector, Input, Output,
+    Detector, Input, Output, State,
     common::{Bounded, ChunkView, Stamped},
 };
 use crate::{
@@ -51,7 +52,7 @@ const MAX_PORTS: usize = 1024;
 /// Sources kept per target.
 const MAX_SOURCES: usize = 1024;
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct TargetState {
     window_start_ns: i64,
     last_ns: i64,
@@ -88,7 +89,7 @@ impl DistributedScan {
     pub fn new(config: DistributedConfig) -> Self {
         DistributedScan {
             config,
-            targets: Bounded::new(config.max_targets, "distributed-scan"),
+            targets: Bounded::new(config.max_targets, "distributed-scan").saved(),
         }
     }
 
@@ -230,7 +231,44 @@ impl Detector for DistributedScan {
     fn forgotten(&self) -> u64 {
         self.targets.forgotten()
     }
+
+    /// The windows under way, by target: a scan keeps counting across a restart, and across
+    /// a move of its partition to another replica (cluster mode).
+    fn load(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        for (k, v) in state.read(STATE)? {
+            match (k.parse::<IpAddr>(), serde_json::from_str::<TargetState>(&v)) {
+                (Ok(target), Ok(st)) => self.targets.restore(target, st),
+                _ => tracing::warn!(
+                    key = k,
+                    "a saved distributed-scan window does not read; skipped"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// The windows that changed; those over are deleted.
+    fn save(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        let horizon = self.targets.now_ns() - self.config.window_ns;
+        let entries: Vec<(String, Option<String>, i64)> = self
+            .targets
+            .changes(horizon)
+            .into_iter()
+            .map(|(k, v)| {
+                let last = v.map_or(0, |v| v.last_ns);
+                (
+                    k.to_string(),
+                    v.and_then(|v| serde_json::to_string(v).ok()),
+                    last,
+                )
+            })
+            .collect();
+        state.write(STATE, &entries)
+    }
 }
+
+/// The name its windows are saved under.
+const STATE: &str = "distributed_scan_windows";
 
 #[cfg(test)]
 mod tests {
@@ -337,5 +375,54 @@ mod tests {
             }
         }
         assert!(d.observe(&nat, &ChunkView::of(&nat)).is_empty());
+    }
+
+    #[test]
+    fn a_scan_under_way_keeps_counting_across_a_save_and_a_load() {
+        use crate::{
+            detect::{Detector as _, State},
+            store::{Settings as _, SqliteStore},
+        };
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(dir.path()).expect("open");
+        let state = State {
+            store: store.as_ref(),
+            prefix: "sensor/3-of-8/",
+        };
+        // Three sources of 10 ports: below the 4 sources and 40 ports.
+        let mut d = DistributedScan::default();
+        let first: Vec<Flow> = ["10.0.0.21", "10.0.0.22", "10.0.0.23"]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, src)| {
+                (0..10u16)
+                    .map(move |p| record(src, 40000, "10.0.1.1", 1000 + i as u16 * 10 + p, 1000))
+            })
+            .collect();
+        assert!(d.observe(&first, &ChunkView::of(&first)).is_empty());
+        // A window long over is deleted at the save, not kept for ever.
+        let old = [record("10.0.0.5", 40000, "10.0.1.9", 22, 1)];
+        let mut stale = DistributedScan::default();
+        stale.observe(&old, &ChunkView::of(&old));
+        stale.observe(&first, &ChunkView::of(&first));
+        stale.save(&state).expect("save");
+        d.save(&state).expect("save");
+        let saved = store
+            .detector_state("sensor/3-of-8/distributed_scan_windows")
+            .expect("read");
+        assert_eq!(saved.len(), 1, "only 10.0.1.1's window: {saved:?}");
+        // Another process (the partition moved) takes up the window: the fourth source makes
+        // the scan.
+        let mut e = DistributedScan::default();
+        e.load(&state).expect("load");
+        let fourth: Vec<Flow> = (0..10u16)
+            .map(|p| record("10.0.0.24", 40000, "10.0.1.1", 2000 + p, 1010))
+            .collect();
+        let u = e.observe(&fourth, &ChunkView::of(&fourth));
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].observation["distinct_ports"], 40);
+        // Without the load, the fourth source alone is nothing.
+        let mut fresh = DistributedScan::default();
+        assert!(fresh.observe(&fourth, &ChunkView::of(&fourth)).is_empty());
     }
 }

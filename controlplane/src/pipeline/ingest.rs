@@ -168,7 +168,19 @@ fn writer(
         flows: store,
         state,
     } = stores;
-    let mut events = Detectors::new(Feed::SensorEvents, &config);
+    // The brute-force windows of logins are saved, like the flows' baselines, so that an
+    // attack keeps counting across a restart.
+    let mut events =
+        Detectors::load(Feed::SensorEvents, &config, state.as_ref()).unwrap_or_else(|e| {
+            warn!(error = %format!("{e:#}"), "reading the login windows failed; counting anew");
+            Detectors::new(Feed::SensorEvents, &config)
+        });
+    let mut saved = std::time::Instant::now();
+    let save = |events: &mut Detectors| {
+        if let Err(e) = events.save(state.as_ref()) {
+            warn!(error = %format!("{e:#}"), "saving the login windows failed (retried)");
+        }
+    };
     let group_flows = store.group_flows();
     while let Some(first) = rx.blocking_recv() {
         let mut flows = first.batch.flows.len();
@@ -207,5 +219,12 @@ fn writer(
                 }
             }
         }
+        if detect && saved.elapsed() >= SAVE_INTERVAL {
+            save(&mut events);
+            saved = std::time::Instant::now();
+        }
+    }
+    if detect {
+        save(&mut events);
     }
 }
