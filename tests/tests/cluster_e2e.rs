@@ -505,10 +505,15 @@ fn a_scan_split_over_two_replicas_is_one_alert_and_detection_fails_over() {
         &ka,
         vec![probe_batch("sensor-a", 2, &scan(t2, 1..4))],
     );
-    wait_until(Duration::from_secs(40), "the first half checkpointed", || {
-        let (_, h) = replicas[alive].health();
-        h["bus"]["batches_waiting_for_detectors"] == 0 && h["bus"]["batches_with_detectors"] == 0
-    });
+    wait_until(
+        Duration::from_secs(40),
+        "the first half checkpointed",
+        || {
+            let (_, h) = replicas[alive].health();
+            h["bus"]["batches_waiting_for_detectors"] == 0
+                && h["bus"]["batches_with_detectors"] == 0
+        },
+    );
     assert!(alerts_about("10.0.0.6").is_empty());
     // The holder dies; the other half reaches the survivor, which takes the partition over
     // with the saved window: one alert, naming sources of both halves.
