@@ -126,6 +126,18 @@ impl FlowCache {
                 .min()
                 .unwrap_or(0);
             let last = c.fwd.last_seen_ns.max(c.rev.last_seen_ns);
+            // An ICMP error refuses what it answers.
+            let answered = answers(c.src_key.protocol, &c.rev) && !icmp_error(&c.src_key);
+            // A reply joins its asker's conversation when the cache has it already (an ICMP
+            // error has no partner key to be found by in `add_one`).
+            if let Some(e) = self.entries.get_mut(&c.src_key) {
+                e.fwd.merge(&c.fwd);
+                e.rev.merge(&c.rev);
+                e.answered |= answered;
+                Self::touch(e, &c.fwd);
+                Self::touch(e, &c.rev);
+                continue;
+            }
             self.entries.insert(
                 c.src_key,
                 Entry {
@@ -134,7 +146,7 @@ impl FlowCache {
                     how: c.how,
                     slice_start_ns: first,
                     last_ns: last,
-                    answered: answers(c.src_key.protocol, &c.rev),
+                    answered,
                 },
             );
         }
@@ -146,7 +158,11 @@ impl FlowCache {
     pub fn contacts_of(&self, src: &[u8; 16]) -> Contacts {
         let mut c = Contacts::default();
         for (k, e) in &self.entries {
-            if &k.src_addr == src {
+            if &k.src_addr == src && icmp_error(k) {
+                // A destination unreachable to `src` (kept as `src`'s conversation, the error
+                // its reply) answers its probes: not a contact of its own.
+                c.replied += 1;
+            } else if &k.src_addr == src {
                 if e.rev.packets > 0 {
                     c.replied += 1;
                 }

@@ -198,7 +198,8 @@ pub struct FlowRecord {
     /// Non-first IP fragments (ports unknown) or a cut transport header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partial: Option<&'static str>,
-    /// How `src` was chosen: "syn", "icmp_type", "port", "first_seen", "one_way".
+    /// How `src` was chosen: "syn", "syn_ack", "icmp_type", "port", "first_seen", "reply",
+    /// "one_way" (see `pair_flows`).
     pub initiator_by: &'static str,
     /// Why the record was exported now: "active_timeout" (a slice of a long flow),
     /// "idle_timeout", "end" (FIN both ways or RST), "shutdown", or "interval".
@@ -284,13 +285,58 @@ fn partner(k: &FlowKey) -> Option<FlowKey> {
     }
 }
 
+/// If the one direction `k` seen of a conversation answers something (its flags or type say
+/// so), the key of the asking direction: a TCP direction that sent a SYN-ACK or a RST without
+/// opening with a bare SYN; an ICMP echo reply or error (destination unreachable, time
+/// exceeded...); a UDP datagram from a well-known port to an ephemeral one.
+fn reply_to(k: &FlowKey, a: &FlowTotals) -> Option<FlowKey> {
+    use sensor_common::tcp::{ACK, RST, SYN};
+    if k.flags & KEY_FLAG_FRAGMENT != 0 {
+        return None;
+    }
+    // ICMP errors keep the type and code in the ports: only the addresses turn round.
+    let addresses_turned = || {
+        let mut r = *k;
+        (r.src_addr, r.dst_addr) = (k.dst_addr, k.src_addr);
+        r
+    };
+    match k.protocol {
+        6 => {
+            let answers = a.tcp_flags & RST != 0 || a.tcp_flags & (SYN | ACK) == SYN | ACK;
+            (answers && !a.bare_syn).then(|| reverse(k))
+        }
+        17 | 132 => (k.src_port < 1024 && k.dst_port >= 1024).then(|| reverse(k)),
+        1 => match k.src_port {
+            0 => partner(k),
+            3 | 4 | 5 | 11 | 12 => Some(addresses_turned()),
+            _ => None,
+        },
+        58 => match k.src_port {
+            129 => partner(k),
+            1..=4 => Some(addresses_turned()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Decides which of two directions initiated the conversation: true if `a` did, with the
-/// reason. Order: a bare SYN first, then a well-known port on one side, then first seen, then
-/// the higher (ephemeral) port.
+/// reason. Order: a bare SYN first, then a SYN-ACK on one side only, then a well-known port
+/// on one side, then first seen, then the higher (ephemeral) port.
 fn a_initiated(ka: &FlowKey, a: &FlowTotals, kb: &FlowKey, b: &FlowTotals) -> (bool, &'static str) {
+    use sensor_common::tcp::{ACK, SYN};
     // The side whose first packet was a bare SYN (the kernel marks it; a SYN-ACK never is).
     if ka.protocol == 6 && a.bare_syn != b.bare_syn {
         return (a.bare_syn, "syn");
+    }
+    // Without a bare SYN (a scanner's SYN summed per source, or a capture that started late),
+    // the side that sent a SYN-ACK answered. Flags add up over a direction, so a client's own
+    // SYN and ACKs would look alike: this comes only after the bare SYN.
+    if ka.protocol == 6 {
+        let syn_ack = |t: &FlowTotals| t.tcp_flags & (SYN | ACK) == SYN | ACK;
+        if syn_ack(a) != syn_ack(b) {
+            return (!syn_ack(a), "syn_ack");
+        }
     }
     if matches!(ka.protocol, 1 | 58) {
         // The echo request side initiates.
@@ -330,7 +376,9 @@ pub struct Conversation {
     pub src_key: FlowKey,
     pub fwd: FlowTotals,
     pub rev: FlowTotals,
-    /// How the initiator was chosen: "syn", "icmp_type", "port", "first_seen", "one_way".
+    /// How the initiator was chosen: "syn", "syn_ack", "icmp_type", "port", "first_seen",
+    /// "reply" (one direction seen, which answers), "one_way" (one direction seen, which may
+    /// have started it).
     pub how: &'static str,
 }
 
@@ -367,7 +415,13 @@ pub fn pair_flows(mut flows: FlowMap<FlowTotals>) -> Vec<Conversation> {
                     (pk, b, a, how)
                 }
             }
-            None => (k, a, FlowTotals::default(), "one_way"),
+            // Only one direction: a reply whose question was not recorded as a flow (a
+            // flagged scanner's probes are summed per source) is the answering side, not the
+            // initiator.
+            None => match reply_to(&k, &a) {
+                Some(asker) => (asker, FlowTotals::default(), a, "reply"),
+                None => (k, a, FlowTotals::default(), "one_way"),
+            },
         };
         out.push(Conversation {
             src_key,
@@ -556,18 +610,120 @@ mod tests {
     }
 
     #[test]
-    fn scanned_open_port_is_oriented_by_the_well_known_port() {
+    fn scanned_open_port_is_oriented_by_the_syn_ack() {
         // The scanner's SYN was summed per source: the server's SYN-ACK is the first packet
-        // recorded, and only the scanner's RST follows.
-        let scanner = key([10, 0, 0, 66], 61000, [10, 0, 0, 2], 443, 6);
+        // recorded, and only the scanner's RST follows; on a well-known port and on a high
+        // one alike (a masscan of every port).
+        for port in [443, 40000] {
+            let scanner = key([10, 0, 0, 66], 61000, [10, 0, 0, 2], port, 6);
+            let mut m = FlowMap::default();
+            m.insert(reverse(&scanner), totals(1, 44, 5, tcp::SYN | tcp::ACK));
+            m.insert(scanner, totals(1, 40, 9, tcp::RST));
+            let r = join_flows(&m, Clock::with_offset(0), &name);
+            assert_eq!(
+                (r[0].src_ip.to_string(), r[0].dst_port, r[0].initiator_by),
+                ("10.0.0.66".to_string(), port, "syn_ack")
+            );
+        }
+        // A client whose SYN was not seen (the capture started late) sent no SYN-ACK either:
+        // the ports decide, as before.
+        let client = key([10, 0, 0, 1], 50000, [10, 0, 0, 2], 443, 6);
         let mut m = FlowMap::default();
-        m.insert(reverse(&scanner), totals(1, 44, 5, tcp::SYN | tcp::ACK));
-        m.insert(scanner, totals(1, 40, 9, tcp::RST));
+        m.insert(reverse(&client), totals(3, 3000, 5, tcp::ACK | tcp::PSH));
+        m.insert(client, totals(3, 300, 6, tcp::ACK | tcp::PSH));
         let r = join_flows(&m, Clock::with_offset(0), &name);
         assert_eq!(
             (r[0].src_ip.to_string(), r[0].dst_port, r[0].initiator_by),
-            ("10.0.0.66".to_string(), 443, "port")
+            ("10.0.0.1".to_string(), 443, "port")
         );
+    }
+
+    #[test]
+    fn a_lone_reply_is_recorded_as_the_askers_conversation() {
+        let record = |k: FlowKey, t: FlowTotals| {
+            let r = join_flows(&FlowMap::from_iter([(k, t)]), Clock::with_offset(0), &name);
+            assert_eq!(r.len(), 1);
+            let r = &r[0];
+            (
+                r.src_ip.to_string(),
+                r.src_port,
+                r.dst_ip.to_string(),
+                r.dst_port,
+                (r.packets, r.reverse_packets, r.reverse_bytes),
+                r.initiator_by,
+            )
+        };
+        let target = [10, 0, 0, 2];
+        let scanner = [10, 0, 0, 66];
+        // A closed port's RST to a probe summed per source: the scanner asked.
+        assert_eq!(
+            record(
+                key(target, 40000, scanner, 61000, 6),
+                totals(1, 40, 5, tcp::RST | tcp::ACK)
+            ),
+            (
+                "10.0.0.66".into(),
+                61000,
+                "10.0.0.2".into(),
+                40000,
+                (0, 1, 40),
+                "reply"
+            )
+        );
+        // An open port's SYN-ACK.
+        assert_eq!(
+            record(
+                key(target, 22, scanner, 61000, 6),
+                totals(1, 44, 5, tcp::SYN | tcp::ACK)
+            )
+            .5,
+            "reply"
+        );
+        // A port unreachable (type 3, code 3): the addresses turn, the type stays.
+        assert_eq!(
+            record(key(target, 3, scanner, 3, 1), totals(1, 70, 5, 0)),
+            (
+                "10.0.0.66".into(),
+                3,
+                "10.0.0.2".into(),
+                3,
+                (0, 1, 70),
+                "reply"
+            )
+        );
+        // An echo reply: the echo request's key.
+        assert_eq!(
+            record(key(target, 0, scanner, 77, 1), totals(1, 84, 5, 0)),
+            (
+                "10.0.0.66".into(),
+                8,
+                "10.0.0.2".into(),
+                77,
+                (0, 1, 84),
+                "reply"
+            )
+        );
+        // A DNS answer from port 53.
+        assert_eq!(
+            record(key(target, 53, scanner, 40001, 17), totals(1, 90, 5, 0)).5,
+            "reply"
+        );
+        // What may have started it stays as it is: a bare SYN, a client's data with the
+        // capture started late, a query to port 53, an echo request.
+        let mut syn = totals(1, 60, 5, tcp::SYN);
+        syn.bare_syn = true;
+        for (k, t) in [
+            (key(scanner, 61000, target, 22, 6), syn),
+            (
+                key(scanner, 50000, target, 443, 6),
+                totals(2, 200, 5, tcp::ACK | tcp::PSH),
+            ),
+            (key(scanner, 40001, target, 53, 17), totals(1, 60, 5, 0)),
+            (key(scanner, 8, target, 77, 1), totals(1, 84, 5, 0)),
+        ] {
+            let r = record(k, t);
+            assert_eq!((r.0.as_str(), r.5), ("10.0.0.66", "one_way"), "{k:?}");
+        }
     }
 
     #[test]

@@ -347,6 +347,39 @@ fn nmap_syn_scan_yields_exactly_one_event_naming_the_scanner() {
     assert_eq!(ev["distinct_hosts"], 1);
     assert_eq!(ev["last_dst_ip"], lab.ip_b.as_str());
     assert_eq!(out.kernel("scan_events_dropped"), 0);
+    // The target's RSTs and its SYN-ACK answer the probes, most of which were summed per
+    // source once the scanner was flagged: they are the scanner's conversations, never ones
+    // the target started.
+    let from_target = out.flows_where(|f| f["src_ip"] == lab.ip_b.as_str());
+    assert!(
+        from_target.is_empty(),
+        "{} flows started by the target, e.g. {:?}",
+        from_target.len(),
+        from_target.first()
+    );
+    let replies = out.flows_where(|f| {
+        f["src_ip"] == lab.ip_a.as_str() && f["initiator_by"] == "reply" && f["packets"] == 0
+    });
+    // Every port probed answered (a RST, or the SYN-ACK of 8080): each is a conversation of
+    // the scanner's, whether its probe was recorded (paired) or summed (a lone reply).
+    let ports: std::collections::BTreeSet<u64> = out
+        .flows_where(|f| f["src_ip"] == lab.ip_a.as_str() && f["reverse_packets"] != 0)
+        .iter()
+        .filter_map(|f| f["dst_port"].as_u64())
+        .collect();
+    assert_eq!(
+        ports.len(),
+        1001,
+        "ports answered, as the scanner's conversations"
+    );
+    assert!(replies.len() >= 100, "{} lone replies", replies.len());
+    let open = out.flows_where(|f| {
+        f["src_ip"] == lab.ip_a.as_str() && f["dst_port"] == 8080 && f["reverse_packets"] != 0
+    });
+    assert!(
+        !open.is_empty(),
+        "the open port's answer, as the scanner's conversation"
+    );
 }
 
 #[test]

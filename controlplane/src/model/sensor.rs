@@ -29,7 +29,9 @@ pub struct SensorMeta {
     pub reverse_tcp_flags: u8,
     /// Where the sensor saw it: `ingress`, `egress`, `both`.
     pub observed: String,
-    /// How the initiator was told: `syn`, `first_seen`, `port`, `one_way`.
+    /// How the initiator was told: `syn`, `syn_ack`, `icmp_type`, `port`, `first_seen`, `reply`
+    /// (one direction seen, which answers: the asker initiated), `one_way` (one direction seen,
+    /// taken as the initiator).
     pub initiator_by: String,
     /// `fragment`, `l4_truncated`, or empty.
     pub partial: String,
