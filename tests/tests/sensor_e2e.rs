@@ -382,6 +382,57 @@ fn nmap_syn_scan_yields_exactly_one_event_naming_the_scanner() {
     );
 }
 
+/// nmap's ACK, FIN and UDP scans: the target answers with RSTs and ICMP port unreachables
+/// (rate-limited by its kernel), in the scanner's conversations, never in ones the target
+/// started.
+#[test]
+fn ack_fin_and_udp_scan_replies_are_the_scanners_conversations() {
+    let lab = Lab::new();
+    let open = format!("{}:8080", lab.ip_b);
+    let listener = tests::in_netns(&lab.b, move || TcpListener::bind(&open).expect("bind"));
+    let _listener = listener.join().expect("listener");
+    for (scan, ports, reply) in [
+        ("-sA", "1-200", 6),
+        ("-sF", "1-200", 6),
+        ("-sU", "1-100", 1),
+    ] {
+        let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]);
+        tests::sh_in(
+            &lab.a,
+            "nmap",
+            &[
+                scan,
+                "-n",
+                "-Pn",
+                "-T4",
+                "--max-retries",
+                "1",
+                "-p",
+                ports,
+                &lab.ip_b,
+            ],
+        );
+        thread::sleep(Duration::from_millis(500));
+        let out = sensor.stop();
+        let from_target = out.flows_where(|f| f["src_ip"] == lab.ip_b.as_str());
+        assert!(
+            from_target.is_empty(),
+            "{scan}: {} flows started by the target, e.g. {:?}",
+            from_target.len(),
+            from_target.first()
+        );
+        // Answered: RSTs in the probes' own conversations (these probes are recorded per flow,
+        // the replies paired with them), ICMP errors as lone replies joined to the scanner.
+        let answered = out.flows_where(|f| {
+            f["src_ip"] == lab.ip_a.as_str()
+                && f["protocol"] == reply
+                && f["reverse_packets"] != 0
+                && (reply == 6 || f["initiator_by"] == "reply")
+        });
+        assert!(!answered.is_empty(), "{scan}: the target's answers");
+    }
+}
+
 #[test]
 fn benign_client_with_hundreds_of_connections_to_one_port_yields_no_event() {
     let lab = Lab::new();
