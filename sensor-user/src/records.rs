@@ -320,9 +320,12 @@ fn reply_to(k: &FlowKey, a: &FlowTotals) -> Option<FlowKey> {
     }
 }
 
+/// The lowest port of the usual ephemeral (client) ranges.
+const EPHEMERAL: u16 = 32768;
+
 /// Decides which of two directions initiated the conversation: true if `a` did, with the
 /// reason. Order: a bare SYN first, then a SYN-ACK on one side only, then a well-known port
-/// on one side, then first seen, then the higher (ephemeral) port.
+/// on one side, then an ephemeral port on one side, then first seen, then the higher port.
 fn a_initiated(ka: &FlowKey, a: &FlowTotals, kb: &FlowKey, b: &FlowTotals) -> (bool, &'static str) {
     use sensor_common::tcp::{ACK, SYN};
     // The side whose first packet was a bare SYN (the kernel marks it; a SYN-ACK never is).
@@ -348,6 +351,14 @@ fn a_initiated(ka: &FlowKey, a: &FlowTotals, kb: &FlowKey, b: &FlowTotals) -> (b
     // as the first packet recorded.
     if (ka.src_port < 1024) != (kb.src_port < 1024) {
         return (ka.src_port >= 1024, "port");
+    }
+    // One port in the ephemeral range (32768 and up: Linux's default range starts there,
+    // Windows' and macOS' at 49152) and the other below it: the ephemeral side is the client.
+    // This decides a conversation whose capture began after its handshake, whoever spoke first.
+    if matches!(ka.protocol, 6 | 17 | 132)
+        && (ka.src_port >= EPHEMERAL) != (kb.src_port >= EPHEMERAL)
+    {
+        return (ka.src_port >= EPHEMERAL, "port");
     }
     if a.first_seen_ns != b.first_seen_ns {
         return (a.first_seen_ns < b.first_seen_ns, "first_seen");
@@ -727,6 +738,27 @@ mod tests {
     }
 
     #[test]
+    fn tcp_capture_begun_mid_conversation_keeps_the_client_as_initiator() {
+        // No SYN of either side was seen, and the server spoke first in this capture.
+        let client = key([10, 0, 0, 1], 45678, [10, 0, 0, 2], 8080, 6);
+        let mut m = FlowMap::default();
+        m.insert(reverse(&client), totals(3, 3000, 5, tcp::ACK | tcp::PSH));
+        m.insert(client, totals(2, 104, 9, tcp::ACK));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!(
+            (
+                r[0].src_ip.to_string(),
+                r[0].src_port,
+                r[0].dst_port,
+                r[0].packets,
+                r[0].reverse_packets,
+                r[0].initiator_by
+            ),
+            ("10.0.0.1".into(), 45678, 8080, 2, 3, "port")
+        );
+    }
+
+    #[test]
     fn udp_initiator_by_port_then_first_seen_then_higher_port() {
         // A well-known port serves, whoever was seen first.
         let dns = key([10, 0, 0, 1], 5353, [10, 0, 0, 2], 53, 17);
@@ -738,19 +770,29 @@ mod tests {
             (r[0].src_port, r[0].dst_port, r[0].initiator_by),
             (5353, 53, "port")
         );
-        // Two unprivileged ports: the first seen initiates...
-        let c = key([10, 0, 0, 1], 40000, [10, 0, 0, 2], 5000, 17);
+        // An ephemeral port against a registered one: the ephemeral side, whoever was first.
+        let e = key([10, 0, 0, 1], 40000, [10, 0, 0, 2], 5000, 17);
+        let mut m = FlowMap::default();
+        m.insert(reverse(&e), totals(1, 60, 10, 0));
+        m.insert(e, totals(1, 120, 20, 0));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!(
+            (r[0].src_port, r[0].dst_port, r[0].initiator_by),
+            (40000, 5000, "port")
+        );
+        // Two registered ports: the first seen initiates...
+        let c = key([10, 0, 0, 1], 20000, [10, 0, 0, 2], 5000, 17);
         let mut m = FlowMap::default();
         m.insert(reverse(&c), totals(1, 60, 10, 0));
         m.insert(c, totals(1, 120, 20, 0));
         let r = join_flows(&m, Clock::with_offset(0), &name);
         assert_eq!((r[0].src_port, r[0].initiator_by), (5000, "first_seen"));
-        // ... and on a tie, the higher (ephemeral) port.
+        // ... and on a tie, the higher port.
         m.insert(c, totals(1, 120, 10, 0));
         let r = join_flows(&m, Clock::with_offset(0), &name);
         assert_eq!(
             (r[0].src_port, r[0].dst_port, r[0].initiator_by),
-            (40000, 5000, "port")
+            (20000, 5000, "port")
         );
     }
 
