@@ -40,7 +40,8 @@ pub struct Peer {
     pub ip: String,
     pub flows: u64,
     pub bytes: u64,
-    /// Who started the conversations: `in` (the peer), `out` (this entity), or `both`.
+    /// Who started the conversations: `in` (the peer), `out` (this entity), `both`, or
+    /// `unknown` (only flows whose initiator the sensor had to guess).
     pub direction: &'static str,
 }
 
@@ -207,9 +208,14 @@ fn roles(a: &Acc, scanner: bool, k8s_node: bool) -> Vec<Role> {
     out
 }
 
+/// Each internal address's traffic, peers and ports. Every flow counts in the traffic and
+/// the peers; only flows whose initiator is known (not guessed by the sensor: one direction
+/// seen, or the first packet seen) teach which ports an address serves and uses, and who
+/// started a conversation with a peer.
 fn accumulate(conversations: &[Conversation]) -> HashMap<IpAddr, Acc> {
     let mut m: HashMap<IpAddr, Acc> = HashMap::new();
     for c in conversations {
+        let known = c.flows.saturating_sub(c.guessed);
         let port = port_name(c.dst_port, c.protocol);
         for (me, peer, out) in [(c.src, c.dst, true), (c.dst, c.src, false)] {
             if !internal(&me) {
@@ -227,27 +233,31 @@ fn accumulate(conversations: &[Conversation]) -> HashMap<IpAddr, Acc> {
             if out {
                 a.bytes_out = a.bytes_out.saturating_add(c.bytes);
                 a.bytes_in = a.bytes_in.saturating_add(c.reverse_bytes);
-                let u = a.uses.entry(port.clone()).or_default();
-                u.0.insert(peer);
-                u.1 = u.1.saturating_add(c.flows);
-                u.2 = u.2.saturating_add(total);
+                if known > 0 {
+                    let u = a.uses.entry(port.clone()).or_default();
+                    u.0.insert(peer);
+                    u.1 = u.1.saturating_add(known);
+                    u.2 = u.2.saturating_add(total);
+                }
             } else {
                 a.bytes_in = a.bytes_in.saturating_add(c.bytes);
                 a.bytes_out = a.bytes_out.saturating_add(c.reverse_bytes);
-                if c.answered > 0 {
+                if known > 0 && c.answered > 0 {
                     let s = a.serves.entry(port.clone()).or_default();
                     s.0.insert(peer);
-                    s.1 = s.1.saturating_add(c.flows);
+                    s.1 = s.1.saturating_add(known);
                     s.2 = s.2.saturating_add(total);
                 }
             }
             let p = a.peers.entry(peer).or_default();
             p.0 = p.0.saturating_add(c.flows);
             p.1 = p.1.saturating_add(total);
-            if out {
-                p.2 = true;
-            } else {
-                p.3 = true;
+            if known > 0 {
+                if out {
+                    p.2 = true;
+                } else {
+                    p.3 = true;
+                }
             }
         }
     }
@@ -332,7 +342,8 @@ pub fn detail(
             direction: match (out, inn) {
                 (true, true) => "both",
                 (true, false) => "out",
-                _ => "in",
+                (false, true) => "in",
+                (false, false) => "unknown",
             },
         })
         .collect();
@@ -375,6 +386,7 @@ mod tests {
             reverse_packets: if answered { 8 } else { 1 },
             reverse_bytes: if answered { 5000 } else { 0 },
             answered: u64::from(answered) * 2,
+            guessed: 0,
             first_ns: 1_000,
             last_ns: 2_000,
         }
@@ -447,5 +459,44 @@ mod tests {
             detail("192.0.2.1".parse().expect("ip"), &c, &[], &ctx).is_none(),
             "not internal"
         );
+    }
+
+    #[test]
+    fn guessed_initiators_teach_no_role_and_no_ports() {
+        // A web server that really serves 8080 to 3 clients...
+        let mut c: Vec<Conversation> = (1..=3)
+            .map(|i| conv(&format!("10.0.1.{i}"), "10.0.0.80", 8080, 6, true))
+            .collect();
+        // ... and conversations whose initiator the sensor guessed: its own port 8080
+        // towards 5 hosts' high ports (one direction seen), which read literally would make
+        // it a client of 5 ports and those hosts servers.
+        for i in 1..=5 {
+            let mut g = conv("10.0.0.80", &format!("10.0.2.{i}"), 40000 + i, 6, true);
+            g.guessed = g.flows;
+            c.push(g);
+        }
+        let ctx = EntityContext::default();
+        let d = detail("10.0.0.80".parse().expect("ip"), &c, &[], &ctx).expect("detail");
+        assert_eq!(d.entity.role, "web");
+        let serves: Vec<&str> = d.entity.serves.iter().map(|p| p.port.as_str()).collect();
+        assert_eq!(serves, ["8080/tcp"]);
+        assert!(d.uses.is_empty(), "{:?}", d.uses);
+        // Their traffic and peers still count, with the direction unknown.
+        assert_eq!(d.entity.peers, 8);
+        assert_eq!(d.entity.flows, 16);
+        let p = d
+            .peers_top
+            .iter()
+            .find(|p| p.ip == "10.0.2.1")
+            .expect("peer");
+        assert_eq!(p.direction, "unknown");
+        let l = list(&c, &ctx);
+        let g = l.iter().find(|e| e.ip == "10.0.2.3").expect("guessed peer");
+        assert!(g.serves.is_empty(), "{:?}", g.serves);
+        // A conversation with some known flows teaches from those.
+        c[3].guessed = 1;
+        let d = detail("10.0.0.80".parse().expect("ip"), &c, &[], &ctx).expect("detail");
+        assert_eq!(d.uses.len(), 1);
+        assert_eq!(d.uses[0].flows, 1);
     }
 }

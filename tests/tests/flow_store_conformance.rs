@@ -118,6 +118,10 @@ fn fill(s: &dyn FlowStore) {
             sensor_flow("2001:db8::5", 40002, "2001:db8::9", 22, 6, T0 + 70 * S),
         ],
     );
+    // The sensor had to guess who started the DNS conversation (the first packet seen).
+    if let Some(m) = b1.flows[1].sensor.as_mut() {
+        m.initiator_by = "first_seen".into();
+    }
     if let Some(m) = b1.flows[0].sensor.as_mut() {
         m.src_pod = Some(PodContext {
             namespace: "shop".into(),
@@ -444,7 +448,26 @@ fn later_answers(s: &dyn FlowStore) -> Vec<String> {
         s.correlate(T0 - 3_600 * S, T0 + 7_200 * S, 120 * S)
             .expect("correlate")
     ));
-    out.push(format!("flows: {:?}", all_pages(s, &FlowQuery::default())));
+    let flows = all_pages(s, &FlowQuery::default());
+    // How each flow's initiator was told, and whether it was a guess: sensor flows only.
+    let how = |sp: u16| {
+        let f = flows
+            .iter()
+            .flatten()
+            .find(|f| f.src_port == sp && f.source == "sensor");
+        f.map(|f| (f.initiator_by.as_deref(), f.initiator_guessed))
+    };
+    assert_eq!(how(40000), Some((Some("syn"), Some(false))));
+    assert_eq!(how(40001), Some((Some("first_seen"), Some(true))));
+    assert!(
+        flows
+            .iter()
+            .flatten()
+            .filter(|f| f.source != "sensor")
+            .all(|f| f.initiator_by.is_none() && f.initiator_guessed.is_none()),
+        "a cloud record's source is its packets' source"
+    );
+    out.push(format!("flows: {flows:?}"));
     s.maintain(T0 + 7_200 * S, &Retention::default())
         .expect("maintain");
     for level in ["1m", "1h"] {
@@ -464,6 +487,14 @@ fn later_answers(s: &dyn FlowStore) -> Vec<String> {
         .conversations(T0, T0 + 3_600 * S, Some(ip("10.0.0.9")))
         .expect("conversations");
     mine.sort_by_key(|c| (c.src, c.dst, c.dst_port, c.protocol));
+    // The guessed flow is counted as such in its conversation, and only there.
+    let guessed: Vec<(u16, u64, u64)> = mine
+        .iter()
+        .filter(|c| c.src == ip("10.0.0.5"))
+        .map(|c| (c.dst_port, c.flows, c.guessed))
+        .collect();
+    assert!(guessed.contains(&(53, 1, 1)), "{guessed:?}");
+    assert!(guessed.contains(&(443, 1, 0)), "{guessed:?}");
     out.push(format!("conversations of 10.0.0.9: {mine:?}"));
     out.push(format!(
         "hourly: {:?}",
@@ -663,7 +694,8 @@ fn a_store_from_before_the_hourly_top_sums_answers_top_n_from_its_flows() {
     assert_eq!(
         ch.query("SELECT max(version) FROM picket.picket_schema")
             .trim(),
-        "2"
+        "3",
+        "migrated to the newest (its column added already counts as added)"
     );
     // The newest flow ended in the day's first hour: the sums hold every flow from the next.
     assert_eq!(

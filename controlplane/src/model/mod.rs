@@ -16,6 +16,6 @@ pub use alert::{
 pub use flow::{Action, CloudMeta, Flow, FlowSink, ImportedFile, Source};
 pub use notification::{Event, event_for};
 pub use sensor::{
-    Heartbeat, Interface, LoginEvent, PodContext, ProbeRecord, Registration, ScanEvent,
-    SensorBatch, SensorMeta,
+    GUESSED_INITIATOR, Heartbeat, Interface, LoginEvent, PodContext, ProbeRecord, Registration,
+    ScanEvent, SensorBatch, SensorMeta, initiator_guessed,
 };

@@ -22,6 +22,16 @@ pub struct SensorBatch {
     pub logins: Vec<LoginEvent>,
 }
 
+/// The `initiator_by` values that are guesses: one direction seen that may have started the
+/// conversation, or the earlier first packet. Stored and shown, but no entity role is learned
+/// from them.
+pub const GUESSED_INITIATOR: [&str; 2] = ["one_way", "first_seen"];
+
+/// Whether a sensor flow's initiator was guessed (see [`GUESSED_INITIATOR`]).
+pub fn initiator_guessed(initiator_by: &str) -> bool {
+    GUESSED_INITIATOR.contains(&initiator_by)
+}
+
 /// What a sensor flow carries beyond the common model.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SensorMeta {

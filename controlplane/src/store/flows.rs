@@ -74,6 +74,12 @@ pub struct FlowRow {
     pub pkt_dst_ip: Option<String>,
     /// Cloud extras, or the sensor's pod context.
     pub extra: Option<serde_json::Value>,
+    /// A sensor flow's `initiator_by` (how its source was told to be the initiator); none for
+    /// a cloud record, whose source is the packets' source.
+    pub initiator_by: Option<String>,
+    /// Whether that was a guess (`one_way`, `first_seen`): the entity views learn no role from
+    /// such a flow. None for a cloud record.
+    pub initiator_guessed: Option<bool>,
     /// Flows of the other kind (sensor / cloud) linked to this one as the same conversation.
     pub correlated: i64,
 }
@@ -147,6 +153,8 @@ pub struct Conversation {
     /// Flows whose destination answered: a completed TCP handshake (not a RST), return
     /// traffic of other protocols, or a cloud's accept.
     pub answered: u64,
+    /// Sensor flows whose initiator was a guess (`one_way`, `first_seen`).
+    pub guessed: u64,
     pub first_ns: i64,
     pub last_ns: i64,
 }

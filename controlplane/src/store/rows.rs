@@ -179,6 +179,16 @@ pub(crate) fn flow_extra(
     })
 }
 
+/// A stored flow's initiator as the API shows it: a sensor flow's `initiator_by` and whether
+/// it was a guess; nothing for a cloud record (or a sensor record stored without one).
+pub(crate) fn initiator(source: &str, initiator_by: String) -> (Option<String>, Option<bool>) {
+    if source != crate::model::Source::Sensor.as_str() || initiator_by.is_empty() {
+        return (None, None);
+    }
+    let guessed = crate::model::initiator_guessed(&initiator_by);
+    (Some(initiator_by), Some(guessed))
+}
+
 /// A counter as the flow stores show it: signed 64-bit, saturating rather than wrapping.
 pub(crate) fn counter(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64

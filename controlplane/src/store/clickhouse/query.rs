@@ -43,6 +43,7 @@ struct FlowOut {
     cloud_json: Option<String>,
     src_pod: Option<String>,
     dst_pod: Option<String>,
+    initiator_by: String,
 }
 
 use crate::store::rows::counter as i;
@@ -54,6 +55,8 @@ impl FlowOut {
             self.src_pod.as_deref(),
             self.dst_pod.as_deref(),
         );
+        let (initiator_by, initiator_guessed) =
+            crate::store::rows::initiator(&self.source, self.initiator_by);
         FlowRow {
             id: i(self.id),
             source: self.source,
@@ -83,6 +86,8 @@ impl FlowOut {
             pkt_dst_ip: self.pkt_dst_ip.map(|a| ip_of(a).to_string()),
             extra,
             correlated,
+            initiator_by,
+            initiator_guessed,
         }
     }
 }
@@ -91,7 +96,7 @@ impl FlowOut {
 const FLOW_COLUMNS: &str = "id, source, observer, iface, src_ip, dst_ip, src_port, dst_port, \
     protocol, packets, bytes, reverse_packets, reverse_bytes, tcp_flags, start_ns, end_ns, \
     action, sampling_rate, observed, vpc, subnet, instance, region, zone, pkt_src_ip, \
-    pkt_dst_ip, cloud_json, src_pod, dst_pod";
+    pkt_dst_ip, cloud_json, src_pod, dst_pod, initiator_by";
 
 #[derive(Row, Deserialize)]
 struct LinkOut {

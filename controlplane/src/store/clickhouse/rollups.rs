@@ -14,14 +14,16 @@ const NS: i64 = 1_000_000_000;
 const HOUR_NS: i64 = 3_600 * NS;
 const DAY_NS: i64 = 86_400 * NS;
 
-/// A rollup level's rows, with what writes cut short had added taken away.
+/// A rollup level's rows with their guessed initiators' counts, with what writes cut short
+/// had added taken away.
 fn rollup(level: &str) -> String {
-    let cols = "bucket, source, observer, src_ip, dst_ip, dst_port, protocol, action, \
-                sum_flows, sum_packets, sum_bytes, sum_reverse_packets, sum_reverse_bytes, \
+    let key = "bucket, source, observer, src_ip, dst_ip, dst_port, protocol, action";
+    let sums = "sum_flows, sum_packets, sum_bytes, sum_reverse_packets, sum_reverse_bytes, \
                 sum_answered";
     format!(
-        "(SELECT {cols} FROM flows_{level} UNION ALL \
-         SELECT {cols} FROM rollup_undo FINAL WHERE level = '{level}')"
+        "(SELECT {key}, {sums}, toFloat64(0) AS sum_guessed FROM flows_{level} UNION ALL \
+         SELECT {key}, 0., 0., 0., 0., 0., 0., sum_guessed FROM guessed_{level} UNION ALL \
+         SELECT {key}, {sums}, sum_guessed FROM rollup_undo FINAL WHERE level = '{level}')"
     )
 }
 
@@ -57,11 +59,15 @@ impl ChStore {
                 &mut m.deleted_raw,
             ),
             (
-                &["flows_1m"][..],
+                &["flows_1m", "guessed_1m"][..],
                 retention.minute_ns,
                 &mut m.deleted_minutes,
             ),
-            (&["flows_1h"][..], retention.hour_ns, &mut m.deleted_hours),
+            (
+                &["flows_1h", "guessed_1h"][..],
+                retention.hour_ns,
+                &mut m.deleted_hours,
+            ),
         ] {
             // A partition of day D holds times up to D + 1 day: it goes once that is before
             // the cutoff.
@@ -142,7 +148,7 @@ impl ChStore {
         ip: Option<IpAddr>,
     ) -> anyhow::Result<Vec<Conversation>> {
         let sql = format!(
-            "SELECT src_ip, dst_ip, dst_port, protocol, {}, {}, {}, {}, {}, {}, \
+            "SELECT src_ip, dst_ip, dst_port, protocol, {}, {}, {}, {}, {}, {}, {}, \
              toInt64(min(bucket)) * {NS}, toInt64(max(bucket)) * {NS} FROM {} WHERE {} \
              GROUP BY src_ip, dst_ip, dst_port, protocol HAVING sum(sum_flows) > 0",
             fsum("sum_flows"),
@@ -151,6 +157,7 @@ impl ChStore {
             fsum("sum_reverse_packets"),
             fsum("sum_reverse_bytes"),
             fsum("sum_answered"),
+            fsum("sum_guessed"),
             rollup("1h"),
             Self::hours(since_ns, until_ns, ip),
         );
@@ -170,6 +177,7 @@ impl ChStore {
                 reverse_packets: r.reverse_packets as u64,
                 reverse_bytes: r.reverse_bytes as u64,
                 answered: r.answered as u64,
+                guessed: r.guessed as u64,
                 first_ns: r.first_ns,
                 last_ns: r.last_ns + HOUR_NS,
             })
@@ -253,6 +261,7 @@ struct ConvRow {
     reverse_packets: i64,
     reverse_bytes: i64,
     answered: i64,
+    guessed: i64,
     first_ns: i64,
     last_ns: i64,
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ChStore, ip16,
-    schema::{ANSWERED, INGESTED, TOP_DIMS},
+    schema::{ANSWERED, GUESSED, INGESTED, TOP_DIMS},
     secs, why,
 };
 use crate::{
@@ -303,7 +303,7 @@ impl ChStore {
                  source, observer, src_ip, dst_ip, dst_port, protocol, action, \
                  -toFloat64(count()), -sum(toFloat64(packets)), \
                  -sum(toFloat64(bytes)), -sum(toFloat64(reverse_packets)), \
-                 -sum(toFloat64(reverse_bytes)), -sum({ANSWERED}), count() \
+                 -sum(toFloat64(reverse_bytes)), -sum({ANSWERED}), -sum({GUESSED}), count() \
                  FROM flows WHERE ingest IN ({list}) \
                  GROUP BY ingest, b, source, observer, src_ip, dst_ip, dst_port, protocol, action"
             ))?;

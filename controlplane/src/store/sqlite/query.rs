@@ -60,7 +60,7 @@ pub(super) fn query_flows(c: &Connection, q: &FlowQuery) -> anyhow::Result<Vec<F
          sampling_rate, observed, vpc, subnet, instance, region, zone, pkt_src_ip, \
          pkt_dst_ip, cloud_json, src_pod, dst_pod, \
          (SELECT COUNT(*) FROM flow_links l WHERE l.sensor_flow = flows.id) + \
-         (SELECT COUNT(*) FROM flow_links l WHERE l.cloud_flow = flows.id) \
+         (SELECT COUNT(*) FROM flow_links l WHERE l.cloud_flow = flows.id), initiator_by \
          FROM flows {} ORDER BY id DESC LIMIT {limit}",
         if wh.is_empty() {
             String::new()
@@ -94,9 +94,11 @@ pub(super) fn query_flows(c: &Connection, q: &FlowQuery) -> anyhow::Result<Vec<F
 fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRow> {
     let text = |i: usize| r.get_ref(i).and_then(|v| Ok(v.as_str_or_null()?));
     let extra = crate::store::rows::flow_extra(text(26)?, text(27)?, text(28)?);
+    let source: String = r.get(1)?;
+    let (initiator_by, initiator_guessed) = crate::store::rows::initiator(&source, r.get(30)?);
     Ok(FlowRow {
         id: r.get(0)?,
-        source: r.get(1)?,
+        source,
         observer: r.get(2)?,
         interface: r.get(3)?,
         src_ip: r.get(4)?,
@@ -124,6 +126,8 @@ fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRow> {
         pkt_dst_ip: r.get(25)?,
         extra,
         correlated: r.get(29)?,
+        initiator_by,
+        initiator_guessed,
     })
 }
 

@@ -22,6 +22,10 @@ const ANSWERED: &str = "CASE WHEN source = 'sensor' THEN \
      CASE WHEN protocol = 6 THEN (reverse_tcp_flags & 18) = 18 ELSE reverse_packets > 0 END \
      ELSE action = 'accept' OR reverse_packets > 0 END";
 
+/// Whether a flow's initiator was a guess (SQL over a `flows` row; see
+/// [`crate::model::GUESSED_INITIATOR`]).
+const GUESSED: &str = "source = 'sensor' AND initiator_by IN ('one_way', 'first_seen')";
+
 pub(super) fn maintain(
     c: &mut Connection,
     now_ns: i64,
@@ -47,13 +51,14 @@ pub(super) fn maintain(
                 &format!(
                     "INSERT INTO {table} (bucket_ns, source, observer, src_ip, dst_ip, \
                      dst_port, protocol, action, flows, packets, bytes, reverse_packets, \
-                     reverse_bytes, answered) \
+                     reverse_bytes, answered, guessed) \
                      SELECT end_ns - (end_ns % {width}), source, sensor, src_ip, dst_ip, \
-                     dst_port, protocol, action, COUNT(*), {}, {}, {}, {}, SUM({ANSWERED}) \
+                     dst_port, protocol, action, COUNT(*), {}, {}, {}, {}, SUM({ANSWERED}), \
+                     SUM({GUESSED}) \
                      FROM flows WHERE id > ?1 AND id <= ?2 \
                      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 \
                      ON CONFLICT DO UPDATE SET flows = {}, packets = {}, bytes = {}, \
-                     reverse_packets = {}, reverse_bytes = {}, answered = {}",
+                     reverse_packets = {}, reverse_bytes = {}, answered = {}, guessed = {}",
                     sat_sum("packets"),
                     sat_sum("bytes"),
                     sat_sum("reverse_packets"),
@@ -64,6 +69,7 @@ pub(super) fn maintain(
                     sat_add("reverse_packets", "excluded.reverse_packets"),
                     sat_add("reverse_bytes", "excluded.reverse_bytes"),
                     sat_add("answered", "excluded.answered"),
+                    sat_add("guessed", "excluded.guessed"),
                 ),
                 params![last, max],
             )?;
@@ -129,7 +135,7 @@ pub(super) fn conversations(
     ip: Option<IpAddr>,
 ) -> anyhow::Result<Vec<Conversation>> {
     let mut st = c.prepare_cached(&format!(
-        "SELECT src_ip, dst_ip, dst_port, protocol, {}, {}, {}, {}, {}, {}, MIN(bucket_ns), \
+        "SELECT src_ip, dst_ip, dst_port, protocol, {}, {}, {}, {}, {}, {}, {}, MIN(bucket_ns), \
          MAX(bucket_ns) FROM flows_1h \
          WHERE bucket_ns >= ?1 AND bucket_ns < ?2 AND (?3 IS NULL OR src_ip = ?3 OR dst_ip = ?3) \
          GROUP BY src_ip, dst_ip, dst_port, protocol",
@@ -139,6 +145,7 @@ pub(super) fn conversations(
         sat_sum("reverse_packets"),
         sat_sum("reverse_bytes"),
         sat_sum("answered"),
+        sat_sum("guessed"),
     ))?;
     let rows = st.query_map(
         params![since_ns, until_ns, ip.map(|i| i.to_string())],
@@ -157,8 +164,9 @@ pub(super) fn conversations(
                     reverse_packets: r.get::<_, i64>(7)? as u64,
                     reverse_bytes: r.get::<_, i64>(8)? as u64,
                     answered: r.get::<_, i64>(9)? as u64,
-                    first_ns: r.get(10)?,
-                    last_ns: r.get::<_, i64>(11)? + 3_600_000_000_000,
+                    guessed: r.get::<_, i64>(10)? as u64,
+                    first_ns: r.get(11)?,
+                    last_ns: r.get::<_, i64>(12)? + 3_600_000_000_000,
                 },
             ))
         },

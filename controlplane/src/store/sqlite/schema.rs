@@ -334,6 +334,12 @@ CREATE TABLE leases (
 "#,
     // 17: the control plane (replica) each sensor last reached.
     "ALTER TABLE sensors ADD COLUMN replica TEXT;",
+    // 18: rollups count the sensor flows whose initiator was a guess (`one_way`,
+    // `first_seen`): the entity views learn no role from them. Older rows count none.
+    r#"
+ALTER TABLE flows_1m ADD COLUMN guessed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flows_1h ADD COLUMN guessed INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
