@@ -324,10 +324,11 @@ fn reply_to(k: &FlowKey, a: &FlowTotals) -> Option<FlowKey> {
 const EPHEMERAL: u16 = 32768;
 
 /// Decides which of two directions initiated the conversation: true if `a` did, with the
-/// reason. Order: a bare SYN first, then a SYN-ACK on one side only, then a well-known port
-/// on one side, then an ephemeral port on one side, then first seen, then the higher port.
+/// reason. Order: a bare SYN first, then a SYN-ACK on one side only, then a lone RST+ACK on
+/// one side only, then a well-known port on one side, then an ephemeral port on one side, then
+/// first seen, then the higher port.
 fn a_initiated(ka: &FlowKey, a: &FlowTotals, kb: &FlowKey, b: &FlowTotals) -> (bool, &'static str) {
-    use sensor_common::tcp::{ACK, SYN};
+    use sensor_common::tcp::{ACK, RST, SYN};
     // The side whose first packet was a bare SYN (the kernel marks it; a SYN-ACK never is).
     if ka.protocol == 6 && a.bare_syn != b.bare_syn {
         return (a.bare_syn, "syn");
@@ -339,6 +340,13 @@ fn a_initiated(ka: &FlowKey, a: &FlowTotals, kb: &FlowKey, b: &FlowTotals) -> (b
         let syn_ack = |t: &FlowTotals| t.tcp_flags & (SYN | ACK) == SYN | ACK;
         if syn_ack(a) != syn_ack(b) {
             return (!syn_ack(a), "syn_ack");
+        }
+        // A side whose one packet was a RST+ACK refused a connection: a stack sends RST with
+        // ACK only to a segment without ACK, a SYN (whatever the other side sent after it,
+        // such as a scanner's own RST, its SYN having been summed per source).
+        let refused = |t: &FlowTotals| t.packets == 1 && t.tcp_flags == RST | ACK;
+        if refused(a) != refused(b) {
+            return (!refused(a), "reply");
         }
     }
     if matches!(ka.protocol, 1 | 58) {
@@ -735,6 +743,28 @@ mod tests {
             let r = record(k, t);
             assert_eq!((r.0.as_str(), r.5), ("10.0.0.66", "one_way"), "{k:?}");
         }
+    }
+
+    #[test]
+    fn a_lone_rst_ack_refused_the_other_side() {
+        // A closed port's RST+ACK to a scanner's SYN that was summed per source, seen first,
+        // and a RST the scanner sent after it: both ports ephemeral.
+        let target = key([10, 0, 0, 2], 58634, [10, 0, 0, 66], 44896, 6);
+        let mut m = FlowMap::default();
+        m.insert(target, totals(1, 40, 5, tcp::RST | tcp::ACK));
+        m.insert(reverse(&target), totals(1, 40, 9, tcp::RST));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!(
+            (r[0].src_ip.to_string(), r[0].src_port, r[0].initiator_by),
+            ("10.0.0.66".into(), 44896, "reply")
+        );
+        // A download's client that only ACKed and then reset: many packets, not a refusal.
+        let client = key([10, 0, 0, 1], 40000, [10, 0, 0, 2], 45000, 6);
+        let mut m = FlowMap::default();
+        m.insert(reverse(&client), totals(30, 40000, 5, tcp::ACK | tcp::PSH));
+        m.insert(client, totals(20, 800, 6, tcp::RST | tcp::ACK));
+        let r = join_flows(&m, Clock::with_offset(0), &name);
+        assert_eq!(r[0].initiator_by, "first_seen");
     }
 
     #[test]

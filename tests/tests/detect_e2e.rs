@@ -1,6 +1,7 @@
 //! Detection end to end: a real nmap SYN scan in the lab, seen by a real sensor that streams to a
 //! real control plane, becomes one `port_scan` alert naming the scanner, served by the REST API
-//! with its evidence.
+//! with its evidence; a masscan of every port leaves the target's role and the top talkers as
+//! they were (its replies are the scanner's conversations).
 
 use std::{net::TcpListener, thread, time::Duration};
 
@@ -25,9 +26,23 @@ fn setup(name: &str, extra: &[&str]) -> Setup {
     setup_watching(name, extra, |_| Vec::new())
 }
 
+/// [`setup`], with `cp_extra` flags for `serve`.
+fn setup_serving(name: &str, cp_extra: &[&str]) -> Setup {
+    setup_full(name, &[], cp_extra, |_| Vec::new())
+}
+
 /// [`setup`], with watchlist entries (made from the lab's addresses) in the store before the
 /// control plane starts.
 fn setup_watching(name: &str, extra: &[&str], watch: impl Fn(&Lab) -> Vec<String>) -> Setup {
+    setup_full(name, extra, &[], watch)
+}
+
+fn setup_full(
+    name: &str,
+    extra: &[&str],
+    cp_extra: &[&str],
+    watch: impl Fn(&Lab) -> Vec<String>,
+) -> Setup {
     let lab = Lab::new();
     let dir = TempDir::new(name);
     let data = dir.0.join("cp");
@@ -46,7 +61,13 @@ fn setup_watching(name: &str, extra: &[&str], watch: impl Fn(&Lab) -> Vec<String
             .expect("watchlist add");
         assert!(o.status.success(), "{o:?}");
     }
-    let cp = ControlPlane::start(&lab.b, &data, "127.0.0.1:7443", &dir.0.join("cp.log"));
+    let cp = ControlPlane::start_with(
+        &lab.b,
+        &data,
+        "127.0.0.1:7443",
+        &dir.0.join("cp.log"),
+        cp_extra,
+    );
     let mut flags =
         tests::export_flags(&lab.vb, "http://127.0.0.1:7443", &key, &dir.0.join("spool"));
     flags.extend(extra.iter().map(|f| f.to_string()));
@@ -291,4 +312,187 @@ fn traffic_with_a_watchlisted_address_is_an_alert_about_the_host() {
     assert_eq!(ob["direction"], "from");
     assert_eq!(ob["protocol"], 17);
     assert_eq!(ob["packets"], 10, "5 each way, one joined flow: {ob}");
+}
+
+/// Packets both ways through a lab interface so far.
+fn iface_packets(ns: &str, dev: &str) -> u64 {
+    let j = tests::sh_in(ns, "ip", &["-s", "-j", "link", "show", "dev", dev]);
+    let v: Value = serde_json::from_str(&j).expect("ip -j");
+    let n = |d: &str| v[0]["stats64"][d]["packets"].as_u64().expect("packets");
+    n("rx") + n("tx")
+}
+
+/// masscan over all 65,535 ports of a host that serves 8080 to two clients: the target's
+/// RSTs and its SYN-ACK, most of them to probes the kernel summed per source, are the
+/// scanner's conversations. Through the whole pipeline, the target is no source of flows,
+/// the scanner leads the top sources, the target's role stays "web" from port 8080 alone, and
+/// every packet on the wire is in a flow or a probe record.
+#[test]
+fn masscan_of_every_port_leaves_the_targets_role_and_the_top_talkers_right() {
+    let Setup {
+        lab,
+        dir: _dir,
+        cp,
+        sensor,
+    } = setup_serving("direction", &["--maintenance-interval", "1"]);
+    let before = iface_packets(&lab.b, &lab.vb);
+    let prefix = lab.ip_b.rsplit_once('.').expect("v4").0.to_string();
+    let (client2, scanner) = (format!("{prefix}.3"), format!("{prefix}.66"));
+    for ip in [&client2, &scanner] {
+        tests::sh_in(
+            &lab.a,
+            "ip",
+            &["addr", "add", &format!("{ip}/24"), "dev", &lab.va],
+        );
+    }
+    // The web server on 8080, and two clients' sessions to it.
+    let addr: std::net::SocketAddr = format!("{}:8080", lab.ip_b).parse().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _server = tests::in_netns(&lab.b, move || {
+        use std::io::{Read as _, Write as _};
+        let l = TcpListener::bind(addr).expect("bind");
+        tx.send(()).expect("ready");
+        for _ in 0..6 {
+            let (mut s, _) = l.accept().expect("accept");
+            // The whole request (one segment), so that closing sends a FIN, not a RST.
+            let mut b = [0u8; 256];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nok");
+        }
+    });
+    rx.recv().expect("ready");
+    let clients = [lab.ip_a.clone(), client2.clone()];
+    tests::in_netns(&lab.a, move || {
+        use std::io::{Read as _, Write as _};
+        for _ in 0..3 {
+            for c in &clients {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .expect("socket");
+                let local: std::net::SocketAddr = format!("{c}:0").parse().expect("local");
+                s.bind(&local.into()).expect("bind the client's address");
+                s.connect_timeout(&addr.into(), Duration::from_secs(5))
+                    .expect("connect");
+                let mut s: std::net::TcpStream = s.into();
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+                let mut b = Vec::new();
+                s.read_to_end(&mut b).expect("read");
+            }
+        }
+    })
+    .join()
+    .expect("clients");
+    // masscan's own stack sends from the scanner's address; a's kernel resets the SYN-ACK.
+    let link: Value = serde_json::from_str(&tests::sh_in(
+        &lab.b,
+        "ip",
+        &["-j", "link", "show", &lab.vb],
+    ))
+    .expect("ip -j link");
+    let mac = link[0]["address"].as_str().expect("b's MAC").to_string();
+    tests::sh_in(
+        &lab.a,
+        "masscan",
+        &[
+            "--source-ip",
+            &scanner,
+            "--adapter",
+            &lab.va,
+            "--router-mac",
+            &mac,
+            "--wait",
+            "2",
+            "-p1-65535",
+            "--rate",
+            "20000",
+            &lab.ip_b,
+        ],
+    );
+    thread::sleep(Duration::from_secs(3));
+    let out = sensor.stop();
+    let wire = iface_packets(&lab.b, &lab.vb) - before;
+
+    // Every packet on the wire is in a flow record or a probe record (or is not IP).
+    let sum = |v: &[&Value], k: &str| -> u64 { v.iter().map(|f| f[k].as_u64().expect(k)).sum() };
+    let all: Vec<&Value> = out.flows.iter().collect();
+    let probes: Vec<&Value> = out.probes.iter().collect();
+    let recorded = sum(&all, "packets") + sum(&all, "reverse_packets") + sum(&probes, "packets");
+    assert_eq!(
+        recorded + out.kernel("unparsed_non_ip"),
+        wire,
+        "flows {} + reverse {} + probes {} + non-IP {} against the interface's {wire}",
+        sum(&all, "packets"),
+        sum(&all, "reverse_packets"),
+        sum(&probes, "packets"),
+        out.kernel("unparsed_non_ip")
+    );
+    assert!(
+        out.kernel("probes_aggregated") > 0,
+        "the scan outran its flow slots: some probes were summed per source"
+    );
+    let from_target = out.flows_where(|f| f["src_ip"] == lab.ip_b.as_str());
+    assert!(
+        from_target.is_empty(),
+        "{} flows started by the target, e.g. {:?}",
+        from_target.len(),
+        from_target.first()
+    );
+    let answered: std::collections::BTreeSet<u64> = out
+        .flows_where(|f| f["src_ip"] == scanner.as_str() && f["reverse_packets"] != 0)
+        .iter()
+        .filter_map(|f| f["dst_port"].as_u64())
+        .collect();
+    assert_eq!(answered.len(), 65_535, "every port answered the scanner");
+
+    // The control plane: the scanner leads the top sources, the target is not among them.
+    let (status, top) = get(&cp, "/api/v1/top?by=packets&group=src_ip&limit=10");
+    assert_eq!(status, 200, "{top}");
+    let keys: Vec<&str> = top["top"]
+        .as_array()
+        .expect("top")
+        .iter()
+        .map(|r| r["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(keys.first(), Some(&scanner.as_str()), "{top}");
+    assert!(!keys.contains(&lab.ip_b.as_str()), "{top}");
+    // The target's entity (once the rollups are in): it serves 8080 to its clients and the
+    // scanner, and uses nothing: no scanner's port as a "used" service.
+    let mut e = Value::Null;
+    for _ in 0..50 {
+        let (status, v) = get(&cp, &format!("/api/v1/entities/{}", lab.ip_b));
+        if status == 200 && v["flows"].as_u64().unwrap_or(0) >= 65_535 {
+            e = v;
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(e["role"], "web", "{e}");
+    let ports = |k: &str| -> Vec<String> {
+        e[k].as_array()
+            .expect(k)
+            .iter()
+            .map(|p| p["port"].as_str().expect("port").to_string())
+            .collect()
+    };
+    assert_eq!(ports("serves"), ["8080/tcp"], "{e}");
+    assert_eq!(ports("uses"), Vec::<String>::new(), "{e}");
+    let peers = e["peers_top"].as_array().expect("peers");
+    assert!(
+        peers.iter().all(|p| p["direction"] == "in"),
+        "every peer started its conversations: {peers:?}"
+    );
+    // No flow in the store has the target as its source.
+    let (_, flows) = get(&cp, &format!("/api/v1/flows?ip={}&limit=1000", lab.ip_b));
+    let rows = flows["flows"].as_array().expect("flows");
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().all(|f| f["dst_ip"] == lab.ip_b.as_str()),
+        "{:?}",
+        rows.iter().find(|f| f["src_ip"] == lab.ip_b.as_str())
+    );
+    assert!(
+        rows.iter().all(|f| f["initiator_guessed"] == false),
+        "{:?}",
+        rows.iter().find(|f| f["initiator_guessed"] != false)
+    );
+    cp.stop();
 }

@@ -433,6 +433,91 @@ fn ack_fin_and_udp_scan_replies_are_the_scanners_conversations() {
     }
 }
 
+/// A capture that begins after the handshakes: the first packet the sensor sees of each
+/// conversation is a bare ACK with data, from the server on one and from the client on the
+/// other. Both keep the client as the initiator, on the ephemeral port it connected from.
+#[test]
+fn a_capture_begun_mid_conversation_keeps_the_client_as_initiator() {
+    let lab = Lab::new();
+    let addr: SocketAddr = format!("{}:8080", lab.ip_b).parse().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    // Server: two sessions; on the first it speaks first once told to, on the second it
+    // answers.
+    let server = tests::in_netns(&lab.b, move || {
+        let l = TcpListener::bind(addr).expect("bind");
+        tx.send(()).expect("ready");
+        let (mut first, _) = l.accept().expect("accept");
+        let (mut second, _) = l.accept().expect("accept");
+        go_rx.recv().expect("go");
+        let mut b = [0u8; 64];
+        for _ in 0..5 {
+            first.write_all(b"tick").expect("write");
+            let _ = first.read(&mut b).expect("read");
+        }
+        for _ in 0..5 {
+            let _ = second.read(&mut b).expect("read");
+            second.write_all(b"pong").expect("write");
+        }
+    });
+    rx.recv().expect("ready");
+    let (ctx, crx) = std::sync::mpsc::channel();
+    let (start_tx, start_rx) = std::sync::mpsc::channel::<()>();
+    let client = tests::in_netns(&lab.a, move || {
+        let mut first = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        let mut second =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        let ports = (
+            first.local_addr().expect("addr").port(),
+            second.local_addr().expect("addr").port(),
+        );
+        ctx.send(ports).expect("ports");
+        start_rx.recv().expect("start");
+        let mut b = [0u8; 64];
+        for _ in 0..5 {
+            let _ = first.read(&mut b).expect("read");
+            first.write_all(b"tock").expect("write");
+        }
+        for _ in 0..5 {
+            second.write_all(b"ping").expect("write");
+            let _ = second.read(&mut b).expect("read");
+        }
+    });
+    let (p1, p2) = crx.recv().expect("ports");
+    // The handshakes are done (and their last ACKs sent) before the sensor starts.
+    thread::sleep(Duration::from_millis(300));
+    let sensor = Sensor::start(&lab.b, &["--iface", &lab.vb, "--export-interval", "1"]);
+    go_tx.send(()).expect("go");
+    start_tx.send(()).expect("start");
+    client.join().expect("client");
+    server.join().expect("server");
+    thread::sleep(Duration::from_millis(300));
+    let out = sensor.stop();
+    let from_server = out.flows_where(|f| f["src_ip"] == lab.ip_b.as_str());
+    assert!(from_server.is_empty(), "{from_server:?}");
+    for port in [p1, p2] {
+        let f = out.flows_where(|f| f["src_ip"] == lab.ip_a.as_str() && f["src_port"] == port);
+        assert!(
+            !f.is_empty(),
+            "the session from port {port}: {:?}",
+            out.flows
+        );
+        for f in f {
+            assert_eq!(f["dst_port"], 8080, "{f}");
+            assert_ne!(f["initiator_by"], "first_seen", "{f}");
+            assert_ne!(f["initiator_by"], "one_way", "{f}");
+        }
+    }
+    // Ten data segments each way, plus the ACKs and the ends; the counts add up to the
+    // sessions' packets as the kernel saw them.
+    let total: u64 = out
+        .flows
+        .iter()
+        .map(|f| f["packets"].as_u64().expect("p") + f["reverse_packets"].as_u64().expect("r"))
+        .sum();
+    assert_eq!(total, out.kernel("packets_parsed"));
+}
+
 #[test]
 fn benign_client_with_hundreds_of_connections_to_one_port_yields_no_event() {
     let lab = Lab::new();
