@@ -82,12 +82,56 @@ fn spool_stdin(dir: &Path, max: u64) -> anyhow::Result<File> {
     Ok(f)
 }
 
+/// One input as given (a path, or `-` for standard input): what the logs call it.
+fn label(f: &Path) -> String {
+    if f.as_os_str() == "-" {
+        "standard input".to_string()
+    } else {
+        f.display().to_string()
+    }
+}
+
+/// One input opened (standard input spooled to a file under `data_dir`, at most `max` bytes
+/// of it), with the name it is recorded under and its digest.
+struct Input {
+    file: File,
+    name: String,
+    sha256: String,
+    bytes: u64,
+}
+
+fn open_input(f: &Path, label: &str, data_dir: &Path, max: u64) -> anyhow::Result<Input> {
+    let stdin = f.as_os_str() == "-";
+    let mut file = if stdin {
+        spool_stdin(data_dir, max)?
+    } else {
+        File::open(f).map_err(|e| {
+            anyhow::Error::new(controlplane::cloud::read::InputError(format!(
+                "cannot open {label:?}: {e}"
+            )))
+        })?
+    };
+    let (sha256, bytes) = controlplane::pipeline::import::digest(&mut file)?;
+    let name = if stdin {
+        "-".into()
+    } else {
+        f.file_name()
+            .map_or_else(|| label.to_string(), |n| n.to_string_lossy().into_owned())
+    };
+    Ok(Input {
+        file,
+        name,
+        sha256,
+        bytes,
+    })
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     use controlplane::{
         cloud::read::{Summary, decoding},
         detect::Config,
         model::{ImportedFile, Source},
-        pipeline::import::{Importer, digest},
+        pipeline::import::Importer,
     };
     crate::use_geo_db(a.geo_db.as_deref())?;
     if !(a.sampling_rate > 0.0 && a.sampling_rate <= 1.0) {
@@ -110,37 +154,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut sum = Summary::default();
     let (mut alerts, mut duplicates, mut failed) = (Vec::new(), 0u64, 0u64);
     for f in &a.files {
-        let stdin = f.as_os_str() == "-";
-        let label = if stdin {
-            "standard input".to_string()
-        } else {
-            f.display().to_string()
-        };
+        let label = label(f);
         // Each file exactly once, by its content: its flows and its digest in one transaction.
         let mut one = Summary::default();
         let done = (|| {
-            let mut file = if stdin {
-                spool_stdin(&a.stores.data_dir, max)?
-            } else {
-                File::open(f).map_err(|e| {
-                    anyhow::Error::new(controlplane::cloud::read::InputError(format!(
-                        "cannot open {label:?}: {e}"
-                    )))
-                })?
-            };
-            let (sha256, bytes) = digest(&mut file)?;
+            let input = open_input(f, &label, &a.stores.data_dir, max)?;
             let record = ImportedFile {
-                sha256,
+                sha256: input.sha256,
                 provider: source,
-                name: if stdin {
-                    "-".into()
-                } else {
-                    f.file_name()
-                        .map_or_else(|| label.clone(), |n| n.to_string_lossy().into_owned())
-                },
-                bytes,
+                name: input.name,
+                bytes: input.bytes,
             };
-            let input = decoding(Box::new(file), max)?;
+            let input = decoding(Box::new(input.file), max)?;
             importer.import(source, input, &label, Some(&record), &mut one)
         })();
         match done {
@@ -242,23 +267,14 @@ fn hand_over(
     );
     let (mut alerts, mut failed, mut stored, mut rejected) = (Vec::new(), 0u64, 0u64, 0u64);
     for f in &a.files {
-        let stdin = f.as_os_str() == "-";
-        let label = if stdin {
-            "standard input".to_string()
-        } else {
-            f.display().to_string()
-        };
+        let label = label(f);
         let outcome = (|| {
-            let mut file = if stdin {
-                spool_stdin(&a.stores.data_dir, max)?
-            } else {
-                File::open(f).map_err(|e| {
-                    anyhow::Error::new(controlplane::cloud::read::InputError(format!(
-                        "cannot open {label:?}: {e}"
-                    )))
-                })?
-            };
-            let (sha256, bytes) = controlplane::pipeline::import::digest(&mut file)?;
+            let Input {
+                file,
+                name,
+                sha256,
+                bytes,
+            } = open_input(f, &label, &a.stores.data_dir, max)?;
             anyhow::ensure!(
                 bytes <= max,
                 "{label}: {bytes} bytes, over the {} MiB limit (--max-file-mb)",
@@ -266,12 +282,7 @@ fn hand_over(
             );
             let job = Job {
                 provider: a.provider.name().into(),
-                name: if stdin {
-                    "-".into()
-                } else {
-                    f.file_name()
-                        .map_or_else(|| label.clone(), |n| n.to_string_lossy().into_owned())
-                },
+                name,
                 sha256,
                 bytes,
                 sampling_rate: a.sampling_rate,
