@@ -36,7 +36,10 @@ async fn server_learning(learning_ns: i64) -> Server {
     let addr = listener.local_addr().expect("addr");
     let svc = IngestService::server(
         Stores::of(store.clone()),
-        Config { learning_ns },
+        Config {
+            learning_ns,
+            ..Config::default()
+        },
         None,
         "test-replica",
     )

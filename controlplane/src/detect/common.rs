@@ -251,6 +251,28 @@ impl<K: std::hash::Hash + Eq + Clone, V: Stamped> Bounded<K, V> {
         self.map.len()
     }
 
+    /// A key's state, if it is held (marked changed, for a save).
+    pub(crate) fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        let v = self.map.get_mut(k)?;
+        self.now_ns = self.now_ns.max(v.last_ns());
+        if self.saved {
+            self.dirty.insert(k.clone());
+        }
+        Some(v)
+    }
+
+    pub(crate) fn contains(&self, k: &K) -> bool {
+        self.map.contains_key(k)
+    }
+
+    /// Every key's state (each marked changed, for a save, as it may be changed).
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        if self.saved {
+            self.dirty.extend(self.map.keys().cloned());
+        }
+        self.map.iter_mut()
+    }
+
     /// Live keys dropped to stay within `max`.
     pub(crate) fn forgotten(&self) -> u64 {
         self.forgotten

@@ -15,6 +15,7 @@
 //! | `fanout.rs` | `port_scan`, `address_sweep` from failed attempts in flows | import |
 //! | `slow_scan.rs` | the same, by a sequential test without a window | import |
 //! | `kernel_scan.rs` | the same, from the sensors' kernel scan events | sensor events |
+//! | `scan_extent.rs` | those alerts grown with the scan: extent, open ports, follow-up | sensor flows |
 //! | `decoys.rs` | groups the three above: decoys fold into the real scanner | import, sensor events |
 //! | `distributed.rs` | `distributed_scan` | import, sensor flows |
 //! | `brute_force.rs` | `brute_force` from short connections, and from failed logins | import; sensor events |
@@ -42,6 +43,7 @@ pub mod kernel_scan;
 pub mod novelty;
 pub mod partition;
 pub mod reject_storm;
+pub mod scan_extent;
 pub mod slow_scan;
 pub mod watchlist;
 
@@ -147,6 +149,9 @@ pub trait Detector: Send {
     fn observe(&mut self, input: &Input<'_>, out: &mut Output);
     /// What it held back, at the end of an input (a file).
     fn flush(&mut self, _out: &mut Output) {}
+    /// Time passed without input (the sensor feeds, every few seconds): what was waiting for
+    /// the end of something that has ended.
+    fn tick(&mut self, _out: &mut Output) {}
     /// Takes up what it saved before.
     fn load(&mut self, _state: &State<'_>) -> anyhow::Result<()> {
         Ok(())
@@ -194,12 +199,15 @@ impl Feed {
 pub struct Config {
     /// The baseline detectors' learning period (data time).
     pub learning_ns: i64,
+    /// How long after a scan a session to a port it found open is its follow-up.
+    pub follow_up_ns: i64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             learning_ns: novelty::LEARNING_NS,
+            follow_up_ns: scan_extent::FOLLOW_UP_NS,
         }
     }
 }
@@ -296,6 +304,11 @@ pub const REGISTRY: &[Entry] = &[
         make: |c, _| Box::new(exfiltration::Exfiltration::new(c.learning_ns)),
     },
     Entry {
+        name: "scan_extent",
+        feeds: &[SensorFlows],
+        make: |c, _| Box::new(scan_extent::ScanExtent::new(c.follow_up_ns)),
+    },
+    Entry {
         name: "reject_storm",
         feeds: &[Import],
         make: |_, _| Box::new(reject_storm::RejectStorm::default()),
@@ -356,6 +369,15 @@ impl Detectors {
         let mut out = Output::default();
         for d in &mut self.list {
             d.observe(input, &mut out);
+        }
+        Self::finish(out)
+    }
+
+    /// Time passed without input: what the detectors held until something ended.
+    pub fn tick(&mut self) -> Vec<AlertUpdate> {
+        let mut out = Output::default();
+        for d in &mut self.list {
+            d.tick(&mut out);
         }
         Self::finish(out)
     }
@@ -452,7 +474,8 @@ mod tests {
                 "geo_unusual_access",
                 "new_service",
                 "new_internal_device",
-                "data_exfiltration"
+                "data_exfiltration",
+                "scan_extent"
             ]
         );
         assert_eq!(names(Feed::Coverage), ["sensor_coverage_gap"]);

@@ -6,7 +6,7 @@
 //! | records | key | detectors whose state it keys |
 //! |---|---|---|
 //! | flows | the flow's internal entity: its destination when that is internal, else its source | `new_service`, `geo_unusual_access` (the internal side that answers), `data_exfiltration` (the internal side, either way), `distributed_scan` (the target host), `watchlist` (no state) |
-//! | kernel scan events | what the scan was against: the host for a port scan, protocol and port for a sweep | `decoys` (findings against one target), `kernel_scan` (no state) |
+//! | kernel scan events | what the scan was against: the host for a port scan (an internal host: as its flows are keyed), protocol and port for a sweep | `decoys` (findings against one target), `kernel_scan` (no state), `scan_extent` (the scanner, followed where its scan of a host is) |
 //! | logins | the source address | `brute_force_logins` |
 //! | probe records | the source address | none yet (stored only) |
 //!
@@ -61,9 +61,17 @@ pub fn of_flow(src: IpAddr, dst: IpAddr) -> u32 {
     of_addr(flow_entity(src, dst))
 }
 
-/// The partition of a kernel scan event: by what decoy grouping groups it under.
+/// The partition of a kernel scan event: by what decoy grouping groups it under. A port scan's
+/// group is its target host, so it goes where the scanner's conversations with that host go
+/// (`scan_extent` follows them there); a sweep's, its protocol and port.
 pub fn of_scan(e: &ScanEvent) -> u32 {
-    of_bytes(kernel_scan::group_target(e).as_bytes())
+    let group = kernel_scan::group_target(e);
+    // An internal host: every source's events against it (decoys' too) go to its partition.
+    if group.starts_with("port_scan ") && internal(&e.last_dst_ip) {
+        of_addr(e.last_dst_ip)
+    } else {
+        of_bytes(group.as_bytes())
+    }
 }
 
 /// The partition of a login.

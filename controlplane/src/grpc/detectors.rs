@@ -52,6 +52,8 @@ pub fn member_lease(replica: &str) -> String {
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often a partition's holder saves its detectors' state and acknowledges what it includes.
 pub const CHECKPOINT: Duration = Duration::from_secs(10);
+/// How often a partition's detectors are told that time passed (a scan that ended is reported).
+const TICK: Duration = Duration::from_secs(5);
 /// How often the detectors read the watchlist again.
 const RELOAD: Duration = Duration::from_secs(10);
 /// Batches asked of the bus at once.
@@ -240,6 +242,7 @@ struct Holding {
     last: Option<Delivery>,
     saved: Instant,
     reloaded: Instant,
+    ticked: Instant,
 }
 
 impl Worker<'_> {
@@ -347,6 +350,7 @@ impl Worker<'_> {
                     last: None,
                     saved: Instant::now(),
                     reloaded: Instant::now(),
+                    ticked: Instant::now(),
                 })
             }
             Err(e) => {
@@ -381,6 +385,13 @@ impl Worker<'_> {
             Err(e) => {
                 warn!(partition = p, error = %format!("{e:#}"), "taking batches for the detectors failed (retried)");
                 sleep_unless(self.stop, Duration::from_secs(1));
+            }
+        }
+        if h.ticked.elapsed() >= TICK {
+            h.ticked = Instant::now();
+            let updates = h.flows.tick();
+            if let Err(e) = crate::alerts::record_or_keep(self.stores.state.as_ref(), &updates) {
+                warn!(partition = p, error = %format!("{e:#}"), waiting = crate::alerts::waiting(), "alerts could not be recorded yet (kept, retried)");
             }
         }
         if h.saved.elapsed() >= CHECKPOINT {

@@ -220,7 +220,8 @@ impl Alert {
         a
     }
 
-    /// Adds an observation: times widen, severity only rises, targets and sources are a set.
+    /// Adds an observation: times widen, severity only rises, targets and sources are a set. A
+    /// scan's extent (`scan_extent`) replaces the alert's earlier one rather than adding up.
     pub fn merge(&mut self, u: &AlertUpdate) {
         self.first_seen = self.first_seen.min(u.time_ns);
         self.last_seen = self.last_seen.max(u.time_ns);
@@ -237,6 +238,16 @@ impl Alert {
         }
         if !self.sources.contains(&u.seen_by) {
             self.sources.push(u.seen_by.clone());
+        }
+        // A scan's extent is one observation that grows: the newest replaces the one before.
+        if u.observation["kind"] == "scan_extent"
+            && let Some(o) = self
+                .observations
+                .iter_mut()
+                .find(|o| o["kind"] == "scan_extent")
+        {
+            *o = u.observation.clone();
+            return;
         }
         self.observations_total += 1;
         if self.observations.len() < MAX_OBSERVATIONS {

@@ -28,10 +28,63 @@ fn targets_text(a: &Alert, shown: usize) -> String {
     s
 }
 
+/// What a scan alert tells beyond its targets, a phrase each: the open ports it found, its
+/// extent, and the sessions that followed it up.
+fn scan_story(a: &Alert) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(x) = a.observations.iter().find(|o| o["kind"] == "scan_extent") {
+        let open: Vec<&str> = x["open_found"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|s| s.as_str()).take(5).collect())
+            .unwrap_or_default();
+        if open.is_empty() {
+            out.push("found no open port".to_string());
+        } else {
+            let more = x["open_found"].as_array().map_or(0, Vec::len) - open.len();
+            out.push(format!(
+                "found open: {}{}",
+                open.join("; "),
+                if more > 0 {
+                    format!(" and {more} more hosts")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        out.push(format!(
+            "{} distinct ports on {} host{}",
+            x["distinct_ports"],
+            x["distinct_hosts"],
+            if x["distinct_hosts"] == 1 { "" } else { "s" }
+        ));
+    }
+    for f in a
+        .observations
+        .iter()
+        .filter(|o| o["kind"] == "follow_up")
+        .take(3)
+    {
+        out.push(format!(
+            "follow-up: a session to {}:{} at {} ({} bytes)",
+            f["host"].as_str().unwrap_or("?"),
+            f["port"],
+            f["time"].as_str().unwrap_or("?"),
+            f["bytes"]
+        ));
+    }
+    out
+}
+
 /// One line for syslog and chat previews.
 pub fn summary(a: &Alert, ev: Event) -> String {
+    let story = scan_story(a);
+    let story = if story.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", story.join("; "))
+    };
     format!(
-        "Picket alert #{} ({}): {} {} from {} against {} target{} ({}); first seen {}, last seen {}; seen by {}",
+        "Picket alert #{} ({}): {} {} from {} against {} target{} ({}){story}; first seen {}, last seen {}; seen by {}",
         a.id,
         ev.verb(),
         a.severity,
@@ -50,6 +103,7 @@ pub fn summary(a: &Alert, ev: Event) -> String {
 pub fn markdown(a: &Alert, ev: Event, link: Option<&str>) -> String {
     let mut s = format!(
         "**Picket: {} {}** ({}) from `{}`\n\n\
+         {}\
          - Targets: {} ({})\n\
          - First seen {}, last seen {}\n\
          - Seen by {}\n\
@@ -58,6 +112,10 @@ pub fn markdown(a: &Alert, ev: Event, link: Option<&str>) -> String {
         a.kind,
         a.severity,
         a.source,
+        scan_story(a)
+            .iter()
+            .map(|l| format!("- {l}\n"))
+            .collect::<String>(),
         a.targets_total,
         targets_text(a, 10),
         rfc3339_text(a.first_seen),
@@ -78,6 +136,7 @@ pub fn markdown(a: &Alert, ev: Event, link: Option<&str>) -> String {
 pub fn slack_text(a: &Alert, ev: Event, link: Option<&str>) -> String {
     let mut s = format!(
         "*Picket: {} {}* ({}) from `{}`\n\
+         {}\
          • Targets: {} ({})\n\
          • First seen {}, last seen {}\n\
          • Seen by {}\n\
@@ -86,6 +145,10 @@ pub fn slack_text(a: &Alert, ev: Event, link: Option<&str>) -> String {
         a.kind,
         a.severity,
         a.source,
+        scan_story(a)
+            .iter()
+            .map(|l| format!("• {l}\n"))
+            .collect::<String>(),
         a.targets_total,
         targets_text(a, 10),
         rfc3339_text(a.first_seen),
@@ -236,6 +299,39 @@ mod tests {
 
     use super::*;
     use crate::model::alert::testing::alert;
+
+    #[test]
+    fn a_scan_alert_says_what_it_found_open_and_its_follow_up() {
+        let mut a = alert("medium", 1);
+        a.observations = vec![
+            json!({"kind": "kernel_scan_event"}),
+            json!({"kind": "scan_extent", "open_found": ["10.0.0.5: 22/tcp, 443/tcp"],
+                   "distinct_ports": 300, "distinct_hosts": 1}),
+            json!({"kind": "follow_up", "host": "10.0.0.5", "port": 22,
+                   "time": "2026-12-06T10:00:00Z", "bytes": 11000}),
+        ];
+        let line = summary(&a, Event::Escalated);
+        assert!(
+            line.contains("; found open: 10.0.0.5: 22/tcp, 443/tcp; 300 distinct ports on 1 host; follow-up: a session to 10.0.0.5:22 at 2026-12-06T10:00:00Z (11000 bytes);"),
+            "{line}"
+        );
+        let md = markdown(&a, Event::Escalated, None);
+        assert!(
+            md.contains("\n- found open: 10.0.0.5: 22/tcp, 443/tcp\n"),
+            "{md}"
+        );
+        let slack = slack_text(&a, Event::Escalated, None);
+        assert!(
+            slack.contains("\n• follow-up: a session to 10.0.0.5:22"),
+            "{slack}"
+        );
+        // A scan that found nothing open says so; other alerts say nothing of it.
+        a.observations[1] = json!({"kind": "scan_extent", "open_found": [],
+                                   "distinct_ports": 25, "distinct_hosts": 1});
+        assert!(summary(&a, Event::New).contains("found no open port"));
+        a.observations.clear();
+        assert!(!summary(&a, Event::New).contains("found"));
+    }
 
     #[test]
     fn hmac_signature_matches_rfc_4231_case_2() {

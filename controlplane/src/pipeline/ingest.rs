@@ -97,6 +97,9 @@ struct Pending {
 const DETECT_QUEUE: usize = 64;
 /// How often the sensor flows' detectors save what they learned.
 const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the sensor flows' detectors are told that time passed (a scan whose records
+/// stopped coming is over: its final extent is reported).
+const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often the detectors read the watchlist again (the CLI and the API change it in the
 /// store).
 const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -117,8 +120,9 @@ fn sensor_flows(
         Detectors::new(Feed::SensorFlows, &config)
     });
     let (mut saved, mut loaded) = (std::time::Instant::now(), std::time::Instant::now());
+    let mut ticked = std::time::Instant::now();
     loop {
-        let stop = match rx.recv_timeout(SAVE_INTERVAL) {
+        let stop = match rx.recv_timeout(TICK_INTERVAL) {
             Ok((batch, new)) => {
                 if new {
                     if loaded.elapsed() > RELOAD_INTERVAL {
@@ -137,6 +141,13 @@ fn sensor_flows(
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
+        if ticked.elapsed() >= TICK_INTERVAL {
+            ticked = std::time::Instant::now();
+            let updates = d.tick();
+            if let Err(e) = crate::alerts::record_or_keep(store.as_ref(), &updates) {
+                warn!(error = %format!("{e:#}"), waiting = crate::alerts::waiting(), "alerts from sensor flows could not be recorded yet (kept, retried)");
+            }
+        }
         if stop || saved.elapsed() >= SAVE_INTERVAL {
             if let Err(e) = d.save(store.as_ref()) {
                 warn!(error = %format!("{e:#}"), "saving the sensor baselines failed (retried)");

@@ -149,6 +149,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let config = Config {
         learning_ns: a.learning_days as i64 * 86_400_000_000_000,
+        ..Config::default()
     };
     let mut importer = Importer::new(stores.clone(), &config, a.sampling_rate)?;
     let mut sum = Summary::default();

@@ -1,0 +1,843 @@
+//! The whole of a scan that a sensor's kernel flagged. The kernel reports a source once per
+//! window, when it crosses its threshold (20 ports, 25 hosts): [`super::kernel_scan`] makes
+//! that the alert. From then on this detector follows the source's conversations and probe
+//! records in the sensors' batches and updates the same alert with the scan's extent: distinct
+//! ports and hosts, the port ranges, probe kinds, first and last probe, rate and packets, the
+//! targets (each given once, so the alert's `targets_total` is exact), and per target the
+//! ports that answered as open (a SYN-ACK, a UDP reply), apart from the closed (RST, ICMP
+//! unreachable) and the silent ones. Severity follows the extent by the scale the other scan
+//! detectors use.
+//!
+//! It reports at each doubling of the ports or hosts, when an open port is found, and once
+//! the scan's records stop coming ([`QUIET_NS`] without growth): a 65,535-port scan is about
+//! a dozen updates. A source whose probes no target ever answered is not reported (a forged
+//! decoy, see [`super::decoys`]).
+//!
+//! Recon then contact: when the source, within the follow-up time (24 h by default), opens a
+//! TCP session that carries data to a port it found open (or to any port of a host it swept),
+//! the alert is raised to high with a `follow_up` observation naming the session.
+//!
+//! The follow-up and the open-port lists outlive a restart: the followed sources are saved
+//! with the other detectors' state.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    Detector, Input, Output, State,
+    common::{ACK, Bounded, RST, SYN, Stamped, TCP, port_scan_severity, sweep_severity},
+};
+use crate::{
+    model::{AlertUpdate, Flow, ScanEvent, Severity, initiator_guessed},
+    util::time::{now_ns, rfc3339},
+};
+
+/// The default time within which a session to a port the scan found open is its follow-up.
+pub const FOLLOW_UP_NS: i64 = 86_400_000_000_000;
+/// Without new records of a scan for this long (by the control plane's clock: the records of
+/// a scan come up to an idle timeout and an export interval after its last probe), it is over
+/// and its final extent is reported.
+pub const QUIET_NS: i64 = 20_000_000_000;
+/// Scanners followed at once; beyond it the stalest is forgotten (counted).
+const MAX_SOURCES: usize = 256;
+/// (host, port) pairs counted per source: every TCP and UDP port of one host, and more.
+const PORT_BUDGET: usize = 140_000;
+/// Targets followed per source.
+const MAX_HOSTS: usize = 4096;
+/// Hosts, and ports per host, listed in an observation.
+const SHOWN: usize = 100;
+/// Port ranges written out in an observation.
+const SHOWN_RANGES: usize = 40;
+/// The kernel's default thresholds, for an update's strength.
+const PORT_THRESHOLD: f64 = 20.0;
+const HOST_THRESHOLD: f64 = 25.0;
+
+const PSH: u8 = 0x08;
+
+/// What one source did to one target.
+#[derive(Default, Serialize, Deserialize)]
+struct HostScan {
+    /// (protocol, port) probed; ICMP echo as (protocol, 0).
+    ports: HashSet<(u8, u16)>,
+    open: BTreeSet<(u8, u16)>,
+    /// Probes answered closed (a RST, an ICMP unreachable) and not answered at all.
+    closed: u64,
+    silent: u64,
+    /// Ports whose follow-up session was reported.
+    followed: BTreeSet<(u8, u16)>,
+}
+
+/// One followed scanner.
+#[derive(Default, Serialize, Deserialize)]
+struct Scan {
+    /// `port_scan`, `address_sweep`: what the kernel flagged it for.
+    kinds: BTreeSet<String>,
+    sensors: BTreeSet<String>,
+    /// Probes of each kind, as the kernel counted them.
+    probes: BTreeMap<String, u64>,
+    first_ns: i64,
+    last_ns: i64,
+    /// Probe packets: its conversations' packets and those summed per source.
+    packets: u64,
+    /// Probes summed per source by the kernel (their ports unknown).
+    summed: u64,
+    hosts: HashMap<IpAddr, HostScan>,
+    pairs: usize,
+    /// Probes beyond the budgets (counted, not followed).
+    beyond: u64,
+    /// Some target answered it: not a forged decoy.
+    replied: bool,
+    /// The extent at the last report.
+    reported_ports: usize,
+    reported_hosts: usize,
+    reported_open: usize,
+    /// Targets named in a report already.
+    named: HashSet<IpAddr>,
+    /// Grown since it was last reported over, and when (control plane's clock) it last grew.
+    pending: bool,
+    grew_ns: i64,
+    reports: u64,
+}
+
+impl Stamped for Scan {
+    fn last_ns(&self) -> i64 {
+        self.last_ns
+    }
+}
+
+impl Scan {
+    fn distinct_ports(&self) -> usize {
+        let mut all: HashSet<(u8, u16)> = HashSet::new();
+        for h in self.hosts.values() {
+            all.extend(h.ports.iter().copied());
+        }
+        all.len()
+    }
+
+    fn open_total(&self) -> usize {
+        self.hosts.values().map(|h| h.open.len()).sum()
+    }
+
+    fn most_ports_on_a_host(&self) -> usize {
+        self.hosts
+            .values()
+            .map(|h| h.ports.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether the extent grew enough since the last report for another one now.
+    fn due(&self) -> bool {
+        let (ports, hosts) = (self.most_ports_on_a_host(), self.hosts.len());
+        self.replied
+            && (self.reports == 0
+                || ports >= 2 * self.reported_ports.max(1)
+                || hosts >= 2 * self.reported_hosts.max(1)
+                || self.open_total() > self.reported_open)
+    }
+}
+
+/// "1-1000, 8080" for each protocol's ports.
+fn port_ranges(ports: &BTreeSet<(u8, u16)>) -> Value {
+    let mut by_proto: BTreeMap<u8, Vec<(u16, u16)>> = BTreeMap::new();
+    for &(proto, port) in ports {
+        let r = by_proto.entry(proto).or_default();
+        match r.last_mut() {
+            Some(last) if last.1.checked_add(1) == Some(port) => last.1 = port,
+            _ => r.push((port, port)),
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for (proto, ranges) in by_proto {
+        let name = proto_name(proto);
+        let mut text: Vec<String> = ranges
+            .iter()
+            .take(SHOWN_RANGES)
+            .map(|&(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        if ranges.len() > SHOWN_RANGES {
+            text.push(format!("and {} more ranges", ranges.len() - SHOWN_RANGES));
+        }
+        out.insert(name, Value::String(text.join(", ")));
+    }
+    Value::Object(out)
+}
+
+fn proto_name(proto: u8) -> String {
+    match proto {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        132 => "sctp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        p => p.to_string(),
+    }
+}
+
+/// "22/tcp", or "echo/icmp".
+fn port_name((proto, port): (u8, u16)) -> String {
+    if matches!(proto, 1 | 58) {
+        format!("echo/{}", proto_name(proto))
+    } else {
+        format!("{port}/{}", proto_name(proto))
+    }
+}
+
+/// Follows the sources that the sensors' kernels flagged (see the module's documentation).
+pub struct ScanExtent {
+    follow_up_ns: i64,
+    sources: Bounded<IpAddr, Scan>,
+}
+
+impl ScanExtent {
+    pub fn new(follow_up_ns: i64) -> Self {
+        ScanExtent {
+            follow_up_ns,
+            sources: Bounded::new(MAX_SOURCES, "scan-extent").saved(),
+        }
+    }
+
+    fn flag(&mut self, sensor: &str, e: &ScanEvent) {
+        // Mostly answered contacts: a busy client, which kernel_scan does not alert on.
+        if e.answered_contacts > e.unanswered_contacts {
+            return;
+        }
+        let s = self.sources.entry(e.src_ip, e.end_ns, self.follow_up_ns);
+        if s.kinds.is_empty() {
+            s.first_ns = e.start_ns;
+        }
+        for r in &e.reason {
+            s.kinds.insert(
+                match r.as_str() {
+                    "hosts" => "address_sweep",
+                    _ => "port_scan",
+                }
+                .to_string(),
+            );
+        }
+        s.sensors.insert(sensor.to_string());
+        for (kind, n) in &e.probes {
+            *s.probes.entry(kind.clone()).or_default() += u64::from(*n);
+        }
+        s.first_ns = s.first_ns.min(e.start_ns);
+        s.last_ns = s.last_ns.max(e.end_ns);
+    }
+
+    /// One conversation of a followed source; a follow-up session's update, if it is one.
+    fn conversation(&mut self, sensor: &str, f: &Flow, now: i64) -> Option<AlertUpdate> {
+        let follow_up_ns = self.follow_up_ns;
+        let s = self.sources.get_mut(&f.src_ip)?;
+        let meta = f.sensor.as_deref()?;
+        if initiator_guessed(&meta.initiator_by) {
+            return None;
+        }
+        let host = f.dst_ip;
+        // An ICMP error answers a probe of the host (a UDP port's unreachable).
+        let icmp_error = match f.protocol {
+            1 => matches!(f.src_port, 3 | 11 | 12),
+            58 => matches!(f.src_port, 1..=4),
+            _ => false,
+        };
+        if icmp_error {
+            if let Some(h) = s.hosts.get_mut(&host) {
+                h.closed = h.closed.saturating_add(f.reverse_packets);
+            }
+            return None;
+        }
+        let port = match f.protocol {
+            1 | 58 => (f.protocol, 0),
+            p => (p, f.dst_port),
+        };
+        // A session that carried data is no probe; to what the scan found open, it is the
+        // follow-up.
+        let session = f.protocol == TCP
+            && f.tcp_flags & PSH != 0
+            && meta.reverse_tcp_flags & (SYN | ACK) == SYN | ACK;
+        if session
+            && f.start_ns > s.first_ns
+            && f.start_ns <= s.last_ns.saturating_add(follow_up_ns)
+            && let Some(h) = s.hosts.get_mut(&host)
+            && (h.open.contains(&port) || s.kinds.contains("address_sweep"))
+        {
+            if !h.followed.insert(port) {
+                return None;
+            }
+            let kind = if s.kinds.contains("port_scan") {
+                "port_scan"
+            } else {
+                "address_sweep"
+            };
+            return Some(AlertUpdate {
+                kind,
+                severity: Severity::High,
+                source: f.src_ip.to_string(),
+                targets: vec![host.to_string()],
+                time_ns: f.start_ns,
+                observation: json!({
+                    "kind": "follow_up",
+                    "sensor": sensor,
+                    "host": host.to_string(),
+                    "port": f.dst_port,
+                    "protocol": f.protocol,
+                    "time": rfc3339(f.start_ns),
+                    "packets": f.packets.saturating_add(f.reverse_packets),
+                    "bytes": f.bytes.saturating_add(f.reverse_bytes),
+                    "after_scan_s": (f.start_ns - s.last_ns).max(0) / 1_000_000_000,
+                }),
+                seen_by: format!("sensor:{sensor}"),
+                strength: f64::INFINITY,
+            });
+        }
+        if session {
+            return None;
+        }
+        if !s.hosts.contains_key(&host) && s.hosts.len() >= MAX_HOSTS
+            || !s.hosts.get(&host).is_some_and(|h| h.ports.contains(&port))
+                && s.pairs >= PORT_BUDGET
+        {
+            s.beyond = s.beyond.saturating_add(f.packets);
+            return None;
+        }
+        s.sensors.insert(sensor.to_string());
+        let h = s.hosts.entry(host).or_default();
+        if h.ports.insert(port) {
+            s.pairs += 1;
+        }
+        let answer = meta.reverse_tcp_flags;
+        if f.protocol == TCP {
+            if answer & (SYN | ACK) == SYN | ACK {
+                h.open.insert(port);
+            } else if answer & RST != 0 {
+                h.closed += 1;
+            } else if f.reverse_packets == 0 {
+                h.silent += 1;
+            }
+        } else if f.reverse_packets > 0 {
+            h.open.insert(port);
+        } else {
+            h.silent += 1;
+        }
+        s.replied |= f.reverse_packets > 0;
+        s.packets = s.packets.saturating_add(f.packets);
+        s.first_ns = s.first_ns.min(f.start_ns);
+        s.last_ns = s.last_ns.max(f.end_ns);
+        s.pending = true;
+        s.grew_ns = now;
+        None
+    }
+
+    /// The updates of a source's extent, one per kind it was flagged for.
+    fn report(src: IpAddr, s: &mut Scan, last: bool) -> Vec<AlertUpdate> {
+        let ports = s.most_ports_on_a_host();
+        let distinct = s.distinct_ports();
+        let hosts = s.hosts.len();
+        let mut all: BTreeSet<(u8, u16)> = BTreeSet::new();
+        for h in s.hosts.values() {
+            all.extend(h.ports.iter().copied());
+        }
+        let mut targets: Vec<(&IpAddr, &HostScan)> = s.hosts.iter().collect();
+        targets.sort_by_key(|(ip, _)| **ip);
+        // Hosts with open ports first, then the rest.
+        targets.sort_by_key(|(_, h)| h.open.is_empty());
+        let per_target: Vec<Value> = targets
+            .iter()
+            .take(SHOWN)
+            .map(|(ip, h)| {
+                json!({
+                    "host": ip.to_string(),
+                    "ports": h.ports.len(),
+                    "open": h.open.iter().take(SHOWN).map(|p| port_name(*p)).collect::<Vec<_>>(),
+                    "closed": h.closed,
+                    "silent": h.silent,
+                })
+            })
+            .collect();
+        let open: Vec<String> = targets
+            .iter()
+            .filter(|(_, h)| !h.open.is_empty())
+            .take(SHOWN)
+            .map(|(ip, h)| {
+                let ports: Vec<String> = h.open.iter().take(SHOWN).map(|p| port_name(*p)).collect();
+                format!("{ip}: {}", ports.join(", "))
+            })
+            .collect();
+        let secs = (s.last_ns - s.first_ns) as f64 / 1e9;
+        let packets = s.packets.saturating_add(s.summed);
+        let observation = json!({
+            "kind": "scan_extent",
+            "sensors": s.sensors,
+            "distinct_ports": distinct,
+            "most_ports_on_a_host": ports,
+            "distinct_hosts": hosts,
+            "port_ranges": port_ranges(&all),
+            "probes": s.probes,
+            "first_probe": rfc3339(s.first_ns),
+            "last_probe": rfc3339(s.last_ns),
+            "probe_rate": if secs > 0.0 { (packets as f64 / secs).round() } else { packets as f64 },
+            "packets": packets,
+            "probes_summed": s.summed,
+            "beyond_limits": s.beyond,
+            "open_found": open,
+            "open_total": s.open_total(),
+            "closed_total": s.hosts.values().map(|h| h.closed).sum::<u64>(),
+            "silent_total": s.hosts.values().map(|h| h.silent).sum::<u64>(),
+            "targets": per_target,
+            "scan_over": last,
+            "update": s.reports + 1,
+        });
+        let mut new: Vec<IpAddr> = s
+            .hosts
+            .keys()
+            .filter(|ip| !s.named.contains(*ip))
+            .copied()
+            .collect();
+        new.sort();
+        s.named.extend(new.iter().copied());
+        let seen_by = format!(
+            "sensor:{}",
+            s.sensors.iter().next().map_or("?", String::as_str)
+        );
+        s.reported_ports = ports;
+        s.reported_hosts = hosts;
+        s.reported_open = s.open_total();
+        // Growth since the scan was last reported over: it is reported over again once quiet.
+        s.pending = !last;
+        s.reports += 1;
+        s.kinds
+            .iter()
+            .map(|kind| {
+                let (kind, severity, strength): (&'static str, _, _) = if kind == "address_sweep" {
+                    (
+                        "address_sweep",
+                        sweep_severity(hosts as u32),
+                        (hosts as f64 / HOST_THRESHOLD).max(1.0),
+                    )
+                } else {
+                    (
+                        "port_scan",
+                        port_scan_severity(ports as u32),
+                        (ports as f64 / PORT_THRESHOLD).max(1.0),
+                    )
+                };
+                AlertUpdate {
+                    kind,
+                    severity,
+                    source: src.to_string(),
+                    targets: new.iter().map(IpAddr::to_string).collect(),
+                    time_ns: s.last_ns,
+                    observation: observation.clone(),
+                    seen_by: seen_by.clone(),
+                    strength,
+                }
+            })
+            .collect()
+    }
+
+    /// Reports the scans whose records stopped coming (see [`QUIET_NS`]).
+    fn quiet(&mut self, now: i64, out: &mut Output) {
+        for (src, s) in self.sources.iter_mut() {
+            if s.pending && s.replied && now - s.grew_ns >= QUIET_NS {
+                out.updates.extend(Self::report(*src, s, true));
+            }
+        }
+    }
+}
+
+impl Detector for ScanExtent {
+    fn name(&self) -> &'static str {
+        "scan_extent"
+    }
+
+    fn observe(&mut self, input: &Input<'_>, out: &mut Output) {
+        let Some(b) = input.batch else { return };
+        let now = now_ns();
+        for e in &b.scans {
+            self.flag(&b.sensor, e);
+        }
+        let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
+        for p in &b.probes {
+            if let Some(s) = self.sources.get_mut(&p.src_ip) {
+                s.summed = s.summed.saturating_add(p.packets);
+                s.first_ns = s.first_ns.min(p.start_ns);
+                s.last_ns = s.last_ns.max(p.end_ns);
+                s.pending = true;
+                s.grew_ns = now;
+                touched.insert(p.src_ip);
+            }
+        }
+        // In time order: a port found open before the session that follows it up.
+        let mut flows: Vec<&Flow> = b.flows.iter().collect();
+        flows.sort_by_key(|f| f.start_ns);
+        for f in flows {
+            if let Some(u) = self.conversation(&b.sensor, f, now) {
+                out.updates.push(u);
+            }
+            if self.sources.contains(&f.src_ip) {
+                touched.insert(f.src_ip);
+            }
+        }
+        for src in touched {
+            if let Some(s) = self.sources.get_mut(&src)
+                && s.due()
+            {
+                out.updates.extend(Self::report(src, s, false));
+            }
+        }
+        self.quiet(now, out);
+    }
+
+    fn tick(&mut self, out: &mut Output) {
+        self.quiet(now_ns(), out);
+    }
+
+    fn forgotten(&self) -> u64 {
+        self.sources.forgotten()
+    }
+
+    fn load(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        for (k, v) in state.read(STATE)? {
+            match (k.parse::<IpAddr>(), serde_json::from_str::<Scan>(&v)) {
+                (Ok(src), Ok(s)) => self.sources.restore(src, s),
+                _ => tracing::warn!(key = k, "a saved scan extent does not read; skipped"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The scans that changed; those past their follow-up time are deleted.
+    fn save(&mut self, state: &State<'_>) -> anyhow::Result<()> {
+        let horizon = self.sources.now_ns() - self.follow_up_ns;
+        let entries: Vec<(String, Option<String>, i64)> = self
+            .sources
+            .changes(horizon)
+            .into_iter()
+            .map(|(k, v)| {
+                let last = v.map_or(0, |v| v.last_ns);
+                (
+                    k.to_string(),
+                    v.and_then(|v| serde_json::to_string(v).ok()),
+                    last,
+                )
+            })
+            .collect();
+        state.write(STATE, &entries)
+    }
+}
+
+/// The name the followed scans are saved under.
+const STATE: &str = "scan_extents";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Action, Alert, CloudMeta, SensorBatch, SensorMeta, Source};
+
+    const S: i64 = 1_000_000_000;
+    const T0: i64 = 1_790_000_000 * S;
+    const SCANNER: &str = "203.0.113.9";
+    const HOST: &str = "10.0.0.5";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    /// A scanner's conversation with `dst:port` as a sensor records it: its probe, and the
+    /// target's answer (`answer` the answer's TCP flags; 0 for none).
+    fn probe(src: &str, dst: &str, port: u16, answer: u8, t: i64) -> Flow {
+        Flow {
+            source: Source::Sensor,
+            observer: "web-1".into(),
+            interface: "eth0".into(),
+            start_ns: t,
+            end_ns: t + 1_000_000,
+            src_ip: ip(src),
+            dst_ip: ip(dst),
+            src_port: 40000,
+            dst_port: port,
+            protocol: TCP,
+            packets: 1,
+            bytes: 44,
+            reverse_packets: u64::from(answer != 0),
+            reverse_bytes: if answer != 0 { 40 } else { 0 },
+            tcp_flags: SYN | if answer & SYN != 0 { RST } else { 0 },
+            action: Action::Unknown,
+            sampling_rate: 1.0,
+            cloud: CloudMeta::default(),
+            sensor: Some(Box::new(SensorMeta {
+                reverse_tcp_flags: answer,
+                observed: "ingress+egress".into(),
+                initiator_by: "syn".into(),
+                end_reason: "end".into(),
+                ..SensorMeta::default()
+            })),
+        }
+    }
+
+    /// A session that carries data.
+    fn session(src: &str, dst: &str, port: u16, t: i64) -> Flow {
+        let mut f = probe(src, dst, port, SYN | ACK, t);
+        f.tcp_flags = SYN | ACK | PSH;
+        (f.packets, f.bytes, f.reverse_packets, f.reverse_bytes) = (12, 2_000, 10, 9_000);
+        f
+    }
+
+    fn event(src: &str, dst: &str, reason: &str, t: i64) -> ScanEvent {
+        ScanEvent {
+            iface: "eth0".into(),
+            src_ip: ip(src),
+            distinct_ports: 20,
+            distinct_hosts: 1,
+            probe: "syn".into(),
+            probes: [("syn".to_string(), 20)].into(),
+            probe_bytes: 0,
+            last_dst_ip: ip(dst),
+            last_dst_port: 20,
+            reason: vec![reason.into()],
+            start_ns: t,
+            end_ns: t + S,
+            answered_contacts: 0,
+            unanswered_contacts: 20,
+            replied_contacts: 20,
+        }
+    }
+
+    fn batch(scans: Vec<ScanEvent>, flows: Vec<Flow>) -> SensorBatch {
+        SensorBatch {
+            sensor: "web-1".into(),
+            instance_id: "i".into(),
+            batch_id: 1,
+            flows,
+            scans,
+            probes: Vec::new(),
+            logins: Vec::new(),
+        }
+    }
+
+    fn observe(d: &mut ScanExtent, b: &SensorBatch) -> Vec<AlertUpdate> {
+        let mut out = Output::default();
+        d.observe(&Input::batch(b), &mut out);
+        out.updates
+    }
+
+    /// What `quiet` reports once the scan's records stopped coming.
+    fn after_quiet(d: &mut ScanExtent) -> Vec<AlertUpdate> {
+        let mut out = Output::default();
+        d.quiet(now_ns() + QUIET_NS, &mut out);
+        out.updates
+    }
+
+    /// A SYN scan of `ports` ports of HOST, 3 of them open (22, 80, 280), in batches of 100 conversations.
+    fn scan(d: &mut ScanExtent, ports: u16) -> Vec<AlertUpdate> {
+        let mut updates = observe(d, &batch(vec![event(SCANNER, HOST, "ports", T0)], vec![]));
+        let flows: Vec<Flow> = (1..=ports)
+            .map(|p| {
+                let answer = if [22, 80, 280].contains(&p) {
+                    SYN | ACK
+                } else {
+                    RST | ACK
+                };
+                probe(SCANNER, HOST, p, answer, T0 + i64::from(p) * 1_000_000)
+            })
+            .collect();
+        for chunk in flows.chunks(100) {
+            updates.extend(observe(d, &batch(vec![], chunk.to_vec())));
+        }
+        updates
+    }
+
+    #[test]
+    fn the_alert_grows_with_the_scan_and_names_the_open_ports() {
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        let updates = scan(&mut d, 300);
+        // At the first answers, then at each doubling of the ports (and the open ones found).
+        assert!(!updates.is_empty());
+        assert!(after_quiet(&mut d).len() == 1, "the final extent, once");
+        assert!(after_quiet(&mut d).is_empty(), "and not again");
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        let mut all = scan(&mut d, 300);
+        all.extend(after_quiet(&mut d));
+        let last = all.last().expect("a report");
+        let o = &last.observation;
+        assert_eq!(last.kind, "port_scan");
+        assert_eq!(last.severity, Severity::Medium, "100+ ports");
+        assert_eq!(o["distinct_ports"], 300);
+        assert_eq!(o["distinct_hosts"], 1);
+        assert_eq!(o["port_ranges"]["tcp"], "1-300");
+        assert_eq!(
+            o["open_found"],
+            json!(["10.0.0.5: 22/tcp, 80/tcp, 280/tcp"])
+        );
+        assert_eq!(o["targets"][0]["closed"], 297);
+        assert_eq!(o["targets"][0]["silent"], 0);
+        assert_eq!(o["scan_over"], true);
+        assert_eq!(o["probes"]["syn"], 20);
+        assert_eq!(o["first_probe"], rfc3339(T0));
+        // Merged into one alert, the target counts once.
+        let mut a = Alert::open(&all[0]);
+        for u in &all[1..] {
+            a.merge(u);
+        }
+        assert_eq!(
+            (a.targets_total, a.targets.clone()),
+            (1, vec![HOST.to_string()])
+        );
+        assert_eq!(a.severity, "medium");
+        // 1,000 ports: high.
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        let mut all = scan(&mut d, 1000);
+        all.extend(after_quiet(&mut d));
+        assert_eq!(all.last().expect("report").severity, Severity::High);
+    }
+
+    #[test]
+    fn a_scan_of_every_port_is_a_handful_of_updates() {
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        let mut all = scan(&mut d, 65_535);
+        all.extend(after_quiet(&mut d));
+        eprintln!(
+            "a 65,535-port scan in batches of 100: {} updates",
+            all.len()
+        );
+        assert!(all.len() <= 16, "{} updates", all.len());
+        assert_eq!(
+            all.last().expect("report").observation["distinct_ports"],
+            65_535
+        );
+    }
+
+    #[test]
+    fn a_source_no_target_answered_is_not_reported() {
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        let decoy = "198.51.100.7";
+        let mut u = observe(
+            &mut d,
+            &batch(vec![event(decoy, HOST, "ports", T0)], vec![]),
+        );
+        let flows = (1..=200).map(|p| probe(decoy, HOST, p, 0, T0)).collect();
+        u.extend(observe(&mut d, &batch(vec![], flows)));
+        u.extend(after_quiet(&mut d));
+        assert!(u.is_empty(), "{u:?}");
+    }
+
+    #[test]
+    fn a_session_to_a_port_found_open_is_a_follow_up() {
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        scan(&mut d, 300);
+        after_quiet(&mut d);
+        let later = T0 + 3_600 * S;
+        let u = observe(
+            &mut d,
+            &batch(
+                vec![],
+                vec![
+                    // A benign client's session: not followed.
+                    session("10.0.0.77", HOST, 22, later),
+                    // The scanner, to a port it found closed: not a follow-up.
+                    session(SCANNER, HOST, 8080, later),
+                    // To a port it found open: one.
+                    session(SCANNER, HOST, 22, later + S),
+                    session(SCANNER, HOST, 22, later + 2 * S),
+                ],
+            ),
+        );
+        let follow: Vec<&AlertUpdate> = u
+            .iter()
+            .filter(|u| u.observation["kind"] == "follow_up")
+            .collect();
+        assert_eq!(follow.len(), 1, "{u:?}");
+        let f = follow[0];
+        assert_eq!((f.kind, f.severity), ("port_scan", Severity::High));
+        assert_eq!(f.source, SCANNER);
+        assert_eq!(f.observation["port"], 22);
+        assert_eq!(f.observation["bytes"], 11_000);
+        assert_eq!(f.observation["after_scan_s"], 3_600);
+        // Past the follow-up time, nothing.
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        scan(&mut d, 300);
+        let u = observe(
+            &mut d,
+            &batch(
+                vec![],
+                vec![session(SCANNER, HOST, 80, T0 + FOLLOW_UP_NS + 10 * S)],
+            ),
+        );
+        assert!(
+            u.iter().all(|u| u.observation["kind"] != "follow_up"),
+            "{u:?}"
+        );
+    }
+
+    #[test]
+    fn a_followed_scan_outlives_a_restart() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = crate::store::SqliteStore::open(dir.path()).expect("store");
+        let state = State {
+            store: store.as_ref(),
+            prefix: "sensor/",
+        };
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        scan(&mut d, 300);
+        after_quiet(&mut d);
+        d.save(&state).expect("save");
+        let mut again = ScanExtent::new(FOLLOW_UP_NS);
+        again.load(&state).expect("load");
+        let u = observe(
+            &mut again,
+            &batch(vec![], vec![session(SCANNER, HOST, 280, T0 + 60 * S)]),
+        );
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].observation["kind"], "follow_up");
+    }
+
+    #[test]
+    fn a_sweep_lists_every_host_once() {
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        let mut all = observe(
+            &mut d,
+            &batch(vec![event(SCANNER, "10.0.1.1", "hosts", T0)], vec![]),
+        );
+        let flows: Vec<Flow> = (1..=40)
+            .map(|h| probe(SCANNER, &format!("10.0.1.{h}"), 443, RST | ACK, T0))
+            .collect();
+        for chunk in flows.chunks(7) {
+            all.extend(observe(&mut d, &batch(vec![], chunk.to_vec())));
+        }
+        all.extend(after_quiet(&mut d));
+        let mut a = Alert::open(&all[0]);
+        for u in &all[1..] {
+            a.merge(u);
+        }
+        assert_eq!(a.kind, "address_sweep");
+        assert_eq!(a.targets_total, 40);
+        assert_eq!(
+            all.last().expect("report").observation["distinct_hosts"],
+            40
+        );
+        assert_eq!(
+            all.last().expect("report").observation["port_ranges"]["tcp"],
+            "443"
+        );
+    }
+
+    #[test]
+    fn port_ranges_are_compact() {
+        let ports: BTreeSet<(u8, u16)> = [(6, 1), (6, 2), (6, 3), (6, 8080), (17, 53), (6, 65535)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            port_ranges(&ports),
+            json!({"tcp": "1-3, 8080, 65535", "udp": "53"})
+        );
+    }
+}
