@@ -115,24 +115,39 @@ fn nmap_syn_scan_becomes_one_port_scan_alert_naming_the_scanner() {
         .expect("listener");
     tests::nmap_syn_scan(&lab.a, &lab.ip_b, &["-p", "1-1000,8080"]);
 
-    // The sensor exports every second; the alert follows its batch.
-    let alerts = wait_for_alerts(&cp);
-    // A second look after more export intervals: still one alert, not one per batch.
-    thread::sleep(Duration::from_secs(2));
+    // The sensor exports every second; the alert follows its batch, raised when the kernel
+    // flagged the scanner at 20 ports, then grown with the scan's conversations until it is
+    // over.
+    let first = wait_for_alerts(&cp);
+    assert_eq!(first.len(), 1, "one alert for the scan: {first:?}");
+    let src = lab.ip_a.clone();
+    let done = wait_for_alert(&cp, "port_scan", &src, |a| extent(a)["scan_over"] == true);
     let (_, v) = get(&cp, "/api/v1/alerts");
-    let again = v["alerts"].as_array().expect("alerts").clone();
+    let alerts = v["alerts"].as_array().expect("alerts").clone();
     sensor.stop();
-    assert_eq!(alerts.len(), 1, "one alert for the scan: {alerts:?}");
-    assert_eq!(again, alerts, "the alert did not change or multiply");
+    assert_eq!(
+        alerts.len(),
+        1,
+        "still one alert, not one per batch: {alerts:?}"
+    );
+    assert_eq!(alerts[0], done);
+    assert_eq!(first[0]["id"], done["id"], "the same alert grew");
     let a = &alerts[0];
     assert_eq!(a["type"], "port_scan");
     assert_eq!(a["status"], "open");
     assert_eq!(a["source"], lab.ip_a.as_str(), "the scanner is named");
     assert_eq!(a["targets"], serde_json::json!([lab.ip_b]));
     assert_eq!(a["sources"], serde_json::json!(["sensor:lab-b"]));
-    // The sensor reports when the source crosses its 20-port threshold, which is low severity.
-    assert_eq!(a["severity"], "low");
-    assert_eq!(a["observations_total"], 1);
+    // The kernel's event at 20 ports, then the scan's whole extent: 1,001 ports is high, and
+    // the one port that answered open is named.
+    assert_eq!(a["severity"], "high");
+    assert_eq!(a["observations_total"], 2, "{a}");
+    let x = extent(a);
+    assert_eq!(x["distinct_ports"], 1001, "{x}");
+    assert_eq!(
+        x["open_found"],
+        serde_json::json!([format!("{}: 8080/tcp", lab.ip_b)])
+    );
     let ob = &a["observations"][0];
     assert_eq!(ob["kind"], "kernel_scan_event");
     assert_eq!(ob["sensor"], "lab-b");
@@ -155,7 +170,7 @@ fn nmap_syn_scan_becomes_one_port_scan_alert_naming_the_scanner() {
     );
     one.as_object_mut().expect("object").remove("history");
     assert_eq!((status, &one), (200, a));
-    let src = &lab.ip_a;
+    let src = &src;
     let (_, v) = get(
         &cp,
         &format!("/api/v1/alerts?type=port_scan&status=open&source={src}"),
@@ -494,5 +509,142 @@ fn masscan_of_every_port_leaves_the_targets_role_and_the_top_talkers_right() {
         "{:?}",
         rows.iter().find(|f| f["initiator_guessed"] != false)
     );
+    cp.stop();
+}
+
+/// Polls the alert of `kind` from `source` until `done` says it is complete (90 s at most).
+fn wait_for_alert(
+    cp: &ControlPlane,
+    kind: &str,
+    source: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..450 {
+        let (status, v) = get(cp, &format!("/api/v1/alerts?type={kind}&source={source}"));
+        assert_eq!(status, 200, "{v}");
+        if let Some(a) = v["alerts"].as_array().and_then(|a| a.first()) {
+            if done(a) {
+                return a.clone();
+            }
+            last = a.clone();
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no complete {kind} alert from {source}: {last}");
+}
+
+/// The alert's scan extent observation.
+fn extent(a: &Value) -> Value {
+    a["observations"]
+        .as_array()
+        .expect("observations")
+        .iter()
+        .find(|o| o["kind"] == "scan_extent")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// An nmap SYN scan of 300 ports of a host that listens on 3 of them: the kernel's alert at
+/// 20 ports grows to the whole scan (medium: 300 ports; exactly the 3 open ones found). A
+/// benign client's session to an open port changes nothing; the scanner's own session with
+/// data to a port it found open raises the alert to high, with the session as its follow-up.
+#[test]
+fn a_scan_alert_grows_to_the_whole_scan_and_escalates_at_its_follow_up() {
+    let Setup {
+        lab,
+        dir: _dir,
+        cp,
+        sensor,
+    } = setup("extent", &["--idle-timeout", "2"]);
+    let prefix = lab.ip_b.rsplit_once('.').expect("v4").0.to_string();
+    let client = format!("{prefix}.3");
+    tests::sh_in(
+        &lab.a,
+        "ip",
+        &["addr", "add", &format!("{client}/24"), "dev", &lab.va],
+    );
+    let ip_b = lab.ip_b.clone();
+    let _servers: Vec<_> = [21u16, 80, 200]
+        .into_iter()
+        .map(|port| {
+            let addr: std::net::SocketAddr = format!("{ip_b}:{port}").parse().expect("addr");
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t = tests::in_netns(&lab.b, move || {
+                use std::io::{Read as _, Write as _};
+                let l = TcpListener::bind(addr).expect("bind");
+                tx.send(()).expect("ready");
+                // The scan's SYNs never reach accept; the two sessions do.
+                for s in l.incoming().take(2) {
+                    let mut s = s.expect("accept");
+                    let mut b = [0u8; 256];
+                    let _ = s.read(&mut b);
+                    let _ = s.write_all(b"220 ok\r\n");
+                }
+            });
+            rx.recv().expect("ready");
+            t
+        })
+        .collect();
+    tests::nmap_syn_scan(&lab.a, &lab.ip_b, &["-p", "1-300"]);
+    let scanner = lab.ip_a.clone();
+    let a = wait_for_alert(&cp, "port_scan", &scanner, |a| {
+        extent(a)["scan_over"] == true && extent(a)["distinct_ports"] == 300
+    });
+    let x = extent(&a);
+    assert_eq!(a["severity"], "medium", "{a}");
+    assert_eq!(
+        x["open_found"],
+        serde_json::json!([format!("{}: 21/tcp, 80/tcp, 200/tcp", lab.ip_b)]),
+        "{x}"
+    );
+    assert_eq!(x["distinct_hosts"], 1);
+    assert_eq!(x["port_ranges"]["tcp"], "1-300");
+    assert_eq!(x["closed_total"], 297, "{x}");
+    assert_eq!(a["targets_total"], 1, "{a}");
+    let updates = x["update"].as_u64().expect("update");
+    assert!(updates <= 8, "{updates} updates of the extent");
+
+    // Sessions with data to port 80: a benign client's, then the scanner's.
+    let talk = |from: String| {
+        let to: std::net::SocketAddr = format!("{}:80", lab.ip_b).parse().expect("addr");
+        tests::in_netns(&lab.a, move || {
+            use std::io::{Read as _, Write as _};
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            let local: std::net::SocketAddr = format!("{from}:0").parse().expect("local");
+            s.bind(&local.into()).expect("bind");
+            s.connect_timeout(&to.into(), Duration::from_secs(5))
+                .expect("connect");
+            let mut s: std::net::TcpStream = s.into();
+            s.write_all(b"USER anonymous\r\n").expect("write");
+            let mut b = Vec::new();
+            let _ = s.read_to_end(&mut b);
+        })
+        .join()
+        .expect("session");
+    };
+    talk(client.clone());
+    thread::sleep(Duration::from_secs(5));
+    let (_, v) = get(&cp, &format!("/api/v1/alerts?source={client}"));
+    assert_eq!(v["alerts"], serde_json::json!([]), "a benign client: {v}");
+    let (_, v) = get(&cp, &format!("/api/v1/alerts/{}", a["id"]));
+    assert_eq!(
+        v["severity"], "medium",
+        "nothing followed the scan yet: {v}"
+    );
+    talk(scanner.clone());
+    let a = wait_for_alert(&cp, "port_scan", &scanner, |a| a["severity"] == "high");
+    let follow: Vec<&Value> = a["observations"]
+        .as_array()
+        .expect("observations")
+        .iter()
+        .filter(|o| o["kind"] == "follow_up")
+        .collect();
+    assert_eq!(follow.len(), 1, "{a}");
+    assert_eq!(follow[0]["host"], lab.ip_b.as_str());
+    assert_eq!(follow[0]["port"], 80);
+    assert!(follow[0]["bytes"].as_u64().expect("bytes") > 0);
+    sensor.stop();
     cp.stop();
 }
