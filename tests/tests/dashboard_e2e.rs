@@ -52,6 +52,17 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
     })
     .expect("a port_scan alert");
     assert_eq!(alert["source"], lab.ip_a.as_str());
+    // Grown to the whole scan (once its conversations are in), which the page shows first.
+    wait(Duration::from_secs(60), || {
+        let (_, body) = cp.get(&format!("/api/v1/alerts/{}", alert["id"]));
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["observations"]
+            .as_array()?
+            .iter()
+            .any(|o| o["kind"] == "scan_extent" && o["scan_over"] == true)
+            .then_some(())
+    })
+    .expect("the scan's whole extent");
 
     let hook = tests::receivers::HttpReceiver::start(&lab.b, &[]);
     let o = Command::new("ip")

@@ -66,6 +66,9 @@ try {
   step = "alert detail";
   await row.first().getByRole("link", { name: "port_scan" }).click();
   await page.locator("h1 code.source", { hasText: scanner }).waitFor();
+  // The scan's story comes first: the one port it found open, and its extent.
+  await page.locator(".scan-story .open-found", { hasText: `${target}: 8080/tcp` }).waitFor();
+  await page.locator(".scan-story .extent", { hasText: "201 distinct ports on 1 host" }).waitFor();
   await page.locator(".targets", { hasText: target }).waitFor();
   await page.locator(".observations").getByText("kernel_scan_event").first().waitFor();
   await page.locator("table.flows").waitFor();

@@ -93,6 +93,50 @@ function targetIp(t) {
   return /^[0-9a-fA-F:]+$/.test(t) && t.includes(":") ? t : null;
 }
 
+/// A scan's story, first on its alert's page: the ports it found open, its extent, and the
+/// sessions that followed it up.
+function ScanStory({ a }) {
+  const x = a.observations.find((o) => o.kind === "scan_extent");
+  const follow = a.observations.filter((o) => o.kind === "follow_up");
+  if (!x && !follow.length) return null;
+  return html`<div class="panel scan-story">
+    ${x &&
+    html`<h2>Found open</h2>
+      ${x.open_found.length
+        ? html`<ul class="open-found">
+            ${x.open_found.map((l) => html`<li><code>${l}</code></li>`)}
+          </ul>`
+        : html`<p class="open-found">No probed port answered as open.</p>`}
+      <dl class="facts extent">
+        <dt>Extent</dt>
+        <dd>
+          ${count(x.distinct_ports)} distinct ports on ${count(x.distinct_hosts)} host${x.distinct_hosts === 1 ? "" : "s"}
+          ${x.scan_over ? "" : " (still growing)"}
+        </dd>
+        <dt>Ports</dt>
+        <dd>${Object.entries(x.port_ranges).map(([p, r]) => html`<div><strong>${p}</strong> ${r}</div>`)}</dd>
+        <dt>Answers</dt>
+        <dd>${count(x.open_total)} open, ${count(x.closed_total)} closed, ${count(x.silent_total)} silent</dd>
+        <dt>Probes</dt>
+        <dd>
+          ${count(x.packets)} packets, ${count(x.probe_rate)}/s,
+          ${Object.entries(x.probes).map(([k, n]) => `${k} ${count(n)}`).join(", ")}
+        </dd>
+        <dt>From</dt><dd>${when(x.first_probe)} to ${when(x.last_probe)}</dd>
+      </dl>`}
+    ${follow.length > 0 &&
+    html`<h2>Followed up</h2>
+      <ul class="follow-up">
+        ${follow.map(
+          (f) => html`<li>
+            ${when(f.time)}: a session to <code>${f.host}:${f.port}</code>, ${bytes(f.bytes)},
+            ${count(f.after_scan_s)} s after the scan
+          </li>`,
+        )}
+      </ul>`}
+  </div>`;
+}
+
 function Observation({ o }) {
   const { kind, ...rest } = o;
   const brief = Object.entries(rest)
@@ -159,6 +203,7 @@ export function AlertDetail({ id, session }) {
         ? html`<a href=${`#/entities/${encodeURIComponent(a.source)}`}><code class="source">${a.source}</code></a>`
         : html`<code class="source">${a.source}</code>`}
     </h1>
+    <${ScanStory} a=${a} />
     <dl class="facts">
       <dt>Status</dt><dd class="status">${a.status}${a.snoozed_until ? ` until ${when(a.snoozed_until)}` : ""}</dd>
       <dt>Assignee</dt><dd>${a.assignee || "nobody"}</dd>
