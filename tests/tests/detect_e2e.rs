@@ -531,7 +531,8 @@ fn wait_for_alert(
         }
         thread::sleep(Duration::from_millis(200));
     }
-    panic!("no complete {kind} alert from {source}: {last}");
+    let (_, all) = get(cp, "/api/v1/alerts");
+    panic!("no complete {kind} alert from {source}: {last}; all alerts: {all}");
 }
 
 /// The alert's scan extent observation.
@@ -645,6 +646,79 @@ fn a_scan_alert_grows_to_the_whole_scan_and_escalates_at_its_follow_up() {
     assert_eq!(follow[0]["host"], lab.ip_b.as_str());
     assert_eq!(follow[0]["port"], 80);
     assert!(follow[0]["bytes"].as_u64().expect("bytes") > 0);
+    sensor.stop();
+    cp.stop();
+}
+
+/// A SYN sweep of port 443 over 40 hosts lists the 40 (each once), and a UDP scan of 100 ports
+/// names the one UDP port that answered.
+#[test]
+fn a_sweep_lists_every_host_and_a_udp_scan_the_port_that_answered() {
+    let Setup {
+        lab,
+        dir: _dir,
+        cp,
+        sensor,
+    } = setup("sweep", &["--idle-timeout", "2"]);
+    let prefix = lab.ip_b.rsplit_once('.').expect("v4").0.to_string();
+    for h in 100..140 {
+        let ip = format!("{prefix}.{h}/24");
+        tests::sh_in(&lab.b, "ip", &["addr", "add", &ip, "dev", &lab.vb]);
+    }
+    tests::nmap_syn_scan(&lab.a, &format!("{prefix}.100-139"), &["-p", "443"]);
+    let scanner = lab.ip_a.clone();
+    let a = wait_for_alert(&cp, "address_sweep", &scanner, |a| {
+        extent(a)["scan_over"] == true && extent(a)["distinct_hosts"] == 40
+    });
+    assert_eq!(a["targets_total"], 40, "{a}");
+    let x = extent(&a);
+    assert_eq!(x["port_ranges"]["tcp"], "443", "{x}");
+    assert_eq!(x["open_total"], 0, "{x}");
+    assert_eq!(x["closed_total"], 40, "{x}");
+
+    // A DNS server on b answers; every other UDP port is closed.
+    let dns: std::net::SocketAddr = format!("{}:53", lab.ip_b).parse().expect("addr");
+    let _dns = tests::in_netns(&lab.b, move || {
+        let s = std::net::UdpSocket::bind(dns).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut b = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut b) {
+            // A reply with the query's id: enough to be an answer on the wire.
+            let _ = s.send_to(&b[..n.min(12)], from);
+        }
+    });
+    tests::sh_in(
+        &lab.a,
+        "nmap",
+        &[
+            "-sU",
+            "-n",
+            "-Pn",
+            "-T4",
+            "--max-retries",
+            "1",
+            "-p",
+            "1-100",
+            &lab.ip_b,
+        ],
+    );
+    // The kernel flagged the scanner for its sweep in this window: the port scan that follows
+    // is known by its extent, and its alert tells the scanner's whole story.
+    let a = wait_for_alert(&cp, "port_scan", &scanner, |a| {
+        extent(a)["scan_over"] == true && extent(a)["port_ranges"]["udp"] == "1-100"
+    });
+    let x = extent(&a);
+    assert_eq!(
+        x["open_found"],
+        serde_json::json!([format!("{}: 53/udp", lab.ip_b)]),
+        "{x}"
+    );
+    assert_eq!(x["distinct_hosts"], 41, "the sweep's 40 and this host: {x}");
+    assert!(
+        x["closed_total"].as_u64().expect("closed") > 0,
+        "ICMP port unreachables: {x}"
+    );
     sensor.stop();
     cp.stop();
 }

@@ -8,6 +8,9 @@
 //! unreachable) and the silent ones. Severity follows the extent by the scale the other scan
 //! detectors use.
 //!
+//! A followed source is reported for what its extent shows too (20 ports of a host make a port
+//! scan, 25 hosts a sweep), since the kernel reports a source once per window.
+//!
 //! It reports at each doubling of the ports or hosts, when an open port is found, and once
 //! the scan's records stop coming ([`QUIET_NS`] without growth): a 65,535-port scan is about
 //! a dozen updates. A source whose probes no target ever answered is not reported (a forged
@@ -33,7 +36,7 @@ use super::{
     common::{ACK, Bounded, RST, SYN, Stamped, TCP, port_scan_severity, sweep_severity},
 };
 use crate::{
-    model::{AlertUpdate, Flow, ScanEvent, Severity, initiator_guessed},
+    model::{AlertUpdate, Flow, ScanEvent, Severity},
     util::time::{now_ns, rfc3339},
 };
 
@@ -238,10 +241,9 @@ impl ScanExtent {
     fn conversation(&mut self, sensor: &str, f: &Flow, now: i64) -> Option<AlertUpdate> {
         let follow_up_ns = self.follow_up_ns;
         let s = self.sources.get_mut(&f.src_ip)?;
+        // Whatever told its direction: a flow from a flagged scanner is what it sent (a UDP
+        // probe, which nothing answered, is seen one way).
         let meta = f.sensor.as_deref()?;
-        if initiator_guessed(&meta.initiator_by) {
-            return None;
-        }
         let host = f.dst_ip;
         // An ICMP error answers a probe of the host (a UDP port's unreachable).
         let icmp_error = match f.protocol {
@@ -250,7 +252,8 @@ impl ScanExtent {
             _ => false,
         };
         if icmp_error {
-            if let Some(h) = s.hosts.get_mut(&host) {
+            if s.hosts.contains_key(&host) || s.hosts.len() < MAX_HOSTS {
+                let h = s.hosts.entry(host).or_default();
                 h.closed = h.closed.saturating_add(f.reverse_packets);
             }
             return None;
@@ -327,6 +330,14 @@ impl ScanExtent {
             h.open.insert(port);
         } else {
             h.silent += 1;
+        }
+        // The kernel reports a source once per window: a port scan that follows its sweep (or
+        // the other way round) in the window is known by its extent.
+        if h.ports.len() as f64 >= PORT_THRESHOLD {
+            s.kinds.insert("port_scan".into());
+        }
+        if s.hosts.len() as f64 >= HOST_THRESHOLD {
+            s.kinds.insert("address_sweep".into());
         }
         s.replied |= f.reverse_packets > 0;
         s.packets = s.packets.saturating_add(f.packets);
