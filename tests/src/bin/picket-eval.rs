@@ -752,6 +752,72 @@ fn main() {
         );
         rows.push((case, ok, detected, latency));
     }
+    // The alerts grow with their scans' conversations, which come an idle timeout after the
+    // last probe: once every scan is over, what each alert became and the open ports it found.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(90)
+        && alerts(&cp).iter().any(|a| {
+            a["observations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|o| o["kind"] == "scan_extent" && o["scan_over"] != true)
+        })
+    {
+        thread::sleep(Duration::from_millis(500));
+    }
+    let now = alerts(&cp);
+    let grown: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let about = if case.about_target {
+                lab.ip_b.clone()
+            } else {
+                format!("{prefix}.{}", 11 + i)
+            };
+            let Expect::Alert(kind) = case.expect else {
+                return "-".into();
+            };
+            let Some(a) = now
+                .iter()
+                .find(|a| a["source"] == about.as_str() && a["type"] == kind)
+            else {
+                return "-".into();
+            };
+            let extent = a["observations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|o| o["kind"] == "scan_extent");
+            let found = match extent {
+                None => String::new(),
+                Some(x) => {
+                    let open: Vec<&str> = x["open_found"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str())
+                        .collect();
+                    format!(
+                        ": {} ports, {} hosts; {}",
+                        x["distinct_ports"],
+                        x["distinct_hosts"],
+                        if open.is_empty() {
+                            "none open".to_string()
+                        } else {
+                            format!("open {}", open.join("; "))
+                        }
+                    )
+                }
+            };
+            format!(
+                "{} ({}){found}",
+                a["type"].as_str().unwrap_or("?"),
+                a["severity"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
     // The sensor flushes its flows as it stops; then the same traffic goes through each
     // cloud's flow logs alone, into stores of their own.
     sensor.stop();
@@ -850,16 +916,18 @@ fn main() {
     }
 
     let mut report = String::from(
-        "| case | expected | Picket (sensor) | alert after | Picket (AWS logs alone) | Picket (GCP logs alone) | Zeek (published) | Snort 3 (published) |\n|---|---|---|---|---|---|---|---|\n",
+        "| case | expected | Picket (sensor) | alert after | grown to (sensor) | Picket (AWS logs alone) | Picket (GCP logs alone) | Zeek (published) | Snort 3 (published) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
-    for ((case, ok, detected, latency), logs) in rows.iter().zip(&logs_columns) {
+    for (((case, ok, detected, latency), logs), grown) in
+        rows.iter().zip(&logs_columns).zip(&grown)
+    {
         let expected = match case.expect {
             Expect::Alert(k) => k,
             Expect::Nothing => "no alert",
         };
         writeln!(
             report,
-            "| {} | {expected} | {}{detected} | {latency} | {} | {} | {} | {} |",
+            "| {} | {expected} | {}{detected} | {latency} | {grown} | {} | {} | {} | {} |",
             case.name,
             if *ok { "" } else { "FAIL: " },
             logs[0],
@@ -888,7 +956,7 @@ fn main() {
         }
         writeln!(
             report,
-            "| {} | port_scan | (time replayed: logs only) | - | {} | {} | {} | {} |",
+            "| {} | port_scan | (time replayed: logs only) | - | - | {} | {} | {} | {} |",
             replay.name, cols[0], cols[1], replay.zeek, replay.snort
         )
         .ok();
