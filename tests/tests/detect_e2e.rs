@@ -425,6 +425,13 @@ fn masscan_of_every_port_leaves_the_targets_role_and_the_top_talkers_right() {
     thread::sleep(Duration::from_secs(3));
     let out = sensor.stop();
     let wire = iface_packets(&lab.b, &lab.vb) - before;
+    eprintln!(
+        "masscan: {wire} packets on the wire, {} flow records, {} probe records, {} probes summed, {} non-IP",
+        out.flows.len(),
+        out.probes.len(),
+        out.kernel("probes_aggregated"),
+        out.kernel("unparsed_non_ip")
+    );
 
     // Every packet on the wire is in a flow record or a probe record (or is not IP).
     let sum = |v: &[&Value], k: &str| -> u64 { v.iter().map(|f| f[k].as_u64().expect(k)).sum() };
@@ -604,6 +611,7 @@ fn a_scan_alert_grows_to_the_whole_scan_and_escalates_at_its_follow_up() {
     assert_eq!(x["closed_total"], 297, "{x}");
     assert_eq!(a["targets_total"], 1, "{a}");
     let updates = x["update"].as_u64().expect("update");
+    eprintln!("a 300-port scan: {updates} updates of its extent");
     assert!(updates <= 8, "{updates} updates of the extent");
 
     // Sessions with data to port 80: a benign client's, then the scanner's.

@@ -918,8 +918,7 @@ fn main() {
     let mut report = String::from(
         "| case | expected | Picket (sensor) | alert after | grown to (sensor) | Picket (AWS logs alone) | Picket (GCP logs alone) | Zeek (published) | Snort 3 (published) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
-    for (((case, ok, detected, latency), logs), grown) in
-        rows.iter().zip(&logs_columns).zip(&grown)
+    for (((case, ok, detected, latency), logs), grown) in rows.iter().zip(&logs_columns).zip(&grown)
     {
         let expected = match case.expect {
             Expect::Alert(k) => k,
