@@ -46,6 +46,11 @@ pub const FOLLOW_UP_NS: i64 = 86_400_000_000_000;
 /// a scan come up to an idle timeout and an export interval after its last probe), it is over
 /// and its final extent is reported.
 pub const QUIET_NS: i64 = 20_000_000_000;
+/// How long (data time) the probe-like conversations of sources not followed are kept, and
+/// how many: per source and in all (beyond, they are dropped and counted).
+const RECENT_NS: i64 = 120_000_000_000;
+const RECENT_PER_SOURCE: usize = 4096;
+const RECENT_MAX: usize = 200_000;
 /// Scanners followed at once; beyond it the stalest is forgotten (counted).
 const MAX_SOURCES: usize = 256;
 /// (host, port) pairs counted per source: every TCP and UDP port of one host, and more.
@@ -197,10 +202,97 @@ fn port_name((proto, port): (u8, u16)) -> String {
     }
 }
 
+/// How a probe was answered.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Answer {
+    /// A SYN-ACK; any reply to UDP.
+    Open,
+    /// A RST.
+    Closed,
+    /// Nothing came back.
+    Silent,
+    /// Something else came back (a TCP ACK without RST or SYN).
+    Other,
+    /// ICMP errors (so many) for the source's probes of the host.
+    Unreachable(u64),
+}
+
+/// What a sensor's conversation tells of its source's probing, in a few bytes.
+#[derive(Clone, Debug)]
+struct Probe {
+    host: IpAddr,
+    /// (protocol, port) probed; ICMP echo as (protocol, 0).
+    port: (u8, u16),
+    answer: Answer,
+    /// A TCP session that carried data (a PSH after the other side's SYN-ACK): no probe.
+    session: bool,
+    replied: bool,
+    packets: u64,
+    session_packets: u64,
+    session_bytes: u64,
+    start_ns: i64,
+    end_ns: i64,
+}
+
+impl Probe {
+    /// A sensor flow as its source's probe (whatever told its direction: a flow from a
+    /// scanner is what it sent, a UDP probe nothing answered being seen one way).
+    fn of(f: &Flow) -> Option<Probe> {
+        let meta = f.sensor.as_deref()?;
+        let icmp_error = match f.protocol {
+            1 => matches!(f.src_port, 3 | 11 | 12),
+            58 => matches!(f.src_port, 1..=4),
+            _ => false,
+        };
+        let answer = if icmp_error {
+            Answer::Unreachable(f.reverse_packets)
+        } else if f.protocol == TCP {
+            let a = meta.reverse_tcp_flags;
+            if a & (SYN | ACK) == SYN | ACK {
+                Answer::Open
+            } else if a & RST != 0 {
+                Answer::Closed
+            } else if f.reverse_packets == 0 {
+                Answer::Silent
+            } else {
+                Answer::Other
+            }
+        } else if f.reverse_packets > 0 {
+            Answer::Open
+        } else {
+            Answer::Silent
+        };
+        Some(Probe {
+            host: f.dst_ip,
+            port: match f.protocol {
+                1 | 58 => (f.protocol, 0),
+                p => (p, f.dst_port),
+            },
+            answer,
+            session: f.protocol == TCP
+                && f.tcp_flags & PSH != 0
+                && meta.reverse_tcp_flags & (SYN | ACK) == SYN | ACK,
+            replied: f.reverse_packets > 0,
+            packets: f.packets,
+            session_packets: f.packets.saturating_add(f.reverse_packets),
+            session_bytes: f.bytes.saturating_add(f.reverse_bytes),
+            start_ns: f.start_ns,
+            end_ns: f.end_ns,
+        })
+    }
+}
+
 /// Follows the sources that the sensors' kernels flagged (see the module's documentation).
 pub struct ScanExtent {
     follow_up_ns: i64,
     sources: Bounded<IpAddr, Scan>,
+    /// Probe-like conversations of sources not followed, for [`RECENT_NS`]: the records of a
+    /// slow scan's first probes come before the kernel flags it.
+    recent: HashMap<IpAddr, Vec<Probe>>,
+    recent_len: usize,
+    recent_now: i64,
+    recent_pruned: i64,
+    recent_dropped: u64,
 }
 
 impl ScanExtent {
@@ -208,14 +300,33 @@ impl ScanExtent {
         ScanExtent {
             follow_up_ns,
             sources: Bounded::new(MAX_SOURCES, "scan-extent").saved(),
+            recent: HashMap::new(),
+            recent_len: 0,
+            recent_now: 0,
+            recent_pruned: 0,
+            recent_dropped: 0,
         }
     }
 
-    fn flag(&mut self, sensor: &str, e: &ScanEvent) {
+    fn flag(&mut self, sensor: &str, e: &ScanEvent, now: i64) {
         // Mostly answered contacts: a busy client, which kernel_scan does not alert on.
         if e.answered_contacts > e.unanswered_contacts {
             return;
         }
+        if !self.sources.contains(&e.src_ip) {
+            // What it did before it was flagged.
+            let before = self.recent.remove(&e.src_ip).unwrap_or_default();
+            self.recent_len -= before.len();
+            self.flag_one(sensor, e);
+            for p in &before {
+                self.apply(sensor, e.src_ip, p, now);
+            }
+            return;
+        }
+        self.flag_one(sensor, e);
+    }
+
+    fn flag_one(&mut self, sensor: &str, e: &ScanEvent) {
         let s = self.sources.entry(e.src_ip, e.end_ns, self.follow_up_ns);
         if s.kinds.is_empty() {
             s.first_ns = e.start_ns;
@@ -237,39 +348,59 @@ impl ScanExtent {
         s.last_ns = s.last_ns.max(e.end_ns);
     }
 
-    /// One conversation of a followed source; a follow-up session's update, if it is one.
+    /// One conversation of a followed source; a follow-up session's update, if it is one. A
+    /// source not followed (yet) has its probe-like conversations kept a while instead.
     fn conversation(&mut self, sensor: &str, f: &Flow, now: i64) -> Option<AlertUpdate> {
+        let p = Probe::of(f)?;
+        if !self.sources.contains(&f.src_ip) {
+            self.remember(f.src_ip, p);
+            return None;
+        }
+        self.apply(sensor, f.src_ip, &p, now)
+    }
+
+    /// Keeps a probe-like conversation of a source not followed, for [`RECENT_NS`].
+    fn remember(&mut self, src: IpAddr, p: Probe) {
+        if p.session || matches!(p.answer, Answer::Open) && p.port.0 != TCP {
+            return;
+        }
+        self.recent_now = self.recent_now.max(p.end_ns);
+        if self.recent_now - self.recent_pruned > RECENT_NS / 4 {
+            let horizon = self.recent_now - RECENT_NS;
+            self.recent
+                .retain(|_, v| v.last().is_some_and(|p| p.end_ns >= horizon));
+            self.recent_len = self.recent.values().map(Vec::len).sum();
+            self.recent_pruned = self.recent_now;
+        }
+        let v = self.recent.entry(src).or_default();
+        if v.len() >= RECENT_PER_SOURCE || self.recent_len >= RECENT_MAX {
+            self.recent_dropped += 1;
+            return;
+        }
+        v.push(p);
+        self.recent_len += 1;
+    }
+
+    /// What a followed source's conversation adds to its scan.
+    fn apply(&mut self, sensor: &str, src: IpAddr, p: &Probe, now: i64) -> Option<AlertUpdate> {
         let follow_up_ns = self.follow_up_ns;
-        let s = self.sources.get_mut(&f.src_ip)?;
-        // Whatever told its direction: a flow from a flagged scanner is what it sent (a UDP
-        // probe, which nothing answered, is seen one way).
-        let meta = f.sensor.as_deref()?;
-        let host = f.dst_ip;
+        let s = self.sources.get_mut(&src)?;
+        let host = p.host;
         // An ICMP error answers a probe of the host (a UDP port's unreachable).
-        let icmp_error = match f.protocol {
-            1 => matches!(f.src_port, 3 | 11 | 12),
-            58 => matches!(f.src_port, 1..=4),
-            _ => false,
-        };
-        if icmp_error {
+        if let Answer::Unreachable(n) = p.answer {
             if s.hosts.contains_key(&host) || s.hosts.len() < MAX_HOSTS {
                 let h = s.hosts.entry(host).or_default();
-                h.closed = h.closed.saturating_add(f.reverse_packets);
+                h.closed = h.closed.saturating_add(n);
+                s.replied = true;
             }
             return None;
         }
-        let port = match f.protocol {
-            1 | 58 => (f.protocol, 0),
-            p => (p, f.dst_port),
-        };
+        let port = p.port;
         // A session that carried data is no probe; to what the scan found open, it is the
         // follow-up.
-        let session = f.protocol == TCP
-            && f.tcp_flags & PSH != 0
-            && meta.reverse_tcp_flags & (SYN | ACK) == SYN | ACK;
-        if session
-            && f.start_ns > s.first_ns
-            && f.start_ns <= s.last_ns.saturating_add(follow_up_ns)
+        if p.session
+            && p.start_ns > s.first_ns
+            && p.start_ns <= s.last_ns.saturating_add(follow_up_ns)
             && let Some(h) = s.hosts.get_mut(&host)
             && (h.open.contains(&port) || s.kinds.contains("address_sweep"))
         {
@@ -284,32 +415,32 @@ impl ScanExtent {
             return Some(AlertUpdate {
                 kind,
                 severity: Severity::High,
-                source: f.src_ip.to_string(),
+                source: src.to_string(),
                 targets: vec![host.to_string()],
-                time_ns: f.start_ns,
+                time_ns: p.start_ns,
                 observation: json!({
                     "kind": "follow_up",
                     "sensor": sensor,
                     "host": host.to_string(),
-                    "port": f.dst_port,
-                    "protocol": f.protocol,
-                    "time": rfc3339(f.start_ns),
-                    "packets": f.packets.saturating_add(f.reverse_packets),
-                    "bytes": f.bytes.saturating_add(f.reverse_bytes),
-                    "after_scan_s": (f.start_ns - s.last_ns).max(0) / 1_000_000_000,
+                    "port": port.1,
+                    "protocol": port.0,
+                    "time": rfc3339(p.start_ns),
+                    "packets": p.session_packets,
+                    "bytes": p.session_bytes,
+                    "after_scan_s": (p.start_ns - s.last_ns).max(0) / 1_000_000_000,
                 }),
                 seen_by: format!("sensor:{sensor}"),
                 strength: f64::INFINITY,
             });
         }
-        if session {
+        if p.session {
             return None;
         }
         if !s.hosts.contains_key(&host) && s.hosts.len() >= MAX_HOSTS
             || !s.hosts.get(&host).is_some_and(|h| h.ports.contains(&port))
                 && s.pairs >= PORT_BUDGET
         {
-            s.beyond = s.beyond.saturating_add(f.packets);
+            s.beyond = s.beyond.saturating_add(p.packets);
             return None;
         }
         s.sensors.insert(sensor.to_string());
@@ -317,19 +448,13 @@ impl ScanExtent {
         if h.ports.insert(port) {
             s.pairs += 1;
         }
-        let answer = meta.reverse_tcp_flags;
-        if f.protocol == TCP {
-            if answer & (SYN | ACK) == SYN | ACK {
+        match p.answer {
+            Answer::Open => {
                 h.open.insert(port);
-            } else if answer & RST != 0 {
-                h.closed += 1;
-            } else if f.reverse_packets == 0 {
-                h.silent += 1;
             }
-        } else if f.reverse_packets > 0 {
-            h.open.insert(port);
-        } else {
-            h.silent += 1;
+            Answer::Closed => h.closed += 1,
+            Answer::Silent => h.silent += 1,
+            Answer::Other | Answer::Unreachable(_) => {}
         }
         // The kernel reports a source once per window: a port scan that follows its sweep (or
         // the other way round) in the window is known by its extent.
@@ -339,10 +464,10 @@ impl ScanExtent {
         if s.hosts.len() as f64 >= HOST_THRESHOLD {
             s.kinds.insert("address_sweep".into());
         }
-        s.replied |= f.reverse_packets > 0;
-        s.packets = s.packets.saturating_add(f.packets);
-        s.first_ns = s.first_ns.min(f.start_ns);
-        s.last_ns = s.last_ns.max(f.end_ns);
+        s.replied |= p.replied;
+        s.packets = s.packets.saturating_add(p.packets);
+        s.first_ns = s.first_ns.min(p.start_ns);
+        s.last_ns = s.last_ns.max(p.end_ns);
         s.pending = true;
         s.grew_ns = now;
         None
@@ -473,10 +598,13 @@ impl Detector for ScanExtent {
     fn observe(&mut self, input: &Input<'_>, out: &mut Output) {
         let Some(b) = input.batch else { return };
         let now = now_ns();
-        for e in &b.scans {
-            self.flag(&b.sensor, e);
-        }
         let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
+        for e in &b.scans {
+            self.flag(&b.sensor, e, now);
+            if self.sources.contains(&e.src_ip) {
+                touched.insert(e.src_ip);
+            }
+        }
         for p in &b.probes {
             if let Some(s) = self.sources.get_mut(&p.src_ip) {
                 s.summed = s.summed.saturating_add(p.packets);
@@ -513,7 +641,7 @@ impl Detector for ScanExtent {
     }
 
     fn forgotten(&self) -> u64 {
-        self.sources.forgotten()
+        self.sources.forgotten() + self.recent_dropped
     }
 
     fn load(&mut self, state: &State<'_>) -> anyhow::Result<()> {
@@ -725,6 +853,33 @@ mod tests {
             all.last().expect("report").observation["distinct_ports"],
             65_535
         );
+    }
+
+    #[test]
+    fn a_slow_scans_probes_recorded_before_its_flag_count() {
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        // 18 probes' records come before the kernel flags the source (at its 20th port), with
+        // a benign client's sessions that are not kept.
+        let mut early: Vec<Flow> = (1..=18)
+            .map(|p| probe(SCANNER, HOST, p, RST | ACK, T0 + i64::from(p) * S))
+            .collect();
+        early.push(session("10.0.0.77", HOST, 443, T0));
+        let mut u = observe(&mut d, &batch(vec![], early));
+        assert!(u.is_empty());
+        assert_eq!(d.recent_len, 18, "probe-like conversations only");
+        let late: Vec<Flow> = (19..=25)
+            .map(|p| probe(SCANNER, HOST, p, RST | ACK, T0 + i64::from(p) * S))
+            .collect();
+        u.extend(observe(
+            &mut d,
+            &batch(vec![event(SCANNER, HOST, "ports", T0 + 19 * S)], late),
+        ));
+        u.extend(after_quiet(&mut d));
+        let x = &u.last().expect("reports").observation;
+        assert_eq!(x["distinct_ports"], 25, "{x}");
+        assert_eq!(x["port_ranges"]["tcp"], "1-25");
+        assert_eq!(x["first_probe"], rfc3339(T0 + S));
+        assert_eq!(d.recent_len, 0);
     }
 
     #[test]
