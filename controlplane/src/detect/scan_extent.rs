@@ -59,6 +59,8 @@ const PORT_BUDGET: usize = 140_000;
 const MAX_HOSTS: usize = 4096;
 /// Hosts, and ports per host, listed in an observation.
 const SHOWN: usize = 100;
+/// Reports of a scan's growth kept for its chart (the first ones, and always the last).
+const GROWTH: usize = 32;
 /// Port ranges written out in an observation.
 const SHOWN_RANGES: usize = 40;
 /// The kernel's default thresholds, for an update's strength.
@@ -82,6 +84,7 @@ struct HostScan {
 
 /// One followed scanner.
 #[derive(Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Scan {
     /// `port_scan`, `address_sweep`: what the kernel flagged it for.
     kinds: BTreeSet<String>,
@@ -110,6 +113,8 @@ struct Scan {
     pending: bool,
     grew_ns: i64,
     reports: u64,
+    /// (last probe, most ports on a host, hosts) at each report, for the alert's chart.
+    growth: Vec<(i64, usize, usize)>,
 }
 
 impl Stamped for Scan {
@@ -508,6 +513,15 @@ impl ScanExtent {
                 format!("{ip}: {}", ports.join(", "))
             })
             .collect();
+        if s.growth.len() >= GROWTH {
+            s.growth.pop();
+        }
+        s.growth.push((s.last_ns, ports, hosts));
+        let growth: Vec<Value> = s
+            .growth
+            .iter()
+            .map(|(t, p, h)| json!({"time": rfc3339(*t), "ports": p, "hosts": h}))
+            .collect();
         let secs = (s.last_ns - s.first_ns) as f64 / 1e9;
         let packets = s.packets.saturating_add(s.summed);
         let observation = json!({
@@ -531,6 +545,7 @@ impl ScanExtent {
             "targets": per_target,
             "scan_over": last,
             "update": s.reports + 1,
+            "growth": growth,
         });
         let mut new: Vec<IpAddr> = s
             .hosts
@@ -822,6 +837,14 @@ mod tests {
         assert_eq!(o["scan_over"], true);
         assert_eq!(o["probes"]["syn"], 20);
         assert_eq!(o["first_probe"], rfc3339(T0));
+        let growth = o["growth"].as_array().expect("growth");
+        assert_eq!(growth.len(), all.len(), "one point per report");
+        assert_eq!(growth.last().expect("point")["ports"], 300);
+        assert!(
+            growth
+                .windows(2)
+                .all(|w| w[0]["ports"].as_u64() <= w[1]["ports"].as_u64())
+        );
         // Merged into one alert, the target counts once.
         let mut a = Alert::open(&all[0]);
         for u in &all[1..] {

@@ -69,6 +69,7 @@ try {
   // The scan's story comes first: the one port it found open, and its extent.
   await page.locator(".scan-story .open-found", { hasText: `${target}: 8080/tcp` }).waitFor();
   await page.locator(".scan-story .extent", { hasText: "201 distinct ports on 1 host" }).waitFor();
+  await page.locator(".scan-story canvas[aria-label=\"The scan's extent at each update\"]").waitFor();
   await page.locator(".targets", { hasText: target }).waitFor();
   await page.locator(".observations").getByText("kernel_scan_event").first().waitFor();
   await page.locator("table.flows").waitFor();

@@ -3,6 +3,7 @@
 import { html } from "htm/preact";
 import { useEffect, useState } from "preact/hooks";
 import { api, get, query } from "./api.js";
+import { BarChart } from "./chart.js";
 import { PROTOCOLS, SEVERITIES, ago, bytes, count, when } from "./format.js";
 
 export function AlertList() {
@@ -123,7 +124,16 @@ function ScanStory({ a }) {
           ${Object.entries(x.probes).map(([k, n]) => `${k} ${count(n)}`).join(", ")}
         </dd>
         <dt>From</dt><dd>${when(x.first_probe)} to ${when(x.last_probe)}</dd>
-      </dl>`}
+      </dl>
+      ${x.growth &&
+      x.growth.length > 1 &&
+      html`<${BarChart}
+        label="The scan's extent at each update"
+        labels=${x.growth.map((g) => new Date(g.time).toISOString().slice(11, 19))}
+        datasets=${a.type === "address_sweep"
+          ? [{ label: "hosts", data: x.growth.map((g) => g.hosts), backgroundColor: "#0f766e" }]
+          : [{ label: "ports of a host", data: x.growth.map((g) => g.ports), backgroundColor: "#0f766e" }]}
+      />`}`}
     ${follow.length > 0 &&
     html`<h2>Followed up</h2>
       <ul class="follow-up">
