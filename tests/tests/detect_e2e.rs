@@ -723,6 +723,11 @@ fn a_sweep_lists_every_host_and_a_udp_scan_the_port_that_answered() {
         "{x}"
     );
     assert_eq!(x["distinct_hosts"], 41, "the sweep's 40 and this host: {x}");
+    assert_eq!(
+        a["targets"],
+        serde_json::json!([lab.ip_b]),
+        "the host it scanned, alone"
+    );
     assert!(
         x["closed_total"].as_u64().expect("closed") > 0,
         "ICMP port unreachables: {x}"

@@ -107,8 +107,10 @@ struct Scan {
     reported_ports: usize,
     reported_hosts: usize,
     reported_open: usize,
-    /// Targets named in a report already.
-    named: HashSet<IpAddr>,
+    /// Targets named in a report already: of its port scan (hosts whose ports it scanned) and
+    /// of its sweep (every host).
+    named_scanned: HashSet<IpAddr>,
+    named_swept: HashSet<IpAddr>,
     /// Grown since it was last reported over, and when (control plane's clock) it last grew.
     pending: bool,
     grew_ns: i64,
@@ -547,14 +549,31 @@ impl ScanExtent {
             "update": s.reports + 1,
             "growth": growth,
         });
-        let mut new: Vec<IpAddr> = s
+        // A port scan's targets are the hosts whose ports it scanned (the most scanned one at
+        // least); a sweep's, every host. Each is given once, for an exact `targets_total`.
+        let scanned =
+            |h: &HostScan| h.ports.len() as f64 >= PORT_THRESHOLD || h.ports.len() == ports;
+        let mut new_scanned: Vec<IpAddr> = s
+            .hosts
+            .iter()
+            .filter(|(ip, h)| scanned(h) && !s.named_scanned.contains(*ip))
+            .map(|(ip, _)| *ip)
+            .collect();
+        new_scanned.sort();
+        let mut new_swept: Vec<IpAddr> = s
             .hosts
             .keys()
-            .filter(|ip| !s.named.contains(*ip))
+            .filter(|ip| !s.named_swept.contains(*ip))
             .copied()
             .collect();
-        new.sort();
-        s.named.extend(new.iter().copied());
+        new_swept.sort();
+        let kinds: Vec<String> = s.kinds.iter().cloned().collect();
+        if kinds.iter().any(|k| k == "port_scan") {
+            s.named_scanned.extend(new_scanned.iter().copied());
+        }
+        if kinds.iter().any(|k| k == "address_sweep") {
+            s.named_swept.extend(new_swept.iter().copied());
+        }
         let seen_by = format!(
             "sensor:{}",
             s.sensors.iter().next().map_or("?", String::as_str)
@@ -565,22 +584,25 @@ impl ScanExtent {
         // Growth since the scan was last reported over: it is reported over again once quiet.
         s.pending = !last;
         s.reports += 1;
-        s.kinds
+        kinds
             .iter()
             .map(|kind| {
-                let (kind, severity, strength): (&'static str, _, _) = if kind == "address_sweep" {
-                    (
-                        "address_sweep",
-                        sweep_severity(hosts as u32),
-                        (hosts as f64 / HOST_THRESHOLD).max(1.0),
-                    )
-                } else {
-                    (
-                        "port_scan",
-                        port_scan_severity(ports as u32),
-                        (ports as f64 / PORT_THRESHOLD).max(1.0),
-                    )
-                };
+                let (kind, severity, strength, new): (&'static str, _, _, _) =
+                    if kind == "address_sweep" {
+                        (
+                            "address_sweep",
+                            sweep_severity(hosts as u32),
+                            (hosts as f64 / HOST_THRESHOLD).max(1.0),
+                            &new_swept,
+                        )
+                    } else {
+                        (
+                            "port_scan",
+                            port_scan_severity(ports as u32),
+                            (ports as f64 / PORT_THRESHOLD).max(1.0),
+                            &new_scanned,
+                        )
+                    };
                 AlertUpdate {
                     kind,
                     severity,
@@ -1017,6 +1039,35 @@ mod tests {
             all.last().expect("report").observation["port_ranges"]["tcp"],
             "443"
         );
+    }
+
+    #[test]
+    fn a_port_scan_after_a_sweep_names_only_the_host_it_scanned() {
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        let mut all = observe(
+            &mut d,
+            &batch(vec![event(SCANNER, "10.0.1.1", "hosts", T0)], vec![]),
+        );
+        let mut flows: Vec<Flow> = (1..=30)
+            .map(|h| probe(SCANNER, &format!("10.0.1.{h}"), 443, RST | ACK, T0))
+            .collect();
+        flows.extend((1..=50).map(|p| probe(SCANNER, HOST, p, RST | ACK, T0 + S)));
+        all.extend(observe(&mut d, &batch(vec![], flows)));
+        all.extend(after_quiet(&mut d));
+        let alert = |kind: &str| {
+            let mine: Vec<&AlertUpdate> = all.iter().filter(|u| u.kind == kind).collect();
+            let mut a = Alert::open(mine[0]);
+            for u in &mine[1..] {
+                a.merge(u);
+            }
+            a
+        };
+        let scan = alert("port_scan");
+        assert_eq!(
+            (scan.targets_total, scan.targets.clone()),
+            (1, vec![HOST.to_string()])
+        );
+        assert_eq!(alert("address_sweep").targets_total, 31);
     }
 
     #[test]
