@@ -126,14 +126,6 @@ impl Stamped for Scan {
 }
 
 impl Scan {
-    fn distinct_ports(&self) -> usize {
-        let mut all: HashSet<(u8, u16)> = HashSet::new();
-        for h in self.hosts.values() {
-            all.extend(h.ports.iter().copied());
-        }
-        all.len()
-    }
-
     fn open_total(&self) -> usize {
         self.hosts.values().map(|h| h.open.len()).sum()
     }
@@ -483,12 +475,12 @@ impl ScanExtent {
     /// The updates of a source's extent, one per kind it was flagged for.
     fn report(src: IpAddr, s: &mut Scan, last: bool) -> Vec<AlertUpdate> {
         let ports = s.most_ports_on_a_host();
-        let distinct = s.distinct_ports();
         let hosts = s.hosts.len();
         let mut all: BTreeSet<(u8, u16)> = BTreeSet::new();
         for h in s.hosts.values() {
             all.extend(h.ports.iter().copied());
         }
+        let distinct = all.len();
         let mut targets: Vec<(&IpAddr, &HostScan)> = s.hosts.iter().collect();
         targets.sort_by_key(|(ip, _)| **ip);
         // Hosts with open ports first, then the rest.
