@@ -265,12 +265,10 @@ impl<K: std::hash::Hash + Eq + Clone, V: Stamped> Bounded<K, V> {
         self.map.contains_key(k)
     }
 
-    /// Every key's state (each marked changed, for a save, as it may be changed).
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
-        if self.saved {
-            self.dirty.extend(self.map.keys().cloned());
-        }
-        self.map.iter_mut()
+    /// Every key's state, read only (nothing is marked changed; change a key through
+    /// [`Bounded::get_mut`]).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter()
     }
 
     /// Live keys dropped to stay within `max`.

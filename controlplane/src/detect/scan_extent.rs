@@ -611,9 +611,16 @@ impl ScanExtent {
 
     /// Reports the scans whose records stopped coming (see [`QUIET_NS`]).
     fn quiet(&mut self, now: i64, out: &mut Output) {
-        for (src, s) in self.sources.iter_mut() {
-            if s.pending && s.replied && now - s.grew_ns >= QUIET_NS {
-                out.updates.extend(Self::report(*src, s, true));
+        // Only the scans that went quiet are touched (and so saved again), not every one followed.
+        let quiet: Vec<IpAddr> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.pending && s.replied && now - s.grew_ns >= QUIET_NS)
+            .map(|(src, _)| *src)
+            .collect();
+        for src in quiet {
+            if let Some(s) = self.sources.get_mut(&src) {
+                out.updates.extend(Self::report(src, s, true));
             }
         }
     }
@@ -1001,6 +1008,36 @@ mod tests {
         );
         assert_eq!(u.len(), 1, "{u:?}");
         assert_eq!(u[0].observation["kind"], "follow_up");
+    }
+
+    #[test]
+    fn a_tick_changes_only_the_scans_that_went_quiet() {
+        let mut d = ScanExtent::new(FOLLOW_UP_NS);
+        scan(&mut d, 300);
+        after_quiet(&mut d);
+        let _ = d.sources.changes(i64::MIN);
+        // Nothing is pending: a tick reports nothing and leaves nothing to save again.
+        assert!(after_quiet(&mut d).is_empty());
+        assert!(d.sources.changes(i64::MIN).is_empty());
+        // A second scanner's scan goes quiet: only it is saved again.
+        let other = "203.0.113.10";
+        observe(
+            &mut d,
+            &batch(vec![event(other, HOST, "ports", T0)], vec![]),
+        );
+        let flows = (1..=30)
+            .map(|p| probe(other, HOST, p, RST | ACK, T0 + i64::from(p) * S))
+            .collect();
+        observe(&mut d, &batch(vec![], flows));
+        let _ = d.sources.changes(i64::MIN);
+        assert_eq!(after_quiet(&mut d).len(), 1);
+        let changed: Vec<IpAddr> = d
+            .sources
+            .changes(i64::MIN)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(changed, vec![ip(other)]);
     }
 
     #[test]
