@@ -464,8 +464,18 @@ fn later_answers(s: &dyn FlowStore) -> Vec<String> {
             .iter()
             .flatten()
             .filter(|f| f.source != "sensor")
-            .all(|f| f.initiator_by.is_none() && f.initiator_guessed.is_none()),
-        "a cloud record's source is its packets' source"
+            .all(|f| f.initiator_by.is_none()
+                && f.initiator_guessed.is_none()
+                && f.reverse_tcp_flags.is_none()),
+        "a cloud record's source is its packets' source, and it has no other end"
+    );
+    // A sensor flow's other end's flags come back as written.
+    assert!(
+        flows
+            .iter()
+            .flatten()
+            .filter(|f| f.source == "sensor")
+            .all(|f| f.reverse_tcp_flags == Some(0x12))
     );
     out.push(format!("flows: {flows:?}"));
     s.maintain(T0 + 7_200 * S, &Retention::default())

@@ -80,6 +80,9 @@ pub struct FlowRow {
     /// Whether that was a guess (`one_way`, `first_seen`): the entity views learn no role from
     /// such a flow. None for a cloud record.
     pub initiator_guessed: Option<bool>,
+    /// The TCP flags the other end sent, for a sensor flow (`tcp_flags` are the source's);
+    /// none for a cloud record (a record per direction).
+    pub reverse_tcp_flags: Option<u8>,
     /// Flows of the other kind (sensor / cloud) linked to this one as the same conversation.
     pub correlated: i64,
 }

@@ -179,6 +179,12 @@ pub(crate) fn flow_extra(
     })
 }
 
+/// A stored flow's reverse TCP flags as the API shows them: a sensor flow's eight flags; none
+/// for a cloud record.
+pub(crate) fn reverse_flags(source: &str, flags: i64) -> Option<u8> {
+    (source == crate::model::Source::Sensor.as_str()).then_some((flags & 0xff) as u8)
+}
+
 /// A stored flow's initiator as the API shows it: a sensor flow's `initiator_by` and whether
 /// it was a guess; nothing for a cloud record (or a sensor record stored without one).
 pub(crate) fn initiator(source: &str, initiator_by: String) -> (Option<String>, Option<bool>) {

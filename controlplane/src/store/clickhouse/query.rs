@@ -44,6 +44,7 @@ struct FlowOut {
     src_pod: Option<String>,
     dst_pod: Option<String>,
     initiator_by: String,
+    reverse_tcp_flags: u8,
 }
 
 use crate::store::rows::counter as i;
@@ -57,6 +58,8 @@ impl FlowOut {
         );
         let (initiator_by, initiator_guessed) =
             crate::store::rows::initiator(&self.source, self.initiator_by);
+        let reverse_tcp_flags =
+            crate::store::rows::reverse_flags(&self.source, i64::from(self.reverse_tcp_flags));
         FlowRow {
             id: i(self.id),
             source: self.source,
@@ -88,6 +91,7 @@ impl FlowOut {
             correlated,
             initiator_by,
             initiator_guessed,
+            reverse_tcp_flags,
         }
     }
 }
@@ -96,7 +100,7 @@ impl FlowOut {
 const FLOW_COLUMNS: &str = "id, source, observer, iface, src_ip, dst_ip, src_port, dst_port, \
     protocol, packets, bytes, reverse_packets, reverse_bytes, tcp_flags, start_ns, end_ns, \
     action, sampling_rate, observed, vpc, subnet, instance, region, zone, pkt_src_ip, \
-    pkt_dst_ip, cloud_json, src_pod, dst_pod, initiator_by";
+    pkt_dst_ip, cloud_json, src_pod, dst_pod, initiator_by, reverse_tcp_flags";
 
 #[derive(Row, Deserialize)]
 struct LinkOut {

@@ -60,8 +60,8 @@ pub(super) fn query_flows(c: &Connection, q: &FlowQuery) -> anyhow::Result<Vec<F
          sampling_rate, observed, vpc, subnet, instance, region, zone, pkt_src_ip, \
          pkt_dst_ip, cloud_json, src_pod, dst_pod, \
          (SELECT COUNT(*) FROM flow_links l WHERE l.sensor_flow = flows.id) + \
-         (SELECT COUNT(*) FROM flow_links l WHERE l.cloud_flow = flows.id), initiator_by \
-         FROM flows {} ORDER BY id DESC LIMIT {limit}",
+         (SELECT COUNT(*) FROM flow_links l WHERE l.cloud_flow = flows.id), initiator_by, \
+         reverse_tcp_flags FROM flows {} ORDER BY id DESC LIMIT {limit}",
         if wh.is_empty() {
             String::new()
         } else {
@@ -96,6 +96,7 @@ fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRow> {
     let extra = crate::store::rows::flow_extra(text(26)?, text(27)?, text(28)?);
     let source: String = r.get(1)?;
     let (initiator_by, initiator_guessed) = crate::store::rows::initiator(&source, r.get(30)?);
+    let reverse_tcp_flags = crate::store::rows::reverse_flags(&source, r.get::<_, i64>(31)?);
     Ok(FlowRow {
         id: r.get(0)?,
         source,
@@ -128,6 +129,7 @@ fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRow> {
         correlated: r.get(29)?,
         initiator_by,
         initiator_guessed,
+        reverse_tcp_flags,
     })
 }
 
