@@ -76,9 +76,12 @@ pub(crate) const ACK: u8 = 0x10;
 pub(crate) const HEADER_ONLY_BYTES: u64 = 64;
 
 /// Whether a flow record is a failed attempt. Rejected is failed. With TCP flags (sensors, AWS
-/// v3+), a flow that never got past its SYN is failed. Without them (AWS v2, GCP), a TCP flow
-/// of at most 2 packets carrying no payload either way is probe-like: a SYN or two, answered
-/// by at most a RST. A completed handshake takes at least 3 packets from the client.
+/// v3+), a flow that never got past its SYN is failed, and so is a half-open one: a SYN and
+/// the prober's own RST in at most 2 header-only packets, without an ACK (a SYN scan that
+/// found the port open or closed; AWS logs no ACK but a SYN-ACK's). Without flags (AWS v2,
+/// GCP), a TCP flow of at most 2 packets carrying no payload either way is probe-like: a SYN
+/// or two, answered by at most a RST. A completed handshake takes at least 3 packets from the
+/// client.
 pub fn failed(f: &Flow) -> bool {
     if f.action == Action::Reject {
         return true;
@@ -87,13 +90,19 @@ pub fn failed(f: &Flow) -> bool {
         return false;
     }
     if f.tcp_flags != 0 {
-        return f.tcp_flags & (SYN | ACK | RST | FIN) == SYN;
+        let flags = f.tcp_flags & (SYN | ACK | RST | FIN);
+        return flags == SYN || flags == SYN | RST && probe_sized(f);
     }
-    let header_only = |packets: u64, bytes: u64| bytes <= HEADER_ONLY_BYTES * packets;
-    (1..=2).contains(&f.packets)
-        && header_only(f.packets, f.bytes)
-        && f.reverse_packets <= 2
-        && header_only(f.reverse_packets, f.reverse_bytes)
+    probe_sized(f) && f.reverse_packets <= 2 && header_only(f.reverse_packets, f.reverse_bytes)
+}
+
+fn header_only(packets: u64, bytes: u64) -> bool {
+    bytes <= HEADER_ONLY_BYTES * packets
+}
+
+/// At most 2 packets, no payload.
+fn probe_sized(f: &Flow) -> bool {
+    (1..=2).contains(&f.packets) && header_only(f.packets, f.bytes)
 }
 
 /// What the detectors of one chunk look up about its other records, built once per chunk and
@@ -104,9 +113,13 @@ pub struct ChunkView {
     /// first use: the sensor flows' detectors never ask.
     talked: std::cell::OnceCell<HashSet<(IpAddr, IpAddr)>>,
     /// (protocol, src, src port, dst, dst port) of the one-way (cloud) records that carried
-    /// packets. Sensor records carry their answers themselves.
-    one_way: HashSet<(u8, IpAddr, u16, IpAddr, u16)>,
+    /// packets, with their TCP flags, packets and bytes. Sensor records carry their answers
+    /// themselves.
+    one_way: HashMap<FiveTuple, (u8, u64, u64)>,
 }
+
+/// (protocol, src, src port, dst, dst port).
+type FiveTuple = (u8, IpAddr, u16, IpAddr, u16);
 
 impl ChunkView {
     pub fn of(flows: &[Flow]) -> Self {
@@ -115,7 +128,12 @@ impl ChunkView {
             one_way: flows
                 .iter()
                 .filter(|f| f.packets > 0 && f.source != Source::Sensor)
-                .map(|f| (f.protocol, f.src_ip, f.src_port, f.dst_ip, f.dst_port))
+                .map(|f| {
+                    (
+                        (f.protocol, f.src_ip, f.src_port, f.dst_ip, f.dst_port),
+                        (f.tcp_flags, f.packets, f.bytes),
+                    )
+                })
                 .collect(),
         }
     }
@@ -135,8 +153,14 @@ impl ChunkView {
 
     /// Whether the chunk holds the one-way record the other way of `f` (same ports).
     pub(crate) fn has_reverse(&self, f: &Flow) -> bool {
+        self.reverse_of(f).is_some()
+    }
+
+    /// The one-way record the other way of `f` in the chunk: its TCP flags, packets, bytes.
+    pub(crate) fn reverse_of(&self, f: &Flow) -> Option<(u8, u64, u64)> {
         self.one_way
-            .contains(&(f.protocol, f.dst_ip, f.dst_port, f.src_ip, f.src_port))
+            .get(&(f.protocol, f.dst_ip, f.dst_port, f.src_ip, f.src_port))
+            .copied()
     }
 
     /// UDP in one-way records (AWS, GCP, Azure: a record per direction): a probe is a record of
@@ -155,9 +179,25 @@ impl ChunkView {
             && !self.has_reverse(f)
     }
 
-    /// A failed attempt, as the scan detectors judge it: [`failed`], or unanswered UDP.
+    /// A failed attempt, as the scan detectors judge it: [`failed`], unanswered UDP, or a
+    /// refused stealth probe.
     pub fn failed(&self, f: &Flow) -> bool {
-        failed(f) || self.udp_unanswered(f)
+        failed(f) || self.udp_unanswered(f) || self.stealth_refused(f)
+    }
+
+    /// A one-way (cloud) TCP record with flags but no SYN or ACK (a FIN, Xmas or NULL-like
+    /// probe: AWS logs a Xmas probe's FIN only) of at most 2 header-only packets, answered by a
+    /// RST in the record the other way: a connection that never was, refused. (A client's
+    /// closing FIN is answered by a FIN.)
+    pub(crate) fn stealth_refused(&self, f: &Flow) -> bool {
+        f.protocol == TCP
+            && f.source != Source::Sensor
+            && f.tcp_flags != 0
+            && f.tcp_flags & (SYN | ACK) == 0
+            && probe_sized(f)
+            && self
+                .reverse_of(f)
+                .is_some_and(|(flags, ..)| flags & RST != 0 && flags & FIN == 0)
     }
 }
 
@@ -351,6 +391,37 @@ pub(crate) mod tests {
             cloud: Default::default(),
             sensor: None,
         }
+    }
+
+    #[test]
+    fn aws_flags_tell_half_open_and_refused_stealth_probes_from_sessions() {
+        let a = |flags: u8, packets: u64, bytes: u64| Flow {
+            packets,
+            bytes,
+            ..cloud("198.51.100.7", "10.0.0.5", 80, 0, Action::Accept, flags)
+        };
+        let back = |flags: u8| Flow {
+            src_ip: "10.0.0.5".parse().expect("ip"),
+            dst_ip: "198.51.100.7".parse().expect("ip"),
+            src_port: 80,
+            dst_port: 40000,
+            ..a(flags, 1, 40)
+        };
+        // A SYN alone, and a SYN with the prober's RST (masscan, nmap -sS): failed.
+        assert!(failed(&a(SYN, 1, 44)));
+        assert!(failed(&a(SYN | RST, 2, 80)));
+        // A client's SYN and FIN with data, or SYN and RST after data: not.
+        assert!(!failed(&a(SYN | FIN, 8, 900)));
+        assert!(!failed(&a(SYN | RST, 6, 900)));
+        // A FIN probe, refused by a RST: failed; a closing FIN answered by a FIN, or with
+        // nothing back in the chunk: not.
+        let fin = a(FIN, 1, 40);
+        assert!(ChunkView::of(&[fin.clone(), back(RST)]).failed(&fin));
+        assert!(!ChunkView::of(&[fin.clone(), back(FIN)]).failed(&fin));
+        assert!(!ChunkView::of(std::slice::from_ref(&fin)).failed(&fin));
+        // Nor a FIN with data.
+        let data = a(FIN, 2, 900);
+        assert!(!ChunkView::of(&[data.clone(), back(RST)]).failed(&data));
     }
 
     /// An AWS v2 record (one direction, no TCP flags) of one SYN-sized packet.
