@@ -62,10 +62,12 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
         lines,
         [
             "aws: 1 file(s): read 440, stored 440, rejected 0, skipped 0 (NODATA: no traffic), SKIPDATA 0 (flows the provider dropped from its log)",
-            "alert #1: low port_scan from 198.51.100.7 against 10.0.0.5",
+            // 100 ports: medium, once the alert grew with the scan's extent.
+            "alert #1: medium port_scan from 198.51.100.7 against 10.0.0.5",
+            // A sweep's targets are every host the scanner reached, the port-scanned one too.
             &format!(
-                "alert #2: low address_sweep from 198.51.100.7 against {}",
-                (1..=25)
+                "alert #2: low address_sweep from 198.51.100.7 against 10.0.0.5, {}",
+                (1..=40)
                     .map(|h| format!("10.0.1.{h}"))
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -82,7 +84,7 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
             (
                 "port_scan".to_string(),
                 "198.51.100.7".to_string(),
-                "low".to_string(),
+                "medium".to_string(),
                 // The 4th failed first contact (the sequential test) ended at t0 + 5: data
                 // time.
                 (t0 as i64 + 5) * 1_000_000_000
@@ -98,7 +100,7 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
     let body = alert_json(&data, 1);
     assert_eq!(body["sources"], serde_json::json!(["aws:123456789010"]));
     // The sequential test at the 4th failed port, then the fan-out at the 15th and the 30th
-    // and the 60th: one alert.
+    // and the 60th, then the scan's whole extent at the end of the file: one alert.
     let kinds: Vec<(&str, Option<u64>)> = body["observations"]
         .as_array()
         .expect("observations")
@@ -117,9 +119,31 @@ fn aws_records_alone_raise_port_scan_and_sweep_alerts_and_benign_traffic_none() 
             ("flow_log_fanout", Some(15)),
             ("flow_log_fanout", Some(30)),
             ("flow_log_fanout", Some(60)),
+            ("scan_extent", Some(101)),
         ]
     );
     assert_eq!(body["observations"][1]["interface"], "eni-0a1");
+    // v2 records carry no TCP flags: every probe was rejected, so silent.
+    let x = &body["observations"][4];
+    assert_eq!(x["seen_by"], serde_json::json!(["aws:123456789010"]));
+    assert_eq!(x["port_ranges"]["tcp"], "1-100, 3389");
+    assert_eq!(
+        (
+            &x["most_ports_on_a_host"],
+            &x["distinct_hosts"],
+            &x["packets"]
+        ),
+        (&100.into(), &41.into(), &140.into())
+    );
+    assert_eq!(
+        (&x["open_total"], &x["closed_total"], &x["silent_total"]),
+        (&0.into(), &0.into(), &140.into())
+    );
+    assert_eq!(x["open_found"], serde_json::json!([]));
+    assert_eq!(x["scan_over"], true);
+    assert_eq!(x["first_probe"], "2026-11-28T10:00:01Z", "t0 + 1");
+    assert_eq!(body["targets_total"], 1);
+    assert_eq!(the_alert(&data, "address_sweep")["targets_total"], 41);
 }
 
 /// The same scan in GCP VPC Flow Logs, which carry neither action nor TCP flags, sampled at
@@ -173,7 +197,7 @@ fn gcp_records_alone_raise_a_port_scan_alert() {
     // 8th sampled one crosses, and again at 16. All records end at the same second.
     let obs = body["observations"].as_array().expect("observations");
     let of = |kind: &str| obs.iter().find(|o| o["kind"] == kind).expect(kind);
-    assert_eq!(obs.len(), 3, "{obs:?}");
+    assert_eq!(obs.len(), 4, "{obs:?}");
     assert_eq!(
         of("sequential_test")["failed_first_contacts"]
             .as_array()
@@ -182,6 +206,118 @@ fn gcp_records_alone_raise_a_port_scan_alert() {
     );
     assert_eq!(of("flow_log_fanout")["distinct_ports"], 8);
     assert_eq!(of("flow_log_fanout")["sampling_rate"], 0.5);
+    // The extent counts the records the sampled log kept (a lower bound, and said so). GCP
+    // records carry no flags, and no record came back: silent.
+    let x = of("scan_extent");
+    assert_eq!(
+        (&x["distinct_ports"], &x["silent_total"]),
+        (&30.into(), &30.into())
+    );
+    assert_eq!(x["sampling_rate"], 0.5);
+    assert_eq!(x["seen_by"], serde_json::json!(["gcp:p-7"]));
+}
+
+/// AWS records with TCP flags (format v3+) tell how each probe was answered: a SYN-ACK back is
+/// an open port, a RST a closed one. A SYN scan of 200 ports of 10.0.0.5 (22, 80 and 180
+/// open) gives a medium alert that names the open ports. An hour later, in another file and
+/// another run, the scanner's session to port 22 makes it high, with a `follow_up`; its
+/// session to a closed port, and a benign client's session to 22, add nothing.
+#[test]
+fn aws_records_with_tcp_flags_tell_the_open_ports_and_the_follow_up() {
+    let dir = TempDir::new("aws-open");
+    let data = dir.0.join("data");
+    let t0 = 1_795_860_000u64;
+    let header = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status tcp-flags\n";
+    #[allow(clippy::too_many_arguments)]
+    fn rec(
+        src: &str,
+        sport: u16,
+        dst: &str,
+        dport: u16,
+        pk: u32,
+        by: u32,
+        t: u64,
+        flags: u8,
+    ) -> String {
+        format!(
+            "3 123456789010 eni-0a1 {src} {dst} {sport} {dport} 6 {pk} {by} {t} {} ACCEPT OK {flags}\n",
+            t + 60
+        )
+    }
+    let (scanner, host) = ("198.51.100.7", "10.0.0.5");
+    let mut scan = header.to_string();
+    for p in 1..=200u16 {
+        let t = t0 + u64::from(p) / 10;
+        scan += &rec(scanner, 61000, host, p, 1, 44, t, 2);
+        let answer = if [22, 80, 180].contains(&p) { 18 } else { 4 };
+        scan += &rec(host, p, scanner, 61000, 1, 40, t, answer);
+    }
+    let out = summary(&import(&data, &["aws", "-"], Some(&scan)));
+    assert_eq!(
+        out.lines().nth(1),
+        Some("alert #1: medium port_scan from 198.51.100.7 against 10.0.0.5"),
+        "{out}"
+    );
+    let body = alert_json(&data, 1);
+    let x = body["observations"]
+        .as_array()
+        .expect("observations")
+        .iter()
+        .rfind(|o| o["kind"] == "scan_extent")
+        .expect("the extent")
+        .clone();
+    assert_eq!(x["distinct_ports"], 200);
+    assert_eq!(x["port_ranges"]["tcp"], "1-200");
+    assert_eq!(
+        x["open_found"],
+        serde_json::json!(["10.0.0.5: 22/tcp, 80/tcp, 180/tcp"])
+    );
+    assert_eq!(
+        (&x["open_total"], &x["closed_total"], &x["silent_total"]),
+        (&3.into(), &197.into(), &0.into())
+    );
+    assert_eq!(x["targets"][0]["host"], host);
+    assert!(x.get("sampling_rate").is_none(), "unsampled: {x}");
+    // An hour later, another file.
+    let later = t0 + 3_600;
+    let mut next = header.to_string();
+    next += &rec("10.0.0.77", 50000, host, 22, 12, 2_000, later, 3);
+    next += &rec(host, 22, "10.0.0.77", 50000, 10, 9_000, later, 19);
+    next += &rec(scanner, 61500, host, 8080, 12, 2_000, later, 3);
+    next += &rec(scanner, 61501, host, 22, 12, 2_000, later + 5, 3);
+    next += &rec(host, 22, scanner, 61501, 10, 9_000, later + 5, 19);
+    summary(&import(&data, &["aws", "-"], Some(&next)));
+    let body = alert_json(&data, 1);
+    assert_eq!(body["severity"], "high", "{body}");
+    let follow: Vec<&serde_json::Value> = body["observations"]
+        .as_array()
+        .expect("observations")
+        .iter()
+        .filter(|o| o["kind"] == "follow_up")
+        .collect();
+    assert_eq!(follow.len(), 1, "{follow:?}");
+    assert_eq!(
+        (
+            &follow[0]["port"],
+            &follow[0]["bytes"],
+            &follow[0]["after_scan_s"]
+        ),
+        // From the last probe record's end (t0 + 20 + 60) to the session's start (t0 + 3605).
+        (&22.into(), &11_000.into(), &3_525.into())
+    );
+    assert_eq!(follow[0]["seen_by"], "aws:123456789010");
+    assert_eq!(alerts(&data).len(), 1, "nothing else");
+    // The follow-up time is bounded: 1 to 720 hours.
+    for bad in ["0", "721", "x"] {
+        let o = import(
+            &data,
+            &["aws", "--scan-follow-up-hours", bad, "-"],
+            Some(""),
+        );
+        assert!(!o.status.success(), "--scan-follow-up-hours {bad} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--scan-follow-up-hours"), "{err}");
+    }
 }
 
 /// A slow scan: one rejected probe an hour, delivered in two files imported by two separate
@@ -375,9 +511,10 @@ fn sensitivity_per_type_and_network_moves_the_thresholds() {
             let t = a.kind;
             for o in &a.observations {
                 if t == "port_scan" {
-                    scan.push(match o["distinct_ports"].as_u64() {
-                        Some(n) => format!("fanout {n}"),
-                        None => o["kind"].as_str().expect("kind").to_string(),
+                    scan.push(match (o["kind"].as_str(), o["distinct_ports"].as_u64()) {
+                        (Some("scan_extent"), Some(n)) => format!("extent {n}"),
+                        (_, Some(n)) => format!("fanout {n}"),
+                        (kind, None) => kind.expect("kind").to_string(),
                     });
                 } else if t == "address_sweep" && o["kind"] == "flow_log_fanout" {
                     sweep += 1;
@@ -392,15 +529,22 @@ fn sensitivity_per_type_and_network_moves_the_thresholds() {
         [
             (
                 "high",
-                v(&["sequential_test", "fanout 8", "fanout 15", "fanout 30"]),
+                v(&[
+                    "sequential_test",
+                    "fanout 8",
+                    "fanout 15",
+                    "fanout 30",
+                    "extent 41"
+                ]),
                 1
             ),
             (
                 "medium",
-                v(&["sequential_test", "fanout 15", "fanout 30"]),
+                v(&["sequential_test", "fanout 15", "fanout 30", "extent 41"]),
                 1
             ),
-            ("low", v(&["fanout 30"]), 1),
+            // The extent follows the alert, whatever made it: 40 ports and the sweep's 3389.
+            ("low", v(&["fanout 30", "extent 41"]), 1),
             ("off", v(&[]), 1),
         ]
     );

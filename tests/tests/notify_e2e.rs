@@ -267,8 +267,8 @@ fn alerts_reach_webhook_slack_webex_and_syslog_once_each_with_retries_and_failur
     assert_eq!(body["alert"]["source"], "198.51.100.7");
     assert_eq!(body["alert"]["status"], "open");
     assert_eq!(
-        body["alert"]["observations_total"], 3,
-        "one message for three observations"
+        body["alert"]["observations_total"], 4,
+        "one message for four observations (the sequential test, two fan-outs, the extent)"
     );
     assert!(
         body["url"]

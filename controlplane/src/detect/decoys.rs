@@ -267,6 +267,7 @@ impl Detector for DecoyGroups {
     /// Groups the findings of the scan detectors that ran before it.
     fn observe(&mut self, _input: &Input<'_>, out: &mut Output) {
         let findings = std::mem::take(&mut out.findings);
+        out.found.extend(findings.iter().map(|f| f.update.clone()));
         out.updates.extend(self.group(findings));
     }
 

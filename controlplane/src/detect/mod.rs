@@ -112,6 +112,9 @@ pub struct Output {
     pub updates: Vec<AlertUpdate>,
     /// Scan findings of one source each, for decoy grouping ([`decoys`]) to turn into updates.
     pub findings: Vec<Finding>,
+    /// The chunk's scan findings as found, before decoy grouping holds or folds them: the
+    /// sources a detector that follows scanners (`scan_extent`) starts following at once.
+    pub found: Vec<AlertUpdate>,
 }
 
 /// A detector's saved state in the state store, under its feed's prefix (the sensor flows'
@@ -305,8 +308,14 @@ pub const REGISTRY: &[Entry] = &[
     },
     Entry {
         name: "scan_extent",
-        feeds: &[SensorFlows],
-        make: |c, _| Box::new(scan_extent::ScanExtent::new(c.follow_up_ns)),
+        feeds: &[Import, SensorFlows],
+        make: |c, feed| {
+            Box::new(if feed == Import {
+                scan_extent::ScanExtent::cloud(c.follow_up_ns)
+            } else {
+                scan_extent::ScanExtent::new(c.follow_up_ns)
+            })
+        },
     },
     Entry {
         name: "reject_storm",
@@ -458,6 +467,7 @@ mod tests {
                 "new_service",
                 "new_internal_device",
                 "data_exfiltration",
+                "scan_extent",
                 "reject_storm",
                 "sensor_coverage_gap"
             ]

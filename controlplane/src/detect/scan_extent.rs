@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    Detector, Input, Output, State,
+    ChunkView, Detector, Input, Output, State,
     common::{ACK, Bounded, RST, SYN, Stamped, TCP, port_scan_severity, sweep_severity},
 };
 use crate::{
-    model::{AlertUpdate, Flow, ScanEvent, Severity},
+    model::{Action, AlertUpdate, Flow, ScanEvent, Severity, Source},
     util::time::{now_ns, rfc3339},
 };
 
@@ -46,9 +46,12 @@ pub const FOLLOW_UP_NS: i64 = 86_400_000_000_000;
 /// a scan come up to an idle timeout and an export interval after its last probe), it is over
 /// and its final extent is reported.
 pub const QUIET_NS: i64 = 20_000_000_000;
-/// How long (data time) the probe-like conversations of sources not followed are kept, and
-/// how many: per source and in all (beyond, they are dropped and counted).
+/// How long (data time) the probe-like conversations of sources not followed are kept after
+/// the source's last one, and how many: per source and in all (beyond, they are dropped and
+/// counted). Flow logs: long enough for a slow scan's first failures (the sequential test
+/// names a scanner at its 4th: nmap -T0 probes every 5 minutes).
 const RECENT_NS: i64 = 120_000_000_000;
+const CLOUD_RECENT_NS: i64 = 900_000_000_000;
 const RECENT_PER_SOURCE: usize = 4096;
 const RECENT_MAX: usize = 200_000;
 /// Scanners followed at once; beyond it the stalest is forgotten (counted).
@@ -78,6 +81,9 @@ struct HostScan {
     /// Probes answered closed (a RST, an ICMP unreachable) and not answered at all.
     closed: u64,
     silent: u64,
+    /// Probes answered otherwise: neither open nor closed, or not known which (a flow log
+    /// without TCP flags tells that an answer came, not what it said).
+    other: u64,
     /// Ports whose follow-up session was reported.
     followed: BTreeSet<(u8, u16)>,
 }
@@ -86,9 +92,13 @@ struct HostScan {
 #[derive(Default, Serialize, Deserialize)]
 #[serde(default)]
 struct Scan {
-    /// `port_scan`, `address_sweep`: what the kernel flagged it for.
+    /// `port_scan`, `address_sweep`: what the kernel (or a flow-log detector) flagged it for.
     kinds: BTreeSet<String>,
-    sensors: BTreeSet<String>,
+    /// The lowest sampling rate of the records counted, when below 1: the counts are of the
+    /// records a sampled log kept, a lower bound.
+    sampling_rate: Option<f64>,
+    /// Who saw it: `sensor:NAME`, `aws:ACCOUNT`...
+    seen_by: BTreeSet<String>,
     /// Probes of each kind, as the kernel counted them.
     probes: BTreeMap<String, u64>,
     first_ns: i64,
@@ -103,6 +113,9 @@ struct Scan {
     beyond: u64,
     /// Some target answered it: not a forged decoy.
     replied: bool,
+    /// Flow logs: followed from a scan finding that decoy grouping has not (yet) named as
+    /// the real scanner; not reported until it does.
+    unconfirmed: bool,
     /// The extent at the last report.
     reported_ports: usize,
     reported_hosts: usize,
@@ -126,6 +139,11 @@ impl Stamped for Scan {
 }
 
 impl Scan {
+    /// Some target answered it, and (flow logs) decoy grouping named it.
+    fn reportable(&self) -> bool {
+        self.replied && !self.unconfirmed
+    }
+
     fn open_total(&self) -> usize {
         self.hosts.values().map(|h| h.open.len()).sum()
     }
@@ -141,7 +159,7 @@ impl Scan {
     /// Whether the extent grew enough since the last report for another one now.
     fn due(&self) -> bool {
         let (ports, hosts) = (self.most_ports_on_a_host(), self.hosts.len());
-        self.replied
+        self.reportable()
             && (self.reports == 0
                 || ports >= 2 * self.reported_ports.max(1)
                 || hosts >= 2 * self.reported_hosts.max(1)
@@ -229,11 +247,58 @@ struct Probe {
     packets: u64,
     session_packets: u64,
     session_bytes: u64,
+    /// The record's sampling rate (1 for a sensor's).
+    sampling_rate: f64,
     start_ns: i64,
     end_ns: i64,
 }
 
 impl Probe {
+    /// A one-way (cloud) record as its source's probe, answered by the record the other way
+    /// in the chunk: a SYN-ACK there is open, a RST closed, a record without flags (AWS v2,
+    /// GCP) answered without saying how; a REJECT, or no record back, silent. A TCP record of
+    /// 4 packets or more with a payload (over 60 bytes a packet) that was answered is a
+    /// session; one with a payload otherwise (its answer in another file, or none) is neither.
+    fn of_cloud(f: &Flow, view: &ChunkView) -> Option<Probe> {
+        if matches!(f.protocol, 1 | 58) {
+            return None;
+        }
+        let back = view.reverse_of(f);
+        let payload = f.bytes > 60 * f.packets;
+        let session = f.protocol == TCP && back.is_some() && f.packets >= 4 && payload;
+        if f.protocol == TCP && payload && !session {
+            return None;
+        }
+        let answer = match back {
+            _ if f.action == Action::Reject => Answer::Silent,
+            None => Answer::Silent,
+            Some((flags, ..)) if f.protocol == TCP => {
+                if flags & (SYN | ACK) == SYN | ACK {
+                    Answer::Open
+                } else if flags & RST != 0 {
+                    Answer::Closed
+                } else {
+                    Answer::Other
+                }
+            }
+            Some(_) => Answer::Open,
+        };
+        let (_, back_packets, back_bytes) = back.unwrap_or_default();
+        Some(Probe {
+            host: f.dst_ip,
+            port: (f.protocol, f.dst_port),
+            answer,
+            session,
+            replied: back.is_some(),
+            packets: f.packets,
+            session_packets: f.packets.saturating_add(back_packets),
+            session_bytes: f.bytes.saturating_add(back_bytes),
+            sampling_rate: f.sampling_rate,
+            start_ns: f.start_ns,
+            end_ns: f.end_ns,
+        })
+    }
+
     /// A sensor flow as its source's probe (whatever told its direction: a flow from a
     /// scanner is what it sent, a UDP probe nothing answered being seen one way).
     fn of(f: &Flow) -> Option<Probe> {
@@ -275,6 +340,7 @@ impl Probe {
             packets: f.packets,
             session_packets: f.packets.saturating_add(f.reverse_packets),
             session_bytes: f.bytes.saturating_add(f.reverse_bytes),
+            sampling_rate: f.sampling_rate,
             start_ns: f.start_ns,
             end_ns: f.end_ns,
         })
@@ -284,6 +350,8 @@ impl Probe {
 /// Follows the sources that the sensors' kernels flagged (see the module's documentation).
 pub struct ScanExtent {
     follow_up_ns: i64,
+    /// Cloud flow logs (the import feed) rather than sensor batches.
+    cloud: bool,
     sources: Bounded<IpAddr, Scan>,
     /// Probe-like conversations of sources not followed, for [`RECENT_NS`]: the records of a
     /// slow scan's first probes come before the kernel flags it.
@@ -298,12 +366,100 @@ impl ScanExtent {
     pub fn new(follow_up_ns: i64) -> Self {
         ScanExtent {
             follow_up_ns,
+            cloud: false,
             sources: Bounded::new(MAX_SOURCES, "scan-extent").saved(),
             recent: HashMap::new(),
             recent_len: 0,
             recent_now: 0,
             recent_pruned: 0,
             recent_dropped: 0,
+        }
+    }
+
+    /// Over cloud flow logs: follows the sources of the scan alerts the import's scan detectors
+    /// raise (after decoy grouping), and reports each scan's final extent at the end of a file.
+    pub fn cloud(follow_up_ns: i64) -> Self {
+        ScanExtent {
+            cloud: true,
+            ..Self::new(follow_up_ns)
+        }
+    }
+
+    /// Follows the sources of a chunk's scan findings (`confirmed`: the alert updates that
+    /// decoy grouping made of them, naming the real scanners).
+    fn follow(&mut self, updates: &[AlertUpdate], confirmed: bool, now: i64) -> Vec<IpAddr> {
+        let mut flagged = Vec::new();
+        for u in updates {
+            if !matches!(u.kind, "port_scan" | "address_sweep") || u.seen_by.starts_with("sensor:")
+            {
+                continue;
+            }
+            let Ok(src) = u.source.parse::<IpAddr>() else {
+                continue;
+            };
+            let new = !self.sources.contains(&src);
+            let s = self.sources.entry(src, u.time_ns, self.follow_up_ns);
+            if new {
+                (s.first_ns, s.last_ns) = (u.time_ns, u.time_ns);
+            }
+            s.kinds.insert(u.kind.to_string());
+            s.seen_by.insert(u.seen_by.clone());
+            if confirmed {
+                // Decoy grouping named this source: its own probes, whatever answered them.
+                (s.replied, s.unconfirmed) = (true, false);
+            } else if new {
+                s.unconfirmed = true;
+            }
+            if new {
+                let before = self.recent.remove(&src).unwrap_or_default();
+                self.recent_len -= before.len();
+                for p in &before {
+                    self.apply(&u.seen_by, src, p, now);
+                }
+            }
+            flagged.push(src);
+        }
+        flagged
+    }
+
+    /// A chunk of cloud flow log records (see [`ScanExtent::cloud`]).
+    fn observe_cloud(&mut self, input: &Input<'_>, out: &mut Output) {
+        let now = now_ns();
+        let found = std::mem::take(&mut out.found);
+        self.follow(&found, false, now);
+        out.found = found;
+        let mut touched: BTreeSet<IpAddr> =
+            self.follow(&out.updates, true, now).into_iter().collect();
+        let mut flows: Vec<&Flow> = input
+            .flows
+            .iter()
+            .filter(|f| f.source != Source::Sensor)
+            .collect();
+        flows.sort_by_key(|f| f.start_ns);
+        for f in flows {
+            let followed = self.sources.contains(&f.src_ip);
+            // Only small records (or rejected ones) can be probes of a source not followed.
+            let small = f.action == Action::Reject || f.packets <= 2 && f.bytes <= 256;
+            if !followed && !small {
+                continue;
+            }
+            let Some(p) = Probe::of_cloud(f, input.view()) else {
+                continue;
+            };
+            let seen_by = format!("{}:{}", f.source.as_str(), f.observer);
+            if let Some(u) = self.conversation(&seen_by, f, p, now) {
+                out.updates.push(u);
+            }
+            if followed {
+                touched.insert(f.src_ip);
+            }
+        }
+        for src in touched {
+            if let Some(s) = self.sources.get_mut(&src)
+                && s.due()
+            {
+                out.updates.extend(Self::report(src, s, false));
+            }
         }
     }
 
@@ -317,8 +473,9 @@ impl ScanExtent {
             let before = self.recent.remove(&e.src_ip).unwrap_or_default();
             self.recent_len -= before.len();
             self.flag_one(sensor, e);
+            let seen_by = format!("sensor:{sensor}");
             for p in &before {
-                self.apply(sensor, e.src_ip, p, now);
+                self.apply(&seen_by, e.src_ip, p, now);
             }
             return;
         }
@@ -339,7 +496,7 @@ impl ScanExtent {
                 .to_string(),
             );
         }
-        s.sensors.insert(sensor.to_string());
+        s.seen_by.insert(format!("sensor:{sensor}"));
         for (kind, n) in &e.probes {
             *s.probes.entry(kind.clone()).or_default() += u64::from(*n);
         }
@@ -349,23 +506,28 @@ impl ScanExtent {
 
     /// One conversation of a followed source; a follow-up session's update, if it is one. A
     /// source not followed (yet) has its probe-like conversations kept a while instead.
-    fn conversation(&mut self, sensor: &str, f: &Flow, now: i64) -> Option<AlertUpdate> {
-        let p = Probe::of(f)?;
+    fn conversation(&mut self, seen_by: &str, f: &Flow, p: Probe, now: i64) -> Option<AlertUpdate> {
         if !self.sources.contains(&f.src_ip) {
             self.remember(f.src_ip, p);
             return None;
         }
-        self.apply(sensor, f.src_ip, &p, now)
+        self.apply(seen_by, f.src_ip, &p, now)
     }
 
-    /// Keeps a probe-like conversation of a source not followed, for [`RECENT_NS`].
+    /// Keeps a probe-like conversation of a source not followed, for [`RECENT_NS`] (flow logs:
+    /// [`CLOUD_RECENT_NS`]).
     fn remember(&mut self, src: IpAddr, p: Probe) {
         if p.session || matches!(p.answer, Answer::Open) && p.port.0 != TCP {
             return;
         }
         self.recent_now = self.recent_now.max(p.end_ns);
-        if self.recent_now - self.recent_pruned > RECENT_NS / 4 {
-            let horizon = self.recent_now - RECENT_NS;
+        let window = if self.cloud {
+            CLOUD_RECENT_NS
+        } else {
+            RECENT_NS
+        };
+        if self.recent_now - self.recent_pruned > window / 4 {
+            let horizon = self.recent_now - window;
             self.recent
                 .retain(|_, v| v.last().is_some_and(|p| p.end_ns >= horizon));
             self.recent_len = self.recent.values().map(Vec::len).sum();
@@ -381,7 +543,7 @@ impl ScanExtent {
     }
 
     /// What a followed source's conversation adds to its scan.
-    fn apply(&mut self, sensor: &str, src: IpAddr, p: &Probe, now: i64) -> Option<AlertUpdate> {
+    fn apply(&mut self, seen_by: &str, src: IpAddr, p: &Probe, now: i64) -> Option<AlertUpdate> {
         let follow_up_ns = self.follow_up_ns;
         let s = self.sources.get_mut(&src)?;
         let host = p.host;
@@ -398,6 +560,7 @@ impl ScanExtent {
         // A session that carried data is no probe; to what the scan found open, it is the
         // follow-up.
         if p.session
+            && !s.unconfirmed
             && p.start_ns > s.first_ns
             && p.start_ns <= s.last_ns.saturating_add(follow_up_ns)
             && let Some(h) = s.hosts.get_mut(&host)
@@ -419,7 +582,7 @@ impl ScanExtent {
                 time_ns: p.start_ns,
                 observation: json!({
                     "kind": "follow_up",
-                    "sensor": sensor,
+                    "seen_by": seen_by,
                     "host": host.to_string(),
                     "port": port.1,
                     "protocol": port.0,
@@ -428,7 +591,7 @@ impl ScanExtent {
                     "bytes": p.session_bytes,
                     "after_scan_s": (p.start_ns - s.last_ns).max(0) / 1_000_000_000,
                 }),
-                seen_by: format!("sensor:{sensor}"),
+                seen_by: seen_by.to_string(),
                 strength: f64::INFINITY,
             });
         }
@@ -442,7 +605,13 @@ impl ScanExtent {
             s.beyond = s.beyond.saturating_add(p.packets);
             return None;
         }
-        s.sensors.insert(sensor.to_string());
+        s.seen_by.insert(seen_by.to_string());
+        if p.sampling_rate < 1.0 {
+            s.sampling_rate = Some(
+                s.sampling_rate
+                    .map_or(p.sampling_rate, |r| r.min(p.sampling_rate)),
+            );
+        }
         let h = s.hosts.entry(host).or_default();
         if h.ports.insert(port) {
             s.pairs += 1;
@@ -453,7 +622,8 @@ impl ScanExtent {
             }
             Answer::Closed => h.closed += 1,
             Answer::Silent => h.silent += 1,
-            Answer::Other | Answer::Unreachable(_) => {}
+            Answer::Other => h.other += 1,
+            Answer::Unreachable(_) => {}
         }
         // The kernel reports a source once per window: a port scan that follows its sweep (or
         // the other way round) in the window is known by its extent.
@@ -495,6 +665,7 @@ impl ScanExtent {
                     "open": h.open.iter().take(SHOWN).map(|p| port_name(*p)).collect::<Vec<_>>(),
                     "closed": h.closed,
                     "silent": h.silent,
+                    "other": h.other,
                 })
             })
             .collect();
@@ -518,9 +689,9 @@ impl ScanExtent {
             .collect();
         let secs = (s.last_ns - s.first_ns) as f64 / 1e9;
         let packets = s.packets.saturating_add(s.summed);
-        let observation = json!({
+        let mut observation = json!({
             "kind": "scan_extent",
-            "sensors": s.sensors,
+            "seen_by": s.seen_by,
             "distinct_ports": distinct,
             "most_ports_on_a_host": ports,
             "distinct_hosts": hosts,
@@ -536,11 +707,15 @@ impl ScanExtent {
             "open_total": s.open_total(),
             "closed_total": s.hosts.values().map(|h| h.closed).sum::<u64>(),
             "silent_total": s.hosts.values().map(|h| h.silent).sum::<u64>(),
+            "other_total": s.hosts.values().map(|h| h.other).sum::<u64>(),
             "targets": per_target,
             "scan_over": last,
             "update": s.reports + 1,
             "growth": growth,
         });
+        if let Some(rate) = s.sampling_rate {
+            observation["sampling_rate"] = json!(rate);
+        }
         // A port scan's targets are the hosts whose ports it scanned (the most scanned one at
         // least); a sweep's, every host. Each is given once, for an exact `targets_total`.
         let scanned =
@@ -566,10 +741,7 @@ impl ScanExtent {
         if kinds.iter().any(|k| k == "address_sweep") {
             s.named_swept.extend(new_swept.iter().copied());
         }
-        let seen_by = format!(
-            "sensor:{}",
-            s.sensors.iter().next().map_or("?", String::as_str)
-        );
+        let seen_by = s.seen_by.iter().next().cloned().unwrap_or_default();
         s.reported_ports = ports;
         s.reported_hosts = hosts;
         s.reported_open = s.open_total();
@@ -611,11 +783,16 @@ impl ScanExtent {
 
     /// Reports the scans whose records stopped coming (see [`QUIET_NS`]).
     fn quiet(&mut self, now: i64, out: &mut Output) {
-        // Only the scans that went quiet are touched (and so saved again), not every one followed.
+        self.report_over(now.saturating_sub(QUIET_NS), out);
+    }
+
+    /// Reports over the scans with growth not yet reported whose last growth came at or before
+    /// `grew_by`. Only those are touched (and so saved again), not every scan followed.
+    fn report_over(&mut self, grew_by: i64, out: &mut Output) {
         let quiet: Vec<IpAddr> = self
             .sources
             .iter()
-            .filter(|(_, s)| s.pending && s.replied && now - s.grew_ns >= QUIET_NS)
+            .filter(|(_, s)| s.pending && s.reportable() && s.grew_ns <= grew_by)
             .map(|(src, _)| *src)
             .collect();
         for src in quiet {
@@ -632,6 +809,9 @@ impl Detector for ScanExtent {
     }
 
     fn observe(&mut self, input: &Input<'_>, out: &mut Output) {
+        if self.cloud {
+            return self.observe_cloud(input, out);
+        }
         let Some(b) = input.batch else { return };
         let now = now_ns();
         let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
@@ -654,8 +834,11 @@ impl Detector for ScanExtent {
         // In time order: a port found open before the session that follows it up.
         let mut flows: Vec<&Flow> = b.flows.iter().collect();
         flows.sort_by_key(|f| f.start_ns);
+        let seen_by = format!("sensor:{}", b.sensor);
         for f in flows {
-            if let Some(u) = self.conversation(&b.sensor, f, now) {
+            if let Some(p) = Probe::of(f)
+                && let Some(u) = self.conversation(&seen_by, f, p, now)
+            {
                 out.updates.push(u);
             }
             if self.sources.contains(&f.src_ip) {
@@ -674,6 +857,15 @@ impl Detector for ScanExtent {
 
     fn tick(&mut self, out: &mut Output) {
         self.quiet(now_ns(), out);
+    }
+
+    /// The end of a file: every scan it grew is reported over (with the sources of the scan
+    /// alerts held until now, by decoy grouping).
+    fn flush(&mut self, out: &mut Output) {
+        if self.cloud {
+            self.follow(&out.updates, true, now_ns());
+        }
+        self.report_over(i64::MAX, out);
     }
 
     fn forgotten(&self) -> u64 {
@@ -1067,6 +1259,164 @@ mod tests {
         assert_eq!(
             all.last().expect("report").observation["port_ranges"]["tcp"],
             "443"
+        );
+    }
+
+    /// AWS records (v3+, with TCP flags) of a scan of 100 ports of HOST, 22 and 80 open: each
+    /// probe's record and the target's answer the other way.
+    fn aws_scan(t: i64) -> Vec<Flow> {
+        let rec = |src: &str, sport: u16, dst: &str, dport: u16, flags: u8, at: i64| Flow {
+            source: Source::Aws,
+            observer: "123456789010".into(),
+            interface: "eni-1".into(),
+            start_ns: at,
+            end_ns: at + 60 * S,
+            src_ip: ip(src),
+            dst_ip: ip(dst),
+            src_port: sport,
+            dst_port: dport,
+            protocol: TCP,
+            packets: 1,
+            bytes: 44,
+            reverse_packets: 0,
+            reverse_bytes: 0,
+            tcp_flags: flags,
+            action: Action::Accept,
+            sampling_rate: 1.0,
+            cloud: CloudMeta::default(),
+            sensor: None,
+        };
+        let mut v = Vec::new();
+        for p in 1..=100u16 {
+            let at = t + i64::from(p) * 1_000_000;
+            v.push(rec(SCANNER, 40000, HOST, p, SYN, at));
+            let answer = if p == 22 || p == 80 {
+                SYN | ACK
+            } else {
+                RST | ACK
+            };
+            v.push(rec(HOST, p, SCANNER, 40000, answer, at));
+        }
+        v
+    }
+
+    #[test]
+    fn a_scan_in_cloud_logs_grows_its_alert_with_the_open_ports_and_the_follow_up() {
+        let mut d = ScanExtent::cloud(FOLLOW_UP_NS);
+        let records = aws_scan(T0);
+        // The fan-out raised the alert on this chunk (decoys grouped it).
+        let mut out = Output::default();
+        out.updates.push(AlertUpdate {
+            kind: "port_scan",
+            severity: Severity::Low,
+            source: SCANNER.into(),
+            targets: vec![HOST.into()],
+            time_ns: T0 + 15_000_000,
+            observation: json!({"kind": "flow_log_fanout"}),
+            seen_by: "aws:123456789010".into(),
+            strength: 1.0,
+        });
+        d.observe(&Input::flows(&records[..60]), &mut out);
+        let mut rest = Output::default();
+        d.observe(&Input::flows(&records[60..]), &mut rest);
+        d.flush(&mut rest);
+        let all: Vec<AlertUpdate> = out.updates[1..]
+            .iter()
+            .chain(&rest.updates)
+            .cloned()
+            .collect();
+        let last = all.last().expect("the final extent");
+        let x = &last.observation;
+        assert_eq!((last.kind, last.severity), ("port_scan", Severity::Medium));
+        assert_eq!(last.seen_by, "aws:123456789010");
+        assert_eq!(x["distinct_ports"], 100, "{x}");
+        assert_eq!(x["open_found"], json!(["10.0.0.5: 22/tcp, 80/tcp"]));
+        assert_eq!(x["targets"][0]["closed"], 98);
+        assert_eq!(x["scan_over"], true);
+        // The target's answers are not its probes.
+        assert!(all.iter().all(|u| u.source == SCANNER));
+        // An hour later, a session with data to port 22: the follow-up.
+        let mut s = aws_scan(T0)[42].clone();
+        s.start_ns = T0 + 3_600 * S;
+        s.end_ns = s.start_ns + 60 * S;
+        (s.packets, s.bytes) = (20, 4_000);
+        let mut back = aws_scan(T0)[43].clone();
+        (back.start_ns, back.end_ns, back.packets, back.bytes) = (s.start_ns, s.end_ns, 18, 30_000);
+        let mut out = Output::default();
+        d.observe(&Input::flows(&[s, back]), &mut out);
+        let f: Vec<&AlertUpdate> = out
+            .updates
+            .iter()
+            .filter(|u| u.observation["kind"] == "follow_up")
+            .collect();
+        assert_eq!(f.len(), 1, "{:?}", out.updates);
+        assert_eq!(f[0].severity, Severity::High);
+        assert_eq!(f[0].observation["port"], 22);
+        assert_eq!(f[0].observation["bytes"], 34_000);
+    }
+
+    #[test]
+    fn a_scanner_in_cloud_logs_is_followed_from_its_finding_and_reported_once_named() {
+        let finding = |source: &str| AlertUpdate {
+            kind: "port_scan",
+            severity: Severity::Low,
+            source: source.into(),
+            targets: vec![HOST.into()],
+            time_ns: T0,
+            observation: json!({"kind": "sequential_test"}),
+            seen_by: "aws:123456789010".into(),
+            strength: 1.0,
+        };
+        let records = aws_scan(T0);
+        let mut d = ScanExtent::cloud(FOLLOW_UP_NS);
+        // Decoy grouping holds the finding: the scanner is followed, not reported.
+        let mut out = Output {
+            found: vec![finding(SCANNER)],
+            ..Output::default()
+        };
+        d.observe(&Input::flows(&records[..100]), &mut out);
+        assert!(out.updates.is_empty(), "{:?}", out.updates);
+        let mut out = Output::default();
+        d.observe(&Input::flows(&records[100..]), &mut out);
+        assert!(out.updates.is_empty(), "{:?}", out.updates);
+        // It names the scanner at the end of the file: the whole scan, from its first probe.
+        let mut out = Output {
+            updates: vec![finding(SCANNER)],
+            ..Output::default()
+        };
+        d.flush(&mut out);
+        let x = &out.updates.last().expect("the extent").observation;
+        assert_eq!(x["distinct_ports"], 100, "{x}");
+        assert_eq!(x["open_total"], 2);
+        // A source grouping folded as a decoy is never reported.
+        let mut d = ScanExtent::cloud(FOLLOW_UP_NS);
+        let mut out = Output {
+            found: vec![finding(SCANNER)],
+            ..Output::default()
+        };
+        d.observe(&Input::flows(&records), &mut out);
+        d.flush(&mut out);
+        assert!(out.updates.is_empty(), "{:?}", out.updates);
+        // Without TCP flags (AWS v2), every probe was answered, but how is not known.
+        let v2: Vec<Flow> = records
+            .iter()
+            .map(|r| Flow {
+                tcp_flags: 0,
+                ..r.clone()
+            })
+            .collect();
+        let mut d = ScanExtent::cloud(FOLLOW_UP_NS);
+        let mut out = Output {
+            updates: vec![finding(SCANNER)],
+            ..Output::default()
+        };
+        d.observe(&Input::flows(&v2), &mut out);
+        d.flush(&mut out);
+        let x = &out.updates.last().expect("the extent").observation;
+        assert_eq!(
+            (&x["open_total"], &x["closed_total"], &x["other_total"]),
+            (&0.into(), &0.into(), &100.into()),
+            "{x}"
         );
     }
 

@@ -107,7 +107,12 @@ function ScanStory({ a }) {
         ? html`<ul class="open-found">
             ${x.open_found.map((l) => html`<li><code>${l}</code></li>`)}
           </ul>`
-        : html`<p class="open-found">No probed port answered as open.</p>`}
+        : x.other_total
+          ? html`<p class="open-found">
+              No probed port is known to be open: ${count(x.other_total)} answers came that the
+              records do not describe (a flow log without TCP flags).
+            </p>`
+          : html`<p class="open-found">No probed port answered as open.</p>`}
       <dl class="facts extent">
         <dt>Extent</dt>
         <dd>
@@ -117,7 +122,14 @@ function ScanStory({ a }) {
         <dt>Ports</dt>
         <dd>${Object.entries(x.port_ranges).map(([p, r]) => html`<div><strong>${p}</strong> ${r}</div>`)}</dd>
         <dt>Answers</dt>
-        <dd>${count(x.open_total)} open, ${count(x.closed_total)} closed, ${count(x.silent_total)} silent</dd>
+        <dd>
+          ${count(x.open_total)} open, ${count(x.closed_total)} closed, ${count(x.silent_total)} silent${x.other_total
+            ? `, ${count(x.other_total)} answered otherwise`
+            : ""}
+        </dd>
+        ${x.sampling_rate &&
+        html`<dt>Sampled</dt>
+          <dd>counted from a log sampled at ${x.sampling_rate}: the scan was at least this large</dd>`}
         <dt>Probes</dt>
         <dd>
           ${count(x.packets)} packets, ${count(x.probe_rate)}/s,

@@ -32,6 +32,8 @@ pub struct Args {
     /// alert: geo_unusual_access, new_service, new_internal_device, data_exfiltration.
     #[arg(long, value_name = "DAYS", default_value_t = 36)]
     learning_days: u32,
+    #[command(flatten)]
+    follow_up: crate::FollowUp,
     /// A MaxMind GeoIP2 or GeoLite2 Country or City database (.mmdb) to take countries from
     /// first (geo_unusual_access, entity pages); addresses it does not cover, and every
     /// address without it, get the registries' country data built into Picket.
@@ -149,7 +151,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let config = Config {
         learning_ns: a.learning_days as i64 * 86_400_000_000_000,
-        ..Config::default()
+        follow_up_ns: a.follow_up.ns(),
     };
     let mut importer = Importer::new(stores.clone(), &config, a.sampling_rate)?;
     let mut sum = Summary::default();

@@ -119,6 +119,22 @@ fn use_geo_db(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--scan-follow-up-hours`, for `serve` and `import`.
+#[derive(clap::Args)]
+struct FollowUp {
+    /// Hours after a scan within which a session that carries data to a port the scan found
+    /// open (or to a host it swept) raises its alert to high, as a follow-up (1 to 720).
+    #[arg(long, value_name = "HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(u32).range(1..=720))]
+    scan_follow_up_hours: u32,
+}
+
+impl FollowUp {
+    fn ns(&self) -> i64 {
+        i64::from(self.scan_follow_up_hours) * 3_600_000_000_000
+    }
+}
+
 /// `--max-file-mb` in bytes, checked.
 fn max_file_bytes(mb: u64) -> anyhow::Result<u64> {
     anyhow::ensure!(

@@ -68,11 +68,8 @@ pub struct Args {
     /// (for sensor flows and the watched directory's cloud flow logs).
     #[arg(long, value_name = "DAYS", default_value_t = 36)]
     learning_days: u32,
-    /// Hours after a scan within which a session that carries data to a port the scan found
-    /// open (or to a host it swept) raises its alert to high, as a follow-up (1 to 720).
-    #[arg(long, value_name = "HOURS", default_value_t = 24,
-          value_parser = clap::value_parser!(u32).range(1..=720))]
-    scan_follow_up_hours: u32,
+    #[command(flatten)]
+    follow_up: crate::FollowUp,
     /// A MaxMind GeoIP2 or GeoLite2 Country or City database (.mmdb) to take countries from
     /// first (geo_unusual_access, entity pages); addresses it does not cover, and every
     /// address without it, get the registries' country data built into Picket.
@@ -172,7 +169,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         maintenance_interval: std::time::Duration::from_secs(a.maintenance_interval),
         detect: controlplane::detect::Config {
             learning_ns: a.learning_days as i64 * DAY,
-            follow_up_ns: i64::from(a.scan_follow_up_hours) * 3_600_000_000_000,
+            follow_up_ns: a.follow_up.ns(),
         },
         public_url: a.public_url,
         notify_allow: controlplane::notify::Destinations::only(&a.notify_allow)
