@@ -128,11 +128,12 @@ fn sweep_targets(lab: &Lab) -> String {
 fn cases() -> Vec<Case> {
     vec![
         Case {
-            name: "nmap SYN scan (-sS), 200 ports",
+            name: "nmap SYN scan (-sS), 200 ports, 4 of them open",
             expect: Expect::Alert("port_scan"),
             zeek: "yes (SYN failures)",
             snort: "yes",
-            run: |lab, src| nmap(lab, src, &["-sS", "-p", "1-200", &lab.ip_b]),
+            // The 4 service ports listen on every address of side b.
+            run: |lab, src| nmap(lab, src, &["-sS", "-p", "1-196,9100-9103", &lab.ip_b]),
             allowlisted: false,
             logs: true,
             decoys: &[],
@@ -485,10 +486,20 @@ fn stored_flows(cp: &ControlPlane) -> Vec<Value> {
 
 /// The sensor's flows as the clouds would log them: one record per direction that carried
 /// packets (a cloud log has no joined conversation), every record accepted, as by a security
-/// group or firewall rule that lets the lab's traffic in. AWS VPC Flow Logs v2 lines and GCP
-/// VPC Flow Logs entries (Cloud Logging NDJSON, unsampled).
+/// group or firewall rule that lets the lab's traffic in. AWS VPC Flow Logs lines in the
+/// default fields and `tcp-flags` (a v3 custom format; AWS logs FIN, SYN, RST and SYN-ACK only)
+/// and GCP VPC Flow Logs entries (Cloud Logging NDJSON, unsampled, no flags).
 fn cloud_logs(flows: &[Value]) -> (String, String) {
-    let (mut aws, mut gcp) = (String::new(), String::new());
+    let mut aws = String::from(
+        "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status tcp-flags\n",
+    );
+    let mut gcp = String::new();
+    // The flags AWS logs for a side: its FIN, SYN and RST, a SYN from the answering side being
+    // its SYN-ACK (18).
+    let aws_flags = |flags: u64, answering: bool| {
+        let f = flags & 0b111;
+        if answering && f & 2 != 0 { f | 18 } else { f }
+    };
     for (i, f) in flows.iter().enumerate() {
         let n = |k: &str| f[k].as_u64().unwrap_or(0);
         let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
@@ -500,6 +511,7 @@ fn cloud_logs(flows: &[Value]) -> (String, String) {
             n("dst_port"),
             n("packets"),
             n("bytes"),
+            aws_flags(n("tcp_flags"), false),
         );
         let reverse = (
             s("dst_ip"),
@@ -508,8 +520,9 @@ fn cloud_logs(flows: &[Value]) -> (String, String) {
             n("src_port"),
             n("reverse_packets"),
             n("reverse_bytes"),
+            aws_flags(n("reverse_tcp_flags"), true),
         );
-        for (d, (src, dst, sport, dport, packets, bytes)) in
+        for (d, (src, dst, sport, dport, packets, bytes, flags)) in
             [forward, reverse].into_iter().enumerate()
         {
             if packets == 0 {
@@ -518,9 +531,10 @@ fn cloud_logs(flows: &[Value]) -> (String, String) {
             let proto = n("protocol");
             writeln!(
                 aws,
-                "2 123456789012 eni-0a1b2c3d4e5f60718 {src} {dst} {sport} {dport} {proto} {packets} {bytes} {} {} ACCEPT OK",
+                "3 123456789012 eni-0a1b2c3d4e5f60718 {src} {dst} {sport} {dport} {proto} {packets} {bytes} {} {} ACCEPT OK {}",
                 start_ns / 1_000_000_000,
                 end_ns.div_ceil(1_000_000_000).max(start_ns / 1_000_000_000),
+                if proto == 6 { flags.to_string() } else { "-".into() },
             )
             .ok();
             let entry = serde_json::json!({
@@ -548,14 +562,40 @@ fn cloud_logs(flows: &[Value]) -> (String, String) {
     (aws, gcp)
 }
 
+/// An alert's scan extent, as the report gives it: ": N ports, H hosts; open ..." (the last
+/// `scan_extent` observation), or nothing.
+fn extent_text(observations: &[Value]) -> String {
+    let Some(x) = observations.iter().rfind(|o| o["kind"] == "scan_extent") else {
+        return String::new();
+    };
+    let open: Vec<&str> = x["open_found"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let other = x["other_total"].as_u64().unwrap_or(0);
+    format!(
+        ": {} ports, {} hosts; {}",
+        x["distinct_ports"],
+        x["distinct_hosts"],
+        match (open.is_empty(), other) {
+            (false, _) => format!("open {}", open.join("; ")),
+            (true, 0) => "none open".to_string(),
+            // A log without TCP flags (GCP) tells that answers came, not which were open.
+            (true, n) => format!("{n} answered (open or closed: not in the log)"),
+        }
+    )
+}
+
 /// Imports `text` as `provider`'s flow logs into a new store (the sanctioned scanner on its
-/// allowlist) and returns its alerts: source -> [(type, severity)].
+/// allowlist) and returns its alerts: source -> [(type, severity, extent)].
 fn import_logs(
     dir: &std::path::Path,
     provider: &str,
     text: &str,
     allowlisted: &[String],
-) -> std::collections::HashMap<String, Vec<(String, String)>> {
+) -> std::collections::HashMap<String, Vec<(String, String, String)>> {
     let data = dir.join(format!("logs-{provider}"));
     for src in allowlisted {
         let o = std::process::Command::new(tests::bin("picket-controlplane"))
@@ -588,9 +628,11 @@ fn import_logs(
         .expect("alerts")
         .into_iter()
         .fold(std::collections::HashMap::new(), |mut m, a| {
-            m.entry(a.source)
-                .or_insert_with(Vec::new)
-                .push((a.kind, a.severity));
+            m.entry(a.source).or_insert_with(Vec::new).push((
+                a.kind,
+                a.severity,
+                extent_text(&a.observations),
+            ));
             m
         })
 }
@@ -785,32 +827,7 @@ fn main() {
             else {
                 return "-".into();
             };
-            let extent = a["observations"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|o| o["kind"] == "scan_extent");
-            let found = match extent {
-                None => String::new(),
-                Some(x) => {
-                    let open: Vec<&str> = x["open_found"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|v| v.as_str())
-                        .collect();
-                    format!(
-                        ": {} ports, {} hosts; {}",
-                        x["distinct_ports"],
-                        x["distinct_hosts"],
-                        if open.is_empty() {
-                            "none open".to_string()
-                        } else {
-                            format!("open {}", open.join("; "))
-                        }
-                    )
-                }
-            };
+            let found = extent_text(a["observations"].as_array().map_or(&[], Vec::as_slice));
             format!(
                 "{} ({}){found}",
                 a["type"].as_str().unwrap_or("?"),
@@ -864,7 +881,7 @@ fn main() {
     ];
     println!(
         "\nthe same traffic as {} AWS and {} GCP flow log records:",
-        aws.lines().count(),
+        aws.lines().count() - 1,
         gcp.lines().count()
     );
     let mut logs_columns = Vec::new();
@@ -879,7 +896,7 @@ fn main() {
             // The expected kind if it is among the alerts about `src`, else the first.
             let got = alerts.get(&src).and_then(|v| {
                 v.iter()
-                    .find(|(k, _)| matches!(case.expect, Expect::Alert(e) if e == k))
+                    .find(|(k, ..)| matches!(case.expect, Expect::Alert(e) if e == k))
                     .or(v.first())
             });
             let decoy_blamed = case
@@ -888,7 +905,7 @@ fn main() {
                 .any(|h| alerts.contains_key(&lab_addr(&lab, *h)));
             let right = !decoy_blamed
                 && match (case.expect, got) {
-                    (Expect::Alert(k), Some((kind, _))) => kind == k,
+                    (Expect::Alert(k), Some((kind, ..))) => kind == k,
                     (Expect::Nothing, None) => true,
                     _ => false,
                 };
@@ -900,8 +917,8 @@ fn main() {
                         .filter_map(|h| alerts.get(&lab_addr(&lab, *h)))
                         .collect::<Vec<_>>()
                 ),
-                Some((kind, severity)) if right => format!("{kind} ({severity})"),
-                Some((kind, _)) => format!("FAIL: {kind}"),
+                Some((kind, severity, extent)) if right => format!("{kind} ({severity}){extent}"),
+                Some((kind, ..)) => format!("FAIL: {kind}"),
                 None if right => "nothing (right)".into(),
                 None if !case.logs => "nothing (one-way records)".into(),
                 None => "FAIL: nothing".into(),
@@ -942,9 +959,9 @@ fn main() {
         for (provider, alerts) in ["AWS", "GCP"].iter().zip(&from_logs) {
             let got = alerts
                 .get(&from)
-                .and_then(|v| v.iter().find(|(k, _)| k == "port_scan"));
+                .and_then(|v| v.iter().find(|(k, ..)| k == "port_scan"));
             let text = match got {
-                Some((kind, severity)) => format!("{kind} ({severity})"),
+                Some((kind, severity, extent)) => format!("{kind} ({severity}){extent}"),
                 None => {
                     failed += 1;
                     "FAIL: nothing".to_string()
