@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 use super::{
     ChunkView, Detector, Input, Output, State,
-    common::{ACK, Bounded, RST, SYN, Stamped, TCP, port_scan_severity, sweep_severity},
+    common::{ACK, Bounded, Fast, RST, SYN, Stamped, TCP, port_scan_severity, sweep_severity},
 };
 use crate::{
     model::{Action, AlertUpdate, Flow, ScanEvent, Severity, Source},
@@ -76,7 +76,7 @@ const PSH: u8 = 0x08;
 #[derive(Default, Serialize, Deserialize)]
 struct HostScan {
     /// (protocol, port) probed; ICMP echo as (protocol, 0).
-    ports: HashSet<(u8, u16)>,
+    ports: HashSet<(u8, u16), Fast>,
     open: BTreeSet<(u8, u16)>,
     /// Probes answered closed (a RST, an ICMP unreachable) and not answered at all.
     closed: u64,
@@ -107,7 +107,7 @@ struct Scan {
     packets: u64,
     /// Probes summed per source by the kernel (their ports unknown).
     summed: u64,
-    hosts: HashMap<IpAddr, HostScan>,
+    hosts: HashMap<IpAddr, HostScan, Fast>,
     pairs: usize,
     /// Probes beyond the budgets (counted, not followed).
     beyond: u64,
@@ -122,8 +122,8 @@ struct Scan {
     reported_open: usize,
     /// Targets named in a report already: of its port scan (hosts whose ports it scanned) and
     /// of its sweep (every host).
-    named_scanned: HashSet<IpAddr>,
-    named_swept: HashSet<IpAddr>,
+    named_scanned: HashSet<IpAddr, Fast>,
+    named_swept: HashSet<IpAddr, Fast>,
     /// Grown since it was last reported over, and when (control plane's clock) it last grew.
     pending: bool,
     grew_ns: i64,
@@ -168,7 +168,8 @@ impl Scan {
 }
 
 /// "1-1000, 8080" for each protocol's ports.
-fn port_ranges(ports: &BTreeSet<(u8, u16)>) -> Value {
+/// `ports` sorted, each once.
+fn port_ranges(ports: &[(u8, u16)]) -> Value {
     let mut by_proto: BTreeMap<u8, Vec<(u16, u16)>> = BTreeMap::new();
     for &(proto, port) in ports {
         let r = by_proto.entry(proto).or_default();
@@ -355,7 +356,7 @@ pub struct ScanExtent {
     sources: Bounded<IpAddr, Scan>,
     /// Probe-like conversations of sources not followed, for [`RECENT_NS`]: the records of a
     /// slow scan's first probes come before the kernel flags it.
-    recent: HashMap<IpAddr, Vec<Probe>>,
+    recent: HashMap<IpAddr, Vec<Probe>, Fast>,
     recent_len: usize,
     recent_now: i64,
     recent_pruned: i64,
@@ -368,7 +369,7 @@ impl ScanExtent {
             follow_up_ns,
             cloud: false,
             sources: Bounded::new(MAX_SOURCES, "scan-extent").saved(),
-            recent: HashMap::new(),
+            recent: HashMap::default(),
             recent_len: 0,
             recent_now: 0,
             recent_pruned: 0,
@@ -605,7 +606,9 @@ impl ScanExtent {
             s.beyond = s.beyond.saturating_add(p.packets);
             return None;
         }
-        s.seen_by.insert(seen_by.to_string());
+        if !s.seen_by.contains(seen_by) {
+            s.seen_by.insert(seen_by.to_string());
+        }
         if p.sampling_rate < 1.0 {
             s.sampling_rate = Some(
                 s.sampling_rate
@@ -627,10 +630,10 @@ impl ScanExtent {
         }
         // The kernel reports a source once per window: a port scan that follows its sweep (or
         // the other way round) in the window is known by its extent.
-        if h.ports.len() as f64 >= PORT_THRESHOLD {
+        if h.ports.len() as f64 >= PORT_THRESHOLD && !s.kinds.contains("port_scan") {
             s.kinds.insert("port_scan".into());
         }
-        if s.hosts.len() as f64 >= HOST_THRESHOLD {
+        if s.hosts.len() as f64 >= HOST_THRESHOLD && !s.kinds.contains("address_sweep") {
             s.kinds.insert("address_sweep".into());
         }
         s.replied |= p.replied;
@@ -646,10 +649,13 @@ impl ScanExtent {
     fn report(src: IpAddr, s: &mut Scan, last: bool) -> Vec<AlertUpdate> {
         let ports = s.most_ports_on_a_host();
         let hosts = s.hosts.len();
-        let mut all: BTreeSet<(u8, u16)> = BTreeSet::new();
-        for h in s.hosts.values() {
-            all.extend(h.ports.iter().copied());
-        }
+        let mut all: Vec<(u8, u16)> = s
+            .hosts
+            .values()
+            .flat_map(|h| h.ports.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
         let distinct = all.len();
         let mut targets: Vec<(&IpAddr, &HostScan)> = s.hosts.iter().collect();
         targets.sort_by_key(|(ip, _)| **ip);
@@ -836,12 +842,17 @@ impl Detector for ScanExtent {
         flows.sort_by_key(|f| f.start_ns);
         let seen_by = format!("sensor:{}", b.sensor);
         for f in flows {
+            let followed = self.sources.contains(&f.src_ip);
+            // Most flows are sessions of sources nobody follows: nothing to keep.
+            if !followed && f.tcp_flags & PSH != 0 && f.protocol == TCP {
+                continue;
+            }
             if let Some(p) = Probe::of(f)
                 && let Some(u) = self.conversation(&seen_by, f, p, now)
             {
                 out.updates.push(u);
             }
-            if self.sources.contains(&f.src_ip) {
+            if followed {
                 touched.insert(f.src_ip);
             }
         }
@@ -1454,6 +1465,7 @@ mod tests {
         let ports: BTreeSet<(u8, u16)> = [(6, 1), (6, 2), (6, 3), (6, 8080), (17, 53), (6, 65535)]
             .into_iter()
             .collect();
+        let ports: Vec<(u8, u16)> = ports.into_iter().collect();
         assert_eq!(
             port_ranges(&ports),
             json!({"tcp": "1-3, 8080, 65535", "udp": "53"})

@@ -816,6 +816,194 @@ fn vrl_peer(aws_text: &str, n: u64) -> Result<f64, String> {
 
 /// gRPC ingest: 100 simulated sensors, each on its own connection, stream batches of 1,000
 /// flow records at once to a real control plane; the rate is records stored and acknowledged.
+/// Sensor batches of 1,000 flows: busy clients' sessions with web servers, a scanner the
+/// kernel flagged in the first batch probing every port of one host (about 65 conversations a
+/// batch, 3 ports open), and an unflagged source's probe-like conversations (10 a batch, kept
+/// a while in case it is flagged later).
+fn detect_batches(n: usize) -> Vec<controlplane::model::SensorBatch> {
+    use controlplane::model::{
+        Action, CloudMeta, Flow, ScanEvent, SensorBatch, SensorMeta, Source,
+    };
+    let ip = |s: String| s.parse::<std::net::IpAddr>().expect("ip");
+    let t0 = 1_795_860_000_000_000_000i64;
+    let flow =
+        |src: String, dst: String, sport: u16, dport: u16, t: i64, session: bool, answer: u8| {
+            Flow {
+                source: Source::Sensor,
+                observer: "web-1".into(),
+                interface: "eth0".into(),
+                start_ns: t,
+                end_ns: t + 1_000_000,
+                src_ip: ip(src),
+                dst_ip: ip(dst),
+                src_port: sport,
+                dst_port: dport,
+                protocol: 6,
+                packets: if session { 12 } else { 1 },
+                bytes: if session { 2_000 } else { 44 },
+                reverse_packets: if session || answer != 0 { 10 } else { 0 },
+                reverse_bytes: if session {
+                    9_000
+                } else if answer != 0 {
+                    40
+                } else {
+                    0
+                },
+                tcp_flags: if session { 0x1a } else { 0x02 },
+                action: Action::Unknown,
+                sampling_rate: 1.0,
+                cloud: CloudMeta::default(),
+                sensor: Some(Box::new(SensorMeta {
+                    reverse_tcp_flags: if session { 0x12 | 0x08 } else { answer },
+                    observed: "ingress+egress".into(),
+                    initiator_by: "syn".into(),
+                    end_reason: "end".into(),
+                    ..SensorMeta::default()
+                })),
+            }
+        };
+    let mut port = 0u32;
+    (0..n)
+        .map(|b| {
+            let t = t0 + b as i64 * 1_000_000_000;
+            let mut flows = Vec::with_capacity(1000);
+            for k in 0..1000usize {
+                let i = b * 1000 + k;
+                let at = t + k as i64 * 1_000;
+                if k % 15 == 0 && port < 65_535 {
+                    port += 1;
+                    let answer = if [22, 443, 8080].contains(&port) {
+                        0x12
+                    } else {
+                        0x14
+                    };
+                    flows.push(flow(
+                        "198.51.100.9".into(),
+                        "10.2.0.5".into(),
+                        40000,
+                        port as u16,
+                        at,
+                        false,
+                        answer,
+                    ));
+                } else if k % 100 == 1 {
+                    let p = 1 + (i / 100 % 60_000) as u16;
+                    flows.push(flow(
+                        "198.51.100.77".into(),
+                        format!("10.2.1.{}", i % 200),
+                        40001,
+                        p,
+                        at,
+                        false,
+                        0x14,
+                    ));
+                } else {
+                    flows.push(flow(
+                        format!("10.1.{}.{}", i / 250 % 200, i % 250),
+                        format!("10.2.0.{}", 10 + i % 40),
+                        (32768 + i % 28000) as u16,
+                        443,
+                        at,
+                        true,
+                        0,
+                    ));
+                }
+            }
+            let scans = if b == 0 {
+                vec![ScanEvent {
+                    iface: "eth0".into(),
+                    src_ip: ip("198.51.100.9".into()),
+                    distinct_ports: 20,
+                    distinct_hosts: 1,
+                    probe: "syn".into(),
+                    probes: [("syn".to_string(), 20)].into(),
+                    probe_bytes: 0,
+                    last_dst_ip: ip("10.2.0.5".into()),
+                    last_dst_port: 20,
+                    reason: vec!["ports".into()],
+                    start_ns: t,
+                    end_ns: t + 1_000_000_000,
+                    answered_contacts: 0,
+                    unanswered_contacts: 20,
+                    replied_contacts: 20,
+                }]
+            } else {
+                Vec::new()
+            };
+            SensorBatch {
+                sensor: "web-1".into(),
+                instance_id: "bench".into(),
+                batch_id: b as u64,
+                flows,
+                scans,
+                probes: Vec::new(),
+                logins: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+/// What `scan_extent` adds to the sensor flows' detectors (the thread beside the ingest's
+/// writer), in process: every detector of that feed over the same batches, and `scan_extent`
+/// alone, in interleaved rounds.
+fn detect_section(report: &mut String, quick: bool) {
+    use controlplane::detect::{
+        Config, Detector as _, Detectors, Feed, Input, Output, scan_extent::ScanExtent,
+    };
+    writeln!(report, "### Sensor flow detectors\n").ok();
+    let batches = detect_batches(if quick { 100 } else { 1000 });
+    let flows: usize = batches.iter().map(|b| b.flows.len()).sum();
+    let rounds = if quick { 2 } else { 5 };
+    let (mut all, mut extent) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for _ in 0..rounds {
+        let config = Config::default();
+        let mut d = Detectors::new(Feed::SensorFlows, &config);
+        let t = Instant::now();
+        for b in &batches {
+            std::hint::black_box(d.observe(&Input::batch(b)));
+        }
+        all.push(t.elapsed().as_secs_f64());
+        let mut x = ScanExtent::new(config.follow_up_ns);
+        let t = Instant::now();
+        let mut updates = Vec::new();
+        for b in &batches {
+            let mut out = Output::default();
+            x.observe(&Input::batch(b), &mut out);
+            updates.extend(out.updates);
+        }
+        let mut out = Output::default();
+        x.flush(&mut out);
+        updates.extend(out.updates);
+        extent.push(t.elapsed().as_secs_f64());
+        last = updates
+            .last()
+            .map(|u| (u.observation["distinct_ports"].clone(), updates.len()));
+        std::hint::black_box(&updates);
+    }
+    let per_m = |s: f64| s / flows as f64 * 1e6;
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{:.2}", per_m(*s)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ratios: Vec<f64> = extent.iter().zip(&all).map(|(e, a)| e / a).collect();
+    writeln!(
+        report,
+        "{flows} sensor flows in batches of 1,000 (a followed scanner's {} ports among them, reported in {} updates, and an unflagged source's probe-like conversations), {rounds} interleaved rounds, seconds of one thread per 1,000,000 flows:\n\n| | rounds | median |\n|---|---|---|\n| every sensor-flow detector, `scan_extent` included (reference) | {} | {:.2} |\n| `scan_extent` alone | {} | {:.2} |\n| `scan_extent` / every detector | {} | {:.2} |\n",
+        last.as_ref().map_or(serde_json::Value::Null, |l| l.0.clone()),
+        last.as_ref().map_or(0, |l| l.1),
+        list(&all),
+        per_m(median(all.clone())),
+        list(&extent),
+        per_m(median(extent.clone())),
+        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
+        median(ratios.clone()),
+    )
+    .ok();
+}
+
 fn ingest_section(report: &mut String, quick: bool) {
     writeln!(report, "### gRPC ingest\n").ok();
     let (sensors, batches, per) = (100usize, if quick { 3u64 } else { 10 }, 1000usize);
@@ -932,6 +1120,8 @@ enum Section {
     Agent,
     /// Packets through veths in namespaces, with and without the sensor.
     Veth,
+    /// The sensor flows' detectors in process: the whole set, and `scan_extent` alone.
+    Detect,
 }
 
 /// Picket's benchmarks: every figure beside a reference measured in the same run. Writes
@@ -1013,6 +1203,9 @@ fn main() {
     }
     if run(Section::Veth) {
         veth_section(&mut report, if quick { 200_000 } else { 500_000 });
+    }
+    if run(Section::Detect) {
+        detect_section(&mut report, quick);
     }
     println!("{report}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
