@@ -375,6 +375,22 @@ fn azure_nsg_v2_and_vnet_v4_blobs() {
         })
         .count();
     assert_eq!(denied_v2, 2);
+    // A VNet flow names the security rule set (aclID) that decided it; its state is the
+    // tuple's. The 8-field version-1 tuple has no state, and none is invented.
+    let extra = rdp.extra.as_ref().expect("extras");
+    assert_eq!(
+        (&extra["acl_id"], &extra["state"]),
+        (
+            &serde_json::json!("00000000-1234-abcd-ef00-c1c2c3c4c5c6"),
+            &serde_json::json!("D")
+        )
+    );
+    let stateless: Vec<_> = azure
+        .iter()
+        .filter(|f| f.extra.as_ref().is_none_or(|e| e.get("state").is_none()))
+        .collect();
+    assert_eq!(stateless.len(), 1, "{stateless:?}");
+    assert_eq!(stateless[0].src_port, 51529);
 }
 
 /// `import` takes each file exactly once, by its content, like the watched directory: again,

@@ -128,6 +128,9 @@ impl Field {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Format {
     fields: Vec<Field>,
+    /// Each field's name in the flow's extras (`ecs-cluster-name` as `ecs_cluster_name`), for
+    /// the fields kept there verbatim.
+    keys: Vec<String>,
 }
 
 /// Version 2's default format.
@@ -147,12 +150,21 @@ impl Format {
             .split_ascii_whitespace()
             .map(Field::from_name)
             .collect();
+        let keys = line
+            .split_ascii_whitespace()
+            .map(|n| {
+                n.trim_start_matches("${")
+                    .trim_end_matches('}')
+                    .replace('-', "_")
+            })
+            .collect();
         let has = |f| fields.contains(&f);
         let first_is_name = line
             .split_ascii_whitespace()
             .next()
             .is_some_and(|w| w.bytes().any(|b| b.is_ascii_alphabetic()) && !w.starts_with("eni-"));
-        (first_is_name && has(Field::SrcAddr) && has(Field::DstAddr)).then_some(Format { fields })
+        (first_is_name && has(Field::SrcAddr) && has(Field::DstAddr))
+            .then_some(Format { fields, keys })
     }
 
     pub fn len(&self) -> usize {
@@ -213,7 +225,13 @@ pub struct Record<'a> {
     pub resource_type: Option<&'a str>,
     pub tgw_id: Option<&'a str>,
     pub tgw_attachment_id: Option<&'a str>,
+    /// The sum of the four lost-packet causes (transit-gateway logs), each also kept apart in
+    /// `verbatim`.
     pub packets_lost: Option<u64>,
+    /// Every other field present, as (key, value), verbatim: ECS (v7), sublocation, the
+    /// transit gateway's source and destination context, the lost-packet causes, and names
+    /// this parser does not know. Absent (`-`) fields are not listed.
+    pub verbatim: Vec<(&'a str, &'a str)>,
 }
 
 /// Why a line was not taken, by reason (for the import summary and the counters).
@@ -262,7 +280,7 @@ fn epoch_ms(v: &str, f: Field) -> Result<Option<u64>, Reject> {
 }
 
 /// Parses one record of `format`. Blank lines are the caller's to skip.
-pub fn parse<'a>(format: &Format, line: &'a str) -> Result<Record<'a>, Reject> {
+pub fn parse<'a>(format: &'a Format, line: &'a str) -> Result<Record<'a>, Reject> {
     let mut r = Record::default();
     let mut n = 0;
     let mut lost = 0u64;
@@ -271,6 +289,8 @@ pub fn parse<'a>(format: &Format, line: &'a str) -> Result<Record<'a>, Reject> {
         let Some(&f) = format.fields.get(i) else {
             return Err(Reject::FieldCount);
         };
+        // This field's name in the extras, for the fields kept verbatim.
+        let key = || format.keys[i].as_str();
         n += 1;
         use Field::*;
         match f {
@@ -324,13 +344,18 @@ pub fn parse<'a>(format: &Format, line: &'a str) -> Result<Record<'a>, Reject> {
             | PacketsLostMtuExceeded
             | PacketsLostTtlExpired => {
                 if let Some(x) = num::<u64>(v, f)? {
-                    lost += x;
+                    lost = lost.saturating_add(x);
                     any_lost = true;
+                    r.verbatim.push((key(), v));
                 }
             }
             SublocationType | SublocationId | TgwSrcVpcAccountId | TgwDstVpcAccountId
             | TgwSrcVpcId | TgwDstVpcId | TgwSrcSubnetId | TgwDstSubnetId | TgwSrcEni
-            | TgwDstEni | TgwSrcAzId | TgwDstAzId | TgwPairAttachmentId | Other => {}
+            | TgwDstEni | TgwSrcAzId | TgwDstAzId | TgwPairAttachmentId | Other => {
+                if let Some(v) = text(v) {
+                    r.verbatim.push((key(), v));
+                }
+            }
         }
     }
     if n != format.fields.len() {
@@ -462,6 +487,90 @@ mod tests {
         );
         assert_eq!(r.packets_lost, Some(3));
         assert_eq!((r.dst_port, r.tcp_flags), (Some(5432), Some(19)));
+        // The source and destination context, and each lost-packet cause, kept apart.
+        assert_eq!(
+            r.verbatim,
+            [
+                ("tgw_src_vpc_account_id", "123456789010"),
+                ("tgw_dst_vpc_account_id", "123456789011"),
+                ("tgw_src_vpc_id", "vpc-0a1b2c3d4e5f67890"),
+                ("tgw_dst_vpc_id", "vpc-0f1e2d3c4b5a69870"),
+                ("tgw_src_subnet_id", "subnet-0a1b2c3d4e5f67890"),
+                ("tgw_dst_subnet_id", "subnet-0f1e2d3c4b5a69870"),
+                ("tgw_src_eni", "eni-0a1b2c3d4e5f67890"),
+                ("tgw_dst_eni", "eni-0f1e2d3c4b5a69870"),
+                ("tgw_src_az_id", "use1-az1"),
+                ("tgw_dst_az_id", "use1-az2"),
+                ("tgw_pair_attachment_id", "tgw-attach-0f1e2d3c4b5a69870"),
+                ("packets_lost_no_route", "0"),
+                ("packets_lost_blackhole", "2"),
+                ("packets_lost_mtu_exceeded", "0"),
+                ("packets_lost_ttl_expired", "1"),
+            ]
+        );
+        let flow = crate::cloud::flows::aws_flow(&r);
+        let c = &flow.cloud;
+        assert_eq!(
+            (c.vpc.as_deref(), c.subnet.as_deref(), c.zone.as_deref()),
+            (
+                Some("vpc-0a1b2c3d4e5f67890"),
+                Some("subnet-0a1b2c3d4e5f67890"),
+                Some("use1-az1")
+            ),
+            "the source side's"
+        );
+        assert_eq!(c.extra["tgw_dst_vpc_id"], "vpc-0f1e2d3c4b5a69870");
+        assert_eq!(c.extra["packets_lost_blackhole"], 2);
+        assert_eq!(c.extra["packets_lost_ttl_expired"], 1);
+        assert_eq!(c.extra["packets_lost"], 3);
+    }
+
+    /// Version 7's ECS fields and version 5's sublocation, in a custom format as the user guide
+    /// names them (an ECS task on an Outpost), and a field name this parser does not know: all
+    /// kept verbatim in the flow's extras; absent ones not listed.
+    #[test]
+    fn ecs_and_sublocation_fields_are_kept() {
+        let f = Format::from_header("version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status sublocation-type sublocation-id ecs-cluster-name ecs-cluster-arn ecs-container-instance-id ecs-container-instance-arn ecs-service-name ecs-task-definition-arn ecs-task-id ecs-task-arn ecs-container-id ecs-second-container-id some-future-field").expect("header");
+        let r = parse(&f, "7 123456789012 eni-0c3b2a1f0e9d8c7b6 10.0.2.15 10.0.4.8 43122 8080 6 12 4210 1732780800 1732780860 ACCEPT OK outpost op-0a1b2c3d4e5f67890 web-cluster arn:aws:ecs:us-east-1:123456789012:cluster/web-cluster 0a1b2c3d4e5f4a5b8c7d6e5f4a3b2c1d arn:aws:ecs:us-east-1:123456789012:container-instance/web-cluster/0a1b2c3d4e5f4a5b8c7d6e5f4a3b2c1d checkout arn:aws:ecs:us-east-1:123456789012:task-definition/checkout:14 1f2e3d4c5b6a47988a7b6c5d4e3f2a1b arn:aws:ecs:us-east-1:123456789012:task/web-cluster/1f2e3d4c5b6a47988a7b6c5d4e3f2a1b 5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f - x-1").expect("ecs");
+        let flow = crate::cloud::flows::aws_flow(&r);
+        let e = &flow.cloud.extra;
+        for (k, v) in [
+            ("sublocation_type", "outpost"),
+            ("sublocation_id", "op-0a1b2c3d4e5f67890"),
+            ("ecs_cluster_name", "web-cluster"),
+            (
+                "ecs_cluster_arn",
+                "arn:aws:ecs:us-east-1:123456789012:cluster/web-cluster",
+            ),
+            (
+                "ecs_container_instance_id",
+                "0a1b2c3d4e5f4a5b8c7d6e5f4a3b2c1d",
+            ),
+            (
+                "ecs_container_instance_arn",
+                "arn:aws:ecs:us-east-1:123456789012:container-instance/web-cluster/0a1b2c3d4e5f4a5b8c7d6e5f4a3b2c1d",
+            ),
+            ("ecs_service_name", "checkout"),
+            (
+                "ecs_task_definition_arn",
+                "arn:aws:ecs:us-east-1:123456789012:task-definition/checkout:14",
+            ),
+            ("ecs_task_id", "1f2e3d4c5b6a47988a7b6c5d4e3f2a1b"),
+            (
+                "ecs_task_arn",
+                "arn:aws:ecs:us-east-1:123456789012:task/web-cluster/1f2e3d4c5b6a47988a7b6c5d4e3f2a1b",
+            ),
+            (
+                "ecs_container_id",
+                "5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f",
+            ),
+            ("some_future_field", "x-1"),
+        ] {
+            assert_eq!(e.get(k).and_then(|v| v.as_str()), Some(v), "{k}: {e:?}");
+        }
+        // Absent (`-`): not listed, not an empty string.
+        assert!(!e.contains_key("ecs_second_container_id"), "{e:?}");
+        assert_eq!(e.len(), 12, "{e:?}");
     }
 
     #[test]

@@ -120,8 +120,9 @@ pub struct Tuple {
     pub inbound: bool,
     /// false when the flow was denied (v2 decision D, v4 state D).
     pub allowed: bool,
-    /// B (begin), C (continuing), E (end) or D (denied, v4).
-    pub state: char,
+    /// B (begin), C (continuing), E (end) or D (denied, v4); none in a version 1 tuple,
+    /// which has no state field.
+    pub state: Option<char>,
     /// v4 only: X, NX, NX_HW_NOT_SUPPORTED, ...
     pub encryption: Option<String>,
     pub packets: u64,
@@ -200,7 +201,7 @@ pub fn parse_tuple(t: &str, vnet: bool) -> Result<Tuple, Reject> {
             "B" | "C" | "E" | "D" => f[7].chars().next().expect("one letter"),
             _ => return Err(Reject::BadDecisionOrState),
         };
-        (state != 'D', state, Some(f[8].to_string()), &f[9..13])
+        (state != 'D', Some(state), Some(f[8].to_string()), &f[9..13])
     } else {
         let allowed = match f[7] {
             "A" => true,
@@ -208,8 +209,8 @@ pub fn parse_tuple(t: &str, vnet: bool) -> Result<Tuple, Reject> {
             _ => return Err(Reject::BadDecisionOrState),
         };
         let state = match f.get(8).copied() {
-            None => 'B',
-            Some(s @ ("B" | "C" | "E")) => s.chars().next().expect("one letter"),
+            None => None,
+            Some(s @ ("B" | "C" | "E")) => s.chars().next(),
             Some(_) => return Err(Reject::BadDecisionOrState),
         };
         (allowed, state, None, f.get(9..13).unwrap_or(&[]))
@@ -269,7 +270,7 @@ mod tests {
         assert_eq!(t.time_ms, 1_487_282_421_000);
         assert_eq!((t.src_port, t.dst_port, t.protocol), (51529, 5358, 6));
         assert!(t.inbound && !t.allowed);
-        assert_eq!((t.state, t.packets, t.bytes), ('B', 0, 0));
+        assert_eq!((t.state, t.packets, t.bytes), (Some('B'), 0, 0));
         let t = parse_tuple(
             "1487282393,10.1.0.4,13.67.143.117,59932,443,T,O,A,E,1,66,1,66",
             false,
@@ -284,11 +285,11 @@ mod tests {
                 t.reverse_packets,
                 t.reverse_bytes
             ),
-            ('E', 1, 66, 1, 66)
+            (Some('E'), 1, 66, 1, 66)
         );
-        // Version 1: no state and no counts.
+        // Version 1: no state (none invented) and no counts.
         let t = parse_tuple("1487282421,10.1.0.4,10.1.0.5,40000,53,U,O,A", false).expect("v1");
-        assert_eq!((t.protocol, t.state, t.packets), (17, 'B', 0));
+        assert_eq!((t.protocol, t.state, t.packets), (17, None, 0));
     }
 
     #[test]
@@ -299,7 +300,7 @@ mod tests {
         )
         .expect("end");
         assert_eq!(t.time_ms, 1_663_146_003_606);
-        assert_eq!((t.protocol, t.state, t.allowed), (6, 'E', true));
+        assert_eq!((t.protocol, t.state, t.allowed), (6, Some('E'), true));
         assert_eq!(t.encryption.as_deref(), Some("NX"));
         assert_eq!(
             (t.packets, t.bytes, t.reverse_packets, t.reverse_bytes),

@@ -26,6 +26,23 @@ pub fn aws_flow(r: &aws::Record<'_>) -> Flow {
     if let Some(p) = r.packets_lost {
         extra.insert("packets_lost".into(), p.into());
     }
+    // Everything else the record carries, under the provider's field name (snake case): the
+    // lost-packet causes as numbers (checked by `parse`), the rest as written.
+    for &(k, v) in &r.verbatim {
+        let value = match v.parse::<u64>() {
+            Ok(n) if k.starts_with("packets_lost_") => n.into(),
+            _ => v.into(),
+        };
+        extra.insert(k.into(), value);
+    }
+    // A transit-gateway record has no vpc-id or subnet-id of its own: the source side's.
+    let of = |key: &str| {
+        r.verbatim
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    };
+    let tgw = r.tgw_id.is_some() || r.resource_type == Some("TransitGateway");
     let ms = |t: Option<u64>| (t.unwrap_or(0).min(i64::MAX as u64 / 1_000_000) * 1_000_000) as i64;
     Flow {
         source: Source::Aws,
@@ -55,11 +72,20 @@ pub fn aws_flow(r: &aws::Record<'_>) -> Flow {
         },
         sampling_rate: 1.0,
         cloud: CloudMeta {
-            vpc: r.vpc_id.map(str::to_string),
-            subnet: r.subnet_id.map(str::to_string),
+            vpc: r
+                .vpc_id
+                .map(str::to_string)
+                .or_else(|| tgw.then(|| of("tgw_src_vpc_id")).flatten()),
+            subnet: r
+                .subnet_id
+                .map(str::to_string)
+                .or_else(|| tgw.then(|| of("tgw_src_subnet_id")).flatten()),
             instance: r.instance_id.map(str::to_string),
             region: r.region.map(str::to_string),
-            zone: r.az_id.map(str::to_string),
+            zone: r
+                .az_id
+                .map(str::to_string)
+                .or_else(|| tgw.then(|| of("tgw_src_az_id")).flatten()),
             pkt_src_ip: r.pkt_src_addr,
             pkt_dst_ip: r.pkt_dst_addr,
             direction: r.flow_direction.map(str::to_string),
@@ -109,6 +135,69 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
     if let Some(rtt) = p.rtt_msec {
         extra.insert("rtt_msec".into(), rtt.into());
     }
+    // Each side's location (beyond the country), Google service and instance group, under the
+    // provider's names, each part only when written.
+    let sides = [
+        (
+            "src",
+            &p.src_location,
+            &p.src_google_service,
+            &p.src_instance,
+        ),
+        (
+            "dest",
+            &p.dest_location,
+            &p.dest_google_service,
+            &p.dest_instance,
+        ),
+    ];
+    for (side, location, service, instance) in sides {
+        let mut obj = |key: &str, parts: &[(&str, Option<serde_json::Value>)]| {
+            let o: serde_json::Map<String, serde_json::Value> = parts
+                .iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
+                .collect();
+            if !o.is_empty() {
+                extra.insert(format!("{side}_{key}"), o.into());
+            }
+        };
+        let text = |v: Option<&std::borrow::Cow<'_, str>>| v.map(|c| c.to_string().into());
+        if let Some(l) = location {
+            obj(
+                "location",
+                &[
+                    ("continent", text(l.continent.as_ref())),
+                    ("country", text(l.country.as_ref())),
+                    ("region", text(l.region.as_ref())),
+                    ("city", text(l.city.as_ref())),
+                    ("asn", l.asn.map(Into::into)),
+                ],
+            );
+        }
+        if let Some(g) = service {
+            obj(
+                "google_service",
+                &[
+                    ("type", text(g.kind.as_ref())),
+                    ("service_name", text(g.service_name.as_ref())),
+                    ("connectivity", text(g.connectivity.as_ref())),
+                ],
+            );
+        }
+        if let Some(m) = instance
+            .as_ref()
+            .and_then(|i| i.managed_instance_group.as_ref())
+        {
+            obj(
+                "managed_instance_group",
+                &[
+                    ("name", text(m.name.as_ref())),
+                    ("region", text(m.region.as_ref())),
+                    ("zone", text(m.zone.as_ref())),
+                ],
+            );
+        }
+    }
     let instance = s(inst.and_then(|i| i.vm_name.as_ref()));
     let subnet = s(vpc.and_then(|v| v.subnetwork_name.as_ref()));
     Flow {
@@ -154,6 +243,9 @@ pub struct Where<'a> {
     pub subnet: Option<&'a str>,
     pub rule: Option<&'a str>,
     pub nsg: Option<&'a str>,
+    /// A VNet flow log's `aclID`: the network security group (or admin rule set) that decided
+    /// the flow.
+    pub acl: Option<&'a str>,
 }
 
 /// An Azure flow tuple in the flow model.
@@ -165,7 +257,13 @@ pub fn flow(at: &Where<'_>, t: &azure::Tuple) -> Flow {
     if let Some(n) = at.nsg {
         extra.insert("nsg".into(), n.into());
     }
-    extra.insert("state".into(), t.state.to_string().into());
+    if let Some(a) = at.acl {
+        extra.insert("acl_id".into(), a.into());
+    }
+    // Version 1 tuples carry no state: none is given.
+    if let Some(state) = t.state {
+        extra.insert("state".into(), state.to_string().into());
+    }
     if let Some(e) = &t.encryption {
         extra.insert("encryption".into(), e.clone().into());
     }

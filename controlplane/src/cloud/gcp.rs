@@ -102,6 +102,35 @@ pub struct Payload<'a> {
     pub src_location: Option<Location<'a>>,
     #[serde(borrow)]
     pub dest_location: Option<Location<'a>>,
+    /// The Google service at either end (Google APIs, a load balancer's front end...).
+    #[serde(borrow)]
+    pub src_google_service: Option<GoogleService<'a>>,
+    #[serde(borrow)]
+    pub dest_google_service: Option<GoogleService<'a>>,
+}
+
+/// `src_google_service` / `dest_google_service`.
+#[derive(Debug, Deserialize)]
+pub struct GoogleService<'a> {
+    /// GOOGLE_API, GOOGLE_API_PSC, GOOGLE_API_VPC_SC, ... (as written).
+    #[serde(rename = "type", borrow, default, deserialize_with = "super::borrowed")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
+    pub service_name: Option<Cow<'a, str>>,
+    /// PUBLIC_IP, PRIVATE_SERVICE_CONNECT, ... (as written).
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
+    pub connectivity: Option<Cow<'a, str>>,
+}
+
+/// An instance's managed instance group: its name, and its region or zone.
+#[derive(Debug, Deserialize)]
+pub struct InstanceGroup<'a> {
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
+    pub region: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
+    pub zone: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +157,8 @@ pub struct Instance<'a> {
     pub region: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub zone: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub managed_instance_group: Option<InstanceGroup<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,7 +179,12 @@ pub struct Location<'a> {
     #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub continent: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "super::borrowed")]
+    pub region: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub city: Option<Cow<'a, str>>,
+    /// The remote end's autonomous system (external addresses only).
+    #[serde(default, deserialize_with = "int")]
+    pub asn: Option<u64>,
 }
 
 /// One flow record, validated.
@@ -318,6 +354,36 @@ mod tests {
         );
         let l = r.payload.dest_location.as_ref().expect("dest location");
         assert_eq!(l.country.as_deref(), Some("usa"));
+    }
+
+    /// The remote end's ASN, a Google service at the other end and the VM's managed instance
+    /// group, as the record format documents them: kept in the flow's extras, side by side;
+    /// what a record does not write is not listed.
+    #[test]
+    fn asn_google_service_and_instance_group_are_kept() {
+        let e = r#"{"jsonPayload":{"bytes_sent":"800","packets_sent":"4","connection":{"src_ip":"10.128.0.7","src_port":43210,"dest_ip":"142.250.72.10","dest_port":443,"protocol":6},"start_time":"2026-11-29T10:00:00Z","end_time":"2026-11-29T10:00:05Z","reporter":"SRC","src_instance":{"project_id":"p-7","region":"europe-west1","vm_name":"web-7","zone":"europe-west1-b","managed_instance_group":{"name":"web-mig","zone":"europe-west1-b"}},"dest_location":{"continent":"America","country":"usa","asn":15169},"dest_google_service":{"type":"GOOGLE_API","service_name":"storage.googleapis.com","connectivity":"PUBLIC_IP"}},"logName":"projects/p-7/logs/compute.googleapis.com%2Fvpc_flows"}"#;
+        let r = parse(e).expect("entry");
+        let flow = crate::cloud::flows::gcp_flow(&r, 0.5);
+        let x = serde_json::Value::Object(flow.cloud.extra);
+        assert_eq!(
+            x["dest_location"],
+            serde_json::json!({"continent": "America", "country": "usa", "asn": 15169})
+        );
+        assert_eq!(
+            x["dest_google_service"],
+            serde_json::json!({"type": "GOOGLE_API", "service_name": "storage.googleapis.com", "connectivity": "PUBLIC_IP"})
+        );
+        assert_eq!(
+            x["src_managed_instance_group"],
+            serde_json::json!({"name": "web-mig", "zone": "europe-west1-b"})
+        );
+        for absent in [
+            "src_location",
+            "src_google_service",
+            "dest_managed_instance_group",
+        ] {
+            assert!(x.get(absent).is_none(), "{absent}: {x}");
+        }
     }
 
     #[test]

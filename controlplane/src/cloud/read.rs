@@ -570,8 +570,9 @@ enum GcpLayout {
     Lines,
 }
 
-/// An Azure flow-tuple list with its rule and interface MAC.
+/// An Azure flow-tuple list with its rule, interface MAC and (VNet logs) ACL id.
 type TupleGroup<'r, 'a> = (
+    Option<&'r str>,
     Option<&'r str>,
     Option<&'r str>,
     &'r [std::borrow::Cow<'a, str>],
@@ -642,6 +643,7 @@ pub fn read_azure(
                         groups.push((
                             g.rule.as_deref(),
                             rec.mac_address.as_deref(),
+                            acl.acl_id.as_deref(),
                             &g.flow_tuples,
                         ));
                     }
@@ -650,11 +652,11 @@ pub fn read_azure(
             if let Some(p) = &rec.properties {
                 for rule in &p.flows {
                     for m in &rule.flows {
-                        groups.push((rule.rule.as_deref(), m.mac.as_deref(), &m.flow_tuples));
+                        groups.push((rule.rule.as_deref(), m.mac.as_deref(), None, &m.flow_tuples));
                     }
                 }
             }
-            for (rule, mac, tuples) in groups {
+            for (rule, mac, acl, tuples) in groups {
                 for t in tuples {
                     sum.read += 1;
                     match azure::parse_tuple(t, vnet) {
@@ -666,6 +668,7 @@ pub fn read_azure(
                                 subnet,
                                 rule,
                                 nsg,
+                                acl,
                             };
                             let flow = azure_flow::flow(&at, &t);
                             chunk.push(flow, sum)?;
