@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         let r = import::import_input(
             provider,
             std::io::Cursor::new(data),
-            "fuzz",
+            ("fuzz", 1),
             0.5,
             &mut |flows| {
                 stored += flows.len() as u64;

@@ -132,6 +132,60 @@ version vpc-id subnet-id instance-id interface-id account-id type srcaddr dstadd
     );
 }
 
+/// A custom format without `start` and `end`, as AWS's own NAT-gateway example uses: each
+/// record takes its file's delivery time (its modification time; standard input: the time it
+/// was read), never 1970, and the summary and the record's extras say so.
+#[test]
+fn aws_records_without_times_take_their_files_delivery_time() {
+    let dir = TempDir::new("aws-untimed");
+    let data = dir.0.join("data");
+    let text = "\
+version interface-id srcaddr dstaddr pkt-srcaddr pkt-dstaddr
+5 eni-1235b8ca123456789 10.0.1.5 10.0.0.220 10.0.1.5 203.0.113.5
+5 eni-1235b8ca123456789 10.0.0.220 203.0.113.5 10.0.1.5 203.0.113.5
+";
+    let f = dir.0.join("nat.log");
+    std::fs::write(&f, text).expect("write");
+    // Delivered at 2026-11-28T10:00:00Z.
+    let mtime = 1_795_860_000i64;
+    assert!(
+        Command::new("touch")
+            .arg("-d")
+            .arg(format!("@{mtime}"))
+            .arg(&f)
+            .status()
+            .expect("touch")
+            .success()
+    );
+    let stdout = summary(&import(&data, &["aws", f.to_str().expect("utf8")], None));
+    assert!(
+        stdout.ends_with(", 2 without start/end given their file's delivery time"),
+        "{stdout}"
+    );
+    let flows = flows_where(&data, |f| f.source == "aws");
+    assert_eq!(flows.len(), 2);
+    for f in &flows {
+        assert_eq!(
+            (f.start_ns, f.end_ns),
+            (mtime * 1_000_000_000, mtime * 1_000_000_000)
+        );
+        assert_eq!(f.extra.as_ref().expect("extras")["time_from"], "delivery");
+    }
+    // From standard input: the time it was read.
+    let data2 = dir.0.join("data2");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64;
+    summary(&import(&data2, &["aws", "-"], Some(text)));
+    let flows = flows_where(&data2, |f| f.source == "aws");
+    assert_eq!(flows.len(), 2);
+    assert!(
+        flows.iter().all(|f| f.start_ns >= before - 1_000_000_000),
+        "{flows:?}"
+    );
+}
+
 #[test]
 fn a_file_that_is_not_a_flow_log_fails_with_a_reason() {
     let dir = TempDir::new("aws-import-bad");

@@ -247,6 +247,7 @@ fn fill(s: &dyn FlowStore) {
         provider: Source::Gcp,
         name: "gcp.json".into(),
         bytes: 1234,
+        delivered_ns: 1,
     };
     let mut g1 = cloud_flow(
         "10.8.0.2",

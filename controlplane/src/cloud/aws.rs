@@ -508,7 +508,7 @@ mod tests {
                 ("packets_lost_ttl_expired", "1"),
             ]
         );
-        let flow = crate::cloud::flows::aws_flow(&r);
+        let flow = crate::cloud::flows::aws_flow(&r, 0);
         let c = &flow.cloud;
         assert_eq!(
             (c.vpc.as_deref(), c.subnet.as_deref(), c.zone.as_deref()),
@@ -532,7 +532,7 @@ mod tests {
     fn ecs_and_sublocation_fields_are_kept() {
         let f = Format::from_header("version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status sublocation-type sublocation-id ecs-cluster-name ecs-cluster-arn ecs-container-instance-id ecs-container-instance-arn ecs-service-name ecs-task-definition-arn ecs-task-id ecs-task-arn ecs-container-id ecs-second-container-id some-future-field").expect("header");
         let r = parse(&f, "7 123456789012 eni-0c3b2a1f0e9d8c7b6 10.0.2.15 10.0.4.8 43122 8080 6 12 4210 1732780800 1732780860 ACCEPT OK outpost op-0a1b2c3d4e5f67890 web-cluster arn:aws:ecs:us-east-1:123456789012:cluster/web-cluster 0a1b2c3d4e5f4a5b8c7d6e5f4a3b2c1d arn:aws:ecs:us-east-1:123456789012:container-instance/web-cluster/0a1b2c3d4e5f4a5b8c7d6e5f4a3b2c1d checkout arn:aws:ecs:us-east-1:123456789012:task-definition/checkout:14 1f2e3d4c5b6a47988a7b6c5d4e3f2a1b arn:aws:ecs:us-east-1:123456789012:task/web-cluster/1f2e3d4c5b6a47988a7b6c5d4e3f2a1b 5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f - x-1").expect("ecs");
-        let flow = crate::cloud::flows::aws_flow(&r);
+        let flow = crate::cloud::flows::aws_flow(&r, 0);
         let e = &flow.cloud.extra;
         for (k, v) in [
             ("sublocation_type", "outpost"),

@@ -5,8 +5,10 @@ use crate::model::{Action, CloudMeta, Flow, Source};
 
 use super::{aws, azure, gcp};
 
-/// An AWS record in the flow model.
-pub fn aws_flow(r: &aws::Record<'_>) -> Flow {
+/// An AWS record in the flow model. A record without a start takes its end, one without an
+/// end its start, and one without both `delivered_ns` (its file's delivery), marked in the
+/// extras (`time_from: "delivery"`): never 1970.
+pub fn aws_flow(r: &aws::Record<'_>, delivered_ns: i64) -> Flow {
     let mut extra = serde_json::Map::new();
     let mut put = |k: &str, v: Option<&str>| {
         if let Some(v) = v {
@@ -43,7 +45,15 @@ pub fn aws_flow(r: &aws::Record<'_>) -> Flow {
             .map(|(_, v)| v.to_string())
     };
     let tgw = r.tgw_id.is_some() || r.resource_type == Some("TransitGateway");
-    let ms = |t: Option<u64>| (t.unwrap_or(0).min(i64::MAX as u64 / 1_000_000) * 1_000_000) as i64;
+    let ms = |t: u64| (t.min(i64::MAX as u64 / 1_000_000) * 1_000_000) as i64;
+    let (start_ns, end_ns) = match (r.start_ms, r.end_ms) {
+        (Some(s), Some(e)) => (ms(s), ms(e)),
+        (Some(t), None) | (None, Some(t)) => (ms(t), ms(t)),
+        (None, None) => {
+            extra.insert("time_from".into(), "delivery".into());
+            (delivered_ns, delivered_ns)
+        }
+    };
     Flow {
         source: Source::Aws,
         observer: r.account_id.unwrap_or("aws").to_string(),
@@ -52,8 +62,8 @@ pub fn aws_flow(r: &aws::Record<'_>) -> Flow {
             .or(r.tgw_attachment_id)
             .unwrap_or("")
             .to_string(),
-        start_ns: ms(r.start_ms),
-        end_ns: ms(r.end_ms),
+        start_ns,
+        end_ns,
         // Both present: `parse` rejects an OK record without them.
         src_ip: r.src_addr.expect("checked by parse"),
         dst_ip: r.dst_addr.expect("checked by parse"),

@@ -81,6 +81,9 @@ pub struct Summary {
     pub nodata: u64,
     /// Records that stand for flows the provider dropped: AWS SKIPDATA.
     pub skipdata: u64,
+    /// Records without a start and an end time (an AWS custom format without `start` and
+    /// `end`), given their file's delivery time instead.
+    pub untimed: u64,
 }
 
 impl Summary {
@@ -97,6 +100,7 @@ impl Summary {
         }
         self.nodata += other.nodata;
         self.skipdata += other.skipdata;
+        self.untimed += other.untimed;
     }
 
     pub fn rejected_total(&self) -> u64 {
@@ -137,6 +141,13 @@ impl fmt::Display for Summary {
                 f,
                 ", skipped {} (NODATA: no traffic), SKIPDATA {} (flows the provider dropped from its log)",
                 self.nodata, self.skipdata
+            )?;
+        }
+        if self.untimed > 0 {
+            write!(
+                f,
+                ", {} without start/end given their file's delivery time",
+                self.untimed
             )?;
         }
         Ok(())
@@ -309,12 +320,15 @@ fn each_line(
 }
 
 /// Imports AWS VPC (or transit-gateway) flow log records from `input` into `store`.
+/// `delivered_ns`: when the file was delivered, the time of records that carry none.
 pub fn read_aws(
     out: &mut Handoff<'_>,
     mut input: impl BufRead,
     file: &str,
+    delivered_ns: i64,
     sum: &mut Summary,
 ) -> anyhow::Result<()> {
+    let untimed_before = sum.untimed;
     sum.provider = "aws";
     sum.files += 1;
     let mut format = aws::Format::default();
@@ -346,13 +360,26 @@ pub fn read_aws(
                     }
                     sum.skipdata += 1;
                 }
-                Some(aws::Status::Ok) | None => chunk.push(aws_flow(&r), sum)?,
+                Some(aws::Status::Ok) | None => {
+                    if r.start_ms.is_none() && r.end_ms.is_none() {
+                        sum.untimed += 1;
+                    }
+                    chunk.push(aws_flow(&r, delivered_ns), sum)?
+                }
             },
             Err(e) => sum.reject(file, line_no, e.reason(), l),
         }
         Ok(())
     })?;
     chunk.flush(sum)?;
+    if sum.untimed > untimed_before {
+        warn!(
+            file,
+            records = sum.untimed - untimed_before,
+            delivered = %crate::util::time::rfc3339(delivered_ns),
+            "records without start or end time: given the file's delivery time"
+        );
+    }
     Ok(())
 }
 
@@ -725,7 +752,7 @@ mod tests {
         // Exactly MAX_LINE bytes with its newline is still a line.
         input.push_str(&" ".repeat(MAX_LINE - 1));
         input.push('\n');
-        let (r, stored, sum) = read(text(input), |o, i, s| read_aws(o, i, "t", s));
+        let (r, stored, sum) = read(text(input), |o, i, s| read_aws(o, i, "t", 0, s));
         r.expect("read");
         assert_eq!(stored, 2);
         assert_eq!(sum.read, 3);
@@ -745,7 +772,7 @@ mod tests {
         for provider in ["aws", "gcp", "azure"] {
             let input = decoding(Box::new(io::Cursor::new(bomb.clone())), 16 << 20).expect("input");
             let (r, stored, _) = read(input, |o, i, s| match provider {
-                "aws" => read_aws(o, i, "bomb.gz", s),
+                "aws" => read_aws(o, i, "bomb.gz", 0, s),
                 "gcp" => read_gcp(o, i, "bomb.gz", 0.5, s),
                 _ => read_azure(o, i, "bomb.gz", s),
             });
@@ -760,7 +787,7 @@ mod tests {
         // Under the limit, the same reader takes it all.
         let small = gzip(AWS_LINE.repeat(1000).as_bytes());
         let input = decoding(Box::new(io::Cursor::new(small)), 16 << 20).expect("input");
-        let (r, stored, _) = read(input, |o, i, s| read_aws(o, i, "ok.gz", s));
+        let (r, stored, _) = read(input, |o, i, s| read_aws(o, i, "ok.gz", 0, s));
         r.expect("read");
         assert_eq!(stored, 1000);
     }
@@ -769,7 +796,7 @@ mod tests {
     fn a_cut_gzip_stream_is_the_input_s_fault() {
         let z = gzip(AWS_LINE.repeat(10_000).as_bytes());
         let cut = z[..z.len() / 2].to_vec();
-        let (r, _, _) = read(text(cut), |o, i, s| read_aws(o, i, "cut.gz", s));
+        let (r, _, _) = read(text(cut), |o, i, s| read_aws(o, i, "cut.gz", 0, s));
         assert!(is_input_error(&r.expect_err("cut")));
     }
 

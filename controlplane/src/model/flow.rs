@@ -129,4 +129,8 @@ pub struct ImportedFile {
     pub provider: Source,
     pub name: String,
     pub bytes: u64,
+    /// When the file was delivered (Unix ns): its modification time (`aws s3 cp` gives a
+    /// file its object's LastModified; standard input, spooled, the time it was read). The
+    /// time of its records that carry none.
+    pub delivered_ns: i64,
 }

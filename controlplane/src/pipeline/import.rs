@@ -48,11 +48,12 @@ fn tracking<'a>(
     }
 }
 
-/// Imports one input of `provider`'s format (`sampling_rate`: GCP only).
+/// Imports one input of `provider`'s format (`sampling_rate`: GCP only) delivered at
+/// `delivered_ns`.
 pub fn import_input(
     provider: Source,
     input: impl BufRead + Send,
-    file: &str,
+    file: (&str, i64),
     sampling_rate: f64,
     sink: &mut Sink<'_>,
     sum: &mut Summary,
@@ -60,8 +61,18 @@ pub fn import_input(
     import_inspecting(provider, input, file, sampling_rate, &mut |_| {}, sink, sum)
 }
 
+/// When `f` was delivered: its modification time (now, if the file system cannot say).
+pub fn delivered_ns(f: &std::fs::File) -> i64 {
+    f.metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or_else(now_ns)
+}
+
 /// As [`import_input`], with `inspect` (the detectors) run over each chunk before it goes to
-/// `sink`.
+/// `sink`. `file`: the input's name (for the log) and when it was delivered.
 ///
 /// Reading, parsing and `inspect` run on a thread of their own while `sink` (the store) takes
 /// the previous chunk on this one: the stages overlap on two cores. Chunks move between the
@@ -71,7 +82,7 @@ pub fn import_input(
 pub fn import_inspecting(
     provider: Source,
     input: impl BufRead + Send,
-    file: &str,
+    (file, delivered_ns): (&str, i64),
     sampling_rate: f64,
     inspect: &mut (dyn FnMut(&[Flow]) + Send),
     sink: &mut Sink<'_>,
@@ -100,7 +111,7 @@ pub fn import_inspecting(
                     })
                 };
                 let r = match provider {
-                    Source::Aws => read::read_aws(&mut send, input, file, &mut local),
+                    Source::Aws => read::read_aws(&mut send, input, file, delivered_ns, &mut local),
                     Source::Gcp => {
                         read::read_gcp(&mut send, input, file, sampling_rate, &mut local)
                     }
@@ -264,20 +275,23 @@ impl Importer {
         let Some(file) = once else {
             let mut put = |f: &[Flow]| flows.insert_flows(f);
             let mut sink = tracking(&mut put, range);
-            import_inspecting(provider, input, name, rate, &mut inspect, &mut sink, sum)?;
+            let what = (name, now_ns());
+            import_inspecting(provider, input, what, rate, &mut inspect, &mut sink, sum)?;
             return Ok(true);
         };
+        let what = (name, file.delivered_ns);
         let mut input = Some(input);
         let done = flows.import_file_once(file, now_ns(), &mut |sink| {
             let input = input.take().context("the file was read already")?;
             let mut sink = tracking(sink, range);
-            import_inspecting(provider, input, name, rate, &mut inspect, &mut sink, sum)?;
+            import_inspecting(provider, input, what, rate, &mut inspect, &mut sink, sum)?;
             Ok(serde_json::json!({
                 "read": sum.read,
                 "stored": sum.stored,
                 "rejected": sum.rejected,
                 "nodata": sum.nodata,
                 "skipdata": sum.skipdata,
+                "untimed": sum.untimed,
             })
             .to_string())
         })?;

@@ -55,6 +55,10 @@ pub struct Job {
     pub sampling_rate: f64,
     /// Who handed it over (for the log).
     pub from: String,
+    /// When the file was delivered (Unix ns; 0 from a release that did not say: the time of
+    /// its import then).
+    #[serde(default)]
+    pub delivered_ns: i64,
 }
 
 /// What the import of a job did, sent to the job's reply subject.
@@ -304,6 +308,11 @@ impl Worker {
             provider: source,
             name: job.name.clone(),
             bytes: job.bytes,
+            delivered_ns: if job.delivered_ns > 0 {
+                job.delivered_ns
+            } else {
+                crate::util::time::now_ns()
+            },
         };
         let (max, replica) = (self.max_bytes, self.replica.clone());
         let name = format!("{} (from {})", job.name, job.from);

@@ -299,6 +299,7 @@ impl Watcher {
         let mut f = File::from(fd);
         let (sha256, bytes) = digest(&mut f)?;
         let file = ImportedFile {
+            delivered_ns: super::import::delivered_ns(&f),
             sha256,
             provider,
             name: name.to_string_lossy().into_owned(),
@@ -339,6 +340,7 @@ impl Watcher {
                         bytes: file.bytes,
                         sampling_rate: *sampling_rate,
                         from: from.clone(),
+                        delivered_ns: file.delivered_ns,
                     };
                     let o = rt.block_on(super::import_jobs::hand_over_and_wait(
                         bus,
@@ -464,6 +466,7 @@ mod tests {
             provider: Source::Aws,
             name: "x.log".into(),
             bytes: 10,
+            delivered_ns: 1,
         };
         let flow = crate::cloud::flows::aws_flow(
             &crate::cloud::aws::parse(
@@ -471,6 +474,7 @@ mod tests {
                 AWS.lines().next().expect("line"),
             )
             .expect("record"),
+            1,
         );
         let r = store.import_file_once(&file, 1, &mut |sink| {
             sink(std::slice::from_ref(&flow))?;

@@ -750,7 +750,7 @@ fn cloud_section(report: &mut String, quick: bool) {
     import::import_input(
         controlplane::model::Source::Aws,
         std::io::Cursor::new(aws_text.as_bytes()),
-        "generated",
+        ("generated", 1_795_860_000_000_000_000),
         1.0,
         &mut |f| store.insert_flows(f),
         &mut sum,

@@ -100,6 +100,8 @@ struct Input {
     name: String,
     sha256: String,
     bytes: u64,
+    /// Its modification time (standard input's spool: now).
+    delivered_ns: i64,
 }
 
 fn open_input(f: &Path, label: &str, data_dir: &Path, max: u64) -> anyhow::Result<Input> {
@@ -121,6 +123,7 @@ fn open_input(f: &Path, label: &str, data_dir: &Path, max: u64) -> anyhow::Resul
             .map_or_else(|| label.to_string(), |n| n.to_string_lossy().into_owned())
     };
     Ok(Input {
+        delivered_ns: controlplane::pipeline::import::delivered_ns(&file),
         file,
         name,
         sha256,
@@ -167,6 +170,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 provider: source,
                 name: input.name,
                 bytes: input.bytes,
+                delivered_ns: input.delivered_ns,
             };
             let input = decoding(Box::new(input.file), max)?;
             importer.import(source, input, &label, Some(&record), &mut one)
@@ -277,6 +281,7 @@ fn hand_over(
                 name,
                 sha256,
                 bytes,
+                delivered_ns,
             } = open_input(f, &label, &a.stores.data_dir, max)?;
             anyhow::ensure!(
                 bytes <= max,
@@ -290,6 +295,7 @@ fn hand_over(
                 bytes,
                 sampling_rate: a.sampling_rate,
                 from: from.clone(),
+                delivered_ns,
             };
             rt.block_on(async {
                 if a.wait == 0 {

@@ -617,6 +617,7 @@ mod tests {
             provider: Source::Aws,
             name: "big.log".into(),
             bytes: 1,
+            delivered_ns: 1,
         };
         let (inside, go_on) = (
             std::sync::mpsc::channel::<()>(),
