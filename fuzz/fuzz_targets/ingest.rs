@@ -69,7 +69,9 @@ fn batch(u: &mut Unstructured<'_>) -> arbitrary::Result<ExportBatch> {
     Ok(ExportBatch {
         instance_id: "fuzz".into(),
         batch_id: u.int_in_range(0..=1 << 20)?,
-        flows: (0..n).map(|_| record(u)).collect::<arbitrary::Result<_>>()?,
+        flows: (0..n)
+            .map(|_| record(u))
+            .collect::<arbitrary::Result<_>>()?,
         ..Default::default()
     })
 }
@@ -91,7 +93,12 @@ fuzz_target!(|data: &[u8]| {
     for v in [t.packets, t.bytes, t.reverse_packets, t.reverse_bytes] {
         assert!(v <= 9_200_000_000_000_000_000, "{t:?}");
     }
-    for group in [TopGroup::SrcIp, TopGroup::DstIp, TopGroup::Pair, TopGroup::DstPort] {
+    for group in [
+        TopGroup::SrcIp,
+        TopGroup::DstIp,
+        TopGroup::Pair,
+        TopGroup::DstPort,
+    ] {
         for by in [TopBy::Bytes, TopBy::Packets, TopBy::Flows] {
             s.top(&TopQuery {
                 by,

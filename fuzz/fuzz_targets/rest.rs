@@ -8,7 +8,7 @@ use controlplane::{
     api,
     auth::{new_token, token_hash},
     model::Role,
-    store::{Access as _, Stores},
+    store::Stores,
 };
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt as _;
@@ -26,12 +26,9 @@ fn world() -> &'static World {
         let _ = std::fs::remove_dir_all(&dir);
         let stores = Stores::embedded(&dir).expect("store");
         // Flows and alerts to query: the sample AWS log (a scan among them).
-        let mut importer = controlplane::pipeline::import::Importer::new(
-            stores.clone(),
-            &Default::default(),
-            0.5,
-        )
-        .expect("importer");
+        let mut importer =
+            controlplane::pipeline::import::Importer::new(stores.clone(), &Default::default(), 0.5)
+                .expect("importer");
         importer
             .import(
                 controlplane::model::Source::Aws,
@@ -60,6 +57,8 @@ fn world() -> &'static World {
                 secure_cookies: false,
                 body_timeout: std::time::Duration::from_secs(5),
                 sender,
+                replica: "fuzz".into(),
+                bus: None,
             },
         );
         World { rt, router, token }
@@ -102,10 +101,16 @@ fuzz_target!(|data: &[u8]| {
     let (status, body) = w.rt.block_on(async {
         let r = w.router.clone().oneshot(req).await.expect("infallible");
         let status = r.status();
-        let body = axum::body::to_bytes(r.into_body(), 1 << 24).await.expect("body");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 24)
+            .await
+            .expect("body");
         (status, body)
     });
-    assert!(status.as_u16() < 500, "{uri}: {status} {}", String::from_utf8_lossy(&body));
+    assert!(
+        status.as_u16() < 500,
+        "{uri}: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
     if status.as_u16() != 404 || body.first() == Some(&b'{') {
         serde_json::from_slice::<serde_json::Value>(&body)
             .unwrap_or_else(|e| panic!("{uri}: {status}: not JSON ({e})"));

@@ -161,6 +161,17 @@ fn main() -> anyhow::Result<()> {
             if !no_lint {
                 run(cargo().args(["fmt", "--all", "--", "--check"]))?;
                 run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+                // The fuzz targets are their own workspace, built only by `cargo xtask fuzz`:
+                // checked here so that they follow the code they fuzz.
+                run(cargo().args([
+                    "clippy",
+                    "--manifest-path",
+                    "fuzz/Cargo.toml",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))?;
             }
             require_root("the test suite")?;
             run(cargo().args(["build", "--bins"]))?;
