@@ -145,6 +145,9 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
     if let Some(rtt) = p.rtt_msec {
         extra.insert("rtt_msec".into(), rtt.into());
     }
+    if r.time_from_entry {
+        extra.insert("time_from".into(), "entry".into());
+    }
     // Each side's location (beyond the country), Google service and instance group, under the
     // provider's names, each part only when written.
     let sides = [

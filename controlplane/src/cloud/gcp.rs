@@ -56,6 +56,9 @@ pub struct Entry<'a> {
         deserialize_with = "super::borrowed"
     )]
     pub log_name: Option<Cow<'a, str>>,
+    /// When the entry was logged: the time of a record without its own.
+    #[serde(borrow, default, deserialize_with = "super::borrowed")]
+    pub timestamp: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,6 +202,8 @@ pub struct Record<'a> {
     pub packets: u64,
     pub start_ns: i64,
     pub end_ns: i64,
+    /// The payload had no start or end time: both are the entry's `timestamp`.
+    pub time_from_entry: bool,
     pub project: Option<Cow<'a, str>>,
     pub payload: Payload<'a>,
 }
@@ -251,8 +256,17 @@ pub fn parse(json: &str) -> Result<Record<'_>, Reject> {
     let port = |v: Option<u64>| u16::try_from(v.unwrap_or(0)).map_err(|_| Reject::BadPort);
     let (src_port, dst_port) = (port(c.src_port)?, port(c.dest_port)?);
     let protocol = u8::try_from(c.protocol.unwrap_or(0)).map_err(|_| Reject::BadPort)?;
-    let start_ns = time_ns(p.start_time.as_deref())?;
-    let end_ns = time_ns(p.end_time.as_deref())?;
+    // A record without its times takes its entry's: one without either, the time it was
+    // logged (marked, below); without any of them it is rejected, never stored at 1970.
+    let (start, end) = (p.start_time.as_deref(), p.end_time.as_deref());
+    let time_from_entry = start.is_none() && end.is_none();
+    let (start, end) = if time_from_entry {
+        (e.timestamp.as_deref(), e.timestamp.as_deref())
+    } else {
+        (start.or(end), end.or(start))
+    };
+    let start_ns = time_ns(start)?;
+    let end_ns = time_ns(end)?;
     if end_ns < start_ns {
         return Err(Reject::BadTime);
     }
@@ -277,6 +291,7 @@ pub fn parse(json: &str) -> Result<Record<'_>, Reject> {
         packets: p.packets_sent.unwrap_or(0),
         start_ns,
         end_ns,
+        time_from_entry,
         project,
         payload: p,
     })
@@ -384,6 +399,31 @@ mod tests {
         ] {
             assert!(x.get(absent).is_none(), "{absent}: {x}");
         }
+    }
+
+    /// A payload without its times takes its entry's `timestamp` (marked); one with only an
+    /// end takes it for both; with no time at all, the entry is rejected.
+    #[test]
+    fn a_record_without_times_takes_its_entrys() {
+        let e = |times: &str, stamp: &str| {
+            format!(
+                r#"{{"jsonPayload":{{"connection":{{"src_ip":"10.0.0.1","dest_ip":"10.0.0.2","src_port":1,"dest_port":2,"protocol":6}}{times}}}{stamp}}}"#
+            )
+        };
+        let stamped = e("", r#","timestamp":"2026-11-29T10:00:05Z""#);
+        let r = parse(&stamped).expect("entry time");
+        assert!(r.time_from_entry);
+        assert_eq!(
+            (r.start_ns, r.end_ns),
+            (1_795_946_405_000_000_000, 1_795_946_405_000_000_000)
+        );
+        let flow = crate::cloud::flows::gcp_flow(&r, 0.5);
+        assert_eq!(flow.cloud.extra["time_from"], "entry");
+        let end_only = e(r#","end_time":"2026-11-29T10:00:07Z""#, "");
+        let r = parse(&end_only).expect("end only");
+        assert!(!r.time_from_entry);
+        assert_eq!(r.start_ns, r.end_ns);
+        assert!(matches!(parse(&e("", "")), Err(Reject::BadTime)));
     }
 
     #[test]
