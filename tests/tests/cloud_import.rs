@@ -169,7 +169,13 @@ version interface-id srcaddr dstaddr pkt-srcaddr pkt-dstaddr
             (f.start_ns, f.end_ns),
             (mtime * 1_000_000_000, mtime * 1_000_000_000)
         );
-        assert_eq!(f.extra.as_ref().expect("extras")["time_from"], "delivery");
+        let extra = f.extra.as_ref().expect("extras");
+        assert_eq!(extra["time_from"], "delivery");
+        // Nor are the fields the format leaves out taken for 0s the provider wrote.
+        assert_eq!(
+            extra["absent"],
+            serde_json::json!(["protocol", "src_port", "dst_port", "packets", "bytes"])
+        );
     }
     // From standard input: the time it was read.
     let data2 = dir.0.join("data2");
@@ -445,6 +451,22 @@ fn azure_nsg_v2_and_vnet_v4_blobs() {
         .collect();
     assert_eq!(stateless.len(), 1, "{stateless:?}");
     assert_eq!(stateless[0].src_port, 51529);
+    // Tuples that wrote no counts (version 1, and version 2's begin tuples, ",,,,") say so;
+    // those that wrote them (zeros included) do not.
+    let counts_absent =
+        |f: &&controlplane::store::FlowRow| f.extra.as_ref().and_then(|e| e.get("absent")).cloned();
+    let absent: Vec<_> = azure.iter().filter_map(|f| counts_absent(&f)).collect();
+    assert_eq!(absent.len(), 3, "{absent:?}");
+    assert!(
+        absent
+            .iter()
+            .all(|a| a
+                == &serde_json::json!(["packets", "bytes", "reverse_packets", "reverse_bytes"]))
+    );
+    assert!(
+        counts_absent(&&rdp).is_none(),
+        "the v4 tuple wrote its zeros"
+    );
 }
 
 /// `import` takes each file exactly once, by its content, like the watched directory: again,

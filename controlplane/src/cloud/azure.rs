@@ -129,6 +129,9 @@ pub struct Tuple {
     pub bytes: u64,
     pub reverse_packets: u64,
     pub reverse_bytes: u64,
+    /// The tuple wrote its four counts (a version 1 tuple has none, a version 2 begin tuple
+    /// leaves them empty): otherwise they are 0 here and absent in the flow's extras.
+    pub counts_known: bool,
 }
 
 /// Why a tuple was not taken.
@@ -216,7 +219,9 @@ pub fn parse_tuple(t: &str, vnet: bool) -> Result<Tuple, Reject> {
         (allowed, state, None, f.get(9..13).unwrap_or(&[]))
     };
     let c = |i: usize| counts.get(i).map_or(Ok(0), |v| count(v));
+    let counts_known = counts.len() == 4 && counts.iter().all(|v| !v.is_empty());
     Ok(Tuple {
+        counts_known,
         time_ms: time_ms(f[0])?,
         src_ip: ip(f[1])?,
         dst_ip: ip(f[2])?,

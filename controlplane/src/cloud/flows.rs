@@ -5,6 +5,20 @@ use crate::model::{Action, CloudMeta, Flow, Source};
 
 use super::{aws, azure, gcp};
 
+/// Lists in the extras (`absent`) the common fields a record did not write, which the flow
+/// model holds as 0 (the columns are not nullable yet): 0 there is not a value the provider
+/// gave.
+fn mark_absent(extra: &mut serde_json::Map<String, serde_json::Value>, fields: &[(&str, bool)]) {
+    let absent: Vec<serde_json::Value> = fields
+        .iter()
+        .filter(|(_, missing)| *missing)
+        .map(|(name, _)| (*name).into())
+        .collect();
+    if !absent.is_empty() {
+        extra.insert("absent".into(), absent.into());
+    }
+}
+
 /// An AWS record in the flow model. A record without a start takes its end, one without an
 /// end its start, and one without both `delivered_ns` (its file's delivery), marked in the
 /// extras (`time_from: "delivery"`): never 1970.
@@ -37,6 +51,16 @@ pub fn aws_flow(r: &aws::Record<'_>, delivered_ns: i64) -> Flow {
         };
         extra.insert(k.into(), value);
     }
+    mark_absent(
+        &mut extra,
+        &[
+            ("protocol", r.protocol.is_none()),
+            ("src_port", r.src_port.is_none()),
+            ("dst_port", r.dst_port.is_none()),
+            ("packets", r.packets.is_none()),
+            ("bytes", r.bytes.is_none()),
+        ],
+    );
     // A transit-gateway record has no vpc-id or subnet-id of its own: the source side's.
     let of = |key: &str| {
         r.verbatim
@@ -148,6 +172,17 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
     if r.time_from_entry {
         extra.insert("time_from".into(), "entry".into());
     }
+    let c = p.connection.as_ref();
+    mark_absent(
+        &mut extra,
+        &[
+            ("protocol", c.is_none_or(|c| c.protocol.is_none())),
+            ("src_port", c.is_none_or(|c| c.src_port.is_none())),
+            ("dst_port", c.is_none_or(|c| c.dest_port.is_none())),
+            ("packets", p.packets_sent.is_none()),
+            ("bytes", p.bytes_sent.is_none()),
+        ],
+    );
     // Each side's location (beyond the country), Google service and instance group, under the
     // provider's names, each part only when written.
     let sides = [
@@ -273,6 +308,16 @@ pub fn flow(at: &Where<'_>, t: &azure::Tuple) -> Flow {
     if let Some(a) = at.acl {
         extra.insert("acl_id".into(), a.into());
     }
+    let unknown = !t.counts_known;
+    mark_absent(
+        &mut extra,
+        &[
+            ("packets", unknown),
+            ("bytes", unknown),
+            ("reverse_packets", unknown),
+            ("reverse_bytes", unknown),
+        ],
+    );
     // Version 1 tuples carry no state: none is given.
     if let Some(state) = t.state {
         extra.insert("state".into(), state.to_string().into());

@@ -419,6 +419,11 @@ mod tests {
         );
         let flow = crate::cloud::flows::gcp_flow(&r, 0.5);
         assert_eq!(flow.cloud.extra["time_from"], "entry");
+        // No bytes_sent or packets_sent: absent, not zero.
+        assert_eq!(
+            flow.cloud.extra["absent"],
+            serde_json::json!(["packets", "bytes"])
+        );
         let end_only = e(r#","end_time":"2026-11-29T10:00:07Z""#, "");
         let r = parse(&end_only).expect("end only");
         assert!(!r.time_from_entry);
