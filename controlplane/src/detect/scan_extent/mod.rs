@@ -22,6 +22,10 @@
 //!
 //! The follow-up and the open-port lists outlive a restart: the followed sources are saved
 //! with the other detectors' state.
+//!
+//! Over cloud flow logs (the import feed) the same follows the sources of the flow-log scan
+//! detectors' findings, and a record's answer is the record the other way ([`ScanExtent::cloud`]).
+//! `probe` reads a conversation as a probe; `report` writes a scan's observation and updates.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -29,16 +33,23 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{
-    ChunkView, Detector, Input, Output, State,
-    common::{ACK, Bounded, Fast, RST, SYN, Stamped, TCP, port_scan_severity, sweep_severity},
+    Detector, Input, Output, State,
+    common::{Bounded, Fast, Stamped, TCP},
 };
 use crate::{
     model::{Action, AlertUpdate, Flow, ScanEvent, Severity, Source},
     util::time::{now_ns, rfc3339},
 };
+
+mod probe;
+mod report;
+
+use probe::{Answer, Probe};
+#[cfg(test)]
+use report::port_ranges;
 
 /// The default time within which a session to a port the scan found open is its follow-up.
 pub const FOLLOW_UP_NS: i64 = 86_400_000_000_000;
@@ -167,187 +178,6 @@ impl Scan {
     }
 }
 
-/// "1-1000, 8080" for each protocol's ports.
-/// `ports` sorted, each once.
-fn port_ranges(ports: &[(u8, u16)]) -> Value {
-    let mut by_proto: BTreeMap<u8, Vec<(u16, u16)>> = BTreeMap::new();
-    for &(proto, port) in ports {
-        let r = by_proto.entry(proto).or_default();
-        match r.last_mut() {
-            Some(last) if last.1.checked_add(1) == Some(port) => last.1 = port,
-            _ => r.push((port, port)),
-        }
-    }
-    let mut out = serde_json::Map::new();
-    for (proto, ranges) in by_proto {
-        let name = proto_name(proto);
-        let mut text: Vec<String> = ranges
-            .iter()
-            .take(SHOWN_RANGES)
-            .map(|&(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect();
-        if ranges.len() > SHOWN_RANGES {
-            text.push(format!("and {} more ranges", ranges.len() - SHOWN_RANGES));
-        }
-        out.insert(name, Value::String(text.join(", ")));
-    }
-    Value::Object(out)
-}
-
-fn proto_name(proto: u8) -> String {
-    match proto {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        132 => "sctp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        p => p.to_string(),
-    }
-}
-
-/// "22/tcp", or "echo/icmp".
-fn port_name((proto, port): (u8, u16)) -> String {
-    if matches!(proto, 1 | 58) {
-        format!("echo/{}", proto_name(proto))
-    } else {
-        format!("{port}/{}", proto_name(proto))
-    }
-}
-
-/// How a probe was answered.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Answer {
-    /// A SYN-ACK; any reply to UDP.
-    Open,
-    /// A RST.
-    Closed,
-    /// Nothing came back.
-    Silent,
-    /// Something else came back (a TCP ACK without RST or SYN).
-    Other,
-    /// ICMP errors (so many) for the source's probes of the host.
-    Unreachable(u64),
-}
-
-/// What a sensor's conversation tells of its source's probing, in a few bytes.
-#[derive(Clone, Debug)]
-struct Probe {
-    host: IpAddr,
-    /// (protocol, port) probed; ICMP echo as (protocol, 0).
-    port: (u8, u16),
-    answer: Answer,
-    /// A TCP session that carried data (a PSH after the other side's SYN-ACK): no probe.
-    session: bool,
-    replied: bool,
-    packets: u64,
-    session_packets: u64,
-    session_bytes: u64,
-    /// The record's sampling rate (1 for a sensor's).
-    sampling_rate: f64,
-    start_ns: i64,
-    end_ns: i64,
-}
-
-impl Probe {
-    /// A one-way (cloud) record as its source's probe, answered by the record the other way
-    /// in the chunk: a SYN-ACK there is open, a RST closed, a record without flags (AWS v2,
-    /// GCP) answered without saying how; a REJECT, or no record back, silent. A TCP record of
-    /// 4 packets or more with a payload (over 60 bytes a packet) that was answered is a
-    /// session; one with a payload otherwise (its answer in another file, or none) is neither.
-    fn of_cloud(f: &Flow, view: &ChunkView) -> Option<Probe> {
-        if matches!(f.protocol, 1 | 58) {
-            return None;
-        }
-        let back = view.reverse_of(f);
-        let payload = f.bytes > 60 * f.packets;
-        let session = f.protocol == TCP && back.is_some() && f.packets >= 4 && payload;
-        if f.protocol == TCP && payload && !session {
-            return None;
-        }
-        let answer = match back {
-            _ if f.action == Action::Reject => Answer::Silent,
-            None => Answer::Silent,
-            Some((flags, ..)) if f.protocol == TCP => {
-                if flags & (SYN | ACK) == SYN | ACK {
-                    Answer::Open
-                } else if flags & RST != 0 {
-                    Answer::Closed
-                } else {
-                    Answer::Other
-                }
-            }
-            Some(_) => Answer::Open,
-        };
-        let (_, back_packets, back_bytes) = back.unwrap_or_default();
-        Some(Probe {
-            host: f.dst_ip,
-            port: (f.protocol, f.dst_port),
-            answer,
-            session,
-            replied: back.is_some(),
-            packets: f.packets,
-            session_packets: f.packets.saturating_add(back_packets),
-            session_bytes: f.bytes.saturating_add(back_bytes),
-            sampling_rate: f.sampling_rate,
-            start_ns: f.start_ns,
-            end_ns: f.end_ns,
-        })
-    }
-
-    /// A sensor flow as its source's probe (whatever told its direction: a flow from a
-    /// scanner is what it sent, a UDP probe nothing answered being seen one way).
-    fn of(f: &Flow) -> Option<Probe> {
-        let meta = f.sensor.as_deref()?;
-        let icmp_error = match f.protocol {
-            1 => matches!(f.src_port, 3 | 11 | 12),
-            58 => matches!(f.src_port, 1..=4),
-            _ => false,
-        };
-        let answer = if icmp_error {
-            Answer::Unreachable(f.reverse_packets)
-        } else if f.protocol == TCP {
-            let a = meta.reverse_tcp_flags;
-            if a & (SYN | ACK) == SYN | ACK {
-                Answer::Open
-            } else if a & RST != 0 {
-                Answer::Closed
-            } else if f.reverse_packets == 0 {
-                Answer::Silent
-            } else {
-                Answer::Other
-            }
-        } else if f.reverse_packets > 0 {
-            Answer::Open
-        } else {
-            Answer::Silent
-        };
-        Some(Probe {
-            host: f.dst_ip,
-            port: match f.protocol {
-                1 | 58 => (f.protocol, 0),
-                p => (p, f.dst_port),
-            },
-            answer,
-            session: f.protocol == TCP
-                && f.tcp_flags & PSH != 0
-                && meta.reverse_tcp_flags & (SYN | ACK) == SYN | ACK,
-            replied: f.reverse_packets > 0,
-            packets: f.packets,
-            session_packets: f.packets.saturating_add(f.reverse_packets),
-            session_bytes: f.bytes.saturating_add(f.reverse_bytes),
-            sampling_rate: f.sampling_rate,
-            start_ns: f.start_ns,
-            end_ns: f.end_ns,
-        })
-    }
-}
-
 /// Follows the sources that the sensors' kernels flagged (see the module's documentation).
 pub struct ScanExtent {
     follow_up_ns: i64,
@@ -459,7 +289,7 @@ impl ScanExtent {
             if let Some(s) = self.sources.get_mut(&src)
                 && s.due()
             {
-                out.updates.extend(Self::report(src, s, false));
+                out.updates.extend(report::report(src, s, false));
             }
         }
     }
@@ -645,148 +475,6 @@ impl ScanExtent {
         None
     }
 
-    /// The updates of a source's extent, one per kind it was flagged for.
-    fn report(src: IpAddr, s: &mut Scan, last: bool) -> Vec<AlertUpdate> {
-        let ports = s.most_ports_on_a_host();
-        let hosts = s.hosts.len();
-        let mut all: Vec<(u8, u16)> = s
-            .hosts
-            .values()
-            .flat_map(|h| h.ports.iter().copied())
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        let distinct = all.len();
-        let mut targets: Vec<(&IpAddr, &HostScan)> = s.hosts.iter().collect();
-        targets.sort_by_key(|(ip, _)| **ip);
-        // Hosts with open ports first, then the rest.
-        targets.sort_by_key(|(_, h)| h.open.is_empty());
-        let per_target: Vec<Value> = targets
-            .iter()
-            .take(SHOWN)
-            .map(|(ip, h)| {
-                json!({
-                    "host": ip.to_string(),
-                    "ports": h.ports.len(),
-                    "open": h.open.iter().take(SHOWN).map(|p| port_name(*p)).collect::<Vec<_>>(),
-                    "closed": h.closed,
-                    "silent": h.silent,
-                    "other": h.other,
-                })
-            })
-            .collect();
-        let open: Vec<String> = targets
-            .iter()
-            .filter(|(_, h)| !h.open.is_empty())
-            .take(SHOWN)
-            .map(|(ip, h)| {
-                let ports: Vec<String> = h.open.iter().take(SHOWN).map(|p| port_name(*p)).collect();
-                format!("{ip}: {}", ports.join(", "))
-            })
-            .collect();
-        if s.growth.len() >= GROWTH {
-            s.growth.pop();
-        }
-        s.growth.push((s.last_ns, ports, hosts));
-        let growth: Vec<Value> = s
-            .growth
-            .iter()
-            .map(|(t, p, h)| json!({"time": rfc3339(*t), "ports": p, "hosts": h}))
-            .collect();
-        let secs = (s.last_ns - s.first_ns) as f64 / 1e9;
-        let packets = s.packets.saturating_add(s.summed);
-        let mut observation = json!({
-            "kind": "scan_extent",
-            "seen_by": s.seen_by,
-            "distinct_ports": distinct,
-            "most_ports_on_a_host": ports,
-            "distinct_hosts": hosts,
-            "port_ranges": port_ranges(&all),
-            "probes": s.probes,
-            "first_probe": rfc3339(s.first_ns),
-            "last_probe": rfc3339(s.last_ns),
-            "probe_rate": if secs > 0.0 { (packets as f64 / secs).round() } else { packets as f64 },
-            "packets": packets,
-            "probes_summed": s.summed,
-            "beyond_limits": s.beyond,
-            "open_found": open,
-            "open_total": s.open_total(),
-            "closed_total": s.hosts.values().map(|h| h.closed).sum::<u64>(),
-            "silent_total": s.hosts.values().map(|h| h.silent).sum::<u64>(),
-            "other_total": s.hosts.values().map(|h| h.other).sum::<u64>(),
-            "targets": per_target,
-            "scan_over": last,
-            "update": s.reports + 1,
-            "growth": growth,
-        });
-        if let Some(rate) = s.sampling_rate {
-            observation["sampling_rate"] = json!(rate);
-        }
-        // A port scan's targets are the hosts whose ports it scanned (the most scanned one at
-        // least); a sweep's, every host. Each is given once, for an exact `targets_total`.
-        let scanned =
-            |h: &HostScan| h.ports.len() as f64 >= PORT_THRESHOLD || h.ports.len() == ports;
-        let mut new_scanned: Vec<IpAddr> = s
-            .hosts
-            .iter()
-            .filter(|(ip, h)| scanned(h) && !s.named_scanned.contains(*ip))
-            .map(|(ip, _)| *ip)
-            .collect();
-        new_scanned.sort();
-        let mut new_swept: Vec<IpAddr> = s
-            .hosts
-            .keys()
-            .filter(|ip| !s.named_swept.contains(*ip))
-            .copied()
-            .collect();
-        new_swept.sort();
-        let kinds: Vec<String> = s.kinds.iter().cloned().collect();
-        if kinds.iter().any(|k| k == "port_scan") {
-            s.named_scanned.extend(new_scanned.iter().copied());
-        }
-        if kinds.iter().any(|k| k == "address_sweep") {
-            s.named_swept.extend(new_swept.iter().copied());
-        }
-        let seen_by = s.seen_by.iter().next().cloned().unwrap_or_default();
-        s.reported_ports = ports;
-        s.reported_hosts = hosts;
-        s.reported_open = s.open_total();
-        // Growth since the scan was last reported over: it is reported over again once quiet.
-        s.pending = !last;
-        s.reports += 1;
-        kinds
-            .iter()
-            .map(|kind| {
-                let (kind, severity, strength, new): (&'static str, _, _, _) =
-                    if kind == "address_sweep" {
-                        (
-                            "address_sweep",
-                            sweep_severity(hosts as u32),
-                            (hosts as f64 / HOST_THRESHOLD).max(1.0),
-                            &new_swept,
-                        )
-                    } else {
-                        (
-                            "port_scan",
-                            port_scan_severity(ports as u32),
-                            (ports as f64 / PORT_THRESHOLD).max(1.0),
-                            &new_scanned,
-                        )
-                    };
-                AlertUpdate {
-                    kind,
-                    severity,
-                    source: src.to_string(),
-                    targets: new.iter().map(IpAddr::to_string).collect(),
-                    time_ns: s.last_ns,
-                    observation: observation.clone(),
-                    seen_by: seen_by.clone(),
-                    strength,
-                }
-            })
-            .collect()
-    }
-
     /// Reports the scans whose records stopped coming (see [`QUIET_NS`]).
     fn quiet(&mut self, now: i64, out: &mut Output) {
         self.report_over(now.saturating_sub(QUIET_NS), out);
@@ -803,7 +491,7 @@ impl ScanExtent {
             .collect();
         for src in quiet {
             if let Some(s) = self.sources.get_mut(&src) {
-                out.updates.extend(Self::report(src, s, true));
+                out.updates.extend(report::report(src, s, true));
             }
         }
     }
@@ -860,7 +548,7 @@ impl Detector for ScanExtent {
             if let Some(s) = self.sources.get_mut(&src)
                 && s.due()
             {
-                out.updates.extend(Self::report(src, s, false));
+                out.updates.extend(report::report(src, s, false));
             }
         }
         self.quiet(now, out);
@@ -919,7 +607,10 @@ const STATE: &str = "scan_extents";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Action, Alert, CloudMeta, SensorBatch, SensorMeta, Source};
+    use crate::{
+        detect::common::{ACK, RST, SYN},
+        model::{Action, Alert, CloudMeta, SensorBatch, SensorMeta, Source},
+    };
 
     const S: i64 = 1_000_000_000;
     const T0: i64 = 1_790_000_000 * S;
