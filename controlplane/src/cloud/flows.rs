@@ -45,9 +45,10 @@ pub fn aws_flow(r: &aws::Record<'_>, delivered_ns: i64) -> Flow {
     // Everything else the record carries, under the provider's field name (snake case): the
     // lost-packet causes as numbers (checked by `parse`), the rest as written.
     for &(k, v) in &r.verbatim {
-        let value = match v.parse::<u64>() {
-            Ok(n) if k.starts_with("packets_lost_") => n.into(),
-            _ => v.into(),
+        let value = if k.starts_with("packets_lost_") {
+            v.parse::<u64>().map_or_else(|_| v.into(), Into::into)
+        } else {
+            v.into()
         };
         extra.insert(k.into(), value);
     }

@@ -242,11 +242,7 @@ impl ScanExtent {
                 s.unconfirmed = true;
             }
             if new {
-                let before = self.recent.remove(&src).unwrap_or_default();
-                self.recent_len -= before.len();
-                for p in &before {
-                    self.apply(&u.seen_by, src, p, now);
-                }
+                self.catch_up(src, &u.seen_by, now);
             }
             flagged.push(src);
         }
@@ -256,9 +252,7 @@ impl ScanExtent {
     /// A chunk of cloud flow log records (see [`ScanExtent::cloud`]).
     fn observe_cloud(&mut self, input: &Input<'_>, out: &mut Output) {
         let now = now_ns();
-        let found = std::mem::take(&mut out.found);
-        self.follow(&found, false, now);
-        out.found = found;
+        self.follow(&out.found, false, now);
         let mut touched: BTreeSet<IpAddr> =
             self.follow(&out.updates, true, now).into_iter().collect();
         let mut flows: Vec<&Flow> = input
@@ -299,18 +293,20 @@ impl ScanExtent {
         if e.answered_contacts > e.unanswered_contacts {
             return;
         }
-        if !self.sources.contains(&e.src_ip) {
-            // What it did before it was flagged.
-            let before = self.recent.remove(&e.src_ip).unwrap_or_default();
-            self.recent_len -= before.len();
-            self.flag_one(sensor, e);
-            let seen_by = format!("sensor:{sensor}");
-            for p in &before {
-                self.apply(&seen_by, e.src_ip, p, now);
-            }
-            return;
-        }
+        let new = !self.sources.contains(&e.src_ip);
         self.flag_one(sensor, e);
+        if new {
+            self.catch_up(e.src_ip, &format!("sensor:{sensor}"), now);
+        }
+    }
+
+    /// A source just followed: what it did before, kept in [`Self::remember`].
+    fn catch_up(&mut self, src: IpAddr, seen_by: &str, now: i64) {
+        let before = self.recent.remove(&src).unwrap_or_default();
+        self.recent_len -= before.len();
+        for p in &before {
+            self.apply(seen_by, src, p, now);
+        }
     }
 
     fn flag_one(&mut self, sensor: &str, e: &ScanEvent) {
