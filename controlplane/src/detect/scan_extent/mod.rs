@@ -255,29 +255,31 @@ impl ScanExtent {
         self.follow(&out.found, false, now);
         let mut touched: BTreeSet<IpAddr> =
             self.follow(&out.updates, true, now).into_iter().collect();
-        let mut flows: Vec<&Flow> = input
+        // The records of followed sources, and the small (or rejected) ones that can be probes
+        // of a source not followed yet, in time order.
+        let mut flows: Vec<(&Flow, bool)> = input
             .flows
             .iter()
             .filter(|f| f.source != Source::Sensor)
+            .map(|f| (f, self.sources.contains(&f.src_ip)))
+            .filter(|(f, followed)| {
+                *followed || f.action == Action::Reject || f.packets <= 2 && f.bytes <= 256
+            })
             .collect();
-        flows.sort_by_key(|f| f.start_ns);
-        for f in flows {
-            let followed = self.sources.contains(&f.src_ip);
-            // Only small records (or rejected ones) can be probes of a source not followed.
-            let small = f.action == Action::Reject || f.packets <= 2 && f.bytes <= 256;
-            if !followed && !small {
-                continue;
-            }
+        flows.sort_by_key(|(f, _)| f.start_ns);
+        for (f, followed) in flows {
             let Some(p) = Probe::of_cloud(f, input.view()) else {
                 continue;
             };
+            if !followed {
+                self.remember(f.src_ip, p);
+                continue;
+            }
             let seen_by = format!("{}:{}", f.source.as_str(), f.observer);
-            if let Some(u) = self.conversation(&seen_by, f, p, now) {
+            if let Some(u) = self.apply(&seen_by, f.src_ip, &p, now) {
                 out.updates.push(u);
             }
-            if followed {
-                touched.insert(f.src_ip);
-            }
+            touched.insert(f.src_ip);
         }
         for src in touched {
             if let Some(s) = self.sources.get_mut(&src)
@@ -329,16 +331,6 @@ impl ScanExtent {
         }
         s.first_ns = s.first_ns.min(e.start_ns);
         s.last_ns = s.last_ns.max(e.end_ns);
-    }
-
-    /// One conversation of a followed source; a follow-up session's update, if it is one. A
-    /// source not followed (yet) has its probe-like conversations kept a while instead.
-    fn conversation(&mut self, seen_by: &str, f: &Flow, p: Probe, now: i64) -> Option<AlertUpdate> {
-        if !self.sources.contains(&f.src_ip) {
-            self.remember(f.src_ip, p);
-            return None;
-        }
-        self.apply(seen_by, f.src_ip, &p, now)
     }
 
     /// Keeps a probe-like conversation of a source not followed, for [`RECENT_NS`] (flow logs:
@@ -521,24 +513,26 @@ impl Detector for ScanExtent {
                 touched.insert(p.src_ip);
             }
         }
-        // In time order: a port found open before the session that follows it up.
-        let mut flows: Vec<&Flow> = b.flows.iter().collect();
-        flows.sort_by_key(|f| f.start_ns);
+        // Most flows are sessions of sources nobody follows: nothing to keep. The others in
+        // time order: a port found open before the session that follows it up.
+        let mut flows: Vec<(&Flow, bool)> = b
+            .flows
+            .iter()
+            .map(|f| (f, self.sources.contains(&f.src_ip)))
+            .filter(|(f, followed)| *followed || f.tcp_flags & PSH == 0 || f.protocol != TCP)
+            .collect();
+        flows.sort_by_key(|(f, _)| f.start_ns);
         let seen_by = format!("sensor:{}", b.sensor);
-        for f in flows {
-            let followed = self.sources.contains(&f.src_ip);
-            // Most flows are sessions of sources nobody follows: nothing to keep.
-            if !followed && f.tcp_flags & PSH != 0 && f.protocol == TCP {
+        for (f, followed) in flows {
+            let Some(p) = Probe::of(f) else { continue };
+            if !followed {
+                self.remember(f.src_ip, p);
                 continue;
             }
-            if let Some(p) = Probe::of(f)
-                && let Some(u) = self.conversation(&seen_by, f, p, now)
-            {
+            if let Some(u) = self.apply(&seen_by, f.src_ip, &p, now) {
                 out.updates.push(u);
             }
-            if followed {
-                touched.insert(f.src_ip);
-            }
+            touched.insert(f.src_ip);
         }
         for src in touched {
             if let Some(s) = self.sources.get_mut(&src)
