@@ -827,12 +827,12 @@ pub fn stored_udp_seen_by(
         for r in rows.iter().filter(|r| {
             r.src_ip == src
                 && r.dst_ip == dst
-                && r.src_port == sport
-                && r.dst_port == dport
+                && r.src_port == Some(sport)
+                && r.dst_port == Some(dport)
                 && observer.is_none_or(|o| r.observer == o)
         }) {
-            packets += r.packets as u64;
-            bytes += r.bytes as u64;
+            packets += r.packets.unwrap_or(0) as u64;
+            bytes += r.bytes.unwrap_or(0) as u64;
         }
     }
 }

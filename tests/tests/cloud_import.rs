@@ -61,7 +61,7 @@ fn aws_default_format_gzip_with_nodata_skipdata_and_bad_lines() {
 
     let (n, packets, bytes, _, _) = totals(&flows_where(&data, |f| f.source == "aws"));
     assert_eq!((n, packets, bytes), (3, 94, 17353));
-    let f = the_flow(&data, |f| f.source == "aws" && f.dst_port == 3389);
+    let f = the_flow(&data, |f| f.source == "aws" && f.dst_port == Some(3389));
     assert_eq!(
         (
             &f.observer[..],
@@ -77,7 +77,7 @@ fn aws_default_format_gzip_with_nodata_skipdata_and_bad_lines() {
             "123456789010",
             "eni-1235b8ca123456789",
             "172.31.9.69",
-            3389,
+            Some(3389),
             "reject",
             1_418_530_010_000_000_000,
             1_418_530_070_000_000_000,
@@ -107,7 +107,7 @@ version vpc-id subnet-id instance-id interface-id account-id type srcaddr dstadd
         stdout.starts_with("aws: 1 file(s): read 2, stored 2, rejected 0,"),
         "{stdout}"
     );
-    let f = the_flow(&data, |f| f.dst_port == 80);
+    let f = the_flow(&data, |f| f.dst_port == Some(80));
     assert_eq!(
         (
             f.vpc.as_deref(),
@@ -248,7 +248,7 @@ fn gcp_ndjson_gzip_and_json_array_from_stdin() {
         stdout.trim(),
         "gcp: 1 file(s): read 4, stored 2, rejected 2 (bad_json 1, not_a_flow_record 1)"
     );
-    let f = the_flow(&data, |f| f.source == "gcp" && f.dst_port == 443);
+    let f = the_flow(&data, |f| f.source == "gcp" && f.dst_port == Some(443));
     assert_eq!(
         (
             &f.observer[..],
@@ -265,7 +265,7 @@ fn gcp_ndjson_gzip_and_json_array_from_stdin() {
             "ingress"
         )
     );
-    assert_eq!((f.sampling_rate, f.bytes), (0.25, 1500));
+    assert_eq!((f.sampling_rate, f.bytes), (0.25, Some(1500)));
     let extra = f.extra.expect("the cloud's extras");
     assert_eq!(extra["reporter"], "DEST");
     assert_eq!(extra["dest_vm"], "web-2");
@@ -286,7 +286,7 @@ fn gcp_ndjson_gzip_and_json_array_from_stdin() {
     let (n, _, bytes, _, _) = totals(&gcp);
     let rates: Vec<f64> = gcp.iter().map(|f| f.sampling_rate).collect();
     assert_eq!((n, bytes, rates), (2, 3168 + 1500, vec![0.5, 0.5]));
-    let f = the_flow(&data2, |f| f.dst_port == 41548);
+    let f = the_flow(&data2, |f| f.dst_port == Some(41548));
     assert_eq!(f.extra.expect("extras")["dest_country"], "usa");
     // A rate outside (0, 1] is refused with the reason.
     let o = import(&data2, &["gcp", "--sampling-rate", "2", "-"], Some(""));
@@ -336,7 +336,7 @@ fn gcp_pubsub_push_pull_and_gcloud_forms() {
     );
     let (n, packets, bytes, _, _) = totals(&flows_where(&data, |f| f.source == "gcp"));
     assert_eq!((n, bytes, packets), (2, 3168 + 1500, 13 + 2));
-    let f = the_flow(&data, |f| f.dst_port == 41548);
+    let f = the_flow(&data, |f| f.dst_port == Some(41548));
     assert_eq!((&f.observer[..], &f.interface[..]), ("my-project", "vm-1"));
 
     // gcloud's JSON array of pulled messages, then a REST pull response with both entries.
@@ -406,7 +406,7 @@ fn azure_nsg_v2_and_vnet_v4_blobs() {
     );
     let azure = flows_where(&data, |f| f.source == "azure");
     assert_eq!(totals(&azure), (7, 4, 833, 3, 1646));
-    let rdp = the_flow(&data, |f| f.source == "azure" && f.dst_port == 3389);
+    let rdp = the_flow(&data, |f| f.source == "azure" && f.dst_port == Some(3389));
     assert_eq!(
         (
             &rdp.observer[..],
@@ -450,7 +450,7 @@ fn azure_nsg_v2_and_vnet_v4_blobs() {
         .filter(|f| f.extra.as_ref().is_none_or(|e| e.get("state").is_none()))
         .collect();
     assert_eq!(stateless.len(), 1, "{stateless:?}");
-    assert_eq!(stateless[0].src_port, 51529);
+    assert_eq!(stateless[0].src_port, Some(51529));
     // Tuples that wrote no counts (version 1, and version 2's begin tuples, ",,,,") say so;
     // those that wrote them (zeros included) do not.
     let counts_absent =

@@ -27,12 +27,19 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
     let key = dir.0.join("sensor.key");
     std::fs::write(&key, ControlPlane::add_sensor(&data, "lab-b")).expect("key");
     // Rollups (which the entity pages read) every 2 s instead of 30.
+    let watch = dir.0.join("watch");
+    std::fs::create_dir_all(watch.join("aws")).expect("watch dir");
     let cp = ControlPlane::start_with(
         &lab.b,
         &data,
         "127.0.0.1:7443",
         &dir.0.join("cp.log"),
-        &["--maintenance-interval", "2"],
+        &[
+            "--maintenance-interval",
+            "2",
+            "--watch-dir",
+            watch.to_str().expect("utf-8"),
+        ],
     );
     let flags = tests::export_flags(&lab.vb, "http://127.0.0.1:7443", &key, &dir.0.join("spool"));
     let mut sensor = Sensor::start(&lab.b, &tests::strs(&flags));
@@ -63,6 +70,40 @@ fn an_operator_finds_the_scan_alert_in_the_dashboard_and_closes_it() {
             .then_some(())
     })
     .expect("the scan's whole extent");
+
+    // An AWS log in the custom format of AWS's NAT-gateway example: no protocol, ports,
+    // counts or times. The API gives null for what it did not write (the page "-"), and the
+    // file's delivery as its time.
+    std::fs::write(
+        watch.join("aws/nat-gateway.log"),
+        "instance-id interface-id srcaddr dstaddr pkt-srcaddr pkt-dstaddr\n\
+         i-01234567890123456 eni-1235b8ca123456789 10.40.1.10 203.0.113.5 10.40.1.10 203.0.113.5\n",
+    )
+    .expect("log");
+    let nat = wait(Duration::from_secs(20), || {
+        let (_, body) = cp.get("/api/v1/flows?source=aws");
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["flows"].as_array()?.first().cloned()
+    })
+    .expect("the NAT gateway's record imported");
+    for field in [
+        "src_port",
+        "dst_port",
+        "protocol",
+        "packets",
+        "bytes",
+        "reverse_packets",
+        "reverse_bytes",
+    ] {
+        assert_eq!(nat[field], Value::Null, "{field}: {nat}");
+    }
+    assert_eq!(nat["extra"]["time_from"], "delivery", "{nat}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64;
+    let age = now - nat["end_ns"].as_i64().expect("end_ns");
+    assert!((0..120_000_000_000).contains(&age), "delivered now: {nat}");
 
     let hook = tests::receivers::HttpReceiver::start(&lab.b, &[]);
     let o = Command::new("ip")

@@ -90,6 +90,7 @@ fn cloud_flow(src: &str, sp: u16, dst: &str, dp: u16, at: i64, action: Action) -
             pkt_dst_ip: None,
             direction: Some("ingress".into()),
             extra,
+            ..CloudMeta::default()
         },
         sensor: None,
     }
@@ -455,7 +456,7 @@ fn later_answers(s: &dyn FlowStore) -> Vec<String> {
         let f = flows
             .iter()
             .flatten()
-            .find(|f| f.src_port == sp && f.source == "sensor");
+            .find(|f| f.src_port == Some(sp) && f.source == "sensor");
         f.map(|f| (f.initiator_by.as_deref(), f.initiator_guessed))
     };
     assert_eq!(how(40000), Some((Some("syn"), Some(false))));

@@ -1,22 +1,26 @@
 //! Cloud flow-log records in the common flow model: what each provider's fields become, the
 //! rest kept in the flow's extras.
 
-use crate::model::{Action, CloudMeta, Flow, Source};
+use crate::model::{Absent, Action, CloudMeta, Flow, Source};
 
 use super::{aws, azure, gcp};
 
-/// Lists in the extras (`absent`) the common fields a record did not write, which the flow
-/// model holds as 0 (the columns are not nullable yet): 0 there is not a value the provider
-/// gave.
-fn mark_absent(extra: &mut serde_json::Map<String, serde_json::Value>, fields: &[(&str, bool)]) {
-    let absent: Vec<serde_json::Value> = fields
+/// The common fields a record did not write (the flow holds 0 there), also listed in its
+/// extras (`absent`), which is how the stores keep them.
+fn mark_absent(
+    extra: &mut serde_json::Map<String, serde_json::Value>,
+    fields: &[(Absent, bool)],
+) -> Absent {
+    let absent = fields
         .iter()
-        .filter(|(_, missing)| *missing)
-        .map(|(name, _)| (*name).into())
-        .collect();
+        .fold(Absent::default(), |a, &(f, missing)| a.with(f, missing));
     if !absent.is_empty() {
-        extra.insert("absent".into(), absent.into());
+        extra.insert(
+            "absent".into(),
+            absent.names().map(serde_json::Value::from).collect(),
+        );
     }
+    absent
 }
 
 /// An AWS record in the flow model. A record without a start takes its end, one without an
@@ -52,14 +56,14 @@ pub fn aws_flow(r: &aws::Record<'_>, delivered_ns: i64) -> Flow {
         };
         extra.insert(k.into(), value);
     }
-    mark_absent(
+    let absent = mark_absent(
         &mut extra,
         &[
-            ("protocol", r.protocol.is_none()),
-            ("src_port", r.src_port.is_none()),
-            ("dst_port", r.dst_port.is_none()),
-            ("packets", r.packets.is_none()),
-            ("bytes", r.bytes.is_none()),
+            (Absent::PROTOCOL, r.protocol.is_none()),
+            (Absent::SRC_PORT, r.src_port.is_none()),
+            (Absent::DST_PORT, r.dst_port.is_none()),
+            (Absent::PACKETS, r.packets.is_none()),
+            (Absent::BYTES, r.bytes.is_none()),
         ],
     );
     // A transit-gateway record has no vpc-id or subnet-id of its own: the source side's.
@@ -125,6 +129,7 @@ pub fn aws_flow(r: &aws::Record<'_>, delivered_ns: i64) -> Flow {
             pkt_dst_ip: r.pkt_dst_addr,
             direction: r.flow_direction.map(str::to_string),
             extra,
+            absent,
         },
         sensor: None,
     }
@@ -174,14 +179,14 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
         extra.insert("time_from".into(), "entry".into());
     }
     let c = p.connection.as_ref();
-    mark_absent(
+    let absent = mark_absent(
         &mut extra,
         &[
-            ("protocol", c.is_none_or(|c| c.protocol.is_none())),
-            ("src_port", c.is_none_or(|c| c.src_port.is_none())),
-            ("dst_port", c.is_none_or(|c| c.dest_port.is_none())),
-            ("packets", p.packets_sent.is_none()),
-            ("bytes", p.bytes_sent.is_none()),
+            (Absent::PROTOCOL, c.is_none_or(|c| c.protocol.is_none())),
+            (Absent::SRC_PORT, c.is_none_or(|c| c.src_port.is_none())),
+            (Absent::DST_PORT, c.is_none_or(|c| c.dest_port.is_none())),
+            (Absent::PACKETS, p.packets_sent.is_none()),
+            (Absent::BYTES, p.bytes_sent.is_none()),
         ],
     );
     // Each side's location (beyond the country), Google service and instance group, under the
@@ -277,6 +282,7 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
             pkt_dst_ip: None,
             direction: Some(if dest_side { "ingress" } else { "egress" }.into()),
             extra,
+            absent,
         },
         sensor: None,
     }
@@ -310,13 +316,13 @@ pub fn flow(at: &Where<'_>, t: &azure::Tuple) -> Flow {
         extra.insert("acl_id".into(), a.into());
     }
     let unknown = !t.counts_known;
-    mark_absent(
+    let absent = mark_absent(
         &mut extra,
         &[
-            ("packets", unknown),
-            ("bytes", unknown),
-            ("reverse_packets", unknown),
-            ("reverse_bytes", unknown),
+            (Absent::PACKETS, unknown),
+            (Absent::BYTES, unknown),
+            (Absent::REVERSE_PACKETS, unknown),
+            (Absent::REVERSE_BYTES, unknown),
         ],
     );
     // Version 1 tuples carry no state: none is given.
@@ -354,6 +360,7 @@ pub fn flow(at: &Where<'_>, t: &azure::Tuple) -> Flow {
             subnet: at.subnet.map(str::to_string),
             direction: Some(if t.inbound { "ingress" } else { "egress" }.into()),
             extra,
+            absent,
             ..CloudMeta::default()
         },
         sensor: None,

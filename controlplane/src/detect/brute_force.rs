@@ -190,6 +190,8 @@ impl FlowBruteForce {
         let mut out = Vec::new();
         for f in flows {
             if f.protocol != TCP
+                || !f.port_known()
+                || !f.counts_known()
                 || f.action == Action::Reject
                 || !AUTH_PORTS.contains(&f.dst_port)
                 || f.packets.saturating_add(f.reverse_packets) > cfg.short_packets

@@ -81,7 +81,7 @@ pub(crate) const HEADER_ONLY_BYTES: u64 = 64;
 /// found the port open or closed; AWS logs no ACK but a SYN-ACK's). Without flags (AWS v2,
 /// GCP), a TCP flow of at most 2 packets carrying no payload either way is probe-like: a SYN
 /// or two, answered by at most a RST. A completed handshake takes at least 3 packets from the
-/// client.
+/// client. A record that did not write its protocol is failed only when rejected.
 pub fn failed(f: &Flow) -> bool {
     if f.action == Action::Reject {
         return true;
@@ -100,9 +100,9 @@ fn header_only(packets: u64, bytes: u64) -> bool {
     bytes <= HEADER_ONLY_BYTES * packets
 }
 
-/// At most 2 packets, no payload.
+/// At most 2 packets, no payload (unknown, so not, when the record wrote no counts).
 fn probe_sized(f: &Flow) -> bool {
-    (1..=2).contains(&f.packets) && header_only(f.packets, f.bytes)
+    f.counts_known() && (1..=2).contains(&f.packets) && header_only(f.packets, f.bytes)
 }
 
 /// What the detectors of one chunk look up about its other records, built once per chunk and
@@ -426,6 +426,71 @@ pub(crate) mod tests {
         // Nor a FIN with data.
         let data = a(FIN, 2, 900);
         assert!(!ChunkView::of(&[data.clone(), back(RST)]).failed(&data));
+    }
+
+    #[test]
+    fn a_record_without_its_counts_or_port_is_no_probe_unless_rejected() {
+        use crate::model::{Absent, CloudMeta};
+        let unwritten = |fields: Absent, action: Action, flags: u8| Flow {
+            packets: 0,
+            bytes: 0,
+            cloud: CloudMeta {
+                absent: fields,
+                ..Default::default()
+            },
+            ..cloud("198.51.100.7", "10.0.0.5", 80, 0, action, flags)
+        };
+        let counts = Absent::PACKETS.with(Absent::BYTES, true);
+        // Without flags or counts nothing says it was probe-sized: not failed, although 0
+        // packets would look so...
+        let f = unwritten(counts, Action::Accept, 0);
+        assert!(!f.counts_known() && f.port_known());
+        assert!(!failed(&f));
+        assert!(failed(&Flow {
+            cloud: Default::default(),
+            packets: 1,
+            bytes: 40,
+            ..f.clone()
+        }));
+        // ...nor half-open with its RST; a lone SYN still is, and a REJECT whatever it lacks.
+        assert!(!failed(&unwritten(counts, Action::Accept, SYN | RST)));
+        assert!(failed(&unwritten(counts, Action::Accept, SYN)));
+        let all = Absent::NAMES
+            .iter()
+            .fold(Absent::default(), |a, (f, _)| a.with(*f, true));
+        let rejected = unwritten(all, Action::Reject, 0);
+        assert!(failed(&rejected) && !rejected.port_known());
+        // Its port is not one: a port scan needs the ports the records wrote. 14 ports and
+        // the unwritten one stay below the threshold of 15; a 15th port reaches it.
+        let cfg = super::super::fanout::FanOutConfig::default();
+        assert_eq!(cfg.port_threshold, 15);
+        let mut fan = super::super::fanout::FanOutDetector::new(cfg);
+        let mut probes: Vec<Flow> = (1..15)
+            .map(|p| Flow {
+                dst_port: p,
+                ..rejected.clone()
+            })
+            .map(|f| Flow {
+                cloud: Default::default(),
+                ..f
+            })
+            .collect();
+        probes.push(rejected.clone());
+        let ports = |found: Vec<super::super::decoys::Finding>| -> Vec<u64> {
+            found
+                .iter()
+                .filter_map(|f| f.update.observation["distinct_ports"].as_u64())
+                .collect()
+        };
+        let found = ports(fan.findings(&probes, &ChunkView::of(&probes)));
+        assert!(found.iter().all(|n| *n < 15), "{found:?}");
+        let last = [Flow {
+            dst_port: 15,
+            cloud: Default::default(),
+            ..rejected.clone()
+        }];
+        assert_eq!(ports(fan.findings(&last, &ChunkView::of(&last))), [15]);
+        assert_eq!(Absent::of_names(all.names()), all);
     }
 
     /// An AWS v2 record (one direction, no TCP flags) of one SYN-sized packet.

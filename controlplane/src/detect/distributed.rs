@@ -115,7 +115,10 @@ impl DistributedScan {
                 && f.src_port < f.dst_port
                 && view.has_reverse(f)
         };
-        for f in flows.iter().filter(|f| view.failed(f) && !reply(f)) {
+        for f in flows
+            .iter()
+            .filter(|f| f.port_known() && view.failed(f) && !reply(f))
+        {
             let st = self.targets.entry(f.dst_ip, f.end_ns, cfg.window_ns);
             if st.ports_by_source.is_empty()
                 || f.end_ns - st.window_start_ns > cfg.window_ns

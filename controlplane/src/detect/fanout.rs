@@ -136,8 +136,9 @@ impl FanOutDetector {
                 .entry((f.protocol, f.dst_port))
                 .or_default() += 1;
         }
+        // A record without its port (a custom format) counts towards a sweep, not a port scan.
         let ports = st.ports_by_host.entry(f.dst_ip).or_default();
-        if ports.len() < MAX_DISTINCT {
+        if f.port_known() && ports.len() < MAX_DISTINCT {
             ports.insert(f.dst_port);
         }
         let n = ports.len();
@@ -183,7 +184,15 @@ impl FanOutDetector {
                     source: f.src_ip.to_string(),
                     targets,
                     time_ns: f.end_ns,
-                    observation: observation("distinct_hosts", format!("port {}", f.dst_port), n),
+                    observation: observation(
+                        "distinct_hosts",
+                        if f.port_known() {
+                            format!("port {}", f.dst_port)
+                        } else {
+                            "port not in the log".into()
+                        },
+                        n,
+                    ),
                     seen_by,
                     strength: n as f64 / threshold as f64,
                 },

@@ -110,8 +110,12 @@ impl Facet {
                 key[..cc.len().min(16)].copy_from_slice(&cc[..cc.len().min(16)]);
                 Some((f.dst_ip, u128::from_be_bytes(key)))
             }
-            Facet::Service => (f.protocol == 6 && f.packets >= 3 && !super::failed(f))
-                .then(|| (f.dst_ip, u128::from(f.dst_port))),
+            Facet::Service => (f.port_known()
+                && f.counts_known()
+                && f.protocol == 6
+                && f.packets >= 3
+                && !super::failed(f))
+            .then(|| (f.dst_ip, u128::from(f.dst_port))),
         }
     }
 

@@ -96,7 +96,7 @@ impl RejectStorm {
             if st.sources.len() < MAX_DISTINCT {
                 st.sources.insert(f.src_ip);
             }
-            if st.ports.len() < MAX_DISTINCT {
+            if f.port_known() && st.ports.len() < MAX_DISTINCT {
                 st.ports.insert(f.dst_port);
             }
             let threshold = scaled(cfg.flows, f.sampling_rate);

@@ -120,6 +120,10 @@ impl SlowScan {
                 // Only TCP (or a rejection) says whether a contact succeeded.
                 continue;
             }
+            if !f.port_known() || !f.counts_known() && f.action != Action::Reject {
+                // Which contact, or whether it succeeded, is not in the record.
+                continue;
+            }
             if !self.sources.contains_key(&f.src_ip) && self.sources.len() >= SLOW_SCAN_SOURCES {
                 self.forget_stalest();
             }

@@ -66,7 +66,79 @@ pub struct CloudMeta {
     /// "ingress" or "egress" relative to the observation point, when the log says.
     pub direction: Option<String>,
     /// Anything else worth keeping, as a JSON object (AWS services, reject reason, TGW ids...).
+    /// Its `absent` list is how the stores keep [`CloudMeta::absent`].
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// The common fields the record did not write: the flow holds 0 there, which is not a
+    /// value the provider gave.
+    pub absent: Absent,
+}
+
+/// A set of the flow model's counting fields a cloud record left unwritten (absent is not
+/// zero: protocol 0 is a protocol, and a record without packets is not a probe-sized one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Absent(u8);
+
+impl Absent {
+    pub const PROTOCOL: Absent = Absent(1);
+    pub const SRC_PORT: Absent = Absent(1 << 1);
+    pub const DST_PORT: Absent = Absent(1 << 2);
+    pub const PACKETS: Absent = Absent(1 << 3);
+    pub const BYTES: Absent = Absent(1 << 4);
+    pub const REVERSE_PACKETS: Absent = Absent(1 << 5);
+    pub const REVERSE_BYTES: Absent = Absent(1 << 6);
+
+    /// Each field with the name the API and the stores give it.
+    pub const NAMES: [(Absent, &'static str); 7] = [
+        (Absent::PROTOCOL, "protocol"),
+        (Absent::SRC_PORT, "src_port"),
+        (Absent::DST_PORT, "dst_port"),
+        (Absent::PACKETS, "packets"),
+        (Absent::BYTES, "bytes"),
+        (Absent::REVERSE_PACKETS, "reverse_packets"),
+        (Absent::REVERSE_BYTES, "reverse_bytes"),
+    ];
+
+    /// Whether every field of `fields` is absent.
+    pub fn has(self, fields: Absent) -> bool {
+        fields.0 != 0 && self.0 & fields.0 == fields.0
+    }
+
+    /// Whether any field of `fields` is absent.
+    pub fn any(self, fields: Absent) -> bool {
+        self.0 & fields.0 != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// This set with `fields` added when `missing`.
+    #[must_use]
+    pub fn with(self, fields: Absent, missing: bool) -> Absent {
+        if missing {
+            Absent(self.0 | fields.0)
+        } else {
+            self
+        }
+    }
+
+    /// The names of the fields in the set, in the order of [`Absent::NAMES`].
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Absent::NAMES
+            .into_iter()
+            .filter(move |(f, _)| self.has(*f))
+            .map(|(_, n)| n)
+    }
+
+    /// The set a stored `absent` list names (names it does not know are ignored).
+    pub fn of_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Absent {
+        names.into_iter().fold(Absent::default(), |a, n| {
+            match Absent::NAMES.iter().find(|(_, name)| *name == n) {
+                Some((f, _)) => a.with(*f, true),
+                None => a,
+            }
+        })
+    }
 }
 
 /// A flow as stored: an observation of one conversation (or one direction of it) over a time
@@ -115,6 +187,22 @@ impl Flow {
             }
             None => self.action == Action::Accept,
         }
+    }
+
+    /// Whether the record wrote its destination port and protocol (every sensor flow does).
+    pub fn port_known(&self) -> bool {
+        !self
+            .cloud
+            .absent
+            .any(Absent::PROTOCOL.with(Absent::DST_PORT, true))
+    }
+
+    /// Whether the record wrote its packets and bytes (every sensor flow does).
+    pub fn counts_known(&self) -> bool {
+        !self
+            .cloud
+            .absent
+            .any(Absent::PACKETS.with(Absent::BYTES, true))
     }
 }
 

@@ -13,7 +13,7 @@ pub use alert::{
     Alert, AlertQuery, AlertUpdate, Change, HistoryEntry, INCIDENT_GAP_NS, MAX_OBSERVATIONS,
     MAX_TARGETS, Sensitivity, Severity, check_alert_type, sensitivity_scope,
 };
-pub use flow::{Action, CloudMeta, Flow, FlowSink, ImportedFile, Source};
+pub use flow::{Absent, Action, CloudMeta, Flow, FlowSink, ImportedFile, Source};
 pub use notification::{Event, event_for};
 pub use sensor::{
     GUESSED_INITIATOR, Heartbeat, Interface, LoginEvent, PodContext, ProbeRecord, Registration,

@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, net::IpAddr};
 
-use crate::model::{Flow, FlowSink, ImportedFile, SensorBatch, Source};
+use crate::model::{Absent, Flow, FlowSink, ImportedFile, SensorBatch, Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -50,13 +50,15 @@ pub struct FlowRow {
     pub interface: String,
     pub src_ip: String,
     pub dst_ip: String,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub protocol: u8,
-    pub packets: i64,
-    pub bytes: i64,
-    pub reverse_packets: i64,
-    pub reverse_bytes: i64,
+    /// Null where the record did not write it (a cloud log's custom format), like the
+    /// counts below: absent is not zero.
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    pub protocol: Option<u8>,
+    pub packets: Option<i64>,
+    pub bytes: Option<i64>,
+    pub reverse_packets: Option<i64>,
+    pub reverse_bytes: Option<i64>,
     pub tcp_flags: u8,
     pub start_ns: i64,
     pub end_ns: i64,
@@ -85,6 +87,38 @@ pub struct FlowRow {
     pub reverse_tcp_flags: Option<u8>,
     /// Flows of the other kind (sensor / cloud) linked to this one as the same conversation.
     pub correlated: i64,
+}
+
+impl FlowRow {
+    /// Nulls the fields the stored extras list as `absent` (how the stores keep them), and
+    /// the reverse counts of a one-way record (AWS, GCP: the other direction is a record of
+    /// its own).
+    pub(crate) fn blank_absent(mut self) -> Self {
+        if self.source == Source::Aws.as_str() || self.source == Source::Gcp.as_str() {
+            (self.reverse_packets, self.reverse_bytes) = (None, None);
+        }
+        let absent = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.get("absent"))
+            .and_then(|a| a.as_array())
+            .map(|a| Absent::of_names(a.iter().filter_map(|n| n.as_str())))
+            .unwrap_or_default();
+        if absent.is_empty() {
+            return self;
+        }
+        let blank = |f: Absent| !absent.has(f);
+        self.src_port = self.src_port.filter(|_| blank(Absent::SRC_PORT));
+        self.dst_port = self.dst_port.filter(|_| blank(Absent::DST_PORT));
+        self.protocol = self.protocol.filter(|_| blank(Absent::PROTOCOL));
+        self.packets = self.packets.filter(|_| blank(Absent::PACKETS));
+        self.bytes = self.bytes.filter(|_| blank(Absent::BYTES));
+        self.reverse_packets = self
+            .reverse_packets
+            .filter(|_| blank(Absent::REVERSE_PACKETS));
+        self.reverse_bytes = self.reverse_bytes.filter(|_| blank(Absent::REVERSE_BYTES));
+        self
+    }
 }
 
 /// What `/api/v1/top` ranks by: both directions' bytes or packets, or flows.

@@ -97,6 +97,17 @@ try {
   await page.getByRole("link", { name: "Flows", exact: true }).click();
   await page.getByRole("heading", { name: "Flows", exact: true }).waitFor();
   await page.locator("table.flows").waitFor();
+  // The AWS record the Rust test dropped into the watched directory (10.40.1.10, a custom
+  // format without protocol, ports or counts): "-" where the log wrote nothing, never 0.
+  await page.getByLabel("Source").selectOption("aws");
+  const nat = page.locator("table.flows tr", { hasText: "10.40.1.10" });
+  await nat.waitFor();
+  const cells = await nat.locator("td").allInnerTexts();
+  const want = ["10.40.1.10:-", "203.0.113.5:-", "-", "- / -", "- / -"];
+  if (JSON.stringify(cells.slice(3, 8)) !== JSON.stringify(want)) {
+    throw new Error(`the NAT record shows ${JSON.stringify(cells)}, not ${JSON.stringify(want)}`);
+  }
+  await page.getByLabel("Source").selectOption("");
   await page.screenshot({ path: `${shots}/6-flows.png`, fullPage: true });
   await page.getByRole("link", { name: "Sensors", exact: true }).click();
   await page.locator("table.sensors .health-ok").first().waitFor();

@@ -319,6 +319,11 @@ export function AlertDetail({ id, session }) {
   </section>`;
 }
 
+// A value the record did not write (null in the API) is "-", never 0.
+function absent(v, show = (x) => x) {
+  return v == null ? "-" : show(v);
+}
+
 export function FlowTable({ flows }) {
   return html`<table class="flows">
     <thead>
@@ -333,11 +338,11 @@ export function FlowTable({ flows }) {
           <td>${when(f.end)}</td>
           <td>${f.source}</td>
           <td>${f.observer}/${f.interface}</td>
-          <td><code>${f.src_ip}:${f.src_port}</code></td>
-          <td><code>${f.dst_ip}:${f.dst_port}</code></td>
-          <td>${PROTOCOLS[f.protocol] || f.protocol}</td>
-          <td>${count(f.packets)} / ${count(f.reverse_packets)}</td>
-          <td>${bytes(f.bytes)} / ${bytes(f.reverse_bytes)}</td>
+          <td><code>${f.src_ip}:${absent(f.src_port)}</code></td>
+          <td><code>${f.dst_ip}:${absent(f.dst_port)}</code></td>
+          <td>${f.protocol == null ? "-" : PROTOCOLS[f.protocol] || f.protocol}</td>
+          <td>${absent(f.packets, count)} / ${absent(f.reverse_packets, count)}</td>
+          <td>${absent(f.bytes, bytes)} / ${absent(f.reverse_bytes, bytes)}</td>
           <td>${f.action}</td>
         </tr>`,
       )}

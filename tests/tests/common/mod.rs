@@ -61,10 +61,10 @@ pub fn totals(flows: &[FlowRow]) -> (usize, i64, i64, i64, i64) {
     flows.iter().fold((0, 0, 0, 0, 0), |t, f| {
         (
             t.0 + 1,
-            t.1 + f.packets,
-            t.2 + f.bytes,
-            t.3 + f.reverse_packets,
-            t.4 + f.reverse_bytes,
+            t.1 + f.packets.unwrap_or(0),
+            t.2 + f.bytes.unwrap_or(0),
+            t.3 + f.reverse_packets.unwrap_or(0),
+            t.4 + f.reverse_bytes.unwrap_or(0),
         )
     })
 }

@@ -52,8 +52,10 @@ impl Probe {
     /// GCP) answered without saying how; a REJECT, or no record back, silent. A TCP record of
     /// 4 packets or more with a payload (over 60 bytes a packet) that was answered is a
     /// session; one with a payload otherwise (its answer in another file, or none) is neither.
+    /// A record that did not write its port, protocol or counts is none: what it probed, or
+    /// how, is unknown.
     pub(super) fn of_cloud(f: &Flow, view: &ChunkView) -> Option<Probe> {
-        if matches!(f.protocol, 1 | 58) {
+        if matches!(f.protocol, 1 | 58) || !f.port_known() || !f.counts_known() {
             return None;
         }
         let back = view.reverse_of(f);

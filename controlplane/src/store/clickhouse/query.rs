@@ -67,13 +67,13 @@ impl FlowOut {
             interface: self.iface,
             src_ip: ip_of(self.src_ip).to_string(),
             dst_ip: ip_of(self.dst_ip).to_string(),
-            src_port: self.src_port,
-            dst_port: self.dst_port,
-            protocol: self.protocol,
-            packets: i(self.packets),
-            bytes: i(self.bytes),
-            reverse_packets: i(self.reverse_packets),
-            reverse_bytes: i(self.reverse_bytes),
+            src_port: Some(self.src_port),
+            dst_port: Some(self.dst_port),
+            protocol: Some(self.protocol),
+            packets: Some(i(self.packets)),
+            bytes: Some(i(self.bytes)),
+            reverse_packets: Some(i(self.reverse_packets)),
+            reverse_bytes: Some(i(self.reverse_bytes)),
             tcp_flags: self.tcp_flags,
             start_ns: self.start_ns,
             end_ns: self.end_ns,
@@ -93,6 +93,7 @@ impl FlowOut {
             initiator_guessed,
             reverse_tcp_flags,
         }
+        .blank_absent()
     }
 }
 

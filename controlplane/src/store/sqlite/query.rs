@@ -104,13 +104,13 @@ fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRow> {
         interface: r.get(3)?,
         src_ip: r.get(4)?,
         dst_ip: r.get(5)?,
-        src_port: narrow(r, 6)?,
-        dst_port: narrow(r, 7)?,
-        protocol: narrow(r, 8)?,
-        packets: r.get(9)?,
-        bytes: r.get(10)?,
-        reverse_packets: r.get(11)?,
-        reverse_bytes: r.get(12)?,
+        src_port: Some(narrow(r, 6)?),
+        dst_port: Some(narrow(r, 7)?),
+        protocol: Some(narrow(r, 8)?),
+        packets: Some(r.get(9)?),
+        bytes: Some(r.get(10)?),
+        reverse_packets: Some(r.get(11)?),
+        reverse_bytes: Some(r.get(12)?),
         // The eight TCP flags, whatever an older store holds.
         tcp_flags: (r.get::<_, i64>(13)? & 0xff) as u8,
         start_ns: r.get(14)?,
@@ -130,7 +130,8 @@ fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRow> {
         initiator_by,
         initiator_guessed,
         reverse_tcp_flags,
-    })
+    }
+    .blank_absent())
 }
 
 pub(super) fn top(c: &Connection, q: &TopQuery) -> anyhow::Result<Vec<TopRow>> {

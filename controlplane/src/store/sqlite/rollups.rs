@@ -330,7 +330,10 @@ mod tests {
             })
             .expect("flows");
         let old = rows.iter().find(|r| r.id == 1).expect("row 1");
-        assert_eq!((old.tcp_flags, old.dst_port, old.protocol), (0xff, 0, 0));
-        assert_eq!(old.packets, i64::MAX, "stored saturated at 2^63 - 1");
+        assert_eq!(
+            (old.tcp_flags, old.dst_port, old.protocol),
+            (0xff, Some(0), Some(0))
+        );
+        assert_eq!(old.packets, Some(i64::MAX), "stored saturated at 2^63 - 1");
     }
 }
