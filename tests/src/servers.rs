@@ -823,7 +823,7 @@ pub fn stored_udp_seen_by(
         let Some(last) = rows.last() else {
             return (packets, bytes);
         };
-        q.before_id = Some(last.id);
+        q.before = Some(last.cursor());
         for r in rows.iter().filter(|r| {
             r.src_ip == src
                 && r.dst_ip == dst

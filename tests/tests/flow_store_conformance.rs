@@ -13,8 +13,8 @@ use controlplane::{
         SensorBatch, SensorMeta, Source,
     },
     store::{
-        ChStore, FlowQuery, FlowRow, FlowStore, Retention, SqliteStore, Stored, TopBy, TopGroup,
-        TopQuery, clickhouse::Options,
+        ChStore, FlowCursor, FlowQuery, FlowRow, FlowStore, Retention, SqliteStore, Stored, TopBy,
+        TopGroup, TopQuery, clickhouse::Options,
     },
 };
 use tests::{TempDir, servers::ClickHouse};
@@ -278,10 +278,10 @@ fn fill(s: &dyn FlowStore) {
     assert_eq!(again, None);
 }
 
-/// A page of rows without their ids (which differ between backends), and the last id.
-fn page(s: &dyn FlowStore, q: &FlowQuery) -> (Vec<FlowRow>, Option<i64>) {
+/// A page of rows without their ids (which differ between backends), and the last row's place.
+fn page(s: &dyn FlowStore, q: &FlowQuery) -> (Vec<FlowRow>, Option<FlowCursor>) {
     let rows = s.query_flows(q).expect("query");
-    let last = rows.last().map(|r| r.id);
+    let last = rows.last().map(FlowRow::cursor);
     (
         rows.into_iter()
             .map(|mut r| {
@@ -306,7 +306,7 @@ fn all_pages(s: &dyn FlowStore, q: &FlowQuery) -> Vec<Vec<FlowRow>> {
             return pages;
         }
         pages.push(rows);
-        q.before_id = last;
+        q.before = last;
     }
 }
 
@@ -905,4 +905,130 @@ fn an_import_from_stdin_works_with_both_stores_on_servers() {
     assert!(!data.join("picket.db").exists(), "no embedded store");
     let click = ChStore::open(&ch.store_url("picket")).expect("clickhouse");
     assert_eq!(click.source_totals(Source::Aws).expect("totals").records, 1);
+}
+
+/// Flows come newest first by their end, not in the order they were stored, page after page,
+/// in both stores: through the time order for all flows, and for one address through its
+/// chunks (SQLite) or its index (ClickHouse), also when 1,500 of its flows crowd one second
+/// (more than ClickHouse's window of candidates). A record's unwritten fields are null in both.
+#[test]
+fn flows_come_by_their_time_and_unwritten_fields_are_null_in_both_stores() {
+    let dir = TempDir::new("flow-order");
+    let sqlite = SqliteStore::open(&dir.0).expect("sqlite");
+    let ch = ClickHouse::start();
+    ch.query("CREATE DATABASE picket");
+    let click: Arc<ChStore> = ChStore::open(&ch.store_url("picket")).expect("clickhouse");
+    let stores: [&dyn FlowStore; 2] = [sqlite.as_ref(), click.as_ref()];
+    // 1,500 flows of 203.0.113.7 ending within one second, 1 µs apart, stored in a shuffled
+    // order in three writes (7,919 is prime to 1,500: every place once)...
+    let at = |k: i64| T0 + k * 1_000;
+    let crowd: Vec<Flow> = (0..1_500)
+        .map(|i| {
+            let f = cloud_flow(
+                "203.0.113.7",
+                1_024 + i as u16,
+                "10.0.0.5",
+                443,
+                0,
+                Action::Accept,
+            );
+            Flow {
+                start_ns: at(i * 7_919 % 1_500) - S,
+                end_ns: at(i * 7_919 % 1_500),
+                ..f
+            }
+        })
+        .collect();
+    // ...then 30 at other seconds, hours before and after, stored last, newest first.
+    let others: Vec<Flow> = (0..30)
+        .map(|j| {
+            let end = T0 + (15 - j) * 3_600 * S + j;
+            Flow {
+                start_ns: end - S,
+                end_ns: end,
+                ..cloud_flow(
+                    "203.0.113.7",
+                    30_000 + j as u16,
+                    "10.0.0.6",
+                    22,
+                    0,
+                    Action::Reject,
+                )
+            }
+        })
+        .collect();
+    // And a record of AWS's NAT-gateway format: no protocol, ports or counts.
+    let mut nat = cloud_flow("198.51.100.99", 0, "10.0.0.7", 0, T0, Action::Unknown);
+    (nat.protocol, nat.packets, nat.bytes) = (0, 0, 0);
+    nat.cloud.extra.insert(
+        "absent".into(),
+        serde_json::json!(["protocol", "src_port", "dst_port", "packets", "bytes"]),
+    );
+    for s in stores {
+        for part in crowd.chunks(500) {
+            s.insert_flows(part).expect("insert");
+        }
+        s.insert_flows(&others).expect("insert");
+        s.insert_flows(std::slice::from_ref(&nat)).expect("insert");
+    }
+    let mut want: Vec<(i64, Option<u16>)> = crowd
+        .iter()
+        .chain(&others)
+        .map(|f| (f.end_ns, Some(f.src_port)))
+        .collect();
+    want.sort_unstable_by(|a, b| b.cmp(a));
+    for q in [
+        FlowQuery {
+            ip: Some(ip("203.0.113.7")),
+            limit: 100,
+            ..Default::default()
+        },
+        FlowQuery {
+            source: Some(Source::Aws),
+            port: None,
+            limit: 100,
+            ..Default::default()
+        },
+    ] {
+        for s in stores {
+            let got: Vec<(i64, Option<u16>)> = all_pages_of(s, &q)
+                .iter()
+                .filter(|r| r.src_ip == "203.0.113.7")
+                .map(|r| (r.end_ns, r.src_port))
+                .collect();
+            assert_eq!(got.len(), want.len(), "{q:?}");
+            assert!(got == want, "{q:?}: not newest first by end");
+        }
+    }
+    for s in stores {
+        let rows = s
+            .query_flows(&FlowQuery {
+                ip: Some(ip("198.51.100.99")),
+                limit: 10,
+                ..Default::default()
+            })
+            .expect("query");
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(
+            (r.src_port, r.dst_port, r.protocol, r.packets, r.bytes),
+            (None, None, None, None, None)
+        );
+        // One direction of its conversation: nothing is said of the other.
+        assert_eq!((r.reverse_packets, r.reverse_bytes), (None, None));
+    }
+}
+
+/// Every row `q` finds, following the cursor page by page.
+fn all_pages_of(s: &dyn FlowStore, q: &FlowQuery) -> Vec<FlowRow> {
+    let mut q = q.clone();
+    let mut out = Vec::new();
+    loop {
+        let rows = s.query_flows(&q).expect("query");
+        let Some(last) = rows.last() else {
+            return out;
+        };
+        q.before = Some(last.cursor());
+        out.extend(rows);
+    }
 }

@@ -8,7 +8,10 @@ use axum::{Json, extract::State};
 use serde_json::{Value, json};
 
 use super::{Api, ApiError, DEFAULT_LIMIT, MAX_LIMIT, blocking, now_ns, parse_time, rfc3339};
-use crate::{model::Source, store::FlowQuery};
+use crate::{
+    model::Source,
+    store::{FlowCursor, FlowQuery},
+};
 
 /// Liveness, and what the operator should know at a glance: 200 when the stores answer, 503
 /// (with the same body) when the state store does not. No detail of a failure here: this
@@ -241,11 +244,17 @@ fn flow_query(p: &HashMap<String, String>) -> Result<FlowQuery, ApiError> {
                 ))),
             })
             .transpose()?,
-        before_id: p
+        before: p
             .get("cursor")
             .map(|v| {
-                v.parse::<i64>()
-                    .map_err(|_| ApiError::bad_request("cursor: not a cursor from a previous page"))
+                FlowCursor::parse(v).ok_or_else(|| {
+                    ApiError::bad_request(if v.parse::<i64>().is_ok() {
+                        "cursor: a cursor of an earlier version (flows are now ordered by their \
+                         time): start again from the first page"
+                    } else {
+                        "cursor: not a cursor from a previous page"
+                    })
+                })
             })
             .transpose()?,
         limit: limit as usize,
@@ -267,7 +276,7 @@ pub(super) async fn flows(
     let limit = q.limit;
     let rows = blocking(move || store.flows.query_flows(&q)).await?;
     let next = (rows.len() == limit)
-        .then(|| rows.last().map(|r| r.id.to_string()))
+        .then(|| rows.last().map(|r| r.cursor().text()))
         .flatten();
     let flows: Vec<Value> = rows
         .into_iter()
@@ -417,18 +426,37 @@ mod tests {
             ("until", "1795863600"),
             ("source", "aws"),
             ("limit", "50"),
-            ("cursor", "1234"),
+            ("cursor", "1795860000123456789_1234"),
         ])
         .expect("valid");
         assert_eq!(f.ip, Some("10.0.0.1".parse().expect("ip")));
         assert_eq!((f.port, f.protocol, f.limit), (Some(22), Some(6), 50));
         assert_eq!(f.since_ns, Some(1_795_860_000_000_000_000));
         assert_eq!(f.until_ns, Some(1_795_863_600_000_000_000));
-        assert_eq!((f.source, f.before_id), (Some(Source::Aws), Some(1234)));
+        let at = FlowCursor {
+            end_ns: 1_795_860_000_123_456_789,
+            id: 1234,
+        };
+        assert_eq!((f.source, f.before), (Some(Source::Aws), Some(at)));
+        assert_eq!(FlowCursor::parse(&at.text()), Some(at));
         assert_eq!(q(&[]).expect("defaults").limit, DEFAULT_LIMIT);
         for (bad, msg) in [
             (("ip", "10.0.0.300"), "ip: `10.0.0.300` is not an address"),
             (("port", "70000"), "port: 0 to 65535"),
+            (
+                ("cursor", "1234"),
+                "cursor: a cursor of an earlier version (flows are now ordered by their time): \
+                 start again from the first page",
+            ),
+            (
+                ("cursor", "12_x"),
+                "cursor: not a cursor from a previous page",
+            ),
+            (
+                ("cursor", "12_-5"),
+                "cursor: not a cursor from a previous page",
+            ),
+            (("cursor", "_"), "cursor: not a cursor from a previous page"),
             (("limit", "0"), "limit: must be 1 to 1000"),
             (("limit", "5000"), "limit: must be 1 to 1000"),
             (

@@ -22,7 +22,8 @@ pub struct FlowTotals {
     pub reverse_bytes: u64,
 }
 
-/// A flows query (the REST API's filters); newest first, keyset-paged by id.
+/// A flows query (the REST API's filters); newest first by the flows' end, then by id, paged
+/// by the last row's (end, id).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FlowQuery {
     /// Either end of the flow.
@@ -35,9 +36,33 @@ pub struct FlowQuery {
     /// Flows that start before this time.
     pub until_ns: Option<i64>,
     pub source: Option<Source>,
-    /// Only flows with a smaller id (the previous page's cursor).
-    pub before_id: Option<i64>,
+    /// Only flows after this place in the order (the previous page's last row).
+    pub before: Option<FlowCursor>,
     pub limit: usize,
+}
+
+/// A place in the flows, newest first: a row's end and id. A flow stored later with an older
+/// end (a late cloud log) falls on a page already read, never twice on two pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FlowCursor {
+    pub end_ns: i64,
+    pub id: i64,
+}
+
+impl FlowCursor {
+    /// The cursor as the API writes it: `END_ID`.
+    pub fn text(self) -> String {
+        format!("{}_{}", self.end_ns, self.id)
+    }
+
+    /// A cursor the API wrote, or None.
+    pub fn parse(s: &str) -> Option<FlowCursor> {
+        let (end, id) = s.split_once('_')?;
+        Some(FlowCursor {
+            end_ns: end.parse().ok()?,
+            id: id.parse().ok().filter(|id: &i64| *id >= 0)?,
+        })
+    }
 }
 
 /// A stored flow, as the API returns it.
@@ -90,6 +115,14 @@ pub struct FlowRow {
 }
 
 impl FlowRow {
+    /// The row's place in the order of `query_flows`.
+    pub fn cursor(&self) -> FlowCursor {
+        FlowCursor {
+            end_ns: self.end_ns,
+            id: self.id,
+        }
+    }
+
     /// Nulls the fields the stored extras list as `absent` (how the stores keep them), and
     /// the reverse counts of a one-way record (AWS, GCP: the other direction is a record of
     /// its own).

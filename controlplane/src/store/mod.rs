@@ -28,8 +28,8 @@ mod tls;
 
 pub use clickhouse::ChStore;
 pub use flows::{
-    Conversation, CoverageGap, FlowQuery, FlowRow, FlowStore, FlowTotals, Maintenance, Retention,
-    Stored, TopBy, TopGroup, TopQuery, TopRow,
+    Conversation, CoverageGap, FlowCursor, FlowQuery, FlowRow, FlowStore, FlowTotals, Maintenance,
+    Retention, Stored, TopBy, TopGroup, TopQuery, TopRow,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -37,7 +37,7 @@ pub fn flows(data: &Path) -> Vec<FlowRow> {
     loop {
         let rows = store.query_flows(&q).expect("query the flow store");
         let Some(last) = rows.last() else { break };
-        q.before_id = Some(last.id);
+        q.before = Some(last.cursor());
         all.extend(rows);
     }
     all.reverse();

@@ -204,9 +204,13 @@ impl ChStore {
             wh.push("source = ?".into());
             args.push(Arg::Str(s.as_str().into()));
         }
-        if let Some(id) = q.before_id {
-            wh.push("id < ?".into());
-            args.push(Arg::Int(id));
+        if let Some(b) = q.before {
+            // The whole seconds first (the sort key's), then the exact place.
+            wh.push("end <= ? AND (end_ns < ? OR end_ns = ? AND id < ?)".into());
+            args.push(Arg::Int(secs(b.end_ns).into()));
+            args.push(Arg::Int(b.end_ns));
+            args.push(Arg::Int(b.end_ns));
+            args.push(Arg::Int(b.id));
         }
         let rows = match q.ip {
             None => self.fetch_flows(&wh, &args, q.limit)?,
@@ -249,7 +253,7 @@ impl ChStore {
         limit: usize,
     ) -> anyhow::Result<Vec<FlowOut>> {
         let sql = format!(
-            "SELECT {FLOW_COLUMNS} FROM flows {} ORDER BY id DESC LIMIT {limit}",
+            "SELECT {FLOW_COLUMNS} FROM flows {} ORDER BY end_ns DESC, id DESC LIMIT {limit}",
             if wh.is_empty() {
                 String::new()
             } else {
@@ -267,9 +271,11 @@ impl ChStore {
             .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))
     }
 
-    /// The flows of address `ip` that `wh` also selects, newest first: the address's newest
-    /// (end, id) pairs from `flows_by_ip` (sorted by address), a window at a time, then those
-    /// rows of `flows` by its sort key (end, id), until the page is full.
+    /// The flows of address `ip` that `wh` also selects, newest first: the address's (end
+    /// second, id) pairs from `flows_by_ip` (sorted by address, then time), latest first, a
+    /// window of whole seconds at a time, then those rows of `flows` by its sort key (end,
+    /// id), until the page is full. A second that holds more pairs than a window is read from
+    /// `flows` by its sort key alone.
     fn flows_of(
         &self,
         ip: std::net::IpAddr,
@@ -280,35 +286,48 @@ impl ChStore {
         let lit = hex16(ip16(ip));
         let window = (q.limit * 4).max(1000);
         let mut out: Vec<FlowOut> = Vec::new();
-        let mut cursor = q.before_id;
+        // The latest second still to read, whole.
+        let mut until = q.before.map(|b| secs(b.end_ns));
         while out.len() < q.limit {
             let mut by_ip = format!("SELECT end, id FROM flows_by_ip WHERE ip = {lit}");
             if let Some(t) = q.since_ns {
                 by_ip.push_str(&format!(" AND end >= {}", secs(t)));
             }
-            if let Some(id) = cursor {
-                by_ip.push_str(&format!(" AND id < {id}"));
+            if let Some(s) = until {
+                by_ip.push_str(&format!(" AND end <= {s}"));
             }
-            by_ip.push_str(&format!(" ORDER BY id DESC LIMIT {window}"));
+            by_ip.push_str(&format!(" ORDER BY end DESC, id DESC LIMIT {window}"));
             let candidates: Vec<(u32, u64)> = self
                 .run(self.client.query(&by_ip).fetch_all())
                 .map_err(|e| anyhow::anyhow!("the flow store {}: {}", self.at, why(&e)))?;
-            let Some(&(_, oldest)) = candidates.last() else {
+            let Some(&(last, _)) = candidates.last() else {
                 break;
             };
-            let mut ends: Vec<u64> = candidates.iter().map(|c| c.0 as u64).collect();
-            ends.sort_unstable();
-            ends.dedup();
-            let ids: Vec<u64> = candidates.iter().map(|c| c.1).collect();
+            let full = candidates.len() >= window;
+            // A full window may end inside its last second: that second is the next's.
+            let whole: Vec<&(u32, u64)> =
+                candidates.iter().filter(|c| !full || c.0 > last).collect();
             let mut w = wh.to_vec();
-            w.push(format!("end IN {}", id_list(&ends)));
-            w.push(format!("id IN {}", id_list(&ids)));
             w.push(format!("(src_ip = {lit} OR dst_ip = {lit})"));
+            if whole.is_empty() {
+                w.push(format!("end = {last}"));
+            } else {
+                let mut ends: Vec<u64> = whole.iter().map(|c| c.0 as u64).collect();
+                ends.sort_unstable();
+                ends.dedup();
+                let ids: Vec<u64> = whole.iter().map(|c| c.1).collect();
+                w.push(format!("end IN {}", id_list(&ends)));
+                w.push(format!("id IN {}", id_list(&ids)));
+            }
             out.extend(self.fetch_flows(&w, args, q.limit - out.len())?);
-            if candidates.len() < window {
+            if !full {
                 break;
             }
-            cursor = Some(oldest.min(i64::MAX as u64) as i64);
+            until = match whole.is_empty() {
+                true if last == 0 => break,
+                true => Some(last - 1),
+                false => Some(last),
+            };
         }
         Ok(out)
     }

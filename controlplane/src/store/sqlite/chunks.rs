@@ -138,25 +138,25 @@ pub fn may_hold(addrs: Option<&[u8]>, ip: IpAddr) -> bool {
     !rest.is_empty() || list.binary_search(&ip_bytes(ip)).is_ok()
 }
 
-/// The id ranges (newest first) of the chunks that may hold `ip` among flows ending at or
-/// after `since_ns` with an id below `before_id`.
+/// The id ranges and latest ends of the chunks that may hold `ip` among flows ending at or
+/// after `since_ns` and at or before `until_end_ns`, latest end first.
 pub fn ranges_holding(
     c: &Connection,
     ip: IpAddr,
     since_ns: Option<i64>,
-    before_id: Option<i64>,
-) -> rusqlite::Result<Vec<(i64, i64)>> {
+    until_end_ns: Option<i64>,
+) -> rusqlite::Result<Vec<(i64, i64, i64)>> {
     let mut st = c.prepare_cached(
-        "SELECT first_id, last_id, addrs FROM flow_chunks \
-         WHERE (?1 IS NULL OR max_end_ns >= ?1) AND (?2 IS NULL OR first_id < ?2) \
-         ORDER BY first_id DESC",
+        "SELECT first_id, last_id, max_end_ns, addrs FROM flow_chunks \
+         WHERE (?1 IS NULL OR max_end_ns >= ?1) AND (?2 IS NULL OR min_end_ns <= ?2) \
+         ORDER BY max_end_ns DESC, first_id DESC",
     )?;
     let mut out = Vec::new();
-    let mut rows = st.query(params![since_ns, before_id])?;
+    let mut rows = st.query(params![since_ns, until_end_ns])?;
     while let Some(r) = rows.next()? {
-        let addrs = r.get_ref(2)?.as_blob_or_null()?;
+        let addrs = r.get_ref(3)?.as_blob_or_null()?;
         if may_hold(addrs, ip) {
-            out.push((r.get(0)?, r.get(1)?));
+            out.push((r.get(0)?, r.get(1)?, r.get(2)?));
         }
     }
     Ok(out)

@@ -40,18 +40,25 @@ pub(super) fn query_flows(c: &Connection, q: &FlowQuery) -> anyhow::Result<Vec<F
     if let Some(s) = q.source {
         wh.push(format!("source = {}", arg(Value::Text(s.as_str().into()))));
     }
-    if let Some(id) = q.before_id {
-        wh.push(format!("id < {}", arg(Value::Integer(id))));
+    if let Some(b) = q.before {
+        let (end, id) = (arg(Value::Integer(b.end_ns)), arg(Value::Integer(b.id)));
+        wh.push(format!("(end_ns, id) < ({end}, {id})"));
     }
-    // By address: only the id ranges of the chunks that may hold it, newest first.
+    // By address: only the id ranges of the chunks that may hold it, each sorted on its own
+    // (not by the time index, which would walk every flow for one chunk's).
     let ranges = match q.ip {
         Some(ip) => {
-            let r = chunks::ranges_holding(c, ip, q.since_ns, q.before_id)?;
+            let r = chunks::ranges_holding(c, ip, q.since_ns, q.before.map(|b| b.end_ns))?;
             let (lo, hi) = (arg(Value::Null), arg(Value::Null));
             wh.push(format!("id BETWEEN {lo} AND {hi}"));
             Some(r)
         }
         None => None,
+    };
+    let order = if ranges.is_some() {
+        "+end_ns"
+    } else {
+        "end_ns"
     };
     let limit = arg(Value::Integer(q.limit as i64));
     let sql = format!(
@@ -61,7 +68,7 @@ pub(super) fn query_flows(c: &Connection, q: &FlowQuery) -> anyhow::Result<Vec<F
          pkt_dst_ip, cloud_json, src_pod, dst_pod, \
          (SELECT COUNT(*) FROM flow_links l WHERE l.sensor_flow = flows.id) + \
          (SELECT COUNT(*) FROM flow_links l WHERE l.cloud_flow = flows.id), initiator_by, \
-         reverse_tcp_flags FROM flows {} ORDER BY id DESC LIMIT {limit}",
+         reverse_tcp_flags FROM flows {} ORDER BY {order} DESC, id DESC LIMIT {limit}",
         if wh.is_empty() {
             String::new()
         } else {
@@ -76,16 +83,19 @@ pub(super) fn query_flows(c: &Connection, q: &FlowQuery) -> anyhow::Result<Vec<F
     let Some(ranges) = ranges else {
         return Ok(read(&args)?);
     };
+    // The chunks latest end first: once the page is full with rows that end after the next
+    // chunk's latest, no row of that chunk or a later one comes before them.
     let n = args.len();
-    let mut out = Vec::new();
-    for (lo, hi) in ranges {
-        if out.len() >= q.limit {
+    let mut out: Vec<FlowRow> = Vec::new();
+    for (lo, hi, max_end_ns) in ranges {
+        if out.len() >= q.limit && out[q.limit - 1].end_ns > max_end_ns {
             break;
         }
         args[n - 3] = Value::Integer(lo);
         args[n - 2] = Value::Integer(hi);
-        args[n - 1] = Value::Integer((q.limit - out.len()) as i64);
         out.extend(read(&args)?);
+        out.sort_unstable_by_key(|r| std::cmp::Reverse(r.cursor()));
+        out.truncate(q.limit);
     }
     Ok(out)
 }
@@ -394,22 +404,33 @@ mod tests {
             limit: 10,
             ..Default::default()
         };
-        assert_eq!(ids(q("192.0.2.7")), [9, 3, 2, 1]);
+        // Latest end first, then the later stored: the old chunk's flow 1 ends after its 2.
+        assert_eq!(ids(q("192.0.2.7")), [9, 3, 1, 2]);
         assert_eq!(ids(q("2001:db8::7")), [5]);
-        assert_eq!(ids(q("10.0.0.5")), [10, 8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(ids(q("10.0.0.5")), [10, 8, 7, 6, 5, 4, 3, 1, 2]);
         assert_eq!(ids(q("203.0.113.9")), Vec::<i64>::new());
-        // Pages of two, across chunks.
-        let page = |before: Option<i64>| FlowQuery {
+        // Pages of two, across chunks, each after the last row's (end, id).
+        let page = |before: Option<(i64, i64)>| FlowQuery {
             limit: 2,
-            before_id: before,
+            before: before.map(|(end_s, id)| crate::store::FlowCursor {
+                end_ns: end_s * 1_000_000_000,
+                id,
+            }),
             ..q("10.0.0.5")
         };
         assert_eq!(ids(page(None)), [10, 8]);
-        assert_eq!(ids(page(Some(8))), [7, 6]);
-        assert_eq!(ids(page(Some(6))), [5, 4]);
-        assert_eq!(ids(page(Some(4))), [3, 2]);
-        assert_eq!(ids(page(Some(2))), [1]);
-        assert_eq!(ids(page(Some(1))), Vec::<i64>::new());
+        assert_eq!(ids(page(Some((4_000, 8)))), [7, 6]);
+        assert_eq!(ids(page(Some((4_000, 6)))), [5, 4]);
+        assert_eq!(ids(page(Some((2_000, 4)))), [3, 1]);
+        assert_eq!(ids(page(Some((1_000, 1)))), [2]);
+        assert_eq!(ids(page(Some((900, 2)))), Vec::<i64>::new());
+        // Without an address, the same order through the time index.
+        let all = |before| FlowQuery {
+            ip: None,
+            ..page(before)
+        };
+        assert_eq!(ids(all(Some((2_000, 4)))), [3, 1]);
+        assert_eq!(ids(all(Some((1_000, 1)))), [2]);
         // Time and other filters still apply.
         let recent = FlowQuery {
             since_ns: Some(2_500 * 1_000_000_000),
