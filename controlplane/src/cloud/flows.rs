@@ -189,23 +189,25 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
             (Absent::BYTES, p.bytes_sent.is_none()),
         ],
     );
-    // Each side's location (beyond the country), Google service and instance group, under the
-    // provider's names, each part only when written.
+    // Each side's instance, VPC, location and Google service, under the provider's names,
+    // each part only when written (the reporting side's are also the columns).
     let sides = [
         (
             "src",
             &p.src_location,
             &p.src_google_service,
             &p.src_instance,
+            &p.src_vpc,
         ),
         (
             "dest",
             &p.dest_location,
             &p.dest_google_service,
             &p.dest_instance,
+            &p.dest_vpc,
         ),
     ];
-    for (side, location, service, instance) in sides {
+    for (side, location, service, instance, vpc) in sides {
         let mut obj = |key: &str, parts: &[(&str, Option<serde_json::Value>)]| {
             let o: serde_json::Map<String, serde_json::Value> = parts
                 .iter()
@@ -238,18 +240,47 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
                 ],
             );
         }
-        if let Some(m) = instance
-            .as_ref()
-            .and_then(|i| i.managed_instance_group.as_ref())
-        {
+        if let Some(i) = instance {
+            let group = i.managed_instance_group.as_ref().map(|m| {
+                [
+                    ("name", m.name.as_ref()),
+                    ("region", m.region.as_ref()),
+                    ("zone", m.zone.as_ref()),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v.to_string().into())))
+                .collect::<serde_json::Map<String, serde_json::Value>>()
+                .into()
+            });
             obj(
-                "managed_instance_group",
+                "instance",
                 &[
-                    ("name", text(m.name.as_ref())),
-                    ("region", text(m.region.as_ref())),
-                    ("zone", text(m.zone.as_ref())),
+                    ("project_id", text(i.project_id.as_ref())),
+                    ("vm_name", text(i.vm_name.as_ref())),
+                    ("region", text(i.region.as_ref())),
+                    ("zone", text(i.zone.as_ref())),
+                    ("managed_instance_group", group),
                 ],
             );
+        }
+        if let Some(v) = vpc {
+            obj(
+                "vpc",
+                &[
+                    ("project_id", text(v.project_id.as_ref())),
+                    ("vpc_name", text(v.vpc_name.as_ref())),
+                    ("subnetwork_name", text(v.subnetwork_name.as_ref())),
+                ],
+            );
+        }
+    }
+    // Every other field, as written: gateways, GKE details, `round_trip_time`... (The
+    // flow's own keys above come first.)
+    for (k, raw) in &p.other {
+        if !extra.contains_key(k.as_ref()) {
+            let v = serde_json::from_str(raw.get())
+                .unwrap_or_else(|_| serde_json::Value::String(raw.get().to_string()));
+            extra.insert(k.to_string(), v);
         }
     }
     let instance = s(inst.and_then(|i| i.vm_name.as_ref()));

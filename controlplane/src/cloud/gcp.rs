@@ -77,39 +77,81 @@ pub struct Labels<'a> {
     pub location: Option<Cow<'a, str>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A flow record's `jsonPayload`: the fields the flow model maps, and every other field as
+/// written (`other`: gateways, GKE details, `round_trip_time`, what a later format adds), which
+/// the flow keeps verbatim.
+#[derive(Debug, Default)]
 pub struct Payload<'a> {
-    #[serde(borrow)]
     pub connection: Option<Connection<'a>>,
-    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub reporter: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "int")]
     pub bytes_sent: Option<u64>,
-    #[serde(default, deserialize_with = "int")]
     pub packets_sent: Option<u64>,
-    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub start_time: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "super::borrowed")]
     pub end_time: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "int")]
     pub rtt_msec: Option<u64>,
-    #[serde(borrow)]
     pub src_instance: Option<Instance<'a>>,
-    #[serde(borrow)]
     pub dest_instance: Option<Instance<'a>>,
-    #[serde(borrow)]
     pub src_vpc: Option<Vpc<'a>>,
-    #[serde(borrow)]
     pub dest_vpc: Option<Vpc<'a>>,
-    #[serde(borrow)]
     pub src_location: Option<Location<'a>>,
-    #[serde(borrow)]
     pub dest_location: Option<Location<'a>>,
     /// The Google service at either end (Google APIs, a load balancer's front end...).
-    #[serde(borrow)]
     pub src_google_service: Option<GoogleService<'a>>,
-    #[serde(borrow)]
     pub dest_google_service: Option<GoogleService<'a>>,
+    pub other: Vec<(Cow<'a, str>, &'a serde_json::value::RawValue)>,
+}
+
+/// A map visitor rather than a derive: a derive drops the fields it does not name, and
+/// `#[serde(flatten)]` would buffer every record.
+impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+        #[derive(Deserialize)]
+        struct Text<'a>(
+            #[serde(borrow, deserialize_with = "super::borrowed")] Option<Cow<'a, str>>,
+        );
+        #[derive(Deserialize)]
+        struct Int(#[serde(deserialize_with = "int")] Option<u64>);
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Payload<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a flow record (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Payload<'a>, A::Error> {
+                let mut p = Payload::default();
+                while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
+                    match &*k {
+                        "connection" => p.connection = m.next_value()?,
+                        "reporter" => p.reporter = m.next_value::<Text<'de>>()?.0,
+                        "bytes_sent" => p.bytes_sent = m.next_value::<Int>()?.0,
+                        "packets_sent" => p.packets_sent = m.next_value::<Int>()?.0,
+                        "start_time" => p.start_time = m.next_value::<Text<'de>>()?.0,
+                        "end_time" => p.end_time = m.next_value::<Text<'de>>()?.0,
+                        "rtt_msec" => p.rtt_msec = m.next_value::<Int>()?.0,
+                        "src_instance" => p.src_instance = m.next_value()?,
+                        "dest_instance" => p.dest_instance = m.next_value()?,
+                        "src_vpc" => p.src_vpc = m.next_value()?,
+                        "dest_vpc" => p.dest_vpc = m.next_value()?,
+                        "src_location" => p.src_location = m.next_value()?,
+                        "dest_location" => p.dest_location = m.next_value()?,
+                        "src_google_service" => p.src_google_service = m.next_value()?,
+                        "dest_google_service" => p.dest_google_service = m.next_value()?,
+                        _ => {
+                            let v = m.next_value()?;
+                            p.other.push((k, v));
+                        }
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// `src_google_service` / `dest_google_service`.
@@ -389,16 +431,47 @@ mod tests {
             serde_json::json!({"type": "GOOGLE_API", "service_name": "storage.googleapis.com", "connectivity": "PUBLIC_IP"})
         );
         assert_eq!(
-            x["src_managed_instance_group"],
-            serde_json::json!({"name": "web-mig", "zone": "europe-west1-b"})
+            x["src_instance"],
+            serde_json::json!({"project_id": "p-7", "region": "europe-west1", "vm_name": "web-7",
+                "zone": "europe-west1-b",
+                "managed_instance_group": {"name": "web-mig", "zone": "europe-west1-b"}})
         );
         for absent in [
             "src_location",
             "src_google_service",
-            "dest_managed_instance_group",
+            "dest_instance",
+            "src_vpc",
+            "dest_vpc",
         ] {
             assert!(x.get(absent).is_none(), "{absent}: {x}");
         }
+    }
+
+    /// Fields the flow model does not map (a gateway, GKE details, a later format's) are kept
+    /// as written, nested objects and all; escaped keys and values are read, and a field the
+    /// model maps keeps its meaning.
+    #[test]
+    fn every_other_payload_field_is_kept_as_written() {
+        let e = r#"{"jsonPayload":{"connection":{"src_ip":"10.8.0.5","src_port":5432,"dest_ip":"10.8.1.9","dest_port":40001,"protocol":6},"bytes_sent":"120","packets_sent":"2","start_time":"2026-11-29T10:00:00Z","end_time":"2026-11-29T10:00:05Z","reporter":"DEST","round_trip_time":{"median_msec":"0.35"},"dest_gke_details":{"cluster":{"cluster_location":"europe-west1","cluster_name":"prod"},"pod":{"pod_name":"api-7f9c","pod_namespace":"shop","pod_workload":{"workload_name":"api","workload_type":"DEPLOYMENT"}},"service":[{"service_name":"api","service_namespace":"shop"}]},"src_gateway":{"type":"VPN_TUNNEL","project_id":"p-net","name":"tunnel-1","location":"europe-west1"},"network_service":{"dscp":0},"disposition":"ALLOWED","future_field":"café","dest_vpc":{"project_id":"p-8","vpc_name":"prod","subnetwork_name":"gke"}},"logName":"projects/p-8/logs/compute.googleapis.com%2Fvpc_flows"}"#;
+        let r = parse(e).expect("entry");
+        assert_eq!(r.payload.other.len(), 6, "{:?}", r.payload.other);
+        let flow = crate::cloud::flows::gcp_flow(&r, 1.0);
+        let x = serde_json::Value::Object(flow.cloud.extra);
+        assert_eq!(x["round_trip_time"], serde_json::json!({"median_msec": "0.35"}));
+        assert_eq!(x["dest_gke_details"]["pod"]["pod_workload"]["workload_type"], "DEPLOYMENT");
+        assert_eq!(x["dest_gke_details"]["service"][0]["service_namespace"], "shop");
+        assert_eq!(x["src_gateway"]["name"], "tunnel-1");
+        assert_eq!(x["network_service"], serde_json::json!({"dscp": 0}));
+        assert_eq!(x["disposition"], "ALLOWED");
+        assert_eq!(x["future_field"], "café");
+        assert_eq!(
+            x["dest_vpc"],
+            serde_json::json!({"project_id": "p-8", "vpc_name": "prod", "subnetwork_name": "gke"})
+        );
+        assert_eq!((flow.bytes, flow.packets, flow.cloud.vpc.as_deref()), (120, 2, Some("prod")));
+        // A mapped field of the wrong type is still a bad record.
+        let bad = e.replace(r#""packets_sent":"2""#, r#""packets_sent":{"n":2}"#);
+        assert!(matches!(parse(&bad), Err(Reject::BadJson)));
     }
 
     /// A payload without its times takes its entry's `timestamp` (marked); one with only an
