@@ -457,9 +457,18 @@ mod tests {
         assert_eq!(r.payload.other.len(), 6, "{:?}", r.payload.other);
         let flow = crate::cloud::flows::gcp_flow(&r, 1.0);
         let x = serde_json::Value::Object(flow.cloud.extra);
-        assert_eq!(x["round_trip_time"], serde_json::json!({"median_msec": "0.35"}));
-        assert_eq!(x["dest_gke_details"]["pod"]["pod_workload"]["workload_type"], "DEPLOYMENT");
-        assert_eq!(x["dest_gke_details"]["service"][0]["service_namespace"], "shop");
+        assert_eq!(
+            x["round_trip_time"],
+            serde_json::json!({"median_msec": "0.35"})
+        );
+        assert_eq!(
+            x["dest_gke_details"]["pod"]["pod_workload"]["workload_type"],
+            "DEPLOYMENT"
+        );
+        assert_eq!(
+            x["dest_gke_details"]["service"][0]["service_namespace"],
+            "shop"
+        );
         assert_eq!(x["src_gateway"]["name"], "tunnel-1");
         assert_eq!(x["network_service"], serde_json::json!({"dscp": 0}));
         assert_eq!(x["disposition"], "ALLOWED");
@@ -468,7 +477,10 @@ mod tests {
             x["dest_vpc"],
             serde_json::json!({"project_id": "p-8", "vpc_name": "prod", "subnetwork_name": "gke"})
         );
-        assert_eq!((flow.bytes, flow.packets, flow.cloud.vpc.as_deref()), (120, 2, Some("prod")));
+        assert_eq!(
+            (flow.bytes, flow.packets, flow.cloud.vpc.as_deref()),
+            (120, 2, Some("prod"))
+        );
         // A mapped field of the wrong type is still a bad record.
         let bad = e.replace(r#""packets_sent":"2""#, r#""packets_sent":{"n":2}"#);
         assert!(matches!(parse(&bad), Err(Reject::BadJson)));
