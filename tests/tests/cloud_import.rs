@@ -451,6 +451,27 @@ fn azure_nsg_v2_and_vnet_v4_blobs() {
         .collect();
     assert_eq!(stateless.len(), 1, "{stateless:?}");
     assert_eq!(stateless[0].src_port, Some(51529));
+    // Nor any counts: null, not 0, both ways.
+    let v1 = stateless[0];
+    assert_eq!(
+        (v1.packets, v1.bytes, v1.reverse_packets, v1.reverse_bytes),
+        (None, None, None, None)
+    );
+    // The v4 tuple's written zeros are zeros; the VNet log names what it watches.
+    assert_eq!(
+        (
+            rdp.packets,
+            rdp.bytes,
+            rdp.reverse_packets,
+            rdp.reverse_bytes
+        ),
+        (Some(0), Some(0), Some(0), Some(0))
+    );
+    assert_eq!(
+        extra["target_resource_id"],
+        "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/myResourceGroup/providers/Microsoft.Network/virtualNetworks/myVNet"
+    );
+    assert_eq!(extra["encryption"], "NX");
     // Tuples that wrote no counts (version 1, and version 2's begin tuples, ",,,,") say so;
     // those that wrote them (zeros included) do not.
     let counts_absent =
@@ -655,4 +676,334 @@ fn gzip(text: &str) -> Vec<u8> {
     let out = c.wait_with_output().expect("gzip output");
     w.join().expect("writer");
     out.stdout
+}
+
+/// Every field of AWS's VPC flow log versions 2 to 8, in one custom format (the header names
+/// them in an order of its own), read back as the API returns them, field by field: mapped to
+/// the flow's columns, or kept in its extras under the provider's name; and a record that
+/// writes `-` for most of them, whose absent fields are null or not listed, never 0.
+#[test]
+fn aws_every_documented_field_is_mapped_or_kept() {
+    let dir = TempDir::new("aws-fields");
+    let data = dir.0.join("data");
+    let text = "\
+version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status vpc-id subnet-id instance-id tcp-flags type pkt-srcaddr pkt-dstaddr region az-id sublocation-type sublocation-id pkt-src-aws-service pkt-dst-aws-service flow-direction traffic-path ecs-cluster-arn ecs-cluster-name ecs-container-instance-arn ecs-container-instance-id ecs-container-id ecs-second-container-id ecs-service-name ecs-task-definition-arn ecs-task-arn ecs-task-id reject-reason
+8 123456789010 eni-0a1b2c3d4e5f60718 10.0.4.20 52.94.133.131 48622 443 6 12 5120 1732000000 1732000060 ACCEPT OK vpc-0c0ffee0c0ffee000 subnet-0aa0aa0aa0aa0aa00 i-0123456789abcdef0 27 IPv4 10.0.4.20 52.94.133.131 us-west-2 usw2-wl1-lax-wlz1 wavelength subloc-0123456789abcdef0 - S3 egress 8 arn:aws:ecs:us-west-2:123456789010:cluster/shop shop arn:aws:ecs:us-west-2:123456789010:container-instance/shop/0f1e2d3c4b5a69788 0f1e2d3c4b5a69788 5a6b7c8d9e0f1a2b3c4d5e6f 9f8e7d6c5b4a39281706f5e4 cart arn:aws:ecs:us-west-2:123456789010:task-definition/cart:42 arn:aws:ecs:us-west-2:123456789010:task/shop/aaaabbbbccccdddd aaaabbbbccccdddd -
+8 123456789010 eni-0a1b2c3d4e5f60718 198.51.100.23 10.0.4.20 - - - - - 1732000100 1732000160 REJECT OK vpc-0c0ffee0c0ffee000 - - - - - - - - - - - - ingress - - - - - - - - - - - BPA
+";
+    let o = import(&data, &["aws", "-"], Some(text));
+    assert_eq!(
+        summary(&o),
+        "aws: 1 file(s): read 2, stored 2, rejected 0, skipped 0 (NODATA: no traffic), SKIPDATA 0 (flows the provider dropped from its log)"
+    );
+    let f = the_flow(&data, |f| f.src_ip == "10.0.4.20");
+    assert_eq!(
+        (
+            &f.source[..],
+            &f.observer[..],
+            &f.interface[..],
+            &f.dst_ip[..]
+        ),
+        (
+            "aws",
+            "123456789010",
+            "eni-0a1b2c3d4e5f60718",
+            "52.94.133.131"
+        )
+    );
+    assert_eq!(
+        (f.src_port, f.dst_port, f.protocol, f.packets, f.bytes),
+        (Some(48622), Some(443), Some(6), Some(12), Some(5120))
+    );
+    assert_eq!(
+        (f.start_ns, f.end_ns),
+        (1_732_000_000_000_000_000, 1_732_000_060_000_000_000)
+    );
+    assert_eq!(
+        (&f.action[..], f.tcp_flags, &f.direction[..]),
+        ("accept", 27, "egress")
+    );
+    assert_eq!(
+        (
+            f.vpc.as_deref(),
+            f.subnet.as_deref(),
+            f.instance.as_deref(),
+            f.region.as_deref(),
+            f.zone.as_deref(),
+            f.pkt_src_ip.as_deref(),
+            f.pkt_dst_ip.as_deref()
+        ),
+        (
+            Some("vpc-0c0ffee0c0ffee000"),
+            Some("subnet-0aa0aa0aa0aa0aa00"),
+            Some("i-0123456789abcdef0"),
+            Some("us-west-2"),
+            Some("usw2-wl1-lax-wlz1"),
+            Some("10.0.4.20"),
+            Some("52.94.133.131")
+        )
+    );
+    // One direction: nothing is said of the other.
+    assert_eq!((f.reverse_packets, f.reverse_bytes), (None, None));
+    assert_eq!(
+        f.extra.expect("extras"),
+        serde_json::json!({
+            "type": "IPv4",
+            "pkt_dst_aws_service": "S3",
+            "traffic_path": 8,
+            "sublocation_type": "wavelength",
+            "sublocation_id": "subloc-0123456789abcdef0",
+            "ecs_cluster_arn": "arn:aws:ecs:us-west-2:123456789010:cluster/shop",
+            "ecs_cluster_name": "shop",
+            "ecs_container_instance_arn":
+                "arn:aws:ecs:us-west-2:123456789010:container-instance/shop/0f1e2d3c4b5a69788",
+            "ecs_container_instance_id": "0f1e2d3c4b5a69788",
+            "ecs_container_id": "5a6b7c8d9e0f1a2b3c4d5e6f",
+            "ecs_second_container_id": "9f8e7d6c5b4a39281706f5e4",
+            "ecs_service_name": "cart",
+            "ecs_task_definition_arn": "arn:aws:ecs:us-west-2:123456789010:task-definition/cart:42",
+            "ecs_task_arn": "arn:aws:ecs:us-west-2:123456789010:task/shop/aaaabbbbccccdddd",
+            "ecs_task_id": "aaaabbbbccccdddd",
+        })
+    );
+    // The rejected record wrote `-` for all but its addresses, times, action, VPC, direction
+    // and the reason: nothing else is given a value.
+    let r = the_flow(&data, |f| f.src_ip == "198.51.100.23");
+    assert_eq!(
+        (r.src_port, r.dst_port, r.protocol, r.packets, r.bytes),
+        (None, None, None, None, None)
+    );
+    assert_eq!(
+        (&r.action[..], r.tcp_flags, &r.direction[..]),
+        ("reject", 0, "ingress")
+    );
+    assert_eq!(
+        (
+            r.subnet,
+            r.instance,
+            r.region,
+            r.zone,
+            r.pkt_src_ip,
+            r.pkt_dst_ip
+        ),
+        (None, None, None, None, None, None)
+    );
+    assert_eq!(r.vpc.as_deref(), Some("vpc-0c0ffee0c0ffee000"));
+    assert_eq!(
+        r.extra.expect("extras"),
+        serde_json::json!({
+            "reject_reason": "BPA",
+            "absent": ["protocol", "src_port", "dst_port", "packets", "bytes"],
+        })
+    );
+}
+
+/// A transit gateway's flow log (AWS's documented TGW fields, version 6): the source and
+/// destination context and the four lost-packet causes apart, field by field; the columns take
+/// the source side's VPC, subnet and zone, and the attachment as the interface.
+#[test]
+fn aws_transit_gateway_fields_are_kept_apart() {
+    let dir = TempDir::new("aws-tgw-fields");
+    let data = dir.0.join("data");
+    let text = "\
+version resource-type account-id tgw-id tgw-attachment-id tgw-src-vpc-account-id tgw-dst-vpc-account-id tgw-src-vpc-id tgw-dst-vpc-id tgw-src-subnet-id tgw-dst-subnet-id tgw-src-eni tgw-dst-eni tgw-src-az-id tgw-dst-az-id tgw-pair-attachment-id srcaddr dstaddr srcport dstport protocol packets bytes start end log-status type packets-lost-no-route packets-lost-blackhole packets-lost-mtu-exceeded packets-lost-ttl-expired tcp-flags region flow-direction pkt-src-aws-service pkt-dst-aws-service
+6 TransitGateway 123456789010 tgw-0123456789abcdef0 tgw-attach-0a0a0a0a0a0a0a0a0 123456789010 210987654321 vpc-0aaaaaaaaaaaaaaa1 vpc-0bbbbbbbbbbbbbbb2 subnet-0aaaaaaaaaaaaaaa1 subnet-0bbbbbbbbbbbbbbb2 eni-0aaaaaaaaaaaaaaa1 eni-0bbbbbbbbbbbbbbb2 use1-az1 use1-az2 tgw-attach-0b0b0b0b0b0b0b0b0 10.1.0.5 10.2.0.9 40100 5432 6 30 9000 1732000000 1732000060 OK IPv4 0 0 7 0 19 us-east-1 egress - -
+";
+    let o = import(&data, &["aws", "-"], Some(text));
+    assert_eq!(
+        summary(&o),
+        "aws: 1 file(s): read 1, stored 1, rejected 0, skipped 0 (NODATA: no traffic), SKIPDATA 0 (flows the provider dropped from its log)"
+    );
+    let f = the_flow(&data, |f| f.source == "aws");
+    assert_eq!(
+        (
+            &f.observer[..],
+            &f.interface[..],
+            f.vpc.as_deref(),
+            f.subnet.as_deref(),
+            f.zone.as_deref(),
+            f.region.as_deref(),
+            &f.direction[..]
+        ),
+        (
+            "123456789010",
+            "tgw-attach-0a0a0a0a0a0a0a0a0",
+            Some("vpc-0aaaaaaaaaaaaaaa1"),
+            Some("subnet-0aaaaaaaaaaaaaaa1"),
+            Some("use1-az1"),
+            Some("us-east-1"),
+            "egress"
+        )
+    );
+    assert_eq!(
+        (
+            f.src_port,
+            f.dst_port,
+            f.protocol,
+            f.packets,
+            f.bytes,
+            f.tcp_flags
+        ),
+        (Some(40100), Some(5432), Some(6), Some(30), Some(9000), 19)
+    );
+    assert_eq!(
+        f.extra.expect("extras"),
+        serde_json::json!({
+            "type": "IPv4",
+            "resource_type": "TransitGateway",
+            "tgw_id": "tgw-0123456789abcdef0",
+            "tgw_attachment_id": "tgw-attach-0a0a0a0a0a0a0a0a0",
+            "tgw_src_vpc_account_id": "123456789010",
+            "tgw_dst_vpc_account_id": "210987654321",
+            "tgw_src_vpc_id": "vpc-0aaaaaaaaaaaaaaa1",
+            "tgw_dst_vpc_id": "vpc-0bbbbbbbbbbbbbbb2",
+            "tgw_src_subnet_id": "subnet-0aaaaaaaaaaaaaaa1",
+            "tgw_dst_subnet_id": "subnet-0bbbbbbbbbbbbbbb2",
+            "tgw_src_eni": "eni-0aaaaaaaaaaaaaaa1",
+            "tgw_dst_eni": "eni-0bbbbbbbbbbbbbbb2",
+            "tgw_src_az_id": "use1-az1",
+            "tgw_dst_az_id": "use1-az2",
+            "tgw_pair_attachment_id": "tgw-attach-0b0b0b0b0b0b0b0b0",
+            "packets_lost": 7,
+            "packets_lost_no_route": 0,
+            "packets_lost_blackhole": 0,
+            "packets_lost_mtu_exceeded": 7,
+            "packets_lost_ttl_expired": 0,
+        })
+    );
+}
+
+/// Every field of GCP's VPC Flow Logs record format, read back as the API returns it: the
+/// reporting side's instance and VPC as the columns, both sides' details, locations (with the
+/// ASN), Google services, instance groups, GKE details, gateways and the newer fields kept
+/// under their own names; and an entry without counts or times: counts null, its time the
+/// entry's `timestamp`, marked.
+#[test]
+fn gcp_every_documented_field_is_mapped_or_kept() {
+    let dir = TempDir::new("gcp-fields");
+    let data = dir.0.join("data");
+    let full = r#"{"insertId":"f1","jsonPayload":{"connection":{"src_ip":"10.10.0.7","src_port":38211,"dest_ip":"10.20.0.9","dest_port":8443,"protocol":6},"reporter":"DEST","rtt_msec":"4","round_trip_time":{"median_msec":"3.9"},"bytes_sent":"64000","packets_sent":"80","start_time":"2026-11-29T10:00:00.5Z","end_time":"2026-11-29T10:00:05.25Z","src_instance":{"project_id":"p-a","vm_name":"batch-1","region":"europe-west1","zone":"europe-west1-c","managed_instance_group":{"name":"batch","region":"europe-west1"}},"dest_instance":{"project_id":"p-b","vm_name":"gke-node-3","region":"europe-west4","zone":"europe-west4-a","managed_instance_group":{"name":"gke-pool","zone":"europe-west4-a"}},"src_vpc":{"project_id":"p-a","vpc_name":"batch","subnetwork_name":"batch-eu"},"dest_vpc":{"project_id":"p-b","vpc_name":"shared","subnetwork_name":"gke-eu"},"src_location":{"continent":"Europe","country":"bel","region":"Brussels","city":"Brussels"},"dest_google_service":{"type":"GOOGLE_API_VPC_SC","service_name":"pubsub.googleapis.com","connectivity":"PRIVATE_SERVICE_CONNECT"},"dest_gke_details":{"cluster":{"cluster_location":"europe-west4","cluster_name":"prod"},"pod":{"pod_name":"api-5d8f","pod_namespace":"shop","pod_workload":{"workload_name":"api","workload_type":"DEPLOYMENT"}},"service":[{"service_name":"api","service_namespace":"shop"}]},"src_gateway":{"type":"INTERCONNECT_ATTACHMENT","project_id":"p-net","vpc":{"project_id":"p-net","vpc_name":"hub"},"name":"ic-1","location":"europe-west1","interconnect_attachment":{"name":"ic-1","cloud_router_name":"r-1"}},"network_service":{"dscp":46}},"logName":"projects/p-b/logs/compute.googleapis.com%2Fvpc_flows","resource":{"type":"gce_subnetwork","labels":{"project_id":"p-b","subnetwork_name":"gke-eu","location":"europe-west4-a"}},"timestamp":"2026-11-29T10:00:10Z"}"#;
+    let bare = r#"{"insertId":"f2","jsonPayload":{"connection":{"src_ip":"10.10.0.8","src_port":53,"dest_ip":"10.20.0.10","dest_port":40000,"protocol":17},"reporter":"SRC"},"logName":"projects/p-a/logs/compute.googleapis.com%2Fvpc_flows","timestamp":"2026-11-29T11:00:00.75Z"}"#;
+    let o = import(
+        &data,
+        &["gcp", "--sampling-rate", "1", "-"],
+        Some(&format!("{full}\n{bare}\n")),
+    );
+    assert_eq!(summary(&o), "gcp: 1 file(s): read 2, stored 2, rejected 0");
+    let f = the_flow(&data, |f| f.src_ip == "10.10.0.7");
+    assert_eq!(
+        (
+            &f.observer[..],
+            &f.interface[..],
+            &f.dst_ip[..],
+            f.src_port,
+            f.dst_port,
+            f.protocol,
+            f.packets,
+            f.bytes
+        ),
+        (
+            "p-b",
+            "gke-node-3",
+            "10.20.0.9",
+            Some(38211),
+            Some(8443),
+            Some(6),
+            Some(80),
+            Some(64000)
+        )
+    );
+    assert_eq!(
+        (
+            f.start_ns,
+            f.end_ns,
+            f.sampling_rate,
+            &f.direction[..],
+            &f.action[..]
+        ),
+        (
+            1_795_946_400_500_000_000,
+            1_795_946_405_250_000_000,
+            1.0,
+            "ingress",
+            ""
+        )
+    );
+    assert_eq!(
+        (
+            f.vpc.as_deref(),
+            f.subnet.as_deref(),
+            f.instance.as_deref(),
+            f.region.as_deref(),
+            f.zone.as_deref()
+        ),
+        (
+            Some("shared"),
+            Some("gke-eu"),
+            Some("gke-node-3"),
+            Some("europe-west4"),
+            Some("europe-west4-a")
+        )
+    );
+    assert_eq!((f.reverse_packets, f.reverse_bytes), (None, None));
+    assert_eq!(
+        f.extra.expect("extras"),
+        serde_json::json!({
+            "reporter": "DEST",
+            "rtt_msec": 4,
+            "src_vm": "batch-1",
+            "dest_vm": "gke-node-3",
+            "src_country": "bel",
+            "src_instance": {"project_id": "p-a", "vm_name": "batch-1", "region": "europe-west1",
+                "zone": "europe-west1-c",
+                "managed_instance_group": {"name": "batch", "region": "europe-west1"}},
+            "dest_instance": {"project_id": "p-b", "vm_name": "gke-node-3",
+                "region": "europe-west4", "zone": "europe-west4-a",
+                "managed_instance_group": {"name": "gke-pool", "zone": "europe-west4-a"}},
+            "src_vpc": {"project_id": "p-a", "vpc_name": "batch", "subnetwork_name": "batch-eu"},
+            "dest_vpc": {"project_id": "p-b", "vpc_name": "shared", "subnetwork_name": "gke-eu"},
+            "src_location": {"continent": "Europe", "country": "bel", "region": "Brussels",
+                "city": "Brussels"},
+            "dest_google_service": {"type": "GOOGLE_API_VPC_SC",
+                "service_name": "pubsub.googleapis.com",
+                "connectivity": "PRIVATE_SERVICE_CONNECT"},
+            "round_trip_time": {"median_msec": "3.9"},
+            "dest_gke_details": {"cluster": {"cluster_location": "europe-west4",
+                "cluster_name": "prod"},
+                "pod": {"pod_name": "api-5d8f", "pod_namespace": "shop",
+                    "pod_workload": {"workload_name": "api", "workload_type": "DEPLOYMENT"}},
+                "service": [{"service_name": "api", "service_namespace": "shop"}]},
+            "src_gateway": {"type": "INTERCONNECT_ATTACHMENT", "project_id": "p-net",
+                "vpc": {"project_id": "p-net", "vpc_name": "hub"}, "name": "ic-1",
+                "location": "europe-west1",
+                "interconnect_attachment": {"name": "ic-1", "cloud_router_name": "r-1"}},
+            "network_service": {"dscp": 46},
+        })
+    );
+    let b = the_flow(&data, |f| f.src_ip == "10.10.0.8");
+    assert_eq!(
+        (b.src_port, b.dst_port, b.protocol, b.packets, b.bytes),
+        (Some(53), Some(40000), Some(17), None, None)
+    );
+    assert_eq!(
+        (b.start_ns, b.end_ns, &b.observer[..], &b.direction[..]),
+        (
+            1_795_950_000_750_000_000,
+            1_795_950_000_750_000_000,
+            "p-a",
+            "egress"
+        )
+    );
+    assert_eq!(
+        (b.vpc, b.subnet, b.instance, b.region, b.zone),
+        (None, None, None, None, None)
+    );
+    assert_eq!(
+        b.extra.expect("extras"),
+        serde_json::json!({
+            "reporter": "SRC",
+            "time_from": "entry",
+            "absent": ["packets", "bytes"],
+        })
+    );
 }

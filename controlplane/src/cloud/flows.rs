@@ -332,6 +332,8 @@ pub struct Where<'a> {
     /// A VNet flow log's `aclID`: the network security group (or admin rule set) that decided
     /// the flow.
     pub acl: Option<&'a str>,
+    /// A VNet flow log's `targetResourceID`: the network, subnet or interface it watches.
+    pub target: Option<&'a str>,
 }
 
 /// An Azure flow tuple in the flow model.
@@ -345,6 +347,9 @@ pub fn flow(at: &Where<'_>, t: &azure::Tuple) -> Flow {
     }
     if let Some(a) = at.acl {
         extra.insert("acl_id".into(), a.into());
+    }
+    if let Some(t) = at.target {
+        extra.insert("target_resource_id".into(), t.into());
     }
     let unknown = !t.counts_known;
     let absent = mark_absent(

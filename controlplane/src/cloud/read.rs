@@ -696,6 +696,7 @@ pub fn read_azure(
                                 rule,
                                 nsg,
                                 acl,
+                                target: vnet.then_some(target).filter(|t| !t.is_empty()),
                             };
                             let flow = azure_flow::flow(&at, &t);
                             chunk.push(flow, sum)?;

@@ -26,7 +26,8 @@ pub fn summary(o: &Output) -> String {
     stdout.trim().to_string()
 }
 
-/// Every flow the control plane on `data` stored, oldest first (keyset-paged as the API does).
+/// Every flow the control plane on `data` stored, oldest end first (keyset-paged as the API
+/// does).
 pub fn flows(data: &Path) -> Vec<FlowRow> {
     let store = tests::servers::open_flows(data);
     let mut q = FlowQuery {
