@@ -330,11 +330,15 @@ fn traffic_with_a_watchlisted_address_is_an_alert_about_the_host() {
 }
 
 /// Packets both ways through a lab interface so far.
-fn iface_packets(ns: &str, dev: &str) -> u64 {
+/// An interface's packets (rx + tx) and the packets it dropped (rx + tx).
+fn iface_packets(ns: &str, dev: &str) -> (u64, u64) {
     let j = tests::sh_in(ns, "ip", &["-s", "-j", "link", "show", "dev", dev]);
     let v: Value = serde_json::from_str(&j).expect("ip -j");
-    let n = |d: &str| v[0]["stats64"][d]["packets"].as_u64().expect("packets");
-    n("rx") + n("tx")
+    let n = |d: &str, k: &str| v[0]["stats64"][d][k].as_u64().expect(k);
+    (
+        n("rx", "packets") + n("tx", "packets"),
+        n("rx", "dropped") + n("tx", "dropped"),
+    )
 }
 
 /// masscan over all 65,535 ports of a host that serves 8080 to two clients: the target's
@@ -424,7 +428,8 @@ fn masscan_of_every_port_leaves_the_targets_role_and_the_top_talkers_right() {
     );
     thread::sleep(Duration::from_secs(3));
     let out = sensor.stop();
-    let wire = iface_packets(&lab.b, &lab.vb) - before;
+    let after = iface_packets(&lab.b, &lab.vb);
+    let (wire, dropped) = (after.0 - before.0, after.1 - before.1);
     eprintln!(
         "masscan: {wire} packets on the wire, {} flow records, {} probe records, {} probes summed, {} non-IP",
         out.flows.len(),
@@ -438,10 +443,13 @@ fn masscan_of_every_port_leaves_the_targets_role_and_the_top_talkers_right() {
     let all: Vec<&Value> = out.flows.iter().collect();
     let probes: Vec<&Value> = out.probes.iter().collect();
     let recorded = sum(&all, "packets") + sum(&all, "reverse_packets") + sum(&probes, "packets");
-    assert_eq!(
-        recorded + out.kernel("unparsed_non_ip"),
-        wire,
-        "flows {} + reverse {} + probes {} + non-IP {} against the interface's {wire}",
+    // A packet the programs saw that the veth then dropped (at 20,000 probes/s, now and then
+    // one of its queue's) is in the interface's drop count, not its packets.
+    let seen = recorded + out.kernel("unparsed_non_ip");
+    assert!(
+        (wire..=wire + dropped).contains(&seen),
+        "flows {} + reverse {} + probes {} + non-IP {} against the interface's {wire} \
+         (and {dropped} dropped)",
         sum(&all, "packets"),
         sum(&all, "reverse_packets"),
         sum(&probes, "packets"),

@@ -100,13 +100,22 @@ try {
   // The AWS record the Rust test dropped into the watched directory (10.40.1.10, a custom
   // format without protocol, ports or counts): "-" where the log wrote nothing, never 0.
   await page.getByLabel("Source").selectOption("aws");
-  const nat = page.locator("table.flows tr", { hasText: "10.40.1.10" });
+  const nat = page.locator("table.flows tr.flow", { hasText: "10.40.1.10" });
   await nat.waitFor();
   const cells = await nat.locator("td").allInnerTexts();
   const want = ["10.40.1.10:-", "203.0.113.5:-", "-", "- / -", "- / -"];
   if (JSON.stringify(cells.slice(3, 8)) !== JSON.stringify(want)) {
     throw new Error(`the NAT record shows ${JSON.stringify(cells)}, not ${JSON.stringify(want)}`);
   }
+  // Its row opens to what the log did write: the instance, and where its time came from.
+  await nat.click();
+  const details = page.locator("tr.flow-details");
+  await details.getByText("i-01234567890123456").waitFor();
+  const shown = await details.innerText();
+  if (!/time_from\s+delivery/.test(shown) || !/absent\s+\["protocol"/.test(shown)) {
+    throw new Error(`the NAT record's details show ${JSON.stringify(shown)}`);
+  }
+  await page.screenshot({ path: `${shots}/6-flows-details.png`, fullPage: true });
   await page.getByLabel("Source").selectOption("");
   await page.screenshot({ path: `${shots}/6-flows.png`, fullPage: true });
   await page.getByRole("link", { name: "Sensors", exact: true }).click();

@@ -324,7 +324,42 @@ function absent(v, show = (x) => x) {
   return v == null ? "-" : show(v);
 }
 
+// What a flow's details show besides the table's columns, in this order; then its extras
+// (the provider's other fields, kept as written; a sensor flow's pods).
+const DETAILS = [
+  ["start", "start", when],
+  ["direction", "direction"],
+  ["vpc", "VPC"],
+  ["subnet", "subnet"],
+  ["instance", "instance"],
+  ["region", "region"],
+  ["zone", "zone"],
+  ["pkt_src_ip", "packet source (NAT)"],
+  ["pkt_dst_ip", "packet destination (NAT)"],
+  ["tcp_flags", "TCP flags"],
+  ["reverse_tcp_flags", "TCP flags back"],
+  ["sampling_rate", "sampling rate"],
+  ["initiator_by", "initiator told by"],
+  ["correlated", "correlated flows"],
+];
+
+function FlowDetails({ f }) {
+  const facts = DETAILS.filter(([k]) => f[k] != null && f[k] !== "").map(([k, label, show]) => [
+    label,
+    show ? show(f[k]) : String(f[k]),
+  ]);
+  const extra = Object.entries(f.extra || {}).map(([k, v]) => [
+    k,
+    typeof v === "object" ? JSON.stringify(v) : String(v),
+  ]);
+  return html`<dl class="facts">
+    ${[...facts, ...extra].map(([k, v]) => html`<dt>${k}</dt><dd><code>${v}</code></dd>`)}
+  </dl>`;
+}
+
+// A row opens to the flow's details (everything the API gives for it).
 export function FlowTable({ flows }) {
+  const [open, setOpen] = useState(null);
   return html`<table class="flows">
     <thead>
       <tr>
@@ -334,17 +369,21 @@ export function FlowTable({ flows }) {
     </thead>
     <tbody>
       ${flows.map(
-        (f) => html`<tr>
-          <td>${when(f.end)}</td>
-          <td>${f.source}</td>
-          <td>${f.observer}/${f.interface}</td>
-          <td><code>${f.src_ip}:${absent(f.src_port)}</code></td>
-          <td><code>${f.dst_ip}:${absent(f.dst_port)}</code></td>
-          <td>${f.protocol == null ? "-" : PROTOCOLS[f.protocol] || f.protocol}</td>
-          <td>${absent(f.packets, count)} / ${absent(f.reverse_packets, count)}</td>
-          <td>${absent(f.bytes, bytes)} / ${absent(f.reverse_bytes, bytes)}</td>
-          <td>${f.action}</td>
-        </tr>`,
+        (f) => html`<tr class="flow" onClick=${() => setOpen(open === f.id ? null : f.id)}>
+            <td>${when(f.end)}</td>
+            <td>${f.source}</td>
+            <td>${f.observer}/${f.interface}</td>
+            <td><code>${f.src_ip}:${absent(f.src_port)}</code></td>
+            <td><code>${f.dst_ip}:${absent(f.dst_port)}</code></td>
+            <td>${f.protocol == null ? "-" : PROTOCOLS[f.protocol] || f.protocol}</td>
+            <td>${absent(f.packets, count)} / ${absent(f.reverse_packets, count)}</td>
+            <td>${absent(f.bytes, bytes)} / ${absent(f.reverse_bytes, bytes)}</td>
+            <td>${f.action}</td>
+          </tr>
+          ${open === f.id &&
+          html`<tr class="flow-details">
+            <td colspan="9"><${FlowDetails} f=${f} /></td>
+          </tr>`}`,
       )}
     </tbody>
   </table>`;
