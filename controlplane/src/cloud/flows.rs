@@ -189,8 +189,47 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
             (Absent::BYTES, p.bytes_sent.is_none()),
         ],
     );
-    // Each side's instance, VPC, location and Google service, under the provider's names,
-    // each part only when written (the reporting side's are also the columns).
+    gcp_details(p, &mut extra);
+    let instance = s(inst.and_then(|i| i.vm_name.as_ref()));
+    let subnet = s(vpc.and_then(|v| v.subnetwork_name.as_ref()));
+    Flow {
+        source: Source::Gcp,
+        observer: s(r.project.as_ref()).unwrap_or_else(|| "gcp".into()),
+        interface: instance.clone().or(subnet.clone()).unwrap_or_default(),
+        start_ns: r.start_ns,
+        end_ns: r.end_ns,
+        src_ip: r.src_ip,
+        dst_ip: r.dst_ip,
+        src_port: r.src_port,
+        dst_port: r.dst_port,
+        protocol: r.protocol,
+        packets: r.packets,
+        bytes: r.bytes,
+        reverse_packets: 0,
+        reverse_bytes: 0,
+        tcp_flags: 0,
+        action: Action::Unknown,
+        sampling_rate,
+        cloud: CloudMeta {
+            vpc: s(vpc.and_then(|v| v.vpc_name.as_ref())),
+            subnet,
+            instance,
+            region: s(inst.and_then(|i| i.region.as_ref())),
+            zone: s(inst.and_then(|i| i.zone.as_ref())),
+            pkt_src_ip: None,
+            pkt_dst_ip: None,
+            direction: Some(if dest_side { "ingress" } else { "egress" }.into()),
+            extra,
+            absent,
+        },
+        sensor: None,
+    }
+}
+
+/// A GCP payload's details in the extras: each side's instance, VPC, location and Google
+/// service, under the provider's names, each part only when written (the reporting side's are
+/// also the columns); then every other field as written.
+fn gcp_details(p: &gcp::Payload<'_>, extra: &mut serde_json::Map<String, serde_json::Value>) {
     let sides = [
         (
             "src",
@@ -282,40 +321,6 @@ pub fn gcp_flow(r: &gcp::Record<'_>, sampling_rate: f64) -> Flow {
                 .unwrap_or_else(|_| serde_json::Value::String(raw.get().to_string()));
             extra.insert(k.to_string(), v);
         }
-    }
-    let instance = s(inst.and_then(|i| i.vm_name.as_ref()));
-    let subnet = s(vpc.and_then(|v| v.subnetwork_name.as_ref()));
-    Flow {
-        source: Source::Gcp,
-        observer: s(r.project.as_ref()).unwrap_or_else(|| "gcp".into()),
-        interface: instance.clone().or(subnet.clone()).unwrap_or_default(),
-        start_ns: r.start_ns,
-        end_ns: r.end_ns,
-        src_ip: r.src_ip,
-        dst_ip: r.dst_ip,
-        src_port: r.src_port,
-        dst_port: r.dst_port,
-        protocol: r.protocol,
-        packets: r.packets,
-        bytes: r.bytes,
-        reverse_packets: 0,
-        reverse_bytes: 0,
-        tcp_flags: 0,
-        action: Action::Unknown,
-        sampling_rate,
-        cloud: CloudMeta {
-            vpc: s(vpc.and_then(|v| v.vpc_name.as_ref())),
-            subnet,
-            instance,
-            region: s(inst.and_then(|i| i.region.as_ref())),
-            zone: s(inst.and_then(|i| i.zone.as_ref())),
-            pkt_src_ip: None,
-            pkt_dst_ip: None,
-            direction: Some(if dest_side { "ingress" } else { "egress" }.into()),
-            extra,
-            absent,
-        },
-        sensor: None,
     }
 }
 
