@@ -443,13 +443,18 @@ fn masscan_of_every_port_leaves_the_targets_role_and_the_top_talkers_right() {
     let all: Vec<&Value> = out.flows.iter().collect();
     let probes: Vec<&Value> = out.probes.iter().collect();
     let recorded = sum(&all, "packets") + sum(&all, "reverse_packets") + sum(&probes, "packets");
-    // A packet the programs saw that the veth then dropped (at 20,000 probes/s, now and then
-    // one of its queue's) is in the interface's drop count, not its packets.
+    // The lab's IPv6 sets itself up as the sensor starts (router solicitations, multicast
+    // listener reports, neighbour discovery): those the programs saw before the interface's
+    // first reading are recorded, not in its difference. Only they may exceed it; a packet
+    // the veth dropped after the programs saw it is in its drop count.
+    let v6: Vec<&Value> =
+        out.flows_where(|f| f["src_ip"].as_str().is_some_and(|a| a.contains(':')));
+    let settling = sum(&v6, "packets") + sum(&v6, "reverse_packets");
     let seen = recorded + out.kernel("unparsed_non_ip");
     assert!(
-        (wire..=wire + dropped).contains(&seen),
+        (wire..=wire + dropped + settling).contains(&seen),
         "flows {} + reverse {} + probes {} + non-IP {} against the interface's {wire} \
-         (and {dropped} dropped)",
+         (and {dropped} dropped, {settling} packets of IPv6 flows)",
         sum(&all, "packets"),
         sum(&all, "reverse_packets"),
         sum(&probes, "packets"),
